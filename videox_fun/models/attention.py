@@ -1,0 +1,110 @@
+"""The one attention dispatch of the package.
+
+Every model calls :func:`attention` with (B, L, heads, head_dim) tensors. SDPA is the
+default; flash-attn 2/3 and SageAttention are used when installed, on a GPU, and asked for
+(or chosen by ``"auto"``). They are imported lazily so the package imports on a CPU-only torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "sdpa", "flash_attn", "flash_attn3", "sage")
+_active_backend = "sdpa"
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # SDPA wants (B, heads, L, D).
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def _flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from flash_attn import flash_attn_func
+
+    return flash_attn_func(q, k, v)
+
+
+def _flash_attn3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from flash_attn_interface import flash_attn_func
+
+    out = flash_attn_func(q, k, v)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _sage(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from sageattention import sageattn
+
+    return sageattn(q, k, v, tensor_layout="NHD")
+
+
+_KERNELS: dict[str, tuple[str | None, Callable[..., torch.Tensor]]] = {
+    "sdpa": (None, _sdpa),
+    "flash_attn": ("flash_attn", _flash_attn),
+    "flash_attn3": ("flash_attn_interface", _flash_attn3),
+    "sage": ("sageattention", _sage),
+}
+
+
+def available_backends() -> list[str]:
+    """Backends whose package is installed (GPU kernels only count when CUDA is present)."""
+    found = ["sdpa"]
+    if torch.cuda.is_available():
+        for name, (module, _) in _KERNELS.items():
+            if module is not None and importlib.util.find_spec(module) is not None:
+                found.append(name)
+    return found
+
+
+def resolve_backend(name: str) -> str:
+    """Turn a requested backend (or ``auto``) into one that can run here, or fail clearly."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
+    found = available_backends()
+    if name == "auto":
+        for preferred in ("flash_attn3", "flash_attn", "sage", "sdpa"):
+            if preferred in found:
+                return preferred
+    if name not in found:
+        raise RuntimeError(f"attention backend {name!r} is not available here (available: {found})")
+    return name
+
+
+def set_attention_backend(name: str) -> str:
+    """Select the backend used by every later :func:`attention` call; returns the resolved name."""
+    global _active_backend
+    _active_backend = resolve_backend(name)
+    return _active_backend
+
+
+def get_attention_backend() -> str:
+    """The backend :func:`attention` currently uses."""
+    return _active_backend
+
+
+@contextmanager
+def attention_backend(name: str):
+    """Use a backend inside a ``with`` block only."""
+    previous = _active_backend
+    set_attention_backend(name)
+    try:
+        yield
+    finally:
+        set_attention_backend(previous)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention. q: (B, Lq, H, D), k / v: (B, Lk, H, D) -> (B, Lq, H, D).
+
+    The half-precision kernels need fp16/bf16 inputs; fp32 calls always take SDPA.
+    """
+    backend = _active_backend
+    if backend != "sdpa" and q.dtype not in (torch.float16, torch.bfloat16):
+        backend = "sdpa"
+    return _KERNELS[backend][1](q, k, v)

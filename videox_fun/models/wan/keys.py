@@ -1,0 +1,142 @@
+"""Key and config conversion between the original Wan layout and the diffusers layout.
+
+One table of (original, diffusers) name templates serves both directions, so loading a
+diffusers folder and writing one for diffusers use the same facts. ``{i}`` is a block index,
+``{p}`` a parameter name. Keys that match no template fail loudly instead of passing through.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from ..loading import CheckpointMismatchError
+
+
+def _attention_pairs() -> list[tuple[str, str]]:
+    pairs = []
+    projections = [
+        ("q", "to_q"),
+        ("k", "to_k"),
+        ("v", "to_v"),
+        ("o", "to_out.0"),
+        ("norm_q", "norm_q"),
+        ("norm_k", "norm_k"),
+    ]
+    for original, diffusers in (("self_attn", "attn1"), ("cross_attn", "attn2")):
+        for ours, theirs in projections:
+            pairs.append((f"blocks.{{i}}.{original}.{ours}.{{p}}", f"blocks.{{i}}.{diffusers}.{theirs}.{{p}}"))
+    for ours, theirs in (("k_img", "add_k_proj"), ("v_img", "add_v_proj"), ("norm_k_img", "norm_added_k")):
+        pairs.append((f"blocks.{{i}}.cross_attn.{ours}.{{p}}", f"blocks.{{i}}.attn2.{theirs}.{{p}}"))
+    return pairs
+
+
+KEY_PAIRS: list[tuple[str, str]] = [
+    ("patch_embedding.{p}", "patch_embedding.{p}"),
+    ("text_embedding.0.{p}", "condition_embedder.text_embedder.linear_1.{p}"),
+    ("text_embedding.2.{p}", "condition_embedder.text_embedder.linear_2.{p}"),
+    ("time_embedding.0.{p}", "condition_embedder.time_embedder.linear_1.{p}"),
+    ("time_embedding.2.{p}", "condition_embedder.time_embedder.linear_2.{p}"),
+    ("time_projection.1.{p}", "condition_embedder.time_proj.{p}"),
+    ("img_emb.proj.0.{p}", "condition_embedder.image_embedder.norm1.{p}"),
+    ("img_emb.proj.1.{p}", "condition_embedder.image_embedder.ff.net.0.proj.{p}"),
+    ("img_emb.proj.3.{p}", "condition_embedder.image_embedder.ff.net.2.{p}"),
+    ("img_emb.proj.4.{p}", "condition_embedder.image_embedder.norm2.{p}"),
+    ("blocks.{i}.modulation", "blocks.{i}.scale_shift_table"),
+    # diffusers names the (affine) cross-attention norm norm2; the original calls it norm3.
+    ("blocks.{i}.norm3.{p}", "blocks.{i}.norm2.{p}"),
+    ("blocks.{i}.ffn.0.{p}", "blocks.{i}.ffn.net.0.proj.{p}"),
+    ("blocks.{i}.ffn.2.{p}", "blocks.{i}.ffn.net.2.{p}"),
+    ("head.head.{p}", "proj_out.{p}"),
+    ("head.modulation", "scale_shift_table"),
+    *_attention_pairs(),
+    # Fun extras have no diffusers counterpart; they keep their names in either layout.
+    ("ref_conv.{p}", "ref_conv.{p}"),
+    ("control_adapter.{p}", "control_adapter.{p}"),
+]
+
+
+def _template_regex(template: str) -> re.Pattern:
+    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>[\w.]+)")
+    return re.compile(pattern + "$")
+
+
+_TO_DIFFUSERS = [(_template_regex(o), d) for o, d in KEY_PAIRS]
+_TO_ORIGINAL = [(_template_regex(d), o) for o, d in KEY_PAIRS]
+
+
+def _convert(state: Mapping[str, torch.Tensor], rules, direction: str) -> dict[str, torch.Tensor]:
+    converted, unknown = {}, []
+    for key, tensor in state.items():
+        for pattern, template in rules:
+            match = pattern.match(key)
+            if match:
+                converted[template.format(**match.groupdict())] = tensor
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointMismatchError(
+            f"keys with no {direction} Wan equivalent: {unknown[:12]} ({len(unknown)} in all)"
+        )
+    return converted
+
+
+def original_to_diffusers_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an original-layout Wan state dict to diffusers' names."""
+    return _convert(state, _TO_DIFFUSERS, "diffusers")
+
+
+def diffusers_to_original_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a diffusers-layout Wan state dict to the original names."""
+    return _convert(state, _TO_ORIGINAL, "original")
+
+
+def is_diffusers_config(config: Mapping) -> bool:
+    """Whether a config.json is diffusers' ``WanTransformer3DModel`` layout."""
+    return "num_attention_heads" in config or config.get("_class_name") == "WanTransformer3DModel"
+
+
+def diffusers_config_to_original(config: Mapping) -> dict:
+    """Map diffusers' constructor fields to the released config.json fields."""
+    heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
+    unsupported = [k for k in ("pos_embed_seq_len",) if config.get(k)]
+    if unsupported:
+        raise ValueError(f"diffusers Wan config fields not supported yet: {unsupported}")
+    return {
+        "model_type": "i2v" if config.get("image_dim") else "t2v",
+        "patch_size": list(config.get("patch_size", (1, 2, 2))),
+        "in_dim": config["in_channels"],
+        "out_dim": config["out_channels"],
+        "dim": heads * head_dim,
+        "ffn_dim": config["ffn_dim"],
+        "freq_dim": config.get("freq_dim", 256),
+        "text_dim": config.get("text_dim", 4096),
+        "num_heads": heads,
+        "num_layers": config["num_layers"],
+        "qk_norm": bool(config.get("qk_norm", "rms_norm_across_heads")),
+        "cross_attn_norm": bool(config.get("cross_attn_norm", True)),
+        "eps": config.get("eps", 1e-6),
+    }
+
+
+def original_config_to_diffusers(config: Mapping) -> dict:
+    """Map released config.json fields to diffusers' ``WanTransformer3DModel`` constructor."""
+    return {
+        "patch_size": tuple(config.get("patch_size", (1, 2, 2))),
+        "num_attention_heads": config["num_heads"],
+        "attention_head_dim": config["dim"] // config["num_heads"],
+        "in_channels": config["in_dim"],
+        "out_channels": config["out_dim"],
+        "text_dim": config.get("text_dim", 4096),
+        "freq_dim": config.get("freq_dim", 256),
+        "ffn_dim": config["ffn_dim"],
+        "num_layers": config["num_layers"],
+        "cross_attn_norm": config.get("cross_attn_norm", True),
+        "qk_norm": "rms_norm_across_heads" if config.get("qk_norm", True) else None,
+        "eps": config.get("eps", 1e-6),
+        "image_dim": 1280 if config.get("model_type") in ("i2v", "flf2v") else None,
+        "added_kv_proj_dim": config["dim"] if config.get("model_type") in ("i2v", "flf2v") else None,
+    }

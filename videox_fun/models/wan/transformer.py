@@ -1,0 +1,499 @@
+"""The Wan DiT (Wan2.1, Wan2.2 and the alibaba-pai Fun extensions) in the original key format.
+
+Parameter names follow the released checkpoints (``blocks.N.self_attn.q``, ``head.head``...),
+so a Wan-AI / alibaba-pai folder loads as it is; diffusers-format folders are converted on
+load (see :mod:`videox_fun.models.wan.keys`). The forward pass is only the math: caching,
+offload, parallelism and compilation attach from :mod:`videox_fun.runtime`.
+
+Fun extensions, chosen by the config:
+- InP / Control: more input channels (``in_dim``), concatenated by the pipeline as ``y``.
+- Control V1.1: ``ref_conv`` embeds a reference-image latent as an extra frame of tokens.
+- Control-Camera: ``control_adapter`` adds Pluecker-ray features after the patch embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ..attention import attention
+from ..loading import load_into, read_folder_state_dict, strip_prefix
+from .keys import diffusers_config_to_original, diffusers_to_original_keys, is_diffusers_config
+
+logger = logging.getLogger(__name__)
+
+CLIP_DIM = 1280
+CHECKPOINT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+
+
+# ----------------------------------------------------------------------------------------
+# Small building blocks
+# ----------------------------------------------------------------------------------------
+class WanRMSNorm(nn.Module):
+    """RMSNorm computed in fp32 (over the full model dim for q/k, as the release does)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class WanLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the storage dtype (bf16 statistics drift)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
+
+
+def sinusoidal_embedding(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding, cos half first, computed in float64: (N,) -> (N, dim)."""
+    half = dim // 2
+    positions = positions.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=positions.device) / half)
+    angles = torch.outer(positions, freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Split of the head dim between frame / height / width rotations (128 -> 44, 42, 42)."""
+    spatial = 2 * (head_dim // 6)
+    return head_dim - 2 * spatial, spatial, spatial
+
+
+@lru_cache(maxsize=32)
+def _rope_tables(
+    grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    tables = []
+    for size, axis_dim in zip(grid, rope_axis_dims(head_dim), strict=True):
+        inv_freq = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)
+        tables.append(torch.outer(torch.arange(size, dtype=torch.float64), inv_freq))  # (size, axis_dim/2)
+    f, h, w = grid
+    angles = torch.cat(
+        [
+            tables[0][:, None, None, :].expand(f, h, w, -1),
+            tables[1][None, :, None, :].expand(f, h, w, -1),
+            tables[2][None, None, :, :].expand(f, h, w, -1),
+        ],
+        dim=-1,
+    ).reshape(f * h * w, head_dim // 2)  # (L, D/2)
+    return torch.cos(angles).float().to(device), torch.sin(angles).float().to(device)
+
+
+def rope_for_grid(
+    grid: tuple[int, int, int], head_dim: int, device: torch.device, theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos / sin tables (L, head_dim/2) for a (frames, height, width) token grid, row-major."""
+    return _rope_tables(tuple(int(s) for s in grid), head_dim, theta, torch.device(device))
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate consecutive channel pairs of x (B, L, H, D) by the angles of rope (L, D/2) each."""
+    cos, sin = rope[0][None, :, None, :], rope[1][None, :, None, :]  # (1, L, 1, D/2)
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, L, H, D/2, 2)
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+# ----------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------
+class WanSelfAttention(nn.Module):
+    """Self-attention over video tokens with 3D RoPE and q/k RMSNorm across all heads."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, C) -> (B, L, H, D)."""
+        return x.unflatten(-1, (self.num_heads, self.head_dim))
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), rope)  # (B, L, H, D)
+        k = apply_rope(self.heads(self.norm_k(self.k(x))), rope)
+        v = self.heads(self.v(x))
+        return self.o(attention(q, k, v).flatten(2))
+
+
+class WanCrossAttention(WanSelfAttention):
+    """Cross-attention to the text tokens; i2v models also attend to 257 CLIP image tokens."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6, with_image=False):
+        super().__init__(dim, num_heads, qk_norm, eps)
+        if with_image:
+            self.k_img = nn.Linear(dim, dim)
+            self.v_img = nn.Linear(dim, dim)
+            self.norm_k_img = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None = None):
+        q = self.heads(self.norm_q(self.q(x)))  # (B, L, H, D)
+        k = self.heads(self.norm_k(self.k(context)))  # (B, L_text, H, D)
+        out = attention(q, k, self.heads(self.v(context)))
+        if context_img is not None:
+            k_img = self.heads(self.norm_k_img(self.k_img(context_img)))  # (B, 257, H, D)
+            out = out + attention(q, k_img, self.heads(self.v_img(context_img)))
+        return self.o(out.flatten(2))
+
+
+# ----------------------------------------------------------------------------------------
+# Transformer block, head and Fun adapters
+# ----------------------------------------------------------------------------------------
+def modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x * (1 + scale) + shift, in fp32."""
+    return normed.float() * (1 + scale) + shift
+
+
+class WanAttentionBlock(nn.Module):
+    """One DiT block: modulated self-attention, cross-attention, modulated GELU(tanh) FFN."""
+
+    def __init__(self, dim, ffn_dim, num_heads, qk_norm=True, cross_attn_norm=True, eps=1e-6, with_image=False):
+        super().__init__()
+        self.norm1 = WanLayerNorm(dim, eps, elementwise_affine=False)
+        self.self_attn = WanSelfAttention(dim, num_heads, qk_norm, eps)
+        self.norm3 = WanLayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
+        self.cross_attn = WanCrossAttention(dim, num_heads, qk_norm, eps, with_image=with_image)
+        self.norm2 = WanLayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        e: torch.Tensor,
+        context: torch.Tensor,
+        context_img: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """x: (B, L, C); e: (B, 1 or L, 6, C) fp32 time projection; context: (B, L_text, C)."""
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float().unsqueeze(0) + e).unbind(2)
+        y = self.self_attn(modulate(self.norm1(x), shift_sa, scale_sa).type_as(x), rope)
+        x = (x.float() + y.float() * gate_sa).type_as(x)
+        x = x + self.cross_attn(self.norm3(x), context, context_img)
+        y = self.ffn(modulate(self.norm2(x), shift_ff, scale_ff).type_as(x))
+        return (x.float() + y.float() * gate_ff).type_as(x)
+
+
+class WanHead(nn.Module):
+    """Final modulated LayerNorm + linear back to patch pixels of the latent."""
+
+    def __init__(self, dim: int, out_dim: int, patch_size: tuple[int, int, int], eps: float = 1e-6):
+        super().__init__()
+        self.norm = WanLayerNorm(dim, eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, math.prod(patch_size) * out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, C); e: (B, 1 or L, C) fp32 time embedding -> (B, L, prod(patch) * out_dim)."""
+        shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)
+        return self.head(modulate(self.norm(x), shift, scale).type_as(x))
+
+
+class WanImageProjection(nn.Module):
+    """Projects 1280-d CLIP tokens into the model dim (``img_emb.proj.{0,1,3,4}``)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.LayerNorm(in_dim),
+            nn.Linear(in_dim, in_dim),
+            nn.GELU(),
+            nn.Linear(in_dim, out_dim),
+            nn.LayerNorm(out_dim),
+        )
+
+    def forward(self, clip_tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(clip_tokens)
+
+
+class CameraResidualBlock(nn.Module):
+    """conv-relu-conv with a skip, as in the Fun Control-Camera adapter."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class CameraAdapter(nn.Module):
+    """Pluecker rays (B, 24, F_lat, H, W) at pixel size -> (B, dim, F_lat, H/16, W/16) token features."""
+
+    def __init__(self, in_dim: int, dim: int, patch: tuple[int, int], downscale: int = 8, num_blocks: int = 1):
+        super().__init__()
+        self.unshuffle = nn.PixelUnshuffle(downscale)
+        self.conv = nn.Conv2d(in_dim * downscale * downscale, dim, kernel_size=patch, stride=patch)
+        self.residual_blocks = nn.Sequential(*[CameraResidualBlock(dim) for _ in range(num_blocks)])
+
+    def forward(self, rays: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = rays.shape
+        frames = rays.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (B*F, C, H, W)
+        feats = self.residual_blocks(self.conv(self.unshuffle(frames)))  # (B*F, dim, h', w')
+        return feats.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)  # (B, dim, F, h', w')
+
+
+# ----------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------
+class WanTransformer3DModel(ModelMixin, ConfigMixin):
+    """The Wan video DiT. Constructor fields are those of the released ``config.json``."""
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ("WanAttentionBlock",)
+
+    @register_to_config
+    def __init__(
+        self,
+        model_type: str = "t2v",
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        text_len: int = 512,
+        in_dim: int = 16,
+        dim: int = 2048,
+        ffn_dim: int = 8192,
+        freq_dim: int = 256,
+        text_dim: int = 4096,
+        out_dim: int = 16,
+        num_heads: int = 16,
+        num_layers: int = 32,
+        window_size: tuple[int, int] = (-1, -1),
+        qk_norm: bool = True,
+        cross_attn_norm: bool = True,
+        eps: float = 1e-6,
+        add_ref_conv: bool = False,
+        in_dim_ref_conv: int = 16,
+        add_control_adapter: bool = False,
+        in_dim_control_adapter: int = 24,
+        rope_theta: float = 10000.0,
+    ):
+        super().__init__()
+        if model_type not in ("t2v", "i2v", "ti2v", "flf2v"):
+            raise ValueError(f"model_type must be t2v, i2v, ti2v or flf2v, got {model_type!r}")
+        if tuple(window_size) != (-1, -1):
+            raise NotImplementedError("local-window attention (window_size != (-1, -1)) is not in any release")
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.patch_size = tuple(patch_size)
+        with_image = model_type in ("i2v", "flf2v")
+        self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.blocks = nn.ModuleList(
+            WanAttentionBlock(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps, with_image)
+            for _ in range(num_layers)
+        )
+        self.head = WanHead(dim, out_dim, self.patch_size, eps)
+        if with_image:
+            self.img_emb = WanImageProjection(CLIP_DIM, dim)
+        if add_ref_conv:
+            self.ref_conv = nn.Conv2d(in_dim_ref_conv, dim, kernel_size=self.patch_size[1:], stride=self.patch_size[1:])
+        if add_control_adapter:
+            self.control_adapter = CameraAdapter(in_dim_control_adapter, dim, self.patch_size[1:])
+        self.gradient_checkpointing = False
+
+    # -- properties used by pipelines ---------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head."""
+        return self.config.dim // self.config.num_heads
+
+    @property
+    def uses_clip(self) -> bool:
+        """Whether cross-attention expects 257 CLIP image tokens (Wan2.1 i2v and Fun releases)."""
+        return hasattr(self, "img_emb")
+
+    # -- pieces of forward, kept apart so runtime hooks can wrap them -------------------
+    def embed_time(self, t: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """t: (B,) or per-token (B, L) in [0, 1000] -> e (B, 1|L, C) and e0 (B, 1|L, 6, C), fp32."""
+        per_token = t if t.dim() == 2 else t[:, None]  # (B, 1|L)
+        if per_token.shape[1] not in (1, num_tokens):
+            raise ValueError(f"per-token timesteps have length {per_token.shape[1]}, the video has {num_tokens} tokens")
+        sin = sinusoidal_embedding(self.config.freq_dim, per_token.flatten())  # (B*L, freq_dim)
+        weight_dtype = self.time_embedding[0].weight.dtype
+        e = self.time_embedding(sin.to(weight_dtype)).float()  # (B*L, C)
+        e0 = self.time_projection(e.to(weight_dtype)).float()  # (B*L, 6C)
+        e = e.unflatten(0, per_token.shape)  # (B, 1|L, C)
+        return e, e0.unflatten(0, per_token.shape).unflatten(-1, (6, self.config.dim))
+
+    def embed_context(
+        self, context: torch.Tensor, clip_fea: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text (B, L<=text_len, text_dim), zero-padded to text_len as released; CLIP (B, 257, 1280)."""
+        if context.shape[1] > self.config.text_len:
+            raise ValueError(f"text context has {context.shape[1]} tokens, more than text_len {self.config.text_len}")
+        context = F.pad(context, (0, 0, 0, self.config.text_len - context.shape[1]))
+        dtype = self.text_embedding[0].weight.dtype
+        text = self.text_embedding(context.to(dtype))  # (B, text_len, C)
+        if not self.uses_clip:
+            return text, None
+        if clip_fea is None:
+            raise ValueError(
+                "this Wan variant has an image (CLIP) branch: pass clip_fea (B, 257, 1280); "
+                "the pipeline passes zeros when no image is given"
+            )
+        return text, self.img_emb(clip_fea.to(dtype))
+
+    def embed_video(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        camera: torch.Tensor | None,
+        ref_latent: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, tuple[int, int, int], int]:
+        """Latents (+ conditions) -> tokens (B, L, C), the token grid, and the number of prefix tokens."""
+        if y is not None:
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        if x.shape[1] != self.config.in_dim:
+            raise ValueError(
+                f"the transformer takes {self.config.in_dim} input channels (latent + conditions), got {x.shape[1]}: "
+                f"check that the mode matches the variant (see videox_fun.models.wan.variants)"
+            )
+        dtype = self.patch_embedding.weight.dtype
+        tokens = self.patch_embedding(x.to(dtype))  # (B, C, F, h, w)
+        if camera is not None:
+            if not hasattr(self, "control_adapter"):
+                raise ValueError(
+                    "camera input given, but this variant has no control_adapter (use a Control-Camera model)"
+                )
+            tokens = tokens + self.control_adapter(camera.to(dtype))
+        grid = tuple(tokens.shape[2:])
+        tokens = tokens.flatten(2).transpose(1, 2)  # (B, L, C)
+        prefix = 0
+        if ref_latent is not None:
+            if not hasattr(self, "ref_conv"):
+                raise ValueError("ref_latent given, but this variant has no ref_conv (use a Fun V1.1 Control model)")
+            ref = self.ref_conv(ref_latent.to(dtype)).flatten(2).transpose(1, 2)  # (B, h*w, C)
+            tokens = torch.cat([ref, tokens], dim=1)
+            grid = (grid[0] + 1, grid[1], grid[2])  # the reference is frame 0 for RoPE
+            prefix = ref.shape[1]
+        return tokens, grid, prefix
+
+    def run_blocks(self, x, e0, context, context_img, rope) -> torch.Tensor:
+        """The block stack (B, L, C) -> (B, L, C); step caches replace this method's result."""
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, x, e0, context, context_img, rope)
+            else:
+                x = block(x, e0, context, context_img, rope)
+        return x
+
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """(B, L, prod(patch) * C_out) -> (B, C_out, F, H, W)."""
+        (pf, ph, pw), (f, h, w) = self.patch_size, grid
+        x = tokens.reshape(tokens.shape[0], f, h, w, pf, ph, pw, self.config.out_dim)
+        x = torch.einsum("bfhwpqrc->bcfphqwr", x)
+        return x.reshape(tokens.shape[0], self.config.out_dim, f * pf, h * ph, w * pw)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        clip_fea: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        camera: torch.Tensor | None = None,
+        ref_latent: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow velocity.
+
+        x: (B, C_lat, F, H, W) noisy latents; t: (B,) or per-token (B, L) timesteps in [0, 1000];
+        context: (B, L_text, text_dim); clip_fea: (B, 257, 1280) for i2v variants;
+        y: (B, in_dim - C_lat, F, H, W) conditioning channels; camera: (B, 24, F, 8H, 8W) Pluecker
+        rays (Control-Camera); ref_latent: (B, 16, H, W) reference latent (Control V1.1).
+        Returns (B, out_dim, F, H, W).
+        """
+        tokens, grid, prefix = self.embed_video(x, y, camera, ref_latent)
+        if t.dim() == 2 and prefix:
+            t = torch.cat([t[:, :1].expand(-1, prefix), t], dim=1)
+        e, e0 = self.embed_time(t, tokens.shape[1])
+        context, context_img = self.embed_context(context, clip_fea)
+        rope = rope_for_grid(grid, self.head_dim, tokens.device, self.config.rope_theta)
+        tokens = self.run_blocks(tokens, e0, context, context_img, rope)
+        tokens = self.head(tokens, e)[:, prefix:]
+        return self.unpatchify(tokens, (grid[0] - (1 if prefix else 0), grid[1], grid[2]))
+
+    # -- loading -----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        **config_overrides,
+    ) -> WanTransformer3DModel:
+        """Load a released folder (original Wan layout or diffusers layout, single or sharded).
+
+        Every key and shape is checked; a mismatch raises ``CheckpointMismatchError`` naming the keys.
+        """
+        folder = Path(folder)
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no config.json in {folder}")
+        with open(config_path) as f:
+            raw = json.load(f)
+        state = read_folder_state_dict(folder)
+        if is_diffusers_config(raw):
+            config = diffusers_config_to_original(raw)
+            state = diffusers_to_original_keys(state)
+        else:
+            config = {k: v for k, v in raw.items() if not k.startswith("_")}
+            state = strip_prefix(state, CHECKPOINT_PREFIXES)
+        config.update(config_overrides)
+        config.update(infer_fun_extras(state, config))
+        with torch.device("meta"):
+            model = cls.from_config(config)
+        load_into(model, state, source=str(folder))
+        model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device)
+        return model.eval()
+
+    def save_original(self, folder: str | Path, max_shard_bytes: int = 10 * 2**30) -> None:
+        """Write the original (Wan-AI / alibaba-pai) layout: config.json + (sharded) safetensors."""
+        from ..loading import save_sharded
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        config = {"_class_name": "WanModel", **config}
+        with open(folder / "config.json", "w") as f:
+            json.dump(config, f, indent=2)
+        save_sharded(self.state_dict(), folder, max_shard_bytes)
+
+
+def infer_fun_extras(state: dict[str, torch.Tensor], config: dict) -> dict:
+    """Fun extras present in the weights but not declared in config.json are enabled, with a note."""
+    found = {}
+    if "ref_conv.weight" in state and not config.get("add_ref_conv"):
+        found["add_ref_conv"] = True
+        found["in_dim_ref_conv"] = state["ref_conv.weight"].shape[1]
+    if "control_adapter.conv.weight" in state and not config.get("add_control_adapter"):
+        found["add_control_adapter"] = True
+        found["in_dim_control_adapter"] = state["control_adapter.conv.weight"].shape[1] // 64
+    if found:
+        logger.info("checkpoint carries Fun extras not named in config.json; enabling %s", found)
+    return found

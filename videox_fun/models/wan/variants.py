@@ -1,0 +1,121 @@
+"""Named presets of the released Wan transformers and what each variant's inputs are.
+
+A variant is read off its config (input channels and Fun extras), never off a path name:
+this decides which conditioning channels the pipeline builds and which modes it can serve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_SIZES = {
+    "1.3B": {"dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30},
+    "14B": {"dim": 5120, "ffn_dim": 13824, "num_heads": 40, "num_layers": 40},
+    "5B": {"dim": 3072, "ffn_dim": 14336, "num_heads": 24, "num_layers": 30},
+}
+_COMMON = {"patch_size": [1, 2, 2], "text_len": 512, "freq_dim": 256, "text_dim": 4096, "eps": 1e-6}
+
+
+def _preset(size: str, model_type: str, in_dim: int, out_dim: int = 16, **extra) -> dict:
+    return {**_COMMON, **_SIZES[size], "model_type": model_type, "in_dim": in_dim, "out_dim": out_dim, **extra}
+
+
+PRESETS: dict[str, dict] = {
+    "Wan2.1-T2V-1.3B": _preset("1.3B", "t2v", 16),
+    "Wan2.1-T2V-14B": _preset("14B", "t2v", 16),
+    "Wan2.1-I2V-14B-480P": _preset("14B", "i2v", 36),
+    "Wan2.1-I2V-14B-720P": _preset("14B", "i2v", 36),
+    "Wan2.1-Fun-1.3B-InP": _preset("1.3B", "i2v", 36),
+    "Wan2.1-Fun-14B-InP": _preset("14B", "i2v", 36),
+    "Wan2.1-Fun-1.3B-Control": _preset("1.3B", "i2v", 48),
+    "Wan2.1-Fun-14B-Control": _preset("14B", "i2v", 48),
+    "Wan2.1-Fun-V1.1-1.3B-InP": _preset("1.3B", "i2v", 36),
+    "Wan2.1-Fun-V1.1-14B-InP": _preset("14B", "i2v", 36),
+    "Wan2.1-Fun-V1.1-1.3B-Control": _preset("1.3B", "i2v", 48, add_ref_conv=True),
+    "Wan2.1-Fun-V1.1-14B-Control": _preset("14B", "i2v", 48, add_ref_conv=True),
+    "Wan2.1-Fun-V1.1-1.3B-Control-Camera": _preset("1.3B", "i2v", 32, add_control_adapter=True),
+    "Wan2.1-Fun-V1.1-14B-Control-Camera": _preset("14B", "i2v", 32, add_control_adapter=True),
+    "Wan2.2-TI2V-5B": _preset("5B", "ti2v", 48, out_dim=48),
+}
+
+# Which generation modes each input layout can serve.
+MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera")
+
+
+@dataclass(frozen=True)
+class WanVariant:
+    """The conditioning a transformer config expects, in channel order after the noisy latent."""
+
+    name: str
+    channels: tuple[tuple[str, int], ...]
+    ref_image: bool = False
+    camera: bool = False
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """Generation modes this variant serves (v2v works on any variant: it only changes the start)."""
+        kinds = {kind for kind, _ in self.channels}
+        if "mask" in kinds and "control" in kinds:
+            return ("control", "inpaint", "i2v", "t2v", "v2v")
+        if "mask" in kinds:
+            return ("t2v", "i2v", "flf2v", "inpaint", "v2v")
+        if "control" in kinds:
+            return ("control", "v2v")
+        if self.camera:
+            return ("camera", "v2v")
+        return ("t2v", "v2v")
+
+
+def variant_of(config) -> WanVariant:
+    """Read the variant off a transformer config (a dict or a diffusers FrozenDict)."""
+    z, in_dim = config["out_dim"], config["in_dim"]
+    ref, camera = bool(config.get("add_ref_conv")), bool(config.get("add_control_adapter"))
+    layouts = {
+        z: ("T2V", ()),
+        z + 4 + z: ("InP", (("mask", 4), ("masked_video", z))),
+        3 * z: ("Control", (("control", z), ("start_image", z))),
+        2 * z + 4 + z: ("Control+InP", (("control", z), ("mask", 4), ("masked_video", z))),
+    }
+    if camera:
+        layouts[2 * z] = ("Control-Camera", (("start_image", z),))
+    if in_dim not in layouts:
+        raise ValueError(f"no known Wan variant takes in_dim={in_dim} with out_dim={z}")
+    name, channels = layouts[in_dim]
+    if ref:
+        name += " V1.1 (reference image)"
+    return WanVariant(name, channels, ref_image=ref, camera=camera)
+
+
+def variant_for_mode(mode: str) -> str:
+    """The kind of released model a user needs for a mode, for error messages."""
+    return {
+        "t2v": "a T2V or Fun InP model",
+        "i2v": "a Fun InP or Wan I2V model",
+        "flf2v": "a Fun InP model",
+        "inpaint": "a Fun InP model",
+        "v2v": "any Wan model",
+        "control": "a Fun Control model",
+        "camera": "a Fun Control-Camera model",
+    }[mode]
+
+
+def tiny_config(variant: str = "t2v", **overrides) -> dict:
+    """A tiny config of the real architecture for tests and the offline demo (2 layers, head dim 12)."""
+    in_dims = {"t2v": 16, "i2v": 36, "inp": 36, "control": 48, "control_ref": 48, "camera": 32}
+    config = {
+        "model_type": "i2v" if variant == "i2v" else "t2v",
+        "patch_size": [1, 2, 2],
+        "text_len": 32,
+        "in_dim": in_dims[variant],
+        "dim": 24,
+        "ffn_dim": 48,
+        "freq_dim": 16,
+        "text_dim": 32,
+        "out_dim": 16,
+        "num_heads": 2,
+        "num_layers": 2,
+        "add_ref_conv": variant == "control_ref",
+        "add_control_adapter": variant == "camera",
+    }
+    config.update(overrides)
+    return config
