@@ -8,13 +8,17 @@ Released checkpoints come as a single ``*.safetensors`` file, a sharded set with
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -153,3 +157,93 @@ def save_sharded(
     with open(folder / f"{prefix}.safetensors.index.json", "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     return paths
+
+
+# ----------------------------------------------------------------------------------------
+# Key renaming between checkpoint layouts, by tables of name templates
+# ----------------------------------------------------------------------------------------
+
+
+def template_regex(template: str) -> re.Pattern[str]:
+    """A regex for a key template.
+
+    ``{i}`` matches a block index, ``{p}`` ``weight`` or ``bias``, ``{tail}`` any dotted rest of a name.
+    """
+    pattern = (
+        re.escape(template)
+        .replace(r"\{i\}", r"(?P<i>\d+)")
+        .replace(r"\{p\}", r"(?P<p>weight|bias)")
+        .replace(r"\{tail\}", r"(?P<tail>[\w.]+)")
+    )
+    return re.compile(pattern + "$")
+
+
+def rename_rules(pairs: Sequence[tuple[str, str]], reverse: bool = False) -> list[tuple[re.Pattern[str], str]]:
+    """(pattern, template) rules from (source, target) template pairs, in either direction."""
+    return [(template_regex(target if reverse else source), source if reverse else target) for source, target in pairs]
+
+
+def rename_key(key: str, rules: Sequence[tuple[re.Pattern[str], str]]) -> str | None:
+    """Rename ``key`` by the first matching (pattern, template) rule; None when no rule matches."""
+    for pattern, template in rules:
+        match = pattern.match(key)
+        if match:
+            return template.format(**match.groupdict())
+    return None
+
+
+def put_unique(out: dict[str, torch.Tensor], key: str, tensor: torch.Tensor, source_key: str) -> None:
+    """Insert ``key`` into a converted state dict, refusing two source keys that land on one name."""
+    if key in out:
+        raise CheckpointMismatchError(f"two checkpoint keys convert to {key} (the second is {source_key})")
+    out[key] = tensor
+
+
+def with_original_names(
+    err: CheckpointMismatchError, to_original: Callable[[str], str | None]
+) -> CheckpointMismatchError:
+    """The same mismatch error, plus the original-layout names of the keys it mentions.
+
+    The strict check speaks transformers' names; a user holding the original file should be able
+    to find the offending tensor in it too.
+    """
+    names = dict.fromkeys(re.findall(r"[A-Za-z_][\w.]*\w", str(err)))
+    pairs = [f"{name} = {original}" for name in names if (original := to_original(name)) and original != name]
+    if not pairs:
+        return err
+    return CheckpointMismatchError(f"{err}\n  in the original layout: " + ", ".join(pairs[:24]))
+
+
+def cast_floating(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Cast the floating-point tensors of a state dict to ``dtype`` (None keeps them)."""
+    if dtype is None:
+        return dict(state)
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def assert_materialised(model: nn.Module, source: str) -> None:
+    """Fail if a meta-built model still has a tensor without data after loading."""
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointMismatchError(f"loading {source} left tensors without data: {left[:12]}")
+
+
+def drop_prefixed(
+    state: dict[str, torch.Tensor],
+    prefixes: tuple[str, ...],
+    why: str,
+    source: str,
+    log: logging.Logger = logger,
+) -> list[str]:
+    """Delete (in place) the keys starting with one of ``prefixes``; log and return them.
+
+    Used only for parts of a checkpoint that are known by name and not needed (a decoder, a text
+    tower); everything else unknown is left for the strict check to reject.
+    """
+    dropped = [k for k in state if k.startswith(prefixes)]
+    for key in dropped:
+        del state[key]
+    if dropped:
+        shown = ", ".join(dropped[:3]) + (", ..." if len(dropped) > 3 else "")
+        log.info("%s: dropped %d tensors (%s): %s", source, len(dropped), why, shown)
+    return dropped

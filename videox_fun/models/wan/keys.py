@@ -2,17 +2,17 @@
 
 One table of (original, diffusers) name templates serves both directions, so loading a
 diffusers folder and writing one for diffusers use the same facts. ``{i}`` is a block index,
-``{p}`` a parameter name. Keys that match no template fail loudly instead of passing through.
+``{p}`` weight or bias, ``{tail}`` any rest of a name. Keys that match no template fail loudly
+instead of passing through.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import torch
 
-from ..loading import CheckpointMismatchError
+from ..loading import CheckpointMismatchError, put_unique, rename_key, rename_rules
 
 
 def _attention_pairs() -> list[tuple[str, str]]:
@@ -54,29 +54,23 @@ KEY_PAIRS: list[tuple[str, str]] = [
     *_attention_pairs(),
     # Fun extras have no diffusers counterpart; they keep their names in either layout.
     ("ref_conv.{p}", "ref_conv.{p}"),
-    ("control_adapter.{p}", "control_adapter.{p}"),
+    ("control_adapter.{tail}", "control_adapter.{tail}"),
 ]
 
 
-def _template_regex(template: str) -> re.Pattern:
-    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>[\w.]+)")
-    return re.compile(pattern + "$")
-
-
-_TO_DIFFUSERS = [(_template_regex(o), d) for o, d in KEY_PAIRS]
-_TO_ORIGINAL = [(_template_regex(d), o) for o, d in KEY_PAIRS]
+_TO_DIFFUSERS = rename_rules(KEY_PAIRS)
+_TO_ORIGINAL = rename_rules(KEY_PAIRS, reverse=True)
 
 
 def _convert(state: Mapping[str, torch.Tensor], rules, direction: str) -> dict[str, torch.Tensor]:
-    converted, unknown = {}, []
+    converted: dict[str, torch.Tensor] = {}
+    unknown = []
     for key, tensor in state.items():
-        for pattern, template in rules:
-            match = pattern.match(key)
-            if match:
-                converted[template.format(**match.groupdict())] = tensor
-                break
-        else:
+        renamed = rename_key(key, rules)
+        if renamed is None:
             unknown.append(key)
+        else:
+            put_unique(converted, renamed, tensor, key)
     if unknown:
         raise CheckpointMismatchError(
             f"keys with no {direction} Wan equivalent: {unknown[:12]} ({len(unknown)} in all)"

@@ -26,7 +26,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..attention import attention
-from ..loading import load_into, read_folder_state_dict, strip_prefix
+from ..loading import cast_floating, load_into, read_folder_state_dict, strip_prefix
 from .keys import diffusers_config_to_original, diffusers_to_original_keys, is_diffusers_config
 
 logger = logging.getLogger(__name__)
@@ -290,6 +290,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         add_control_adapter: bool = False,
         in_dim_control_adapter: int = 24,
         rope_theta: float = 10000.0,
+        image_dim: int = CLIP_DIM,
     ):
         super().__init__()
         if model_type not in ("t2v", "i2v", "ti2v", "flf2v"):
@@ -310,7 +311,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         )
         self.head = WanHead(dim, out_dim, self.patch_size, eps)
         if with_image:
-            self.img_emb = WanImageProjection(CLIP_DIM, dim)
+            self.img_emb = WanImageProjection(image_dim, dim)
         if add_ref_conv:
             self.ref_conv = nn.Conv2d(in_dim_ref_conv, dim, kernel_size=self.patch_size[1:], stride=self.patch_size[1:])
         if add_control_adapter:
@@ -354,7 +355,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
             return text, None
         if clip_fea is None:
             raise ValueError(
-                "this Wan variant has an image (CLIP) branch: pass clip_fea (B, 257, 1280); "
+                f"this Wan variant has an image (CLIP) branch: pass clip_fea (B, 257, {self.config.image_dim}); "
                 "the pipeline passes zeros when no image is given"
             )
         return text, self.img_emb(clip_fea.to(dtype))
@@ -468,9 +469,9 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         config.update(infer_fun_extras(state, config))
         with torch.device("meta"):
             model = cls.from_config(config)
-        load_into(model, state, source=str(folder))
-        model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device)
-        return model.eval()
+        # Cast before loading: the meta-built model takes the tensors as they are (no second copy).
+        load_into(model, cast_floating(state, torch_dtype), source=str(folder))
+        return model.to(device).eval()
 
     def save_original(self, folder: str | Path, max_shard_bytes: int = 10 * 2**30) -> None:
         """Write the original (Wan-AI / alibaba-pai) layout: config.json + (sharded) safetensors."""

@@ -1,0 +1,160 @@
+"""Every mode of the one Wan pipeline, end to end on tiny model folders, read back with PyAV."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from videox_fun.io.camera import make_trajectory, write_camera_trajectory
+from videox_fun.io.video import write_video
+from videox_fun.models.wan.tiny import build_tiny_model_folder
+from videox_fun.pipelines.guidance import ClassifierFreeGuidance
+from videox_fun.pipelines.wan import WanPipeline
+
+HEIGHT, WIDTH, FRAMES = 32, 48, 9
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "inp": build_tiny_model_folder(root / "inp", "inp", with_clip=True),
+        "control": build_tiny_model_folder(root / "control", "control_ref", with_clip=True),
+        "camera": build_tiny_model_folder(root / "camera", "camera", with_clip=True),
+        "t2v": build_tiny_model_folder(root / "t2v", "t2v"),
+    }
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (FRAMES, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    mask = np.zeros_like(frames)
+    mask[:, 8:24, 16:32] = 255  # white box = region to generate
+    paths = {
+        "video": write_video(frames, root / "video.mp4", fps=8),
+        "mask": write_video(mask, root / "mask.mp4", fps=8),
+        "image": write_video(frames[:1], root / "image.png"),
+        "end_image": write_video(frames[-1:], root / "end.png"),
+        "camera": write_camera_trajectory(make_trajectory("pan_left", FRAMES), root / "camera.txt"),
+    }
+    return paths
+
+
+def read_back(path):
+    """Frame count and (height, width) of a video file, decoded by PyAV itself."""
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return len(frames), frames[0].shape[:2]
+
+
+MODE_CASES = [
+    ("t2v", "inp", {}),
+    ("t2v", "t2v", {}),
+    ("i2v", "inp", {"image"}),
+    ("flf2v", "inp", {"image", "end_image"}),
+    ("v2v", "inp", {"video"}),
+    ("v2v", "t2v", {"video"}),
+    ("inpaint", "inp", {"video", "mask"}),
+    ("control", "control", {"control_video", "ref_image", "image"}),
+    ("camera", "camera", {"camera", "image"}),
+]
+
+
+@pytest.mark.parametrize(("mode", "model", "inputs"), MODE_CASES, ids=[f"{m}-{k}" for m, k, _ in MODE_CASES])
+def test_mode_writes_a_video_pyav_reads(folders, media, tmp_path, mode, model, inputs):
+    pipe = WanPipeline.from_pretrained(folders[model])
+    given = {
+        name: media["video" if name == "control_video" else "image" if name == "ref_image" else name] for name in inputs
+    }
+    result = pipe(
+        "a red circle moving right",
+        mode=mode,
+        height=HEIGHT,
+        width=WIDTH,
+        num_frames=FRAMES,
+        num_inference_steps=2,
+        progress=False,
+        **given,
+    )
+    assert result.frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    path = write_video(result.frames, tmp_path / f"{mode}.mp4", fps=8)
+    assert read_back(path) == (FRAMES, (HEIGHT, WIDTH))
+
+
+def test_same_seed_same_video_and_seed_matters(folders):
+    pipe = WanPipeline.from_pretrained(folders["inp"])
+    settings = {"height": HEIGHT, "width": WIDTH, "num_frames": 5, "num_inference_steps": 2, "progress": False}
+    first = pipe("a blue square moving up", seed=1, **settings).latents
+    assert torch.equal(first, pipe("a blue square moving up", seed=1, **settings).latents)
+    assert not torch.equal(first, pipe("a blue square moving up", seed=2, **settings).latents)
+
+
+def test_i2v_conditions_differ_from_t2v(folders, media):
+    pipe = WanPipeline.from_pretrained(folders["inp"])
+    t2v = pipe.build_conditions("t2v", {}, FRAMES, HEIGHT, WIDTH)
+    i2v = pipe.build_conditions("i2v", {"image": media["image"]}, FRAMES, HEIGHT, WIDTH)
+    mask_t2v, mask_i2v = t2v["y"][:, :4], i2v["y"][:, :4]
+    assert mask_t2v.abs().sum() == 0  # nothing known
+    assert torch.all(mask_i2v[:, :, 0] == 1) and torch.all(mask_i2v[:, :, 1:] == 0)  # first frame known
+    assert i2v["clip_fea"].abs().sum() > 0 and t2v["clip_fea"].abs().sum() == 0
+
+
+def test_mode_the_variant_cannot_serve_names_the_variant(folders, media):
+    pipe = WanPipeline.from_pretrained(folders["t2v"])
+    with pytest.raises(ValueError, match="Fun InP"):
+        pipe("x", mode="i2v", image=media["image"], height=HEIGHT, width=WIDTH, num_frames=5, progress=False)
+    with pytest.raises(ValueError, match="Fun Control model"):
+        pipe("x", mode="control", control_video=media["video"], progress=False)
+
+
+def test_missing_input_and_missing_file_are_named(folders, tmp_path):
+    pipe = WanPipeline.from_pretrained(folders["inp"])
+    with pytest.raises(ValueError, match="--mask"):
+        pipe("x", mode="inpaint", video=tmp_path, progress=False)
+    with pytest.raises(FileNotFoundError, match=r"nope\.png"):
+        pipe("x", mode="i2v", image=tmp_path / "nope.png", progress=False)
+
+
+def test_sizes_and_frame_counts_are_rounded_with_a_note(folders, caplog):
+    pipe = WanPipeline.from_pretrained(folders["inp"])
+    result = pipe("x", height=30, width=50, num_frames=6, num_inference_steps=1, progress=False)
+    assert result.frames.shape == (5, 32, 48, 3)
+    assert "height 30 is not a multiple of 16; using 32" in caplog.text
+    assert "frame count 6 is not of the form 4k+1; using 5" in caplog.text
+
+
+def test_step_callback_and_counted_guidance(folders):
+    pipe = WanPipeline.from_pretrained(folders["inp"])
+    seen = []
+    guidance = ClassifierFreeGuidance(scale=5.0, skip_ratio=0.25)
+    pipe(
+        "x",
+        height=HEIGHT,
+        width=WIDTH,
+        num_frames=5,
+        num_inference_steps=4,
+        guidance=guidance,
+        callback=lambda step, total, latents: seen.append((step, total)),
+        progress=False,
+    )
+    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    assert guidance.passes == {"cond": 4, "uncond": 3}
+
+
+def test_batched_and_sequential_guidance_agree(folders):
+    pipe = WanPipeline.from_pretrained(folders["inp"])
+    settings = {"height": HEIGHT, "width": WIDTH, "num_frames": 5, "num_inference_steps": 2, "progress": False}
+    batched = pipe("x", guidance=ClassifierFreeGuidance(6.0, batched=True), **settings).latents
+    sequential = pipe("x", guidance=ClassifierFreeGuidance(6.0, batched=False), **settings).latents
+    assert torch.allclose(batched, sequential, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["Flow", "Flow_Unipc", "Flow_DPM++"])
+def test_samplers_run(folders, sampler):
+    pipe = WanPipeline.from_pretrained(folders["inp"])
+    result = pipe("x", sampler=sampler, height=HEIGHT, width=WIDTH, num_frames=5, num_inference_steps=3, progress=False)
+    assert torch.isfinite(result.latents).all()

@@ -1,0 +1,188 @@
+"""``videox-fun``: the command line. ``videox-fun generate --help`` lists every flag and default."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger("videox_fun")
+
+MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera")
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generation flags, shared by ``videox-fun generate`` and the examples/ entry points."""
+    from .pipelines.schedulers import SAMPLERS
+
+    io = parser.add_argument_group("what to generate")
+    io.add_argument("--prompt", help="text prompt (or use --prompts-file)")
+    io.add_argument("--negative-prompt", default=None, help="negative prompt (default: the model config's)")
+    io.add_argument("--prompts-file", type=Path, help="one prompt per line: generate them all in one process")
+    io.add_argument("--mode", choices=MODES, help="generation mode (default: inferred from the inputs)")
+    io.add_argument("--image", help="start image (i2v / flf2v, or the start frame of control / camera)")
+    io.add_argument("--end-image", help="last frame (flf2v)")
+    io.add_argument("--video", help="input video (v2v, inpaint)")
+    io.add_argument("--mask", help="mask video or image, white = generate (inpaint)")
+    io.add_argument("--control-video", help="control video, e.g. edges / depth / pose (control)")
+    io.add_argument("--ref-image", help="reference image (Fun V1.1 Control)")
+    io.add_argument("--camera", help="camera trajectory file, one pose per line (camera)")
+    io.add_argument("--strength", type=float, default=0.7, help="denoise strength for v2v (default 0.7)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="model folder or name (default: the built-in tiny model for the mode)")
+    model.add_argument("--config", type=Path, help="YAML model config (default: the folder's own, else civitai layout)")
+    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    model.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
+    )
+    model.add_argument(
+        "--attention", default="auto", help="attention backend: auto, sdpa, flash_attn, flash_attn3, sage"
+    )
+
+    sampling = parser.add_argument_group("sampling (defaults come from the model config)")
+    sampling.add_argument("--height", type=int, help="height in pixels, rounded to a multiple of 16")
+    sampling.add_argument("--width", type=int, help="width in pixels, rounded to a multiple of 16")
+    sampling.add_argument("--frames", type=int, help="frame count, rounded to 4k+1")
+    sampling.add_argument("--fps", type=int, help="frames per second of the written video")
+    sampling.add_argument("--steps", type=int, help="denoising steps")
+    sampling.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    sampling.add_argument("--shift", type=float, help="flow shift of the sampler")
+    sampling.add_argument("--sampler", choices=SAMPLERS, help="sampler")
+    sampling.add_argument("--seed", type=int, default=43, help="random seed (default 43)")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", type=Path, help="output file (.mp4; .png for one frame)")
+    out.add_argument("--output-dir", type=Path, help="output folder (default samples/{model}-videos{_i2v,_v2v,...})")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_device_and_dtype(device: str, dtype: str):
+    """Turn ``auto`` into the best device here and the dtype that suits it."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return torch.device(device), getattr(torch, dtype)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Non-empty lines of a prompts file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts-file: file not found: {path}")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts-file {path} holds no prompt")
+    return prompts
+
+
+def next_output_path(folder: Path, suffix: str = ".mp4") -> Path:
+    """The next free numbered file name in ``folder`` (00000001.mp4, ...), as VideoX-Fun names them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.stem) for p in folder.iterdir() if p.stem.isdigit()]
+    return folder / f"{max(taken, default=0) + 1:08d}{suffix}"
+
+
+def run_generate(args: argparse.Namespace) -> list[Path]:
+    """Load the model once and write one video per prompt; returns the written paths."""
+    from .config import config_for_folder
+    from .io.video import write_video
+    from .models.attention import set_attention_backend
+    from .pipelines.wan import OUTPUT_SUFFIX, WanPipeline, infer_mode
+    from .registry import resolve_model
+
+    if not args.prompt and not args.prompts_file:
+        raise SystemExit("error: give --prompt or --prompts-file")
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
+    mode = args.mode or infer_mode(args.image, args.end_image, args.video, args.mask, args.control_video, args.camera)
+    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
+    set_attention_backend(args.attention)
+
+    started = time.perf_counter()
+    folder = resolve_model(args.model, mode)
+    config = config_for_folder(folder, args.config)
+    if config.note:
+        print(f"note: model {folder.name}: {config.note}")
+    pipe = WanPipeline.from_pretrained(folder, config=config, device=device, dtype=dtype)
+    defaults = config.defaults
+    out_dir = args.output_dir or Path("samples") / f"{folder.name}-{OUTPUT_SUFFIX[mode]}"
+    fps = args.fps or defaults.fps
+
+    written = []
+    for i, prompt in enumerate(prompts):
+        result = pipe(
+            prompt,
+            negative_prompt=args.negative_prompt if args.negative_prompt is not None else defaults.negative_prompt,
+            mode=mode,
+            image=args.image,
+            end_image=args.end_image,
+            video=args.video,
+            mask=args.mask,
+            control_video=args.control_video,
+            ref_image=args.ref_image,
+            camera=args.camera,
+            height=args.height or defaults.height,
+            width=args.width or defaults.width,
+            num_frames=args.frames or defaults.num_frames,
+            num_inference_steps=args.steps or defaults.steps,
+            guidance_scale=args.guidance if args.guidance is not None else defaults.guidance_scale,
+            shift=args.shift if args.shift is not None else defaults.shift,
+            sampler=args.sampler or defaults.sampler,
+            seed=args.seed + i,
+            strength=args.strength,
+            progress=not args.quiet,
+        )
+        target = args.output if (args.output and len(prompts) == 1) else next_output_path(out_dir)
+        path = write_video(result.frames, target, fps=fps)
+        sidecar = {"prompt": prompt, "model": folder.name, "fps": fps, **result.settings}
+        path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+        written.append(path)
+        print(f"wrote {path} ({result.frames.shape[0]} frames, {result.frames.shape[2]}x{result.frames.shape[1]})")
+    logger.info("generated %d video(s) in %.1f s", len(written), time.perf_counter() - started)
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``videox-fun`` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="videox-fun", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser(
+        "generate", help="generate videos", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_generate_arguments(generate)
+    generate.set_defaults(handler=run_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``videox-fun`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        args.handler(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def example_main(mode: str) -> None:
+    """Entry of the thin ``examples/*/predict_*.py`` scripts: ``generate`` with a preset mode.
+
+    Flags after the script name are the same as ``videox-fun generate``'s and may override --mode.
+    """
+    sys.exit(main(["generate", "--mode", mode, *sys.argv[1:]]))

@@ -1,0 +1,111 @@
+"""Typed configs: where a model folder keeps its components, and the generation defaults.
+
+A YAML file (``config/wan2.1/*.yaml``, or ``videox_fun.yaml`` inside a model folder) fills
+:class:`ModelConfig`; unknown fields are an error, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+FOLDER_CONFIG_NAME = "videox_fun.yaml"
+
+
+@dataclass
+class GenerationDefaults:
+    """The settings a model was trained for; flags override them."""
+
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
+    fps: int = 16
+    steps: int = 50
+    guidance_scale: float = 6.0
+    shift: float = 3.0
+    sampler: str = "Flow"
+    negative_prompt: str = ""
+
+
+@dataclass
+class ModelConfig:
+    """Where each component lives inside a model folder, and how to run it.
+
+    ``format`` is ``civitai`` (the original Wan-AI / alibaba-pai layout: transformer files at the
+    top, ``Wan2.1_VAE.pth``, ``models_t5_*.pth``...) or ``diffusers`` (one subfolder each).
+    """
+
+    format: str = "civitai"
+    pipeline: str = "Wan"
+    transformer_subpath: str = "./"
+    vae_subpath: str = "Wan2.1_VAE.pth"
+    text_encoder_subpath: str = "models_t5_umt5-xxl-enc-bf16.pth"
+    tokenizer_subpath: str = "google/umt5-xxl"
+    image_encoder_subpath: str | None = "models_clip_open-xlm-roberta-large-vit-huge-14.pth"
+    # Fill value of unknown pixels in the masked video: -1 for Fun InP releases, 0 for Wan-AI I2V.
+    masked_fill: float = -1.0
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    note: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """Build from a mapping, refusing unknown fields."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config fields {unknown}; known: {sorted(known)}")
+        data = dict(data)
+        defaults = data.pop("defaults", {}) or {}
+        default_fields = {f.name for f in dataclasses.fields(GenerationDefaults)}
+        bad = sorted(set(defaults) - default_fields)
+        if bad:
+            raise ValueError(f"unknown generation defaults {bad}; known: {sorted(default_fields)}")
+        return cls(**data, defaults=GenerationDefaults(**defaults))
+
+    def to_dict(self) -> dict:
+        """A plain mapping, as written to YAML."""
+        return dataclasses.asdict(self)
+
+
+DIFFUSERS_LAYOUT = {
+    "format": "diffusers",
+    "transformer_subpath": "transformer",
+    "vae_subpath": "vae",
+    "text_encoder_subpath": "text_encoder",
+    "tokenizer_subpath": "tokenizer",
+    "image_encoder_subpath": "image_encoder",
+}
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read a YAML model config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    try:
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def config_for_folder(folder: str | Path, override: str | Path | None = None) -> ModelConfig:
+    """The config of a model folder: an explicit YAML, the folder's own one, or its layout's defaults."""
+    folder = Path(folder)
+    if override is not None:
+        return load_model_config(override)
+    if (folder / FOLDER_CONFIG_NAME).is_file():
+        return load_model_config(folder / FOLDER_CONFIG_NAME)
+    if (folder / "model_index.json").is_file():
+        return ModelConfig.from_dict(DIFFUSERS_LAYOUT)
+    return ModelConfig()
+
+
+def save_model_config(config: ModelConfig, path: str | Path) -> None:
+    """Write a model config as YAML."""
+    with open(path, "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)

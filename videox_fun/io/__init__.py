@@ -1,0 +1,51 @@
+"""Reading and writing videos, images and camera trajectories."""
+
+from videox_fun.io.camera import (
+    CameraPose,
+    CameraTrajectoryError,
+    make_trajectory,
+    orbit,
+    pan,
+    plucker_embedding,
+    read_camera_trajectory,
+    relative_c2w,
+    roll,
+    static,
+    write_camera_trajectory,
+    zoom,
+)
+from videox_fun.io.video import (
+    VideoInfo,
+    VideoReadError,
+    frames_to_tensor,
+    read_image,
+    read_video,
+    tensor_to_frames,
+    video_info,
+    write_image,
+    write_video,
+)
+
+__all__ = [
+    "CameraPose",
+    "CameraTrajectoryError",
+    "VideoInfo",
+    "VideoReadError",
+    "frames_to_tensor",
+    "make_trajectory",
+    "orbit",
+    "pan",
+    "plucker_embedding",
+    "read_camera_trajectory",
+    "read_image",
+    "read_video",
+    "relative_c2w",
+    "roll",
+    "static",
+    "tensor_to_frames",
+    "video_info",
+    "write_camera_trajectory",
+    "write_image",
+    "write_video",
+    "zoom",
+]

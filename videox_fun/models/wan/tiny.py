@@ -1,0 +1,116 @@
+"""Tiny Wan model folders: the real architectures at toy sizes, laid out like a release.
+
+Tests, the offline demo and the toy-world training start from these folders, so every
+loader runs exactly as it does on a downloaded model. The weights are seeded random until
+trained ones are shipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan
+
+from ...config import FOLDER_CONFIG_NAME, GenerationDefaults, ModelConfig, save_model_config
+from .image_encoder import WanImageEncoder, tiny_vision_config
+from .text_encoder import WanTextEncoder, build_word_tokenizer, tiny_umt5_config
+from .transformer import WanTransformer3DModel
+from .vae import tiny_vae_config
+from .variants import tiny_config
+
+# The toy world's words (colours, shapes, motions and the caption phrasing).
+TOY_VOCABULARY = [
+    "a",
+    "an",
+    "the",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "magenta",
+    "cyan",
+    "circle",
+    "square",
+    "triangle",
+    "moving",
+    "going",
+    "heading",
+    "sliding",
+    "drifting",
+    "travelling",
+    "traveling",
+    "left",
+    "right",
+    "up",
+    "down",
+    "upward",
+    "downward",
+    "upwards",
+    "downwards",
+    "to",
+    "towards",
+    "toward",
+    "shape",
+    "ball",
+    "box",
+    "disc",
+    "disk",
+    "block",
+    "wedge",
+    "over",
+    "across",
+    "on",
+    "black",
+    "background",
+    "video",
+    "of",
+]
+
+TINY_TEXT_DIM = 32
+TINY_DEFAULTS = GenerationDefaults(
+    height=64, width=64, num_frames=17, fps=8, steps=10, guidance_scale=6.0, shift=3.0, sampler="Flow"
+)
+
+
+def build_tiny_model_folder(
+    folder: str | Path, variant: str = "inp", seed: int = 0, with_clip: bool = False, note: str = ""
+) -> Path:
+    """Write a complete tiny model folder (transformer, VAE, text encoder, optional CLIP tower).
+
+    variant: ``t2v``, ``inp``, ``control``, ``control_ref`` or ``camera`` (see :func:`tiny_config`).
+    with_clip: give the transformer the i2v CLIP branch and ship a tiny vision tower.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    overrides = {"text_dim": TINY_TEXT_DIM}
+    if with_clip:
+        overrides.update(model_type="i2v", image_dim=24)
+    transformer = WanTransformer3DModel.from_config(tiny_config(variant, **overrides))
+    transformer.save_original(folder)
+
+    AutoencoderKLWan(**tiny_vae_config()).save_pretrained(folder / "vae")
+
+    tokenizer = build_word_tokenizer(TOY_VOCABULARY)
+    text_config = tiny_umt5_config(vocab_size=len(tokenizer), d_model=TINY_TEXT_DIM, num_heads=2, d_ff=64)
+    WanTextEncoder.from_config(text_config, tokenizer).save_pretrained(folder / "text_encoder")
+
+    image_subpath = None
+    if with_clip:
+        WanImageEncoder.from_config(tiny_vision_config(hidden_size=24)).save_pretrained(folder / "image_encoder")
+        image_subpath = "image_encoder"
+
+    config = ModelConfig(
+        format="civitai",
+        vae_subpath="vae",
+        text_encoder_subpath="text_encoder",
+        tokenizer_subpath="text_encoder",
+        image_encoder_subpath=image_subpath,
+        masked_fill=-1.0,
+        defaults=TINY_DEFAULTS,
+        note=note,
+    )
+    # Written last: its presence marks the folder complete.
+    save_model_config(config, folder / FOLDER_CONFIG_NAME)
+    return folder

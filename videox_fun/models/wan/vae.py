@@ -1,0 +1,468 @@
+"""The Wan video VAE: diffusers' ``AutoencoderKLWan`` plus Wan's latent normalisation and loaders.
+
+The network itself is diffusers' (it is the field's implementation and already has causal
+chunked encoding and spatial tiling). What this module adds:
+
+* latents normalised per channel, ``(mu - latents_mean) / latents_std``, as the Wan DiTs expect;
+* input checks that diffusers does not make (a frame count that is not 4k+1 would silently lose
+  its last frames, a size not divisible by 8 would silently change shape);
+* strict loading of both layouts people download: a diffusers folder (``config.json`` +
+  ``diffusion_pytorch_model.safetensors``) and the original ``Wan2.1_VAE.pth`` of the Wan-AI /
+  alibaba-pai releases, with every missing / unexpected / mis-shaped key named;
+* the reverse key conversion, so a VAE can be saved in the original layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+from safetensors.torch import save_file
+from torch import nn
+
+from videox_fun.models.loading import (
+    WEIGHT_SUFFIXES,
+    CheckpointMismatchError,
+    load_into,
+    read_folder_state_dict,
+    read_state_dict,
+    strip_prefix,
+)
+
+logger = logging.getLogger(__name__)
+
+# File names of the original-layout VAE in the Wan-AI and alibaba-pai model folders.
+ORIGINAL_VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.2_VAE.pth")
+# Prefixes some single-file exports put in front of every VAE key.
+_WRAPPER_PREFIXES = ("first_stage_model.", "vae.")
+
+
+def tiny_vae_config(base_dim: int = 8, z_dim: int = 16) -> dict[str, Any]:
+    """A small ``AutoencoderKLWan`` config for tests: the released structure with few channels.
+
+    It keeps what the original-layout key conversion relies on: four levels (``dim_mult`` of
+    length 4, so 8x spatial and, with two temporal downsamples, 4x temporal compression), two
+    residual blocks per level and no attention outside the middle blocks. Only the width shrinks.
+    """
+    config: dict[str, Any] = {
+        "base_dim": base_dim,
+        "z_dim": z_dim,
+        "dim_mult": [1, 2, 4, 4],
+        "num_res_blocks": 2,
+        "attn_scales": [],
+        "temperal_downsample": [False, True, True],
+        "dropout": 0.0,
+    }
+    if z_dim != 16:  # the Wan2.1 statistics have 16 entries; other widths get an identity normalisation
+        config["latents_mean"] = [0.0] * z_dim
+        config["latents_std"] = [1.0] * z_dim
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Key conversion between the original Wan layout and diffusers
+# --------------------------------------------------------------------------------------------
+
+# Inside a residual block: original ``residual`` Sequential indices <-> diffusers names.
+_RESNET_NAMES = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6"}
+_RESNET_NAMES["conv_shortcut"] = "shortcut"
+_RESNET = "(norm1|conv1|norm2|conv2|conv_shortcut)"
+
+
+def _original_key_rules(res_blocks: int) -> list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]]:
+    """Regex rules from diffusers names to original names for a VAE with ``res_blocks`` per level.
+
+    The original decoder is one flat Sequential per level: ``res_blocks + 1`` residual blocks
+    then one upsampler, so diffusers' ``up_blocks.i.resnets.j`` is ``upsamples.{i * (res_blocks + 2) + j}``.
+    The encoder is flat in both layouts (same indices, only the residual names differ).
+    """
+    per_level = res_blocks + 2
+    rules: list[tuple[str, Callable[[re.Match[str]], str]]] = [
+        (r"quant_conv\.(.+)", lambda m: f"conv1.{m[1]}"),
+        (r"post_quant_conv\.(.+)", lambda m: f"conv2.{m[1]}"),
+        (r"(encoder|decoder)\.conv_in\.(.+)", lambda m: f"{m[1]}.conv1.{m[2]}"),
+        (r"(encoder|decoder)\.norm_out\.(.+)", lambda m: f"{m[1]}.head.0.{m[2]}"),
+        (r"(encoder|decoder)\.conv_out\.(.+)", lambda m: f"{m[1]}.head.2.{m[2]}"),
+        (
+            rf"(encoder|decoder)\.mid_block\.resnets\.([01])\.{_RESNET}\.(.+)",
+            lambda m: f"{m[1]}.middle.{2 * int(m[2])}.{_RESNET_NAMES[m[3]]}.{m[4]}",
+        ),
+        (r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", lambda m: f"{m[1]}.middle.1.{m[2]}"),
+        (
+            rf"encoder\.down_blocks\.(\d+)\.{_RESNET}\.(.+)",
+            lambda m: f"encoder.downsamples.{m[1]}.{_RESNET_NAMES[m[2]]}.{m[3]}",
+        ),
+        (
+            r"encoder\.down_blocks\.(\d+)\.((?:resample|time_conv)\..+)",
+            lambda m: f"encoder.downsamples.{m[1]}.{m[2]}",
+        ),
+        (
+            rf"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.{_RESNET}\.(.+)",
+            lambda m: f"decoder.upsamples.{int(m[1]) * per_level + int(m[2])}.{_RESNET_NAMES[m[3]]}.{m[4]}",
+        ),
+        (
+            r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)",
+            lambda m: f"decoder.upsamples.{int(m[1]) * per_level + res_blocks + 1}.{m[2]}",
+        ),
+    ]
+    return [(re.compile(pattern), rename) for pattern, rename in rules]
+
+
+def _check_wan21_layout(config: Mapping[str, Any]) -> None:
+    """The original-layout conversion knows the Wan2.1 structure only (diffusers' does too)."""
+    if config.get("is_residual") or config.get("patch_size"):
+        raise CheckpointMismatchError(
+            "original-layout conversion supports the Wan2.1 VAE structure only; this config is a "
+            "Wan2.2-style VAE (is_residual / patch_size): load it from a diffusers folder instead"
+        )
+
+
+def wan_vae_to_original(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Rename a diffusers ``AutoencoderKLWan`` state dict to the original ``Wan2.1_VAE.pth`` key layout.
+
+    Raises :class:`CheckpointMismatchError` naming any key no rule knows, so nothing is passed
+    through unconverted.
+    """
+    _check_wan21_layout(config)
+    rules = _original_key_rules(int(config.get("num_res_blocks", 2)))
+    converted, unknown = {}, []
+    for key, value in state.items():
+        for pattern, rename in rules:
+            match = pattern.fullmatch(key)
+            if match:
+                converted[rename(match)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointMismatchError(f"no original-layout name for diffusers VAE keys: {sorted(unknown)[:12]}")
+    return converted
+
+
+def wan_vae_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an original-layout Wan2.1 VAE state dict to diffusers names (diffusers' own converter).
+
+    Keys it does not know are passed through unchanged; the strict check at load time names them.
+    """
+    return convert_wan_vae_to_diffusers(dict(state))
+
+
+def is_original_layout(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a VAE state dict has original Wan key names (``encoder.conv1``, ``decoder.upsamples``...)."""
+    return "encoder.conv1.weight" in state or any(
+        k.startswith(("decoder.upsamples.", "encoder.downsamples.")) for k in state
+    )
+
+
+def is_diffusers_layout(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a VAE state dict uses diffusers' key names (``encoder.conv_in``, ``decoder.up_blocks``...)."""
+    return "encoder.conv_in.weight" in state or any(
+        k.startswith(("decoder.up_blocks.", "encoder.down_blocks.")) for k in state
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and reading checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def _read_vae_config(path: Path) -> dict[str, Any] | None:
+    """The JSON at ``path`` if it is a Wan VAE config; ``None`` if absent or another model's config.
+
+    Wan release folders keep the transformer's ``config.json`` next to ``Wan2.1_VAE.pth``: that
+    one must not be taken for the VAE's.
+    """
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        config = json.load(f)
+    is_vae = config.get("_class_name") == "AutoencoderKLWan" or {"base_dim", "z_dim", "dim_mult"} <= config.keys()
+    if not is_vae:
+        logger.info("%s is not a Wan VAE config (another model's?): using the VAE defaults", path)
+        return None
+    return config
+
+
+def _find_original_file(folder: Path) -> Path:
+    """The original-layout VAE file of a model folder (``Wan2.1_VAE.pth`` or similar)."""
+    named = [folder / name for name in ORIGINAL_VAE_FILES if (folder / name).is_file()]
+    candidates = named or sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and "vae" in p.name.lower())
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise FileNotFoundError(
+            f"cannot tell which file in {folder} is the Wan VAE: expected a diffusers VAE folder "
+            f"(config.json + diffusion_pytorch_model.safetensors), a 'vae' subfolder, or one of "
+            f"{ORIGINAL_VAE_FILES}; found: {found}"
+        )
+    return candidates[0]
+
+
+def _build_checked(
+    config: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str, dtype: torch.dtype
+) -> AutoencoderKLWan:
+    """Convert ``state`` to diffusers names if needed, then load it strictly into a meta-built model."""
+    state = strip_prefix(state, _WRAPPER_PREFIXES)
+    if is_original_layout(state):
+        _check_wan21_layout(config)
+        latent_conv = state.get("conv2.weight")
+        if latent_conv is not None and latent_conv.shape[0] == 48:
+            raise CheckpointMismatchError(
+                f"{source} looks like the Wan2.2 VAE (z_dim 48) in the original layout, which is not "
+                "supported yet: load the diffusers-layout VAE folder (e.g. Wan2.2-TI2V-5B-Diffusers/vae)"
+            )
+        state = wan_vae_to_diffusers(state)
+    elif not is_diffusers_layout(state):
+        raise CheckpointMismatchError(
+            f"{source} is not a Wan VAE checkpoint: neither 'encoder.conv1.weight' (original layout) nor "
+            f"'encoder.conv_in.weight' (diffusers layout) is among its keys, e.g. {sorted(state)[:5]}"
+        )
+    # Cast the tensors, not the model: diffusers' model.to(dtype) warns about fp32-kept modules.
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    with torch.device("meta"):  # no wasted random init: load_into assigns the checkpoint tensors
+        model = AutoencoderKLWan.from_config(dict(config))
+    return load_into(model, state, source)
+
+
+def _load_any(path: Path, dtype: torch.dtype) -> AutoencoderKLWan:
+    if not path.exists():
+        raise FileNotFoundError(f"Wan VAE not found: {path}")
+    if path.is_file():
+        # A single file: its config is a VAE config.json beside it, else the Wan2.1 defaults.
+        config = _read_vae_config(path.parent / "config.json") or {}
+        return _build_checked(config, read_state_dict(path), str(path), dtype)
+    config = _read_vae_config(path / "config.json")
+    if config is not None and any(path.glob("diffusion_pytorch_model*")):
+        # A diffusers folder. Not AutoencoderKLWan.from_pretrained: it only warns about unexpected
+        # keys and randomly initialises missing ones, where we must fail and name them.
+        return _build_checked(config, read_folder_state_dict(path), str(path), dtype)
+    if config is None and (path / "vae").is_dir():
+        return _load_any(path / "vae", dtype)  # a diffusers model root
+    return _load_any(_find_original_file(path), dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------------------------
+
+
+class WanVAE(nn.Module):
+    """Wan video VAE with normalised latents: ``(B, 3, F, H, W)`` in [-1, 1] <-> ``(B, z, F', H', W')``.
+
+    ``F' = (F - 1) / 4 + 1`` and ``H' = H / s``, ``W' = W / s`` with ``s`` = :attr:`spatial_compression`
+    (8 for Wan2.1). The wrapped diffusers model is :attr:`model`.
+    """
+
+    def __init__(self, model: AutoencoderKLWan) -> None:
+        super().__init__()
+        self.model = model
+        z_dim = model.config.z_dim
+        mean, std = model.config.latents_mean, model.config.latents_std
+        if len(mean) != z_dim or len(std) != z_dim:
+            raise ValueError(f"latents_mean / latents_std have {len(mean)} / {len(std)} entries, z_dim is {z_dim}")
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None = None) -> WanVAE:
+        """A randomly initialised VAE (``None``: the Wan2.1 defaults; see :func:`tiny_vae_config`)."""
+        return cls(AutoencoderKLWan.from_config(dict(config or {})))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> WanVAE:
+        """Load a Wan VAE strictly (every missing / unexpected / mis-shaped key is named).
+
+        ``path`` may be a diffusers VAE folder (``config.json`` + weights), a diffusers model
+        root with a ``vae/`` subfolder, an original-layout file (``Wan2.1_VAE.pth``, or a
+        ``.safetensors`` with the same keys) or a model folder holding one. An original file
+        takes its config from a VAE ``config.json`` beside it, else the Wan2.1 defaults.
+        """
+        return cls(_load_any(Path(path), dtype)).eval()
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Save as a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
+        self.model.save_pretrained(str(folder))
+        return Path(folder)
+
+    def save_original(self, path: str | os.PathLike, write_config: bool = True) -> Path:
+        """Save the weights in the original Wan key layout (``.pth`` pickle or ``.safetensors``), atomically.
+
+        With ``write_config`` a VAE ``config.json`` is written beside the file, unless a
+        ``config.json`` of another model (a Wan release's transformer config) is already there.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = wan_vae_to_original(self.model.state_dict(), self.config)
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            if path.suffix == ".safetensors":
+                save_file(state, str(temporary))
+            else:
+                torch.save(state, temporary)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        config_path = path.parent / "config.json"
+        if write_config:
+            if config_path.exists() and _read_vae_config(config_path) is None:
+                logger.warning("%s belongs to another model: the VAE config is not written", config_path)
+            else:
+                self.model.to_json_file(str(config_path))
+        return path
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The diffusers config of the wrapped model."""
+        return self.model.config
+
+    @property
+    def z_dim(self) -> int:
+        """Latent channels (16 for Wan2.1, 48 for Wan2.2)."""
+        return int(self.config.z_dim)
+
+    @property
+    def temporal_compression(self) -> int:
+        """Frames per latent frame after the first: 2 per temporal downsample (4 for Wan)."""
+        return 2 ** sum(bool(t) for t in self.config.temperal_downsample)
+
+    @property
+    def spatial_compression(self) -> int:
+        """Pixels per latent pixel (H and W): 2 per level, times the patch size (8 for 2.1, 16 for 2.2)."""
+        return 2 ** (len(self.config.dim_mult) - 1) * int(self.config.patch_size or 1)
+
+    @property
+    def video_channels(self) -> int:
+        """Channels of the pixel video (3); the Wan2.2 VAE patchifies them 2x2 into its 12 input channels."""
+        return int(self.config.in_channels) // int(self.config.patch_size or 1) ** 2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the weights."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.model.parameters()).device
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Latent ``(F', H', W')`` for a video of ``num_frames x height x width`` (validated)."""
+        self._check_size(num_frames, height, width)
+        s = self.spatial_compression
+        return (num_frames - 1) // self.temporal_compression + 1, height // s, width // s
+
+    def _check_size(self, num_frames: int, height: int, width: int) -> None:
+        t, s = self.temporal_compression, self.spatial_compression
+        if num_frames < 1 or (num_frames - 1) % t:
+            below = (num_frames - 1) // t * t + 1
+            raise ValueError(f"the Wan VAE encodes {t}k+1 frames; got {num_frames} (use {below} or {below + t})")
+        if height % s or width % s:
+            raise ValueError(f"height and width must be multiples of {s}; got {height}x{width}")
+
+    # -- normalisation -------------------------------------------------------------------------
+
+    def _statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Built from the config at float32 on each call rather than kept as buffers, which
+        # vae.to(torch.bfloat16) would round to three significant digits.
+        shape = (1, self.z_dim, 1, 1, 1)
+        mean = torch.tensor(self.config.latents_mean, dtype=torch.float32, device=device).view(shape)
+        std = torch.tensor(self.config.latents_std, dtype=torch.float32, device=device).view(shape)
+        return mean, std
+
+    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw posterior latents -> the normalised latents the DiT uses: ``(z - mean) / std`` per channel."""
+        mean, std = self._statistics(latents.device)
+        return ((latents.float() - mean) / std).to(latents.dtype)
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`."""
+        mean, std = self._statistics(latents.device)
+        return (latents.float() * std + mean).to(latents.dtype)
+
+    # -- tiling ----------------------------------------------------------------------------------
+
+    def enable_tiling(self, tile_size: int | tuple[int, int] = 256, tile_stride: int | tuple[int, int] = 192) -> None:
+        """Encode / decode large videos in overlapping spatial tiles (diffusers' tiling), in pixels.
+
+        ``tile_size`` and ``tile_stride`` are ``(height, width)`` or one number for both; both
+        must be multiples of :attr:`spatial_compression`, and the overlap ``size - stride`` is
+        blended. Videos no larger than a tile are processed whole.
+        """
+        size = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)
+        stride = (tile_stride, tile_stride) if isinstance(tile_stride, int) else tuple(tile_stride)
+        s = self.spatial_compression
+        if any(v <= 0 or v % s for v in (*size, *stride)):
+            raise ValueError(f"tile size {size} and stride {stride} must be positive multiples of {s}")
+        if stride[0] > size[0] or stride[1] > size[1]:
+            raise ValueError(f"tile stride {stride} must not exceed the tile size {size} (tiles would leave gaps)")
+        self.model.enable_tiling(size[0], size[1], stride[0], stride[1])
+
+    def disable_tiling(self) -> None:
+        """Process every video whole again."""
+        self.model.use_tiling = False
+
+    @property
+    def tiling(self) -> bool:
+        """Whether tiling is on by default."""
+        return bool(self.model.use_tiling)
+
+    @contextmanager
+    def _tiling_as(self, tiled: bool | None) -> Iterator[None]:
+        """Override the tiling default for one call (``None`` keeps it)."""
+        saved = self.model.use_tiling
+        if tiled is not None:
+            self.model.use_tiling = tiled
+        try:
+            yield
+        finally:
+            self.model.use_tiling = saved
+
+    # -- encode / decode -------------------------------------------------------------------------
+
+    def encode(
+        self,
+        video: torch.Tensor,
+        generator: torch.Generator | None = None,
+        sample: bool = False,
+        tiled: bool | None = None,
+    ) -> torch.Tensor:
+        """Video ``(B, 3, F, H, W)`` in [-1, 1] -> normalised latents ``(B, z, (F-1)/4+1, H/s, W/s)``.
+
+        The posterior mode by default; a sample drawn with ``generator`` when ``sample=True``.
+        ``tiled`` overrides the :meth:`enable_tiling` default for this call.
+        """
+        if video.ndim != 5 or video.shape[1] != self.video_channels:
+            raise ValueError(f"video must be (B, {self.video_channels}, F, H, W), got {tuple(video.shape)}")
+        self._check_size(*video.shape[2:])
+        video = video.to(device=self.device, dtype=self.dtype)  # (B, 3, F, H, W)
+        with self._tiling_as(tiled):
+            posterior = self.model.encode(video).latent_dist
+        latents = posterior.sample(generator=generator) if sample else posterior.mode()  # (B, z, F', H', W')
+        return self.normalize(latents)
+
+    def decode(self, latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """Normalised latents ``(B, z, F', H', W')`` -> video ``(B, 3, 4(F'-1)+1, H's, W's)`` in [-1, 1]."""
+        if latents.ndim != 5 or latents.shape[1] != self.z_dim:
+            raise ValueError(f"latents must be (B, {self.z_dim}, F, H, W), got {tuple(latents.shape)}")
+        z = self.denormalize(latents.to(device=self.device, dtype=self.dtype))  # (B, z, F', H', W')
+        with self._tiling_as(tiled):
+            video = self.model.decode(z).sample  # (B, 3, F, H, W)
+        return video.clamp(-1.0, 1.0)
+
+    def forward(
+        self, video: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Reconstruct a video: :meth:`decode` of :meth:`encode`."""
+        return self.decode(self.encode(video, generator=generator, sample=sample))

@@ -1,0 +1,380 @@
+"""One Wan pipeline for every mode: t2v, i2v, flf2v, v2v, inpaint, control and camera.
+
+The mode only decides how the conditioning channels ``y`` (and CLIP tokens, the camera rays
+or the reference latent) are built; the denoising loop, guidance and decoding are shared.
+Which channels exist is read off the transformer's config (:func:`variant_of`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig, config_for_folder
+from ..io.camera import plucker_embedding, read_camera_trajectory
+from ..io.video import frames_to_tensor, read_image, read_video, tensor_to_frames
+from ..models.wan.variants import variant_for_mode, variant_of
+from .conditioning import first_frame_latent, frame_generate_mask, mask_channels, masked_video, pack_frames_in_time
+from .guidance import ClassifierFreeGuidance
+from .schedulers import make_scheduler, start_index
+
+logger = logging.getLogger(__name__)
+
+ImageLike = str | Path | torch.Tensor | np.ndarray
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+OUTPUT_SUFFIX = {
+    "t2v": "videos",
+    "i2v": "videos_i2v",
+    "flf2v": "videos_i2v",
+    "v2v": "videos_v2v",
+    "inpaint": "videos_v2v",
+    "control": "videos_v2v_control",
+    "camera": "videos_v2v_control",
+}
+
+
+@dataclass
+class GenerationOutput:
+    """Frames uint8 (F, H, W, 3), the final latents (1, z, F_lat, h, w) and the settings used."""
+
+    frames: torch.Tensor
+    latents: torch.Tensor
+    settings: dict
+
+
+def valid_size(value: int, multiple: int = 16) -> int:
+    """The nearest multiple of ``multiple`` (at least one multiple)."""
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def valid_frame_count(frames: int, factor: int = 4) -> int:
+    """The nearest count of the form factor*k + 1."""
+    return max(1, round((frames - 1) / factor) * factor + 1)
+
+
+def corrected(name: str, value: int, fixed: int, why: str) -> int:
+    """Return ``fixed`` and tell the user when it differs from what they asked."""
+    if fixed != value:
+        logger.warning("%s %d is not %s; using %d", name, value, why, fixed)
+    return fixed
+
+
+class WanPipeline:
+    """Text/image/video-to-video generation with a Wan transformer, VAE and text (+ image) encoder."""
+
+    def __init__(
+        self,
+        transformer,
+        vae,
+        text_encoder,
+        image_encoder=None,
+        model_name: str = "wan",
+        masked_fill: float = -1.0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.model_name = model_name
+        self.masked_fill = masked_fill
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.variant = variant_of(transformer.config)
+        self.config = ModelConfig()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        config: ModelConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> WanPipeline:
+        """Load every component of a model folder (civitai or diffusers layout, see :class:`ModelConfig`)."""
+        from ..models.wan.image_encoder import WanImageEncoder
+        from ..models.wan.text_encoder import WanTextEncoder
+        from ..models.wan.transformer import WanTransformer3DModel
+        from ..models.wan.vae import WanVAE
+
+        folder = Path(folder)
+        config = config or config_for_folder(folder)
+        transformer = WanTransformer3DModel.from_pretrained(folder / config.transformer_subpath, torch_dtype=dtype)
+        vae = WanVAE.from_pretrained(folder / config.vae_subpath, dtype=dtype)
+        text_encoder = WanTextEncoder.from_pretrained(
+            folder / config.text_encoder_subpath, tokenizer_path=folder / config.tokenizer_subpath, dtype=dtype
+        )
+        image_encoder = None
+        if transformer.uses_clip and config.image_encoder_subpath:
+            path = folder / config.image_encoder_subpath
+            if path.exists():
+                image_encoder = WanImageEncoder.from_pretrained(path, dtype=dtype)
+            else:
+                logger.warning("no image encoder at %s: image modes will use zero CLIP tokens", path)
+        pipe = cls(
+            transformer,
+            vae,
+            text_encoder,
+            image_encoder,
+            model_name=folder.name,
+            masked_fill=config.masked_fill,
+            device=device,
+            dtype=dtype,
+        )
+        pipe.config = config
+        return pipe.to(device)
+
+    def to(self, device: str | torch.device) -> WanPipeline:
+        """Move every component to ``device``."""
+        self.device = torch.device(device)
+        for module in (self.transformer, self.vae, self.text_encoder, self.image_encoder):
+            if module is not None:
+                module.to(self.device)
+        return self
+
+    # -- inputs --------------------------------------------------------------------------
+    def _check_mode(self, mode: str) -> None:
+        if mode not in self.variant.modes:
+            raise ValueError(
+                f"mode {mode!r} needs {variant_for_mode(mode)}; the loaded model is a {self.variant.name} variant "
+                f"serving {', '.join(self.variant.modes)}"
+            )
+        if mode in ("i2v", "flf2v") and self.transformer.uses_clip and self.image_encoder is None:
+            raise ValueError("this model attends to CLIP image tokens but no image encoder was loaded")
+
+    def _video_tensor(self, source: ImageLike, num_frames: int, height: int, width: int) -> torch.Tensor:
+        """A video (path or uint8 (F, H, W, 3)) -> (1, 3, F, H, W) in [-1, 1], cut or padded to F frames."""
+        frames = (
+            read_video(source, size=(height, width)) if isinstance(source, (str, Path)) else torch.as_tensor(source)
+        )
+        if frames.shape[0] < num_frames:
+            logger.warning("the video has %d frames, %d are needed: repeating the last", frames.shape[0], num_frames)
+            frames = torch.cat([frames, frames[-1:].expand(num_frames - frames.shape[0], -1, -1, -1)])
+        video = frames_to_tensor(frames[:num_frames])[None]  # (1, 3, F, H', W')
+        if video.shape[-2:] != (height, width):
+            video = F.interpolate(video[0].transpose(0, 1), size=(height, width), mode="bicubic").transpose(0, 1)[None]
+        return video.clamp(-1, 1).to(self.device, self.dtype)
+
+    def _image_tensor(self, source: ImageLike, height: int, width: int) -> torch.Tensor:
+        """An image -> (1, 3, H, W) in [-1, 1]."""
+        pixels = (
+            read_image(source, size=(height, width)) if isinstance(source, (str, Path)) else torch.as_tensor(source)
+        )
+        return self._video_tensor(pixels[None], 1, height, width)[:, :, 0]
+
+    def _encode_prompts(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        text_len = self.transformer.config.text_len
+        embeds = self.text_encoder.encode([prompt, negative_prompt], max_length=text_len, device=self.device)
+        return embeds[:1].to(self.dtype), embeds[1:].to(self.dtype)
+
+    def _clip_tokens(self, image: torch.Tensor | None) -> torch.Tensor | None:
+        """CLIP tokens (1, 257, 1280) of the start image, zeros without one (as the Fun releases train)."""
+        if not self.transformer.uses_clip:
+            return None
+        if image is None or self.image_encoder is None:
+            return torch.zeros(1, 257, self.transformer.config.image_dim, device=self.device, dtype=self.dtype)
+        return self.image_encoder.encode(image).to(self.dtype)
+
+    def _inpaint_channels(self, video: torch.Tensor, generate_mask: torch.Tensor, latent_hw) -> dict:
+        """mask (4 ch) + masked-video latent (z ch) for InP variants."""
+        kept = masked_video(video, generate_mask.to(video), self.masked_fill)
+        return {
+            "mask": mask_channels(generate_mask, latent_hw).to(self.device, self.dtype),
+            "masked_video": self.vae.encode(kept).to(self.dtype),
+        }
+
+    def build_conditions(self, mode: str, inputs: dict, num_frames: int, height: int, width: int) -> dict:
+        """The model inputs besides the latents for one mode: y, clip_fea, camera, ref_latent."""
+        latent_hw = (height // 8, width // 8)
+        num_latent_frames = (num_frames - 1) // 4 + 1
+        blank = torch.zeros(1, 3, num_frames, height, width, device=self.device, dtype=self.dtype)
+        image = self._image_tensor(inputs["image"], height, width) if inputs.get("image") is not None else None
+        end_image = (
+            self._image_tensor(inputs["end_image"], height, width) if inputs.get("end_image") is not None else None
+        )
+        channels: dict[str, torch.Tensor] = {}
+
+        kinds = {kind for kind, _ in self.variant.channels}
+        if "mask" in kinds:
+            video, known = blank.clone(), []
+            if mode == "inpaint":
+                video = self._video_tensor(inputs["video"], num_frames, height, width)
+                mask = self._video_tensor(inputs["mask"], num_frames, height, width)
+                generate = (mask.mean(dim=1, keepdim=True) > 0).float()  # white (>0 in [-1, 1]) = generate
+            else:
+                if image is not None:
+                    video[:, :, 0], known = image, [0]
+                if end_image is not None:
+                    video[:, :, -1] = end_image
+                    known.append(num_frames - 1)
+                generate = frame_generate_mask(num_frames, height, width, tuple(known)).to(self.device)
+            channels.update(self._inpaint_channels(video, generate, latent_hw))
+        if "control" in kinds:
+            control = inputs.get("control_video")
+            channels["control"] = (
+                self.vae.encode(self._video_tensor(control, num_frames, height, width)).to(self.dtype)
+                if control is not None
+                else torch.zeros(1, self.vae.z_dim, num_latent_frames, *latent_hw, device=self.device, dtype=self.dtype)
+            )
+        if "start_image" in kinds:
+            start = (
+                self.vae.encode(image[:, :, None]).to(self.dtype)
+                if image is not None
+                else torch.zeros(1, self.vae.z_dim, 1, *latent_hw, device=self.device, dtype=self.dtype)
+            )
+            channels["start_image"] = first_frame_latent(start, num_latent_frames)
+
+        conditions: dict[str, torch.Tensor] = {}
+        if self.variant.channels:
+            conditions["y"] = torch.cat([channels[kind] for kind, _ in self.variant.channels], dim=1)
+        ref_image = inputs.get("ref_image")
+        clip_source = (
+            image
+            if image is not None
+            else (self._image_tensor(ref_image, height, width) if ref_image is not None else None)
+        )
+        clip = self._clip_tokens(clip_source)
+        if clip is not None:
+            conditions["clip_fea"] = clip
+        if ref_image is not None:
+            if not self.variant.ref_image:
+                raise ValueError("a reference image needs a Fun V1.1 Control model (with ref_conv)")
+            ref = self._image_tensor(ref_image, height, width)[:, :, None]  # (1, 3, 1, H, W)
+            conditions["ref_latent"] = self.vae.encode(ref)[:, :, 0].to(self.dtype)
+        if mode == "camera":
+            poses = read_camera_trajectory(inputs["camera"])
+            rays = plucker_embedding(poses, height, width, num_frames=num_frames)  # (F, 6, H, W)
+            conditions["camera"] = pack_frames_in_time(rays.permute(1, 0, 2, 3)[None]).to(self.device, self.dtype)
+        return conditions
+
+    # -- generation ----------------------------------------------------------------------
+    def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
+        return self.transformer(latents.to(self.dtype), t, **inputs).float()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        mode: str | None = None,
+        image: ImageLike | None = None,
+        end_image: ImageLike | None = None,
+        video: ImageLike | None = None,
+        mask: ImageLike | None = None,
+        control_video: ImageLike | None = None,
+        ref_image: ImageLike | None = None,
+        camera: str | Path | None = None,
+        height: int = 480,
+        width: int = 832,
+        num_frames: int = 81,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 6.0,
+        shift: float = 3.0,
+        sampler: str = "Flow",
+        seed: int = 43,
+        strength: float = 0.7,
+        guidance: ClassifierFreeGuidance | None = None,
+        callback: StepCallback | None = None,
+        progress: bool = True,
+    ) -> GenerationOutput:
+        """Generate one video. ``mode`` is inferred from the inputs when not given."""
+        mode = mode or infer_mode(image, end_image, video, mask, control_video, camera)
+        self._check_mode(mode)
+        require_inputs(
+            mode, image=image, end_image=end_image, video=video, mask=mask, control_video=control_video, camera=camera
+        )
+        height = corrected("height", height, valid_size(height), "a multiple of 16")
+        width = corrected("width", width, valid_size(width), "a multiple of 16")
+        num_frames = corrected("frame count", num_frames, valid_frame_count(num_frames), "of the form 4k+1")
+
+        cond_text, uncond_text = self._encode_prompts(prompt, negative_prompt)
+        inputs = {
+            "image": image,
+            "end_image": end_image,
+            "video": video,
+            "mask": mask,
+            "control_video": control_video,
+            "ref_image": ref_image,
+            "camera": camera,
+        }
+        conditions = self.build_conditions(mode, inputs, num_frames, height, width)
+        cond = {"context": cond_text, **conditions}
+        uncond = {"context": uncond_text, **conditions}
+
+        scheduler = make_scheduler(sampler, shift)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        first = start_index(num_inference_steps, strength) if mode == "v2v" else 0
+        timesteps = scheduler.timesteps[first:]
+        scheduler.set_begin_index(first)
+
+        shape = (1, self.vae.z_dim, (num_frames - 1) // 4 + 1, height // 8, width // 8)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = torch.randn(shape, generator=generator).to(self.device)  # CPU noise: same video on any device
+        if mode == "v2v":
+            clean = self.vae.encode(self._video_tensor(video, num_frames, height, width)).float()
+            sigma = scheduler.sigmas[first].to(self.device)
+            latents = (1.0 - sigma) * clean + sigma * latents
+
+        guidance = guidance or ClassifierFreeGuidance(scale=guidance_scale)
+        for step, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
+            t_batch = t.expand(1).to(self.device, torch.float32)
+            velocity = guidance(self._denoise, latents, t_batch, cond, uncond, step, len(timesteps))
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+            if callback is not None:
+                callback(step, len(timesteps), latents)
+
+        decoded = self.vae.decode(latents.to(self.dtype)).float()  # (1, 3, F, H, W)
+        settings = {
+            "mode": mode,
+            "height": height,
+            "width": width,
+            "num_frames": num_frames,
+            "seed": seed,
+            "steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "shift": shift,
+            "sampler": sampler,
+        }
+        return GenerationOutput(frames=tensor_to_frames(decoded[0].cpu()), latents=latents.cpu(), settings=settings)
+
+
+def infer_mode(image, end_image, video, mask, control_video, camera) -> str:
+    """The mode the given inputs ask for."""
+    if camera is not None:
+        return "camera"
+    if control_video is not None:
+        return "control"
+    if video is not None:
+        return "inpaint" if mask is not None else "v2v"
+    if image is not None:
+        return "flf2v" if end_image is not None else "i2v"
+    return "t2v"
+
+
+REQUIRED_INPUTS = {
+    "i2v": ("image",),
+    "flf2v": ("image", "end_image"),
+    "v2v": ("video",),
+    "inpaint": ("video", "mask"),
+    "control": ("control_video",),
+    "camera": ("camera",),
+}
+
+
+def require_inputs(mode: str, **given) -> None:
+    """Fail clearly when a mode's inputs are missing or name files that do not exist."""
+    missing = [name for name in REQUIRED_INPUTS.get(mode, ()) if given.get(name) is None]
+    if missing:
+        raise ValueError(f"mode {mode!r} needs {', '.join('--' + m.replace('_', '-') for m in missing)}")
+    for name, value in given.items():
+        if isinstance(value, (str, Path)) and not Path(value).exists():
+            raise FileNotFoundError(f"--{name.replace('_', '-')}: file not found: {value}")

@@ -1,0 +1,83 @@
+"""Model names -> folders.
+
+A ``--model`` value is an existing folder, a folder name under ``models/Diffusion_Transformer``
+(VideoX-Fun's layout; ``$VIDEOX_FUN_MODELS`` overrides it), or a built-in tiny model. Until the
+trained tiny models of the toy world ship, the built-ins are tiny configs of the real
+architecture with seeded random weights, built on first use into a cache folder; their
+videos are noise, and the CLI says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MODELS_DIR_ENV = "VIDEOX_FUN_MODELS"
+CACHE_ENV = "VIDEOX_FUN_CACHE"
+
+# name -> (tiny variant, note shown to the user)
+RANDOM_NOTE = "random weights (tiny config of the real architecture): the video is noise, not a trained result"
+BUILTIN_MODELS: dict[str, str] = {
+    "Wan2.1-Fun-Tiny-Random-InP": "inp",
+    "Wan2.1-Fun-Tiny-Random-Control": "control",
+    "Wan2.1-Fun-Tiny-Random-Camera": "camera",
+}
+DEFAULT_MODEL = "Wan2.1-Fun-Tiny-Random-InP"
+DEFAULT_CONTROL_MODEL = "Wan2.1-Fun-Tiny-Random-Control"
+DEFAULT_CAMERA_MODEL = "Wan2.1-Fun-Tiny-Random-Camera"
+
+
+def models_dir() -> Path:
+    """Where released model folders are looked up by name."""
+    return Path(os.environ.get(MODELS_DIR_ENV, "models/Diffusion_Transformer"))
+
+
+def cache_dir() -> Path:
+    """Where built-in tiny models are materialised."""
+    default = Path.home() / ".cache" / "videox_fun"
+    return Path(os.environ.get(CACHE_ENV, default))
+
+
+def default_model_for_mode(mode: str | None) -> str:
+    """The built-in model that serves a mode when the user names none."""
+    if mode == "control":
+        return DEFAULT_CONTROL_MODEL
+    if mode == "camera":
+        return DEFAULT_CAMERA_MODEL
+    return DEFAULT_MODEL
+
+
+def _materialise_builtin(name: str) -> Path:
+    from .models.wan.tiny import build_tiny_model_folder
+
+    target = cache_dir() / "models" / name
+    if (target / "videox_fun.yaml").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: a crash never leaves a half-written model.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build_tiny_model_folder(staging, BUILTIN_MODELS[name], seed=0, note=RANDOM_NOTE)
+        if not target.exists():
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model(name_or_path: str | os.PathLike | None, mode: str | None = None) -> Path:
+    """The folder of a model given by path or name (the mode's built-in model when None)."""
+    name = str(name_or_path) if name_or_path is not None else default_model_for_mode(mode)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if (models_dir() / name).is_dir():
+        return models_dir() / name
+    if name in BUILTIN_MODELS:
+        return _materialise_builtin(name)
+    raise FileNotFoundError(
+        f"model {name!r} not found: not a folder, not in {models_dir()}, and not a built-in "
+        f"({', '.join(BUILTIN_MODELS)})"
+    )
