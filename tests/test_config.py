@@ -1,0 +1,42 @@
+"""Model configs: the shipped YAML files parse, typos are refused, layouts are recognised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from videox_fun.config import ModelConfig, config_for_folder, load_model_config
+from videox_fun.registry import resolve_model
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    config = load_model_config(path)
+    assert config.pipeline == "Wan"
+    assert config.defaults.num_frames % 4 == 1 and config.defaults.height % 16 == 0
+
+
+def test_unknown_fields_are_refused(tmp_path):
+    (tmp_path / "bad.yaml").write_text("vae_subpth: x\n")
+    with pytest.raises(ValueError, match="vae_subpth"):
+        load_model_config(tmp_path / "bad.yaml")
+    (tmp_path / "bad2.yaml").write_text("defaults:\n  step: 3\n")
+    with pytest.raises(ValueError, match="step"):
+        load_model_config(tmp_path / "bad2.yaml")
+
+
+def test_layout_is_recognised(tmp_path):
+    assert config_for_folder(tmp_path) == ModelConfig()  # original (civitai) layout by default
+    (tmp_path / "model_index.json").write_text("{}")
+    assert config_for_folder(tmp_path).vae_subpath == "vae"
+
+
+def test_model_lookup_by_folder_name(tmp_path, monkeypatch):
+    (tmp_path / "Wan2.1-Fun-1.3B-InP").mkdir()
+    monkeypatch.setenv("VIDEOX_FUN_MODELS", str(tmp_path))
+    assert resolve_model("Wan2.1-Fun-1.3B-InP") == tmp_path / "Wan2.1-Fun-1.3B-InP"
+    with pytest.raises(FileNotFoundError, match=r"Wan2\.1-Fun-14B-InP"):
+        resolve_model("Wan2.1-Fun-14B-InP")
