@@ -99,12 +99,61 @@ def attention_backend(name: str):
         set_attention_backend(previous)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention. q: (B, Lq, H, D), k / v: (B, Lk, H, D) -> (B, Lq, H, D).
 
-    The half-precision kernels need fp16/bf16 inputs; fp32 calls always take SDPA.
+    bias: optional additive logits per key (B, Lk), e.g. log-multiplicities of merged keys or -inf.
+    The half-precision kernels need fp16/bf16 inputs and take no bias; such calls use SDPA.
     """
+    if bias is not None:
+        mask = bias[:, None, None, :].to(q.dtype)  # (B, 1, 1, Lk), broadcast over heads and queries
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        return out.transpose(1, 2)
     backend = _active_backend
     if backend != "sdpa" and q.dtype not in (torch.float16, torch.bfloat16):
         backend = "sdpa"
     return _KERNELS[backend][1](q, k, v)
+
+
+# ----------------------------------------------------------------------------------------
+# Attention that also returns the log-sum-exp (ring attention merges partial results with it)
+# ----------------------------------------------------------------------------------------
+# Scores computed at once per chunk of queries are capped at about this many fp32 values, so the
+# pure-torch path stays within a few hundred MB whatever the sequence length.
+_LSE_CHUNK_ELEMENTS = 2**26
+
+
+def _flash_attn_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from flash_attn import flash_attn_func
+
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True)  # lse: (B, H, Lq) fp32
+    return out, lse.transpose(1, 2).float()
+
+
+def _torch_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Plain fp32 softmax attention, chunked over queries; no fused torch kernel hands back the LSE publicly.
+    scale = q.shape[-1] ** -0.5
+    qf, kf, vf = (t.transpose(1, 2).float() for t in (q, k, v))  # (B, H, L, D)
+    b, h, lq, _ = qf.shape
+    chunk = max(1, _LSE_CHUNK_ELEMENTS // max(1, b * h * kf.shape[2]))
+    outs, lses = [], []
+    for start in range(0, lq, chunk):
+        scores = qf[:, :, start : start + chunk] @ kf.transpose(-1, -2) * scale  # (B, H, c, Lk)
+        lse = torch.logsumexp(scores, dim=-1)  # (B, H, c)
+        outs.append(torch.exp(scores - lse[..., None]) @ vf)  # (B, H, c, D)
+        lses.append(lse)
+    out = torch.cat(outs, dim=2).transpose(1, 2).to(q.dtype)  # (B, Lq, H, D)
+    return out, torch.cat(lses, dim=2).transpose(1, 2)  # (B, Lq, H)
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention that also returns the natural log-sum-exp of each query's scores.
+
+    q: (B, Lq, H, D), k / v: (B, Lk, H, D) -> out (B, Lq, H, D) in q's dtype, lse (B, Lq, H) fp32.
+    Two results over disjoint key sets combine exactly into the attention over their union
+    (ring attention). flash-attn's kernel is used for fp16/bf16 CUDA tensors when it is installed;
+    otherwise a pure-torch fp32 path (any device, memory bounded by chunking the queries).
+    """
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and importlib.util.find_spec("flash_attn") is not None:
+        return _flash_attn_with_lse(q, k, v)
+    return _torch_attention_with_lse(q, k, v)

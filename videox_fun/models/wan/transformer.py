@@ -47,8 +47,8 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        # torch's fused kernel; the weight multiplies after the cast back, as in the release.
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 class WanLayerNorm(nn.LayerNorm):
@@ -76,9 +76,7 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
 
 
 @lru_cache(maxsize=32)
-def _rope_tables(
-    grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
     tables = []
     for size, axis_dim in zip(grid, rope_axis_dims(head_dim), strict=True):
         inv_freq = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)
@@ -92,23 +90,53 @@ def _rope_tables(
         ],
         dim=-1,
     ).reshape(f * h * w, head_dim // 2)  # (L, D/2)
-    return torch.cos(angles).float().to(device), torch.sin(angles).float().to(device)
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)
 
 
 def rope_for_grid(
     grid: tuple[int, int, int], head_dim: int, device: torch.device, theta: float = 10000.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos / sin tables (L, head_dim/2) for a (frames, height, width) token grid, row-major."""
+) -> torch.Tensor:
+    """Rotations (L, head_dim/2) complex64 for a (frames, height, width) token grid, row-major."""
     return _rope_tables(tuple(int(s) for s in grid), head_dim, theta, torch.device(device))
 
 
-def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate consecutive channel pairs of x (B, L, H, D) by the angles of rope (L, D/2) each."""
-    cos, sin = rope[0][None, :, None, :], rope[1][None, :, None, :]  # (1, L, 1, D/2)
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, L, H, D/2, 2)
-    real, imag = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs of x (B, L, H, D) by the unit complex numbers rope (L, D/2).
+
+    One complex multiply in fp32 (as the release does it, in float64 there) instead of the
+    several real kernels of the cos/sin form.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # (B, L, H, D/2) complex
+    return torch.view_as_real(pairs * rope[None, :, None, :]).flatten(-2).type_as(x)
+
+
+def merge_text_padding(context: torch.Tensor, text_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Replace the zero padding of a text context by one zero row and a log-multiplicity bias.
+
+    Wan zero-pads every prompt to ``text_len`` (512) rows and attends to all of them. Zero rows all
+    embed to the same key and value, and softmax attention over m identical keys equals attention
+    over one of them with ``log(m)`` added to its logit. So the result is exact while the text
+    embedding and the cross-attention run on the prompt's tokens + 1 instead of 512.
+
+    context: (B, L, D) with L <= text_len. Returns (B, L', D) and a bias (B, L') (0 for real rows,
+    log(m) for the merged padding row, -inf for unused rows), or the context padded to text_len and
+    None when there is no padding to merge.
+    """
+    length = context.shape[1]
+    positions = torch.arange(length, device=context.device)
+    nonzero = context.detach().abs().amax(dim=-1) > 0  # (B, L)
+    real = torch.where(nonzero, positions + 1, 0).amax(dim=1)  # (B,) rows up to the last non-zero one
+    padding = text_len - real  # (B,) zero rows the released model would attend to
+    if int(padding.max()) == 0:
+        return F.pad(context, (0, 0, 0, text_len - length)), None
+    width = int(real.max()) + 1
+    compact = F.pad(context[:, :width], (0, 0, 0, max(0, width - length)))  # (B, L', D)
+    slots = torch.arange(width, device=context.device)[None]  # (1, L')
+    compact = compact * (slots < real[:, None])[..., None]  # rows past a prompt's end are padding: zero
+    merged = torch.where(padding > 0, padding.clamp(min=1).float().log(), float("-inf"))  # (B,)
+    bias = torch.where(slots < real[:, None], 0.0, float("-inf"))  # (B, L')
+    bias = torch.where(slots == real[:, None], merged[:, None], bias)
+    return compact, bias
 
 
 # ----------------------------------------------------------------------------------------
@@ -132,7 +160,7 @@ class WanSelfAttention(nn.Module):
         """(B, L, C) -> (B, L, H, D)."""
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         q = apply_rope(self.heads(self.norm_q(self.q(x))), rope)  # (B, L, H, D)
         k = apply_rope(self.heads(self.norm_k(self.k(x))), rope)
         v = self.heads(self.v(x))
@@ -149,10 +177,16 @@ class WanCrossAttention(WanSelfAttention):
             self.v_img = nn.Linear(dim, dim)
             self.norm_k_img = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        context_img: torch.Tensor | None = None,
+        context_bias: torch.Tensor | None = None,
+    ):
         q = self.heads(self.norm_q(self.q(x)))  # (B, L, H, D)
         k = self.heads(self.norm_k(self.k(context)))  # (B, L_text, H, D)
-        out = attention(q, k, self.heads(self.v(context)))
+        out = attention(q, k, self.heads(self.v(context)), bias=context_bias)
         if context_img is not None:
             k_img = self.heads(self.norm_k_img(self.k_img(context_img)))  # (B, 257, H, D)
             out = out + attention(q, k_img, self.heads(self.v_img(context_img)))
@@ -163,8 +197,13 @@ class WanCrossAttention(WanSelfAttention):
 # Transformer block, head and Fun adapters
 # ----------------------------------------------------------------------------------------
 def modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x * (1 + scale) + shift, in fp32."""
-    return normed.float() * (1 + scale) + shift
+    """adaLN: x * (1 + scale) + shift, in fp32 (one fused kernel)."""
+    return torch.addcmul(shift, normed.float(), 1 + scale)
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x + y * gate, accumulated in fp32 and stored in x's dtype."""
+    return torch.addcmul(x.float(), y.float(), gate).type_as(x)
 
 
 class WanAttentionBlock(nn.Module):
@@ -186,15 +225,19 @@ class WanAttentionBlock(nn.Module):
         e: torch.Tensor,
         context: torch.Tensor,
         context_img: torch.Tensor | None,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: torch.Tensor,
+        context_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, L, C); e: (B, 1 or L, 6, C) fp32 time projection; context: (B, L_text, C)."""
+        """x: (B, L, C); e: (B, 1 or L, 6, C) fp32 time projection; context: (B, L_text, C).
+
+        context_bias: (B, L_text) additive logits of the text keys (merged padding), or None.
+        """
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float().unsqueeze(0) + e).unbind(2)
         y = self.self_attn(modulate(self.norm1(x), shift_sa, scale_sa).type_as(x), rope)
-        x = (x.float() + y.float() * gate_sa).type_as(x)
-        x = x + self.cross_attn(self.norm3(x), context, context_img)
+        x = gated_residual(x, y, gate_sa)
+        x = x + self.cross_attn(self.norm3(x), context, context_img, context_bias)
         y = self.ffn(modulate(self.norm2(x), shift_ff, scale_ff).type_as(x))
-        return (x.float() + y.float() * gate_ff).type_as(x)
+        return gated_residual(x, y, gate_ff)
 
 
 class WanHead(nn.Module):
@@ -344,21 +387,25 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
 
     def embed_context(
         self, context: torch.Tensor, clip_fea: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Text (B, L<=text_len, text_dim), zero-padded to text_len as released; CLIP (B, 257, 1280)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Text (B, L<=text_len, text_dim), zero-padded to text_len as released; CLIP (B, 257, 1280).
+
+        Returns the embedded text (B, L', C), the CLIP tokens (B, 257, C) or None, and the text-key bias
+        (B, L') of :func:`merge_text_padding` or None.
+        """
         if context.shape[1] > self.config.text_len:
             raise ValueError(f"text context has {context.shape[1]} tokens, more than text_len {self.config.text_len}")
-        context = F.pad(context, (0, 0, 0, self.config.text_len - context.shape[1]))
+        context, bias = merge_text_padding(context, self.config.text_len)
         dtype = self.text_embedding[0].weight.dtype
-        text = self.text_embedding(context.to(dtype))  # (B, text_len, C)
+        text = self.text_embedding(context.to(dtype))  # (B, L', C)
         if not self.uses_clip:
-            return text, None
+            return text, None, bias
         if clip_fea is None:
             raise ValueError(
                 f"this Wan variant has an image (CLIP) branch: pass clip_fea (B, 257, {self.config.image_dim}); "
                 "the pipeline passes zeros when no image is given"
             )
-        return text, self.img_emb(clip_fea.to(dtype))
+        return text, self.img_emb(clip_fea.to(dtype)), bias
 
     def embed_video(
         self,
@@ -395,13 +442,13 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
             prefix = ref.shape[1]
         return tokens, grid, prefix
 
-    def run_blocks(self, x, e0, context, context_img, rope) -> torch.Tensor:
+    def run_blocks(self, x, e0, context, context_img, rope, context_bias=None) -> torch.Tensor:
         """The block stack (B, L, C) -> (B, L, C); step caches replace this method's result."""
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = self._gradient_checkpointing_func(block, x, e0, context, context_img, rope)
+                x = self._gradient_checkpointing_func(block, x, e0, context, context_img, rope, context_bias)
             else:
-                x = block(x, e0, context, context_img, rope)
+                x = block(x, e0, context, context_img, rope, context_bias)
         return x
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -433,9 +480,9 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         if t.dim() == 2 and prefix:
             t = torch.cat([t[:, :1].expand(-1, prefix), t], dim=1)
         e, e0 = self.embed_time(t, tokens.shape[1])
-        context, context_img = self.embed_context(context, clip_fea)
+        context, context_img, context_bias = self.embed_context(context, clip_fea)
         rope = rope_for_grid(grid, self.head_dim, tokens.device, self.config.rope_theta)
-        tokens = self.run_blocks(tokens, e0, context, context_img, rope)
+        tokens = self.run_blocks(tokens, e0, context, context_img, rope, context_bias)
         tokens = self.head(tokens, e)[:, prefix:]
         return self.unpatchify(tokens, (grid[0] - (1 if prefix else 0), grid[1], grid[2]))
 
