@@ -324,6 +324,8 @@ class WanPipeline:
             sigma = scheduler.sigmas[first].to(self.device)
             latents = (1.0 - sigma) * clean + sigma * latents
 
+        for hook in getattr(self.transformer, "generation_hooks", ()):
+            hook.begin(len(timesteps))  # step caches start fresh for every video
         guidance = guidance or ClassifierFreeGuidance(scale=guidance_scale)
         for step, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
             t_batch = t.expand(1).to(self.device, torch.float32)

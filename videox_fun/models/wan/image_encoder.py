@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from ..component import OffloadableComponent
 from ..loading import (
     CheckpointMismatchError,
     assert_materialised,
@@ -225,7 +226,7 @@ def vision_core(model: CLIPVisionModel) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 
 
-class WanImageEncoder(nn.Module):
+class WanImageEncoder(OffloadableComponent, nn.Module):
     """CLIP ViT-H/14 vision tower giving Wan's image context: ``(B, 257, 1280)`` per image.
 
     ``encode(images)`` takes ``(B, 3, H, W)`` in [-1, 1], resizes to 224x224 (bicubic), applies the
@@ -300,8 +301,7 @@ class WanImageEncoder(nn.Module):
         """Tokens per image: one class token plus the patches (257 for 224 / 14)."""
         return (self.model.config.image_size // self.model.config.patch_size) ** 2 + 1
 
-    @property
-    def device(self) -> torch.device:
+    def weights_device(self) -> torch.device:
         """Device of the encoder weights."""
         return vision_core(self.model).embeddings.patch_embedding.weight.device
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from ..component import OffloadableComponent
 from ..loading import (
     CheckpointMismatchError,
     assert_materialised,
@@ -264,7 +265,7 @@ def convert_umt5_hf_to_original(state: Mapping[str, torch.Tensor]) -> dict[str, 
 # ---------------------------------------------------------------------------------------------
 
 
-class WanTextEncoder(nn.Module):
+class WanTextEncoder(OffloadableComponent, nn.Module):
     """UMT5 encoder + tokenizer that turns prompts into Wan's zero-padded text context.
 
     ``encode(prompts)`` gives ``(B, max_length, d_model)``: row ``j < seq_len`` of a prompt is the
@@ -343,8 +344,7 @@ class WanTextEncoder(nn.Module):
         """Width of the text context (4096 for umt5-xxl)."""
         return self.model.config.d_model
 
-    @property
-    def device(self) -> torch.device:
+    def weights_device(self) -> torch.device:
         """Device of the encoder weights."""
         return self.model.shared.weight.device
 

@@ -39,6 +39,8 @@ from videox_fun.models.loading import (
     strip_prefix,
 )
 
+from ..component import OffloadableComponent
+
 logger = logging.getLogger(__name__)
 
 # File names of the original-layout VAE in the Wan-AI and alibaba-pai model folders.
@@ -255,7 +257,7 @@ def _load_any(path: Path, dtype: torch.dtype) -> AutoencoderKLWan:
 # --------------------------------------------------------------------------------------------
 
 
-class WanVAE(nn.Module):
+class WanVAE(OffloadableComponent, nn.Module):
     """Wan video VAE with normalised latents: ``(B, 3, F, H, W)`` in [-1, 1] <-> ``(B, z, F', H', W')``.
 
     ``F' = (F - 1) / 4 + 1`` and ``H' = H / s``, ``W' = W / s`` with ``s`` = :attr:`spatial_compression`
@@ -352,8 +354,7 @@ class WanVAE(nn.Module):
         """Dtype of the weights."""
         return next(self.model.parameters()).dtype
 
-    @property
-    def device(self) -> torch.device:
+    def weights_device(self) -> torch.device:
         """Device of the weights."""
         return next(self.model.parameters()).device
 

@@ -1,0 +1,86 @@
+"""Step caches: exact when they never skip, skip when allowed, separate cond/uncond state, calibration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from videox_fun.models.wan.tiny import build_tiny_model_folder
+from videox_fun.models.wan.variants import PRESETS
+from videox_fun.pipelines.guidance import ClassifierFreeGuidance
+from videox_fun.pipelines.wan import WanPipeline
+from videox_fun.runtime.cache import (
+    CALIBRATION_FILE,
+    CacheRecorder,
+    FirstBlockCache,
+    TeaCache,
+    coefficients_for,
+    fit_coefficients,
+    preset_of,
+    published_coefficients,
+    save_calibration,
+)
+
+STEPS = 8
+SETTINGS = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": STEPS, "progress": False, "seed": 3}
+LINEAR = [0.0, 0.0, 0.0, 1.0, 0.0]  # poly(x) = x: accumulate the raw indicator change
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return build_tiny_model_folder(tmp_path_factory.mktemp("cache") / "inp", "inp")
+
+
+@pytest.fixture(scope="module")
+def uncached(folder):
+    return WanPipeline.from_pretrained(folder)("a red circle moving right", **SETTINGS).latents
+
+
+@pytest.mark.parametrize("make", [lambda m: TeaCache(m, LINEAR, 0.0), lambda m: FirstBlockCache(m, 0.0)])
+def test_threshold_zero_computes_every_step_and_matches(folder, uncached, make):
+    pipe = WanPipeline.from_pretrained(folder)
+    cache = make(pipe.transformer)
+    latents = pipe("a red circle moving right", **SETTINGS).latents
+    assert cache.stats.skipped == 0 and cache.stats.computed == STEPS
+    assert torch.allclose(latents, uncached, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda m: TeaCache(m, LINEAR, 10.0), lambda m: FirstBlockCache(m, 10.0)])
+def test_large_threshold_skips_all_but_the_first_and_last_steps(folder, uncached, make):
+    pipe = WanPipeline.from_pretrained(folder)
+    cache = make(pipe.transformer)
+    latents = pipe("a red circle moving right", **SETTINGS).latents
+    assert cache.stats.decisions == [True] + [False] * (STEPS - 2) + [True]
+    assert torch.isfinite(latents).all() and not torch.equal(latents, uncached)
+    cache.remove()
+    assert torch.allclose(pipe("a red circle moving right", **SETTINGS).latents, uncached, atol=1e-6)
+
+
+def test_sequential_cfg_keeps_separate_state_for_cond_and_uncond(folder):
+    pipe = WanPipeline.from_pretrained(folder)
+    cache = TeaCache(pipe.transformer, LINEAR, 10.0)
+    pipe("a red circle moving right", guidance=ClassifierFreeGuidance(6.0, batched=False), **SETTINGS)
+    assert len(cache.states) == 2
+    assert cache.stats.computed == 2 * 2 and cache.stats.skipped == 2 * (STEPS - 2)
+
+
+def test_calibration_fits_and_is_found_beside_the_model(folder, tmp_path):
+    pipe = WanPipeline.from_pretrained(folder)
+    recorder = CacheRecorder(pipe.transformer)
+    pipe("a red circle moving right", **SETTINGS)
+    assert len(recorder.samples) == STEPS - 1 and all(x > 0 and y > 0 for x, y in recorder.samples)
+    coefficients = fit_coefficients(recorder.samples)
+    assert len(coefficients) == 5
+    save_calibration(tmp_path / CALIBRATION_FILE, coefficients, "time_embedding", len(recorder.samples))
+    assert coefficients_for(pipe.transformer, tmp_path) == coefficients
+    assert json.loads((tmp_path / CALIBRATION_FILE).read_text())["samples"] == STEPS - 1
+    with pytest.raises(ValueError, match="calibrate-cache"):
+        coefficients_for(pipe.transformer, None)
+
+
+def test_published_coefficients_are_chosen_by_architecture():
+    assert preset_of(PRESETS["Wan2.1-T2V-14B"]) == "Wan2.1-T2V-14B"
+    assert published_coefficients(PRESETS["Wan2.1-T2V-1.3B"])[0] == pytest.approx(2.39676752e03)
+    assert published_coefficients(PRESETS["Wan2.1-T2V-1.3B"], "time_projection")[0] == pytest.approx(-5.21862437e04)

@@ -1,0 +1,127 @@
+"""float8 weight storage for the transformer blocks' linear layers, plain or scaled.
+
+Weights are stored as ``float8_e4m3fn`` (1 byte) and widened to the input's dtype for the
+matmul; biases, embeddings, norms and modulation stay in high precision. The *scaled* variant
+keeps a per-tensor or per-output-channel scale (amax / 448) so small weights use the whole fp8
+range instead of falling into its subnormals; it is also how ComfyUI's ``*_fp8_scaled``
+single-file checkpoints store Wan (``weight`` in fp8 + ``scale_weight``), which load here too.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.loading import load_into, read_state_dict, strip_prefix
+
+logger = logging.getLogger(__name__)
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+# Keys of ComfyUI fp8_scaled files that describe the format rather than hold weights.
+FP8_MARKER_KEYS = ("scaled_fp8",)
+
+
+class Float8Linear(nn.Module):
+    """``nn.Linear`` with its weight stored in float8 (and an optional ``scale_weight``)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, scale_shape: tuple | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        if scale_shape is not None:
+            self.register_buffer("scale_weight", torch.ones(scale_shape))
+        else:
+            self.scale_weight = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scaled: bool = False, per_channel: bool = False) -> Float8Linear:
+        """Quantise a linear layer; ``scaled`` keeps amax/448 per tensor (or per output row)."""
+        weight = linear.weight.detach().float()
+        scale_shape = ((weight.shape[0], 1) if per_channel else ()) if scaled else None
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, scale_shape)
+        layer.to(linear.weight.device)
+        if scaled:
+            amax = weight.abs().amax(dim=1, keepdim=True) if per_channel else weight.abs().amax()
+            scale = (amax / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+            layer.scale_weight.copy_(scale.reshape(scale_shape))
+            weight = weight / scale
+        layer.weight.data = weight.clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        if linear.bias is not None:
+            layer.bias.data = linear.bias.detach().clone()
+        return layer
+
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight in ``dtype`` (times its scale)."""
+        weight = self.weight.to(dtype)
+        return weight * self.scale_weight.to(dtype) if self.scale_weight is not None else weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        kind = "plain" if self.scale_weight is None else f"scaled {tuple(self.scale_weight.shape)}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8 {kind}"
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def block_linears(model: nn.Module) -> list[str]:
+    """Names of the linear layers inside ``model.blocks`` (what fp8 storage applies to)."""
+    return [f"blocks.{name}" for name, module in model.blocks.named_modules() if isinstance(module, nn.Linear)]
+
+
+def quantize_to_fp8(model: nn.Module, scaled: bool = False, per_channel: bool = False) -> nn.Module:
+    """Store every block linear of a Wan transformer in float8 (in place); returns the model."""
+    for name in block_linears(model):
+        _replace(model, name, Float8Linear.from_linear(model.get_submodule(name), scaled, per_channel))
+    return model
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers, as stored."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def prepare_for_fp8_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Turn the linears that a checkpoint stores in fp8 into :class:`Float8Linear` of the right kind.
+
+    Returns the state without the format's marker keys and input scales (we compute in high
+    precision, so an activation scale has no use), each dropped with a log line, never silently.
+    """
+    dropped = [k for k in state if k in FP8_MARKER_KEYS or k.endswith(".scale_input")]
+    if dropped:
+        logger.info("fp8 checkpoint: not used for high-precision compute: %s", ", ".join(dropped[:4]))
+    state = {k: v for k, v in state.items() if k not in dropped}
+    for key, tensor in state.items():
+        if not key.endswith(".weight") or tensor.dtype != FP8:
+            continue
+        name = key.removesuffix(".weight")
+        linear = model.get_submodule(name)
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"{key} is stored in fp8 but {name} is a {type(linear).__name__}, not a linear layer")
+        scale = state.get(f"{name}.scale_weight")
+        layer = Float8Linear(
+            linear.in_features, linear.out_features, linear.bias is not None, None if scale is None else scale.shape
+        )
+        _replace(model, name, layer)
+    return state
+
+
+def load_fp8_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a (scaled) fp8 single-file checkpoint, e.g. ComfyUI's ``wan2.1_*_fp8_scaled.safetensors``."""
+    state = read_state_dict(path)
+    markers = {k: state.pop(k) for k in FP8_MARKER_KEYS if k in state}  # unprefixed, unlike the weights
+    state = strip_prefix(state, ("model.diffusion_model.", "diffusion_model."))
+    state = prepare_for_fp8_state(model, {**state, **markers})
+    return load_into(model, state, source=str(path))
