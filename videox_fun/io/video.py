@@ -116,11 +116,11 @@ def _decode_container(path: Path) -> Iterator[np.ndarray]:
             raise VideoReadError(f"cannot decode video {path}: {err}") from err
 
 
-def _select(frames: Iterator[np.ndarray], num_frames: int | None, stride: int) -> Iterator[np.ndarray]:
-    """Keep every ``stride``-th frame; stop once ``num_frames`` are taken (the rest is never decoded)."""
+def _select(frames: Iterator[np.ndarray], num_frames: int | None, stride: int, start: int = 0) -> Iterator[np.ndarray]:
+    """Keep every ``stride``-th frame from ``start`` on; stop once ``num_frames`` are taken (no more is decoded)."""
     taken = 0
     for index, frame in enumerate(frames):
-        if index % stride:
+        if index < start or (index - start) % stride:
             continue
         yield frame
         taken += 1
@@ -139,11 +139,13 @@ def read_video(
     stride: int = 1,
     size: tuple[int, int] | None = None,
     crop: bool = False,
+    start: int = 0,
 ) -> torch.Tensor:
     """Read a video, an image folder or a single image as a uint8 tensor ``(F, H, W, 3)``.
 
-    ``stride`` keeps every n-th frame, ``num_frames`` caps how many are returned (fewer come back
-    when the source is shorter; check ``len``). ``size=(height, width)`` resizes every frame
+    ``start`` skips the first frames (for a clip of a longer video), ``stride`` then keeps every
+    n-th frame, ``num_frames`` caps how many are returned (fewer come back when the source is
+    shorter; check ``len``). ``size=(height, width)`` resizes every frame
     (bicubic); with ``crop=True`` the frame is center-cropped to the target aspect ratio first.
     Raises ``FileNotFoundError`` for a missing path and :class:`VideoReadError` for a file that
     cannot be decoded, both naming the path.
@@ -151,6 +153,8 @@ def read_video(
     path = Path(path)
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
     if num_frames is not None and num_frames < 1:
         raise ValueError(f"num_frames must be >= 1 or None, got {num_frames}")
     if not path.exists():
@@ -167,7 +171,7 @@ def read_video(
         source = _decode_container(path)
 
     try:
-        frames = [_resize(frame, size, crop) for frame in _select(source, num_frames, stride)]
+        frames = [_resize(frame, size, crop) for frame in _select(source, num_frames, stride, start)]
     finally:
         source.close()  # closes the container now, not whenever the generator is collected
     if not frames:
