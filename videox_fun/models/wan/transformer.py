@@ -76,10 +76,19 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
 
 
 @lru_cache(maxsize=32)
-def _rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+def _rope_tables(
+    grid: tuple[int, int, int],
+    head_dim: int,
+    theta: float,
+    device: torch.device,
+    frame_frequency: tuple[int, float] | None = None,
+) -> torch.Tensor:
     tables = []
-    for size, axis_dim in zip(grid, rope_axis_dims(head_dim), strict=True):
+    for axis, (size, axis_dim) in enumerate(zip(grid, rope_axis_dims(head_dim), strict=True)):
         inv_freq = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)
+        if axis == 0 and frame_frequency is not None:
+            index, value = frame_frequency
+            inv_freq[index] = value
         tables.append(torch.outer(torch.arange(size, dtype=torch.float64), inv_freq))  # (size, axis_dim/2)
     f, h, w = grid
     angles = torch.cat(
@@ -94,10 +103,18 @@ def _rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float, device
 
 
 def rope_for_grid(
-    grid: tuple[int, int, int], head_dim: int, device: torch.device, theta: float = 10000.0
+    grid: tuple[int, int, int],
+    head_dim: int,
+    device: torch.device,
+    theta: float = 10000.0,
+    frame_frequency: tuple[int, float] | None = None,
 ) -> torch.Tensor:
-    """Rotations (L, head_dim/2) complex64 for a (frames, height, width) token grid, row-major."""
-    return _rope_tables(tuple(int(s) for s in grid), head_dim, theta, torch.device(device))
+    """Rotations (L, head_dim/2) complex64 for a (frames, height, width) token grid, row-major.
+
+    frame_frequency: (index, value) replaces one frequency of the frame axis (RIFLEx).
+    """
+    grid = tuple(int(s) for s in grid)
+    return _rope_tables(grid, head_dim, theta, torch.device(device), frame_frequency)
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
@@ -442,6 +459,10 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
             prefix = ref.shape[1]
         return tokens, grid, prefix
 
+    def rotary(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+        """RoPE rotations (L, head_dim/2) of a token grid; RIFLEx replaces this method."""
+        return rope_for_grid(grid, self.head_dim, device, self.config.rope_theta)
+
     def run_blocks(self, x, e0, context, context_img, rope, context_bias=None) -> torch.Tensor:
         """The block stack (B, L, C) -> (B, L, C); step caches replace this method's result."""
         for block in self.blocks:
@@ -481,7 +502,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
             t = torch.cat([t[:, :1].expand(-1, prefix), t], dim=1)
         e, e0 = self.embed_time(t, tokens.shape[1])
         context, context_img, context_bias = self.embed_context(context, clip_fea)
-        rope = rope_for_grid(grid, self.head_dim, tokens.device, self.config.rope_theta)
+        rope = self.rotary(grid, tokens.device)
         tokens = self.run_blocks(tokens, e0, context, context_img, rope, context_bias)
         tokens = self.head(tokens, e)[:, prefix:]
         return self.unpatchify(tokens, (grid[0] - (1 if prefix else 0), grid[1], grid[2]))

@@ -1,0 +1,50 @@
+"""Regional torch.compile of the blocks and RIFLEx as removable changes of the transformer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from videox_fun.models.wan.transformer import WanTransformer3DModel, rope_axis_dims
+from videox_fun.models.wan.variants import tiny_config
+from videox_fun.runtime.compile import apply_riflex, compile_blocks, remove_riflex, riflex_frequency
+
+
+def tiny_model() -> WanTransformer3DModel:
+    torch.manual_seed(0)
+    return WanTransformer3DModel.from_config(tiny_config("t2v", dim=48, num_heads=2)).eval()
+
+
+def inputs(frames: int = 3):
+    return torch.randn(1, 16, frames, 4, 4), torch.tensor([400.0]), torch.randn(1, 6, 32)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_same_output():
+    model, args = tiny_model(), inputs()
+    with torch.no_grad():
+        expected = model(*args)
+        compile_blocks(model, backend="aot_eager")
+        assert torch.allclose(model(*args), expected, atol=1e-5)
+
+
+def test_riflex_changes_only_one_frame_frequency_and_is_removable():
+    model = tiny_model()
+    plain = model.rotary((13, 2, 2), torch.device("cpu"))
+    apply_riflex(model, k=2)
+    changed = model.rotary((13, 2, 2), torch.device("cpu"))
+    frame_dims = rope_axis_dims(model.head_dim)[0] // 2
+    differs = (plain != changed).any(dim=0)  # which of the D/2 rotations changed
+    assert differs.nonzero().flatten().tolist() == [1]  # index k-1 of the frame axis only
+    assert differs[frame_dims:].sum() == 0
+    index, value = riflex_frequency(13, 2)
+    assert index == 1 and value == pytest.approx(0.9 * 2 * math.pi / 13)
+    remove_riflex(model)
+    assert torch.equal(model.rotary((13, 2, 2), torch.device("cpu")), plain)
+
+
+def test_riflex_k_must_be_positive():
+    with pytest.raises(ValueError, match="riflex-k"):
+        apply_riflex(tiny_model(), 0)

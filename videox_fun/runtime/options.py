@@ -1,0 +1,182 @@
+"""Command-line flags of the speed and memory features, and attaching them to a loaded pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .cache import CALIBRATION_FILE, FirstBlockCache, TeaCache, coefficients_for
+from .offload import MEMORY_MODES
+
+logger = logging.getLogger(__name__)
+
+CACHES = ("none", "teacache", "first-block")
+DEFAULT_THRESHOLDS = {"teacache": 0.1, "first-block": 0.05}
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """Memory mode, fp8, step cache, CFG, compile and RIFLEx flags."""
+    group = parser.add_argument_group("speed and memory")
+    group.add_argument(
+        "--gpu-memory-mode",
+        choices=MEMORY_MODES,
+        default="model_full_load",
+        help="where weights live while generating (default model_full_load)",
+    )
+    group.add_argument(
+        "--resident-blocks",
+        type=int,
+        default=4,
+        help="model_group_offload: transformer blocks kept on the GPU (default 4)",
+    )
+    group.add_argument(
+        "--fp8",
+        choices=("plain", "scaled"),
+        default="plain",
+        help="fp8 kind of the *_qfloat8 modes: plain cast or per-channel scaled (default plain)",
+    )
+    group.add_argument(
+        "--transformer-path",
+        type=Path,
+        help="load the transformer weights from this single file (e.g. a ComfyUI *_fp8_scaled file)",
+    )
+    group.add_argument("--cache", choices=CACHES, default="none", help="step cache (default none)")
+    group.add_argument(
+        "--teacache-threshold",
+        "--cache-threshold",
+        dest="cache_threshold",
+        type=float,
+        help="skip while the accumulated change stays below this (default 0.1 TeaCache, 0.05 first-block)",
+    )
+    group.add_argument(
+        "--teacache-indicator",
+        choices=("time_embedding", "time_projection"),
+        default="time_embedding",
+        help="what TeaCache compares across steps",
+    )
+    group.add_argument(
+        "--num-skip-start-steps", type=int, default=5, help="steps computed in full before caching starts (default 5)"
+    )
+    group.add_argument("--cache-offload-residuals", action="store_true", help="keep cached residuals in CPU memory")
+    group.add_argument(
+        "--cfg-skip-ratio",
+        type=float,
+        default=0.0,
+        help="share of the last steps run without the unconditional pass (default 0)",
+    )
+    group.add_argument(
+        "--cfg-sequential",
+        action="store_true",
+        help="run cond and uncond passes one after the other (less memory) instead of batched",
+    )
+    group.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    group.add_argument(
+        "--riflex-k",
+        type=int,
+        help="RIFLEx: lower this frame frequency (6 for Wan2.1) to generate past the trained length",
+    )
+
+
+def apply_runtime_options(pipe, args: argparse.Namespace, folder: Path) -> dict:
+    """Attach what the flags ask for to a loaded pipeline; returns a summary for the sidecar JSON."""
+    from .compile import apply_riflex, compile_blocks
+    from .offload import apply_memory_mode
+
+    applied: dict = {"gpu_memory_mode": args.gpu_memory_mode}
+    if args.transformer_path is not None:
+        load_transformer_file(pipe, args.transformer_path)
+        applied["transformer_path"] = str(args.transformer_path)
+    if "qfloat8" in args.gpu_memory_mode and args.fp8 == "scaled":
+        from .fp8 import quantize_to_fp8
+
+        quantize_to_fp8(pipe.transformer, scaled=True, per_channel=True)  # the mode then finds it quantised
+    apply_memory_mode(pipe, args.gpu_memory_mode, pipe.device, args.resident_blocks)
+    if args.cache != "none":
+        threshold = args.cache_threshold if args.cache_threshold is not None else DEFAULT_THRESHOLDS[args.cache]
+        attach_cache(pipe.transformer, args.cache, threshold, args, folder)
+        applied.update(cache=args.cache, cache_threshold=threshold)
+    if args.riflex_k is not None:
+        apply_riflex(pipe.transformer, args.riflex_k)
+        applied["riflex_k"] = args.riflex_k
+    if args.compile:
+        compile_blocks(pipe.transformer)
+        applied["compile"] = True
+    return applied
+
+
+def attach_cache(transformer, kind: str, threshold: float, args: argparse.Namespace, folder: Path):
+    """A TeaCache (coefficients from the folder's calibration or the published ones) or first-block cache."""
+    common = {"num_skip_start_steps": args.num_skip_start_steps, "offload_residuals": args.cache_offload_residuals}
+    if kind == "first-block":
+        return FirstBlockCache(transformer, threshold, **common)
+    coefficients = coefficients_for(transformer, folder, args.teacache_indicator)
+    return TeaCache(transformer, coefficients, threshold, indicator=args.teacache_indicator, **common)
+
+
+def load_transformer_file(pipe, path: Path) -> None:
+    """Replace the transformer's weights with a single file of the same architecture (fp8 files too)."""
+    from .fp8 import load_fp8_checkpoint
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--transformer-path: file not found: {path}")
+    load_fp8_checkpoint(pipe.transformer, path)  # also reads plain (non-fp8) single files, strictly
+
+
+def add_calibrate_command(subparsers) -> None:
+    """``videox-fun calibrate-cache``: fit TeaCache coefficients for any model from full runs."""
+    parser = subparsers.add_parser(
+        "calibrate-cache",
+        help="fit TeaCache coefficients for a model from a few uncached runs",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", help="model folder or name (default: the built-in tiny model)")
+    parser.add_argument("--prompts-file", type=Path, help="prompts to run (default: a few built in)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    parser.add_argument("--indicator", choices=("time_embedding", "time_projection"), default="time_embedding")
+    parser.add_argument("--degree", type=int, default=4, help="polynomial degree")
+    parser.add_argument("--out", type=Path, help=f"output JSON (default MODEL/{CALIBRATION_FILE})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=run_calibrate)
+
+
+CALIBRATION_PROMPTS = (
+    "a red circle moving right",
+    "a blue square moving up",
+    "a yellow triangle moving left",
+    "a cyan square moving down",
+)
+
+
+def run_calibrate(args: argparse.Namespace) -> Path:
+    """Run the prompts uncached, record (indicator change, residual change) per step, fit and save."""
+    from ..cli import read_prompts
+    from ..config import config_for_folder
+    from ..pipelines.wan import WanPipeline
+    from ..registry import resolve_model
+    from .cache import CacheRecorder, fit_coefficients, save_calibration
+
+    folder = resolve_model(args.model)
+    config = config_for_folder(folder)
+    pipe = WanPipeline.from_pretrained(folder, config=config)
+    recorder = CacheRecorder(pipe.transformer, args.indicator)
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else list(CALIBRATION_PROMPTS)
+    defaults = config.defaults
+    for i, prompt in enumerate(prompts):
+        pipe(
+            prompt,
+            negative_prompt=defaults.negative_prompt,
+            height=defaults.height,
+            width=defaults.width,
+            num_frames=defaults.num_frames,
+            num_inference_steps=args.steps or defaults.steps,
+            guidance_scale=defaults.guidance_scale,
+            shift=defaults.shift,
+            sampler=defaults.sampler,
+            seed=args.seed + i,
+        )
+    coefficients = fit_coefficients(recorder.samples, args.degree)
+    out = args.out or folder / CALIBRATION_FILE
+    save_calibration(out, coefficients, args.indicator, len(recorder.samples), note=f"{len(prompts)} prompts")
+    print(f"wrote {out}: {len(recorder.samples)} step pairs, coefficients {coefficients}")
+    return out
