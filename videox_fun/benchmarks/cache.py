@@ -1,0 +1,152 @@
+"""Step caching: speed-up against quality, a curve over thresholds, for TeaCache and first-block cache.
+
+Each prompt runs uncached and then cached at every threshold with the same seed; the JSON has the
+wall-time ratio, the share of block-stack evaluations, the PSNR of the decoded video against the
+uncached one and, with the toy world's evaluator, the accuracy of both. ``--plot`` draws the curve.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import config_for_folder
+from ..io.video import write_video
+from ..pipelines.wan import WanPipeline
+from ..registry import resolve_model
+from ..runtime.cache import CALIBRATION_FILE, FirstBlockCache, TeaCache, coefficients_for
+from .common import psnr
+
+TEACACHE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
+FIRST_BLOCK_THRESHOLDS = (0.02, 0.05, 0.1, 0.2)
+
+
+def toy_prompts(count: int) -> list[str]:
+    """Evenly spread toy-world captions over colour x shape x direction (seen and held-out)."""
+    from ..toyworld.world import caption, combinations
+
+    specs = combinations("all")
+    picks = np.linspace(0, len(specs) - 1, count).round().astype(int)
+    return [caption(specs[i]) for i in picks]
+
+
+def generate_all(pipe: WanPipeline, prompts: list[str], defaults, folder: Path | None) -> tuple[list, float]:
+    """Videos of every prompt (seed = index) and the total wall time; written with sidecars if folder."""
+    videos, started = [], time.perf_counter()
+    for seed, prompt in enumerate(prompts):
+        out = pipe(
+            prompt,
+            negative_prompt=defaults.negative_prompt,
+            height=defaults.height,
+            width=defaults.width,
+            num_frames=defaults.num_frames,
+            num_inference_steps=defaults.steps,
+            guidance_scale=defaults.guidance_scale,
+            shift=defaults.shift,
+            sampler=defaults.sampler,
+            seed=seed,
+            progress=False,
+        )
+        videos.append(out.frames)
+    elapsed = time.perf_counter() - started
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for seed, (prompt, frames) in enumerate(zip(prompts, videos, strict=True)):
+            path = write_video(frames, folder / f"{seed:08d}.mp4", fps=defaults.fps)
+            path.with_suffix(".json").write_text(json.dumps({"prompt": prompt, "seed": seed}))
+    return videos, elapsed
+
+
+def toy_accuracy(folder: Path) -> dict:
+    """The toy-world evaluator's summary of a folder of generated videos."""
+    from ..toyworld.evaluate import evaluate_folder
+
+    report = evaluate_folder(folder, progress=False)
+    return {split: report[split] for split in ("seen", "held_out", "all")}
+
+
+def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluate: bool = True) -> dict:
+    """The curve for one model (default: the built-in tiny InP model)."""
+    folder = resolve_model(model)
+    config = config_for_folder(folder)
+    defaults = config.defaults
+    pipe = WanPipeline.from_pretrained(folder, config=config)
+    texts = toy_prompts(prompts)
+    work = Path(tempfile.mkdtemp(prefix="cache-bench-"))
+    reference, base_time = generate_all(pipe, texts, defaults, work / "uncached" if evaluate else None)
+    result = {
+        "benchmark": "step caching: speed-up vs quality",
+        "model": folder.name,
+        "calibration": (folder / CALIBRATION_FILE).is_file(),
+        "prompts": texts,
+        "steps": defaults.steps,
+        "num_skip_start_steps": skip_start,
+        "uncached": {"wall_s": base_time, **({"toy": toy_accuracy(work / "uncached")} if evaluate else {})},
+        "curves": {"teacache": [], "first-block": []},
+    }
+    makers = {
+        "teacache": (
+            TEACACHE_THRESHOLDS,
+            lambda th: TeaCache(
+                pipe.transformer, coefficients_for(pipe.transformer, folder), th, num_skip_start_steps=skip_start
+            ),
+        ),
+        "first-block": (
+            FIRST_BLOCK_THRESHOLDS,
+            lambda th: FirstBlockCache(pipe.transformer, th, num_skip_start_steps=skip_start),
+        ),
+    }
+    for kind, (thresholds, make) in makers.items():
+        for threshold in thresholds:
+            cache = make(threshold)
+            out_dir = work / f"{kind}-{threshold}" if evaluate else None
+            videos, elapsed = generate_all(pipe, texts, defaults, out_dir)
+            cache.remove()
+            quality = [
+                psnr(torch.as_tensor(v), torch.as_tensor(r), peak=255.0) for v, r in zip(videos, reference, strict=True)
+            ]
+            point = {
+                "threshold": threshold,
+                "wall_s": elapsed,
+                "speedup": base_time / elapsed,
+                "block_evaluations": cache.stats.computed,
+                "block_evaluations_skipped": cache.stats.skipped,
+                "evaluation_ratio": (cache.stats.computed + cache.stats.skipped) / max(cache.stats.computed, 1),
+                "psnr_db_mean": float(np.mean(quality)),
+                "psnr_db_min": float(np.min(quality)),
+            }
+            if evaluate:
+                point["toy"] = toy_accuracy(out_dir)
+            result["curves"][kind].append(point)
+            print(
+                f"{kind} {threshold}: {point['evaluation_ratio']:.2f}x fewer block stacks, "
+                f"{point['speedup']:.2f}x faster, PSNR {point['psnr_db_mean']:.1f} dB"
+            )
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    """Speed-up against PSNR for each cache, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, points in result["curves"].items():
+        ax.plot([p["psnr_db_mean"] for p in points], [p["speedup"] for p in points], "o-", label=kind)
+        for p in points:
+            ax.annotate(str(p["threshold"]), (p["psnr_db_mean"], p["speedup"]), fontsize=7)
+    ax.set_xlabel("PSNR vs uncached video (dB)")
+    ax.set_ylabel("wall-time speed-up")
+    ax.set_title(f"step caching on {result['model']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

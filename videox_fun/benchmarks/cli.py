@@ -1,0 +1,50 @@
+"""``videox-fun bench NAME``: run one benchmark and write its JSON (and plot)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+BENCHMARKS = ("transformer", "pipeline", "fp8", "cache", "memory")
+
+
+def add_bench_command(subparsers) -> None:
+    """Register ``bench``."""
+    parser = subparsers.add_parser(
+        "bench", help="side-by-side benchmarks, JSON out", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("name", choices=BENCHMARKS)
+    parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME_<device>.json)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (transformer, pipeline)")
+    parser.add_argument("--model", help="model for cache / memory (default: the built-in tiny model)")
+    parser.add_argument("--prompts", type=int, default=8, help="cache: prompts per threshold")
+    parser.add_argument("--skip-start", type=int, default=1, help="cache: steps always computed at the start")
+    parser.add_argument("--no-eval", action="store_true", help="cache: skip the toy-world evaluation")
+    parser.add_argument("--plot", type=Path, help="cache: PNG of speed-up vs PSNR")
+    parser.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    """Dispatch to the benchmark module and write the result."""
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    from . import cache, fp8, memory, pipeline, transformer
+    from .common import write_json
+
+    diffusers_logging.set_verbosity_error()  # its fp32-module notes on dtype casts are not ours to fix here
+    if args.name == "transformer":
+        result = transformer.run(args.repeats)
+    elif args.name == "pipeline":
+        result = pipeline.run(args.repeats)
+    elif args.name == "fp8":
+        result = fp8.run()
+    elif args.name == "cache":
+        result = cache.run(args.model, args.prompts, args.skip_start, evaluate=not args.no_eval)
+        if args.plot:
+            cache.plot(result, args.plot)
+    else:
+        result = memory.run(args.model)
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    write_json(result, args.out or Path("benchmarks/results") / f"{args.name}_{device}.json")
+    return result

@@ -1,0 +1,78 @@
+"""Helpers every benchmark uses: interleaved timing, PSNR, machine facts, JSON output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Run each function once per round, ``repeats`` rounds after one warm-up round.
+
+    Interleaving makes load from other processes hit every contender alike; wall time and this
+    process's CPU time are both kept (on a shared machine the CPU time is the steadier).
+    """
+    times = {name: {"wall_s": [], "cpu_s": []} for name in fns}
+    with torch.no_grad():
+        for fn in fns.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                synchronize()
+                wall, cpu = time.perf_counter(), time.process_time()
+                fn()
+                synchronize()
+                times[name]["wall_s"].append(time.perf_counter() - wall)
+                times[name]["cpu_s"].append(time.process_time() - cpu)
+    return times
+
+
+def summarize(runs: dict[str, list[float]]) -> dict[str, float]:
+    """Median and minimum of each kind of time."""
+    out = {}
+    for kind, values in runs.items():
+        out[f"{kind}_median"] = statistics.median(values)
+        out[f"{kind}_min"] = min(values)
+    return out
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work so timings are real."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def psnr(x: torch.Tensor, reference: torch.Tensor, peak: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB (peak: the reference's max |value| unless given)."""
+    mse = (x.double() - reference.double()).pow(2).mean()
+    peak = peak if peak is not None else reference.double().abs().max().item()
+    return float("inf") if mse == 0 else (10 * torch.log10(peak**2 / mse)).item()
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    info = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def write_json(result: dict, path: Path | None) -> None:
+    """Print a short line and write the full result as JSON when a path is given."""
+    result = {**result, "machine": machine()}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}")
