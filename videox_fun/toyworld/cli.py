@@ -1,0 +1,150 @@
+"""``videox-fun toyworld render | write-dataset | prompts`` and ``videox-fun eval toyworld``.
+
+Registered on the main parser by :func:`add_toyworld_commands`; every handler takes the parsed
+arguments and imports what it needs, so ``videox-fun --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .world import DEFAULT_FPS, DEFAULT_FRAMES, SPLITS
+
+EVAL_COMMAND = "eval"
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``64`` or ``48x80`` (height x width) -> (height, width)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def _add_clip_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=_size, default=(64, 64), help="frame size, N or HxW (default 64)")
+    parser.add_argument(
+        "--frames", type=int, default=DEFAULT_FRAMES, help=f"frames per clip (default {DEFAULT_FRAMES})"
+    )
+    parser.add_argument("--fps", type=int, default=DEFAULT_FPS, help=f"frame rate of the files (default {DEFAULT_FPS})")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def run_render(args: argparse.Namespace) -> Path:
+    """Render one clip to ``--output`` with its ``.json`` ground truth (and, if asked, control, masks, first frame)."""
+    from ..io.video import write_image, write_video
+    from .render import render_clip
+
+    clip = render_clip(args.prompt, args.size, args.frames, args.seed, template=0)
+    path = write_video(clip.frames, args.output, fps=args.fps)
+    path.with_suffix(".json").write_text(json.dumps({**clip.attributes(), "fps": args.fps}, indent=2))
+    extras = []
+    if args.control:
+        extras.append(write_video(clip.control, args.control, fps=args.fps))
+    if args.first_frame:
+        extras.append(write_image(clip.frames[0], args.first_frame))
+    if args.masks:
+        for kind in clip.masks:
+            extras.append(write_video(clip.mask_video(kind), args.masks / f"{path.stem}_{kind}.mp4", fps=args.fps))
+    print(f"wrote {path} ({clip.caption}; {clip.frames.shape[0]} frames)" + "".join(f", {p}" for p in extras))
+    return path
+
+
+def run_write_dataset(args: argparse.Namespace) -> Path:
+    """Write a toy-world dataset folder."""
+    from .dataset import write_dataset
+
+    path = write_dataset(
+        args.folder,
+        args.n,
+        seed=args.seed,
+        split=args.split,
+        size=args.size,
+        frames=args.frames,
+        fps=args.fps,
+        images=args.images,
+        masks=args.masks,
+        progress=not args.quiet,
+    )
+    print(f"wrote {path}")
+    return path
+
+
+def run_prompts(args: argparse.Namespace) -> Path:
+    """Write a prompts file over every combination of a split (canonical captions)."""
+    from .world import caption, combinations
+
+    lines = [caption(spec) for _ in range(args.repeats) for spec in combinations(args.split)]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.output} ({len(lines)} prompts)")
+    return args.output
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    """Judge a folder of videos; print the table and write the JSON report if asked."""
+    from ..cli import read_prompts
+    from .evaluate import evaluate_folder, format_report
+
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else None
+    report = evaluate_folder(args.video_dir, prompts=prompts, progress=not args.quiet)
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return report
+
+
+def _add_toyworld(commands: argparse._SubParsersAction) -> None:
+    toy = commands.add_parser("toyworld", help="the synthetic world of the tiny models: render, datasets, prompts")
+    actions = toy.add_subparsers(dest="toyworld_command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+
+    render = actions.add_parser("render", help="render one clip", formatter_class=defaults)
+    render.add_argument("prompt", help='what to render, e.g. "a red circle moving right"')
+    render.add_argument("--output", type=Path, default=Path("samples/toyworld/clip.mp4"), help="video file")
+    render.add_argument("--control", type=Path, help="also write the Canny control video here")
+    render.add_argument("--first-frame", type=Path, help="also write the first frame here (a start image for i2v)")
+    render.add_argument("--masks", type=Path, help="also write the inpaint mask videos into this folder")
+    _add_clip_arguments(render)
+    render.set_defaults(handler=run_render)
+
+    write = actions.add_parser("write-dataset", help="render a training dataset (mp4 + JSON metadata)")
+    write.add_argument("folder", type=Path, help="dataset folder")
+    write.add_argument("--n", type=int, default=1000, help="number of clips (default 1000)")
+    write.add_argument("--split", choices=SPLITS, default="train", help="train excludes the held-out pairs")
+    write.add_argument("--images", type=int, default=0, help="number of still images too (default 0)")
+    write.add_argument("--masks", action="store_true", help="also write the inpaint mask videos")
+    write.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_clip_arguments(write)
+    write.set_defaults(handler=run_write_dataset)
+
+    prompts = actions.add_parser("prompts", help="write a prompts file over every combination")
+    prompts.add_argument("output", type=Path, help="prompts file to write")
+    prompts.add_argument("--split", choices=SPLITS, default="all", help="which combinations (default all 72)")
+    prompts.add_argument("--repeats", type=int, default=1, help="how many times to list each (default 1)")
+    prompts.set_defaults(handler=run_prompts)
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(EVAL_COMMAND, help="measure generated videos")
+    targets = evaluate.add_subparsers(dest="eval_command", required=True)
+    toy = targets.add_parser("toyworld", help="judge toy-world videos (colour, shape, direction, persistence)")
+    toy.add_argument("video_dir", type=Path, help="folder of videos, each with the .json that generate writes")
+    toy.add_argument("--json", type=Path, help="write the full report (per video too) here")
+    toy.add_argument("--prompts-file", type=Path, help="prompts in video-name order, for videos without a .json")
+    toy.add_argument("--quiet", action="store_true", help="no progress bar")
+    toy.set_defaults(handler=run_eval)
+
+
+def add_toyworld_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``toyworld`` and ``eval toyworld`` on the main parser's subcommands."""
+    _add_toyworld(commands)
+    _add_eval(commands)
