@@ -53,10 +53,14 @@ class ClassifierFreeGuidance:
         if not self.active(step, num_steps):
             return denoise(latents, t, cond)
         self.passes["uncond"] += 1
+        pred_cond, pred_uncond = self.predict_both(denoise, latents, t, cond, uncond)
+        return pred_uncond + self.scale * (pred_cond - pred_uncond)
+
+    def predict_both(
+        self, denoise: Denoiser, latents: torch.Tensor, t: torch.Tensor, cond: dict, uncond: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditional and unconditional predictions (CFG parallelism overrides where they run)."""
         if self.batched:
             both = denoise(torch.cat([latents, latents]), torch.cat([t, t]), _cat_conditions(cond, uncond))
-            pred_cond, pred_uncond = both.chunk(2)
-        else:
-            pred_cond = denoise(latents, t, cond)
-            pred_uncond = denoise(latents, t, uncond)
-        return pred_uncond + self.scale * (pred_cond - pred_uncond)
+            return both.chunk(2)
+        return denoise(latents, t, cond), denoise(latents, t, uncond)

@@ -102,6 +102,8 @@ class StepCache:
         self.num_steps: int | None = None
         self.states: dict[tuple, CacheState] = {}
         self.stats = CacheStats()
+        # Another hook (sequence parallelism) may already wrap run_blocks: keep it and restore it on remove.
+        self._wrapped_instance_method = "run_blocks" in vars(model)
         self._compute_blocks = model.run_blocks
         model.run_blocks = self._run_blocks
         hooks = getattr(model, "generation_hooks", [])
@@ -113,8 +115,11 @@ class StepCache:
         self.states.clear()
 
     def remove(self) -> None:
-        """Detach: the model computes every step again."""
-        del self.model.run_blocks
+        """Detach: the model computes every step again (through any hook that was there before)."""
+        if self._wrapped_instance_method:
+            self.model.run_blocks = self._compute_blocks
+        else:
+            del self.model.run_blocks
         self.model.generation_hooks = [h for h in self.model.generation_hooks if h is not self]
 
     def must_compute(self, state: CacheState) -> bool:

@@ -1,0 +1,502 @@
+"""Multi-process inference: sequence parallelism (Ulysses, Ring, USP), CFG parallelism and FSDP.
+
+All three attach to a loaded pipeline and can be removed; the transformer's ``forward`` is untouched.
+
+Rank layout (world = ulysses x ring x (2 with CFG parallelism)), global rank g:
+``cfg = g // (U*R)`` picks the guidance branch (0 conditional, 1 unconditional), and inside a
+branch ``s = g % (U*R)`` is the sequence chunk the rank holds, ``s = ring_rank * U + ulysses_rank``.
+Ulysses groups are consecutive ranks (the all-to-all stays inside a node when U <= GPUs per
+node); ring groups stride by U; the CFG pair (s, s + U*R) exchanges one prediction per step.
+
+Sequence parallelism (:class:`SequenceParallel`) wraps ``model.run_blocks``: the tokens (B, L, C),
+the RoPE tables and per-token time projections are padded to a multiple of U*R and split, so each
+rank keeps its true positions; after the blocks the chunks are all-gathered and the padding cut.
+Each block's self-attention is replaced by one that reuses its q/k/v/o weights:
+
+* Ulysses: an all-to-all turns (B, L/U, H, D) into (B, L, H/U, D) (heads padded to a multiple of
+  U), attention runs on whole sequences for a subset of heads, and a second all-to-all undoes it.
+* Ring: K/V blocks travel around the ring while each rank attends to the block it holds; the
+  partial results are merged exactly with their log-sum-exp (:func:`merge_attention`).
+* USP: Ulysses inside each ring group, then the ring over the Ulysses-gathered segments.
+
+Padded keys are never attended to: padding only sits at the end of the sequence, so the valid
+length of each K/V segment is known and the segment is cut to it. Cross-attention to the text and
+CLIP tokens stays local: every rank has the whole context.
+
+xfuser / yunchang are not used: their attention needs their own process-group globals; the ring
+here calls flash-attn's log-sum-exp kernel on GPUs, the kernel yunchang's ring uses too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..models.attention import attention, attention_with_lse
+from ..models.wan.transformer import apply_rope
+from ..pipelines.guidance import ClassifierFreeGuidance, Denoiser
+from .distributed import DistInfo, check_world_size, dist_info_from_env, init_distributed
+
+logger = logging.getLogger(__name__)
+
+# RoPE tables indexed by token along dim 0: one (L, D/2) tensor, or a tuple of them (cos, sin).
+Rope = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+# ----------------------------------------------------------------------------------------
+# Process groups
+# ----------------------------------------------------------------------------------------
+@dataclass
+class ParallelGroups:
+    """This rank's place in the ulysses x ring x cfg layout and the process groups it talks in.
+
+    A degree of 1 has no group (``None``): nothing is communicated along it.
+    """
+
+    ulysses_degree: int = 1
+    ring_degree: int = 1
+    cfg_parallel: bool = False
+    rank: int = 0
+    ulysses_group: dist.ProcessGroup | None = None
+    ring_group: dist.ProcessGroup | None = None
+    sp_group: dist.ProcessGroup | None = None
+    cfg_group: dist.ProcessGroup | None = None
+    ring_ranks: tuple[int, ...] = (0,)
+
+    @property
+    def sp_degree(self) -> int:
+        """Ranks sharing one sequence (ulysses x ring)."""
+        return self.ulysses_degree * self.ring_degree
+
+    @property
+    def sp_rank(self) -> int:
+        """Index of the sequence chunk this rank holds."""
+        return self.rank % self.sp_degree
+
+    @property
+    def ulysses_rank(self) -> int:
+        """Rank inside the Ulysses group."""
+        return self.sp_rank % self.ulysses_degree
+
+    @property
+    def ring_rank(self) -> int:
+        """Rank inside the ring group (= index of the Ulysses-gathered segment it holds)."""
+        return self.sp_rank // self.ulysses_degree
+
+    @property
+    def cfg_rank(self) -> int:
+        """0 for the conditional branch, 1 for the unconditional one."""
+        return self.rank // self.sp_degree
+
+
+def layout_ranks(ulysses_degree: int, ring_degree: int, cfg_parallel: bool) -> dict[str, list[list[int]]]:
+    """The global ranks of every sp / ulysses / ring / cfg group of a layout."""
+    u, r, sp = ulysses_degree, ring_degree, ulysses_degree * ring_degree
+    branches = range(2 if cfg_parallel else 1)
+    return {
+        "sp": [[c * sp + i for i in range(sp)] for c in branches],
+        "ulysses": [[c * sp + j * u + i for i in range(u)] for c in branches for j in range(r)],
+        "ring": [[c * sp + j * u + i for j in range(r)] for c in branches for i in range(u)],
+        "cfg": [[c * sp + i for c in branches] for i in range(sp)],
+    }
+
+
+def build_groups(ulysses_degree: int = 1, ring_degree: int = 1, cfg_parallel: bool = False) -> ParallelGroups:
+    """Create the process groups of a layout; a collective call, made once by every rank in the same order."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    check_world_size(ulysses_degree, ring_degree, cfg_parallel, world)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    groups = ParallelGroups(ulysses_degree, ring_degree, cfg_parallel, rank)
+    if world == 1:
+        return groups
+    ranks = layout_ranks(ulysses_degree, ring_degree, cfg_parallel)
+    sizes = {"sp": groups.sp_degree, "ulysses": ulysses_degree, "ring": ring_degree, "cfg": 2 if cfg_parallel else 1}
+    for name, size in sizes.items():
+        if size > 1:
+            # Every rank creates every group (torch's rule); it keeps the one that holds it.
+            mine, _ = dist.new_subgroups_by_enumeration(ranks[name])
+            setattr(groups, f"{name}_group", mine)
+    groups.ring_ranks = tuple(next(g for g in ranks["ring"] if rank in g))
+    return groups
+
+
+# ----------------------------------------------------------------------------------------
+# Collectives on (B, L, H, D) tensors
+# ----------------------------------------------------------------------------------------
+def pad_dim(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Zero-pad ``t`` along ``dim`` up to ``size``."""
+    missing = size - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+
+def all_gather_cat(t: torch.Tensor, group: dist.ProcessGroup, dim: int) -> torch.Tensor:
+    """Concatenate every group member's ``t`` along ``dim``, in group-rank order."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t.contiguous(), group=group)
+    return torch.cat(parts, dim=dim)
+
+
+def sequence_to_heads(packed: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """Ulysses all-to-all: (P, B, n, H, D) sequence-split -> (P, B, U*n, H/U, D) head-split.
+
+    P packs tensors sent together (q, k, v). Rank u receives every rank's tokens for heads
+    [u*H/U, (u+1)*H/U), in group-rank order (= sequence order).
+    """
+    u = dist.get_world_size(group)
+    send = packed.unflatten(3, (u, -1)).permute(3, 0, 1, 2, 4, 5).contiguous()  # (U, P, B, n, H/U, D)
+    received = torch.empty_like(send)
+    dist.all_to_all_single(received, send, group=group)
+    return received.permute(1, 2, 0, 3, 4, 5).flatten(2, 3)  # (P, B, U*n, H/U, D)
+
+
+def heads_to_sequence(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """Inverse Ulysses all-to-all: (B, U*n, H/U, D) -> (B, n, H, D)."""
+    u = dist.get_world_size(group)
+    send = x.unflatten(1, (u, -1)).permute(1, 0, 2, 3, 4).contiguous()  # (U, B, n, H/U, D)
+    received = torch.empty_like(send)
+    dist.all_to_all_single(received, send, group=group)
+    return received.permute(1, 2, 0, 3, 4).flatten(2, 3)  # (B, n, H, D)
+
+
+def merge_attention(
+    out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine attention over two disjoint key sets: outs (B, L, H, D), lses (B, L, H) -> the union's, fp32."""
+    lse = torch.logaddexp(lse_a, lse_b)  # (B, L, H)
+    out = out_a.float() * torch.exp(lse_a - lse)[..., None] + out_b.float() * torch.exp(lse_b - lse)[..., None]
+    return out, lse
+
+
+def ring_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    groups: ParallelGroups,
+    valid_length: Callable[[int], int] | None = None,
+) -> torch.Tensor:
+    """Attention of local queries (B, S, H, D) to the keys of every ring member, K/V passed around the ring.
+
+    At step i a rank holds the K/V of segment ``(ring_rank - i) % R``; the next block is in flight
+    while the current one is attended to. ``valid_length(segment)`` cuts padded keys off a block.
+    """
+    degree, me = groups.ring_degree, groups.ring_rank
+    send_to, receive_from = groups.ring_ranks[(me + 1) % degree], groups.ring_ranks[(me - 1) % degree]
+    kv = torch.stack([k, v]).contiguous()  # (2, B, S, H, D)
+    out = lse = None
+    for step in range(degree):
+        pending = []
+        if step < degree - 1:
+            incoming = torch.empty_like(kv)
+            pending = dist.batch_isend_irecv(
+                [
+                    dist.P2POp(dist.isend, kv, send_to, group=groups.ring_group),
+                    dist.P2POp(dist.irecv, incoming, receive_from, group=groups.ring_group),
+                ]
+            )
+        segment = (me - step) % degree
+        keep = valid_length(segment) if valid_length is not None else kv.shape[2]
+        if keep > 0:  # a segment of padding only adds nothing
+            block_out, block_lse = attention_with_lse(q, kv[0, :, :keep], kv[1, :, :keep])
+            if out is None:
+                out, lse = block_out.float(), block_lse
+            else:
+                out, lse = merge_attention(out, lse, block_out, block_lse)
+        for request in pending:
+            request.wait()
+        if pending:
+            kv = incoming
+    return out.to(q.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Sequence parallelism hook
+# ----------------------------------------------------------------------------------------
+@dataclass
+class _Shard:
+    """The sequence being processed: true length and tokens per rank (set while the blocks run)."""
+
+    total: int
+    chunk: int
+
+
+class SequenceParallel:
+    """Ulysses / Ring / USP sequence parallelism attached to a ``WanTransformer3DModel``.
+
+    ``attach(model)`` wraps ``model.run_blocks`` and every block's self-attention; ``remove()``
+    restores them. Inference only (the collectives carry no gradients). Hooks that also wrap
+    ``run_blocks`` must be removed in the reverse order of attaching.
+    """
+
+    def __init__(self, groups: ParallelGroups):
+        self.groups = groups
+        self.model: nn.Module | None = None
+        self._previous_run_blocks = None
+        self._shard: _Shard | None = None
+
+    # -- attaching ----------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> SequenceParallel:
+        """Hook ``model``; returns self."""
+        if self.model is not None:
+            raise RuntimeError("this SequenceParallel hook is already attached")
+        if any("forward" in block.self_attn.__dict__ for block in model.blocks):
+            raise RuntimeError("the model's self-attention is already replaced (sequence parallelism attached twice?)")
+        self.model = model
+        self._previous_run_blocks = model.__dict__.get("run_blocks")
+        model.run_blocks = functools.partial(self._run_blocks, model.run_blocks)
+        for block in model.blocks:
+            block.self_attn.forward = functools.partial(self._self_attention, block.self_attn)
+        return self
+
+    def remove(self) -> None:
+        """Restore the model's own ``run_blocks`` and self-attention."""
+        if self.model is None:
+            return
+        for block in self.model.blocks:
+            del block.self_attn.forward
+        del self.model.run_blocks
+        if self._previous_run_blocks is not None:
+            self.model.run_blocks = self._previous_run_blocks
+        self.model = self._previous_run_blocks = None
+
+    # -- the wrapped pieces -------------------------------------------------------------
+    def _run_blocks(self, run_blocks, x, e0, context, context_img, rope: Rope, *args, **kwargs) -> torch.Tensor:
+        """Shard tokens (B, L, C), e0 and RoPE over the sequence group, run the blocks, gather.
+
+        The context (and any further arguments, e.g. a text-key bias) is per sample, not per token: kept whole.
+        """
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("sequence parallelism is for inference: run under torch.no_grad()")
+        total, degree = x.shape[1], self.groups.sp_degree
+        chunk = math.ceil(total / degree)
+        mine = slice(self.groups.sp_rank * chunk, (self.groups.sp_rank + 1) * chunk)
+        x_local = pad_dim(x, 1, chunk * degree)[:, mine]  # (B, chunk, C)
+        # e0 is (B, 1, 6, C) for one timestep per sample, or per token (B, L, 6, C): then shard it too.
+        e0_local = e0 if e0.shape[1] == 1 else pad_dim(e0, 1, chunk * degree)[:, mine]
+        rope_local = _map_tables(rope, lambda table: pad_dim(table, 0, chunk * degree)[mine])  # true positions
+        self._shard = _Shard(total=total, chunk=chunk)
+        try:
+            out = run_blocks(x_local, e0_local, context, context_img, rope_local, *args, **kwargs)  # (B, chunk, C)
+        finally:
+            self._shard = None
+        return all_gather_cat(out, self.groups.sp_group, dim=1)[:, :total]
+
+    def _self_attention(self, attn: nn.Module, x: torch.Tensor, rope: Rope) -> torch.Tensor:
+        """WanSelfAttention's math on a sequence chunk x (B, chunk, C), attending to the whole sequence."""
+        q = apply_rope(attn.heads(attn.norm_q(attn.q(x))), rope)  # (B, chunk, H, D)
+        k = apply_rope(attn.heads(attn.norm_k(attn.k(x))), rope)
+        v = attn.heads(attn.v(x))
+        return attn.o(self.attend(q, k, v).flatten(2))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Local chunks (B, chunk, H, D) -> attention over the whole sequence for the local queries."""
+        if self._shard is None:
+            raise RuntimeError("parallel self-attention called outside the hooked run_blocks")
+        groups, heads = self.groups, q.shape[2]
+        if groups.ulysses_degree > 1:
+            padded_heads = math.ceil(heads / groups.ulysses_degree) * groups.ulysses_degree
+            packed = pad_dim(torch.stack([q, k, v]), 3, padded_heads)  # (3, B, chunk, H', D); zero heads
+            q, k, v = sequence_to_heads(packed, groups.ulysses_group).unbind(0)  # (B, U*chunk, H'/U, D)
+        segment = q.shape[1]  # tokens of one ring segment
+        valid = functools.partial(_valid_length, total=self._shard.total, segment=segment)
+        if groups.ring_degree > 1:
+            out = ring_attention(q, k, v, groups, valid)
+        else:
+            keep = valid(0)
+            out = attention(q, k[:, :keep], v[:, :keep])  # (B, L_padded, H'/U, D)
+        if groups.ulysses_degree > 1:
+            out = heads_to_sequence(out, groups.ulysses_group)[:, :, :heads]  # (B, chunk, H, D)
+        return out
+
+
+def _map_tables(rope: Rope, fn: Callable[[torch.Tensor], torch.Tensor]) -> Rope:
+    """Apply ``fn`` to the RoPE table, or to each table of a tuple."""
+    return fn(rope) if isinstance(rope, torch.Tensor) else tuple(fn(table) for table in rope)
+
+
+def _valid_length(index: int, total: int, segment: int) -> int:
+    """Real (unpadded) tokens in ring segment ``index`` of ``segment`` tokens, padding at the end."""
+    return max(0, min(segment, total - index * segment))
+
+
+def enable_sequence_parallel(model: nn.Module, groups: ParallelGroups) -> SequenceParallel | None:
+    """Attach :class:`SequenceParallel` when the layout splits the sequence (else ``None``)."""
+    if groups.sp_degree == 1:
+        return None
+    return SequenceParallel(groups).attach(model)
+
+
+# ----------------------------------------------------------------------------------------
+# CFG parallelism
+# ----------------------------------------------------------------------------------------
+@dataclass
+class CfgParallelGuidance(ClassifierFreeGuidance):
+    """Classifier-free guidance with the two passes on two groups of ranks.
+
+    Branch 0 runs the conditional pass, branch 1 the unconditional one; the pair exchanges its
+    predictions (all-gather) and every rank combines them identically, so the scheduler steps
+    stay in lock-step. Steps without the unconditional pass (CFG skip) run cond on every rank.
+    """
+
+    group: dist.ProcessGroup | None = None
+    branch: int = 0
+
+    def predict_both(
+        self, denoise: Denoiser, latents: torch.Tensor, t: torch.Tensor, cond: dict, uncond: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's branch runs its pass; the pair all-gathers: (cond, uncond) on both branches."""
+        mine = denoise(latents, t, uncond if self.branch else cond)  # (B, C, F, H, W)
+        pred_cond, pred_uncond = all_gather_cat(mine[None], self.group, dim=0)  # branch order: cond, uncond
+        return pred_cond, pred_uncond
+
+
+# ----------------------------------------------------------------------------------------
+# FSDP for inference
+# ----------------------------------------------------------------------------------------
+def fsdp_shard(root: nn.Module, units: Iterable[nn.Module], device: torch.device) -> nn.Module:
+    """Shard ``root``'s weights over every rank with FSDP2 (``fully_shard``): each of ``units`` is gathered
+    just before it runs and freed after, the rest of ``root`` (embeddings, head) with the root.
+
+    The shards are moved to ``device`` (load the model on the CPU first so no rank holds it whole there).
+    """
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        raise RuntimeError("FSDP inference needs torch >= 2.6 (torch.distributed.fsdp.fully_shard)") from None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(root, mesh=mesh)
+    return root
+
+
+def shard_transformer(transformer: nn.Module, device: torch.device) -> nn.Module:
+    """FSDP over the DiT blocks (one unit per ``WanAttentionBlock``)."""
+    return fsdp_shard(transformer, transformer.blocks, device)
+
+
+def shard_text_encoder(text_encoder: nn.Module, device: torch.device) -> nn.Module:
+    """FSDP over the UMT5 encoder blocks of a ``WanTextEncoder``."""
+    fsdp_shard(text_encoder.model, text_encoder.model.encoder.block, device)
+    return text_encoder
+
+
+# ----------------------------------------------------------------------------------------
+# Entry points for scripts
+# ----------------------------------------------------------------------------------------
+@dataclass
+class ParallelRuntime:
+    """What a script needs after set-up: this rank's place, its groups, and the attached hooks."""
+
+    info: DistInfo
+    groups: ParallelGroups
+    fsdp_dit: bool = False
+    fsdp_text_encoder: bool = False
+    hooks: list = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes files and prints progress."""
+        return self.info.is_main
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process."""
+        return self.info.distributed
+
+    @property
+    def device(self) -> torch.device:
+        """This rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
+        return self.info.device
+
+    @property
+    def shards_weights(self) -> bool:
+        """Whether FSDP shards a model (load it on the CPU, then :func:`setup_parallel` moves the shards)."""
+        return self.distributed and (self.fsdp_dit or self.fsdp_text_encoder)
+
+    def guidance(self, scale: float, skip_ratio: float = 0.0, batched: bool = True) -> ClassifierFreeGuidance:
+        """The guidance for this layout: CFG-parallel across the two branches, else ordinary CFG."""
+        if self.groups.cfg_parallel:
+            return CfgParallelGuidance(
+                scale=scale, skip_ratio=skip_ratio, group=self.groups.cfg_group, branch=self.groups.cfg_rank
+            )
+        return ClassifierFreeGuidance(scale=scale, batched=batched, skip_ratio=skip_ratio)
+
+    def remove_hooks(self) -> None:
+        """Detach the sequence-parallel hooks (FSDP sharding stays)."""
+        for hook in reversed(self.hooks):
+            hook.remove()
+        self.hooks.clear()
+
+
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The multi-GPU flags: sequence-parallel degrees, CFG parallelism and FSDP."""
+    group = parser.add_argument_group(
+        "multi-GPU (launch with torchrun; ulysses x ring x (2 with --cfg-parallel) must equal the process count)"
+    )
+    group.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (all-to-all)")
+    group.add_argument("--ring-degree", type=int, default=1, help="Ring sequence parallelism (K/V passed around)")
+    group.add_argument(
+        "--cfg-parallel", action="store_true", help="conditional and unconditional passes on two groups of ranks"
+    )
+    group.add_argument("--fsdp-dit", action="store_true", help="shard the transformer's weights over the ranks")
+    group.add_argument("--fsdp-text-encoder", action="store_true", help="shard the text encoder's weights")
+
+
+def init_parallel(args: argparse.Namespace) -> ParallelRuntime:
+    """Check the degrees against the world size (every rank, before anything loads), start the groups.
+
+    Raises ``ValueError`` stating the required product on a mismatch. On ranks other than 0 the
+    package's INFO logging is silenced so only rank 0 reports progress.
+    """
+    ulysses, ring = getattr(args, "ulysses_degree", 1), getattr(args, "ring_degree", 1)
+    cfg_parallel = getattr(args, "cfg_parallel", False)
+    info_device = getattr(args, "device", "auto")
+    check_world_size(ulysses, ring, cfg_parallel, dist_info_from_env(info_device).world_size)
+    info = init_distributed(info_device)
+    if not info.is_main:
+        logging.getLogger("videox_fun").setLevel(logging.WARNING)
+    fsdp_dit, fsdp_text = getattr(args, "fsdp_dit", False), getattr(args, "fsdp_text_encoder", False)
+    if (fsdp_dit or fsdp_text) and not info.distributed:
+        logger.warning("--fsdp-dit / --fsdp-text-encoder need several processes (torchrun); ignored")
+    groups = build_groups(ulysses, ring, cfg_parallel)
+    return ParallelRuntime(info, groups, fsdp_dit=fsdp_dit, fsdp_text_encoder=fsdp_text)
+
+
+def setup_parallel(args: argparse.Namespace, pipe, runtime: ParallelRuntime | None = None) -> ParallelRuntime:
+    """Attach the requested parallelism to a loaded ``WanPipeline``; returns the runtime.
+
+    Sequence parallelism hooks ``pipe.transformer``; FSDP shards the transformer / text encoder and
+    moves the pipeline to this rank's device. Pass the runtime from :func:`init_parallel` when the
+    world size was checked before loading.
+    """
+    runtime = runtime or init_parallel(args)
+    if runtime.distributed and runtime.fsdp_dit:
+        shard_transformer(pipe.transformer, runtime.device)
+    if runtime.distributed and runtime.fsdp_text_encoder:
+        shard_text_encoder(pipe.text_encoder, runtime.device)
+    if runtime.shards_weights:
+        # FSDP already placed its shards; move the other components without touching them.
+        sharded = {id(pipe.transformer)} if runtime.fsdp_dit else set()
+        sharded |= {id(pipe.text_encoder)} if runtime.fsdp_text_encoder else set()
+        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.image_encoder):
+            if module is not None and id(module) not in sharded:
+                module.to(runtime.device)
+        pipe.device = runtime.device
+    hook = enable_sequence_parallel(pipe.transformer, runtime.groups)
+    if hook is not None:
+        runtime.hooks.append(hook)
+    return runtime
