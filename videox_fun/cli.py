@@ -62,6 +62,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--output-dir", type=Path, help="output folder (default samples/{model}-videos{_i2v,_v2v,...})")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    from .runtime.options import add_runtime_arguments
+    from .runtime.parallel import add_parallel_arguments
+
+    add_runtime_arguments(parser)
+    add_parallel_arguments(parser)
+
 
 def resolve_device_and_dtype(device: str, dtype: str):
     """Turn ``auto`` into the best device here and the dtype that suits it."""
@@ -98,6 +104,8 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     from .models.attention import set_attention_backend
     from .pipelines.wan import OUTPUT_SUFFIX, WanPipeline, infer_mode
     from .registry import resolve_model
+    from .runtime.options import apply_runtime_options
+    from .runtime.parallel import init_parallel, setup_parallel
 
     if not args.prompt and not args.prompts_file:
         raise SystemExit("error: give --prompt or --prompts-file")
@@ -105,13 +113,18 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     mode = args.mode or infer_mode(args.image, args.end_image, args.video, args.mask, args.control_video, args.camera)
     device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     set_attention_backend(args.attention)
+    runtime = init_parallel(args)  # every rank, before loading: the degrees must fill the world (torchrun)
+    device = runtime.device if runtime.distributed else device
 
     started = time.perf_counter()
     folder = resolve_model(args.model, mode)
     config = config_for_folder(folder, args.config)
-    if config.note:
+    if config.note and runtime.is_main:
         print(f"note: model {folder.name}: {config.note}")
-    pipe = WanPipeline.from_pretrained(folder, config=config, device=device, dtype=dtype)
+    load_device = "cpu" if runtime.shards_weights else device  # FSDP moves its shards to the GPU itself
+    pipe = WanPipeline.from_pretrained(folder, config=config, device=load_device, dtype=dtype)
+    setup_parallel(args, pipe, runtime)  # sequence parallelism / FSDP, when asked for
+    applied = apply_runtime_options(pipe, args, folder)  # memory mode, fp8, step cache, compile, RIFLEx
     defaults = config.defaults
     out_dir = args.output_dir or Path("samples") / f"{folder.name}-{OUTPUT_SUFFIX[mode]}"
     fps = args.fps or defaults.fps
@@ -120,7 +133,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     for i, prompt in enumerate(prompts):
         result = pipe(
             prompt,
-            negative_prompt=args.negative_prompt if args.negative_prompt is not None else defaults.negative_prompt,
+            negative_prompt=args.negative_prompt,  # None (like every unset flag): the model config's default
             mode=mode,
             image=args.image,
             end_image=args.end_image,
@@ -129,20 +142,30 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
             control_video=args.control_video,
             ref_image=args.ref_image,
             camera=args.camera,
-            height=args.height or defaults.height,
-            width=args.width or defaults.width,
-            num_frames=args.frames or defaults.num_frames,
-            num_inference_steps=args.steps or defaults.steps,
-            guidance_scale=args.guidance if args.guidance is not None else defaults.guidance_scale,
-            shift=args.shift if args.shift is not None else defaults.shift,
-            sampler=args.sampler or defaults.sampler,
+            height=args.height,
+            width=args.width,
+            num_frames=args.frames,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            shift=args.shift,
+            sampler=args.sampler,
             seed=args.seed + i,
             strength=args.strength,
-            progress=not args.quiet,
+            progress=not args.quiet and runtime.is_main,
+            guidance=runtime.guidance(
+                args.guidance if args.guidance is not None else defaults.guidance_scale,
+                skip_ratio=args.cfg_skip_ratio,
+                batched=not args.cfg_sequential,
+            ),
         )
+        if not runtime.is_main:
+            continue  # every rank generates (and holds the same video); rank 0 writes it
         target = args.output if (args.output and len(prompts) == 1) else next_output_path(out_dir)
         path = write_video(result.frames, target, fps=fps)
-        sidecar = {"prompt": prompt, "model": folder.name, "fps": fps, **result.settings}
+        sidecar = {"prompt": prompt, "model": folder.name, "fps": fps, **result.settings, **applied}
+        for name in ("image", "end_image", "video", "mask", "control_video", "ref_image", "camera"):
+            if getattr(args, name):  # the evaluator compares against these (first-frame PSNR, tracks)
+                sidecar[name] = str(Path(getattr(args, name)).resolve())
         path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
         written.append(path)
         print(f"wrote {path} ({result.frames.shape[0]} frames, {result.frames.shape[2]}x{result.frames.shape[1]})")
@@ -160,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_generate_arguments(generate)
     generate.set_defaults(handler=run_generate)
+    from .benchmarks.cli import add_bench_command
+    from .runtime.options import add_calibrate_command
+    from .toyworld.cli import add_toyworld_commands
+
+    add_calibrate_command(commands)
+    add_bench_command(commands)
+
+    add_toyworld_commands(commands)
+    from .training.cli import add_train_commands
+
+    add_train_commands(commands)
     return parser
 
 

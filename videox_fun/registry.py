@@ -24,8 +24,21 @@ BUILTIN_MODELS: dict[str, str] = {
     "Wan2.1-Fun-Tiny-Random-Control": "control",
     "Wan2.1-Fun-Tiny-Random-Camera": "camera",
 }
-DEFAULT_MODEL = "Wan2.1-Fun-Tiny-Random-InP"
-DEFAULT_CONTROL_MODEL = "Wan2.1-Fun-Tiny-Random-Control"
+# Trained on the toy world by `videox-fun toyworld train-all` and shipped inside the package.
+PACKAGED_DIR = Path(__file__).parent / "assets" / "models"
+PACKAGED_MODELS = ("Wan2.1-Fun-Tiny-InP", "Wan2.1-Fun-Tiny-Control")
+
+
+def packaged_model(name: str) -> Path | None:
+    """The folder of a packaged trained model, if this install ships it."""
+    folder = PACKAGED_DIR / name
+    return folder if (folder / "videox_fun.yaml").is_file() else None
+
+
+DEFAULT_MODEL = "Wan2.1-Fun-Tiny-InP" if packaged_model("Wan2.1-Fun-Tiny-InP") else "Wan2.1-Fun-Tiny-Random-InP"
+DEFAULT_CONTROL_MODEL = (
+    "Wan2.1-Fun-Tiny-Control" if packaged_model("Wan2.1-Fun-Tiny-Control") else "Wan2.1-Fun-Tiny-Random-Control"
+)
 DEFAULT_CAMERA_MODEL = "Wan2.1-Fun-Tiny-Random-Camera"
 
 
@@ -75,9 +88,11 @@ def resolve_model(name_or_path: str | os.PathLike | None, mode: str | None = Non
         return path
     if (models_dir() / name).is_dir():
         return models_dir() / name
+    if packaged_model(name):
+        return packaged_model(name)
     if name in BUILTIN_MODELS:
         return _materialise_builtin(name)
     raise FileNotFoundError(
         f"model {name!r} not found: not a folder, not in {models_dir()}, and not a built-in "
-        f"({', '.join(BUILTIN_MODELS)})"
+        f"({', '.join([*PACKAGED_MODELS, *BUILTIN_MODELS])})"
     )

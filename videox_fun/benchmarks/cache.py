@@ -39,19 +39,7 @@ def generate_all(pipe: WanPipeline, prompts: list[str], defaults, folder: Path |
     """Videos of every prompt (seed = index) and the total wall time; written with sidecars if folder."""
     videos, started = [], time.perf_counter()
     for seed, prompt in enumerate(prompts):
-        out = pipe(
-            prompt,
-            negative_prompt=defaults.negative_prompt,
-            height=defaults.height,
-            width=defaults.width,
-            num_frames=defaults.num_frames,
-            num_inference_steps=defaults.steps,
-            guidance_scale=defaults.guidance_scale,
-            shift=defaults.shift,
-            sampler=defaults.sampler,
-            seed=seed,
-            progress=False,
-        )
+        out = pipe(prompt, seed=seed, progress=False)  # the model config's defaults
         videos.append(out.frames)
     elapsed = time.perf_counter() - started
     if folder is not None:

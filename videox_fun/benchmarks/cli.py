@@ -16,6 +16,7 @@ def add_bench_command(subparsers) -> None:
     parser.add_argument("name", choices=BENCHMARKS)
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME_<device>.json)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (transformer, pipeline)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--model", help="model for cache / memory (default: the built-in tiny model)")
     parser.add_argument("--prompts", type=int, default=8, help="cache: prompts per threshold")
     parser.add_argument("--skip-start", type=int, default=1, help="cache: steps always computed at the start")
@@ -32,6 +33,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     from . import cache, fp8, memory, pipeline, transformer
     from .common import write_json
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     diffusers_logging.set_verbosity_error()  # its fp32-module notes on dtype casts are not ours to fix here
     if args.name == "transformer":
         result = transformer.run(args.repeats)

@@ -264,7 +264,7 @@ class WanPipeline:
     def __call__(
         self,
         prompt: str,
-        negative_prompt: str = "",
+        negative_prompt: str | None = None,
         mode: str | None = None,
         image: ImageLike | None = None,
         end_image: ImageLike | None = None,
@@ -273,20 +273,31 @@ class WanPipeline:
         control_video: ImageLike | None = None,
         ref_image: ImageLike | None = None,
         camera: str | Path | None = None,
-        height: int = 480,
-        width: int = 832,
-        num_frames: int = 81,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 6.0,
-        shift: float = 3.0,
-        sampler: str = "Flow",
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        shift: float | None = None,
+        sampler: str | None = None,
         seed: int = 43,
         strength: float = 0.7,
         guidance: ClassifierFreeGuidance | None = None,
         callback: StepCallback | None = None,
         progress: bool = True,
     ) -> GenerationOutput:
-        """Generate one video. ``mode`` is inferred from the inputs when not given."""
+        """Generate one video. ``mode`` is inferred from the inputs when not given.
+
+        Settings left as None take the model config's defaults (what the model was trained for).
+        """
+        defaults = self.config.defaults
+        negative_prompt = defaults.negative_prompt if negative_prompt is None else negative_prompt
+        height, width = height or defaults.height, width or defaults.width
+        num_frames = num_frames or defaults.num_frames
+        num_inference_steps = num_inference_steps or defaults.steps
+        guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+        shift = defaults.shift if shift is None else shift
+        sampler = sampler or defaults.sampler
         mode = mode or infer_mode(image, end_image, video, mask, control_video, camera)
         self._check_mode(mode)
         require_inputs(

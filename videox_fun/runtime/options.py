@@ -161,20 +161,8 @@ def run_calibrate(args: argparse.Namespace) -> Path:
     pipe = WanPipeline.from_pretrained(folder, config=config)
     recorder = CacheRecorder(pipe.transformer, args.indicator)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else list(CALIBRATION_PROMPTS)
-    defaults = config.defaults
     for i, prompt in enumerate(prompts):
-        pipe(
-            prompt,
-            negative_prompt=defaults.negative_prompt,
-            height=defaults.height,
-            width=defaults.width,
-            num_frames=defaults.num_frames,
-            num_inference_steps=args.steps or defaults.steps,
-            guidance_scale=defaults.guidance_scale,
-            shift=defaults.shift,
-            sampler=defaults.sampler,
-            seed=args.seed + i,
-        )
+        pipe(prompt, num_inference_steps=args.steps, seed=args.seed + i)  # the model's own defaults otherwise
     coefficients = fit_coefficients(recorder.samples, args.degree)
     out = args.out or folder / CALIBRATION_FILE
     save_calibration(out, coefficients, args.indicator, len(recorder.samples), note=f"{len(prompts)} prompts")

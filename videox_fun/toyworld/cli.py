@@ -102,6 +102,25 @@ def run_eval(args: argparse.Namespace) -> dict:
     return report
 
 
+def run_toy_report(args: argparse.Namespace) -> dict:
+    """Generate and judge the tiny models' videos; print the summary."""
+    from .report import run_report
+
+    report = run_report(args.out, args.repeats, args.inp_model, args.control_model)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def run_train_all(args: argparse.Namespace) -> dict:
+    """Run the recipe of the tiny models."""
+    from .recipe import MODELS, Recipe, train_all
+
+    recipe = Recipe(
+        seed=args.seed, vae_steps=args.vae_steps, transformer_steps=args.steps, models=args.models or list(MODELS)
+    )
+    return train_all(args.out, recipe, vae=args.vae)
+
+
 def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     toy = commands.add_parser("toyworld", help="the synthetic world of the tiny models: render, datasets, prompts")
     actions = toy.add_subparsers(dest="toyworld_command", required=True)
@@ -131,6 +150,28 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     prompts.add_argument("--split", choices=SPLITS, default="all", help="which combinations (default all 72)")
     prompts.add_argument("--repeats", type=int, default=1, help="how many times to list each (default 1)")
     prompts.set_defaults(handler=run_prompts)
+
+    train_all = actions.add_parser(
+        "train-all",
+        help="train the packaged tiny models from scratch (data, VAE, transformers, calibration)",
+        formatter_class=defaults,
+    )
+    train_all.add_argument("out", type=Path, help="working folder; finished model folders appear inside it")
+    train_all.add_argument("--vae", type=Path, help="use this trained VAE folder instead of training one")
+    train_all.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps")
+    train_all.add_argument("--steps", type=int, default=3000, help="training steps of each transformer")
+    train_all.add_argument("--models", nargs="+", help="which models (default: all)")
+    train_all.add_argument("--seed", type=int, default=0, help="seed of data, weights and training")
+    train_all.set_defaults(handler=run_train_all)
+
+    report = actions.add_parser(
+        "report", help="measure the tiny models: t2v, i2v and control on fixed seeds", formatter_class=defaults
+    )
+    report.add_argument("out", type=Path, help="folder for the videos and report.json")
+    report.add_argument("--repeats", type=int, default=2, help="t2v videos per combination")
+    report.add_argument("--inp-model", help="InP model (default: the packaged one)")
+    report.add_argument("--control-model", help="Control model (default: the packaged one)")
+    report.set_defaults(handler=run_toy_report)
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:

@@ -1,0 +1,97 @@
+"""TrainConfig: flags with VideoX-Fun's names, a YAML file with the same fields, checks at start."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from videox_fun.training.config import TrainConfig, add_train_arguments, config_from_args, parse_train_args
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse(argv: list[str]) -> TrainConfig:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return config_from_args(parser.parse_args(argv))
+
+
+def test_videox_fun_flags_parse():
+    config = parse_train_args(
+        [
+            "--pretrained_model_name_or_path=models/Diffusion_Transformer/Wan2.1-Fun-1.3B-InP",
+            "--config_path=config/wan2.1/wan_fun_civitai.yaml",
+            "--train_data_dir=datasets/internal_datasets/",
+            "--train_data_meta=datasets/internal_datasets/metadata.json",
+            "--train_batch_size=1",
+            "--gradient_accumulation_steps=4",
+            "--video_sample_size",
+            "480",
+            "832",
+            "--video_sample_n_frames=81",
+            "--enable_bucket",
+            "--random_hw_adapt",
+            "--training_with_video_token_length",
+            "--gradient_checkpointing",
+            "--low_vram",
+            "--train_mode=inpaint",
+            "--trainable_modules",
+            ".",
+            "--lora_skip_name",
+            "ffn",
+            "--uniform_sampling",
+            "--resume_from_checkpoint=latest",
+        ]
+    )
+    assert config.video_sample_size == [480, 832] and config.enable_bucket and config.gradient_checkpointing
+    assert config.gradient_accumulation_steps == 4 and config.trainable_modules == ["."]
+    assert config.timestep_sampling == "uniform" and config.lora_skip_name == ["ffn"]
+    config.validate()
+
+
+def test_yaml_holds_the_same_fields_and_flags_override_it(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"train_batch_size": 3, "learning_rate": 5e-5, "use_lora": True, "rank": 16}))
+    config = parse(["--config", str(path), "--rank", "8", "--no-use_lora"])
+    assert config.train_batch_size == 3 and config.learning_rate == 5e-5
+    assert config.rank == 8 and config.use_lora is False
+    assert parse([]).rank == TrainConfig().rank  # no file, no flag: the documented default
+
+
+def test_unknown_yaml_field_and_bad_settings_fail_at_start(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"train_batchsize": 3}))
+    with pytest.raises(ValueError, match=r"unknown training config fields \['train_batchsize'\]"):
+        parse(["--config", str(path)])
+    bad = TrainConfig(pretrained_model_name_or_path="m", train_data_meta="m.json", train_mode="i2v")
+    with pytest.raises(ValueError, match="--train_mode 'i2v' is unknown; choose one of normal, inpaint"):
+        bad.validate()
+    with pytest.raises(ValueError, match="must be 4k\\+1"):
+        TrainConfig(pretrained_model_name_or_path="m", train_data_meta="m.json", video_sample_n_frames=16).validate()
+    with pytest.raises(ValueError, match="--train_data_meta is required"):
+        TrainConfig(pretrained_model_name_or_path="m").validate()
+    with pytest.raises(SystemExit):  # argparse names the choices
+        parse(["--train_mode", "i2v"])
+
+
+def script_flags(script: str) -> list[str]:
+    """The training flags an example script passes (train.sh's command, then the script's own)."""
+    text = (REPO / "scripts" / "wan2.1_fun" / script).read_text()
+    marker = "scripts/wan2.1_fun/train.py \\\n" if script == "train.sh" else 'train.sh" \\\n'
+    command = text.split(marker, 1)[1].split('"$@"')[0]
+    for name, value in (("$MODEL_NAME", "m"), ("$DATASET_NAME", "d"), ("$DATASET_META_NAME", "d.json")):
+        command = command.replace(name, value)
+    own = shlex.split(command.replace("\\\n", " "))
+    return own if script == "train.sh" else [*script_flags("train.sh"), *own]
+
+
+@pytest.mark.parametrize("script", ["train.sh", "train_lora.sh", "train_control.sh"])
+def test_the_example_scripts_use_only_known_flags(script):
+    config = parse_train_args(script_flags(script))
+    config.validate()
+    assert config.use_lora == (script == "train_lora.sh")
+    assert config.train_mode == ("control_ref" if script == "train_control.sh" else "inpaint")

@@ -1,0 +1,59 @@
+"""Helpers of the trainer tests: paths, fast settings, child-process environment, a fixed-noise loss."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from videox_fun.training.config import TrainConfig
+from videox_fun.training.data import BucketBatchSampler, DataConfig, VideoDataset, collate
+from videox_fun.training.specs import FlowMatching, get_spec, sample_generators
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_SCRIPT = REPO / "scripts" / "wan2.1_fun" / "train.py"
+# Small and fast: 32x32 clips of 5 frames (2 latent frames of 4x4), one process, fp32.
+FAST = dict(
+    video_sample_size=[32],
+    image_sample_size=[32],
+    video_sample_n_frames=5,
+    video_sample_stride=1,
+    report_to="none",
+    checkpointing_steps=1000,
+    learning_rate=1e-3,
+    train_batch_size=1,
+)
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: this checkout's package first, few threads each."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def fixed_noise_loss(config: TrainConfig, transformer: torch.nn.Module, draws: int = 4) -> float:
+    """Flow-matching loss of ``transformer`` on every sample, at fixed sigmas and noise (no dropout)."""
+    config = TrainConfig(**{**config.to_dict(), "text_drop_ratio": 0.0})
+    spec = get_spec(config)
+    models = spec.load_models(config, torch.float32)
+    models.transformer = transformer.eval()
+    dataset = VideoDataset(DataConfig.from_mapping(config.to_dict()), progress=False)
+    sampler = BucketBatchSampler(dataset, batch_size=len(dataset), shuffle=False)
+    objective = FlowMatching(sampling="uniform", shift=1.0)
+    losses = []
+    with torch.no_grad():
+        for requests in sampler:
+            batch = collate([dataset[r] for r in requests])
+            for draw in range(draws):
+                generators = sample_generators(1234, -1, draw, range(len(requests)))
+                inputs = spec.build_inputs(models, batch, config.train_mode, generators, "cpu")
+                sigmas = objective.sample_sigmas(generators)
+                noise = objective.noise_like(inputs.latents, generators)
+                prediction = spec.predict(
+                    transformer, objective.noisy(inputs.latents, noise, sigmas), sigmas * 1000, inputs
+                )
+                losses.append(objective.loss(prediction, inputs.latents, noise, sigmas).item())
+    return sum(losses) / len(losses)

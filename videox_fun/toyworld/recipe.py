@@ -1,0 +1,196 @@
+"""The recipe of the packaged tiny models: data, VAE, text encoder, transformers, calibration.
+
+``videox-fun toyworld train-all OUT`` runs every stage; each stage is skipped when its output
+exists, so a killed run continues where it stopped. The transformers go through the normal
+training path (:func:`videox_fun.training.trainer.train` on a latent cache), exactly as a user's
+fine-tune would. Seeds, step counts and timings are written to ``OUT/recipe.json`` and copied
+next to the weights of each model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import FOLDER_CONFIG_NAME, GenerationDefaults, ModelConfig, save_model_config
+from ..models.wan.text_encoder import WanTextEncoder, build_word_tokenizer, tiny_umt5_config
+from ..models.wan.transformer import WanTransformer3DModel
+from .world import vocabulary
+
+TEXT_DIM = 64
+TEXT_LEN = 32
+DEFAULTS = GenerationDefaults(
+    height=64, width=64, num_frames=17, fps=8, steps=20, guidance_scale=5.0, shift=3.0, sampler="Flow"
+)
+TRANSFORMER = {
+    "model_type": "t2v",
+    "patch_size": [1, 2, 2],
+    "text_len": TEXT_LEN,
+    "dim": 128,
+    "ffn_dim": 384,
+    "freq_dim": 64,
+    "text_dim": TEXT_DIM,
+    "out_dim": 16,
+    "num_heads": 4,
+    "num_layers": 4,
+}
+MODELS = {"Wan2.1-Fun-Tiny-InP": ("inpaint", 36), "Wan2.1-Fun-Tiny-Control": ("control", 48)}
+
+
+@dataclass
+class Recipe:
+    """Every number of the recipe; written to recipe.json."""
+
+    seed: int = 0
+    train_clips: int = 1200
+    heldout_clips: int = 48
+    vae_steps: int = 1500
+    vae_batch: int = 8
+    vae_frames: int = 5
+    transformer_steps: int = 3000
+    transformer_batch: int = 16
+    learning_rate: float = 5e-4
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+
+
+def write_data(out: Path, recipe: Recipe) -> Path:
+    """The training clips (train split) and held-out clips (held-out combinations, other seeds)."""
+    from .dataset import write_dataset
+
+    data = out / "data"
+    if not (data / "metadata_train.json").is_file():
+        write_dataset(data, n=recipe.train_clips, seed=recipe.seed, split="train")
+    if not (data / "metadata_heldout.json").is_file():
+        write_dataset(data, n=recipe.heldout_clips, seed=recipe.seed + 1, split="heldout")
+    return data
+
+
+def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
+    """The tiny Wan VAE (z_dim 16, 4x8x8), trained on the training clips."""
+    from ..models.wan.vae import tiny_vae_config
+    from ..training.vae import VAETrainConfig, train_vae
+
+    config = VAETrainConfig(
+        output_dir=str(out / "vae_run"),
+        train_data_meta=str(data / "metadata_train.json"),
+        vae_config=tiny_vae_config(base_dim=8),
+        video_sample_n_frames=recipe.vae_frames,
+        batch_size=recipe.vae_batch,
+        max_train_steps=recipe.vae_steps,
+        seed=recipe.seed,
+        foreground_weight=10.0,
+        crop_size=32,
+    )
+    return train_vae(config)
+
+
+def text_encoder(seed: int) -> WanTextEncoder:
+    """A frozen small UMT5 over the world's vocabulary (seeded random weights: it only has to tell words apart)."""
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(vocabulary())
+    return WanTextEncoder.from_config(
+        tiny_umt5_config(len(tokenizer), d_model=TEXT_DIM, num_heads=4, d_ff=128), tokenizer
+    )
+
+
+def model_folder(out: Path, name: str, vae_dir: Path, recipe: Recipe) -> Path:
+    """A release-layout folder with an untrained transformer, the trained VAE and the text encoder."""
+    folder = out / name
+    if (folder / FOLDER_CONFIG_NAME).is_file():
+        return folder
+    _, in_dim = MODELS[name]
+    torch.manual_seed(recipe.seed)
+    WanTransformer3DModel.from_config({**TRANSFORMER, "in_dim": in_dim}).save_original(folder)
+    shutil.copytree(vae_dir, folder / "vae", ignore=shutil.ignore_patterns("training_state.pt"), dirs_exist_ok=True)
+    text_encoder(recipe.seed).save_pretrained(folder / "text_encoder")
+    config = ModelConfig(
+        vae_subpath="vae",
+        text_encoder_subpath="text_encoder",
+        tokenizer_subpath="text_encoder",
+        image_encoder_subpath=None,
+        masked_fill=-1.0,
+        defaults=DEFAULTS,
+        note="trained on the toy world (videox-fun toyworld train-all); see recipe.json",
+    )
+    save_model_config(config, folder / FOLDER_CONFIG_NAME)
+    return folder
+
+
+def train_transformer(out: Path, folder: Path, data: Path, recipe: Recipe) -> Path:
+    """Cache the latents, then train the transformer with the normal trainer; weights go back into ``folder``."""
+    from ..training.cache import build_cache
+    from ..training.config import TrainConfig
+    from ..training.trainer import train
+
+    mode, _ = MODELS[folder.name]
+    run = out / "runs" / folder.name
+    config = TrainConfig(
+        pretrained_model_name_or_path=str(folder),
+        train_data_dir=str(data),
+        train_data_meta=str(data / "metadata_train.json"),
+        video_sample_size=[64],
+        image_sample_size=[64],
+        video_sample_n_frames=17,
+        video_sample_stride=1,
+        random_clip_start=False,
+        train_mode=mode,
+        output_dir=str(run),
+        seed=recipe.seed,
+        train_batch_size=recipe.transformer_batch,
+        max_train_steps=recipe.transformer_steps,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler="cosine",
+        lr_warmup_steps=100,
+        adam_weight_decay=0.0,
+        checkpointing_steps=250,
+        resume_from_checkpoint="latest",
+        report_to="none",
+        use_cached_latents=True,
+        text_drop_ratio=0.1,
+    )
+    if not (config.resolved_cache_dir / "index.json").is_file():
+        build_cache(config)
+    result = train(config)
+    trained = WanTransformer3DModel.from_pretrained(result.transformer_dir)
+    trained.save_original(folder)
+    return folder
+
+
+def calibrate(folder: Path) -> None:
+    """Fit the folder's own TeaCache coefficients (cache_calibration.json)."""
+    import argparse
+
+    from ..runtime.options import run_calibrate
+
+    run_calibrate(
+        argparse.Namespace(
+            model=str(folder), prompts_file=None, steps=None, indicator="time_embedding", degree=4, out=None, seed=0
+        )
+    )
+
+
+def train_all(out: str | Path, recipe: Recipe | None = None, vae: str | Path | None = None) -> dict:
+    """Every stage; returns (and writes) the recipe record."""
+    recipe = recipe or Recipe()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict = {"recipe": asdict(recipe), "transformer": TRANSFORMER, "timings_s": {}}
+    started = time.perf_counter()
+    data = write_data(out, recipe)
+    record["timings_s"]["data"] = time.perf_counter() - started
+    vae_dir = Path(vae) if vae else train_toy_vae(out, data, recipe)
+    record["vae"] = str(vae_dir)
+    record["timings_s"]["vae"] = time.perf_counter() - started
+    for name in recipe.models:
+        folder = model_folder(out, name, vae_dir, recipe)
+        train_transformer(out, folder, data, recipe)
+        calibrate(folder)
+        record["timings_s"][name] = time.perf_counter() - started
+        (folder / "recipe.json").write_text(json.dumps(record, indent=2))
+    (out / "recipe.json").write_text(json.dumps(record, indent=2))
+    return record

@@ -1,0 +1,190 @@
+"""The latent cache: VAE latents and text embeddings computed once, read by training instead.
+
+``videox-fun cache --config FILE`` encodes every sample of the training data with the family's
+frozen encoders and writes, under ``cache_dir``:
+
+- ``<index>.safetensors`` per sample: ``latents`` (z, F', h, w), ``context`` (tokens, C, without
+  the zero padding), ``num_frames``, and what the model's conditions need: ``control_latents``,
+  the masked-video latents of the whole-frame inpaint masks (``masked_latents_t2v`` / ``_i2v`` /
+  ``_first_last``), ``clip_first`` (CLIP tokens of the first frame);
+- ``empty_context.safetensors``: the empty prompt's embedding (text dropout for CFG);
+- ``index.json``: the samples, their texts and shapes, and what made the cache.
+
+Training with ``--use_cached_latents`` then runs no VAE and no text encoder. What the cache
+cannot hold is said, not approximated: every sample is cut once (the clip start and size of
+the first epoch, no ``random_hw_adapt``); inpaint masks are the whole-frame kinds (t2v, i2v,
+first+last), spatial masks need pixels; the control_ref reference is the first frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"
+EMPTY_FILE = "empty_context.safetensors"
+CACHE_VERSION = 1
+
+
+def cache_data_config(config: TrainConfig):
+    """The data settings a cache is built with: every sample once, at its base size, text kept."""
+    from .data import DataConfig
+
+    values = {**config.to_dict(), "text_drop_ratio": 0.0, "random_hw_adapt": False}
+    return DataConfig.from_mapping(values)
+
+
+def _record_name(index: int) -> str:
+    return f"{index:08d}.safetensors"
+
+
+def build_cache(config: TrainConfig) -> Path:
+    """Encode the training data into ``config.resolved_cache_dir``; processes split the batches.
+
+    Run under ``accelerate launch`` to use several devices: process i encodes batches i, i+n, ...
+    and the main process writes the index when all are done.
+    """
+    from accelerate import PartialState
+
+    from .data import BucketBatchSampler, VideoDataset, collate
+    from .specs import get_spec
+    from .trainer import mixed_precision_dtype
+
+    state = PartialState()
+    dtype = mixed_precision_dtype(config.mixed_precision)
+    spec = get_spec(config)
+    models = spec.load_models(TrainConfig(**{**config.to_dict(), "use_cached_latents": False}), dtype)
+    device = state.device
+    if not config.low_vram:
+        for module in models.frozen.values():
+            module.to(device)
+    folder = config.resolved_cache_dir
+    folder.mkdir(parents=True, exist_ok=True)
+
+    dataset = VideoDataset(cache_data_config(config), progress=state.is_main_process)
+    sampler = BucketBatchSampler(dataset, batch_size=max(1, config.vae_mini_batch), shuffle=False)
+    mine = [batch for i, batch in enumerate(sampler) if i % state.num_processes == state.process_index]
+    for requests in tqdm(mine, desc="caching latents", disable=not state.is_main_process):
+        batch = collate([dataset[r] for r in requests])
+        records = spec.encode_for_cache(models, batch, config.train_mode, device)
+        for row, record in enumerate(records):
+            metadata = {"text": batch["text"][row], "file_path": batch["file_path"][row]}
+            metadata["data_type"] = batch["data_type"][row]
+            write_record(record, folder / _record_name(int(batch["index"][row])), metadata)
+    if state.is_main_process:
+        save_file({"context": spec.empty_context(models, device)}, str(folder / EMPTY_FILE))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_index(folder, config, models)
+        if dataset.bad_files:
+            logger.warning("%d data files were skipped: %s", len(dataset.bad_files), sorted(dataset.bad_files))
+    state.wait_for_everyone()
+    return folder
+
+
+def write_record(record: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """One sample's tensors, written under a temporary name first."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(record, str(temporary), metadata=metadata)
+    os.replace(temporary, path)
+
+
+def write_index(folder: Path, config: TrainConfig, models) -> None:
+    """List the cached samples (read back from their files) in ``index.json``."""
+    entries = []
+    for path in sorted(folder.glob("[0-9]*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            shape = list(f.get_slice("latents").get_shape())
+            names = sorted(f.keys())
+        entries.append({"file": path.name, "index": int(path.stem), "shape": shape, "tensors": names, **metadata})
+    index = {
+        "version": CACHE_VERSION,
+        "family": config.family,
+        "model": str(models.folder),
+        "train_mode": config.train_mode,
+        "train_data_meta": str(config.train_data_meta),
+        "entries": entries,
+    }
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    logger.info("cached %d samples in %s", len(entries), folder)
+
+
+# ----------------------------------------------------------------------------------------
+# Reading the cache
+# ----------------------------------------------------------------------------------------
+class CachedLatentDataset(Dataset):
+    """The records of a latent cache, bucketed by latent shape for :class:`BucketBatchSampler`."""
+
+    def __init__(self, folder: str | os.PathLike, config: TrainConfig):
+        from .data import DataConfig
+
+        self.folder = Path(folder)
+        index_path = self.folder / INDEX_FILE
+        if not index_path.is_file():
+            raise FileNotFoundError(
+                f"no latent cache at {self.folder} ({INDEX_FILE} missing): build it with "
+                "`videox-fun cache --config FILE` (same config), or train without --use_cached_latents"
+            )
+        index = json.loads(index_path.read_text())
+        self.entries: list[dict[str, Any]] = index["entries"]
+        if not self.entries:
+            raise ValueError(f"the latent cache {self.folder} holds no samples: rebuild it from data that loads")
+        if index.get("train_mode") != config.train_mode:
+            logger.warning(
+                "the cache was built for train_mode %s, training runs %s", index.get("train_mode"), config.train_mode
+            )
+        # The sampler reads seed and sizes from a DataConfig; cached samples have fixed sizes.
+        self.config = DataConfig(seed=config.seed, train_mode=config.train_mode)
+        self.empty_context = load_file(str(self.folder / EMPTY_FILE))["context"]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def bucket_keys(self):
+        """One bucket per latent shape (data type, height, width, latent frames)."""
+        from .data import BucketKey
+
+        return [
+            BucketKey(e.get("data_type", "video"), e["shape"][2], e["shape"][3], e["shape"][1]) for e in self.entries
+        ]
+
+    def source_sides(self) -> list[float]:
+        return [math.sqrt(e["shape"][2] * e["shape"][3]) for e in self.entries]
+
+    def __getitem__(self, request: int) -> dict[str, Any]:
+        entry = self.entries[int(request)]
+        sample: dict[str, Any] = dict(load_file(str(self.folder / entry["file"])))
+        sample.update(text=entry.get("text", ""), index=entry["index"], empty_context=self.empty_context)
+        return sample
+
+
+def collate_cached(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack cached records; text contexts are zero-padded to the longest (the transformer pads anyway)."""
+    length = max(max(s["context"].shape[0], s["empty_context"].shape[0]) for s in samples)
+    batch: dict[str, Any] = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        if name in ("context", "empty_context"):
+            batch[name] = torch.stack([F.pad(v, (0, 0, 0, length - v.shape[0])) for v in values])
+        elif isinstance(values[0], torch.Tensor):
+            batch[name] = torch.stack(values)
+        else:
+            batch[name] = values
+    batch["index"] = torch.tensor(batch["index"])
+    return batch

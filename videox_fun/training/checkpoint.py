@@ -1,0 +1,194 @@
+"""Resumable checkpoints, written atomically.
+
+A checkpoint is ``OUTPUT_DIR/checkpoint-<step>/``: accelerate's ``save_state`` (optimizer, LR
+scheduler, the RNG states of every process, and the model's trainable parameters) plus our
+``training_state.json`` (step, epoch, position in the data order). It is written under a
+temporary name and renamed when complete, so a run killed while saving leaves the previous
+checkpoint intact and never a half-written one under a real name.
+
+Only trainable parameters are stored (the LoRA adapters, or the fine-tuned modules): the frozen
+rest is the pretrained model the run starts from anyway. When accelerate shards the model
+itself (FSDP / DeepSpeed on accelerators) it saves its own sharded state instead; a model that
+we shard ourselves on CPU (see :func:`videox_fun.training.trainer.shard_on_cpu`) is saved whole
+through torch's distributed state-dict API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "training_state.json"
+TRAINABLE_FILE = "trainable_{}.safetensors"
+SHARDED_FILE = "sharded_state.pt"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a complete checkpoint folder, None for anything else."""
+    if not path.name.startswith(CHECKPOINT_PREFIX) or not (path / STATE_FILE).is_file():
+        return None
+    suffix = path.name[len(CHECKPOINT_PREFIX) :]
+    return int(suffix) if suffix.isdigit() else None
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(step, p) for p in folder.iterdir() if p.is_dir() and (step := checkpoint_step(p)) is not None]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(output_dir: str | os.PathLike, value: str | None) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names: a folder, or ``latest`` (None when there is none yet)."""
+    if not value:
+        return None
+    if value == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            logger.info("no checkpoint in %s yet: starting a new run", output_dir)
+        return found[-1] if found else None
+    path = Path(value)
+    if not path.is_dir():
+        path = Path(output_dir) / value
+    if checkpoint_step(path) is None:
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: not a complete checkpoint folder ({path})")
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# accelerate hooks: store trainable parameters only
+# ----------------------------------------------------------------------------------------
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that require grad, detached on the CPU (fp32 master copies as they are)."""
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load trainable parameters strictly: exactly the model's trainable names, with their shapes."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    misshaped = sorted(k for k in params.keys() & state.keys() if params[k].shape != state[k].shape)
+    if missing or unexpected or misshaped:
+        raise ValueError(
+            f"{source} does not match the trainable parameters of this run (same --use_lora / --rank / "
+            f"--trainable_modules needed): missing {missing[:6]}, unexpected {unexpected[:6]}, "
+            f"mis-shaped {misshaped[:6]}"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name])
+
+
+def register_trainable_hooks(accelerator) -> None:
+    """Make accelerate's save_state / load_state keep only the trainable parameters of each model."""
+
+    def save_hook(models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
+        if len(weights) != len(models):
+            return  # accelerate saves a sharded model its own way
+        if accelerator.is_main_process:
+            for i, model in enumerate(models):
+                state = trainable_state(accelerator.unwrap_model(model))
+                save_file(state, os.path.join(output_dir, TRAINABLE_FILE.format(i)))
+        weights.clear()
+
+    def load_hook(models: list[nn.Module], input_dir: str) -> None:
+        for i, model in enumerate(models):
+            path = os.path.join(input_dir, TRAINABLE_FILE.format(i))
+            load_trainable_state(accelerator.unwrap_model(model), load_file(path), path)
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+# ----------------------------------------------------------------------------------------
+# A model sharded by us (FSDP2 on CPU): whole state through torch.distributed.checkpoint
+# ----------------------------------------------------------------------------------------
+def _full_options(**extra):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **extra)
+
+
+def save_sharded_state(model: nn.Module, optimizer, folder: Path, is_main: bool) -> None:
+    """Gather the model's trainable parameters and the optimizer state (collective) and write them on rank 0."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer, options=_full_options(ignore_frozen_params=True))
+    if is_main:
+        torch.save({"model": model_state, "optimizer": optim_state}, folder / SHARDED_FILE)
+
+
+def load_sharded_state(model: nn.Module, optimizer, folder: Path) -> None:
+    """Inverse of :func:`save_sharded_state` (every rank reads the file)."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    saved = torch.load(folder / SHARDED_FILE, map_location="cpu", weights_only=True)
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=saved["model"],
+        optim_state_dict=saved["optimizer"],
+        options=_full_options(strict=False),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# save / load
+# ----------------------------------------------------------------------------------------
+def save_checkpoint(
+    accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    state: dict,
+    write_extra: Callable[[Path], None] | None = None,
+    total_limit: int | None = None,
+) -> Path:
+    """Write ``checkpoint-<step>`` atomically (all processes call this; rank 0 renames).
+
+    ``write_extra(folder)`` runs on every process inside the temporary folder (collective
+    saves go there, e.g. a LoRA file or a sharded model state).
+    """
+    output_dir = Path(output_dir)
+    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    temporary = output_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    if write_extra is not None:
+        write_extra(temporary)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+        if final.exists():  # a rerun from an earlier checkpoint reaches this step again
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        if total_limit:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        logger.info("saved %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, folder: Path, read_extra: Callable[[Path], None] | None = None) -> dict:
+    """Restore accelerate's state (and the extras) from ``folder``; returns our training state."""
+    accelerator.load_state(str(folder))
+    if read_extra is not None:
+        read_extra(folder)
+    return json.loads((folder / STATE_FILE).read_text())

@@ -1,0 +1,247 @@
+"""The typed training config and its command-line flags (VideoX-Fun's flag names).
+
+One dataclass, :class:`TrainConfig`, holds every setting. The flags of
+``scripts/wan2.1_fun/train.py`` and ``videox-fun train`` are generated from its fields, and a
+YAML file given with ``--config FILE`` holds the same field names. Precedence: the dataclass
+defaults, then the YAML file, then the flags given on the command line. Unknown YAML fields
+are an error, so a typo never passes silently.
+"""
+
+# _opt returns a dataclasses.field (with a default_factory for lists), which RUF009 cannot see.
+# ruff: noqa: RUF009
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+TRAIN_MODES = ("normal", "inpaint", "control", "control_ref")
+WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "cosmap")
+TIMESTEP_SAMPLINGS = ("logit_normal", "uniform", "mode")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field carrying its ``--help`` text (and argparse extras such as ``choices``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting. Field names are the flag names (``--train_batch_size`` ...)."""
+
+    # -- model -------------------------------------------------------------------------------
+    pretrained_model_name_or_path: str | None = _opt(None, "model folder (original or diffusers layout) or name")
+    config_path: str | None = _opt(None, "YAML model config, e.g. config/wan2.1/wan_fun_civitai.yaml")
+    family: str = _opt("wan", "model family spec (see videox_fun.training.specs)")
+    transformer_path: str | None = _opt(None, "start from these transformer weights (a folder or .safetensors)")
+    init_from_t2v: bool = _opt(
+        False, "zero-pad the new input channels of patch_embedding when a T2V checkpoint starts an InP/Control model"
+    )
+    # -- data --------------------------------------------------------------------------------
+    train_data_dir: str | None = _opt(None, "folder the metadata paths are relative to")
+    train_data_meta: str | None = _opt(None, "metadata file (JSON list or CSV: file_path, text, type, ...)")
+    video_sample_size: list[int] = _opt([512], "video size: one side, or height width")
+    image_sample_size: list[int] = _opt([512], "image size: one side, or height width")
+    video_sample_n_frames: int = _opt(17, "frames per video sample (4k+1)")
+    video_sample_stride: int = _opt(4, "take every n-th frame")
+    video_repeat: int = _opt(0, "repeat every video entry this many times (0 = once) to balance images")
+    random_clip_start: bool = _opt(True, "start clips at a random frame of longer videos")
+    enable_bucket: bool = _opt(False, "batch samples of one aspect-ratio / frame-count bucket")
+    random_hw_adapt: bool = _opt(False, "randomly train at smaller sizes within the bucket list")
+    training_with_video_token_length: bool = _opt(False, "choose frames x size of a bucket by a token budget")
+    token_sample_size: int = _opt(512, "side of the square whose tokens make the budget")
+    text_drop_ratio: float = _opt(0.1, "share of samples trained with an empty prompt (for CFG)")
+    max_bad_share: float = _opt(0.05, "stop when more than this share of the files seen are corrupt or missing")
+    dataloader_num_workers: int = _opt(0, "data loading worker processes")
+    # -- training ----------------------------------------------------------------------------
+    train_mode: str = _opt("normal", "normal (t2v), inpaint, control or control_ref", choices=TRAIN_MODES)
+    output_dir: str = _opt("output_dir", "where checkpoints, logs, samples and final weights go")
+    seed: int = _opt(42, "seed of data order, noise, timesteps and masks")
+    train_batch_size: int = _opt(1, "samples per process and step")
+    gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
+    num_train_epochs: int = _opt(100, "epochs (max_train_steps wins when given)")
+    max_train_steps: int | None = _opt(None, "optimizer steps in all (overrides num_train_epochs)")
+    learning_rate: float = _opt(1e-4, "peak learning rate")
+    lr_scheduler: str = _opt("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = _opt(0, "warm-up steps of the schedule")
+    adam_beta1: float = _opt(0.9, "Adam beta1")
+    adam_beta2: float = _opt(0.999, "Adam beta2")
+    adam_weight_decay: float = _opt(1e-2, "AdamW weight decay")
+    adam_epsilon: float = _opt(1e-10, "Adam epsilon")
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)")
+    use_8bit_adam: bool = _opt(False, "8-bit AdamW from bitsandbytes")
+    mixed_precision: str | None = _opt(None, "no, fp16 or bf16 (default: accelerate's setting)")
+    gradient_checkpointing: bool = _opt(False, "recompute block activations in backward to save memory")
+    low_vram: bool = _opt(False, "keep the VAE and text encoder off the accelerator between uses")
+    vae_mini_batch: int = _opt(1, "videos the VAE encodes at once")
+    trainable_modules: list[str] | None = _opt(
+        None, "full fine-tune: train only parameters whose names contain one of these (default: all)"
+    )
+    # -- LoRA --------------------------------------------------------------------------------
+    use_lora: bool = _opt(False, "train a LoRA (peft) instead of the full transformer")
+    rank: int = _opt(64, "LoRA rank")
+    network_alpha: float = _opt(32.0, "LoRA alpha (scale = alpha / rank)")
+    lora_target_modules: list[str] | None = _opt(None, "module names to adapt (default: the family's list)")
+    lora_skip_name: list[str] | None = _opt(None, "skip modules whose names contain one of these")
+    # -- flow matching -----------------------------------------------------------------------
+    timestep_sampling: str = _opt("logit_normal", "sigma density", choices=TIMESTEP_SAMPLINGS)
+    uniform_sampling: bool = _opt(False, "uniform sigmas (same as --timestep_sampling uniform)")
+    logit_mean: float = _opt(0.0, "mean of the logit-normal density")
+    logit_std: float = _opt(1.0, "std of the logit-normal density")
+    mode_scale: float = _opt(1.29, "scale of the 'mode' density")
+    weighting_scheme: str = _opt("none", "loss weighting over sigma", choices=WEIGHTING_SCHEMES)
+    shift: float | None = _opt(None, "flow shift applied to sampled sigmas as at inference (default: model's)")
+    # -- checkpoints and logs ----------------------------------------------------------------
+    checkpointing_steps: int = _opt(500, "save a resumable checkpoint every n steps")
+    checkpoints_total_limit: int | None = _opt(None, "keep at most this many checkpoints")
+    resume_from_checkpoint: str | None = _opt(None, "a checkpoint folder, or 'latest'")
+    report_to: str = _opt("tensorboard", "tensorboard (when installed) or none")
+    logging_dir: str = _opt("logs", "log folder inside output_dir")
+    # -- validation --------------------------------------------------------------------------
+    validation_steps: int | None = _opt(None, "sample the validation prompts every n steps (off by default)")
+    validation_prompts: list[str] | None = _opt(None, "prompts sampled during training")
+    validation_num_frames: int | None = _opt(None, "frames of validation videos (default: the model's)")
+    validation_sample_size: list[int] | None = _opt(None, "height width of validation videos (default: model's)")
+    validation_inference_steps: int | None = _opt(None, "sampling steps of validation (default: the model's)")
+    validation_control_video: str | None = _opt(None, "control video for validation of control modes")
+    validation_image: str | None = _opt(None, "reference image for validation of control_ref")
+    # -- latent cache ------------------------------------------------------------------------
+    use_cached_latents: bool = _opt(False, "read VAE latents / text embeddings from the cache")
+    cache_dir: str | None = _opt(None, "latent cache folder (default: OUTPUT_DIR/latent_cache)")
+
+    def __post_init__(self) -> None:
+        if self.uniform_sampling:
+            self.timestep_sampling = "uniform"
+        for name in ("video_sample_size", "image_sample_size", "validation_sample_size"):
+            value = getattr(self, name)
+            if isinstance(value, int):
+                setattr(self, name, [value])
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """The latent cache folder."""
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "latent_cache"
+
+    def validate(self) -> None:
+        """Fail at start, saying what to change, when settings cannot work together."""
+        problems = []
+        if self.train_mode not in TRAIN_MODES:
+            problems.append(f"--train_mode {self.train_mode!r} is unknown; choose one of {', '.join(TRAIN_MODES)}")
+        if not self.pretrained_model_name_or_path:
+            problems.append("--pretrained_model_name_or_path is required (a model folder or name)")
+        if not self.use_cached_latents and not self.train_data_meta:
+            problems.append("--train_data_meta is required (or train from a cache with --use_cached_latents)")
+        if self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            problems.append("--train_batch_size and --gradient_accumulation_steps must be at least 1")
+        if (self.video_sample_n_frames - 1) % 4:
+            problems.append(f"--video_sample_n_frames {self.video_sample_n_frames} must be 4k+1 (e.g. 17, 49, 81)")
+        if self.use_lora and self.trainable_modules:
+            problems.append("--trainable_modules is for full fine-tuning; LoRA trains only its adapters")
+        if self.validation_steps and not self.validation_prompts:
+            problems.append("--validation_steps needs --validation_prompts")
+        if self.validation_steps and self.train_mode.startswith("control") and not self.validation_control_video:
+            problems.append("--validation_steps in a control mode needs --validation_control_video")
+        if self.mixed_precision not in (None, *MIXED_PRECISIONS):
+            problems.append(f"--mixed_precision must be one of {MIXED_PRECISIONS}")
+        if problems:
+            raise ValueError("bad training config:\n  " + "\n  ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain mapping of every field, as written to YAML."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------
+# YAML and flags
+# ----------------------------------------------------------------------------------------
+def config_fields() -> dict[str, dataclasses.Field]:
+    """TrainConfig's fields by name."""
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def read_train_yaml(path: str | Path) -> dict[str, Any]:
+    """The fields of a training YAML file; unknown names fail with the list of known ones."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a training config is a mapping of field: value")
+    unknown = sorted(set(data) - set(config_fields()))
+    if unknown:
+        raise ValueError(f"{path}: unknown training config fields {unknown}; see `videox-fun train --help`")
+    return data
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(element type, is_list) of a field annotation such as ``list[int] | None``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is list:
+        return get_args(annotation)[0], True
+    return annotation, False
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per TrainConfig field (``--name``), plus ``--config FILE``.
+
+    Defaults are SUPPRESSed so only the flags actually given override the YAML file; the
+    documented defaults appear in ``--help``.
+    """
+    parser.add_argument("--config", type=Path, help="training YAML file holding the same fields as the flags")
+    hints = get_type_hints(TrainConfig)
+    for name, f in config_fields().items():
+        kind, is_list = _base_type(hints[name])
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if "default" not in help_text:
+            help_text = f"{help_text} (default: {default})"
+        if kind is bool:
+            parser.add_argument(
+                f"--{name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(
+                f"--{name}",
+                type=kind,
+                nargs="+" if is_list else None,
+                default=argparse.SUPPRESS,
+                help=help_text,
+                **meta,
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then ``--config`` YAML, then the flags given."""
+    values: dict[str, Any] = read_train_yaml(args.config) if getattr(args, "config", None) else {}
+    known = config_fields()
+    values.update({k: v for k, v in vars(args).items() if k in known})
+    try:
+        return TrainConfig(**values)
+    except TypeError as err:
+        raise ValueError(f"bad training config: {err}") from err
+
+
+def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse VideoX-Fun style training flags into a TrainConfig (used by scripts/*/train.py)."""
+    parser = argparse.ArgumentParser(description="Train a video DiT (full, LoRA, inpaint, control).")
+    add_train_arguments(parser)
+    return config_from_args(parser.parse_args(argv))
+
+
+def save_train_yaml(config: TrainConfig, path: str | Path) -> None:
+    """Write a TrainConfig as YAML (the run's record, and a file ``--config`` reads back)."""
+    with open(path, "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False, allow_unicode=True)

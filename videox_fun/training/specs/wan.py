@@ -1,0 +1,441 @@
+"""The Wan family spec: loading, conditioning inputs, cache records and validation for Wan2.1 / Fun models.
+
+Which conditioning channels a model takes is read off its config (:func:`variant_of`) and
+built with the functions the inference pipeline uses (:mod:`videox_fun.pipelines.conditioning`),
+so a model is trained on exactly the inputs it is sampled with. Modes:
+
+- ``normal``: text-to-video. On an InP model the whole video is "to generate" (t2v).
+- ``inpaint``: InP models; the dataset's random generate-mask per sample (first frame known
+  = i2v, first + last known, boxes, brushes, time segments, everything ...).
+- ``control``: Control models; the control-video latent (zeroed for 10% of samples so the
+  model also works without one) and, for half the samples, the first frame as start image.
+- ``control_ref``: Fun V1.1 Control; as ``control`` plus the latent of a random frame of the
+  clip as the reference image (``ref_latent``), zeroed for 10% of samples.
+
+Text dropout and inpaint masks come with the decoded samples (the dataset draws them); the
+other random choices are drawn from one generator per sample (see :func:`sample_generators`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...config import config_for_folder
+from ...models.wan.transformer import WanTransformer3DModel
+from ...models.wan.variants import variant_for_mode, variant_of
+from ...pipelines.conditioning import first_frame_latent, mask_channels, masked_video
+from ..config import TrainConfig
+from . import FamilyModels, TrainInputs, choose, on_device, register_spec, uniform
+
+logger = logging.getLogger(__name__)
+
+# Share of samples whose control / reference / CLIP condition is zeroed, as VideoX-Fun trains.
+CONDITION_DROP = 0.1
+# Control modes: share of samples given their first frame as the start image.
+START_IMAGE_SHARE = 0.5
+# Generation mode each training mode must be able to serve.
+MODE_NEEDS = {"normal": "t2v", "inpaint": "inpaint", "control": "control", "control_ref": "control"}
+# Mask kinds (of data.masks) trainable from cached latents: their masked videos are encoded into the cache.
+# Spatial and random-segment masks need the pixels, so inpaint training from a cache uses these three only.
+CACHED_MASK_KINDS = ("t2v", "i2v", "first_last")
+
+
+def _expanded_in_dim(out_dim: int, mode: str) -> int:
+    """in_dim of the Fun variant that serves ``mode`` (InP = z + 4 + z, Control = 3z)."""
+    return {"normal": out_dim, "inpaint": 2 * out_dim + 4, "control": 3 * out_dim, "control_ref": 3 * out_dim}[mode]
+
+
+def init_from_t2v(model: WanTransformer3DModel, mode: str) -> WanTransformer3DModel:
+    """An InP / Control model for ``mode`` started from T2V weights.
+
+    The new input channels of ``patch_embedding`` are zero, so the model initially ignores them
+    and predicts what the T2V model predicts; a V1.1 ``ref_conv`` gets its default init.
+    """
+    variant = variant_of(model.config)
+    if variant.channels:
+        raise ValueError(f"--init_from_t2v starts from a T2V checkpoint; this one is already {variant.name}")
+    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    config.update(in_dim=_expanded_in_dim(config["out_dim"], mode), add_ref_conv=mode == "control_ref")
+    state = model.state_dict()
+    weight = state["patch_embedding.weight"]  # (dim, z, pf, ph, pw)
+    padded = weight.new_zeros(weight.shape[0], config["in_dim"], *weight.shape[2:])
+    padded[:, : weight.shape[1]] = weight
+    state["patch_embedding.weight"] = padded
+    with torch.device("meta"):
+        expanded = WanTransformer3DModel.from_config(config)
+    result = expanded.load_state_dict(state, strict=False, assign=True)
+    if result.unexpected_keys or any(not k.startswith("ref_conv.") for k in result.missing_keys):
+        raise ValueError(f"cannot expand the T2V checkpoint: {result}")
+    if hasattr(expanded, "ref_conv"):
+        expanded.ref_conv.to_empty(device="cpu")
+        expanded.ref_conv.reset_parameters()
+    logger.info("initialised a %s model from T2V weights (in_dim %d -> %d)", mode, weight.shape[1], config["in_dim"])
+    return expanded if weight.dtype == torch.float32 else expanded.to(weight.dtype)  # ref_conv is built in fp32
+
+
+# ----------------------------------------------------------------------------------------
+# Sources: decoded pixels (the frozen encoders run now) or cached latents
+# ----------------------------------------------------------------------------------------
+class PixelSource:
+    """Conditioning pieces computed from a collated pixel batch with the frozen encoders."""
+
+    def __init__(self, spec: WanSpec, models: FamilyModels, batch: dict, device: torch.device):
+        self.spec, self.models, self.batch, self.device = spec, models, batch, device
+        self.pixels = batch["pixel_values"]  # (B, 3, F, H, W) in [-1, 1]
+        self._latents: torch.Tensor | None = None
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, F, H, W) -> normalised latents (B, z, F', h, w), in VAE mini-batches."""
+        vae = self.models.frozen["vae"]
+        step = max(1, self.spec.config.vae_mini_batch)
+        with torch.no_grad(), on_device(vae, self.device, self.models.low_vram):
+            parts = [vae.encode(video[i : i + step].to(self.device)) for i in range(0, video.shape[0], step)]
+        return torch.cat(parts).float()
+
+    def latents(self) -> torch.Tensor:
+        if self._latents is None:
+            self._latents = self.encode(self.pixels)
+        return self._latents
+
+    def context(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Text context (B, text_len, C) of the batch's texts (the dataset already dropped some to "")."""
+        encoder = self.models.frozen["text_encoder"]
+        with on_device(encoder, self.device, self.models.low_vram):
+            context = encoder.encode(list(self.batch["text"]), self.spec.text_len(self.models), device=self.device)
+        return context.float()
+
+    def inpaint(self, mode: str, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate masks (B, 1, F, H, W) and the masked-video latents (B, z, F', h, w)."""
+        _, _, f, h, w = self.pixels.shape
+        if mode == "inpaint":
+            if "mask" not in self.batch:
+                raise ValueError("inpaint training needs the dataset's masks: build it with train_mode='inpaint'")
+            masks = self.batch["mask"]  # (B, 1, F, H, W)
+        else:
+            masks = torch.ones(len(generators), 1, f, h, w)
+        kept = masked_video(self.pixels, masks.to(self.pixels), self.spec.masked_fill(self.models))
+        return masks, self.encode(kept)
+
+    def control_latents(self) -> torch.Tensor:
+        if "control_pixel_values" not in self.batch:
+            raise ValueError("this mode needs control videos: give control_file_path in the metadata")
+        return self.encode(self.batch["control_pixel_values"])
+
+    def frame_latents(self, frames: Sequence[int]) -> torch.Tensor:
+        """Latents (B, z, h, w) of one pixel frame per sample, encoded as an image (as the pipeline does)."""
+        images = torch.stack([self.pixels[b, :, i] for b, i in enumerate(frames)])  # (B, 3, H, W)
+        return self.encode(images[:, :, None])[:, :, 0]
+
+    def ref_frames(self, generators: Sequence[torch.Generator]) -> list[int]:
+        return [choose(g, self.pixels.shape[2]) for g in generators]
+
+    def clip(self, frames: Sequence[int | None]) -> torch.Tensor:
+        """CLIP tokens of one frame per sample (zeros where None)."""
+        encoder = self.models.frozen.get("image_encoder")
+        b = len(frames)
+        dim = self.models.transformer.config.image_dim
+        out = torch.zeros(b, 257, dim, device=self.device)
+        chosen = [(row, i) for row, i in enumerate(frames) if i is not None]
+        if encoder is None or not chosen:
+            return out
+        images = torch.stack([self.pixels[row, :, i] for row, i in chosen])  # (N, 3, H, W)
+        with on_device(encoder, self.device, self.models.low_vram):
+            tokens = encoder.encode(images, device=self.device).float()  # (N, T, dim)
+        out = torch.zeros(b, tokens.shape[1], dim, device=self.device)
+        out[[row for row, _ in chosen]] = tokens
+        return out
+
+
+class CachedSource:
+    """The same pieces read from latent-cache records (see :mod:`videox_fun.training.cache`)."""
+
+    def __init__(self, spec: WanSpec, models: FamilyModels, batch: dict, device: torch.device):
+        self.spec, self.models, self.batch, self.device = spec, models, batch, device
+
+    def _get(self, name: str, why: str) -> torch.Tensor:
+        if name not in self.batch:
+            raise ValueError(f"the latent cache has no {name!r} ({why}); rebuild it with `videox-fun cache`")
+        return self.batch[name].to(self.device).float()
+
+    def latents(self) -> torch.Tensor:
+        return self._get("latents", "video latents")
+
+    def context(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Cached text context, replaced by the empty prompt's for ``text_drop_ratio`` of the samples."""
+        context = self._get("context", "text embeddings")  # (B, L, C)
+        empty = self._get("empty_context", "the empty prompt")  # (B, L, C)
+        ratio = self.spec.config.text_drop_ratio
+        keep = torch.tensor([uniform(g) >= ratio for g in generators], device=self.device).view(-1, 1, 1)
+        return torch.where(keep, context, empty)
+
+    def inpaint(self, mode: str, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A cached mask kind per sample: its masks (B, 1, F, h, w) and masked-video latents."""
+        from ..data.masks import MASK_KINDS, choose_mask_kind, generate_mask
+
+        latents = self.latents()
+        _, _, _, h, w = latents.shape
+        weights = {k: MASK_KINDS[k][1] for k in CACHED_MASK_KINDS} if mode == "inpaint" else {"t2v": 1.0}
+        masks, masked = [], []
+        for row, (frames, g) in enumerate(zip(self.batch["num_frames"].tolist(), generators, strict=True)):
+            kind = choose_mask_kind(frames, g, weights)
+            # Whole-frame masks: built at latent resolution they give the same mask channels.
+            masks.append(generate_mask(kind, frames, h, w, g))  # (1, F, h, w)
+            masked.append(self._get(f"masked_latents_{kind}", f"masked video of {kind} masks")[row])
+        return torch.stack(masks), torch.stack(masked)
+
+    def control_latents(self) -> torch.Tensor:
+        return self._get("control_latents", "control videos")
+
+    def frame_latents(self, frames: Sequence[int]) -> torch.Tensor:
+        if any(frames):
+            raise ValueError("the cache holds latents of the first frame only")
+        return self.latents()[:, :, 0]
+
+    def ref_frames(self, generators: Sequence[torch.Generator]) -> list[int]:
+        # Latent frame 0 is exactly the encoding of pixel frame 0 (causal VAE); other frames are not cached.
+        return [0] * len(generators)
+
+    def clip(self, frames: Sequence[int | None]) -> torch.Tensor:
+        b = len(frames)
+        if "clip_first" not in self.batch:
+            return torch.zeros(b, 257, self.models.transformer.config.image_dim, device=self.device)
+        tokens = self._get("clip_first", "CLIP tokens")
+        keep = torch.tensor([i is not None for i in frames], device=self.device).view(-1, 1, 1)
+        return tokens * keep
+
+
+# ----------------------------------------------------------------------------------------
+# The spec
+# ----------------------------------------------------------------------------------------
+@register_spec("wan")
+class WanSpec:
+    """Wan2.1 / Wan2.2 and the alibaba-pai Fun variants."""
+
+    name = "wan"
+    # The modules VideoX-Fun adapts; all have diffusers / ComfyUI names (see training/lora.py).
+    lora_target_modules = ("q", "k", "v", "o", "ffn.0", "ffn.2")
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    # -- loading -----------------------------------------------------------------------------
+    def load_models(self, config: TrainConfig, dtype: torch.dtype) -> FamilyModels:
+        """Transformer in fp32 (the trained weights), frozen encoders in ``dtype``; all on the CPU."""
+        from ...models.loading import load_into, read_folder_state_dict, read_state_dict, strip_prefix
+        from ...models.wan.transformer import CHECKPOINT_PREFIXES
+        from ...registry import resolve_model
+
+        folder = resolve_model(config.pretrained_model_name_or_path)
+        settings = config_for_folder(folder, config.config_path)
+        transformer = WanTransformer3DModel.from_pretrained(folder / settings.transformer_subpath)
+        if config.transformer_path:
+            path = Path(config.transformer_path)
+            state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
+            load_into(transformer, strip_prefix(state, CHECKPOINT_PREFIXES), source=str(path))
+        if config.init_from_t2v:
+            transformer = init_from_t2v(transformer, config.train_mode)
+        models = FamilyModels(transformer, {}, folder, settings, low_vram=config.low_vram)
+        self.check_mode(models, config.train_mode)
+
+        needs_encoders = not config.use_cached_latents or bool(config.validation_steps)
+        if needs_encoders:
+            models.frozen.update(self.load_encoders(folder, settings, transformer, dtype))
+        return models
+
+    @staticmethod
+    def load_encoders(folder: Path, settings, transformer, dtype: torch.dtype) -> dict[str, nn.Module]:
+        """VAE, text encoder and (for CLIP models, when shipped) the image encoder, frozen."""
+        from ...models.wan.image_encoder import WanImageEncoder
+        from ...models.wan.text_encoder import WanTextEncoder
+        from ...models.wan.vae import WanVAE
+
+        frozen: dict[str, nn.Module] = {
+            "vae": WanVAE.from_pretrained(folder / settings.vae_subpath, dtype=dtype),
+            "text_encoder": WanTextEncoder.from_pretrained(
+                folder / settings.text_encoder_subpath, tokenizer_path=folder / settings.tokenizer_subpath, dtype=dtype
+            ),
+        }
+        if transformer.uses_clip and settings.image_encoder_subpath:
+            path = folder / settings.image_encoder_subpath
+            if path.exists():
+                frozen["image_encoder"] = WanImageEncoder.from_pretrained(path, dtype=dtype)
+            else:
+                logger.warning("no image encoder at %s: CLIP tokens are zeros during training", path)
+        for module in frozen.values():
+            module.requires_grad_(False).eval()
+        return frozen
+
+    def check_mode(self, models: FamilyModels, mode: str) -> None:
+        """Fail with what to change when the model cannot serve ``mode``."""
+        if mode not in MODE_NEEDS:
+            raise ValueError(f"--train_mode {mode!r} is unknown; choose one of {', '.join(MODE_NEEDS)}")
+        variant = variant_of(models.transformer.config)
+        need = MODE_NEEDS[mode]
+        if need in variant.modes and (mode != "control_ref" or variant.ref_image):
+            return
+        wanted = "a Fun V1.1 Control model (with ref_conv)" if mode == "control_ref" else variant_for_mode(need)
+        hint = (
+            " or start one from these T2V weights with --init_from_t2v"
+            if not variant.channels and mode != "normal"
+            else ""
+        )
+        raise ValueError(
+            f"--train_mode {mode} needs {wanted}; {models.folder} is a {variant.name} model "
+            f"(in_dim {models.transformer.config.in_dim}) serving {', '.join(variant.modes)}. "
+            f"Choose a model that serves {mode}{hint}, or another --train_mode."
+        )
+
+    # -- small facts ---------------------------------------------------------------------------
+    @staticmethod
+    def text_len(models: FamilyModels) -> int:
+        return models.transformer.config.text_len
+
+    @staticmethod
+    def masked_fill(models: FamilyModels) -> float:
+        return models.settings.masked_fill
+
+    def default_shift(self, models: FamilyModels) -> float:
+        return models.settings.defaults.shift
+
+    # -- inputs --------------------------------------------------------------------------------
+    def build_inputs(
+        self, models: FamilyModels, batch: dict, mode: str, generators: Sequence[torch.Generator], device
+    ) -> TrainInputs:
+        """Latents and conditions for one micro-batch; per-sample draws in a fixed order."""
+        source_type = CachedSource if "latents" in batch else PixelSource
+        source = source_type(self, models, batch, torch.device(device))
+        transformer = models.transformer
+        variant = variant_of(transformer.config)
+        kinds = {kind for kind, _ in variant.channels}
+
+        conditions: dict[str, torch.Tensor] = {"context": source.context(generators)}
+        latents = source.latents()  # (B, z, F', h, w)
+        b, _, f_lat, h, w = latents.shape
+        clip_frames: list[int | None] = [None] * b
+
+        channels: dict[str, torch.Tensor] = {}
+        if "mask" in kinds:
+            masks, masked = source.inpaint(mode, generators)
+            channels["mask"] = mask_channels(masks.to(latents), (h, w))
+            channels["masked_video"] = masked
+            # i2v-style samples (first frame known) show CLIP the first frame, as the pipeline does.
+            clip_frames = [0 if bool((m[:, 0] < 0.5).all()) else None for m in masks]
+        if "control" in kinds:
+            keep = torch.tensor([uniform(g) >= CONDITION_DROP for g in generators], device=latents.device)
+            channels["control"] = source.control_latents() * keep.view(-1, 1, 1, 1, 1)
+        if "start_image" in kinds:
+            given = [uniform(g) < START_IMAGE_SHARE for g in generators]
+            start = first_frame_latent(latents[:, :, :1], f_lat)  # (B, z, F', h, w)
+            channels["start_image"] = start * torch.tensor(given, device=latents.device).view(-1, 1, 1, 1, 1)
+            clip_frames = [0 if g else None for g in given]
+        if variant.channels:
+            conditions["y"] = torch.cat([channels[kind] for kind, _ in variant.channels], dim=1)
+        if mode == "control_ref":
+            frames = source.ref_frames(generators)
+            keep = torch.tensor([uniform(g) >= CONDITION_DROP for g in generators], device=latents.device)
+            conditions["ref_latent"] = source.frame_latents(frames) * keep.view(-1, 1, 1, 1)  # (B, z, h, w)
+            clip_frames = [i if k else None for i, k in zip(frames, keep.tolist(), strict=True)]
+        if transformer.uses_clip:
+            clip_frames = [
+                i if uniform(g) >= CONDITION_DROP else None for i, g in zip(clip_frames, generators, strict=True)
+            ]
+            conditions["clip_fea"] = source.clip(clip_frames)
+        return TrainInputs(latents=latents, conditions=conditions)
+
+    def predict(self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: TrainInputs):
+        """Velocity prediction (B, z, F', h, w)."""
+        return transformer(noisy, timesteps, **inputs.conditions)
+
+    # -- latent cache --------------------------------------------------------------------------
+    def encode_for_cache(self, models: FamilyModels, batch: dict, mode: str, device) -> list[dict[str, torch.Tensor]]:
+        """Per-sample records: latents, trimmed text context, and what the mode's conditions need."""
+        source = PixelSource(self, models, batch, torch.device(device))
+        variant = variant_of(models.transformer.config)
+        kinds = {kind for kind, _ in variant.channels}
+        b, _, f, h, w = source.pixels.shape
+        records: dict[str, torch.Tensor] = {
+            "latents": source.latents(),
+            "num_frames": torch.full((b,), f, dtype=torch.int64),
+        }
+        encoder = models.frozen["text_encoder"]
+        _, token_mask = encoder.tokenize(list(batch["text"]), self.text_len(models))
+        records["context"] = source.context([])
+        if "mask" in kinds:
+            from ..data.masks import generate_mask
+
+            for kind in CACHED_MASK_KINDS:  # these kinds are fixed frame patterns: the generator is unused
+                masks = generate_mask(kind, f, h, w, torch.Generator()).expand(b, -1, -1, -1, -1)  # (B, 1, F, H, W)
+                kept = masked_video(source.pixels, masks.to(source.pixels), self.masked_fill(models))
+                records[f"masked_latents_{kind}"] = source.encode(kept)
+        if "control" in kinds and "control_pixel_values" in batch:
+            records["control_latents"] = source.control_latents()
+        if models.transformer.uses_clip:
+            records["clip_first"] = source.clip([0] * b)
+        rows = []
+        for row in range(b):
+            record = {name: tensor[row].detach().cpu().contiguous() for name, tensor in records.items()}
+            record["context"] = record["context"][: int(token_mask[row].sum())].contiguous()  # drop zero padding
+            rows.append(record)
+        return rows
+
+    def empty_context(self, models: FamilyModels, device) -> torch.Tensor:
+        """The text context of the empty prompt (L, C), trimmed like cached contexts."""
+        encoder = models.frozen["text_encoder"]
+        _, token_mask = encoder.tokenize([""], self.text_len(models))
+        with on_device(encoder, torch.device(device), models.low_vram):
+            context = encoder.encode([""], max_length=self.text_len(models), device=device)
+        return context[0, : int(token_mask[0].sum())].float().cpu().contiguous()
+
+    # -- outputs -------------------------------------------------------------------------------
+    def save_full(self, transformer: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
+        """The original (Wan-AI / alibaba-pai) layout, loadable by ``WanTransformer3DModel.from_pretrained``."""
+        from ...models.loading import load_into
+
+        with torch.device("meta"):
+            clean = WanTransformer3DModel.from_config(dict(transformer.config))
+        load_into(clean, state, source="trained weights")
+        clean.save_original(folder)
+
+    def sample(
+        self, models: FamilyModels, transformer: nn.Module, prompt: str, seed: int, device
+    ) -> tuple[torch.Tensor, float]:
+        """A validation video (F, H, W, 3) uint8 and its fps, sampled by WanPipeline with the transformer being trained.
+
+        Settings: the ``validation_*`` fields of the config, else the model config's generation defaults.
+        """
+        from ...pipelines.wan import WanPipeline
+
+        config, defaults = self.config, models.settings.defaults
+        pipe = WanPipeline(
+            transformer,
+            models.frozen["vae"],
+            models.frozen["text_encoder"],
+            models.frozen.get("image_encoder"),
+            model_name=models.folder.name,
+            masked_fill=self.masked_fill(models),
+            device=device,
+            dtype=models.frozen["vae"].dtype,
+        )
+        size = config.validation_sample_size or [defaults.height, defaults.width]
+        out = pipe(
+            prompt,
+            negative_prompt=defaults.negative_prompt,
+            mode="t2v" if config.train_mode in ("normal", "inpaint") else "control",
+            control_video=config.validation_control_video,
+            ref_image=config.validation_image if config.train_mode == "control_ref" else None,
+            height=size[0],
+            width=size[-1],
+            num_frames=config.validation_num_frames or defaults.num_frames,
+            num_inference_steps=config.validation_inference_steps or defaults.steps,
+            guidance_scale=defaults.guidance_scale,
+            shift=defaults.shift,
+            sampler=defaults.sampler,
+            seed=seed,
+            progress=False,
+        )
+        return out.frames, defaults.fps

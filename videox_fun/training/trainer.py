@@ -1,0 +1,434 @@
+"""The generic trainer: accelerate (mixed precision, gradient accumulation, DDP / FSDP / DeepSpeed).
+
+It never looks at a model's name: a family spec (:mod:`videox_fun.training.specs`) loads the
+models and turns batches into transformer inputs; the objective is flow matching. What the
+trainer owns is the loop and everything around it:
+
+- data order: one :class:`BucketBatchSampler` over *global* batches (``train_batch_size`` x
+  processes); each process takes its slice, so n processes see what one process with an n times
+  bigger batch sees, and per-sample randomness is seeded by the position in the global batch;
+- LoRA (peft) or full fine-tuning of chosen modules, gradient checkpointing, 8-bit Adam;
+- checkpoints every ``checkpointing_steps`` (atomic; trainable weights, optimizer, LR schedule,
+  RNG states, data position) and exact resume; final LoRA file or full model folder;
+- validation videos every ``validation_steps``; a tqdm bar (loss / lr / it/s); TensorBoard.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    load_checkpoint,
+    load_sharded_state,
+    register_trainable_hooks,
+    resolve_resume,
+    save_checkpoint,
+    save_sharded_state,
+)
+from .config import TrainConfig, save_train_yaml
+from .lora import add_lora, save_lora_file
+from .specs import FlowMatching, get_spec, on_device, sample_generators
+
+logger = logging.getLogger(__name__)
+
+LORA_FILE = "lora.safetensors"
+TRANSFORMER_DIR = "transformer"
+
+
+def mixed_precision_dtype(mixed_precision: str | None) -> torch.dtype:
+    """The dtype frozen models run in for a mixed-precision setting."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision or "no", torch.float32)
+
+
+def _no_accelerator() -> bool:
+    """True when no GPU-like device exists: processes then talk over gloo on the CPU."""
+    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
+
+    return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available())
+
+
+def shard_on_cpu(model: nn.Module) -> None:
+    """FSDP2 (``fully_shard``) on each no-split block, then the root, for runs on the CPU.
+
+    accelerate applies FSDP only on accelerators; so that the shipped FSDP config also runs (and
+    is tested) on a CPU with gloo, the trainer shards with torch's own API there.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in names:
+            fully_shard(module)
+    fully_shard(model)
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """This process's slice of each global batch; a short global batch is filled by repeating its samples."""
+
+    def __init__(self, sampler: Sampler[list[int]], rank: int, world: int, batch_size: int):
+        self.sampler, self.rank, self.world, self.batch_size = sampler, rank, world, batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        size = self.batch_size * self.world
+        for batch in self.sampler:
+            full = [batch[i % len(batch)] for i in range(size)]
+            yield full[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+@dataclass
+class TrainResult:
+    """What a run did: steps, the loss of each step (mean over processes), what it wrote."""
+
+    global_step: int
+    losses: list[float] = field(default_factory=list)
+    output_dir: Path = Path(".")
+    lora_path: Path | None = None
+    transformer_dir: Path | None = None
+    bad_files: dict[str, str] = field(default_factory=dict)
+
+
+class Trainer:
+    """Train the transformer of a model family as the config says. ``Trainer(config).train()``."""
+
+    def __init__(self, config: TrainConfig):
+        config.validate()
+        self.config = config
+        self.spec = get_spec(config)
+        self.bad_files: dict[str, str] = {}
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _accelerator(self):
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from accelerate.utils import ProjectConfiguration
+
+        config = self.config
+        log_with = None
+        if config.report_to == "tensorboard":
+            if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+                log_with = "tensorboard"
+            else:
+                logger.info(
+                    "TensorBoard is not installed (pip install tensorboard): losses go to the progress bar only"
+                )
+        output = Path(config.output_dir)
+        return Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / config.logging_dir)),
+            cpu=_no_accelerator(),
+            step_scheduler_with_optimizer=False,
+            # Full fine-tunes may hold parameters a mode does not use (e.g. ref_conv without a reference).
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=not config.use_lora)],
+        )
+
+    def _setup_trainable(self, transformer: nn.Module, weight_dtype: torch.dtype) -> list[nn.Parameter]:
+        config = self.config
+        if config.use_lora:
+            if weight_dtype != torch.float32:
+                transformer.to(weight_dtype)  # frozen base in the compute dtype; adapters stay fp32
+            targets = config.lora_target_modules or self.spec.lora_target_modules
+            names = add_lora(transformer, config.rank, config.network_alpha, targets, config.lora_skip_name)
+            logger.info("LoRA rank %d alpha %g on %d modules", config.rank, config.network_alpha, len(names))
+        else:
+            patterns = config.trainable_modules or [""]
+            for name, param in transformer.named_parameters():
+                param.requires_grad_(any(p in name for p in patterns))
+        params = [p for p in transformer.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"--trainable_modules {config.trainable_modules} matches no parameter of the transformer")
+        if config.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        return params
+
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        config = self.config
+        optimizer_class = torch.optim.AdamW
+        if config.use_8bit_adam:
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ValueError(
+                    "--use_8bit_adam needs bitsandbytes (pip install bitsandbytes, CUDA); or drop the flag"
+                )
+            import bitsandbytes
+
+            optimizer_class = bitsandbytes.optim.AdamW8bit
+        return optimizer_class(
+            params,
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
+        )
+
+    def _data(self, rank: int, world: int):
+        """Dataset, global-batch sampler and this process's loader."""
+        from .data import BucketBatchSampler, DataConfig, VideoDataset, collate
+
+        config = self.config
+        if config.use_cached_latents:
+            from .cache import CachedLatentDataset, collate_cached
+
+            dataset, collate_fn = CachedLatentDataset(config.resolved_cache_dir, config), collate_cached
+        else:
+            dataset, collate_fn = VideoDataset(DataConfig.from_mapping(config.to_dict())), collate
+        sampler = BucketBatchSampler(dataset, config.train_batch_size * world, seed=config.seed, shuffle=True)
+        if len(sampler) == 0:
+            raise ValueError(
+                f"no usable sample in {config.train_data_meta}: every file is missing or unreadable "
+                f"(see the warnings); fix the data or the paths (--train_data_dir)"
+            )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=ShardedBatches(sampler, rank, world, config.train_batch_size),
+            collate_fn=collate_fn,
+            num_workers=config.dataloader_num_workers,
+            persistent_workers=config.dataloader_num_workers > 0,
+        )
+        return dataset, sampler, loader
+
+    # -- the run -----------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        """Run to ``max_train_steps`` (or ``num_train_epochs``), resuming first when asked."""
+        self._setup()
+        config, accelerator = self.config, self.accelerator
+        step, epoch = self._resume()
+        result = TrainResult(global_step=step, output_dir=Path(config.output_dir))
+        stream = self._stream(self.loader, self.sampler, epoch)
+        progress = tqdm(
+            total=self.max_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process
+        )
+        while step < self.max_steps:
+            loss = self._step(stream, step)
+            step += 1
+            result.losses.append(loss)
+            lr = self.lr_scheduler.get_last_lr()[0]
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            accelerator.log({"train/loss": loss, "train/lr": lr}, step=step)
+            if step % config.checkpointing_steps == 0 or step == self.max_steps:
+                self._checkpoint(step)
+            if config.validation_steps and step % config.validation_steps == 0:
+                self.validate(step)
+        progress.close()
+
+        result.global_step = step
+        self._export(result)
+        result.bad_files = {**getattr(self.dataset, "bad_files", {}), **self.bad_files}
+        if result.bad_files and accelerator.is_main_process:
+            logger.warning("%d data files were skipped as missing or unreadable", len(result.bad_files))
+        accelerator.end_training()
+        return result
+
+    def _setup(self) -> None:
+        """Accelerator, models, trainable parameters, data, optimizer and schedule, objective."""
+        from accelerate.utils import DistributedType, set_seed
+        from diffusers.optimization import get_scheduler
+
+        config, spec = self.config, self.spec
+        accelerator = self.accelerator = self._accelerator()
+        set_seed(config.seed)
+        if accelerator.is_main_process:
+            Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+            save_train_yaml(config, Path(config.output_dir) / "train_config.yaml")
+        self.weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
+        models = self.models = spec.load_models(config, self.weight_dtype)
+        params = self._setup_trainable(models.transformer, self.weight_dtype)
+        self.dataset, self.sampler, self.loader = self._data(accelerator.process_index, accelerator.num_processes)
+        steps_per_epoch = math.ceil(len(self.sampler) / config.gradient_accumulation_steps)
+        self.max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+
+        fsdp_requested = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        self.cpu_sharded = fsdp_requested and accelerator.distributed_type == DistributedType.MULTI_CPU
+        if self.cpu_sharded:  # sharding replaces the parameters: the optimizer must see the sharded ones
+            shard_on_cpu(models.transformer)
+            params = [p for p in models.transformer.parameters() if p.requires_grad]
+        self.params = params
+        optimizer = self._optimizer(params)
+        scheduler = get_scheduler(
+            config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=self.max_steps
+        )
+        if self.cpu_sharded:
+            self.transformer, self.optimizer, self.lr_scheduler = models.transformer, optimizer, scheduler
+            accelerator.register_for_checkpointing(scheduler)
+        else:
+            if accelerator.distributed_type == DistributedType.DEEPSPEED:
+                # DeepSpeed reads the micro-batch from a prepared data loader; ours shards global batches itself.
+                plugin = accelerator.state.deepspeed_plugin
+                plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train_batch_size
+            prepared = accelerator.prepare(models.transformer, optimizer, scheduler)
+            self.transformer, self.optimizer, self.lr_scheduler = prepared
+        self.sharded = self.cpu_sharded or accelerator.distributed_type in (
+            DistributedType.FSDP,
+            DistributedType.DEEPSPEED,
+        )
+        register_trainable_hooks(accelerator)
+        if not config.low_vram:
+            for module in models.frozen.values():
+                module.to(accelerator.device)
+        self.objective = FlowMatching(
+            sampling=config.timestep_sampling,
+            logit_mean=config.logit_mean,
+            logit_std=config.logit_std,
+            mode_scale=config.mode_scale,
+            weighting=config.weighting_scheme,
+            shift=config.shift if config.shift is not None else spec.default_shift(models),
+        )
+        if accelerator.is_main_process:
+            tracked = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers("videox_fun", config=tracked)
+            logger.info(
+                "training %s: %d trainable parameters, %d samples, global batch %d, %d accumulation, %d steps",
+                config.train_mode,
+                sum(p.numel() for p in params),
+                len(self.dataset),
+                config.train_batch_size * accelerator.num_processes,
+                config.gradient_accumulation_steps,
+                self.max_steps,
+            )
+
+    def _resume(self) -> tuple[int, int]:
+        """Restore the newest (or named) checkpoint; returns (step, epoch) to continue from."""
+        folder = resolve_resume(self.config.output_dir, self.config.resume_from_checkpoint)
+        if folder is None:
+            return 0, 0
+        state = load_checkpoint(self.accelerator, folder, self._read_extra)
+        self.sampler.load_state_dict(state["sampler"])
+        logger.info("resumed from %s at step %d", folder, state["step"])
+        return state["step"], state["sampler"]["epoch"]
+
+    def _step(self, stream: Iterator[dict], step: int) -> float:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches; the loss averaged over processes."""
+        config, accelerator, spec, objective = self.config, self.accelerator, self.spec, self.objective
+        device = accelerator.device
+        first = accelerator.process_index * config.train_batch_size  # this slice's place in the global batch
+        losses = []
+        for micro in range(config.gradient_accumulation_steps):
+            batch = next(stream)
+            positions = range(first, first + len(batch["index"]))
+            generators = sample_generators(config.seed, step, micro, positions)
+            with accelerator.accumulate(self.transformer):
+                inputs = spec.build_inputs(self.models, batch, config.train_mode, generators, device)
+                sigmas = objective.sample_sigmas(generators).to(device)  # (B,)
+                noise = objective.noise_like(inputs.latents, generators)
+                noisy = objective.noisy(inputs.latents, noise, sigmas)
+                with accelerator.autocast():
+                    prediction = spec.predict(self.transformer, noisy, sigmas * 1000.0, inputs)
+                loss = objective.loss(prediction, inputs.latents, noise, sigmas)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(self.params, config.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        self.lr_scheduler.step()
+        return accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
+
+    def _stream(self, loader: DataLoader, sampler, epoch: int) -> Iterator[dict]:
+        """Batches forever, epoch after epoch; keeps ``self.data_state`` at the batches trained on."""
+        while True:
+            sampler.set_epoch(epoch)
+            done = sampler.position
+            got_any = False
+            for batch in loader:
+                got_any = True
+                done += 1
+                self.data_state = {**sampler.state_dict(batches_done=done), "epoch": epoch}
+                self.bad_files.update(batch.get("bad_files") or {})
+                yield batch
+            if not got_any and done == 0:
+                raise ValueError("the data loader yields no batch: the dataset is empty")
+            epoch += 1
+
+    # -- checkpoints and outputs -------------------------------------------------------------
+    def _read_extra(self, folder: Path) -> None:
+        if self.cpu_sharded:
+            load_sharded_state(self.transformer, self.optimizer, folder)
+
+    def _checkpoint(self, step: int) -> None:
+        """Write ``checkpoint-<step>`` (plus the LoRA file so far, for LoRA runs)."""
+        accelerator, config = self.accelerator, self.config
+
+        def write_extra(folder: Path) -> None:
+            if self.cpu_sharded:
+                save_sharded_state(self.transformer, self.optimizer, folder, accelerator.is_main_process)
+            if config.use_lora:
+                state = self._full_state()
+                if accelerator.is_main_process:
+                    save_lora_file(state, folder / LORA_FILE, config.rank, config.network_alpha)
+
+        state = {"sampler": self.data_state}
+        save_checkpoint(accelerator, config.output_dir, step, state, write_extra, config.checkpoints_total_limit)
+
+    def _full_state(self) -> dict[str, torch.Tensor]:
+        """The whole model state on the main process (collective when sharded)."""
+        if self.cpu_sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_model_state_dict(self.transformer, options=options)
+        return self.accelerator.get_state_dict(self.transformer)
+
+    def _export(self, result: TrainResult) -> None:
+        """Final LoRA file or full model folder (the family's release layout)."""
+        accelerator, config = self.accelerator, self.config
+        accelerator.wait_for_everyone()
+        state = self._full_state()
+        if accelerator.is_main_process:
+            output_dir = Path(config.output_dir)
+            if config.use_lora:
+                result.lora_path = save_lora_file(state, output_dir / LORA_FILE, config.rank, config.network_alpha)
+            else:
+                result.transformer_dir = output_dir / TRANSFORMER_DIR
+                self.spec.save_full(accelerator.unwrap_model(self.transformer), state, result.transformer_dir)
+            logger.info("wrote %s", result.lora_path or result.transformer_dir)
+        accelerator.wait_for_everyone()
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, step: int) -> list[Path]:
+        """Sample the validation prompts with the model as it is now; videos go to OUTPUT_DIR/samples.
+
+        A sharded model samples on every process together (rank 0 writes); otherwise rank 0 alone.
+        """
+        from ..io.video import write_video
+
+        accelerator, config, models = self.accelerator, self.config, self.models
+        written: list[Path] = []
+        if self.sharded or accelerator.is_main_process:
+            transformer = accelerator.unwrap_model(self.transformer)
+            transformer.eval()
+            with ExitStack() as stack, torch.no_grad():
+                for module in models.frozen.values():
+                    stack.enter_context(on_device(module, accelerator.device, models.low_vram))
+                stack.enter_context(accelerator.autocast())
+                for i, prompt in enumerate(config.validation_prompts or []):
+                    frames, fps = self.spec.sample(models, transformer, prompt, config.seed + i, accelerator.device)
+                    if accelerator.is_main_process:
+                        path = Path(config.output_dir) / "samples" / f"step-{step:06d}-{i:02d}.mp4"
+                        written.append(write_video(frames, path, fps=fps))
+            transformer.train()
+        if written:
+            logger.info("validation samples: %s", ", ".join(str(p) for p in written))
+        accelerator.wait_for_everyone()
+        return written
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train as ``config`` says (the entry point of the scripts and ``videox-fun train``)."""
+    return Trainer(config).train()
