@@ -60,10 +60,12 @@ def run(repeats: int = 3) -> dict:
         guidance = ClassifierFreeGuidance(SETTINGS["guidance_scale"], batched=batched)
         return ours(PROMPT, seed=0, sampler="Flow", shift=3.0, guidance=guidance, progress=False, **SETTINGS).latents
 
-    def run_theirs() -> torch.Tensor:
-        return theirs(PROMPT, generator=torch.Generator("cpu").manual_seed(0), output_type="latent", **SETTINGS).frames
+    def run_theirs(output_type: str = "np"):
+        generator = torch.Generator("cpu").manual_seed(0)
+        return theirs(PROMPT, generator=generator, output_type=output_type, **SETTINGS).frames
 
-    diff = (run_ours(True) - run_theirs()).abs().max().item()
+    # Same latents; then both timed end to end, decoding included (ours returns frames).
+    diff = (run_ours(True) - run_theirs("latent")).abs().max().item()
     runs = time_interleaved(
         {
             "ours_batched_cfg": lambda: run_ours(True),

@@ -47,9 +47,9 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch's fused kernel accumulates in fp32 for half inputs, so no fp32 copy is needed; the
-        # weight multiplies after the rounding back to x's dtype, as in the release.
-        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
+        # torch's fused kernel accumulates in fp32 for half inputs and applies the weight in the same
+        # pass (the release rounds to x's dtype before the weight; identical in fp32, closer in bf16).
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
 class WanLayerNorm(nn.LayerNorm):
