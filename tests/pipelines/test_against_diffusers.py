@@ -9,7 +9,7 @@ import torch
 from diffusers import WanPipeline as DiffusersWanPipeline
 from diffusers import WanTransformer3DModel as DiffusersWan
 
-from videox_fun.config import ModelConfig
+from videox_fun.config import DIFFUSERS_LAYOUT, ModelConfig
 from videox_fun.models.wan.keys import original_config_to_diffusers
 from videox_fun.models.wan.tiny import build_tiny_model_folder
 from videox_fun.pipelines.schedulers import make_scheduler
@@ -75,16 +75,7 @@ def test_diffusers_layout_folder_gives_the_same_video(t2v_folder, tmp_path):
     diffusers_pipeline(ours, tmp_path).save_pretrained(str(root))
     assert (root / "model_index.json").is_file()
     loaded = WanPipeline.from_pretrained(root)
-    assert loaded.config == ModelConfig.from_dict(
-        {
-            "format": "diffusers",
-            "transformer_subpath": "transformer",
-            "vae_subpath": "vae",
-            "text_encoder_subpath": "text_encoder",
-            "tokenizer_subpath": "tokenizer",
-            "image_encoder_subpath": "image_encoder",
-        }
-    )
+    assert loaded.config == ModelConfig.from_dict(DIFFUSERS_LAYOUT)
     first = ours("a cyan disc", seed=3, progress=False, **SETTINGS).latents
     second = loaded("a cyan disc", seed=3, progress=False, **SETTINGS).latents
     assert torch.allclose(first, second, atol=1e-5)

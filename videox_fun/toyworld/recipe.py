@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import FOLDER_CONFIG_NAME, GenerationDefaults, ModelConfig, save_model_config
+from ..config import FOLDER_CONFIG_NAME, GenerationDefaults
 from ..models.wan.text_encoder import WanTextEncoder, build_word_tokenizer, tiny_umt5_config
+from ..models.wan.tiny import write_folder_config
 from ..models.wan.transformer import WanTransformer3DModel
 from .world import vocabulary
 
@@ -108,16 +109,7 @@ def model_folder(out: Path, name: str, vae_dir: Path, recipe: Recipe) -> Path:
     WanTransformer3DModel.from_config({**TRANSFORMER, "in_dim": in_dim}).save_original(folder)
     shutil.copytree(vae_dir, folder / "vae", ignore=shutil.ignore_patterns("training_state.pt"), dirs_exist_ok=True)
     text_encoder(recipe.seed).save_pretrained(folder / "text_encoder")
-    config = ModelConfig(
-        vae_subpath="vae",
-        text_encoder_subpath="text_encoder",
-        tokenizer_subpath="text_encoder",
-        image_encoder_subpath=None,
-        masked_fill=-1.0,
-        defaults=DEFAULTS,
-        note="trained on the toy world (videox-fun toyworld train-all); see recipe.json",
-    )
-    save_model_config(config, folder / FOLDER_CONFIG_NAME)
+    write_folder_config(folder, DEFAULTS, "trained on the toy world (videox-fun toyworld train-all); see recipe.json")
     return folder
 
 

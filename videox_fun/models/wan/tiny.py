@@ -73,6 +73,23 @@ TINY_DEFAULTS = GenerationDefaults(
 )
 
 
+def write_folder_config(
+    folder: Path, defaults: GenerationDefaults, note: str, image_encoder_subpath: str | None = None
+) -> None:
+    """The ``videox_fun.yaml`` of a tiny model folder: components in subfolders, Fun InP masking."""
+    config = ModelConfig(
+        format="civitai",
+        vae_subpath="vae",
+        text_encoder_subpath="text_encoder",
+        tokenizer_subpath="text_encoder",
+        image_encoder_subpath=image_encoder_subpath,
+        masked_fill=-1.0,
+        defaults=defaults,
+        note=note,
+    )
+    save_model_config(config, folder / FOLDER_CONFIG_NAME)
+
+
 def build_tiny_model_folder(
     folder: str | Path, variant: str = "inp", seed: int = 0, with_clip: bool = False, note: str = ""
 ) -> Path:
@@ -101,16 +118,6 @@ def build_tiny_model_folder(
         WanImageEncoder.from_config(tiny_vision_config(hidden_size=24)).save_pretrained(folder / "image_encoder")
         image_subpath = "image_encoder"
 
-    config = ModelConfig(
-        format="civitai",
-        vae_subpath="vae",
-        text_encoder_subpath="text_encoder",
-        tokenizer_subpath="text_encoder",
-        image_encoder_subpath=image_subpath,
-        masked_fill=-1.0,
-        defaults=TINY_DEFAULTS,
-        note=note,
-    )
     # Written last: its presence marks the folder complete.
-    save_model_config(config, folder / FOLDER_CONFIG_NAME)
+    write_folder_config(folder, TINY_DEFAULTS, note, image_subpath)
     return folder
