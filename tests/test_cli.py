@@ -170,3 +170,31 @@ def test_help_lists_the_flags():
         "--shift",
     ):
         assert flag in done.stdout
+
+
+def test_calibrate_cache_then_generate_with_teacache(tmp_path):
+    folder = build_tiny_model_folder(tmp_path / "Tiny-Calibrate", "inp")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving right\na blue square moving up\n")
+    assert main(["calibrate-cache", "--model", str(folder), "--prompts-file", str(prompts), "--steps", "6"]) == 0
+    calibration = json.loads((folder / "cache_calibration.json").read_text())
+    assert len(calibration["coefficients"]) == 5 and calibration["samples"] == 2 * 5
+    out = tmp_path / "cached.mp4"
+    args = [
+        "generate",
+        "--prompt",
+        "a red circle moving right",
+        "--model",
+        str(folder),
+        "--output",
+        str(out),
+        "--cache",
+        "teacache",
+        "--num-skip-start-steps",
+        "1",
+        "--cfg-skip-ratio",
+        "0.25",
+        *FAST,
+    ]
+    assert main(args) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["cache"] == "teacache"
