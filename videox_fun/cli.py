@@ -121,8 +121,10 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     config = config_for_folder(folder, args.config)
     if config.note and runtime.is_main:
         print(f"note: model {folder.name}: {config.note}")
-    load_device = "cpu" if runtime.shards_weights else device  # FSDP moves its shards to the GPU itself
-    pipe = WanPipeline.from_pretrained(folder, config=config, device=load_device, dtype=dtype)
+    # FSDP and the offload modes move weights to the GPU themselves: loading there first could not fit.
+    offloaded = runtime.shards_weights or not args.gpu_memory_mode.startswith("model_full_load")
+    pipe = WanPipeline.from_pretrained(folder, config=config, device="cpu" if offloaded else device, dtype=dtype)
+    pipe.device = device
     setup_parallel(args, pipe, runtime)  # sequence parallelism / FSDP, when asked for
     applied = apply_runtime_options(pipe, args, folder)  # memory mode, fp8, step cache, compile, RIFLEx
     defaults = config.defaults
