@@ -46,3 +46,17 @@ def test_foreground_crops_follow_the_content():
     video[:, :, :, 40:48, 50:58] = 1.0  # a bright square near the bottom-right corner
     crop = foreground_crops(video, 32, torch.Generator().manual_seed(0))
     assert crop.shape == (1, 3, 5, 32, 32) and (crop > 0).any()
+
+
+def test_unclamped_decode_is_diffusers_decode_before_its_clamp():
+    torch.manual_seed(0)
+    from diffusers import AutoencoderKLWan
+
+    from videox_fun.training.vae import decode_unclamped
+
+    vae = AutoencoderKLWan(**tiny_vae_config(base_dim=8)).eval()
+    z = torch.randn(1, 16, 2, 4, 4) * 3
+    with torch.no_grad():
+        raw = decode_unclamped(vae, z)
+        assert torch.allclose(raw.clamp(-1, 1), vae.decode(z).sample, atol=1e-6)
+        assert raw.abs().max() > 1  # the overshoot the clamp would hide from the gradient

@@ -62,12 +62,31 @@ def _data(config: VAETrainConfig) -> tuple[VideoDataset, BucketBatchSampler]:
     return dataset, BucketBatchSampler(dataset, config.batch_size, seed=config.seed, drop_last=True)
 
 
+def decode_unclamped(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
+    """``vae.decode`` without its final clamp to [-1, 1]: (B, z, F', h, w) -> (B, 3, F, H, W).
+
+    The clamp has zero gradient wherever the output overshoots, so a decoder that starts by
+    overshooting to below -1 on mostly black frames gets no signal to draw anything (it stays
+    all black). Training therefore uses the same frame-by-frame causal decode, unclamped.
+    """
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(
+            vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
+        )
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
 def reconstruction_loss(
     vae: AutoencoderKLWan, video: torch.Tensor, kl_weight: float, foreground_weight: float = 0.0
 ) -> torch.Tensor:
     """Weighted L1 + MSE of a sampled reconstruction plus ``kl_weight`` * KL.  video: (B, 3, F, H, W) in [-1, 1]."""
     posterior = vae.encode(video).latent_dist
-    recon = vae.decode(posterior.sample()).sample
+    recon = decode_unclamped(vae, posterior.sample())
     weight = 1.0 + foreground_weight * (video.amax(dim=1, keepdim=True) > -0.4).float()  # (B, 1, F, H, W)
     error = recon - video
     pixel = (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * video.shape[1])
