@@ -84,8 +84,7 @@ def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
         batch_size=recipe.vae_batch,
         max_train_steps=recipe.vae_steps,
         seed=recipe.seed,
-        foreground_weight=10.0,
-        crop_size=32,
+        foreground_weight=5.0,
     )
     return train_vae(config)
 
