@@ -51,8 +51,10 @@ class Recipe:
     train_clips: int = 1200
     heldout_clips: int = 48
     vae_steps: int = 1500
-    vae_batch: int = 8
-    vae_frames: int = 5
+    vae_batch: int = 4
+    # Full-length clips: a VAE trained on 5-frame clips decodes later latent frames of a 17-frame
+    # video badly (its causal cache never saw that regime).
+    vae_frames: int = 17
     transformer_steps: int = 3000
     transformer_batch: int = 16
     learning_rate: float = 5e-4
