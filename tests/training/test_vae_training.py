@@ -60,3 +60,21 @@ def test_unclamped_decode_is_diffusers_decode_before_its_clamp():
         raw = decode_unclamped(vae, z)
         assert torch.allclose(raw.clamp(-1, 1), vae.decode(z).sample, atol=1e-6)
         assert raw.abs().max() > 1  # the overshoot the clamp would hide from the gradient
+
+
+def test_fitted_latent_statistics_normalise_the_dataset_latents(tmp_path):
+    from videox_fun.training.vae import _data, fit_latent_statistics
+
+    meta = write_test_dataset(tmp_path / "data", n_videos=4, sizes=((32, 32),), lengths=(5,))
+    torch.manual_seed(0)
+    folder = tmp_path / "vae"
+    WanVAE.from_config(tiny_vae_config(base_dim=8)).save_pretrained(folder)
+    stats = fit_latent_statistics(folder, str(meta), n_frames=5)
+    assert stats["clips"] == 4 and len(stats["latents_std"]) == 16
+    vae = WanVAE.from_pretrained(folder)
+    dataset, _ = _data(VAETrainConfig(output_dir=str(folder), train_data_meta=str(meta), video_sample_n_frames=5))
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(dataset[i]["pixel_values"][None]) for i in range(4)])  # (4, 16, 2, 4, 4)
+    per_channel = latents.transpose(0, 1).flatten(1)  # (16, N)
+    assert per_channel.mean(1).abs().max() < 1e-3
+    assert (per_channel.std(1, unbiased=False) - 1).abs().max() < 1e-3

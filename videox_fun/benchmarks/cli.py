@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-BENCHMARKS = ("transformer", "pipeline", "fp8", "cache", "memory")
+BENCHMARKS = ("transformer", "pipeline", "fp8", "cache", "memory", "startup")
 
 
 def add_bench_command(subparsers) -> None:
@@ -15,7 +15,7 @@ def add_bench_command(subparsers) -> None:
     )
     parser.add_argument("name", choices=BENCHMARKS)
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME_<device>.json)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (transformer, pipeline)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (transformer, pipeline, startup)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--model", help="model for cache / memory (default: the built-in tiny model)")
     parser.add_argument("--prompts", type=int, default=8, help="cache: prompts per threshold")
@@ -30,7 +30,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from . import cache, fp8, memory, pipeline, transformer
+    from . import cache, fp8, memory, pipeline, startup, transformer
     from .common import write_json
 
     if args.threads:
@@ -46,6 +46,8 @@ def run_bench(args: argparse.Namespace) -> dict:
         result = cache.run(args.model, args.prompts, args.skip_start, evaluate=not args.no_eval)
         if args.plot:
             cache.plot(result, args.plot)
+    elif args.name == "startup":
+        result = startup.run(args.repeats)
     else:
         result = memory.run(args.model)
     device = "gpu" if torch.cuda.is_available() else "cpu"

@@ -43,6 +43,11 @@ class VAETrainConfig:
     crop_size: int | None = None
     # End the run early (as a kill would) without changing the LR schedule, which spans max_train_steps.
     stop_after_steps: int | None = None
+    # A VAE built from its config starts with this posterior log-variance. Its default init gives
+    # std ~0.65 against means ~1: the decoder then learns to ignore its noisy latents (blurry
+    # output, ~22 dB after 600 steps), and the tiny KL term never shrinks it. Starting at
+    # std ~0.02 keeps the latents informative; fine-tunes of existing weights are left alone.
+    initial_logvar: float = -8.0
     checkpointing_steps: int = 100
     seed: int = 0
     num_workers: int = 0
@@ -125,6 +130,18 @@ def _save(vae, optimizer, scheduler, step: int, sampler_state: dict, crop_genera
     staging.rename(folder)
 
 
+def _fresh_vae(config: VAETrainConfig) -> AutoencoderKLWan:
+    """A VAE from ``config.vae_config`` whose posterior starts nearly deterministic."""
+    vae = AutoencoderKLWan(**config.vae_config)
+    z_dim = vae.config.z_dim
+    with torch.no_grad():
+        # quant_conv's output channels are [mean (z_dim), logvar (z_dim)]; zero weights on the
+        # logvar half make it the constant ``initial_logvar`` until training moves it.
+        vae.quant_conv.weight[z_dim:].zero_()
+        vae.quant_conv.bias[z_dim:].fill_(config.initial_logvar)
+    return vae
+
+
 def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
     """Train until ``max_train_steps``; returns the folder of the last checkpoint (diffusers layout)."""
     out = Path(config.output_dir)
@@ -133,7 +150,7 @@ def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
     latest = out / "checkpoint-latest"
     torch.manual_seed(config.seed)
     source = latest if resume and latest.is_dir() else config.init_from
-    vae = AutoencoderKLWan.from_pretrained(source) if source else AutoencoderKLWan(**config.vae_config)
+    vae = AutoencoderKLWan.from_pretrained(source) if source else _fresh_vae(config)
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.max_train_steps)
@@ -179,3 +196,45 @@ def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
                 break
     bar.close()
     return latest
+
+
+def fit_latent_statistics(
+    vae_folder: str | Path, train_data_meta: str, max_clips: int = 256, n_frames: int = 17, sample_size: int = 64
+) -> dict:
+    """Measure the per-channel mean / std of the posterior means over a dataset; write them to the config.
+
+    Wan DiTs expect normalised latents ``(mu - latents_mean) / latents_std`` of about unit
+    variance. A newly trained VAE has its own statistics, not the Wan2.1 ones its config was
+    created with, so ``latents_mean`` / ``latents_std`` in ``vae_folder/config.json`` are
+    replaced by the measured ones. Returns ``{"latents_mean": [...], "latents_std": [...], "clips": n}``.
+    """
+    folder = Path(vae_folder)
+    vae = AutoencoderKLWan.from_pretrained(str(folder)).eval()
+    probe = VAETrainConfig(
+        output_dir=str(folder),
+        train_data_meta=train_data_meta,
+        video_sample_size=sample_size,
+        video_sample_n_frames=n_frames,
+    )
+    dataset, _ = _data(probe)
+    total = total_sq = None
+    count = 0
+    clips = min(max_clips, len(dataset))
+    with torch.no_grad():
+        for index in tqdm(range(clips), desc="latent statistics"):
+            sample = dataset[index]
+            if sample is None:  # an unreadable clip with no usable substitute
+                continue
+            video = sample["pixel_values"][None]  # (1, 3, F, H, W)
+            mu = vae.encode(video).latent_dist.mode().double()  # (1, z, F', h, w)
+            per_channel = mu.transpose(0, 1).flatten(1)  # (z, N)
+            total = per_channel.sum(1) if total is None else total + per_channel.sum(1)
+            total_sq = per_channel.pow(2).sum(1) if total_sq is None else total_sq + per_channel.pow(2).sum(1)
+            count += per_channel.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
+    stats = {"latents_mean": [round(v, 6) for v in mean.tolist()], "latents_std": [round(v, 6) for v in std.tolist()]}
+    config = json.loads((folder / "config.json").read_text())
+    config.update(stats)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return {**stats, "clips": clips}
