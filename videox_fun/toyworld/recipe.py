@@ -55,11 +55,20 @@ class Recipe:
     # Foreground-centred 32x32 crops: the convolutional VAE learns the same edges at a quarter
     # of the cost per step, and the shape fills a larger share of each crop.
     vae_crop: int = 32
+    # The cropped phase's cosine schedule spans vae_steps; it was stopped here (None: not stopped).
+    vae_crop_stop_after: int | None = None
+    # Then full frames: crops never show a VAE the empty far side of a frame, and a crop-trained
+    # one paints blobs there. A short full-frame phase at a lower rate removes them.
+    vae_full_steps: int = 300
+    vae_full_learning_rate: float = 3e-4
     # Full-length clips: a VAE trained on 5-frame clips decodes later latent frames of a 17-frame
     # video badly (its causal cache never saw that regime).
     vae_frames: int = 17
-    transformer_steps: int = 3000
+    transformer_steps: int = 2000
     transformer_batch: int = 16
+    # The transformers see the first this-many training clips: caching the latents of the inpaint
+    # masks is four VAE encodes per clip, the slowest part of the recipe on a CPU.
+    transformer_clips: int = 600
     learning_rate: float = 5e-4
     models: list[str] = field(default_factory=lambda: list(MODELS))
 
@@ -77,23 +86,37 @@ def write_data(out: Path, recipe: Recipe) -> Path:
 
 
 def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
-    """The tiny Wan VAE (z_dim 16, 4x8x8), trained on the training clips."""
+    """The tiny Wan VAE (z_dim 16, 4x8x8): a cropped phase, then a full-frame phase."""
     from ..models.wan.vae import tiny_vae_config
     from ..training.vae import VAETrainConfig, train_vae
 
-    config = VAETrainConfig(
+    common = {
+        "train_data_meta": str(data / "metadata_train.json"),
+        "video_sample_n_frames": recipe.vae_frames,
+        "batch_size": recipe.vae_batch,
+        "seed": recipe.seed,
+        "foreground_weight": 5.0,
+        "checkpointing_steps": 50,
+    }
+    cropped = VAETrainConfig(
         output_dir=str(out / "vae_run"),
-        train_data_meta=str(data / "metadata_train.json"),
         vae_config=tiny_vae_config(base_dim=8),
-        video_sample_n_frames=recipe.vae_frames,
-        batch_size=recipe.vae_batch,
         max_train_steps=recipe.vae_steps,
-        seed=recipe.seed,
-        foreground_weight=5.0,
+        stop_after_steps=recipe.vae_crop_stop_after,
         crop_size=recipe.vae_crop,
-        checkpointing_steps=100,
+        **common,
     )
-    return train_vae(config)
+    first = train_vae(cropped)
+    if not recipe.vae_full_steps:
+        return first
+    full = VAETrainConfig(
+        output_dir=str(out / "vae_run_full"),
+        init_from=str(first),
+        max_train_steps=recipe.vae_full_steps,
+        learning_rate=recipe.vae_full_learning_rate,
+        **common,
+    )
+    return train_vae(full)
 
 
 def finished_vae(out: Path, trained: Path, data: Path) -> Path:
@@ -138,6 +161,15 @@ def model_folder(out: Path, name: str, vae_dir: Path, recipe: Recipe) -> Path:
     return folder
 
 
+def transformer_metadata(data: Path, recipe: Recipe) -> Path:
+    """The metadata file of the clips the transformers train on (a prefix of the training split)."""
+    path = data / f"metadata_train_{recipe.transformer_clips}.json"
+    if not path.is_file():
+        entries = json.loads((data / "metadata_train.json").read_text())[: recipe.transformer_clips]
+        path.write_text(json.dumps(entries, indent=2))
+    return path
+
+
 def train_transformer(out: Path, folder: Path, data: Path, recipe: Recipe) -> Path:
     """Cache the latents, then train the transformer with the normal trainer; weights go back into ``folder``."""
     from ..training.cache import build_cache
@@ -149,7 +181,7 @@ def train_transformer(out: Path, folder: Path, data: Path, recipe: Recipe) -> Pa
     config = TrainConfig(
         pretrained_model_name_or_path=str(folder),
         train_data_dir=str(data),
-        train_data_meta=str(data / "metadata_train.json"),
+        train_data_meta=str(transformer_metadata(data, recipe)),
         video_sample_size=[64],
         image_sample_size=[64],
         video_sample_n_frames=17,
@@ -205,8 +237,11 @@ def train_all(out: str | Path, recipe: Recipe | None = None, vae: str | Path | N
     record["timings_s"]["vae"] = time.perf_counter() - started
     for name in recipe.models:
         folder = model_folder(out, name, vae_dir, recipe)
+        if (folder / "recipe.json").is_file():  # written last: this model is finished
+            continue
         train_transformer(out, folder, data, recipe)
-        calibrate(folder)
+        if MODELS[name][0] == "inpaint":  # its t2v mode runs on prompts alone; control needs videos
+            calibrate(folder)
         record["timings_s"][name] = time.perf_counter() - started
         (folder / "recipe.json").write_text(json.dumps(record, indent=2))
     (out / "recipe.json").write_text(json.dumps(record, indent=2))
