@@ -200,6 +200,7 @@ def train_transformer(out: Path, folder: Path, data: Path, recipe: Recipe) -> Pa
         resume_from_checkpoint="latest",
         report_to="none",
         use_cached_latents=True,
+        vae_mini_batch=8,
         text_drop_ratio=0.1,
     )
     if not (config.resolved_cache_dir / "index.json").is_file():

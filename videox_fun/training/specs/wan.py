@@ -371,7 +371,10 @@ class WanSpec:
             for kind in CACHED_MASK_KINDS:  # these kinds are fixed frame patterns: the generator is unused
                 masks = generate_mask(kind, f, h, w, torch.Generator()).expand(b, -1, -1, -1, -1)  # (B, 1, F, H, W)
                 kept = masked_video(source.pixels, masks.to(source.pixels), self.masked_fill(models))
-                records[f"masked_latents_{kind}"] = source.encode(kept)
+                if kind == "t2v":  # every pixel masked: one video for the whole batch, encoded once
+                    records[f"masked_latents_{kind}"] = source.encode(kept[:1]).expand(b, -1, -1, -1, -1)
+                else:
+                    records[f"masked_latents_{kind}"] = source.encode(kept)
         if "control" in kinds and "control_pixel_values" in batch:
             records["control_latents"] = source.control_latents()
         if models.transformer.uses_clip:
