@@ -1,10 +1,10 @@
 """Model names -> folders.
 
 A ``--model`` value is an existing folder, a folder name under ``models/Diffusion_Transformer``
-(VideoX-Fun's layout; ``$VIDEOX_FUN_MODELS`` overrides it), or a built-in tiny model. Until the
-trained tiny models of the toy world ship, the built-ins are tiny configs of the real
-architecture with seeded random weights, built on first use into a cache folder; their
-videos are noise, and the CLI says so.
+(VideoX-Fun's layout; ``$VIDEOX_FUN_MODELS`` overrides it), or a built-in tiny model: the
+packaged ones trained on the toy world (``assets/models/``, the defaults), or tiny configs of
+the real architecture with seeded random weights, built on first use into a cache folder (their
+videos are noise, and the CLI says so).
 """
 
 from __future__ import annotations
