@@ -19,6 +19,7 @@ TINY = Recipe(
     vae_batch=2,
     vae_full_steps=1,
     transformer_steps=2,
+    model_steps={},
     transformer_batch=2,
     transformer_clips=6,
 )

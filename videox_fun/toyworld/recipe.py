@@ -65,6 +65,10 @@ class Recipe:
     # video badly (its causal cache never saw that regime).
     vae_frames: int = 17
     transformer_steps: int = 2000
+    # Per-model overrides of transformer_steps / learning_rate. Text-to-video (a third of the InP
+    # model's samples) needs the longest training; the control model follows its video sooner.
+    model_steps: dict[str, int] = field(default_factory=lambda: {"Wan2.1-Fun-Tiny-InP": 6000})
+    model_learning_rates: dict[str, float] = field(default_factory=lambda: {"Wan2.1-Fun-Tiny-InP": 1e-3})
     transformer_batch: int = 16
     # The transformers see the first this-many training clips: caching the latents of the inpaint
     # masks is four VAE encodes per clip, the slowest part of the recipe on a CPU.
@@ -191,8 +195,8 @@ def train_transformer(out: Path, folder: Path, data: Path, recipe: Recipe) -> Pa
         output_dir=str(run),
         seed=recipe.seed,
         train_batch_size=recipe.transformer_batch,
-        max_train_steps=recipe.transformer_steps,
-        learning_rate=recipe.learning_rate,
+        max_train_steps=recipe.model_steps.get(folder.name, recipe.transformer_steps),
+        learning_rate=recipe.model_learning_rates.get(folder.name, recipe.learning_rate),
         lr_scheduler="cosine",
         lr_warmup_steps=100,
         adam_weight_decay=0.0,

@@ -1,0 +1,74 @@
+"""The trained tiny models shipped in the package: they are the defaults, and they draw what is asked.
+
+These run the real packaged weights with the default settings, read the videos back from their
+files and judge them with the model-free evaluator, so a regression in the models, the pipeline
+or the file writing fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from videox_fun.io.video import write_video
+from videox_fun.pipelines.wan import WanPipeline
+from videox_fun.registry import PACKAGED_DIR, PACKAGED_MODELS, default_model_for_mode, resolve_model
+from videox_fun.toyworld.evaluate import evaluate_video
+from videox_fun.toyworld.render import render_clip
+
+# Regression floors, a little under what the shipped models measure (the issue's targets are
+# checked by `videox-fun toyworld report`, whose figures are in the README).
+VAE_PSNR_FLOOR = 29.0  # measured: 31.3 dB mean over 72 clips
+SEEN_PROMPTS = ["a red circle moving right", "a cyan square moving up", "a magenta triangle moving left"]
+
+
+def test_packaged_models_are_the_defaults_and_small():
+    for name in PACKAGED_MODELS:
+        folder = PACKAGED_DIR / name
+        for part in ("config.json", "diffusion_pytorch_model.safetensors", "vae", "text_encoder", "recipe.json"):
+            assert (folder / part).exists(), f"{name} lacks {part}"
+    assert resolve_model(None, "t2v") == PACKAGED_DIR / "Wan2.1-Fun-Tiny-InP"
+    assert default_model_for_mode("control") == "Wan2.1-Fun-Tiny-Control"
+    total = sum(f.stat().st_size for f in PACKAGED_DIR.rglob("*") if f.is_file())
+    assert total < 50 * 2**20
+
+
+@pytest.mark.slow
+def test_inp_model_draws_colour_shape_and_direction_of_the_prompt(tmp_path: Path):
+    pipe = WanPipeline.from_pretrained(resolve_model(None, "t2v"))
+    results = []
+    for index, prompt in enumerate(SEEN_PROMPTS):
+        frames = pipe(prompt, seed=index, progress=False).frames
+        results.append(evaluate_video(write_video(frames, tmp_path / f"{index}.mp4", fps=8), prompt))
+    seen = [(r["expected"], r["colour"], r["shape"], r["direction"]) for r in results]
+    for name in ("colour_ok", "shape_ok", "direction_ok"):
+        assert sum(r[name] for r in results) >= 2, seen
+
+
+@pytest.mark.slow
+def test_inp_model_keeps_the_given_first_frame(tmp_path: Path):
+    clip = render_clip("a blue square moving down", seed=3)
+    image = write_video(clip.frames[:1], tmp_path / "start.png")
+    pipe = WanPipeline.from_pretrained(resolve_model(None, "i2v"))
+    frames = pipe(clip.caption, image=str(image), mode="i2v", seed=0, progress=False).frames
+    result = evaluate_video(write_video(frames, tmp_path / "i2v.mp4", fps=8), clip.caption, image=image)
+    assert result["psnr_first_frame"] >= 27.0 and result["direction_ok"]  # measured: 29.9 dB mean, 100 %
+
+
+@pytest.mark.slow
+def test_control_model_follows_the_edge_video(tmp_path: Path):
+    clip = render_clip("a green circle moving right", seed=5)
+    control = write_video(clip.control, tmp_path / "edges.mp4", fps=8)
+    pipe = WanPipeline.from_pretrained(resolve_model(None, "control"))
+    frames = pipe(clip.caption, control_video=str(control), mode="control", seed=0, progress=False).frames
+    result = evaluate_video(write_video(frames, tmp_path / "out.mp4", fps=8), clip.caption, control_video=control)
+    assert result["trajectory_error_px"] is not None and result["trajectory_error_px"] <= 2.0  # measured: 0.82 px
+
+
+@pytest.mark.slow
+def test_packaged_vae_reconstructs_fresh_rendered_clips():
+    from videox_fun.toyworld.report import vae_reconstruction
+
+    result = vae_reconstruction(resolve_model(None, "t2v"), count=6)
+    assert result["all"]["psnr_mean"] >= VAE_PSNR_FLOOR, result
