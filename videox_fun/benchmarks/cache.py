@@ -35,28 +35,25 @@ def toy_prompts(count: int) -> list[str]:
     return [caption(specs[i]) for i in picks]
 
 
-def generate_all(pipe: WanPipeline, prompts: list[str], defaults, folder: Path | None) -> tuple[list, float, float]:
-    """Videos of every prompt (seed = index), the total wall time and the time until the last
-    denoising step (text encoding + sampling: what a cache can shorten; the VAE decode follows).
-    Written with sidecars if folder."""
-    videos, started, sampling = [], time.perf_counter(), 0.0
+def generate_one(pipe: WanPipeline, prompt: str, seed: int) -> tuple[np.ndarray, float, float]:
+    """One video with the model config's defaults: frames, wall time, and the time until the last
+    denoising step (text encoding + sampling: what a cache can shorten; the VAE decode follows)."""
     last_step: dict[str, float] = {}
 
     def mark(*_) -> None:
         last_step["at"] = time.perf_counter()
 
-    for seed, prompt in enumerate(prompts):
-        begin = time.perf_counter()
-        out = pipe(prompt, seed=seed, progress=False, callback=mark)
-        sampling += last_step["at"] - begin
-        videos.append(out.frames)
-    elapsed = time.perf_counter() - started
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for seed, (prompt, frames) in enumerate(zip(prompts, videos, strict=True)):
-            path = write_video(frames, folder / f"{seed:08d}.mp4", fps=defaults.fps)
-            path.with_suffix(".json").write_text(json.dumps({"prompt": prompt, "seed": seed}))
-    return videos, elapsed, sampling
+    begin = time.perf_counter()
+    out = pipe(prompt, seed=seed, progress=False, callback=mark)
+    return out.frames, time.perf_counter() - begin, last_step["at"] - begin
+
+
+def write_videos(folder: Path, prompts: list[str], videos: list, fps: int) -> None:
+    """Each video (seed = index) with a sidecar naming its prompt, for the toy-world evaluator."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, (prompt, frames) in enumerate(zip(prompts, videos, strict=True)):
+        path = write_video(frames, folder / f"{seed:08d}.mp4", fps=fps)
+        path.with_suffix(".json").write_text(json.dumps({"prompt": prompt, "seed": seed}))
 
 
 def toy_accuracy(folder: Path) -> dict:
@@ -75,66 +72,77 @@ def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluat
     pipe = WanPipeline.from_pretrained(folder, config=config)
     texts = toy_prompts(prompts)
     work = Path(tempfile.mkdtemp(prefix="cache-bench-"))
-    # One untimed video first: one-time costs (allocations, first-call set-up) must not land in
-    # the uncached baseline, where they would pass for a cache speed-up.
+    makers = {
+        "teacache": lambda th: TeaCache(
+            pipe.transformer, coefficients_for(pipe.transformer, folder), th, num_skip_start_steps=skip_start
+        ),
+        "first-block": lambda th: FirstBlockCache(pipe.transformer, th, num_skip_start_steps=skip_start),
+    }
+    settings = [("uncached", None)]
+    settings += [("teacache", th) for th in TEACACHE_THRESHOLDS]
+    settings += [("first-block", th) for th in FIRST_BLOCK_THRESHOLDS]
+    runs = {key: {"videos": [], "wall_s": 0.0, "sampling_s": 0.0, "computed": 0, "skipped": 0} for key in settings}
+    # One untimed video first (one-time set-up), then every setting in turn for each prompt: load
+    # from other processes then hits all settings alike instead of whichever ran during a spike.
     pipe(texts[0], seed=0, progress=False)
-    uncached_dir = work / "uncached" if evaluate else None
-    reference, base_time, base_sampling = generate_all(pipe, texts, defaults, uncached_dir)
+    for seed, prompt in enumerate(texts):
+        for kind, threshold in settings:
+            cache = makers[kind](threshold) if threshold is not None else None
+            frames, wall, sampling = generate_one(pipe, prompt, seed)
+            run = runs[(kind, threshold)]
+            run["videos"].append(frames)
+            run["wall_s"] += wall
+            run["sampling_s"] += sampling
+            if cache is not None:
+                cache.remove()
+                run["computed"] += cache.stats.computed
+                run["skipped"] += cache.stats.skipped
+    base = runs[("uncached", None)]
+    if evaluate:
+        write_videos(work / "uncached", texts, base["videos"], defaults.fps)
     result = {
-        "benchmark": "step caching: speed-up vs quality",
+        "benchmark": "step caching: speed-up vs quality (settings interleaved per prompt)",
         "model": folder.name,
         "calibration": (folder / CALIBRATION_FILE).is_file(),
         "prompts": texts,
         "steps": defaults.steps,
         "num_skip_start_steps": skip_start,
         "uncached": {
-            "wall_s": base_time,
-            "sampling_s": base_sampling,
+            "wall_s": base["wall_s"],
+            "sampling_s": base["sampling_s"],
             **({"toy": toy_accuracy(work / "uncached")} if evaluate else {}),
         },
         "curves": {"teacache": [], "first-block": []},
     }
-    makers = {
-        "teacache": (
-            TEACACHE_THRESHOLDS,
-            lambda th: TeaCache(
-                pipe.transformer, coefficients_for(pipe.transformer, folder), th, num_skip_start_steps=skip_start
-            ),
-        ),
-        "first-block": (
-            FIRST_BLOCK_THRESHOLDS,
-            lambda th: FirstBlockCache(pipe.transformer, th, num_skip_start_steps=skip_start),
-        ),
-    }
-    for kind, (thresholds, make) in makers.items():
-        for threshold in thresholds:
-            cache = make(threshold)
-            out_dir = work / f"{kind}-{threshold}" if evaluate else None
-            videos, elapsed, sampling = generate_all(pipe, texts, defaults, out_dir)
-            cache.remove()
-            quality = [
-                psnr(torch.as_tensor(v), torch.as_tensor(r), peak=255.0) for v, r in zip(videos, reference, strict=True)
-            ]
-            point = {
-                "threshold": threshold,
-                "wall_s": elapsed,
-                "speedup": base_time / elapsed,
-                "sampling_s": sampling,
-                "sampling_speedup": base_sampling / sampling,
-                "block_evaluations": cache.stats.computed,
-                "block_evaluations_skipped": cache.stats.skipped,
-                "evaluation_ratio": (cache.stats.computed + cache.stats.skipped) / max(cache.stats.computed, 1),
-                "psnr_db_mean": float(np.mean(quality)),
-                "psnr_db_min": float(np.min(quality)),
-            }
-            if evaluate:
-                point["toy"] = toy_accuracy(out_dir)
-            result["curves"][kind].append(point)
-            print(
-                f"{kind} {threshold}: {point['evaluation_ratio']:.2f}x fewer block stacks, "
-                f"{point['speedup']:.2f}x faster ({point['sampling_speedup']:.2f}x sampling), "
-                f"PSNR {point['psnr_db_mean']:.1f} dB"
-            )
+    for (kind, threshold), run in runs.items():
+        if threshold is None:
+            continue
+        quality = [
+            psnr(torch.as_tensor(v), torch.as_tensor(r), peak=255.0)
+            for v, r in zip(run["videos"], base["videos"], strict=True)
+        ]
+        point = {
+            "threshold": threshold,
+            "wall_s": run["wall_s"],
+            "speedup": base["wall_s"] / run["wall_s"],
+            "sampling_s": run["sampling_s"],
+            "sampling_speedup": base["sampling_s"] / run["sampling_s"],
+            "block_evaluations": run["computed"],
+            "block_evaluations_skipped": run["skipped"],
+            "evaluation_ratio": (run["computed"] + run["skipped"]) / max(run["computed"], 1),
+            "psnr_db_mean": float(np.mean(quality)),
+            "psnr_db_min": float(np.min(quality)),
+        }
+        if evaluate:
+            out_dir = work / f"{kind}-{threshold}"
+            write_videos(out_dir, texts, run["videos"], defaults.fps)
+            point["toy"] = toy_accuracy(out_dir)
+        result["curves"][kind].append(point)
+        print(
+            f"{kind} {threshold}: {point['evaluation_ratio']:.2f}x fewer block stacks, "
+            f"{point['speedup']:.2f}x faster ({point['sampling_speedup']:.2f}x sampling), "
+            f"PSNR {point['psnr_db_mean']:.1f} dB"
+        )
     return result
 
 
