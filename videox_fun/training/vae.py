@@ -206,7 +206,8 @@ def fit_latent_statistics(
     Wan DiTs expect normalised latents ``(mu - latents_mean) / latents_std`` of about unit
     variance. A newly trained VAE has its own statistics, not the Wan2.1 ones its config was
     created with, so ``latents_mean`` / ``latents_std`` in ``vae_folder/config.json`` are
-    replaced by the measured ones. Returns ``{"latents_mean": [...], "latents_std": [...], "clips": n}``.
+    replaced by the measured ones. Returns ``{"latents_mean": [...], "latents_std": [...], "clips": n}``
+    (n: the clips read).
     """
     folder = Path(vae_folder)
     vae = AutoencoderKLWan.from_pretrained(str(folder)).eval()
@@ -218,7 +219,7 @@ def fit_latent_statistics(
     )
     dataset, _ = _data(probe)
     total = total_sq = None
-    count = 0
+    count = used = 0
     clips = min(max_clips, len(dataset))
     with torch.no_grad():
         for index in tqdm(range(clips), desc="latent statistics"):
@@ -231,10 +232,11 @@ def fit_latent_statistics(
             total = per_channel.sum(1) if total is None else total + per_channel.sum(1)
             total_sq = per_channel.pow(2).sum(1) if total_sq is None else total_sq + per_channel.pow(2).sum(1)
             count += per_channel.shape[1]
+            used += 1
     mean = total / count
     std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
     stats = {"latents_mean": [round(v, 6) for v in mean.tolist()], "latents_std": [round(v, 6) for v in std.tolist()]}
     config = json.loads((folder / "config.json").read_text())
     config.update(stats)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return {**stats, "clips": clips}
+    return {**stats, "clips": used}
