@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
 # Every GPU measurement in one run, for a session lent an accelerator (see ../.library/device).
-# Writes JSON under ${OUT:-benchmarks/results}. Test it on the CPU first: the CPU sections run
-# everywhere, the GPU sections only when CUDA is present.
-set -euo pipefail
+# Writes JSON under ${OUT:-benchmarks/results}, one file per benchmark as soon as it finishes, so a
+# run cut short keeps what it measured. Test it on the CPU first: each benchmark then takes its
+# CPU path. PYTHON: the interpreter that holds torch and videox_fun (default python3).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
+PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-# Transformer forward ours vs diffusers: mid config on the CPU, Wan2.1-1.3B and 14B at 480x832x81 on the GPU.
-videox-fun bench transformer --repeats 5 --out "$OUT/transformer_gpu.json"
-# Peak GPU memory and time of each memory mode (tiny model; pass --model for a real one).
-videox-fun bench memory --out "$OUT/memory_gpu.json"
-# Pipeline end to end vs diffusers' WanPipeline.
-videox-fun bench pipeline --repeats 3 --out "$OUT/pipeline_gpu.json"
+export PYTHONUNBUFFERED=1
+status=0
+bench() {  # bench NAME [ARGS...]: one benchmark; a failure is reported and the next one still runs
+    local name=$1
+    shift
+    echo "=== bench $name $* ($(date +%T))"
+    "$PYTHON" -m videox_fun.cli bench "$name" --out "$OUT/${name}_${SUFFIX}.json" "$@" 2>&1 | tee "$OUT/${name}_${SUFFIX}.log" \
+        || { echo "bench $name FAILED"; status=1; }
+}
+SUFFIX=$("$PYTHON" -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu_check')")
+"$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+# Pipeline s/step ours vs diffusers' WanPipeline: Wan2.1-1.3B config at 480x832x81 bf16 on a GPU.
+bench pipeline --repeats 2
+# Peak GPU memory and time of each memory mode, same 1.3B config and size, 2 steps.
+bench memory
+# Transformer forward ours vs diffusers: mid config, then Wan2.1-1.3B and 14B at 480x832x81 on a GPU.
+bench transformer --repeats 5
+echo "done ($(date +%T)), status $status"
+exit $status

@@ -13,7 +13,7 @@ from diffusers import WanTransformer3DModel as DiffusersWan
 from ..models.wan.keys import original_config_to_diffusers, original_to_diffusers_keys
 from ..models.wan.transformer import WanTransformer3DModel
 from ..models.wan.variants import PRESETS
-from .common import summarize, time_interleaved
+from .common import built_in, summarize, time_interleaved
 
 MID_CONFIG = {
     "model_type": "t2v",
@@ -35,7 +35,7 @@ GPU_LATENTS = (1, 16, 21, 60, 104)  # 480 x 832 x 81 frames -> 21 x 30 x 52 = 32
 def build_pair(config: dict, dtype: torch.dtype, device: str = "cpu") -> tuple[WanTransformer3DModel, DiffusersWan]:
     """Our model and diffusers' with identical (random) weights, in ``dtype`` on ``device``."""
     torch.manual_seed(0)
-    with torch.device(device):
+    with built_in(dtype, device):
         ours = WanTransformer3DModel.from_config(config).eval()
         theirs = DiffusersWan.from_config(original_config_to_diffusers(config)).eval()
     theirs.load_state_dict(original_to_diffusers_keys(ours.state_dict()))

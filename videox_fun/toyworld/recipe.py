@@ -61,6 +61,10 @@ class Recipe:
     # one paints blobs there. A short full-frame phase at a lower rate removes them.
     vae_full_steps: int = 300
     vae_full_learning_rate: float = 3e-4
+    # Last, the decoder alone on full frames: sharper edges (square corners) while the encoder,
+    # and so the latents the transformers learn, stay fixed.
+    vae_decoder_steps: int = 1500
+    vae_decoder_learning_rate: float = 2e-4
     # Full-length clips: a VAE trained on 5-frame clips decodes later latent frames of a 17-frame
     # video badly (its causal cache never saw that regime).
     vae_frames: int = 17
@@ -90,7 +94,7 @@ def write_data(out: Path, recipe: Recipe) -> Path:
 
 
 def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
-    """The tiny Wan VAE (z_dim 16, 4x8x8): a cropped phase, then a full-frame phase."""
+    """The tiny Wan VAE (z_dim 16, 4x8x8): a cropped phase, a full-frame phase, then the decoder alone."""
     from ..models.wan.vae import tiny_vae_config
     from ..training.vae import VAETrainConfig, train_vae
 
@@ -120,7 +124,18 @@ def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
         learning_rate=recipe.vae_full_learning_rate,
         **common,
     )
-    return train_vae(full)
+    second = train_vae(full)
+    if not recipe.vae_decoder_steps:
+        return second
+    decoder = VAETrainConfig(
+        output_dir=str(out / "vae_run_decoder"),
+        init_from=str(second),
+        max_train_steps=recipe.vae_decoder_steps,
+        learning_rate=recipe.vae_decoder_learning_rate,
+        decoder_only=True,
+        **common,
+    )
+    return train_vae(decoder)
 
 
 def finished_vae(out: Path, trained: Path, data: Path) -> Path:

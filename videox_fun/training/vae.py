@@ -48,6 +48,9 @@ class VAETrainConfig:
     # output, ~22 dB after 600 steps), and the tiny KL term never shrinks it. Starting at
     # std ~0.02 keeps the latents informative; fine-tunes of existing weights are left alone.
     initial_logvar: float = -8.0
+    # Train the decoder (post_quant_conv + decoder) alone: the encoder, and so every latent and
+    # every transformer trained on them, stays exactly as it was.
+    decoder_only: bool = False
     checkpointing_steps: int = 100
     seed: int = 0
     num_workers: int = 0
@@ -87,10 +90,20 @@ def decode_unclamped(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_loss(
-    vae: AutoencoderKLWan, video: torch.Tensor, kl_weight: float, foreground_weight: float = 0.0
+    vae: AutoencoderKLWan,
+    video: torch.Tensor,
+    kl_weight: float,
+    foreground_weight: float = 0.0,
+    frozen_encoder: bool = False,
 ) -> torch.Tensor:
-    """Weighted L1 + MSE of a sampled reconstruction plus ``kl_weight`` * KL.  video: (B, 3, F, H, W) in [-1, 1]."""
-    posterior = vae.encode(video).latent_dist
+    """Weighted L1 + MSE of a sampled reconstruction plus ``kl_weight`` * KL.  video: (B, 3, F, H, W) in [-1, 1].
+
+    With ``frozen_encoder`` the encoding builds no graph and the KL term (constant then) is left out.
+    """
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
+        posterior = vae.encode(video).latent_dist
+    if frozen_encoder:
+        kl_weight = 0.0
     recon = decode_unclamped(vae, posterior.sample())
     weight = 1.0 + foreground_weight * (video.amax(dim=1, keepdim=True) > -0.4).float()  # (B, 1, F, H, W)
     error = recon - video
@@ -142,6 +155,17 @@ def _fresh_vae(config: VAETrainConfig) -> AutoencoderKLWan:
     return vae
 
 
+def _trainable_parameters(vae: AutoencoderKLWan, decoder_only: bool) -> list[torch.nn.Parameter]:
+    """Every parameter, or only the decoder side's (the rest frozen) when ``decoder_only``."""
+    if not decoder_only:
+        return list(vae.parameters())
+    vae.requires_grad_(False)
+    decoder_side = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+    for parameter in decoder_side:
+        parameter.requires_grad_(True)
+    return decoder_side
+
+
 def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
     """Train until ``max_train_steps``; returns the folder of the last checkpoint (diffusers layout)."""
     out = Path(config.output_dir)
@@ -152,7 +176,8 @@ def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
     source = latest if resume and latest.is_dir() else config.init_from
     vae = AutoencoderKLWan.from_pretrained(source) if source else _fresh_vae(config)
     vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    trainable = _trainable_parameters(vae, config.decoder_only)
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.max_train_steps)
     dataset, sampler = _data(config)
     step = 0
@@ -181,9 +206,11 @@ def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
             video = batch["pixel_values"]  # (B, 3, F, H, W)
             if config.crop_size:
                 video = foreground_crops(video, config.crop_size, crop_generator)
-            loss = reconstruction_loss(vae, video, config.kl_weight, config.foreground_weight)
+            loss = reconstruction_loss(
+                vae, video, config.kl_weight, config.foreground_weight, frozen_encoder=config.decoder_only
+            )
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
