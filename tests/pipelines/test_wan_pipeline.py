@@ -93,6 +93,23 @@ def test_same_seed_same_video_and_seed_matters(folders):
     assert not torch.equal(first, pipe("a blue square moving up", seed=2, **settings).latents)
 
 
+def test_t2v_encodes_its_blank_video_once_per_size(folders, media):
+    pipe = WanPipeline.from_pretrained(folders["inp"])
+    calls = []
+    encode = pipe.vae.encode
+    pipe.vae.encode = lambda video: calls.append(tuple(video.shape)) or encode(video)
+    first = pipe.build_conditions("t2v", {}, FRAMES, HEIGHT, WIDTH)["y"]
+    again = pipe.build_conditions("t2v", {}, FRAMES, HEIGHT, WIDTH)["y"]
+    assert len(calls) == 1 and torch.equal(first, again)
+    pipe._blank_latents.clear()
+    fresh = pipe.build_conditions("t2v", {}, FRAMES, HEIGHT, WIDTH)["y"]
+    assert torch.equal(first, fresh)
+    pipe.build_conditions("t2v", {}, 5, HEIGHT, WIDTH)  # another size: encoded anew
+    pipe.build_conditions("i2v", {"image": media["image"]}, FRAMES, HEIGHT, WIDTH)  # known pixels: always encoded
+    pipe.build_conditions("i2v", {"image": media["image"]}, FRAMES, HEIGHT, WIDTH)
+    assert len(calls) == 5
+
+
 def test_i2v_conditions_differ_from_t2v(folders, media):
     pipe = WanPipeline.from_pretrained(folders["inp"])
     t2v = pipe.build_conditions("t2v", {}, FRAMES, HEIGHT, WIDTH)

@@ -22,6 +22,8 @@ TINY = Recipe(
     model_steps={},
     transformer_batch=2,
     transformer_clips=6,
+    model_clips={},
+    vae_decoder_steps=1,
 )
 
 

@@ -78,7 +78,7 @@ def diffusers_twin(ours: WanPipeline) -> DiffusersWanPipeline:
 def run(repeats: int = 3) -> dict:
     """On a GPU the 1.3B per-step comparison; else both pipelines end to end on the mid config."""
     if torch.cuda.is_available():
-        return run_gpu(repeats)
+        return per_step_comparison(repeats)
     return run_cpu(repeats)
 
 
@@ -135,7 +135,7 @@ def step_seconds(generate) -> list[float]:
     return [later - earlier for earlier, later in itertools.pairwise(stamps)]
 
 
-def run_gpu(
+def per_step_comparison(
     repeats: int = 2,
     device: str | torch.device = "cuda",
     transformer_config: dict | None = None,

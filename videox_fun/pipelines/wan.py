@@ -91,6 +91,9 @@ class WanPipeline:
         self.dtype = dtype
         self.variant = variant_of(transformer.config)
         self.config = ModelConfig()
+        # Latents of fully masked videos (one constant colour), by shape: every text-to-video
+        # call of an InP model at one size conditions on the same one, so it is encoded once.
+        self._blank_latents: dict[tuple, torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(
@@ -189,8 +192,17 @@ class WanPipeline:
         kept = masked_video(video, generate_mask.to(video), self.masked_fill)
         return {
             "mask": mask_channels(generate_mask, latent_hw).to(self.device, self.dtype),
-            "masked_video": self.vae.encode(kept).to(self.dtype),
+            "masked_video": self._encode_masked(kept, nothing_known=bool(generate_mask.all())),
         }
+
+    def _encode_masked(self, kept: torch.Tensor, nothing_known: bool) -> torch.Tensor:
+        """The latent of a masked video (1, 3, F, H, W); a fully masked one is encoded once per shape."""
+        if not nothing_known:
+            return self.vae.encode(kept).to(self.dtype)
+        key = (id(self.vae), tuple(kept.shape), self.masked_fill, kept.dtype, str(kept.device))
+        if key not in self._blank_latents:
+            self._blank_latents[key] = self.vae.encode(kept).to(self.dtype)
+        return self._blank_latents[key]
 
     def build_conditions(self, mode: str, inputs: dict, num_frames: int, height: int, width: int) -> dict:
         """The model inputs besides the latents for one mode: y, clip_fea, camera, ref_latent."""

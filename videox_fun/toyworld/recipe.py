@@ -71,12 +71,15 @@ class Recipe:
     transformer_steps: int = 2000
     # Per-model overrides of transformer_steps / learning_rate. Text-to-video (a third of the InP
     # model's samples) needs the longest training; the control model follows its video sooner.
-    model_steps: dict[str, int] = field(default_factory=lambda: {"Wan2.1-Fun-Tiny-InP": 6000})
+    model_steps: dict[str, int] = field(default_factory=lambda: {"Wan2.1-Fun-Tiny-InP": 12000})
     model_learning_rates: dict[str, float] = field(default_factory=lambda: {"Wan2.1-Fun-Tiny-InP": 1e-3})
     transformer_batch: int = 16
     # The transformers see the first this-many training clips: caching the latents of the inpaint
     # masks is four VAE encodes per clip, the slowest part of the recipe on a CPU.
     transformer_clips: int = 600
+    # Per-model overrides of transformer_clips: the InP model's t2v mode learns colour and motion
+    # from the caption alone and gains most from more clips.
+    model_clips: dict[str, int] = field(default_factory=lambda: {"Wan2.1-Fun-Tiny-InP": 1200})
     learning_rate: float = 5e-4
     models: list[str] = field(default_factory=lambda: list(MODELS))
 
@@ -180,11 +183,11 @@ def model_folder(out: Path, name: str, vae_dir: Path, recipe: Recipe) -> Path:
     return folder
 
 
-def transformer_metadata(data: Path, recipe: Recipe) -> Path:
-    """The metadata file of the clips the transformers train on (a prefix of the training split)."""
-    path = data / f"metadata_train_{recipe.transformer_clips}.json"
+def transformer_metadata(data: Path, clips: int) -> Path:
+    """The metadata file of the first ``clips`` training clips (what one transformer trains on)."""
+    path = data / f"metadata_train_{clips}.json"
     if not path.is_file():
-        entries = json.loads((data / "metadata_train.json").read_text())[: recipe.transformer_clips]
+        entries = json.loads((data / "metadata_train.json").read_text())[:clips]
         path.write_text(json.dumps(entries, indent=2))
     return path
 
@@ -200,7 +203,7 @@ def train_transformer(out: Path, folder: Path, data: Path, recipe: Recipe) -> Pa
     config = TrainConfig(
         pretrained_model_name_or_path=str(folder),
         train_data_dir=str(data),
-        train_data_meta=str(transformer_metadata(data, recipe)),
+        train_data_meta=str(transformer_metadata(data, recipe.model_clips.get(folder.name, recipe.transformer_clips))),
         video_sample_size=[64],
         image_sample_size=[64],
         video_sample_n_frames=17,

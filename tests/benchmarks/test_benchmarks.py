@@ -1,0 +1,30 @@
+"""The benchmarks' own measuring code, run for real on small models (figures are not asserted)."""
+
+from __future__ import annotations
+
+import torch
+
+from videox_fun.benchmarks.cache import generate_one
+from videox_fun.benchmarks.pipeline import MID_CONFIG, per_step_comparison
+from videox_fun.pipelines.wan import WanPipeline
+from videox_fun.registry import resolve_model
+
+SMALL = {**MID_CONFIG, "num_layers": 2, "dim": 64, "ffn_dim": 128, "num_heads": 2}
+
+
+def test_generate_one_splits_the_call_into_nested_times():
+    pipe = WanPipeline.from_pretrained(resolve_model(None))
+    frames, times = generate_one(pipe, "a red circle moving right", seed=0)
+    assert frames.shape == (17, 64, 64, 3)
+    assert 0 < times["denoising_s"] < times["sampling_s"] < times["wall_s"]
+    assert not pipe.transformer._forward_pre_hooks  # the timing hook is removed
+
+
+def test_per_step_comparison_runs_every_contender_on_the_cpu():
+    settings = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 3, "guidance_scale": 5.0}
+    result = per_step_comparison(repeats=2, device="cpu", transformer_config=SMALL, settings=settings)
+    for name in ("ours_batched_cfg", "ours_sequential_cfg", "diffusers"):
+        assert len(result["step_s"][name]) == 2 * (3 - 1)  # the first step of each run is left out
+        assert result[f"s_per_step_{name}"] > 0
+    assert result["ratio_ours_batched_cfg"] > 0 and result["peak_gpu_bytes"] == {}
+    assert torch.get_default_dtype() == torch.float32  # the bf16 build does not leak
