@@ -25,8 +25,11 @@ from .world import vocabulary
 
 TEXT_DIM = 64
 TEXT_LEN = 32
+# Guidance 1.5: a sweep over 1-8 (24 prompts, then all 144 t2v videos at 1.5 and 2) showed that
+# stronger guidance shrinks the shapes (a square's fill ratio 0.90 at 1.5, 0.82 at 5: read as a
+# circle) while colour and direction hold from 1.5 up; control and i2v were also best at 1.5.
 DEFAULTS = GenerationDefaults(
-    height=64, width=64, num_frames=17, fps=8, steps=20, guidance_scale=5.0, shift=3.0, sampler="Flow"
+    height=64, width=64, num_frames=17, fps=8, steps=20, guidance_scale=1.5, shift=3.0, sampler="Flow"
 )
 TRANSFORMER = {
     "model_type": "t2v",
