@@ -24,6 +24,7 @@ TINY = Recipe(
     transformer_clips=6,
     model_clips={},
     vae_decoder_steps=1,
+    vae_refine_steps=1,
 )
 
 

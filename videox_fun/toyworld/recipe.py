@@ -68,6 +68,8 @@ class Recipe:
     # and so the latents the transformers learn, stay fixed.
     vae_decoder_steps: int = 1500
     vae_decoder_learning_rate: float = 2e-4
+    vae_refine_steps: int = 1000
+    vae_refine_learning_rate: float = 1e-4
     # Full-length clips: a VAE trained on 5-frame clips decodes later latent frames of a 17-frame
     # video badly (its causal cache never saw that regime).
     vae_frames: int = 17
@@ -100,7 +102,7 @@ def write_data(out: Path, recipe: Recipe) -> Path:
 
 
 def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
-    """The tiny Wan VAE (z_dim 16, 4x8x8): a cropped phase, a full-frame phase, then the decoder alone."""
+    """The tiny Wan VAE (z_dim 16, 4x8x8): a cropped phase, a full-frame phase, then the decoder alone (twice)."""
     from ..models.wan.vae import tiny_vae_config
     from ..training.vae import VAETrainConfig, train_vae
 
@@ -120,28 +122,27 @@ def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
         crop_size=recipe.vae_crop,
         **common,
     )
-    first = train_vae(cropped)
-    if not recipe.vae_full_steps:
-        return first
-    full = VAETrainConfig(
-        output_dir=str(out / "vae_run_full"),
-        init_from=str(first),
-        max_train_steps=recipe.vae_full_steps,
-        learning_rate=recipe.vae_full_learning_rate,
-        **common,
-    )
-    second = train_vae(full)
-    if not recipe.vae_decoder_steps:
-        return second
-    decoder = VAETrainConfig(
-        output_dir=str(out / "vae_run_decoder"),
-        init_from=str(second),
-        max_train_steps=recipe.vae_decoder_steps,
-        learning_rate=recipe.vae_decoder_learning_rate,
-        decoder_only=True,
-        **common,
-    )
-    return train_vae(decoder)
+    trained = train_vae(cropped)
+    # (folder, steps, learning rate, decoder only, seed offset); a phase of 0 steps ends the chain.
+    # The refine phase is a warm restart of the decoder's cosine schedule, on a new clip order.
+    later = [
+        ("vae_run_full", recipe.vae_full_steps, recipe.vae_full_learning_rate, False, 0),
+        ("vae_run_decoder", recipe.vae_decoder_steps, recipe.vae_decoder_learning_rate, True, 0),
+        ("vae_run_refine", recipe.vae_refine_steps, recipe.vae_refine_learning_rate, True, 1),
+    ]
+    for folder, steps, learning_rate, decoder_only, seed_offset in later:
+        if not steps:
+            break
+        phase = VAETrainConfig(
+            output_dir=str(out / folder),
+            init_from=str(trained),
+            max_train_steps=steps,
+            learning_rate=learning_rate,
+            decoder_only=decoder_only,
+            **{**common, "seed": recipe.seed + seed_offset},
+        )
+        trained = train_vae(phase)
+    return trained
 
 
 def finished_vae(out: Path, trained: Path, data: Path) -> Path:
