@@ -78,3 +78,19 @@ def test_fitted_latent_statistics_normalise_the_dataset_latents(tmp_path):
     per_channel = latents.transpose(0, 1).flatten(1)  # (16, N)
     assert per_channel.mean(1).abs().max() < 1e-3
     assert (per_channel.std(1, unbiased=False) - 1).abs().max() < 1e-3
+
+
+def test_decoder_only_training_leaves_the_encoder_and_so_the_latents_unchanged(tmp_path):
+    meta = write_test_dataset(tmp_path / "data", n_videos=4, sizes=((32, 32),), lengths=(5,))
+    first = train_vae(config(tmp_path, meta, "first"))
+    decoder = config(tmp_path, meta, "decoder")
+    decoder.init_from, decoder.decoder_only, decoder.crop_size = str(first), True, None
+    second = train_vae(decoder)
+    before, after = weights(first), weights(second)
+    encoder_side = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder_side = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder_side and all(torch.equal(before[k], after[k]) for k in encoder_side)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder_side)
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    latents = [WanVAE.from_pretrained(folder).encode(video) for folder in (first, second)]
+    assert torch.equal(*latents)
