@@ -46,18 +46,19 @@ def test_encode_decode_equal_diffusers_plus_normalisation(vae: WanVAE) -> None:
     latents = vae.encode(video)
     expected = (raw.encode(video).latent_dist.mode() - mean) / std
     assert latents.shape == (1, 16, 2, 4, 4)
-    assert (latents - expected).abs().max().item() == 0.0
+    # not bit-equal: on a CPU ours runs the convolutions on oneDNN (runtime/cpu_kernels.py)
+    assert (latents - expected).abs().max().item() < 1e-5
 
     sampled = vae.encode(video, generator=torch.Generator().manual_seed(7), sample=True)
     posterior = raw.encode(video).latent_dist
     expected_sample = (posterior.sample(generator=torch.Generator().manual_seed(7)) - mean) / std
-    assert (sampled - expected_sample).abs().max().item() == 0.0
+    assert (sampled - expected_sample).abs().max().item() < 1e-5
     assert not torch.equal(sampled, latents)
 
     decoded = vae.decode(latents)
     expected_video = raw.decode(latents * std + mean).sample.clamp(-1, 1)
     assert decoded.shape == video.shape
-    assert (decoded - expected_video).abs().max().item() < 1e-6
+    assert (decoded - expected_video).abs().max().item() < 1e-5
     assert decoded.min() >= -1 and decoded.max() <= 1
 
 
@@ -234,7 +235,8 @@ def test_tiling_delegates_to_diffusers_and_stays_close(tmp_path: Path) -> None:
 
     raw = vae.model  # the same call straight to diffusers' tiled decoder
     mean, std = _statistics(raw)
-    assert torch.equal(tiled, raw.tiled_decode(latents * std + mean).sample.clamp(-1, 1))
+    expected = raw.tiled_decode(latents * std + mean).sample.clamp(-1, 1)
+    torch.testing.assert_close(tiled, expected, atol=1e-5, rtol=0)  # ours: oneDNN convolutions on a CPU
 
     assert tiled.shape == whole.shape == (1, 3, 5, 96, 96)
     difference = (tiled - whole).abs()
@@ -244,7 +246,7 @@ def test_tiling_delegates_to_diffusers_and_stays_close(tmp_path: Path) -> None:
 
     video = _video(frames=5, height=96, width=96)
     tiled_latents = vae.encode(video)
-    assert torch.equal(tiled_latents, (raw.tiled_encode(video)[:, :16] - mean) / std)
+    torch.testing.assert_close(tiled_latents, (raw.tiled_encode(video)[:, :16] - mean) / std, atol=1e-5, rtol=0)
     vae.disable_tiling()
     assert vae.encode(video).shape == tiled_latents.shape == (1, 16, 2, 12, 12)
     with pytest.raises(ValueError, match="multiples of 8"):

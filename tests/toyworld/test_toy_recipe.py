@@ -25,6 +25,7 @@ TINY = Recipe(
     model_clips={},
     vae_decoder_steps=1,
     vae_refine_steps=1,
+    vae_wide_steps=1,
 )
 
 
@@ -34,6 +35,7 @@ def test_train_all_writes_loadable_model_folders_and_resumes(tmp_path: Path):
     assert set(record["timings_s"]) >= {"data", "vae", *TINY.models}
     vae_config = json.loads((tmp_path / "vae" / "config.json").read_text())
     assert len(vae_config["latents_std"]) == 16 and vae_config["latents_std"] != [1.0] * 16
+    assert vae_config["decoder_base_dim"] == 2 * vae_config["base_dim"]  # the widened last phase
     for name in TINY.models:
         folder = tmp_path / name
         assert json.loads((folder / "recipe.json").read_text())["recipe"]["transformer_steps"] == 2

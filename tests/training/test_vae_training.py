@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from videox_fun.models.wan.vae import WanVAE, tiny_vae_config
 from videox_fun.training.data import write_test_dataset
-from videox_fun.training.vae import VAETrainConfig, foreground_crops, train_vae
+from videox_fun.training.vae import VAETrainConfig, foreground_crops, reconstruction_loss, train_vae, widen_decoder
 
 
 def config(tmp_path, meta, out: str, stop_after: int | None = None) -> VAETrainConfig:
@@ -94,3 +94,37 @@ def test_decoder_only_training_leaves_the_encoder_and_so_the_latents_unchanged(t
     video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
     latents = [WanVAE.from_pretrained(folder).encode(video) for folder in (first, second)]
     assert torch.equal(*latents)
+
+
+def test_widened_decoder_decodes_the_same_video_and_its_copies_learn_apart():
+    torch.manual_seed(0)
+    vae = WanVAE.from_config(tiny_vae_config(base_dim=8)).model.eval()
+    wide = widen_decoder(vae, 2, torch.Generator().manual_seed(0)).eval()
+    assert wide.config.decoder_base_dim == 16
+    conv = "decoder.up_blocks.3.resnets.0.conv1.weight"
+    narrow_out, narrow_in = vae.state_dict()[conv].shape[:2]
+    assert wide.state_dict()[conv].shape[:2] == (2 * narrow_out, 2 * narrow_in)
+    z = torch.randn(1, 16, 3, 4, 4)
+    with torch.no_grad():
+        narrow_video, wide_video = vae.decode(z).sample, wide.decode(z).sample
+    assert narrow_video.std() > 0.01
+    torch.testing.assert_close(wide_video, narrow_video, atol=1e-5, rtol=0)
+    # A channel and its copy start equal; the random split of the weights reading them makes
+    # their gradients differ, so training can tell them apart.
+    video = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+    reconstruction_loss(wide.train(), video, 0.0, frozen_encoder=True).backward()
+    grad = dict(wide.named_parameters())[conv].grad  # (16, 16, 3, 3, 3)
+    assert not torch.allclose(grad[:8], grad[8:])
+
+
+def test_training_can_start_from_a_widened_decoder(tmp_path):
+    meta = write_test_dataset(tmp_path / "data", n_videos=4, sizes=((32, 32),), lengths=(5,))
+    first = train_vae(config(tmp_path, meta, "first"))
+    wider = config(tmp_path, meta, "wide")
+    wider.init_from, wider.decoder_only, wider.widen_decoder, wider.crop_size = str(first), True, 2, None
+    second = train_vae(wider)
+    loaded = WanVAE.from_pretrained(second)
+    assert loaded.config.decoder_base_dim == 16
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    assert torch.equal(WanVAE.from_pretrained(first).encode(video), loaded.encode(video))
+    assert loaded.decode(loaded.encode(video)).shape == video.shape

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-BENCHMARKS = ("transformer", "pipeline", "fp8", "cache", "memory", "startup")
+BENCHMARKS = ("transformer", "pipeline", "vae", "fp8", "cache", "memory", "startup")
 
 
 def add_bench_command(subparsers) -> None:
@@ -15,7 +15,7 @@ def add_bench_command(subparsers) -> None:
     )
     parser.add_argument("name", choices=BENCHMARKS)
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME_<device>.json)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (transformer, pipeline, startup)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (transformer, pipeline, vae, startup)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--model", help="model for cache / memory (default: the built-in tiny model)")
     parser.add_argument("--prompts", type=int, default=8, help="cache: prompts per threshold")
@@ -30,7 +30,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from . import cache, fp8, memory, pipeline, startup, transformer
+    from . import cache, fp8, memory, pipeline, startup, transformer, vae
     from .common import write_json
 
     if args.threads:
@@ -40,6 +40,8 @@ def run_bench(args: argparse.Namespace) -> dict:
         result = transformer.run(args.repeats)
     elif args.name == "pipeline":
         result = pipeline.run(args.repeats)
+    elif args.name == "vae":
+        result = vae.run(args.repeats)
     elif args.name == "fp8":
         result = fp8.run()
     elif args.name == "cache":

@@ -39,6 +39,7 @@ from videox_fun.models.loading import (
     strip_prefix,
 )
 
+from ...runtime.cpu_kernels import CPUFastPaths
 from ..component import OffloadableComponent
 
 logger = logging.getLogger(__name__)
@@ -448,7 +449,7 @@ class WanVAE(OffloadableComponent, nn.Module):
             raise ValueError(f"video must be (B, {self.video_channels}, F, H, W), got {tuple(video.shape)}")
         self._check_size(*video.shape[2:])
         video = video.to(device=self.device, dtype=self.dtype)  # (B, 3, F, H, W)
-        with self._tiling_as(tiled):
+        with self._tiling_as(tiled), CPUFastPaths():  # fast CPU conv3d + normalize; a no-op elsewhere
             posterior = self.model.encode(video).latent_dist
         latents = posterior.sample(generator=generator) if sample else posterior.mode()  # (B, z, F', H', W')
         return self.normalize(latents)
@@ -458,7 +459,7 @@ class WanVAE(OffloadableComponent, nn.Module):
         if latents.ndim != 5 or latents.shape[1] != self.z_dim:
             raise ValueError(f"latents must be (B, {self.z_dim}, F, H, W), got {tuple(latents.shape)}")
         z = self.denormalize(latents.to(device=self.device, dtype=self.dtype))  # (B, z, F', H', W')
-        with self._tiling_as(tiled):
+        with self._tiling_as(tiled), CPUFastPaths():  # fast CPU conv3d + normalize; a no-op elsewhere
             video = self.model.decode(z).sample  # (B, 3, F, H, W)
         return video.clamp(-1.0, 1.0)
 
