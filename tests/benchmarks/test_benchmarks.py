@@ -6,6 +6,8 @@ import torch
 
 from videox_fun.benchmarks.cache import generate_one
 from videox_fun.benchmarks.pipeline import MID_CONFIG, per_step_comparison
+from videox_fun.benchmarks.vae import compare as compare_vae
+from videox_fun.models.wan.vae import WanVAE, tiny_vae_config
 from videox_fun.pipelines.wan import WanPipeline
 from videox_fun.registry import resolve_model
 
@@ -28,3 +30,11 @@ def test_per_step_comparison_runs_every_contender_on_the_cpu():
         assert result[f"s_per_step_{name}"] > 0
     assert result["ratio_ours_batched_cfg"] > 0 and result["peak_gpu_bytes"] == {}
     assert torch.get_default_dtype() == torch.float32  # the bf16 build does not leak
+
+
+def test_vae_comparison_times_both_calls_on_the_same_weights():
+    torch.manual_seed(0)
+    entry = compare_vae(WanVAE.from_config(tiny_vae_config()).eval(), 5, 32, 32, repeats=1)
+    for op in ("decode", "encode"):
+        assert entry[f"{op}_ratio_wall_s_median"] > 0
+        assert entry[f"{op}_max_abs_diff"] < 1e-5  # the same result by either route

@@ -26,6 +26,7 @@ TINY = Recipe(
     vae_decoder_steps=1,
     vae_refine_steps=1,
     vae_wide_steps=1,
+    vae_mse_steps=1,
 )
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from videox_fun.models.wan.vae import WanVAE, tiny_vae_config
 from videox_fun.training.data import write_test_dataset
-from videox_fun.training.vae import VAETrainConfig, foreground_crops, reconstruction_loss, train_vae, widen_decoder
+from videox_fun.training.vae import (
+    VAETrainConfig,
+    decode_unclamped,
+    foreground_crops,
+    reconstruction_loss,
+    train_vae,
+    widen_decoder,
+)
 
 
 def config(tmp_path, meta, out: str, stop_after: int | None = None) -> VAETrainConfig:
@@ -128,3 +136,15 @@ def test_training_can_start_from_a_widened_decoder(tmp_path):
     video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
     assert torch.equal(WanVAE.from_pretrained(first).encode(video), loaded.encode(video))
     assert loaded.decode(loaded.encode(video)).shape == video.shape
+
+
+def test_loss_without_l1_and_foreground_weight_is_the_plain_mse_of_the_reconstruction():
+    torch.manual_seed(0)
+    vae = WanVAE.from_config(tiny_vae_config(base_dim=8)).model.eval()
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.manual_seed(1)
+        loss = reconstruction_loss(vae, video, 0.0, foreground_weight=0.0, frozen_encoder=True, l1_weight=0.0)
+        torch.manual_seed(1)  # the same posterior sample
+        recon = decode_unclamped(vae, vae.encode(video).latent_dist.sample())
+    assert loss.item() == pytest.approx((recon - video).pow(2).mean().item(), rel=1e-5)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..config import config_for_folder
 from ..io.video import write_video
@@ -108,7 +109,7 @@ def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluat
     # One untimed video first (one-time set-up), then every setting in turn for each prompt: load
     # from other processes then hits all settings alike instead of whichever ran during a spike.
     pipe(texts[0], seed=0, progress=False)
-    for seed, prompt in enumerate(texts):
+    for seed, prompt in enumerate(tqdm(texts, desc="cache bench (prompts x settings)")):
         for kind, threshold in settings:
             cache = makers[kind](threshold) if threshold is not None else None
             frames, times = generate_one(pipe, prompt, seed)

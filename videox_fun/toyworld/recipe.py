@@ -79,6 +79,11 @@ class Recipe:
     # twice the inputs sums twice the moves (2e-4 diverged here, the loss doubling by step 150).
     vae_wide_learning_rate: float = 1e-4
     vae_wide_warmup_steps: int = 100
+    # Last, plain MSE (no L1, no foreground weight): the loss PSNR measures, once the earlier
+    # losses have kept the background black and drawn the shapes.
+    vae_mse_steps: int = 500
+    vae_mse_learning_rate: float = 1e-4
+    vae_mse_warmup_steps: int = 50
     # Full-length clips: a VAE trained on 5-frame clips decodes later latent frames of a 17-frame
     # video badly (its causal cache never saw that regime).
     vae_frames: int = 17
@@ -111,7 +116,7 @@ def write_data(out: Path, recipe: Recipe) -> Path:
 
 
 def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
-    """The tiny Wan VAE (z_dim 16, 4x8x8): cropped, then full frames, then the decoder alone (thrice, widened last)."""
+    """The tiny Wan VAE (z_dim 16, 4x8x8): cropped, then full frames, then four phases of the decoder alone."""
     from ..models.wan.vae import tiny_vae_config
     from ..training.vae import VAETrainConfig, train_vae
 
@@ -144,6 +149,9 @@ def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
         {"output_dir": "vae_run_wide", "max_train_steps": recipe.vae_wide_steps,
          "learning_rate": recipe.vae_wide_learning_rate, "decoder_only": True, "seed": recipe.seed + 2,
          "widen_decoder": recipe.vae_wide_factor, "lr_warmup_steps": recipe.vae_wide_warmup_steps},
+        {"output_dir": "vae_run_mse", "max_train_steps": recipe.vae_mse_steps,
+         "learning_rate": recipe.vae_mse_learning_rate, "decoder_only": True, "seed": recipe.seed + 3,
+         "lr_warmup_steps": recipe.vae_mse_warmup_steps, "foreground_weight": 0.0, "l1_weight": 0.0},
     ]  # fmt: skip
     for phase in later:
         if not phase["max_train_steps"]:

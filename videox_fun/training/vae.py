@@ -43,6 +43,9 @@ class VAETrainConfig:
     # Extra loss weight on foreground pixels (brightest channel above -0.4 in [-1, 1]): on mostly
     # black frames the all-black output is a strong local minimum without it.
     foreground_weight: float = 0.0
+    # Weight of the L1 term beside the MSE. L1 keeps the black background exact early on; a last
+    # phase with 0 (and no foreground weight) minimises plain MSE, which is what PSNR measures.
+    l1_weight: float = 1.0
     # Train on crops of this size centred (with jitter) on the foreground: a fully convolutional
     # VAE learns the same thing at a quarter of the cost when frames are mostly empty.
     crop_size: int | None = None
@@ -103,6 +106,7 @@ def reconstruction_loss(
     kl_weight: float,
     foreground_weight: float = 0.0,
     frozen_encoder: bool = False,
+    l1_weight: float = 1.0,
 ) -> torch.Tensor:
     """Weighted L1 + MSE of a sampled reconstruction plus ``kl_weight`` * KL.  video: (B, 3, F, H, W) in [-1, 1].
 
@@ -116,7 +120,7 @@ def reconstruction_loss(
         kl_weight = 0.0
     weight = 1.0 + foreground_weight * (video.amax(dim=1, keepdim=True) > -0.4).float()  # (B, 1, F, H, W)
     error = recon - video
-    pixel = (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * video.shape[1])
+    pixel = (weight * (l1_weight * error.abs() + error.pow(2))).sum() / (weight.sum() * video.shape[1])
     return pixel + kl_weight * posterior.kl().mean()
 
 
@@ -286,7 +290,12 @@ def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
             if config.crop_size:
                 video = foreground_crops(video, config.crop_size, crop_generator)
             loss = reconstruction_loss(
-                vae, video, config.kl_weight, config.foreground_weight, frozen_encoder=config.decoder_only
+                vae,
+                video,
+                config.kl_weight,
+                config.foreground_weight,
+                frozen_encoder=config.decoder_only,
+                l1_weight=config.l1_weight,
             )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
