@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from videox_fun.benchmarks.cache import generate_one
+from videox_fun.benchmarks.cache import IDENTICAL_PSNR_DB, generate_one, psnr_summary
 from videox_fun.benchmarks.pipeline import MID_CONFIG, per_step_comparison
 from videox_fun.benchmarks.vae import compare as compare_vae
 from videox_fun.models.wan.vae import WanVAE, tiny_vae_config
@@ -38,3 +38,9 @@ def test_vae_comparison_times_both_calls_on_the_same_weights():
     for op in ("decode", "encode"):
         assert entry[f"{op}_ratio_wall_s_median"] > 0
         assert entry[f"{op}_max_abs_diff"] < 1e-5  # the same result by either route
+
+
+def test_identical_videos_count_as_a_finite_psnr_in_the_mean_and_the_minimum():
+    summary = psnr_summary([float("inf"), 40.0])
+    assert summary == {"psnr_db_mean": (IDENTICAL_PSNR_DB + 40.0) / 2, "psnr_db_min": 40.0, "identical_videos": 1}
+    assert psnr_summary([float("inf")])["psnr_db_min"] == IDENTICAL_PSNR_DB  # strict JSON: no Infinity
