@@ -336,7 +336,7 @@ def fit_latent_statistics(
     total = total_sq = None
     count = used = 0
     clips = min(max_clips, len(dataset))
-    with torch.no_grad():
+    with torch.no_grad(), CPUFastPaths():  # one clip at a time: the batch-1 convolutions' fast route
         for index in tqdm(range(clips), desc="latent statistics"):
             sample = dataset[index]
             if sample is None:  # an unreadable clip with no usable substitute
