@@ -19,7 +19,7 @@ from videox_fun.toyworld.render import render_clip
 
 # Regression floors, a little under what the shipped models measure (the targets are
 # checked by `videox-fun toyworld report`, whose figures are in the README).
-VAE_PSNR_FLOOR = 30.5  # measured: 32.27 dB mean over 72 clips
+VAE_PSNR_FLOOR = 30.5  # measured: 32.97 dB mean over 72 clips (toyworld report)
 SEEN_PROMPTS = ["a red circle moving right", "a cyan square moving up", "a magenta triangle moving left"]
 
 
@@ -53,7 +53,7 @@ def test_inp_model_keeps_the_given_first_frame(tmp_path: Path):
     pipe = WanPipeline.from_pretrained(resolve_model(None, "i2v"))
     frames = pipe(clip.caption, image=str(image), mode="i2v", seed=0, progress=False).frames
     result = evaluate_video(write_video(frames, tmp_path / "i2v.mp4", fps=8), clip.caption, image=image)
-    assert result["psnr_first_frame"] >= 28.0 and result["direction_ok"]  # measured: 30.9 dB mean, 100 %
+    assert result["psnr_first_frame"] >= 28.0 and result["direction_ok"]  # measured: 31.4 dB mean, 100 %
 
 
 @pytest.mark.slow
