@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from videox_fun.benchmarks.cache import IDENTICAL_PSNR_DB, generate_one, psnr_summary
+from videox_fun.benchmarks.cache import IDENTICAL_PSNR_DB, generate_one, psnr_summary, whole_call_ceiling
 from videox_fun.benchmarks.pipeline import MID_CONFIG, per_step_comparison
 from videox_fun.benchmarks.vae import compare as compare_vae
 from videox_fun.models.wan.vae import WanVAE, tiny_vae_config
@@ -20,6 +20,7 @@ def test_generate_one_splits_the_call_into_nested_times():
     assert frames.shape == (17, 64, 64, 3)
     assert 0 < times["denoising_s"] < times["sampling_s"] < times["wall_s"]
     assert not pipe.transformer._forward_pre_hooks  # the timing hook is removed
+    assert whole_call_ceiling(times) == times["wall_s"] / (times["wall_s"] - times["denoising_s"]) > 1
 
 
 def test_per_step_comparison_runs_every_contender_on_the_cpu():

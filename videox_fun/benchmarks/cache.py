@@ -82,6 +82,15 @@ def psnr_summary(quality: list[float]) -> dict:
     }
 
 
+def whole_call_ceiling(uncached: dict[str, float]) -> float:
+    """The whole call's speed-up if the denoising loop cost nothing (Amdahl's bound for any cache).
+
+    Text encoding, the VAE decode and the video write are untouched by step caching, so no
+    threshold can make the whole call faster than ``wall / (wall - loop)``.
+    """
+    return uncached["wall_s"] / (uncached["wall_s"] - uncached["denoising_s"])
+
+
 def write_videos(folder: Path, prompts: list[str], videos: list, fps: int) -> None:
     """Each video (seed = index) with a sidecar naming its prompt, for the toy-world evaluator."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,6 +152,7 @@ def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluat
         "num_skip_start_steps": skip_start,
         "uncached": {
             **{name: base[name] for name in TIMES},
+            "whole_call_ceiling": whole_call_ceiling(base),
             **({"toy": toy_accuracy(work / "uncached")} if evaluate else {}),
         },
         "curves": {"teacache": [], "first-block": []},
@@ -195,6 +205,9 @@ def plot(result: dict, path: Path) -> None:
         ax.plot(psnrs, [p["denoising_speedup"] for p in points], "s--", color=line.get_color(), label=f"{kind}, loop")
         for p in points:
             ax.annotate(str(p["threshold"]), (p["psnr_db_mean"], p["denoising_speedup"]), fontsize=7)
+    ceiling = result["uncached"].get("whole_call_ceiling")
+    if ceiling is not None:
+        ax.axhline(ceiling, color="grey", linestyle=":", label="whole call if the loop cost 0")
     ax.set_xlabel(f"PSNR vs uncached video (dB; identical = {IDENTICAL_PSNR_DB:.0f})")
     ax.set_ylabel("wall-time speed-up")
     ax.set_title(f"step caching on {result['model']}")
