@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from videox_fun.cli import main
+from videox_fun.cli import build_parser, main
 from videox_fun.io.video import write_video
 from videox_fun.models.wan.tiny import build_tiny_model_folder
 
@@ -101,6 +101,8 @@ def test_default_model_is_the_packaged_trained_one(tmp_path, monkeypatch, capsys
         (["--mode", "i2v"], "needs --image"),
         (["--image", "missing.png"], "missing.png"),
         (["--mode", "control", "--control-video", "c.mp4"], "Fun Control model"),
+        (["--mode", "v2v", "--video", "c.mp4", "--mask", "c.mp4"], "does not use --mask"),
+        (["--mode", "t2v", "--image", "c.mp4"], "ask for mode 'i2v'"),
     ],
 )
 def test_bad_input_fails_with_a_message(inp_folder, tmp_path, capsys, extra, message):
@@ -124,27 +126,63 @@ def test_unknown_model_is_named(capsys):
 
 
 @pytest.mark.slow
-def test_example_entry_point_runs_in_a_fresh_process(inp_folder, tmp_path):
+def test_example_entry_point_runs_in_a_fresh_process_and_inpaints_given_a_mask(inp_folder, tmp_path):
+    video, mask = tmp_path / "in.mp4", tmp_path / "mask.mp4"
+    write_video(np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), video, fps=8)
+    white_right_half = np.zeros((5, 32, 32, 3), dtype=np.uint8)
+    white_right_half[:, :, 16:] = 255
+    write_video(white_right_half, mask, fps=8)
     out = tmp_path / "example.mp4"
-    script = REPO / "examples" / "wan2.1_fun" / "predict_t2v.py"
+    script = REPO / "examples" / "wan2.1_fun" / "predict_v2v.py"
+    flags = ["--prompt", "a green square moving left", "--model", str(inp_folder), "--output", str(out)]
     done = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--prompt",
-            "a green square moving left",
-            "--model",
-            str(inp_folder),
-            "--output",
-            str(out),
-            *FAST,
-        ],
+        [sys.executable, str(script), *flags, "--video", str(video), "--mask", str(mask), *FAST],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert frame_count_and_size(out) == (5, (32, 32))
+    assert json.loads(out.with_suffix(".json").read_text())["mode"] == "inpaint"  # the v2v script's mask is used
+
+
+def test_videox_fun_flag_spellings_are_accepted(inp_folder, tmp_path):
+    out = tmp_path / "spelled.mp4"
+    flags = ["--num_inference_steps", "1", "--video_length", "5", "--sample_size", "32", "48", "--guidance_scale", "2"]
+    flags += ["--GPU_memory_mode", "model_cpu_offload", "--sampler_name", "Flow_Unipc", "--teacache_threshold=0.2"]
+    assert main(["generate", "--prompt", "x", "--model", str(inp_folder), "--output", str(out), "--quiet", *flags]) == 0
+    assert frame_count_and_size(out) == (5, (32, 48))
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["guidance_scale"] == 2.0 and settings["sampler"] == "Flow_Unipc"
+    assert settings["gpu_memory_mode"] == "model_cpu_offload"
+    assert build_parser().parse_args(["generate", "--enable_teacache", "--teacache_threshold=0.2"]).cache == "teacache"
+
+
+def test_lora_path_merges_at_its_weight(inp_folder, tmp_path, capsys):
+    from videox_fun.models.wan.transformer import WanTransformer3DModel
+    from videox_fun.training.lora import add_lora, save_lora_file
+
+    adapted = WanTransformer3DModel.from_pretrained(inp_folder)
+    add_lora(adapted, rank=2, alpha=2.0, targets=("q", "v", "ffn.2"))
+    for param in adapted.parameters():
+        if param.requires_grad:
+            param.data.normal_(0, 0.5)
+    lora = save_lora_file(adapted.state_dict(), tmp_path / "lora.safetensors", rank=2, alpha=2.0)
+
+    def frames(name: str, *extra: str) -> np.ndarray:
+        out = tmp_path / f"{name}.mp4"
+        assert main(["generate", "--prompt", "x", "--model", str(inp_folder), "--output", str(out), *FAST, *extra]) == 0
+        with av.open(str(out)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+    plain = frames("plain")
+    np.testing.assert_array_equal(frames("zero", "--lora-path", str(lora), "--lora-weight", "0"), plain)
+    assert np.abs(frames("full", "--lora-path", str(lora)).astype(int) - plain).max() > 0
+    sidecar = json.loads((tmp_path / "full.json").read_text())
+    assert sidecar["loras"] == [{"path": str(lora), "weight": 1.0}]
+    weights = ["--lora-path", str(lora), "--lora-weight", "1", "--lora-weight", "2"]
+    assert main(["generate", "--prompt", "x", "--model", str(inp_folder), *weights, *FAST]) == 2
+    assert "2 --lora-weight values for 1" in capsys.readouterr().err
 
 
 def test_help_lists_the_flags():

@@ -28,6 +28,43 @@ def test_unknown_fields_are_refused(tmp_path):
         load_model_config(tmp_path / "bad2.yaml")
 
 
+# The shape of VideoX-Fun's config/wan2.1/wan_civitai.yaml (its users pass it with --config).
+VIDEOX_FUN_YAML = """\
+format: civitai
+pipeline: Wan
+transformer_additional_kwargs:
+  transformer_subpath: ./
+  dict_mapping:
+    in_dim: in_channels
+vae_kwargs:
+  vae_subpath: Wan2.1_VAE.pth
+  temporal_compression_ratio: 4
+text_encoder_kwargs:
+  text_encoder_subpath: models_t5_umt5-xxl-enc-bf16.pth
+  tokenizer_subpath: google/umt5-xxl
+  text_length: 512
+scheduler_kwargs:
+  scheduler_subpath: null
+  shift: 5.0
+image_encoder_kwargs:
+  image_encoder_subpath: my_clip.pth
+"""
+
+
+def test_videox_fun_nested_yaml_is_read(tmp_path):
+    (tmp_path / "wan_civitai.yaml").write_text(VIDEOX_FUN_YAML)
+    config = load_model_config(tmp_path / "wan_civitai.yaml")
+    assert (config.format, config.transformer_subpath, config.vae_subpath) == ("civitai", "./", "Wan2.1_VAE.pth")
+    assert config.tokenizer_subpath == "google/umt5-xxl" and config.image_encoder_subpath == "my_clip.pth"
+    two_experts = VIDEOX_FUN_YAML.replace("  transformer_subpath: ./", "  boundary: 0.875")
+    (tmp_path / "wan22.yaml").write_text(two_experts)
+    with pytest.raises(ValueError, match="two-expert"):
+        load_model_config(tmp_path / "wan22.yaml")
+    (tmp_path / "typo.yaml").write_text(VIDEOX_FUN_YAML + "vae_kwarg: {}\n")
+    with pytest.raises(ValueError, match="vae_kwarg"):
+        load_model_config(tmp_path / "typo.yaml")
+
+
 def test_layout_is_recognised(tmp_path):
     assert config_for_folder(tmp_path) == ModelConfig()  # original (civitai) layout by default
     (tmp_path / "model_index.json").write_text("{}")

@@ -9,9 +9,18 @@ import sys
 import time
 from pathlib import Path
 
+from .argparsing import DefaultsHelpFormatter, FlagSpellingParser
+
 logger = logging.getLogger("videox_fun")
 
 MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera")
+
+
+class SampleSize(argparse.Action):
+    """``--sample-size H W`` sets ``--height`` and ``--width``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.height, namespace.width = values
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,12 +58,20 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     sampling = parser.add_argument_group("sampling (defaults come from the model config)")
     sampling.add_argument("--height", type=int, help="height in pixels, rounded to a multiple of 16")
     sampling.add_argument("--width", type=int, help="width in pixels, rounded to a multiple of 16")
-    sampling.add_argument("--frames", type=int, help="frame count, rounded to 4k+1")
+    sampling.add_argument(
+        "--sample-size",
+        nargs=2,
+        type=int,
+        metavar=("HEIGHT", "WIDTH"),
+        action=SampleSize,
+        help="height and width in one flag (VideoX-Fun's sample_size)",
+    )
+    sampling.add_argument("--frames", "--video-length", type=int, help="frame count, rounded to 4k+1")
     sampling.add_argument("--fps", type=int, help="frames per second of the written video")
-    sampling.add_argument("--steps", type=int, help="denoising steps")
-    sampling.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    sampling.add_argument("--steps", "--num-inference-steps", type=int, help="denoising steps")
+    sampling.add_argument("--guidance", "--guidance-scale", type=float, help="classifier-free guidance scale")
     sampling.add_argument("--shift", type=float, help="flow shift of the sampler")
-    sampling.add_argument("--sampler", choices=SAMPLERS, help="sampler")
+    sampling.add_argument("--sampler", "--sampler-name", choices=SAMPLERS, help="sampler")
     sampling.add_argument("--seed", type=int, default=43, help="random seed (default 43)")
 
     out = parser.add_argument_group("output")
@@ -104,7 +121,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     from .models.attention import set_attention_backend
     from .pipelines.wan import OUTPUT_SUFFIX, WanPipeline, infer_mode
     from .registry import resolve_model
-    from .runtime.options import apply_runtime_options
+    from .runtime.options import apply_runtime_options, apply_weight_options
     from .runtime.parallel import init_parallel, setup_parallel
 
     if not args.prompt and not args.prompts_file:
@@ -125,8 +142,9 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     offloaded = runtime.shards_weights or not args.gpu_memory_mode.startswith("model_full_load")
     pipe = WanPipeline.from_pretrained(folder, config=config, device="cpu" if offloaded else device, dtype=dtype)
     pipe.device = device
+    applied = apply_weight_options(pipe, args)  # --transformer-path, LoRA merges: on whole, plain weights
     setup_parallel(args, pipe, runtime)  # sequence parallelism / FSDP, when asked for
-    applied = apply_runtime_options(pipe, args, folder)  # memory mode, fp8, step cache, compile, RIFLEx
+    applied |= apply_runtime_options(pipe, args, folder)  # memory mode, fp8, step cache, compile, RIFLEx
     defaults = config.defaults
     out_dir = args.output_dir or Path("samples") / f"{folder.name}-{OUTPUT_SUFFIX[mode]}"
     fps = args.fps or defaults.fps
@@ -177,12 +195,10 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``videox-fun`` argument parser with its subcommands."""
-    parser = argparse.ArgumentParser(prog="videox-fun", description=__doc__)
+    parser = FlagSpellingParser(prog="videox-fun", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser(
-        "generate", help="generate videos", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    generate = commands.add_parser("generate", help="generate videos", formatter_class=DefaultsHelpFormatter)
     add_generate_arguments(generate)
     generate.set_defaults(handler=run_generate)
     from .benchmarks.cli import add_bench_command
@@ -201,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``videox-fun`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_parsed(build_parser().parse_args(argv))
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run a parsed command; user mistakes (missing files, bad values) print one line and return 2."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     try:
         args.handler(args)
@@ -212,13 +231,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def example_main(*modes: str) -> None:
+    """Entry of the thin ``examples/*/predict_*.py`` scripts: ``generate`` limited to the script's modes.
+
+    Flags after the script name are those of ``videox-fun generate``. Without ``--mode`` the mode
+    is inferred from the inputs when it is one of ``modes`` (a v2v script given ``--mask``
+    inpaints), else the first of ``modes``.
+    """
+    from .pipelines.wan import infer_mode
+
+    parser = build_parser()
+    args = parser.parse_args(["generate", *sys.argv[1:]])
+    if args.mode is None:
+        inputs = (args.image, args.end_image, args.video, args.mask, args.control_video, args.camera)
+        inferred = infer_mode(*inputs)
+        args.mode = inferred if inferred in modes else modes[0]
+    sys.exit(run_parsed(args))
+
+
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def example_main(mode: str) -> None:
-    """Entry of the thin ``examples/*/predict_*.py`` scripts: ``generate`` with a preset mode.
-
-    Flags after the script name are the same as ``videox-fun generate``'s and may override --mode.
-    """
-    sys.exit(main(["generate", "--mode", mode, *sys.argv[1:]]))

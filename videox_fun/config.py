@@ -1,7 +1,8 @@
 """Typed configs: where a model folder keeps its components, and the generation defaults.
 
 A YAML file (``config/wan2.1/*.yaml``, or ``videox_fun.yaml`` inside a model folder) fills
-:class:`ModelConfig`; unknown fields are an error, so a typo never passes silently.
+:class:`ModelConfig`; unknown fields are an error, so a typo never passes silently. VideoX-Fun's
+own nested YAML files (``transformer_additional_kwargs``, ``vae_kwargs``...) are read as well.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class ModelConfig:
     vae_subpath: str = "Wan2.1_VAE.pth"
     text_encoder_subpath: str = "models_t5_umt5-xxl-enc-bf16.pth"
     tokenizer_subpath: str = "google/umt5-xxl"
-    image_encoder_subpath: str | None = "models_clip_open-xlm-roberta-large-vit-huge-14.pth"
+    image_encoder_subpath: str | None = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
     # Fill value of unknown pixels in the masked video: -1 for Fun InP releases, 0 for Wan-AI I2V.
     masked_fill: float = -1.0
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
@@ -52,7 +53,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        """Build from a mapping, refusing unknown fields."""
+        """Build from a mapping, refusing unknown fields; VideoX-Fun's nested YAML is read too."""
+        if any(key in data for key in VIDEOX_FUN_SECTIONS):
+            data = flatten_videox_fun_config(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -68,6 +71,39 @@ class ModelConfig:
     def to_dict(self) -> dict:
         """A plain mapping, as written to YAML."""
         return dataclasses.asdict(self)
+
+
+# VideoX-Fun's own YAML (config/wan2.1/wan_civitai.yaml there) nests the component paths in these
+# sections; the rest of each section (dims, layer counts, scheduler constants) describes what the
+# checkpoints already say, and is not read.
+VIDEOX_FUN_SECTIONS = (
+    "transformer_additional_kwargs",
+    "vae_kwargs",
+    "text_encoder_kwargs",
+    "image_encoder_kwargs",
+    "scheduler_kwargs",
+)
+_SUBPATHS = ("transformer_subpath", "vae_subpath", "text_encoder_subpath", "tokenizer_subpath", "image_encoder_subpath")
+# Wan2.2 A14B: two transformers switched at a noise boundary, which this pipeline does not run yet.
+_TWO_EXPERT_KEYS = ("transformer_high_noise_model_subpath", "transformer_low_noise_model_subpath", "boundary")
+
+
+def flatten_videox_fun_config(data: dict) -> dict:
+    """A VideoX-Fun YAML mapping -> our flat fields (component paths; ``format`` and ``pipeline`` kept).
+
+    Fails on what it cannot honour: a two-expert (Wan2.2 A14B) transformer, or unknown top-level keys.
+    """
+    flat = {key: value for key, value in data.items() if key not in VIDEOX_FUN_SECTIONS}
+    for section in VIDEOX_FUN_SECTIONS:
+        values = data.get(section) or {}
+        experts = sorted(key for key in values if key in _TWO_EXPERT_KEYS)
+        if experts:
+            raise ValueError(
+                f"{section} sets {experts}: Wan2.2 A14B two-expert models are not supported yet "
+                "(Wan2.1 / Wan2.1-Fun single-transformer folders are)"
+            )
+        flat.update({key: value for key, value in values.items() if key in _SUBPATHS})
+    return flat
 
 
 DIFFUSERS_LAYOUT = {

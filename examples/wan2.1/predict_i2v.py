@@ -6,4 +6,4 @@ Same flags as ``videox-fun generate`` (run with --help); nothing to edit in this
 from videox_fun.cli import example_main
 
 if __name__ == "__main__":
-    example_main("i2v")
+    example_main("i2v", "flf2v")

@@ -136,6 +136,17 @@ def test_missing_input_and_missing_file_are_named(folders, tmp_path):
         pipe("x", mode="i2v", image=tmp_path / "nope.png", progress=False)
 
 
+def test_an_image_for_a_clip_model_without_its_encoder_fails_naming_the_released_file(folders, media):
+    pipe = WanPipeline.from_pretrained(folders["control"])
+    pipe.image_encoder = None  # as when the folder lacks the CLIP file: zero tokens would stand in for the image
+    released = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+    with pytest.raises(ValueError, match=released):
+        pipe("x", mode="control", control_video=media["video"], image=media["image"], progress=False)
+    # Without an image, zero CLIP tokens are what the Fun releases train on: that still runs.
+    video = pipe("x", mode="control", control_video=media["video"], num_frames=5, num_inference_steps=1, progress=False)
+    assert video.frames.shape[0] == 5
+
+
 def test_sizes_and_frame_counts_are_rounded_with_a_note(folders, caplog):
     pipe = WanPipeline.from_pretrained(folders["inp"])
     result = pipe("x", height=30, width=50, num_frames=6, num_inference_steps=1, progress=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from videox_fun.runtime.distributed import check_world_size, dist_info_from_env, init_distributed
-from videox_fun.runtime.parallel import add_parallel_arguments, init_parallel
+from videox_fun.runtime.parallel import add_parallel_arguments, default_degrees, init_parallel
 
 
 def test_a_plain_process_is_a_world_of_one(monkeypatch):
@@ -48,6 +48,19 @@ def test_a_layout_that_does_not_fill_the_world_names_the_product():
     assert "--nproc-per-node=16" in str(err.value)
     with pytest.raises(ValueError, match="--ring-degree must be at least 1"):
         check_world_size(2, 0, False, 2)
+
+
+@pytest.mark.parametrize(
+    ("given", "cfg", "world", "expected"),
+    [
+        ((None, None), False, 8, (8, 1)),  # a bare torchrun: every process on Ulysses
+        ((None, None), True, 8, (4, 1)),  # half of them per CFG branch
+        ((None, 2), False, 8, (1, 2)),  # a given degree is kept (and then checked against the world)
+        ((None, None), False, 1, (1, 1)),
+    ],
+)
+def test_unset_degrees_default_to_filling_the_world(given, cfg, world, expected):
+    assert default_degrees(*given, cfg, world) == expected
 
 
 def test_flags_parse_and_a_single_process_rejects_parallel_degrees(monkeypatch):

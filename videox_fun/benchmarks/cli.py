@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..argparsing import DefaultsHelpFormatter
+
 BENCHMARKS = ("transformer", "pipeline", "vae", "fp8", "cache", "memory", "startup")
 
 
 def add_bench_command(subparsers) -> None:
     """Register ``bench``."""
     parser = subparsers.add_parser(
-        "bench", help="side-by-side benchmarks, JSON out", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        "bench", help="side-by-side benchmarks, JSON out", formatter_class=DefaultsHelpFormatter
     )
     parser.add_argument("name", choices=BENCHMARKS)
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME_<device>.json)")

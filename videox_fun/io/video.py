@@ -250,6 +250,10 @@ def _encode_av(frames: np.ndarray, path: Path, fps: float, crf: int, codec: str)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
         options = {"crf": str(crf)}
+        if codec == "libx264":
+            # x264's macroblock-tree rate control gave different bitstreams (and pixels) for the same
+            # frames: 12 variants in 60 encodes of one clip, single-threaded too; without it, one.
+            options["x264-params"] = "mbtree=0"
         if codec == "libvpx-vp9":
             options["b"] = "0"  # VP9 is in constant-quality mode only with a zero target bit rate
         stream.options = options

@@ -116,13 +116,11 @@ class WanPipeline:
         text_encoder = WanTextEncoder.from_pretrained(
             folder / config.text_encoder_subpath, tokenizer_path=folder / config.tokenizer_subpath, dtype=dtype
         )
-        image_encoder = None
-        if transformer.uses_clip and config.image_encoder_subpath:
-            path = folder / config.image_encoder_subpath
-            if path.exists():
-                image_encoder = WanImageEncoder.from_pretrained(path, dtype=dtype)
-            else:
-                logger.warning("no image encoder at %s: image modes will use zero CLIP tokens", path)
+        image_encoder = (
+            WanImageEncoder.from_model_folder(folder, config.image_encoder_subpath, dtype)
+            if transformer.uses_clip
+            else None
+        )
         pipe = cls(
             transformer,
             vae,
@@ -144,6 +142,11 @@ class WanPipeline:
                 module.to(self.device)
         return self
 
+    @property
+    def size_multiple(self) -> int:
+        """Heights and widths must be multiples of this: VAE compression x patch size (16 for Wan2.1, 32 for Wan2.2)."""
+        return self.vae.spatial_compression * self.transformer.config.patch_size[1]
+
     # -- inputs --------------------------------------------------------------------------
     def _check_mode(self, mode: str) -> None:
         if mode not in self.variant.modes:
@@ -152,7 +155,9 @@ class WanPipeline:
                 f"serving {', '.join(self.variant.modes)}"
             )
         if mode in ("i2v", "flf2v") and self.transformer.uses_clip and self.image_encoder is None:
-            raise ValueError("this model attends to CLIP image tokens but no image encoder was loaded")
+            from ..models.wan.image_encoder import missing_image_encoder_error
+
+            raise missing_image_encoder_error()
 
     def _video_tensor(self, source: ImageLike, num_frames: int, height: int, width: int) -> torch.Tensor:
         """A video (path or uint8 (F, H, W, 3)) -> (1, 3, F, H, W) in [-1, 1], cut or padded to F frames."""
@@ -183,8 +188,12 @@ class WanPipeline:
         """CLIP tokens (1, 257, 1280) of the start image, zeros without one (as the Fun releases train)."""
         if not self.transformer.uses_clip:
             return None
-        if image is None or self.image_encoder is None:
+        if image is None:
             return torch.zeros(1, 257, self.transformer.config.image_dim, device=self.device, dtype=self.dtype)
+        if self.image_encoder is None:
+            from ..models.wan.image_encoder import missing_image_encoder_error
+
+            raise missing_image_encoder_error()
         return self.image_encoder.encode(image).to(self.dtype)
 
     def _inpaint_channels(self, video: torch.Tensor, generate_mask: torch.Tensor, latent_hw) -> dict:
@@ -206,8 +215,8 @@ class WanPipeline:
 
     def build_conditions(self, mode: str, inputs: dict, num_frames: int, height: int, width: int) -> dict:
         """The model inputs besides the latents for one mode: y, clip_fea, camera, ref_latent."""
-        latent_hw = (height // 8, width // 8)
-        num_latent_frames = (num_frames - 1) // 4 + 1
+        num_latent_frames, latent_height, latent_width = self.vae.latent_shape(num_frames, height, width)
+        latent_hw = (latent_height, latent_width)
         blank = torch.zeros(1, 3, num_frames, height, width, device=self.device, dtype=self.dtype)
         image = self._image_tensor(inputs["image"], height, width) if inputs.get("image") is not None else None
         end_image = (
@@ -315,8 +324,9 @@ class WanPipeline:
         require_inputs(
             mode, image=image, end_image=end_image, video=video, mask=mask, control_video=control_video, camera=camera
         )
-        height = corrected("height", height, valid_size(height), "a multiple of 16")
-        width = corrected("width", width, valid_size(width), "a multiple of 16")
+        multiple = self.size_multiple
+        height = corrected("height", height, valid_size(height, multiple), f"a multiple of {multiple}")
+        width = corrected("width", width, valid_size(width, multiple), f"a multiple of {multiple}")
         num_frames = corrected("frame count", num_frames, valid_frame_count(num_frames), "of the form 4k+1")
 
         cond_text, uncond_text = self._encode_prompts(prompt, negative_prompt)
@@ -339,7 +349,7 @@ class WanPipeline:
         timesteps = scheduler.timesteps[first:]
         scheduler.set_begin_index(first)
 
-        shape = (1, self.vae.z_dim, (num_frames - 1) // 4 + 1, height // 8, width // 8)
+        shape = (1, self.vae.z_dim, *self.vae.latent_shape(num_frames, height, width))
         generator = torch.Generator("cpu").manual_seed(seed)
         latents = torch.randn(shape, generator=generator).to(self.device)  # CPU noise: same video on any device
         if mode == "v2v":
@@ -395,11 +405,24 @@ REQUIRED_INPUTS = {
 }
 
 
+# Inputs a mode also reads when given: the start frame of control and camera videos.
+OPTIONAL_INPUTS = {"control": ("image",), "camera": ("image",)}
+
+
+def _flags(names) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
 def require_inputs(mode: str, **given) -> None:
-    """Fail clearly when a mode's inputs are missing or name files that do not exist."""
+    """Fail clearly when a mode's inputs are missing, unused by it, or name files that do not exist."""
     missing = [name for name in REQUIRED_INPUTS.get(mode, ()) if given.get(name) is None]
     if missing:
-        raise ValueError(f"mode {mode!r} needs {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        raise ValueError(f"mode {mode!r} needs {_flags(missing)}")
+    reads = (*REQUIRED_INPUTS.get(mode, ()), *OPTIONAL_INPUTS.get(mode, ()))
+    unused = [name for name, value in given.items() if value is not None and name not in reads]
+    if unused:
+        wanted = infer_mode(*(given.get(n) for n in ("image", "end_image", "video", "mask", "control_video", "camera")))
+        raise ValueError(f"mode {mode!r} does not use {_flags(unused)} (these inputs ask for mode {wanted!r})")
     for name, value in given.items():
         if isinstance(value, (str, Path)) and not Path(value).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')}: file not found: {value}")

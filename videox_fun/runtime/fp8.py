@@ -46,15 +46,21 @@ class Float8Linear(nn.Module):
         scale_shape = ((weight.shape[0], 1) if per_channel else ()) if scaled else None
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, scale_shape)
         layer.to(linear.weight.device)
-        if scaled:
-            amax = weight.abs().amax(dim=1, keepdim=True) if per_channel else weight.abs().amax()
-            scale = (amax / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-            layer.scale_weight.copy_(scale.reshape(scale_shape))
-            weight = weight / scale
-        layer.weight.data = weight.clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        layer.store_weight(weight)
         if linear.bias is not None:
             layer.bias.data = linear.bias.detach().clone()
         return layer
+
+    def store_weight(self, weight: torch.Tensor) -> None:
+        """Quantise a full-precision (out, in) weight into this layer, refitting its scale if it has one."""
+        weight = weight.detach().float()
+        if self.scale_weight is not None:
+            per_channel = self.scale_weight.numel() > 1
+            amax = weight.abs().amax(dim=1, keepdim=True) if per_channel else weight.abs().amax()
+            scale = (amax / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+            self.scale_weight.copy_(scale.reshape(self.scale_weight.shape))
+            weight = weight / scale
+        self.weight.data = weight.clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight in ``dtype`` (times its scale)."""

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..argparsing import DefaultsHelpFormatter
 from .cache import CALIBRATION_FILE, FirstBlockCache, TeaCache, coefficients_for
 from .offload import MEMORY_MODES
 
@@ -41,7 +42,23 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="load the transformer weights from this single file (e.g. a ComfyUI *_fp8_scaled file)",
     )
+    lora = parser.add_argument_group("LoRA (merged into the transformer before offload and fp8)")
+    lora.add_argument(
+        "--lora-path",
+        action="append",
+        help="LoRA .safetensors (ours, ComfyUI, diffusers or VideoX-Fun/kohya keys), or a file name under "
+        "models/Personalized_Model; repeat for several",
+    )
+    lora.add_argument(
+        "--lora-weight",
+        type=float,
+        action="append",
+        help="strength of each LoRA: one for all or one per --lora-path (default 1.0)",
+    )
     group.add_argument("--cache", choices=CACHES, default="none", help="step cache (default none)")
+    group.add_argument(
+        "--enable-teacache", dest="cache", action="store_const", const="teacache", help="same as --cache teacache"
+    )
     group.add_argument(
         "--teacache-threshold",
         "--cache-threshold",
@@ -78,15 +95,56 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def apply_weight_options(pipe, args: argparse.Namespace) -> dict:
+    """Replace or adapt the transformer's weights as the flags ask (before sharding, offload and fp8).
+
+    A ``--transformer-path`` file first, then each ``--lora-path`` merged at its ``--lora-weight``.
+    Returns a summary for the sidecar JSON.
+    """
+    from ..models.lora import merge_lora
+
+    applied: dict = {}
+    if args.transformer_path is not None:
+        load_transformer_file(pipe, args.transformer_path)
+        applied["transformer_path"] = str(args.transformer_path)
+    loras = [resolve_lora(name) for name in args.lora_path or []]
+    weights = lora_weights(args.lora_weight, len(loras))
+    for path, weight in zip(loras, weights, strict=True):
+        modules = merge_lora(pipe.transformer, path, weight)
+        logger.info("merged LoRA %s at weight %g into %d layers", path, weight, len(modules))
+    if loras:
+        applied["loras"] = [{"path": str(p), "weight": w} for p, w in zip(loras, weights, strict=True)]
+    return applied
+
+
+LORA_FOLDER = Path("models/Personalized_Model")
+
+
+def resolve_lora(name: str) -> Path:
+    """A LoRA file path, or a file name under ``models/Personalized_Model/`` (VideoX-Fun's folder)."""
+    for candidate in (Path(name), LORA_FOLDER / name):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"--lora-path: no file {name} (nor {LORA_FOLDER / name})")
+
+
+def lora_weights(given: list[float] | None, count: int) -> list[float]:
+    """One weight per LoRA: none given = 1.0 each, one given = that for all, else one each."""
+    if not given:
+        return [1.0] * count
+    if len(given) == 1:
+        return given * count
+    if len(given) != count:
+        raise ValueError(f"{len(given)} --lora-weight values for {count} --lora-path files: give one or one each")
+    return list(given)
+
+
 def apply_runtime_options(pipe, args: argparse.Namespace, folder: Path) -> dict:
     """Attach what the flags ask for to a loaded pipeline; returns a summary for the sidecar JSON."""
     from .compile import apply_riflex, compile_blocks
     from .offload import apply_memory_mode
 
     applied: dict = {"gpu_memory_mode": args.gpu_memory_mode}
-    if args.transformer_path is not None:
-        load_transformer_file(pipe, args.transformer_path)
-        applied["transformer_path"] = str(args.transformer_path)
     if "qfloat8" in args.gpu_memory_mode and args.fp8 == "scaled":
         from .fp8 import quantize_to_fp8
 
@@ -128,7 +186,7 @@ def add_calibrate_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "calibrate-cache",
         help="fit TeaCache coefficients for a model from a few uncached runs",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--model", help="model folder or name (default: the built-in tiny model)")
     parser.add_argument("--prompts-file", type=Path, help="prompts to run (default: a few built in)")

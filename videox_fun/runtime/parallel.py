@@ -447,13 +447,28 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "multi-GPU (launch with torchrun; ulysses x ring x (2 with --cfg-parallel) must equal the process count)"
     )
-    group.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (all-to-all)")
-    group.add_argument("--ring-degree", type=int, default=1, help="Ring sequence parallelism (K/V passed around)")
+    group.add_argument(
+        "--ulysses-degree",
+        type=int,
+        help="Ulysses sequence parallelism (all-to-all); default: every process when neither degree is given, else 1",
+    )
+    group.add_argument("--ring-degree", type=int, help="Ring sequence parallelism (K/V passed around) (default 1)")
     group.add_argument(
         "--cfg-parallel", action="store_true", help="conditional and unconditional passes on two groups of ranks"
     )
     group.add_argument("--fsdp-dit", action="store_true", help="shard the transformer's weights over the ranks")
     group.add_argument("--fsdp-text-encoder", action="store_true", help="shard the text encoder's weights")
+
+
+def default_degrees(ulysses: int | None, ring: int | None, cfg_parallel: bool, world_size: int) -> tuple[int, int]:
+    """The (ulysses, ring) degrees to use: unset ones are 1, except that with neither given every
+    process (over the CFG split) goes to Ulysses, so a bare ``torchrun --nproc-per-node=N`` works."""
+    if ulysses is None and ring is None and world_size > 1:
+        branches = 2 if cfg_parallel else 1
+        if world_size % branches == 0:
+            logger.info("no --ulysses-degree / --ring-degree given: Ulysses degree %d", world_size // branches)
+            return world_size // branches, 1
+    return ulysses or 1, ring or 1
 
 
 def init_parallel(args: argparse.Namespace) -> ParallelRuntime:
@@ -462,10 +477,13 @@ def init_parallel(args: argparse.Namespace) -> ParallelRuntime:
     Raises ``ValueError`` stating the required product on a mismatch. On ranks other than 0 the
     package's INFO logging is silenced so only rank 0 reports progress.
     """
-    ulysses, ring = getattr(args, "ulysses_degree", 1), getattr(args, "ring_degree", 1)
     cfg_parallel = getattr(args, "cfg_parallel", False)
     info_device = getattr(args, "device", "auto")
-    check_world_size(ulysses, ring, cfg_parallel, dist_info_from_env(info_device).world_size)
+    world_size = dist_info_from_env(info_device).world_size
+    ulysses, ring = default_degrees(
+        getattr(args, "ulysses_degree", None), getattr(args, "ring_degree", None), cfg_parallel, world_size
+    )
+    check_world_size(ulysses, ring, cfg_parallel, world_size)
     info = init_distributed(info_device)
     if not info.is_main:
         logging.getLogger("videox_fun").setLevel(logging.WARNING)

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..argparsing import DefaultsHelpFormatter
 from .world import DEFAULT_FPS, DEFAULT_FRAMES, SPLITS
 
 EVAL_COMMAND = "eval"
@@ -124,7 +125,7 @@ def run_train_all(args: argparse.Namespace) -> dict:
 def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     toy = commands.add_parser("toyworld", help="the synthetic world of the tiny models: render, datasets, prompts")
     actions = toy.add_subparsers(dest="toyworld_command", required=True)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = DefaultsHelpFormatter
 
     render = actions.add_parser("render", help="render one clip", formatter_class=defaults)
     render.add_argument("prompt", help='what to render, e.g. "a red circle moving right"')

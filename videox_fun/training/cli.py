@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..argparsing import DefaultsHelpFormatter
 from .config import add_train_arguments, config_from_args
 
 
@@ -31,7 +32,7 @@ def run_cache(args: argparse.Namespace) -> None:
 
 def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``cache`` on the ``videox-fun`` subcommands."""
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = DefaultsHelpFormatter
     train = subparsers.add_parser(
         "train", help="train a model (full, LoRA, inpaint, control)", formatter_class=formatter
     )

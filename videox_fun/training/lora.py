@@ -22,15 +22,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from ..models.lora import lora_weights_for, read_lora_file
 
 PREFIX = "diffusion_model."
 ADAPTER = "default"
 # peft parameter names: "<module>.lora_A.<adapter>.weight"
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<adapter>[^.]+)\.weight$")
-_FILE_KEY = re.compile(r"^" + re.escape(PREFIX) + r"(?P<module>.+)\.(?:lora_(?P<ab>[AB])\.weight|(?P<alpha>alpha))$")
 
 
 def lora_module_names(model: nn.Module, targets: Sequence[str], skip: Sequence[str] | None = None) -> list[str]:
@@ -105,35 +105,18 @@ def save_lora_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike, r
     return path
 
 
-def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a LoRA file."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    return tensors, metadata
-
-
 def load_lora(model: nn.Module, path: str | os.PathLike, scale: float = 1.0) -> list[str]:
-    """Attach a LoRA file to ``model`` through peft (alpha / rank per module as stored; ``scale`` on top).
+    """Attach a LoRA file to ``model`` through peft, unmerged (alpha / rank per module as stored; ``scale`` on top).
 
-    Keys must be ``diffusion_model.<module>.lora_{A,B}.weight`` (+ optional ``.alpha``; absent means
-    alpha = rank); a key naming no module of the model fails, naming it.
+    Any layout :func:`~videox_fun.models.lora.lora_weights_for` reads (original, diffusers or
+    kohya names); a key naming no Linear of the model fails, naming it.
     """
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 
     tensors, _ = read_lora_file(path)
-    weights: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        match = _FILE_KEY.match(key)
-        if match is None:
-            raise ValueError(f"{path}: {key!r} is not a diffusion_model.<module>.lora_A/lora_B/alpha key")
-        weights.setdefault(match["module"], {})["alpha" if match["alpha"] else match["ab"]] = tensor
-    modules = dict(model.named_modules())
-    unknown = sorted(m for m in weights if not isinstance(modules.get(m), nn.Linear))
-    if unknown:
-        raise ValueError(f"{path}: LoRA for modules this model has no Linear layer for: {unknown[:8]}")
-    ranks = {m: w["A"].shape[0] for m, w in weights.items()}
-    alphas = {m: float(w["alpha"]) if "alpha" in w else float(ranks[m]) for m, w in weights.items()}
+    weights = lora_weights_for(model, tensors, str(path))
+    ranks = {m: w.rank for m, w in weights.items()}
+    alphas = {m: w.alpha if w.alpha is not None else float(w.rank) for m, w in weights.items()}
     first = next(iter(weights))
     config = LoraConfig(
         r=ranks[first],
@@ -143,7 +126,7 @@ def load_lora(model: nn.Module, path: str | os.PathLike, scale: float = 1.0) -> 
         alpha_pattern={f"^{re.escape(m)}$": a * scale for m, a in alphas.items()},
     )
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-    peft_state = {f"{m}.lora_{ab}.weight": w[ab] for m, w in weights.items() for ab in ("A", "B")}
+    peft_state = {f"{m}.lora_{ab}.weight": t for m, w in weights.items() for ab, t in (("A", w.down), ("B", w.up))}
     result = set_peft_model_state_dict(model, peft_state, adapter_name=ADAPTER)
     bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if bad:

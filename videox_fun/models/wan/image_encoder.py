@@ -5,7 +5,7 @@ of the first 31 of the 32 transformer blocks (``use_31_block=True`` in Wan's ``c
 post-norm, no projection) for a 224x224 crop. The network is transformers' ``CLIPVisionModel``
 (same math: pre-norm, exact GELU, 1/sqrt(head_dim) attention); this module adds Wan's
 preprocessing, the penultimate-layer choice and the loading of the ORIGINAL file
-``models_clip_open-xlm-roberta-large-vit-huge-14.pth`` besides the transformers layout
+``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`` besides the transformers layout
 (``image_encoder/`` of a diffusers release).
 """
 
@@ -42,7 +42,17 @@ from ..loading import (
 
 logger = logging.getLogger(__name__)
 
-ORIGINAL_CLIP_FILE = "models_clip_open-xlm-roberta-large-vit-huge-14.pth"
+ORIGINAL_CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+
+
+def missing_image_encoder_error() -> ValueError:
+    """The error for an input image given to a CLIP-conditioned model loaded without its encoder."""
+    return ValueError(
+        f"this model attends to CLIP image tokens but no image encoder was loaded: put {ORIGINAL_CLIP_FILE} "
+        "(or an image_encoder/ folder) in the model folder, or set image_encoder_subpath in the config"
+    )
+
+
 # OpenAI CLIP normalisation, used by Wan's clip.py for this (non-SigLIP) model.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -264,7 +274,7 @@ class WanImageEncoder(OffloadableComponent, nn.Module):
 
         ``path`` is (a) a folder with ``config.json`` and safetensors (``image_encoder/`` of a
         diffusers release; a full CLIP folder also works, its text tower is dropped and logged);
-        (b) ``models_clip_open-xlm-roberta-large-vit-huge-14.pth`` (or the release folder holding
+        (b) ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`` (or the release folder holding
         it), whose architecture is ``config`` (default: ViT-H/14). Any missing, unexpected or
         mis-shaped key raises :class:`CheckpointMismatchError` naming it.
         """
@@ -280,6 +290,23 @@ class WanImageEncoder(OffloadableComponent, nn.Module):
             to_original = clip_key_to_original
         model = _build_and_load(config, cast_floating(state, dtype), str(path), to_original)
         return cls(model).to(device).eval()
+
+    @classmethod
+    def from_model_folder(
+        cls, folder: str | os.PathLike, subpath: str | None, dtype: torch.dtype = torch.float32
+    ) -> WanImageEncoder | None:
+        """The encoder at ``folder / subpath``, or ``None`` (logged with the expected path) when absent.
+
+        Callers that then get an image to encode fail with :func:`missing_image_encoder_error`
+        instead of feeding the transformer zero CLIP tokens in place of the image.
+        """
+        if not subpath:
+            return None
+        path = Path(folder) / subpath
+        if not path.exists():
+            logger.warning("no image encoder at %s: modes with an input image will fail", path)
+            return None
+        return cls.from_pretrained(path, dtype=dtype)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write the transformers layout (config.json, model.safetensors)."""

@@ -88,6 +88,12 @@ def diffusers_to_original_keys(state: Mapping[str, torch.Tensor]) -> dict[str, t
     return _convert(state, _TO_ORIGINAL, "original")
 
 
+def diffusers_module_to_original(name: str) -> str | None:
+    """The original name of a diffusers transformer module (``blocks.0.attn1.to_q`` -> ``blocks.0.self_attn.q``)."""
+    renamed = rename_key(f"{name}.weight", _TO_ORIGINAL)
+    return renamed.removesuffix(".weight") if renamed is not None else None
+
+
 def is_diffusers_config(config: Mapping) -> bool:
     """Whether a config.json is diffusers' ``WanTransformer3DModel`` layout."""
     return "num_attention_heads" in config or config.get("_class_name") == "WanTransformer3DModel"

@@ -141,8 +141,12 @@ class PixelSource:
         dim = self.models.transformer.config.image_dim
         out = torch.zeros(b, 257, dim, device=self.device)
         chosen = [(row, i) for row, i in enumerate(frames) if i is not None]
-        if encoder is None or not chosen:
+        if not chosen:
             return out
+        if encoder is None:
+            from ...models.wan.image_encoder import missing_image_encoder_error
+
+            raise missing_image_encoder_error()
         images = torch.stack([self.pixels[row, :, i] for row, i in chosen])  # (N, 3, H, W)
         with on_device(encoder, self.device, self.models.low_vram):
             tokens = encoder.encode(images, device=self.device).float()  # (N, T, dim)
@@ -260,12 +264,13 @@ class WanSpec:
                 folder / settings.text_encoder_subpath, tokenizer_path=folder / settings.tokenizer_subpath, dtype=dtype
             ),
         }
-        if transformer.uses_clip and settings.image_encoder_subpath:
-            path = folder / settings.image_encoder_subpath
-            if path.exists():
-                frozen["image_encoder"] = WanImageEncoder.from_pretrained(path, dtype=dtype)
-            else:
-                logger.warning("no image encoder at %s: CLIP tokens are zeros during training", path)
+        encoder = (
+            WanImageEncoder.from_model_folder(folder, settings.image_encoder_subpath, dtype)
+            if transformer.uses_clip
+            else None
+        )
+        if encoder is not None:
+            frozen["image_encoder"] = encoder
         for module in frozen.values():
             module.requires_grad_(False).eval()
         return frozen

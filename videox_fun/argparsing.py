@@ -1,0 +1,46 @@
+"""Argument parsing shared by every ``videox-fun`` command: flag spellings and default display.
+
+VideoX-Fun users write flags with underscores (``--num_inference_steps``, ``--GPU_memory_mode``)
+while our generation flags use hyphens and the training flags keep VideoX-Fun's underscores. The
+parser here accepts either spelling, in any letter case, wherever the other one is a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+class FlagSpellingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that reads ``--foo_bar`` as ``--foo-bar`` (and back) when only one is a flag.
+
+    Sub-commands inherit the class, so each one resolves spellings against its own flags.
+    """
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self.known_spelling(token) for token in args], namespace)
+
+    def known_spelling(self, token: str) -> str:
+        """``token`` with its flag part respelled to a flag of this parser, if one matches; else unchanged."""
+        if not token.startswith("--") or token == "--":
+            return token
+        flag, equals, value = token.partition("=")
+        if flag in self._option_string_actions:
+            return token
+        for candidate in (flag.replace("_", "-"), flag.replace("-", "_")):
+            for spelled in (candidate, candidate.lower()):
+                if spelled in self._option_string_actions:
+                    return spelled + equals + value
+        return token
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only where there is a default to show and the help does not state it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
