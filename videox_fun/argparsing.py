@@ -29,8 +29,9 @@ class FlagSpellingParser(argparse.ArgumentParser):
         flag, equals, value = token.partition("=")
         if flag in self._option_string_actions:
             return token
-        for candidate in (flag.replace("_", "-"), flag.replace("-", "_")):
-            for spelled in (candidate, candidate.lower()):
+        name = flag[2:]
+        for candidate in (name.replace("_", "-"), name.replace("-", "_")):
+            for spelled in (f"--{candidate}", f"--{candidate.lower()}"):
                 if spelled in self._option_string_actions:
                     return spelled + equals + value
         return token

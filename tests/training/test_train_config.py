@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,35 @@ def test_the_example_scripts_use_only_known_flags(script):
     config.validate()
     assert config.use_lora == (script == "train_lora.sh")
     assert config.train_mode == ("control_ref" if script == "train_control.sh" else "inpaint")
+
+
+def test_videox_fun_only_flags_are_accepted_mapped_or_reported(caplog):
+    flags = ["--pretrained_model_name_or_path=m", "--train_data_meta=d.json", "--weighting_scheme=logit_normal"]
+    flags += ["--use_deepspeed", "--local_rank=0", "--tracker_project_name", "wan", "--allow-tf32"]
+    with pytest.raises(SystemExit):  # a flag that would change training and is not implemented is refused
+        parse_train_args(flags)
+    with caplog.at_level("WARNING"):
+        config = parse_train_args(flags[:-1])
+    assert (config.timestep_sampling, config.weighting_scheme) == ("logit_normal", "none")
+    reported = caplog.text
+    assert "--use_deepspeed has no effect here" in reported and "--local_rank" in reported
+    assert parse_train_args([*flags[:2], "--weighting_scheme=cosmap"]).weighting_scheme == "cosmap"
+    hyphens = parse_train_args(["--pretrained-model-name-or-path=m", "--train-data-meta=d.json", "--use-lora"])
+    assert hyphens.use_lora and hyphens.pretrained_model_name_or_path == "m"
+
+
+def test_script_presets_give_way_to_flags():
+    assert parse_train_args(["--pretrained_model_name_or_path=m"], use_lora=True).use_lora
+    assert not parse_train_args(["--pretrained_model_name_or_path=m", "--no-use_lora"], use_lora=True).use_lora
+    control = parse_train_args(["--pretrained_model_name_or_path=m"], train_mode="control")
+    assert control.train_mode == "control"
+    assert parse_train_args(["--train_mode=control_ref"], train_mode="control").train_mode == "control_ref"
+
+
+@pytest.mark.parametrize("script", ["train.py", "train_lora.py", "train_control.py"])
+def test_videox_fun_script_names_exist_and_parse(script):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "wan2.1_fun" / script), "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--train_mode" in done.stdout and "--use_deepspeed" in done.stdout

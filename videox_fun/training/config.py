@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,23 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+logger = logging.getLogger(__name__)
+
 TRAIN_MODES = ("normal", "inpaint", "control", "control_ref")
 WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "cosmap")
+# VideoX-Fun's one --weighting_scheme flag also names the sigma densities; they map to --timestep_sampling.
+DENSITY_SCHEMES = ("logit_normal", "mode")
+# VideoX-Fun flags that choose things set elsewhere here (accelerate's config picks DeepSpeed / FSDP;
+# the text length is the model's): accepted so its scripts run unchanged, and reported as unused.
+UNUSED_VIDEOX_FUN_FLAGS = {
+    "use_deepspeed": "the accelerate config (config/accelerate/*.yaml) chooses DeepSpeed",
+    "use_fsdp": "the accelerate config (config/accelerate/*.yaml) chooses FSDP",
+    "local_rank": "accelerate / torchrun set the rank",
+    "tracker_project_name": "logs go to OUTPUT_DIR/logs",
+    "enable_text_encoder_in_dataloader": "the text encoder runs in the training process",
+    "keep_all_node_same_token_length": "buckets already give every process the same token count per step",
+    "tokenizer_max_length": "the text length is the model's (text_len in its config)",
+}
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform", "mode")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -98,7 +114,11 @@ class TrainConfig:
     logit_mean: float = _opt(0.0, "mean of the logit-normal density")
     logit_std: float = _opt(1.0, "std of the logit-normal density")
     mode_scale: float = _opt(1.29, "scale of the 'mode' density")
-    weighting_scheme: str = _opt("none", "loss weighting over sigma", choices=WEIGHTING_SCHEMES)
+    weighting_scheme: str = _opt(
+        "none",
+        "loss weighting over sigma; VideoX-Fun's logit_normal / mode set --timestep_sampling instead",
+        choices=WEIGHTING_SCHEMES + DENSITY_SCHEMES,
+    )
     shift: float | None = _opt(None, "flow shift applied to sampled sigmas as at inference (default: model's)")
     # -- checkpoints and logs ----------------------------------------------------------------
     checkpointing_steps: int = _opt(500, "save a resumable checkpoint every n steps")
@@ -121,6 +141,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.uniform_sampling:
             self.timestep_sampling = "uniform"
+        if self.weighting_scheme in DENSITY_SCHEMES:
+            self.timestep_sampling, self.weighting_scheme = self.weighting_scheme, "none"
         for name in ("video_sample_size", "image_sample_size", "validation_sample_size"):
             value = getattr(self, name)
             if isinstance(value, int):
@@ -200,6 +222,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     documented defaults appear in ``--help``.
     """
     parser.add_argument("--config", type=Path, help="training YAML file holding the same fields as the flags")
+    add_unused_videox_fun_flags(parser)
     hints = get_type_hints(TrainConfig)
     for name, f in config_fields().items():
         kind, is_list = _base_type(hints[name])
@@ -223,9 +246,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults, then ``--config`` YAML, then the flags given."""
-    values: dict[str, Any] = read_train_yaml(args.config) if getattr(args, "config", None) else {}
+def add_unused_videox_fun_flags(parser: argparse.ArgumentParser) -> None:
+    """Accept the VideoX-Fun flags of :data:`UNUSED_VIDEOX_FUN_FLAGS` (reported when given)."""
+    group = parser.add_argument_group("VideoX-Fun flags accepted and not used (each says why)")
+    for name, why in UNUSED_VIDEOX_FUN_FLAGS.items():
+        group.add_argument(f"--{name}", nargs="?", const=True, default=argparse.SUPPRESS, help=why)
+
+
+def report_unused_flags(args: argparse.Namespace) -> list[str]:
+    """Log each given VideoX-Fun flag that has no effect here, with the reason; returns their names."""
+    given = [name for name in UNUSED_VIDEOX_FUN_FLAGS if name in vars(args)]
+    for name in given:
+        logger.warning("--%s has no effect here: %s", name, UNUSED_VIDEOX_FUN_FLAGS[name])
+    return given
+
+
+def config_from_args(args: argparse.Namespace, **presets: Any) -> TrainConfig:
+    """Defaults, then ``presets`` (a script's own settings), then ``--config`` YAML, then the flags given."""
+    report_unused_flags(args)
+    values: dict[str, Any] = dict(presets)
+    values.update(read_train_yaml(args.config) if getattr(args, "config", None) else {})
     known = config_fields()
     values.update({k: v for k, v in vars(args).items() if k in known})
     try:
@@ -234,11 +274,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ValueError(f"bad training config: {err}") from err
 
 
-def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
-    """Parse VideoX-Fun style training flags into a TrainConfig (used by scripts/*/train.py)."""
-    parser = argparse.ArgumentParser(description="Train a video DiT (full, LoRA, inpaint, control).")
+def parse_train_args(argv: list[str] | None = None, **presets: Any) -> TrainConfig:
+    """Parse VideoX-Fun style training flags into a TrainConfig (used by scripts/*/train*.py).
+
+    ``presets`` are a script's own defaults (``use_lora=True`` for train_lora.py); YAML and flags win.
+    """
+    from ..argparsing import FlagSpellingParser
+
+    parser = FlagSpellingParser(description="Train a video DiT (full, LoRA, inpaint, control).")
     add_train_arguments(parser)
-    return config_from_args(parser.parse_args(argv))
+    return config_from_args(parser.parse_args(argv), **presets)
 
 
 def save_train_yaml(config: TrainConfig, path: str | Path) -> None:
