@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -125,6 +126,17 @@ def test_unknown_model_is_named(capsys):
     assert "No-Such-Model" in capsys.readouterr().err
 
 
+def test_missing_attention_package_is_a_one_line_error(capsys):
+    if importlib.util.find_spec("sageattention") is not None:
+        pytest.skip("sageattention is installed here")
+    assert main(["generate", "--prompt", "x", "--attention", "sage", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "error: attention backend 'sage'" in err
+    assert "pip install sageattention" in err
+    assert "available here: sdpa" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_example_entry_point_runs_in_a_fresh_process_and_inpaints_given_a_mask(inp_folder, tmp_path):
     video, mask = tmp_path / "in.mp4", tmp_path / "mask.mp4"
@@ -230,3 +242,12 @@ def test_calibrate_cache_then_generate_with_teacache(tmp_path):
     ]
     assert main(args) == 0
     assert json.loads(out.with_suffix(".json").read_text())["cache"] == "teacache"
+
+
+def test_two_expert_folder_generates_with_its_own_low_noise_guidance(tmp_path):
+    folder = build_tiny_model_folder(tmp_path / "Tiny-A14B", "inp", boundary=0.875)
+    out = tmp_path / "a14b.mp4"
+    flags = ["--model", str(folder), "--output", str(out), "--guidance", "4", "--guidance-2", "2.5", *FAST]
+    assert main(["generate", "--prompt", "a red circle moving right", *flags, "--steps", "3"]) == 0
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert (settings["guidance_scale"], settings["guidance_scale_2"], settings["boundary"]) == (4.0, 2.5, 0.875)

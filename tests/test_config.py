@@ -12,7 +12,7 @@ from videox_fun.registry import resolve_model
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 
-@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "wan2.1").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("wan2.*/*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
     config = load_model_config(path)
     assert config.pipeline == "Wan"
@@ -56,10 +56,12 @@ def test_videox_fun_nested_yaml_is_read(tmp_path):
     config = load_model_config(tmp_path / "wan_civitai.yaml")
     assert (config.format, config.transformer_subpath, config.vae_subpath) == ("civitai", "./", "Wan2.1_VAE.pth")
     assert config.tokenizer_subpath == "google/umt5-xxl" and config.image_encoder_subpath == "my_clip.pth"
-    two_experts = VIDEOX_FUN_YAML.replace("  transformer_subpath: ./", "  boundary: 0.875")
-    (tmp_path / "wan22.yaml").write_text(two_experts)
-    with pytest.raises(ValueError, match="two-expert"):
-        load_model_config(tmp_path / "wan22.yaml")
+    experts = "  transformer_low_noise_model_subpath: ./low_noise_model\n"
+    experts += "  transformer_high_noise_model_subpath: ./high_noise_model\n  boundary: 0.875"
+    (tmp_path / "wan22.yaml").write_text(VIDEOX_FUN_YAML.replace("  transformer_subpath: ./", experts))
+    wan22 = load_model_config(tmp_path / "wan22.yaml")
+    assert (wan22.transformer_subpath, wan22.transformer_2_subpath) == ("./high_noise_model", "./low_noise_model")
+    assert wan22.boundary == 0.875
     (tmp_path / "typo.yaml").write_text(VIDEOX_FUN_YAML + "vae_kwarg: {}\n")
     with pytest.raises(ValueError, match="vae_kwarg"):
         load_model_config(tmp_path / "typo.yaml")
@@ -69,6 +71,30 @@ def test_layout_is_recognised(tmp_path):
     assert config_for_folder(tmp_path) == ModelConfig()  # original (civitai) layout by default
     (tmp_path / "model_index.json").write_text("{}")
     assert config_for_folder(tmp_path).vae_subpath == "vae"
+    assert config_for_folder(tmp_path).transformer_2_subpath is None
+
+
+def test_wan22_two_expert_layouts_are_recognised(tmp_path):
+    diffusers = tmp_path / "diffusers"
+    diffusers.mkdir()
+    (diffusers / "model_index.json").write_text('{"transformer_2": ["diffusers", "WanTransformer3DModel"], '
+                                                '"boundary_ratio": 0.9}')  # fmt: skip
+    (diffusers / "transformer_2").mkdir()
+    (diffusers / "transformer_2" / "config.json").write_text("{}")
+    config = config_for_folder(diffusers)
+    assert (config.transformer_subpath, config.transformer_2_subpath, config.boundary) == (
+        "transformer",
+        "transformer_2",
+        0.9,
+    )
+    for model_type, shift, boundary in (("t2v", 12.0, 0.875), ("i2v", 5.0, 0.9)):
+        original = tmp_path / model_type
+        for expert in ("high_noise_model", "low_noise_model"):
+            (original / expert).mkdir(parents=True)
+            (original / expert / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+        config = config_for_folder(original)
+        assert (config.transformer_subpath, config.transformer_2_subpath) == ("high_noise_model", "low_noise_model")
+        assert (config.boundary, config.defaults.shift, config.defaults.steps) == (boundary, shift, 40)
 
 
 def test_model_lookup_by_folder_name(tmp_path, monkeypatch):

@@ -70,6 +70,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--fps", type=int, help="frames per second of the written video")
     sampling.add_argument("--steps", "--num-inference-steps", type=int, help="denoising steps")
     sampling.add_argument("--guidance", "--guidance-scale", type=float, help="classifier-free guidance scale")
+    sampling.add_argument(
+        "--guidance-2",
+        "--guidance-scale-2",
+        type=float,
+        help="Wan2.2 A14B: guidance of the low-noise expert (--guidance is the high-noise one's)",
+    )
     sampling.add_argument("--shift", type=float, help="flow shift of the sampler")
     sampling.add_argument("--sampler", "--sampler-name", choices=SAMPLERS, help="sampler")
     sampling.add_argument("--seed", type=int, default=43, help="random seed (default 43)")
@@ -167,6 +173,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
             num_frames=args.frames,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
+            guidance_scale_2=args.guidance_2,
             shift=args.shift,
             sampler=args.sampler,
             seed=args.seed + i,

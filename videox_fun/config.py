@@ -8,6 +8,7 @@ own nested YAML files (``transformer_additional_kwargs``, ``vae_kwargs``...) are
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ class GenerationDefaults:
     fps: int = 16
     steps: int = 50
     guidance_scale: float = 6.0
+    # Wan2.2 A14B: the low-noise expert's guidance (None: the same as guidance_scale).
+    guidance_scale_2: float | None = None
     shift: float = 3.0
     sampler: str = "Flow"
     negative_prompt: str = ""
@@ -42,6 +45,10 @@ class ModelConfig:
     format: str = "civitai"
     pipeline: str = "Wan"
     transformer_subpath: str = "./"
+    # Wan2.2 A14B: the low-noise expert (transformer_subpath is then the high-noise one), switched
+    # in below boundary * 1000 (None: 0.875 for T2V, 0.900 for I2V, the released values).
+    transformer_2_subpath: str | None = None
+    boundary: float | None = None
     vae_subpath: str = "Wan2.1_VAE.pth"
     text_encoder_subpath: str = "models_t5_umt5-xxl-enc-bf16.pth"
     tokenizer_subpath: str = "google/umt5-xxl"
@@ -84,25 +91,22 @@ VIDEOX_FUN_SECTIONS = (
     "scheduler_kwargs",
 )
 _SUBPATHS = ("transformer_subpath", "vae_subpath", "text_encoder_subpath", "tokenizer_subpath", "image_encoder_subpath")
-# Wan2.2 A14B: two transformers switched at a noise boundary, which this pipeline does not run yet.
-_TWO_EXPERT_KEYS = ("transformer_high_noise_model_subpath", "transformer_low_noise_model_subpath", "boundary")
+# VideoX-Fun's names for the Wan2.2 A14B experts -> ours.
+_EXPERT_KEYS = {
+    "transformer_high_noise_model_subpath": "transformer_subpath",
+    "transformer_low_noise_model_subpath": "transformer_2_subpath",
+    "boundary": "boundary",
+}
 
 
 def flatten_videox_fun_config(data: dict) -> dict:
-    """A VideoX-Fun YAML mapping -> our flat fields (component paths; ``format`` and ``pipeline`` kept).
-
-    Fails on what it cannot honour: a two-expert (Wan2.2 A14B) transformer, or unknown top-level keys.
-    """
+    """A VideoX-Fun YAML mapping -> our flat fields (component paths, Wan2.2 experts and boundary;
+    ``format`` and ``pipeline`` kept). Unknown top-level keys stay, so they fail as typos."""
     flat = {key: value for key, value in data.items() if key not in VIDEOX_FUN_SECTIONS}
     for section in VIDEOX_FUN_SECTIONS:
         values = data.get(section) or {}
-        experts = sorted(key for key in values if key in _TWO_EXPERT_KEYS)
-        if experts:
-            raise ValueError(
-                f"{section} sets {experts}: Wan2.2 A14B two-expert models are not supported yet "
-                "(Wan2.1 / Wan2.1-Fun single-transformer folders are)"
-            )
         flat.update({key: value for key, value in values.items() if key in _SUBPATHS})
+        flat.update({_EXPERT_KEYS[key]: value for key, value in values.items() if key in _EXPERT_KEYS})
     return flat
 
 
@@ -129,15 +133,43 @@ def load_model_config(path: str | Path) -> ModelConfig:
         raise ValueError(f"{path}: {err}") from err
 
 
+# Wan2.2 A14B in the original layout: one subfolder per expert, and the released sampling settings
+# (wan/configs/wan_{t2v,i2v}_A14B.py; guidance_scale is the high-noise expert's).
+TWO_EXPERT_LAYOUT = {"transformer_subpath": "high_noise_model", "transformer_2_subpath": "low_noise_model"}
+WAN22_A14B_DEFAULTS = {
+    "t2v": {"steps": 40, "shift": 12.0, "guidance_scale": 4.0, "guidance_scale_2": 3.0, "boundary": 0.875},
+    "i2v": {"steps": 40, "shift": 5.0, "guidance_scale": 3.5, "guidance_scale_2": 3.5, "boundary": 0.900},
+}
+
+
+def two_expert_config(folder: Path) -> ModelConfig:
+    """The config of a Wan2.2 A14B folder in the original layout (T2V or I2V, read off its config.json)."""
+    model_type = json.loads((folder / TWO_EXPERT_LAYOUT["transformer_subpath"] / "config.json").read_text())
+    settings = dict(WAN22_A14B_DEFAULTS["i2v" if model_type.get("model_type") == "i2v" else "t2v"])
+    boundary = settings.pop("boundary")
+    defaults = {"height": 720, "width": 1280, "sampler": "Flow_Unipc", **settings}
+    return ModelConfig.from_dict({**TWO_EXPERT_LAYOUT, "boundary": boundary, "masked_fill": 0.0, "defaults": defaults})
+
+
 def config_for_folder(folder: str | Path, override: str | Path | None = None) -> ModelConfig:
-    """The config of a model folder: an explicit YAML, the folder's own one, or its layout's defaults."""
+    """The config of a model folder: an explicit YAML, the folder's own one, or its layout's defaults.
+
+    Layouts: diffusers (``model_index.json``; a ``transformer_2`` entry and its ``boundary_ratio``
+    make it two-expert), Wan2.2 A14B (``high_noise_model/`` + ``low_noise_model/``), else original.
+    """
     folder = Path(folder)
     if override is not None:
         return load_model_config(override)
     if (folder / FOLDER_CONFIG_NAME).is_file():
         return load_model_config(folder / FOLDER_CONFIG_NAME)
     if (folder / "model_index.json").is_file():
-        return ModelConfig.from_dict(DIFFUSERS_LAYOUT)
+        index = json.loads((folder / "model_index.json").read_text())
+        experts = {"transformer_2_subpath": "transformer_2", "boundary": index.get("boundary_ratio")}
+        # The index names transformer_2 ([null, null]) even when there is none: look for the folder.
+        two_experts = (folder / "transformer_2" / "config.json").is_file()
+        return ModelConfig.from_dict({**DIFFUSERS_LAYOUT, **(experts if two_experts else {})})
+    if all((folder / sub / "config.json").is_file() for sub in TWO_EXPERT_LAYOUT.values()):
+        return two_expert_config(folder)
     return ModelConfig()
 
 

@@ -63,6 +63,7 @@ def default_model_for_mode(mode: str | None) -> str:
 
 
 def _materialise_builtin(name: str) -> Path:
+    from .io.files import reset_tree_modes
     from .models.wan.tiny import build_tiny_model_folder
 
     target = cache_dir() / "models" / name
@@ -73,6 +74,7 @@ def _materialise_builtin(name: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         build_tiny_model_folder(staging, BUILTIN_MODELS[name], seed=0, note=RANDOM_NOTE)
+        reset_tree_modes(staging)  # mkdtemp made it 0700, save_pretrained's safetensors 0600
         if not target.exists():
             staging.rename(target)
     finally:

@@ -82,6 +82,8 @@ def test_per_token_timesteps_match_diffusers(tmp_path):
         ("Wan2.1-I2V-14B-480P", 16_394_878_784),
         ("Wan2.1-Fun-1.3B-InP", 1_564_428_608),
         ("Wan2.2-TI2V-5B", 4_999_787_712),
+        ("Wan2.2-T2V-A14B", 14_288_491_584),  # per expert; two of them make the 27B
+        ("Wan2.2-I2V-A14B", 14_288_901_184),  # T2V-14B + 20 more input channels of the patch embedding
     ],
 )
 def test_released_parameter_counts(preset, count):
@@ -187,3 +189,28 @@ def test_variants_are_read_off_the_config():
     assert variant_of(PRESETS["Wan2.1-Fun-V1.1-1.3B-Control"]).ref_image
     assert variant_of(PRESETS["Wan2.1-Fun-V1.1-1.3B-Control-Camera"]).camera
     assert variant_of(PRESETS["Wan2.1-T2V-14B"]).modes == ("t2v", "v2v")
+
+
+def test_wan22_i2v_without_clip_loads_from_its_release_config_and_matches_diffusers(tmp_path):
+    model = random_model(tiny_config("i2v", text_len=512, image_dim=None))
+    assert not model.uses_clip and not any(k.startswith("img_emb.") for k in model.state_dict())
+    model.save_original(tmp_path / "expert")
+    config = json.loads((tmp_path / "expert" / "config.json").read_text())
+    del config["image_dim"]  # as released: model_type i2v, and no img_emb weights
+    (tmp_path / "expert" / "config.json").write_text(json.dumps(config))
+    loaded = WanTransformer3DModel.from_pretrained(tmp_path / "expert")
+    assert loaded.config.model_type == "i2v" and not loaded.uses_clip
+    reference = diffusers_twin(loaded, tmp_path)
+    assert reference.config.image_dim is None
+    torch.manual_seed(1)
+    x, y, t, text = (
+        torch.randn(1, 16, 2, 4, 6),
+        torch.randn(1, 20, 2, 4, 6),
+        torch.tensor([900.0]),
+        torch.randn(1, 7, 32),
+    )
+    with torch.no_grad():
+        ours = loaded(x, t, text, y=y)
+        padded = torch.nn.functional.pad(text, (0, 0, 0, 512 - 7))
+        theirs = reference(torch.cat([x, y], 1), t, padded, return_dict=False)[0]
+    assert (ours - theirs).abs().max().item() <= 1e-4

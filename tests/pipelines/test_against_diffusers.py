@@ -28,20 +28,33 @@ def t2v_folder(tmp_path_factory):
     return folder
 
 
-def diffusers_pipeline(ours: WanPipeline, tmp_path) -> DiffusersWanPipeline:
-    """diffusers' WanPipeline holding the same weights as ``ours``."""
-    config = {"_class_name": "WanTransformer3DModel", **original_config_to_diffusers(dict(ours.transformer.config))}
-    ours.transformer.save_original(tmp_path / "single")
-    transformer = DiffusersWan.from_single_file(
-        str(tmp_path / "single" / "diffusion_pytorch_model.safetensors"), config=_write_config(config, tmp_path)
-    ).eval()
+def diffusers_transformer(model, tmp_path, name: str = "single") -> DiffusersWan:
+    """diffusers' model with the weights of one of ours (read from our original-layout file)."""
+    config = {"_class_name": "WanTransformer3DModel", **original_config_to_diffusers(dict(model.config))}
+    model.save_original(tmp_path / name)
+    single = tmp_path / name / "diffusion_pytorch_model.safetensors"
+    return DiffusersWan.from_single_file(str(single), config=_write_config(config, tmp_path / name)).eval()
+
+
+def diffusers_pipeline(ours: WanPipeline, tmp_path, **experts) -> DiffusersWanPipeline:
+    """diffusers' WanPipeline holding the same weights as ``ours`` (``experts``: transformer_2, boundary_ratio)."""
     return DiffusersWanPipeline(
         tokenizer=ours.text_encoder.tokenizer,
         text_encoder=ours.text_encoder.model,
         vae=ours.vae.model,
         scheduler=make_scheduler("Flow", shift=3.0),
-        transformer=transformer,
+        transformer=diffusers_transformer(ours.transformer, tmp_path),
+        **experts,
     )
+
+
+def latents_of_both(ours: WanPipeline, theirs: DiffusersWanPipeline, settings: dict):
+    """Our output and diffusers' latents for one prompt, seed and set of settings (Flow sampler, shift 3)."""
+    prompt, negative = "a red circle moving right", "a blue square"
+    out = ours(prompt, negative_prompt=negative, seed=7, shift=3.0, sampler="Flow", progress=False, **settings)
+    generator = torch.Generator("cpu").manual_seed(7)
+    theirs_out = theirs(prompt, negative_prompt=negative, generator=generator, output_type="latent", **settings)
+    return out, theirs_out.frames
 
 
 def _write_config(config: dict, tmp_path) -> str:
@@ -53,18 +66,8 @@ def _write_config(config: dict, tmp_path) -> str:
 
 def test_t2v_latents_match_diffusers_wan_pipeline(t2v_folder, tmp_path):
     ours = WanPipeline.from_pretrained(t2v_folder)
-    theirs = diffusers_pipeline(ours, tmp_path)
-    prompt, negative = "a red circle moving right", "a blue square"
-    our_latents = ours(
-        prompt, negative_prompt=negative, seed=7, shift=3.0, sampler="Flow", progress=False, **SETTINGS
-    ).latents
-    their_latents = theirs(
-        prompt,
-        negative_prompt=negative,
-        generator=torch.Generator("cpu").manual_seed(7),
-        output_type="latent",
-        **SETTINGS,
-    ).frames
+    out, their_latents = latents_of_both(ours, diffusers_pipeline(ours, tmp_path), SETTINGS)
+    our_latents = out.latents
     assert our_latents.shape == their_latents.shape
     assert (our_latents - their_latents).abs().max().item() <= 1e-4
 
@@ -79,3 +82,24 @@ def test_diffusers_layout_folder_gives_the_same_video(t2v_folder, tmp_path):
     first = ours("a cyan disc", seed=3, progress=False, **SETTINGS).latents
     second = loaded("a cyan disc", seed=3, progress=False, **SETTINGS).latents
     assert torch.allclose(first, second, atol=1e-5)
+
+
+@pytest.mark.parametrize("boundary", [0.875, 0.5])
+def test_two_expert_latents_match_diffusers_boundary_ratio(tmp_path, boundary):
+    folder = build_tiny_model_folder(tmp_path / "a14b", "t2v", boundary=boundary)
+    for expert in ("high_noise_model", "low_noise_model"):  # diffusers pads prompts to 512 tokens
+        config = json.loads((folder / expert / "config.json").read_text())
+        (folder / expert / "config.json").write_text(json.dumps({**config, "text_len": 512}))
+    ours = WanPipeline.from_pretrained(folder)
+    assert ours.transformer_2 is not None and ours.boundary == boundary
+    low = diffusers_transformer(ours.transformer_2, tmp_path, "low")
+    theirs = diffusers_pipeline(ours, tmp_path, transformer_2=low, boundary_ratio=boundary)
+    settings = {**SETTINGS, "num_inference_steps": 6, "guidance_scale": 4.0, "guidance_scale_2": 2.0}
+    out, their_latents = latents_of_both(ours, theirs, settings)
+    assert out.settings["guidance_scale_2"] == 2.0 and out.settings["boundary"] == boundary
+    assert (out.latents - their_latents).abs().max().item() <= 1e-4
+    # Both experts ran: the same call with the high-noise expert alone gives other latents.
+    alone = WanPipeline.from_pretrained(folder)
+    alone.transformer_2 = None
+    single, _ = latents_of_both(alone, theirs, settings)
+    assert (single.latents - out.latents).abs().max().item() > 1e-3

@@ -64,3 +64,24 @@ def test_block_swap_prefetches_the_next_block_and_keeps_the_resident_ones(folder
 def test_unknown_mode_is_named(folder):
     with pytest.raises(ValueError, match="model_half_load"):
         apply_memory_mode(WanPipeline.from_pretrained(folder), "model_half_load", "cpu")
+
+
+@pytest.fixture(scope="module")
+def two_expert_folder(tmp_path_factory):
+    return build_tiny_model_folder(tmp_path_factory.mktemp("offload") / "a14b", "inp", boundary=0.875)
+
+
+@pytest.mark.parametrize("mode", MEMORY_MODES)
+def test_two_expert_models_run_in_every_mode(two_expert_folder, mode):
+    settings = {**SETTINGS, "num_inference_steps": 4}  # steps on both sides of the boundary
+    reference = WanPipeline.from_pretrained(two_expert_folder)("a red circle moving right", **settings).latents
+    pipe = WanPipeline.from_pretrained(two_expert_folder)
+    log = apply_memory_mode(pipe, mode, "cpu", resident_blocks=1)
+    latents = pipe("a red circle moving right", **settings).latents
+    if "qfloat8" in mode:
+        assert all(type(t.blocks[0].ffn[0]).__name__ == "Float8Linear" for t in pipe.transformers)
+        assert (latents - reference).abs().max() < 0.5
+    else:
+        assert torch.equal(latents, reference)
+    if mode.startswith("model_cpu_offload"):
+        assert log.order[-3:] == ["transformer", "transformer_2", "vae"]  # high-noise expert, low-noise, decode

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .files import replace_file
+
 logger = logging.getLogger(__name__)
 
 VALUES_PER_LINE = 19
@@ -136,7 +138,7 @@ def write_camera_trajectory(poses: Sequence[CameraPose], path: str | os.PathLike
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         temporary.write_text(text)
-        os.replace(temporary, path)
+        replace_file(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .files import replace_file
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -305,7 +307,7 @@ def write_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps:
             _encode_gif(array, temporary, fps)
         else:
             _encode_av(array, temporary, fps, crf, "libvpx-vp9" if suffix == ".webm" else "libx264")
-        os.replace(temporary, path)
+        replace_file(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path

@@ -51,6 +51,13 @@ _KERNELS: dict[str, tuple[str | None, Callable[..., torch.Tensor]]] = {
     "sage": ("sageattention", _sage),
 }
 
+# What a user runs to get each optional kernel; flash-attn 3 ships no wheel, only the repo's hopper/ build.
+_INSTALL_HINTS = {
+    "flash_attn": "pip install flash-attn",
+    "flash_attn3": "build it from the hopper/ folder of the flash-attention repo",
+    "sage": "pip install sageattention",
+}
+
 
 def available_backends() -> list[str]:
     """Backends whose package is installed (GPU kernels only count when CUDA is present)."""
@@ -63,7 +70,10 @@ def available_backends() -> list[str]:
 
 
 def resolve_backend(name: str) -> str:
-    """Turn a requested backend (or ``auto``) into one that can run here, or fail clearly."""
+    """Turn a requested backend (or ``auto``) into one that can run here.
+
+    Raises ValueError, naming the package to install, when the backend cannot run here.
+    """
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
     found = available_backends()
@@ -72,8 +82,18 @@ def resolve_backend(name: str) -> str:
             if preferred in found:
                 return preferred
     if name not in found:
-        raise RuntimeError(f"attention backend {name!r} is not available here (available: {found})")
+        raise ValueError(_unavailable_message(name, found))
     return name
+
+
+def _unavailable_message(name: str, found: list[str]) -> str:
+    # A ValueError with a one-line fix: the CLI reports it as "error: ..." rather than a traceback.
+    module = _KERNELS[name][0]
+    if module is not None and importlib.util.find_spec(module) is not None:
+        reason = "needs a CUDA GPU and none is visible"
+    else:
+        reason = f"needs the {module!r} package, which is not installed ({_INSTALL_HINTS[name]})"
+    return f"attention backend {name!r} {reason}; available here: {', '.join(found)}"
 
 
 def set_attention_backend(name: str) -> str:

@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from ..io.files import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -145,12 +147,12 @@ def save_sharded(
         size += nbytes
     if len(shards) == 1:
         path = folder / f"{prefix}.safetensors"
-        save_file(shards[0], str(path))
+        save_safetensors(shards[0], path)
         return [path]
     paths, weight_map = [], {}
     for i, shard in enumerate(shards, start=1):
         name = f"{prefix}-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / name))
+        save_safetensors(shard, folder / name)
         paths.append(folder / name)
         weight_map.update(dict.fromkeys(shard, name))
     total = sum(t.numel() * t.element_size() for t in state.values())

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig, config_for_folder
 from ..io.camera import plucker_embedding, read_camera_trajectory
 from ..io.video import frames_to_tensor, read_image, read_video, tensor_to_frames
-from ..models.wan.variants import variant_for_mode, variant_of
+from ..models.wan.variants import EXPERT_BOUNDARIES, variant_for_mode, variant_of
 from .conditioning import first_frame_latent, frame_generate_mask, mask_channels, masked_video, pack_frames_in_time
 from .guidance import ClassifierFreeGuidance
 from .schedulers import make_scheduler, start_index
@@ -80,8 +80,13 @@ class WanPipeline:
         masked_fill: float = -1.0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        transformer_2=None,
+        boundary: float | None = None,
     ):
         self.transformer = transformer
+        # Wan2.2 A14B: ``transformer`` is the high-noise expert, ``transformer_2`` the low-noise one.
+        self.transformer_2 = transformer_2
+        self.boundary = boundary if transformer_2 is None or boundary is not None else default_boundary(transformer)
         self.vae = vae
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
@@ -112,6 +117,11 @@ class WanPipeline:
         folder = Path(folder)
         config = config or config_for_folder(folder)
         transformer = WanTransformer3DModel.from_pretrained(folder / config.transformer_subpath, torch_dtype=dtype)
+        transformer_2 = (
+            WanTransformer3DModel.from_pretrained(folder / config.transformer_2_subpath, torch_dtype=dtype)
+            if config.transformer_2_subpath
+            else None
+        )
         vae = WanVAE.from_pretrained(folder / config.vae_subpath, dtype=dtype)
         text_encoder = WanTextEncoder.from_pretrained(
             folder / config.text_encoder_subpath, tokenizer_path=folder / config.tokenizer_subpath, dtype=dtype
@@ -130,6 +140,8 @@ class WanPipeline:
             masked_fill=config.masked_fill,
             device=device,
             dtype=dtype,
+            transformer_2=transformer_2,
+            boundary=config.boundary,
         )
         pipe.config = config
         return pipe.to(device)
@@ -137,10 +149,21 @@ class WanPipeline:
     def to(self, device: str | torch.device) -> WanPipeline:
         """Move every component to ``device``."""
         self.device = torch.device(device)
-        for module in (self.transformer, self.vae, self.text_encoder, self.image_encoder):
+        for module in (*self.transformers, self.vae, self.text_encoder, self.image_encoder):
             if module is not None:
                 module.to(self.device)
         return self
+
+    @property
+    def transformers(self) -> tuple:
+        """The denoising transformers: one, or the high- and low-noise experts of Wan2.2 A14B."""
+        return (self.transformer,) if self.transformer_2 is None else (self.transformer, self.transformer_2)
+
+    def expert_for(self, t: torch.Tensor):
+        """The transformer that denoises at timestep ``t`` (the low-noise expert below the boundary)."""
+        if self.transformer_2 is None or float(t.flatten()[0]) >= self.boundary * NUM_TRAIN_TIMESTEPS:
+            return self.transformer
+        return self.transformer_2
 
     @property
     def size_multiple(self) -> int:
@@ -278,8 +301,14 @@ class WanPipeline:
         return conditions
 
     # -- generation ----------------------------------------------------------------------
+    def _expert_settings(self, guidance_scale_2: float) -> dict:
+        """What a two-expert run adds to the settings record."""
+        if self.transformer_2 is None:
+            return {}
+        return {"guidance_scale_2": guidance_scale_2, "boundary": self.boundary}
+
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
-        return self.transformer(latents.to(self.dtype), t, **inputs).float()
+        return self.expert_for(t)(latents.to(self.dtype), t, **inputs).float()
 
     @torch.no_grad()
     def __call__(
@@ -299,6 +328,7 @@ class WanPipeline:
         num_frames: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        guidance_scale_2: float | None = None,
         shift: float | None = None,
         sampler: str | None = None,
         seed: int = 43,
@@ -317,6 +347,8 @@ class WanPipeline:
         num_frames = num_frames or defaults.num_frames
         num_inference_steps = num_inference_steps or defaults.steps
         guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+        if guidance_scale_2 is None:
+            guidance_scale_2 = defaults.guidance_scale_2 if defaults.guidance_scale_2 is not None else guidance_scale
         shift = defaults.shift if shift is None else shift
         sampler = sampler or defaults.sampler
         mode = mode or infer_mode(image, end_image, video, mask, control_video, camera)
@@ -357,11 +389,14 @@ class WanPipeline:
             sigma = scheduler.sigmas[first].to(self.device)
             latents = (1.0 - sigma) * clean + sigma * latents
 
-        for hook in getattr(self.transformer, "generation_hooks", ()):
-            hook.begin(len(timesteps))  # step caches start fresh for every video
+        for transformer in self.transformers:
+            for hook in getattr(transformer, "generation_hooks", ()):
+                hook.begin(len(timesteps))  # step caches start fresh for every video
         guidance = guidance or ClassifierFreeGuidance(scale=guidance_scale)
         for step, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
             t_batch = t.expand(1).to(self.device, torch.float32)
+            if self.transformer_2 is not None:  # each expert has its own guidance scale
+                guidance.scale = guidance_scale if self.expert_for(t_batch) is self.transformer else guidance_scale_2
             velocity = guidance(self._denoise, latents, t_batch, cond, uncond, step, len(timesteps))
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
             if callback is not None:
@@ -376,10 +411,19 @@ class WanPipeline:
             "seed": seed,
             "steps": num_inference_steps,
             "guidance_scale": guidance_scale,
+            **self._expert_settings(guidance_scale_2),
             "shift": shift,
             "sampler": sampler,
         }
         return GenerationOutput(frames=tensor_to_frames(decoded[0].cpu()), latents=latents.cpu(), settings=settings)
+
+
+NUM_TRAIN_TIMESTEPS = 1000  # the flow schedulers' timestep scale, which the expert boundary is a share of
+
+
+def default_boundary(transformer) -> float:
+    """The released Wan2.2 A14B boundary for a high-noise expert: 0.900 for I2V, 0.875 for T2V."""
+    return EXPERT_BOUNDARIES["i2v" if variant_of(transformer.config).channels else "t2v"]
 
 
 def infer_mode(image, end_image, video, mask, control_video, camera) -> str:

@@ -224,6 +224,7 @@ def _components(pipe) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
     found = {
         "text_encoder": (pipe.text_encoder, ("encode",)),
         "transformer": (pipe.transformer, ("forward",)),
+        **({"transformer_2": (pipe.transformer_2, ("forward",))} if pipe.transformer_2 is not None else {}),
         "vae": (pipe.vae, ("encode", "decode")),
     }
     if pipe.image_encoder is not None:
@@ -240,7 +241,8 @@ def apply_memory_mode(pipe, mode: str, device: torch.device | str, resident_bloc
     if mode.endswith("_and_qfloat8"):
         from .fp8 import quantize_to_fp8
 
-        quantize_to_fp8(pipe.transformer)
+        for transformer in pipe.transformers:
+            quantize_to_fp8(transformer)
     pipe.device = device
     for module, _ in _components(pipe).values():
         if hasattr(module, "execution_device"):
@@ -258,13 +260,13 @@ def apply_memory_mode(pipe, mode: str, device: torch.device | str, resident_bloc
     else:  # model_group_offload
         offload = ComponentOffload(device, log)
         for name, (module, methods) in _components(pipe).items():
-            if name != "transformer":
+            if not name.startswith("transformer"):
                 offload.attach(module, name, methods)
-        transformer = pipe.transformer
-        for child_name, child in transformer.named_children():
-            if child_name != "blocks":
-                child.to(device)
-        for param in transformer.parameters(recurse=False):
-            param.data = param.data.to(device)
-        BlockSwap(transformer.blocks, device, resident_blocks, log)
+        for transformer in pipe.transformers:
+            for child_name, child in transformer.named_children():
+                if child_name != "blocks":
+                    child.to(device)
+            for param in transformer.parameters(recurse=False):
+                param.data = param.data.to(device)
+            BlockSwap(transformer.blocks, device, resident_blocks, log)
     return log

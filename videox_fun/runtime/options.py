@@ -104,6 +104,8 @@ def apply_weight_options(pipe, args: argparse.Namespace) -> dict:
     from ..models.lora import merge_lora
 
     applied: dict = {}
+    if len(pipe.transformers) > 1 and (args.transformer_path is not None or args.lora_path):
+        raise ValueError("--transformer-path and --lora-path on a two-expert (Wan2.2 A14B) model are not supported yet")
     if args.transformer_path is not None:
         load_transformer_file(pipe, args.transformer_path)
         applied["transformer_path"] = str(args.transformer_path)
@@ -148,17 +150,21 @@ def apply_runtime_options(pipe, args: argparse.Namespace, folder: Path) -> dict:
     if "qfloat8" in args.gpu_memory_mode and args.fp8 == "scaled":
         from .fp8 import quantize_to_fp8
 
-        quantize_to_fp8(pipe.transformer, scaled=True, per_channel=True)  # the mode then finds it quantised
+        for transformer in pipe.transformers:
+            quantize_to_fp8(transformer, scaled=True, per_channel=True)  # the mode then finds it quantised
     apply_memory_mode(pipe, args.gpu_memory_mode, pipe.device, args.resident_blocks)
     if args.cache != "none":
         threshold = args.cache_threshold if args.cache_threshold is not None else DEFAULT_THRESHOLDS[args.cache]
-        attach_cache(pipe.transformer, args.cache, threshold, args, folder)
+        for transformer in pipe.transformers:  # each expert skips by its own accumulated change
+            attach_cache(transformer, args.cache, threshold, args, folder)
         applied.update(cache=args.cache, cache_threshold=threshold)
     if args.riflex_k is not None:
-        apply_riflex(pipe.transformer, args.riflex_k)
+        for transformer in pipe.transformers:
+            apply_riflex(transformer, args.riflex_k)
         applied["riflex_k"] = args.riflex_k
     if args.compile:
-        compile_blocks(pipe.transformer)
+        for transformer in pipe.transformers:
+            compile_blocks(transformer)
         applied["compile"] = True
     return applied
 

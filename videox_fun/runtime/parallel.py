@@ -503,18 +503,20 @@ def setup_parallel(args: argparse.Namespace, pipe, runtime: ParallelRuntime | No
     """
     runtime = runtime or init_parallel(args)
     if runtime.distributed and runtime.fsdp_dit:
-        shard_transformer(pipe.transformer, runtime.device)
+        for transformer in pipe.transformers:
+            shard_transformer(transformer, runtime.device)
     if runtime.distributed and runtime.fsdp_text_encoder:
         shard_text_encoder(pipe.text_encoder, runtime.device)
     if runtime.shards_weights:
         # FSDP already placed its shards; move the other components without touching them.
-        sharded = {id(pipe.transformer)} if runtime.fsdp_dit else set()
+        sharded = {id(t) for t in pipe.transformers} if runtime.fsdp_dit else set()
         sharded |= {id(pipe.text_encoder)} if runtime.fsdp_text_encoder else set()
-        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.image_encoder):
+        for module in (*pipe.transformers, pipe.vae, pipe.text_encoder, pipe.image_encoder):
             if module is not None and id(module) not in sharded:
                 module.to(runtime.device)
         pipe.device = runtime.device
-    hook = enable_sequence_parallel(pipe.transformer, runtime.groups)
-    if hook is not None:
-        runtime.hooks.append(hook)
+    for transformer in pipe.transformers:
+        hook = enable_sequence_parallel(transformer, runtime.groups)
+        if hook is not None:
+            runtime.hooks.append(hook)
     return runtime

@@ -107,7 +107,7 @@ def run_toy_report(args: argparse.Namespace) -> dict:
     """Generate and judge the tiny models' videos; print the summary."""
     from .report import run_report
 
-    report = run_report(args.out, args.repeats, args.inp_model, args.control_model)
+    report = run_report(args.out, args.repeats, args.inp_model, args.control_model, progress=not args.quiet)
     print(json.dumps(report, indent=2))
     return report
 
@@ -172,6 +172,7 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--repeats", type=int, default=2, help="t2v videos per combination")
     report.add_argument("--inp-model", help="InP model (default: the packaged one)")
     report.add_argument("--control-model", help="Control model (default: the packaged one)")
+    report.add_argument("--quiet", action="store_true", help="no progress bars")
     report.set_defaults(handler=run_toy_report)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import FOLDER_CONFIG_NAME, GenerationDefaults
+from ..io.files import reset_tree_modes
 from ..models.wan.text_encoder import WanTextEncoder, build_word_tokenizer, tiny_umt5_config
 from ..models.wan.tiny import write_folder_config
 from ..models.wan.transformer import WanTransformer3DModel
@@ -199,6 +200,7 @@ def model_folder(out: Path, name: str, vae_dir: Path, recipe: Recipe) -> Path:
     WanTransformer3DModel.from_config({**TRANSFORMER, "in_dim": in_dim}).save_original(folder)
     shutil.copytree(vae_dir, folder / "vae", dirs_exist_ok=True)
     text_encoder(recipe.seed).save_pretrained(folder / "text_encoder")
+    reset_tree_modes(folder / "text_encoder")  # transformers' safetensors would be 0600
     write_folder_config(folder, DEFAULTS, "trained on the toy world (videox-fun toyworld train-all); see recipe.json")
     return folder
 

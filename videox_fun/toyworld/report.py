@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..io.video import frames_to_tensor, tensor_to_frames, write_video
 from ..models.wan.vae import WanVAE
@@ -21,10 +22,11 @@ from .render import render_clip
 from .world import caption, combinations
 
 
-def _generate(pipe: WanPipeline, jobs: list[dict], folder: Path, fps: int) -> None:
+def _generate(pipe: WanPipeline, jobs: list[dict], folder: Path, fps: int, progress: bool = True) -> None:
     """Run each job (pipeline kwargs + prompt) and write video + sidecar, as ``videox-fun generate`` does."""
     folder.mkdir(parents=True, exist_ok=True)
-    for index, job in enumerate(jobs):
+    # One bar per section (named after its folder: t2v, i2v, control); the per-step bars stay off.
+    for index, job in enumerate(tqdm(jobs, desc=f"report {folder.name}", unit="video", disable=not progress)):
         inputs = {k: v for k, v in job.items() if k != "prompt"}
         result = pipe(job["prompt"], seed=index, progress=False, **inputs)
         path = write_video(result.frames, folder / f"{index:08d}.mp4", fps=fps)
@@ -35,12 +37,12 @@ def _generate(pipe: WanPipeline, jobs: list[dict], folder: Path, fps: int) -> No
         path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
 
 
-def _clip_inputs(folder: Path, count: int, seed: int) -> list[tuple[str, Path, Path]]:
+def _clip_inputs(folder: Path, count: int, seed: int, progress: bool = True) -> list[tuple[str, Path, Path]]:
     """Rendered clips over all combinations: caption, first-frame PNG, Canny control video."""
     folder.mkdir(parents=True, exist_ok=True)
     specs = combinations("all")
     out = []
-    for i in range(count):
+    for i in tqdm(range(count), desc="report inputs", unit="clip", disable=not progress):
         clip = render_clip(specs[i % len(specs)], seed=seed + i)
         image = write_video(clip.frames[:1], folder / f"first_{i:04d}.png")
         control = write_video(clip.control, folder / f"control_{i:04d}.mp4", fps=8)
@@ -48,7 +50,7 @@ def _clip_inputs(folder: Path, count: int, seed: int) -> list[tuple[str, Path, P
     return out
 
 
-def vae_reconstruction(model_folder: str | Path, count: int = 72, seed: int = 2000) -> dict:
+def vae_reconstruction(model_folder: str | Path, count: int = 72, seed: int = 2000, progress: bool = True) -> dict:
     """PSNR (dB, uint8 frames) of the model's VAE on freshly rendered clips, seen vs held-out combinations.
 
     The clips come straight from the renderer (no video codec) with seeds the training data never
@@ -58,7 +60,7 @@ def vae_reconstruction(model_folder: str | Path, count: int = 72, seed: int = 20
     specs = combinations("all")
     scores: dict[str, list[float]] = {"seen": [], "held_out": []}
     with torch.no_grad():
-        for i in range(count):
+        for i in tqdm(range(count), desc="report vae", unit="clip", disable=not progress):
             spec = specs[i % len(specs)]
             frames = render_clip(spec, seed=seed + i).frames  # (F, H, W, 3) uint8
             decoded = tensor_to_frames(vae(frames_to_tensor(frames)[None])[0]).numpy()  # (F, H, W, 3)
@@ -72,23 +74,31 @@ def vae_reconstruction(model_folder: str | Path, count: int = 72, seed: int = 20
 
 
 def run_report(
-    out: str | Path, repeats: int = 2, inp_model: str | None = None, control_model: str | None = None
+    out: str | Path,
+    repeats: int = 2,
+    inp_model: str | None = None,
+    control_model: str | None = None,
+    progress: bool = True,
 ) -> dict:
-    """t2v over every combination ``repeats`` times, i2v and control on rendered clips; JSON summary."""
+    """t2v over every combination ``repeats`` times, i2v and control on rendered clips; JSON summary.
+
+    ``progress`` shows a bar per section (report vae / t2v / inputs / i2v / control) on stderr.
+    """
     out = Path(out)
     report: dict = {}
     inp_folder = resolve_model(inp_model or None, "t2v")
-    report["vae"] = vae_reconstruction(inp_folder)
+    report["vae"] = vae_reconstruction(inp_folder, progress=progress)
     inp = WanPipeline.from_pretrained(inp_folder)
     prompts = [caption(spec) for spec in combinations("all")] * repeats
-    _generate(inp, [{"prompt": p} for p in prompts], out / "t2v", fps=8)
+    _generate(inp, [{"prompt": p} for p in prompts], out / "t2v", fps=8, progress=progress)
     report["t2v"] = _summary(evaluate_folder(out / "t2v", progress=False))
-    clips = _clip_inputs(out / "inputs", len(combinations("all")), seed=1000)
-    _generate(inp, [{"prompt": c, "image": str(img), "mode": "i2v"} for c, img, _ in clips], out / "i2v", fps=8)
+    clips = _clip_inputs(out / "inputs", len(combinations("all")), seed=1000, progress=progress)
+    i2v_jobs = [{"prompt": c, "image": str(img), "mode": "i2v"} for c, img, _ in clips]
+    _generate(inp, i2v_jobs, out / "i2v", fps=8, progress=progress)
     report["i2v"] = _summary(evaluate_folder(out / "i2v", progress=False))
     control = WanPipeline.from_pretrained(resolve_model(control_model or None, "control"))
     jobs = [{"prompt": c, "control_video": str(ctrl), "mode": "control"} for c, _, ctrl in clips]
-    _generate(control, jobs, out / "control", fps=8)
+    _generate(control, jobs, out / "control", fps=8, progress=progress)
     report["control"] = _summary(evaluate_folder(out / "control", progress=False))
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report

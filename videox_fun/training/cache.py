@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..io.files import replace_file, save_safetensors
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def build_cache(config: TrainConfig) -> Path:
             metadata["data_type"] = batch["data_type"][row]
             write_record(record, folder / _record_name(int(batch["index"][row])), metadata)
     if state.is_main_process:
-        save_file({"context": spec.empty_context(models, device)}, str(folder / EMPTY_FILE))
+        save_safetensors({"context": spec.empty_context(models, device)}, folder / EMPTY_FILE)
     state.wait_for_everyone()
     if state.is_main_process:
         write_index(folder, config, models)
@@ -101,7 +102,7 @@ def write_record(record: dict[str, torch.Tensor], path: Path, metadata: dict[str
     """One sample's tensors, written under a temporary name first."""
     temporary = path.with_name(f".{path.name}.tmp")
     save_file(record, str(temporary), metadata=metadata)
-    os.replace(temporary, path)
+    replace_file(temporary, path)
 
 
 def write_index(folder: Path, config: TrainConfig, models) -> None:

@@ -23,8 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from ..io.files import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def register_trainable_hooks(accelerator) -> None:
         if accelerator.is_main_process:
             for i, model in enumerate(models):
                 state = trainable_state(accelerator.unwrap_model(model))
-                save_file(state, os.path.join(output_dir, TRAINABLE_FILE.format(i)))
+                save_safetensors(state, os.path.join(output_dir, TRAINABLE_FILE.format(i)))
         weights.clear()
 
     def load_hook(models: list[nn.Module], input_dir: str) -> None:

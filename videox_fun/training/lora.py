@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..io.files import replace_file
 from ..models.lora import lora_weights_for, read_lora_file
 
 PREFIX = "diffusion_model."
@@ -101,8 +102,7 @@ def save_lora_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike, r
     }
     temporary = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(temporary), metadata=metadata)
-    os.replace(temporary, path)
-    return path
+    return replace_file(temporary, path)
 
 
 def load_lora(model: nn.Module, path: str | os.PathLike, scale: float = 1.0) -> list[str]:

@@ -19,6 +19,7 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..io.files import reset_tree_modes
 from ..runtime.cpu_kernels import CPUFastPaths
 from .data import BucketBatchSampler, DataConfig, VideoDataset, collate
 
@@ -143,6 +144,7 @@ def _save(vae, optimizer, scheduler, step: int, sampler_state: dict, crop_genera
     staging = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     vae.save_pretrained(str(staging))
+    reset_tree_modes(staging)  # diffusers' safetensors would be 0600
     state = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

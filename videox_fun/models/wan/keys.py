@@ -14,6 +14,8 @@ import torch
 
 from ..loading import CheckpointMismatchError, put_unique, rename_key, rename_rules
 
+CLIP_DIM = 1280  # width of the ViT-H/14 image tokens Wan2.1 i2v models attend to
+
 
 def _attention_pairs() -> list[tuple[str, str]]:
     pairs = []
@@ -124,6 +126,7 @@ def diffusers_config_to_original(config: Mapping) -> dict:
 
 def original_config_to_diffusers(config: Mapping) -> dict:
     """Map released config.json fields to diffusers' ``WanTransformer3DModel`` constructor."""
+    clip = has_clip_branch(config.get("model_type", "t2v"), config.get("image_dim", CLIP_DIM))
     return {
         "patch_size": tuple(config.get("patch_size", (1, 2, 2))),
         "num_attention_heads": config["num_heads"],
@@ -137,6 +140,11 @@ def original_config_to_diffusers(config: Mapping) -> dict:
         "cross_attn_norm": config.get("cross_attn_norm", True),
         "qk_norm": "rms_norm_across_heads" if config.get("qk_norm", True) else None,
         "eps": config.get("eps", 1e-6),
-        "image_dim": 1280 if config.get("model_type") in ("i2v", "flf2v") else None,
-        "added_kv_proj_dim": config["dim"] if config.get("model_type") in ("i2v", "flf2v") else None,
+        "image_dim": config.get("image_dim", CLIP_DIM) if clip else None,
+        "added_kv_proj_dim": config["dim"] if clip else None,
     }
+
+
+def has_clip_branch(model_type: str, image_dim: int | None = CLIP_DIM) -> bool:
+    """Whether a config has the CLIP image branch: Wan2.1 i2v / flf2v, not Wan2.2's (``image_dim`` None)."""
+    return model_type in ("i2v", "flf2v") and image_dim is not None

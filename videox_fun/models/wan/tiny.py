@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 
-from ...config import FOLDER_CONFIG_NAME, GenerationDefaults, ModelConfig, save_model_config
+from ...config import FOLDER_CONFIG_NAME, TWO_EXPERT_LAYOUT, GenerationDefaults, ModelConfig, save_model_config
+from ...io.files import reset_tree_modes
 from .image_encoder import WanImageEncoder, tiny_vision_config
 from .text_encoder import WanTextEncoder, build_word_tokenizer, tiny_umt5_config
 from .transformer import WanTransformer3DModel
@@ -74,11 +75,19 @@ TINY_DEFAULTS = GenerationDefaults(
 
 
 def write_folder_config(
-    folder: Path, defaults: GenerationDefaults, note: str, image_encoder_subpath: str | None = None
+    folder: Path,
+    defaults: GenerationDefaults,
+    note: str,
+    image_encoder_subpath: str | None = None,
+    experts: dict | None = None,
 ) -> None:
-    """The ``videox_fun.yaml`` of a tiny model folder: components in subfolders, Fun InP masking."""
+    """The ``videox_fun.yaml`` of a tiny model folder: components in subfolders, Fun InP masking.
+
+    experts: the transformer / transformer_2 subpaths and boundary of a two-expert folder.
+    """
     config = ModelConfig(
         format="civitai",
+        **(experts or {}),
         vae_subpath="vae",
         text_encoder_subpath="text_encoder",
         tokenizer_subpath="text_encoder",
@@ -91,12 +100,19 @@ def write_folder_config(
 
 
 def build_tiny_model_folder(
-    folder: str | Path, variant: str = "inp", seed: int = 0, with_clip: bool = False, note: str = ""
+    folder: str | Path,
+    variant: str = "inp",
+    seed: int = 0,
+    with_clip: bool = False,
+    note: str = "",
+    boundary: float | None = None,
 ) -> Path:
     """Write a complete tiny model folder (transformer, VAE, text encoder, optional CLIP tower).
 
     variant: ``t2v``, ``inp``, ``control``, ``control_ref`` or ``camera`` (see :func:`tiny_config`).
     with_clip: give the transformer the i2v CLIP branch and ship a tiny vision tower.
+    boundary: make it a Wan2.2 A14B-style two-expert folder (``high_noise_model/`` and
+    ``low_noise_model/``, differently initialised) switching experts at this share of 1000.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,8 +120,13 @@ def build_tiny_model_folder(
     overrides = {"text_dim": TINY_TEXT_DIM}
     if with_clip:
         overrides.update(model_type="i2v", image_dim=24)
-    transformer = WanTransformer3DModel.from_config(tiny_config(variant, **overrides))
-    transformer.save_original(folder)
+    experts = None
+    if boundary is None:
+        WanTransformer3DModel.from_config(tiny_config(variant, **overrides)).save_original(folder)
+    else:
+        experts = {**TWO_EXPERT_LAYOUT, "boundary": boundary}
+        for subpath in TWO_EXPERT_LAYOUT.values():
+            WanTransformer3DModel.from_config(tiny_config(variant, **overrides)).save_original(folder / subpath)
 
     AutoencoderKLWan(**tiny_vae_config()).save_pretrained(folder / "vae")
 
@@ -119,5 +140,5 @@ def build_tiny_model_folder(
         image_subpath = "image_encoder"
 
     # Written last: its presence marks the folder complete.
-    write_folder_config(folder, TINY_DEFAULTS, note, image_subpath)
-    return folder
+    write_folder_config(folder, TINY_DEFAULTS, note, image_subpath, experts)
+    return reset_tree_modes(folder)  # save_pretrained writes its safetensors 0600

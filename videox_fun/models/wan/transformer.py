@@ -27,11 +27,16 @@ from torch import nn
 
 from ..attention import attention
 from ..loading import cast_floating, load_into, read_folder_state_dict, strip_prefix
-from .keys import diffusers_config_to_original, diffusers_to_original_keys, is_diffusers_config
+from .keys import (
+    CLIP_DIM,
+    diffusers_config_to_original,
+    diffusers_to_original_keys,
+    has_clip_branch,
+    is_diffusers_config,
+)
 
 logger = logging.getLogger(__name__)
 
-CLIP_DIM = 1280
 CHECKPOINT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 
 
@@ -351,7 +356,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         add_control_adapter: bool = False,
         in_dim_control_adapter: int = 24,
         rope_theta: float = 10000.0,
-        image_dim: int = CLIP_DIM,
+        image_dim: int | None = CLIP_DIM,
     ):
         super().__init__()
         if model_type not in ("t2v", "i2v", "ti2v", "flf2v"):
@@ -361,7 +366,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.patch_size = tuple(patch_size)
-        with_image = model_type in ("i2v", "flf2v")
+        with_image = has_clip_branch(model_type, image_dim)
         self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size, stride=self.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
@@ -556,8 +561,12 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
 
 
 def infer_fun_extras(state: dict[str, torch.Tensor], config: dict) -> dict:
-    """Fun extras present in the weights but not declared in config.json are enabled, with a note."""
+    """What the weights say and config.json does not: Fun extras (enabled, with a note), and a
+    CLIP-less i2v (Wan2.2 I2V-A14B keeps ``model_type: i2v`` but ships no ``img_emb``)."""
     found = {}
+    clip_declared = has_clip_branch(config.get("model_type", "t2v"), config.get("image_dim", CLIP_DIM))
+    if clip_declared and not any(key.startswith("img_emb.") for key in state):
+        found["image_dim"] = None
     if "ref_conv.weight" in state and not config.get("add_ref_conv"):
         found["add_ref_conv"] = True
         found["in_dim_ref_conv"] = state["ref_conv.weight"].shape[1]

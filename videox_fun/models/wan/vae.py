@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-from safetensors.torch import save_file
 from torch import nn
 
 from videox_fun.models.loading import (
@@ -39,6 +38,7 @@ from videox_fun.models.loading import (
     strip_prefix,
 )
 
+from ...io.files import replace_file, reset_tree_modes, save_safetensors
 from ...runtime.cpu_kernels import CPUFastPaths
 from ..component import OffloadableComponent
 
@@ -294,7 +294,7 @@ class WanVAE(OffloadableComponent, nn.Module):
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Save as a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
         self.model.save_pretrained(str(folder))
-        return Path(folder)
+        return reset_tree_modes(folder)  # diffusers' safetensors files are written 0600
 
     def save_original(self, path: str | os.PathLike, write_config: bool = True) -> Path:
         """Save the weights in the original Wan key layout (``.pth`` pickle or ``.safetensors``), atomically.
@@ -309,10 +309,10 @@ class WanVAE(OffloadableComponent, nn.Module):
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
         try:
             if path.suffix == ".safetensors":
-                save_file(state, str(temporary))
+                save_safetensors(state, temporary)
             else:
                 torch.save(state, temporary)
-            os.replace(temporary, path)
+            replace_file(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
         config_path = path.parent / "config.json"

@@ -36,7 +36,13 @@ PRESETS: dict[str, dict] = {
     "Wan2.1-Fun-V1.1-1.3B-Control-Camera": _preset("1.3B", "i2v", 32, add_control_adapter=True),
     "Wan2.1-Fun-V1.1-14B-Control-Camera": _preset("14B", "i2v", 32, add_control_adapter=True),
     "Wan2.2-TI2V-5B": _preset("5B", "ti2v", 48, out_dim=48),
+    # A14B: two experts of this architecture each (high_noise_model/, low_noise_model/); the I2V
+    # ones condition on the start frame through the InP channels only, with no CLIP branch.
+    "Wan2.2-T2V-A14B": _preset("14B", "t2v", 16),
+    "Wan2.2-I2V-A14B": _preset("14B", "i2v", 36, image_dim=None),
 }
+# Wan2.2 A14B: the high-noise expert runs while t >= boundary * 1000, the low-noise one below.
+EXPERT_BOUNDARIES = {"t2v": 0.875, "i2v": 0.900}
 
 # Which generation modes each input layout can serve.
 MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera")
