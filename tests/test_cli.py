@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from videox_fun.cli import build_parser, main
 from videox_fun.io.video import write_video
@@ -51,6 +52,7 @@ def test_generate_writes_the_named_file_and_its_settings(inp_folder, tmp_path):
     assert frame_count_and_size(out) == (5, (32, 32))
     settings = json.loads(out.with_suffix(".json").read_text())
     assert settings["prompt"] == "a red circle moving right" and settings["mode"] == "t2v"
+    assert (settings["cfg_skip_ratio"], settings["cfg_sequential"]) == (0.0, False)  # all that shapes the video
 
 
 def test_prompts_file_writes_numbered_videos_in_one_process(inp_folder, tmp_path):
@@ -104,6 +106,15 @@ def test_default_model_is_the_packaged_trained_one(tmp_path, monkeypatch, capsys
         (["--mode", "control", "--control-video", "c.mp4"], "Fun Control model"),
         (["--mode", "v2v", "--video", "c.mp4", "--mask", "c.mp4"], "does not use --mask"),
         (["--mode", "t2v", "--image", "c.mp4"], "ask for mode 'i2v'"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--cfg-skip-ratio", "2"], "between 0 and 1"),
+        (["--fp8", "scaled"], "needs a *_qfloat8 --gpu-memory-mode"),
+        (["--output", "clip.xyz"], "--output clip.xyz: use one of"),
+        pytest.param(
+            ["--device", "cuda"],
+            "no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present"),
+        ),
     ],
 )
 def test_bad_input_fails_with_a_message(inp_folder, tmp_path, capsys, extra, message):
@@ -114,11 +125,19 @@ def test_bad_input_fails_with_a_message(inp_folder, tmp_path, capsys, extra, mes
         "x",
         "--model",
         str(inp_folder),
-        *[a.replace("c.mp4", str(tmp_path / "c.mp4")) for a in extra],
         *FAST,
+        *[a.replace("c.mp4", str(tmp_path / "c.mp4")) for a in extra],
     ]
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_output_with_several_prompts_fails_before_loading(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving right\na blue square moving up\n")
+    args = ["generate", "--prompts-file", str(prompts), "--output", str(tmp_path / "one.mp4"), "--model", "No-Model"]
+    assert main(args) == 2  # the message is about --output: the (unknown) model was never looked up
+    assert "with several prompts use --output-dir" in capsys.readouterr().err
 
 
 def test_unknown_model_is_named(capsys):
@@ -244,6 +263,18 @@ def test_calibrate_cache_then_generate_with_teacache(tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["cache"] == "teacache"
 
 
+def test_calibrate_cache_on_a_control_model_and_never_into_the_package(tmp_path, capsys):
+    folder = build_tiny_model_folder(tmp_path / "Tiny-Control", "control")
+    control = write_video(np.full((5, 32, 32, 3), 40, dtype=np.uint8), tmp_path / "control.mp4", fps=8)
+    calibrate = ["calibrate-cache", "--model", str(folder), "--steps", "4"]
+    assert main(calibrate) == 2
+    assert "give the --control-video" in capsys.readouterr().err
+    assert main([*calibrate, "--control-video", str(control)]) == 0
+    assert len(json.loads((folder / "cache_calibration.json").read_text())["coefficients"]) == 5
+    assert main(["calibrate-cache", "--steps", "2"]) == 2  # the packaged default model keeps its own file
+    assert "give --out FILE" in capsys.readouterr().err
+
+
 def test_two_expert_folder_generates_with_its_own_low_noise_guidance(tmp_path):
     folder = build_tiny_model_folder(tmp_path / "Tiny-A14B", "inp", boundary=0.875)
     out = tmp_path / "a14b.mp4"
@@ -251,3 +282,12 @@ def test_two_expert_folder_generates_with_its_own_low_noise_guidance(tmp_path):
     assert main(["generate", "--prompt", "a red circle moving right", *flags, "--steps", "3"]) == 0
     settings = json.loads(out.with_suffix(".json").read_text())
     assert (settings["guidance_scale"], settings["guidance_scale_2"], settings["boundary"]) == (4.0, 2.5, 0.875)
+
+
+def test_camera_takes_a_built_in_trajectory_name(tmp_path):
+    folder = build_tiny_model_folder(tmp_path / "Tiny-Camera", "camera")
+    out = tmp_path / "pan.mp4"
+    flags = ["--model", str(folder), "--camera", "pan_left", "--output", str(out), *FAST]
+    assert main(["generate", "--prompt", "x", *flags]) == 0
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert (settings["mode"], settings["camera"]) == ("camera", "pan_left")

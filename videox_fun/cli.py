@@ -38,7 +38,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--mask", help="mask video or image, white = generate (inpaint)")
     io.add_argument("--control-video", help="control video, e.g. edges / depth / pose (control)")
     io.add_argument("--ref-image", help="reference image (Fun V1.1 Control)")
-    io.add_argument("--camera", help="camera trajectory file, one pose per line (camera)")
+    io.add_argument(
+        "--camera",
+        help="camera trajectory file, one pose per line, or a built-in one: static, pan_{left,right,up,down,...}, "
+        "zoom_{in,out}, cw, acw, orbit_{left,right} (camera)",
+    )
     io.add_argument("--strength", type=float, default=0.7, help="denoise strength for v2v (default 0.7)")
 
     model = parser.add_argument_group("model")
@@ -98,6 +102,8 @@ def resolve_device_and_dtype(device: str, dtype: str):
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch sees no CUDA GPU (use --device cpu, or a CUDA build of torch)")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     return torch.device(device), getattr(torch, dtype)
@@ -120,9 +126,32 @@ def next_output_path(folder: Path, suffix: str = ".mp4") -> Path:
     return folder / f"{max(taken, default=0) + 1:08d}{suffix}"
 
 
+def check_before_loading(args: argparse.Namespace, mode: str, num_prompts: int) -> None:
+    """Fail on inputs, output names and values that cannot work, before any weights are read."""
+    from .io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+    from .pipelines.wan import require_inputs
+
+    inputs = ("image", "end_image", "video", "mask", "control_video", "camera")
+    require_inputs(mode, **{name: getattr(args, name) for name in inputs})
+    if args.output is not None:
+        if num_prompts > 1:
+            raise ValueError("--output names one file; with several prompts use --output-dir")
+        if args.output.suffix.lower() not in (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES):
+            raise ValueError(f"--output {args.output}: use one of {', '.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)}")
+    for name in ("steps", "frames", "height", "width", "fps", "resident_blocks"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not 0.0 <= args.cfg_skip_ratio <= 1.0:
+        raise ValueError(f"--cfg-skip-ratio is a share of the steps, between 0 and 1; got {args.cfg_skip_ratio}")
+    if args.fp8 != "plain" and "qfloat8" not in args.gpu_memory_mode:
+        raise ValueError(f"--fp8 {args.fp8} needs a *_qfloat8 --gpu-memory-mode (got {args.gpu_memory_mode})")
+
+
 def run_generate(args: argparse.Namespace) -> list[Path]:
     """Load the model once and write one video per prompt; returns the written paths."""
     from .config import config_for_folder
+    from .io.camera import is_trajectory_name
     from .io.video import write_video
     from .models.attention import set_attention_backend
     from .pipelines.wan import OUTPUT_SUFFIX, WanPipeline, infer_mode
@@ -131,9 +160,10 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     from .runtime.parallel import init_parallel, setup_parallel
 
     if not args.prompt and not args.prompts_file:
-        raise SystemExit("error: give --prompt or --prompts-file")
+        raise ValueError("give --prompt or --prompts-file")
     prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
     mode = args.mode or infer_mode(args.image, args.end_image, args.video, args.mask, args.control_video, args.camera)
+    check_before_loading(args, mode, len(prompts))  # user mistakes fail in seconds, not after a 14B load
     device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     set_attention_backend(args.attention)
     runtime = init_parallel(args)  # every rank, before loading: the degrees must fill the world (torchrun)
@@ -191,8 +221,9 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         path = write_video(result.frames, target, fps=fps)
         sidecar = {"prompt": prompt, "model": folder.name, "fps": fps, **result.settings, **applied}
         for name in ("image", "end_image", "video", "mask", "control_video", "ref_image", "camera"):
-            if getattr(args, name):  # the evaluator compares against these (first-frame PSNR, tracks)
-                sidecar[name] = str(Path(getattr(args, name)).resolve())
+            value = getattr(args, name)
+            if value:  # the evaluator compares against these (first-frame PSNR, tracks)
+                sidecar[name] = value if name == "camera" and is_trajectory_name(value) else str(Path(value).resolve())
         path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
         written.append(path)
         print(f"wrote {path} ({result.frames.shape[0]} frames, {result.frames.shape[2]}x{result.frames.shape[1]})")

@@ -186,3 +186,9 @@ def test_samplers_run(folders, sampler):
     pipe = WanPipeline.from_pretrained(folders["inp"])
     result = pipe("x", sampler=sampler, height=HEIGHT, width=WIDTH, num_frames=5, num_inference_steps=3, progress=False)
     assert torch.isfinite(result.latents).all()
+
+
+def test_from_pretrained_takes_the_names_the_cli_takes():
+    assert WanPipeline.from_pretrained("Wan2.1-Fun-Tiny-InP").model_name == "Wan2.1-Fun-Tiny-InP"
+    with pytest.raises(FileNotFoundError, match="No-Such-Model"):
+        WanPipeline.from_pretrained("No-Such-Model")

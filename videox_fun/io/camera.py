@@ -275,10 +275,27 @@ TRAJECTORIES = {
 
 def make_trajectory(name: str, num_frames: int) -> list[CameraPose]:
     """A named trajectory (``pan_left``, ``zoom_in``, ``cw``, ``orbit_left``... see ``TRAJECTORIES``)."""
-    key = name.lower().replace("-", "_").replace(" ", "_")
+    key = trajectory_key(name)
     if key not in TRAJECTORIES:
         raise ValueError(f"unknown trajectory {name!r}; choose one of {sorted(TRAJECTORIES)}")
     return TRAJECTORIES[key](num_frames)
+
+
+def trajectory_key(name: str) -> str:
+    """A trajectory name as :data:`TRAJECTORIES` spells it (``Pan-Left`` -> ``pan_left``)."""
+    return str(name).lower().replace("-", "_").replace(" ", "_")
+
+
+def is_trajectory_name(source: str | os.PathLike) -> bool:
+    """Whether ``source`` names a built-in trajectory rather than a file (an existing file wins)."""
+    return not Path(source).exists() and trajectory_key(str(source)) in TRAJECTORIES
+
+
+def camera_poses(source: str | os.PathLike, num_frames: int) -> list[CameraPose]:
+    """The poses of a trajectory file, or of a built-in trajectory named ``source`` over ``num_frames``."""
+    if is_trajectory_name(source):
+        return make_trajectory(str(source), num_frames)
+    return read_camera_trajectory(source)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig, config_for_folder
-from ..io.camera import plucker_embedding, read_camera_trajectory
+from ..io.camera import camera_poses, is_trajectory_name, plucker_embedding
 from ..io.video import frames_to_tensor, read_image, read_video, tensor_to_frames
 from ..models.wan.variants import EXPERT_BOUNDARIES, variant_for_mode, variant_of
 from .conditioning import first_frame_latent, frame_generate_mask, mask_channels, masked_video, pack_frames_in_time
@@ -108,12 +108,20 @@ class WanPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> WanPipeline:
-        """Load every component of a model folder (civitai or diffusers layout, see :class:`ModelConfig`)."""
+        """Load every component of a model folder (civitai or diffusers layout, see :class:`ModelConfig`).
+
+        ``folder`` may also be a name the CLI's ``--model`` takes: a folder under
+        ``models/Diffusion_Transformer/`` or a built-in model (``Wan2.1-Fun-Tiny-InP``...).
+        """
         from ..models.wan.image_encoder import WanImageEncoder
         from ..models.wan.text_encoder import WanTextEncoder
         from ..models.wan.transformer import WanTransformer3DModel
         from ..models.wan.vae import WanVAE
 
+        if not Path(folder).is_dir():
+            from ..registry import resolve_model
+
+            folder = resolve_model(folder)
         folder = Path(folder)
         config = config or config_for_folder(folder)
         transformer = WanTransformer3DModel.from_pretrained(folder / config.transformer_subpath, torch_dtype=dtype)
@@ -295,7 +303,7 @@ class WanPipeline:
             ref = self._image_tensor(ref_image, height, width)[:, :, None]  # (1, 3, 1, H, W)
             conditions["ref_latent"] = self.vae.encode(ref)[:, :, 0].to(self.dtype)
         if mode == "camera":
-            poses = read_camera_trajectory(inputs["camera"])
+            poses = camera_poses(inputs["camera"], num_frames)
             rays = plucker_embedding(poses, height, width, num_frames=num_frames)  # (F, 6, H, W)
             conditions["camera"] = pack_frames_in_time(rays.permute(1, 0, 2, 3)[None]).to(self.device, self.dtype)
         return conditions
@@ -343,9 +351,15 @@ class WanPipeline:
         """
         defaults = self.config.defaults
         negative_prompt = defaults.negative_prompt if negative_prompt is None else negative_prompt
-        height, width = height or defaults.height, width or defaults.width
-        num_frames = num_frames or defaults.num_frames
-        num_inference_steps = num_inference_steps or defaults.steps
+        height = defaults.height if height is None else height
+        width = defaults.width if width is None else width
+        num_frames = defaults.num_frames if num_frames is None else num_frames
+        num_inference_steps = defaults.steps if num_inference_steps is None else num_inference_steps
+        for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
         guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
         if guidance_scale_2 is None:
             guidance_scale_2 = defaults.guidance_scale_2 if defaults.guidance_scale_2 is not None else guidance_scale
@@ -468,5 +482,7 @@ def require_inputs(mode: str, **given) -> None:
         wanted = infer_mode(*(given.get(n) for n in ("image", "end_image", "video", "mask", "control_video", "camera")))
         raise ValueError(f"mode {mode!r} does not use {_flags(unused)} (these inputs ask for mode {wanted!r})")
     for name, value in given.items():
+        if name == "camera" and value is not None and is_trajectory_name(value):
+            continue  # a built-in trajectory (pan_left, zoom_in...), not a file
         if isinstance(value, (str, Path)) and not Path(value).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')}: file not found: {value}")

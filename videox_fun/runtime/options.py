@@ -146,7 +146,7 @@ def apply_runtime_options(pipe, args: argparse.Namespace, folder: Path) -> dict:
     from .compile import apply_riflex, compile_blocks
     from .offload import apply_memory_mode
 
-    applied: dict = {"gpu_memory_mode": args.gpu_memory_mode}
+    applied: dict = {"gpu_memory_mode": args.gpu_memory_mode, **run_settings(args)}
     if "qfloat8" in args.gpu_memory_mode and args.fp8 == "scaled":
         from .fp8 import quantize_to_fp8
 
@@ -157,7 +157,9 @@ def apply_runtime_options(pipe, args: argparse.Namespace, folder: Path) -> dict:
         threshold = args.cache_threshold if args.cache_threshold is not None else DEFAULT_THRESHOLDS[args.cache]
         for transformer in pipe.transformers:  # each expert skips by its own accumulated change
             attach_cache(transformer, args.cache, threshold, args, folder)
-        applied.update(cache=args.cache, cache_threshold=threshold)
+        applied.update(cache=args.cache, cache_threshold=threshold, num_skip_start_steps=args.num_skip_start_steps)
+        if args.cache == "teacache":
+            applied["teacache_indicator"] = args.teacache_indicator
     if args.riflex_k is not None:
         for transformer in pipe.transformers:
             apply_riflex(transformer, args.riflex_k)
@@ -167,6 +169,16 @@ def apply_runtime_options(pipe, args: argparse.Namespace, folder: Path) -> dict:
             compile_blocks(transformer)
         applied["compile"] = True
     return applied
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """The flags that change the video or how it was made, for the sidecar JSON (beyond the sampling ones)."""
+    settings: dict = {"cfg_skip_ratio": args.cfg_skip_ratio, "cfg_sequential": args.cfg_sequential}
+    if "qfloat8" in args.gpu_memory_mode:
+        settings["fp8"] = args.fp8
+    if args.gpu_memory_mode == "model_group_offload":
+        settings["resident_blocks"] = args.resident_blocks
+    return settings
 
 
 def attach_cache(transformer, kind: str, threshold: float, args: argparse.Namespace, folder: Path):
@@ -196,6 +208,12 @@ def add_calibrate_command(subparsers) -> None:
     )
     parser.add_argument("--model", help="model folder or name (default: the built-in tiny model)")
     parser.add_argument("--prompts-file", type=Path, help="prompts to run (default: a few built in)")
+    parser.add_argument(
+        "--control-video", help="control video for the runs (models that serve control but not t2v need one)"
+    )
+    parser.add_argument("--image", help="start image for the runs (i2v calibration of an InP / I2V model)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--indicator", choices=("time_embedding", "time_projection"), default="time_embedding")
     parser.add_argument("--degree", type=int, default=4, help="polynomial degree")
@@ -214,21 +232,31 @@ CALIBRATION_PROMPTS = (
 
 def run_calibrate(args: argparse.Namespace) -> Path:
     """Run the prompts uncached, record (indicator change, residual change) per step, fit and save."""
-    from ..cli import read_prompts
+    from ..cli import read_prompts, resolve_device_and_dtype
     from ..config import config_for_folder
     from ..pipelines.wan import WanPipeline
-    from ..registry import resolve_model
+    from ..registry import PACKAGED_DIR, resolve_model
     from .cache import CacheRecorder, fit_coefficients, save_calibration
 
-    folder = resolve_model(args.model)
-    config = config_for_folder(folder)
-    pipe = WanPipeline.from_pretrained(folder, config=config)
-    recorder = CacheRecorder(pipe.transformer, args.indicator)
-    prompts = read_prompts(args.prompts_file) if args.prompts_file else list(CALIBRATION_PROMPTS)
-    for i, prompt in enumerate(prompts):
-        pipe(prompt, num_inference_steps=args.steps, seed=args.seed + i)  # the model's own defaults otherwise
-    coefficients = fit_coefficients(recorder.samples, args.degree)
+    folder = resolve_model(args.model, "control" if args.control_video else None)
     out = args.out or folder / CALIBRATION_FILE
+    if args.out is None and folder.resolve().is_relative_to(PACKAGED_DIR.resolve()):
+        raise ValueError(f"{folder.name} ships inside the package with its calibration: give --out FILE to fit another")
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else list(CALIBRATION_PROMPTS)
+    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
+    pipe = WanPipeline.from_pretrained(folder, config=config_for_folder(folder), device=device, dtype=dtype)
+    if "t2v" not in pipe.variant.modes and not (args.control_video or args.image):
+        raise ValueError(
+            f"{folder.name} does not generate from text alone ({', '.join(pipe.variant.modes)}): "
+            "give the --control-video (or --image) to calibrate on"
+        )
+    if len(pipe.transformers) > 1:
+        raise ValueError("calibrating a two-expert (Wan2.2 A14B) model is not supported yet")
+    recorder = CacheRecorder(pipe.transformer, args.indicator)
+    inputs = {"control_video": args.control_video, "image": args.image}
+    for i, prompt in enumerate(prompts):
+        pipe(prompt, num_inference_steps=args.steps, seed=args.seed + i, **inputs)  # the model's defaults otherwise
+    coefficients = fit_coefficients(recorder.samples, args.degree)
     save_calibration(out, coefficients, args.indicator, len(recorder.samples), note=f"{len(prompts)} prompts")
     print(f"wrote {out}: {len(recorder.samples)} step pairs, coefficients {coefficients}")
     return out
