@@ -192,3 +192,19 @@ def test_from_pretrained_takes_the_names_the_cli_takes():
     assert WanPipeline.from_pretrained("Wan2.1-Fun-Tiny-InP").model_name == "Wan2.1-Fun-Tiny-InP"
     with pytest.raises(FileNotFoundError, match="No-Such-Model"):
         WanPipeline.from_pretrained("No-Such-Model")
+
+
+def test_a_fun_folder_run_with_wan_ai_zero_fill_is_warned_about(tmp_path, caplog):
+    import dataclasses
+
+    from videox_fun.config import config_for_folder
+
+    folder = build_tiny_model_folder(tmp_path / "Wan2.1-Fun-Tiny-InP-copy", "inp")
+    zero_fill = dataclasses.replace(config_for_folder(folder), masked_fill=0.0)  # wan_civitai.yaml's value
+    with caplog.at_level("WARNING"):
+        WanPipeline.from_pretrained(folder, config=zero_fill)
+    assert "wan_fun_civitai.yaml" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        WanPipeline.from_pretrained(folder)  # its own config: -1, no warning
+    assert "wan_fun_civitai.yaml" not in caplog.text

@@ -152,6 +152,7 @@ class WanPipeline:
             boundary=config.boundary,
         )
         pipe.config = config
+        warn_on_masked_fill(folder, config, pipe.variant)
         return pipe.to(device)
 
     def to(self, device: str | torch.device) -> WanPipeline:
@@ -430,6 +431,21 @@ class WanPipeline:
             "sampler": sampler,
         }
         return GenerationOutput(frames=tensor_to_frames(decoded[0].cpu()), latents=latents.cpu(), settings=settings)
+
+
+def warn_on_masked_fill(folder: Path, config: ModelConfig, variant) -> None:
+    """Warn when a Fun InP-looking folder runs with Wan-AI's zero fill of unknown frames.
+
+    The two releases share one architecture, so the config decides; VideoX-Fun users pass its
+    ``wan_civitai.yaml`` to Fun models out of habit. Only a warning: the folder name is a hint.
+    """
+    inpaint = any(kind == "masked_video" for kind, _ in variant.channels)
+    if inpaint and config.masked_fill == 0.0 and "fun" in folder.name.lower():
+        logger.warning(
+            "%s looks like a Wan2.1-Fun release, but this config fills unknown frames with 0 (Wan-AI I2V); "
+            "the Fun InP models were trained with -1: use config/wan2.1/wan_fun_civitai.yaml",
+            folder.name,
+        )
 
 
 NUM_TRAIN_TIMESTEPS = 1000  # the flow schedulers' timestep scale, which the expert boundary is a share of
