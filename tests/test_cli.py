@@ -291,3 +291,10 @@ def test_camera_takes_a_built_in_trajectory_name(tmp_path):
     assert main(["generate", "--prompt", "x", *flags]) == 0
     settings = json.loads(out.with_suffix(".json").read_text())
     assert (settings["mode"], settings["camera"]) == ("camera", "pan_left")
+
+
+@pytest.mark.parametrize("script", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "examples").rglob("*.py")))
+def test_every_example_script_starts(script):
+    done = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--lora-high-path" in done.stdout and "--guidance-2" in done.stdout

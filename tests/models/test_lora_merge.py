@@ -133,3 +133,27 @@ def test_keys_that_adapt_nothing_here_fail_naming_them(tmp_path):
         merge_lora(base, tmp_path / "half.safetensors")
     with pytest.raises(FileNotFoundError):
         merge_lora(base, tmp_path / "missing.safetensors")
+
+
+def test_two_expert_models_take_a_lora_per_expert_as_videox_fun_does(tmp_path):
+    from videox_fun.cli import build_parser
+    from videox_fun.models.wan.tiny import build_tiny_model_folder
+    from videox_fun.pipelines.wan import WanPipeline
+    from videox_fun.runtime.options import apply_weight_options
+
+    folder = build_tiny_model_folder(tmp_path / "a14b", "t2v", boundary=0.875)
+    path = trained_lora(WanPipeline.from_pretrained(folder).transformer, tmp_path / "lora.safetensors")
+    for flags, changed in ((["--lora-high-path", str(path)], "high"), (["--lora-path", str(path)], "low")):
+        pipe, reference = WanPipeline.from_pretrained(folder), WanPipeline.from_pretrained(folder)
+        applied = apply_weight_options(pipe, build_parser().parse_args(["generate", "--prompt", "x", *flags]))
+        assert list(applied) == (["loras_high"] if changed == "high" else ["loras"])
+        high_moved = not torch.equal(pipe.transformer.blocks[0].self_attn.q.weight,
+                                     reference.transformer.blocks[0].self_attn.q.weight)  # fmt: skip
+        low_moved = not torch.equal(pipe.transformer_2.blocks[0].self_attn.q.weight,
+                                    reference.transformer_2.blocks[0].self_attn.q.weight)  # fmt: skip
+        assert (high_moved, low_moved) == (changed == "high", changed == "low")
+    single = WanPipeline.from_pretrained(build_tiny_model_folder(tmp_path / "single", "t2v"))
+    with pytest.raises(ValueError, match="two-expert"):
+        apply_weight_options(
+            single, build_parser().parse_args(["generate", "--prompt", "x", "--lora-high-path", str(path)])
+        )

@@ -40,7 +40,11 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--transformer-path",
         type=Path,
-        help="load the transformer weights from this single file (e.g. a ComfyUI *_fp8_scaled file)",
+        help="load the transformer weights from this single file (e.g. a ComfyUI *_fp8_scaled file); "
+        "the low-noise expert's on Wan2.2 A14B",
+    )
+    group.add_argument(
+        "--transformer-high-path", type=Path, help="Wan2.2 A14B: the high-noise expert's weights from this file"
     )
     lora = parser.add_argument_group("LoRA (merged into the transformer before offload and fp8)")
     lora.add_argument(
@@ -55,6 +59,12 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="strength of each LoRA: one for all or one per --lora-path (default 1.0)",
     )
+    lora.add_argument(
+        "--lora-high-path",
+        action="append",
+        help="Wan2.2 A14B: LoRA for the high-noise expert (--lora-path is then the low-noise one's)",
+    )
+    lora.add_argument("--lora-high-weight", type=float, action="append", help="strength of each --lora-high-path")
     group.add_argument("--cache", choices=CACHES, default="none", help="step cache (default none)")
     group.add_argument(
         "--enable-teacache", dest="cache", action="store_const", const="teacache", help="same as --cache teacache"
@@ -96,27 +106,40 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_weight_options(pipe, args: argparse.Namespace) -> dict:
-    """Replace or adapt the transformer's weights as the flags ask (before sharding, offload and fp8).
+    """Replace or adapt the transformers' weights as the flags ask (before sharding, offload and fp8).
 
-    A ``--transformer-path`` file first, then each ``--lora-path`` merged at its ``--lora-weight``.
-    Returns a summary for the sidecar JSON.
+    Per transformer, a ``--transformer-path`` file first, then each ``--lora-path`` merged at its
+    ``--lora-weight``. With two experts (Wan2.2 A14B) these go to the low-noise one and the
+    ``--*-high-*`` flags to the high-noise one, as in VideoX-Fun. Returns a summary for the sidecar.
     """
+    experts = {"": pipe.transformers[-1], "high": pipe.transformer if len(pipe.transformers) > 1 else None}
+    applied: dict = {}
+    for expert, transformer in experts.items():
+        suffix = f"_{expert}" if expert else ""
+        file, names = getattr(args, f"transformer{suffix}_path"), getattr(args, f"lora{suffix}_path") or []
+        if transformer is None:
+            if file is not None or names:
+                raise ValueError("--transformer-high-path / --lora-high-path are for two-expert (Wan2.2 A14B) models")
+            continue
+        if file is not None:
+            load_transformer_file(transformer, file)
+            applied[f"transformer{suffix}_path"] = str(file)
+        loras = merge_loras(transformer, names, getattr(args, f"lora{suffix}_weight"))
+        if loras:
+            applied[f"loras{suffix}"] = loras
+    return applied
+
+
+def merge_loras(transformer, names: list[str], given_weights: list[float] | None) -> list[dict]:
+    """Merge LoRA files (paths or names under models/Personalized_Model) at their weights; returns the record."""
     from ..models.lora import merge_lora
 
-    applied: dict = {}
-    if len(pipe.transformers) > 1 and (args.transformer_path is not None or args.lora_path):
-        raise ValueError("--transformer-path and --lora-path on a two-expert (Wan2.2 A14B) model are not supported yet")
-    if args.transformer_path is not None:
-        load_transformer_file(pipe, args.transformer_path)
-        applied["transformer_path"] = str(args.transformer_path)
-    loras = [resolve_lora(name) for name in args.lora_path or []]
-    weights = lora_weights(args.lora_weight, len(loras))
-    for path, weight in zip(loras, weights, strict=True):
-        modules = merge_lora(pipe.transformer, path, weight)
+    paths = [resolve_lora(name) for name in names]
+    weights = lora_weights(given_weights, len(paths))
+    for path, weight in zip(paths, weights, strict=True):
+        modules = merge_lora(transformer, path, weight)
         logger.info("merged LoRA %s at weight %g into %d layers", path, weight, len(modules))
-    if loras:
-        applied["loras"] = [{"path": str(p), "weight": w} for p, w in zip(loras, weights, strict=True)]
-    return applied
+    return [{"path": str(path), "weight": weight} for path, weight in zip(paths, weights, strict=True)]
 
 
 LORA_FOLDER = Path("models/Personalized_Model")
@@ -190,13 +213,14 @@ def attach_cache(transformer, kind: str, threshold: float, args: argparse.Namesp
     return TeaCache(transformer, coefficients, threshold, indicator=args.teacache_indicator, **common)
 
 
-def load_transformer_file(pipe, path: Path) -> None:
-    """Replace the transformer's weights with a single file of the same architecture (fp8 files too)."""
+def load_transformer_file(transformer, path: Path) -> None:
+    """Replace a transformer's weights with a single file of the same architecture (fp8 files too)."""
     from .fp8 import load_fp8_checkpoint
 
     if not path.is_file():
-        raise FileNotFoundError(f"--transformer-path: file not found: {path}")
-    load_fp8_checkpoint(pipe.transformer, path)  # also reads plain (non-fp8) single files, strictly
+        kind = "a folder: give its .safetensors file" if path.is_dir() else "file not found"
+        raise FileNotFoundError(f"--transformer-path {path}: {kind}")
+    load_fp8_checkpoint(transformer, path)  # also reads plain (non-fp8) single files, strictly
 
 
 def add_calibrate_command(subparsers) -> None:
