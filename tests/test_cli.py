@@ -279,9 +279,11 @@ def test_two_expert_folder_generates_with_its_own_low_noise_guidance(tmp_path):
     folder = build_tiny_model_folder(tmp_path / "Tiny-A14B", "inp", boundary=0.875)
     out = tmp_path / "a14b.mp4"
     flags = ["--model", str(folder), "--output", str(out), "--guidance", "4", "--guidance-2", "2.5", *FAST]
-    assert main(["generate", "--prompt", "a red circle moving right", *flags, "--steps", "3"]) == 0
+    cache = ["--cache", "teacache", "--num-skip-start-steps", "1"]  # one cache per expert
+    assert main(["generate", "--prompt", "a red circle moving right", *flags, "--steps", "3", *cache]) == 0
     settings = json.loads(out.with_suffix(".json").read_text())
     assert (settings["guidance_scale"], settings["guidance_scale_2"], settings["boundary"]) == (4.0, 2.5, 0.875)
+    assert settings["teacache_indicator"] == "time_projection"  # what Wan2.2's published set was fitted on
 
 
 def test_camera_takes_a_built_in_trajectory_name(tmp_path):

@@ -84,3 +84,15 @@ def test_published_coefficients_are_chosen_by_architecture():
     assert preset_of(PRESETS["Wan2.1-T2V-14B"]) == "Wan2.1-T2V-14B"
     assert published_coefficients(PRESETS["Wan2.1-T2V-1.3B"])[0] == pytest.approx(2.39676752e03)
     assert published_coefficients(PRESETS["Wan2.1-T2V-1.3B"], "time_projection")[0] == pytest.approx(-5.21862437e04)
+
+
+def test_wan22_experts_get_their_own_published_set_not_wan21s(tmp_path):
+    from videox_fun.models.wan.transformer import WanTransformer3DModel
+
+    with torch.device("meta"):
+        expert = WanTransformer3DModel.from_config(PRESETS["Wan2.2-T2V-A14B"])
+    assert preset_of(expert.config) == "Wan2.1-T2V-14B"  # the same architecture: the config cannot tell them apart
+    wan22 = coefficients_for(expert, None, "time_projection", two_experts=True)
+    assert wan22[0] == pytest.approx(8.10705460e03) and wan22 != coefficients_for(expert, None, "time_projection")
+    with pytest.raises(ValueError, match="time_projection"):
+        coefficients_for(expert, None, "time_embedding", two_experts=True)

@@ -40,6 +40,11 @@ TEACACHE_COEFFICIENTS: dict[str, dict[str, list[float]]] = {
         "Wan2.1-I2V-14B-720P": [8.10705460e03, 2.13393892e03, -3.72934672e02, 1.66203073e01, -4.17769401e-02],
     },
 }
+# Wan2.2 A14B: VideoX-Fun's one set for both experts, fitted on the modulated input. Its experts
+# have Wan2.1-14B's architecture, so matching the config alone would hand them Wan2.1's set.
+WAN22_A14B_COEFFICIENTS: dict[str, list[float]] = {
+    "time_projection": [8.10705460e03, 2.13393892e03, -3.72934672e02, 1.66203073e01, -4.17769401e-02],
+}
 CALIBRATION_FILE = "cache_calibration.json"
 _ARCHITECTURE_FIELDS = ("model_type", "in_dim", "dim", "ffn_dim", "num_heads", "num_layers", "out_dim")
 
@@ -271,16 +276,25 @@ def save_calibration(path: str | Path, coefficients: list[float], indicator: str
     Path(path).write_text(json.dumps(data, indent=2))
 
 
-def coefficients_for(model: nn.Module, folder: str | Path | None, indicator: str = "time_embedding") -> list[float]:
-    """The model folder's own calibration if present, else the published one of its architecture."""
+def coefficients_for(
+    model: nn.Module, folder: str | Path | None, indicator: str = "time_embedding", two_experts: bool = False
+) -> list[float]:
+    """The model folder's own calibration if present, else the published one of its architecture.
+
+    two_experts: ``model`` is an expert of Wan2.2 A14B, whose set is published for time_projection only.
+    """
     if folder is not None and (Path(folder) / CALIBRATION_FILE).is_file():
         data = json.loads((Path(folder) / CALIBRATION_FILE).read_text())
         if data["indicator"] == indicator:
             return data["coefficients"]
-    published = published_coefficients(model.config, indicator)
+    if two_experts:
+        published = WAN22_A14B_COEFFICIENTS.get(indicator)
+        hint = "; Wan2.2 A14B's published set is for --teacache-indicator time_projection"
+    else:
+        published, hint = published_coefficients(model.config, indicator), ""
     if published is None:
         raise ValueError(
-            "no TeaCache coefficients for this model: run `videox-fun calibrate-cache --model ...` to fit them, "
-            "or use the first-block cache"
+            f"no TeaCache coefficients for this model and indicator {indicator}: run `videox-fun calibrate-cache "
+            f"--model ...` to fit them, or use the first-block cache{hint}"
         )
     return published

@@ -79,8 +79,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--teacache-indicator",
         choices=("time_embedding", "time_projection"),
-        default="time_embedding",
-        help="what TeaCache compares across steps",
+        help="what TeaCache compares across steps (default: time_projection for Wan2.2 A14B, whose "
+        "published set is for it, else time_embedding)",
     )
     group.add_argument(
         "--num-skip-start-steps", type=int, default=5, help="steps computed in full before caching starts (default 5)"
@@ -178,11 +178,12 @@ def apply_runtime_options(pipe, args: argparse.Namespace, folder: Path) -> dict:
     apply_memory_mode(pipe, args.gpu_memory_mode, pipe.device, args.resident_blocks)
     if args.cache != "none":
         threshold = args.cache_threshold if args.cache_threshold is not None else DEFAULT_THRESHOLDS[args.cache]
+        two_experts = len(pipe.transformers) > 1
         for transformer in pipe.transformers:  # each expert skips by its own accumulated change
-            attach_cache(transformer, args.cache, threshold, args, folder)
+            attach_cache(transformer, args.cache, threshold, args, folder, two_experts)
         applied.update(cache=args.cache, cache_threshold=threshold, num_skip_start_steps=args.num_skip_start_steps)
         if args.cache == "teacache":
-            applied["teacache_indicator"] = args.teacache_indicator
+            applied["teacache_indicator"] = teacache_indicator(args, two_experts)
     if args.riflex_k is not None:
         for transformer in pipe.transformers:
             apply_riflex(transformer, args.riflex_k)
@@ -204,13 +205,21 @@ def run_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def attach_cache(transformer, kind: str, threshold: float, args: argparse.Namespace, folder: Path):
+def attach_cache(
+    transformer, kind: str, threshold: float, args: argparse.Namespace, folder: Path, two_experts: bool = False
+):
     """A TeaCache (coefficients from the folder's calibration or the published ones) or first-block cache."""
     common = {"num_skip_start_steps": args.num_skip_start_steps, "offload_residuals": args.cache_offload_residuals}
     if kind == "first-block":
         return FirstBlockCache(transformer, threshold, **common)
-    coefficients = coefficients_for(transformer, folder, args.teacache_indicator)
-    return TeaCache(transformer, coefficients, threshold, indicator=args.teacache_indicator, **common)
+    indicator = teacache_indicator(args, two_experts)
+    coefficients = coefficients_for(transformer, folder, indicator, two_experts)
+    return TeaCache(transformer, coefficients, threshold, indicator=indicator, **common)
+
+
+def teacache_indicator(args: argparse.Namespace, two_experts: bool) -> str:
+    """The indicator asked for, else the one the model's published coefficients were fitted on."""
+    return args.teacache_indicator or ("time_projection" if two_experts else "time_embedding")
 
 
 def load_transformer_file(transformer, path: Path) -> None:
