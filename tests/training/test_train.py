@@ -24,8 +24,10 @@ from training_helpers import TRAIN_SCRIPT, fixed_noise_loss, subprocess_env
 from videox_fun.cli import main
 from videox_fun.io.video import read_video
 from videox_fun.models.wan.keys import original_config_to_diffusers
+from videox_fun.models.wan.tiny import build_tiny_model_folder
 from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.training.lora import load_lora, read_lora_file
+from videox_fun.training.specs import FlowMatching
 from videox_fun.training.trainer import train
 
 
@@ -130,3 +132,22 @@ def test_control_training_samples_validation_videos(make_config, video_data):
     result = train(config)
     frames = read_video(Path(config.output_dir) / "samples" / "step-000002-00.mp4")
     assert result.global_step == 2 and tuple(frames.shape) == (5, 32, 32, 3)
+
+
+def test_wan22_expert_training_trains_one_expert_on_its_noise_range(make_config, tmp_path):
+    folder = build_tiny_model_folder(tmp_path / "a14b", "inp", boundary=0.875)
+    settings = {"pretrained_model_name_or_path": str(folder), "train_mode": "inpaint", "max_train_steps": 2}
+    with pytest.raises(ValueError, match="--boundary_type high or low"):
+        train(make_config("inp", **settings))
+    config = make_config("inp", **settings, boundary_type="low", learning_rate=1e-2)
+    assert train(config).global_step == 2
+    trained = WanTransformer3DModel.from_pretrained(Path(config.output_dir) / "transformer").state_dict()
+    experts = {name: WanTransformer3DModel.from_pretrained(folder / f"{name}_noise_model").state_dict()
+               for name in ("low", "high")}  # fmt: skip
+    gap = {name: sum((trained[k] - w[k]).abs().sum().item() for k in w) for name, w in experts.items()}
+    assert 0 < gap["low"] < gap["high"]  # the low-noise expert was trained (and moved), not the high one
+
+    high = FlowMatching(shift=3.0, sigma_range=(0.875, 1.0))
+    low = FlowMatching(shift=3.0, sigma_range=(0.0, 0.875))
+    draws = [torch.Generator().manual_seed(i) for i in range(200)]
+    assert high.sample_sigmas(draws).min() >= 0.875 and low.sample_sigmas(draws).max() < 0.875

@@ -41,6 +41,7 @@ UNUSED_VIDEOX_FUN_FLAGS = {
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform", "mode")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+BOUNDARY_TYPES = ("full", "high", "low")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -120,6 +121,11 @@ class TrainConfig:
         choices=WEIGHTING_SCHEMES + DENSITY_SCHEMES,
     )
     shift: float | None = _opt(None, "flow shift applied to sampled sigmas as at inference (default: model's)")
+    boundary_type: str = _opt(
+        "full",
+        "Wan2.2 A14B: train the high-noise expert on t >= boundary*1000 (high) or the low-noise one below (low)",
+        choices=BOUNDARY_TYPES,
+    )
     # -- checkpoints and logs ----------------------------------------------------------------
     checkpointing_steps: int = _opt(500, "save a resumable checkpoint every n steps")
     checkpoints_total_limit: int | None = _opt(None, "keep at most this many checkpoints")
@@ -173,6 +179,8 @@ class TrainConfig:
             problems.append("--validation_steps needs --validation_prompts")
         if self.validation_steps and self.train_mode.startswith("control") and not self.validation_control_video:
             problems.append("--validation_steps in a control mode needs --validation_control_video")
+        if self.boundary_type != "full" and self.validation_steps:
+            problems.append("--validation_steps with --boundary_type high/low (one expert) is not supported yet")
         if self.mixed_precision not in (None, *MIXED_PRECISIONS):
             problems.append(f"--mixed_precision must be one of {MIXED_PRECISIONS}")
         if problems:

@@ -288,6 +288,7 @@ class Trainer:
             mode_scale=config.mode_scale,
             weighting=config.weighting_scheme,
             shift=config.shift if config.shift is not None else spec.default_shift(models),
+            sigma_range=models.sigma_range,
         )
         if accelerator.is_main_process:
             tracked = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}

@@ -32,6 +32,7 @@ class FamilyModels:
     folder: Path
     settings: Any = None  # the family's own model config (e.g. videox_fun.config.ModelConfig)
     low_vram: bool = False  # frozen helpers live on the CPU and visit the accelerator only when used
+    sigma_range: tuple[float, float] = (0.0, 1.0)  # noise levels this transformer denoises (an expert's share)
 
 
 @dataclass
@@ -122,6 +123,9 @@ class FlowMatching:
     mode_scale: float = 1.29
     weighting: str = "none"
     shift: float = 1.0
+    # The share of the noise range trained (Wan2.2 experts: [boundary, 1] high, [0, boundary) low):
+    # the shifted density is mapped onto it, so each expert sees the same shape over its own range.
+    sigma_range: tuple[float, float] = (0.0, 1.0)
 
     def sample_sigmas(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """One sigma per sample, each drawn from that sample's generator: (B,) in (0, 1)."""
@@ -136,7 +140,8 @@ class FlowMatching:
                 for g in generators
             ]
         )
-        return shift_sigmas(u.clamp(1e-5, 1.0 - 1e-5), self.shift)
+        low, high = self.sigma_range
+        return low + (high - low) * shift_sigmas(u.clamp(1e-5, 1.0 - 1e-5), self.shift)
 
     @staticmethod
     def noise_like(latents: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:

@@ -29,6 +29,7 @@ from ...config import config_for_folder
 from ...models.wan.transformer import WanTransformer3DModel
 from ...models.wan.variants import variant_for_mode, variant_of
 from ...pipelines.conditioning import first_frame_latent, mask_channels, masked_video
+from ...pipelines.wan import default_boundary
 from ..config import TrainConfig
 from . import FamilyModels, TrainInputs, choose, on_device, register_spec, uniform
 
@@ -48,6 +49,26 @@ CACHED_MASK_KINDS = ("t2v", "i2v", "first_last")
 def _expanded_in_dim(out_dim: int, mode: str) -> int:
     """in_dim of the Fun variant that serves ``mode`` (InP = z + 4 + z, Control = 3z)."""
     return {"normal": out_dim, "inpaint": 2 * out_dim + 4, "control": 3 * out_dim, "control_ref": 3 * out_dim}[mode]
+
+
+def expert_subpath(settings, boundary_type: str) -> str:
+    """The transformer to train, from ``--boundary_type``.
+
+    A two-expert (Wan2.2 A14B) folder needs ``high`` (its transformer_subpath) or ``low``
+    (transformer_2_subpath); a single-transformer one takes ``full``.
+    """
+    if not settings.transformer_2_subpath:
+        if boundary_type != "full":
+            raise ValueError(f"--boundary_type {boundary_type} is for two-expert (Wan2.2 A14B) models; this has one")
+        return settings.transformer_subpath
+    if boundary_type == "full":
+        raise ValueError("this is a two-expert (Wan2.2 A14B) model: train one expert, --boundary_type high or low")
+    return settings.transformer_subpath if boundary_type == "high" else settings.transformer_2_subpath
+
+
+def expert_sigma_range(boundary_type: str, boundary: float) -> tuple[float, float]:
+    """The noise levels an expert denoises: [boundary, 1] high-noise, [0, boundary) low-noise, else all."""
+    return {"high": (boundary, 1.0), "low": (0.0, boundary)}.get(boundary_type, (0.0, 1.0))
 
 
 def init_from_t2v(model: WanTransformer3DModel, mode: str) -> WanTransformer3DModel:
@@ -236,14 +257,16 @@ class WanSpec:
 
         folder = resolve_model(config.pretrained_model_name_or_path)
         settings = config_for_folder(folder, config.config_path)
-        transformer = WanTransformer3DModel.from_pretrained(folder / settings.transformer_subpath)
+        transformer = WanTransformer3DModel.from_pretrained(folder / expert_subpath(settings, config.boundary_type))
+        boundary = settings.boundary if settings.boundary is not None else default_boundary(transformer)
+        sigma_range = expert_sigma_range(config.boundary_type, boundary)
         if config.transformer_path:
             path = Path(config.transformer_path)
             state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
             load_into(transformer, strip_prefix(state, CHECKPOINT_PREFIXES), source=str(path))
         if config.init_from_t2v:
             transformer = init_from_t2v(transformer, config.train_mode)
-        models = FamilyModels(transformer, {}, folder, settings, low_vram=config.low_vram)
+        models = FamilyModels(transformer, {}, folder, settings, low_vram=config.low_vram, sigma_range=sigma_range)
         self.check_mode(models, config.train_mode)
 
         needs_encoders = not config.use_cached_latents or bool(config.validation_steps)
