@@ -300,3 +300,14 @@ def test_every_example_script_starts(script):
     done = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--lora-high-path" in done.stdout and "--guidance-2" in done.stdout
+
+
+def test_an_example_script_given_another_modes_inputs_says_which_mode():
+    script = REPO / "examples" / "wan2.1_fun" / "predict_v2v_control.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--prompt", "x", "--camera", "pan_left"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "serves control; these inputs ask for camera (--mode camera)" in done.stderr

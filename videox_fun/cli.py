@@ -106,6 +106,8 @@ def resolve_device_and_dtype(device: str, dtype: str):
         raise ValueError(f"--device {device}: this torch sees no CUDA GPU (use --device cpu, or a CUDA build of torch)")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype == "float16" and device == "cpu":
+        logger.warning("float16 on a CPU runs several times slower than float32 (the CPU default)")
     return torch.device(device), getattr(torch, dtype)
 
 
@@ -226,7 +228,9 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
                 sidecar[name] = value if name == "camera" and is_trajectory_name(value) else str(Path(value).resolve())
         path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
         written.append(path)
-        print(f"wrote {path} ({result.frames.shape[0]} frames, {result.frames.shape[2]}x{result.frames.shape[1]})")
+        count = result.frames.shape[0]
+        size = f"{result.frames.shape[2]}x{result.frames.shape[1]}"
+        print(f"wrote {path} ({count} frame{'s' if count != 1 else ''}, {size})")
     logger.info("generated %d video(s) in %.1f s", len(written), time.perf_counter() - started)
     return written
 
@@ -283,6 +287,9 @@ def example_main(*modes: str) -> None:
     if args.mode is None:
         inputs = (args.image, args.end_image, args.video, args.mask, args.control_video, args.camera)
         inferred = infer_mode(*inputs)
+        if inferred not in modes and inferred != "t2v":
+            script, served = Path(sys.argv[0]).name, ", ".join(modes)
+            sys.exit(f"error: {script} serves {served}; these inputs ask for {inferred} (--mode {inferred})")
         args.mode = inferred if inferred in modes else modes[0]
     sys.exit(run_parsed(args))
 

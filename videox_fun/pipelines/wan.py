@@ -183,8 +183,8 @@ class WanPipeline:
     def _check_mode(self, mode: str) -> None:
         if mode not in self.variant.modes:
             raise ValueError(
-                f"mode {mode!r} needs {variant_for_mode(mode)}; the loaded model is a {self.variant.name} variant "
-                f"serving {', '.join(self.variant.modes)}"
+                f"mode {mode!r} needs {variant_for_mode(mode)}; the loaded model is of the "
+                f"{self.variant.name} variant, serving {', '.join(self.variant.modes)}"
             )
         if mode in ("i2v", "flf2v") and self.transformer.uses_clip and self.image_encoder is None:
             from ..models.wan.image_encoder import missing_image_encoder_error

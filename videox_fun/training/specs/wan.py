@@ -313,7 +313,7 @@ class WanSpec:
             else ""
         )
         raise ValueError(
-            f"--train_mode {mode} needs {wanted}; {models.folder} is a {variant.name} model "
+            f"--train_mode {mode} needs {wanted}; {models.folder} is of the {variant.name} variant "
             f"(in_dim {models.transformer.config.in_dim}) serving {', '.join(variant.modes)}. "
             f"Choose a model that serves {mode}{hint}, or another --train_mode."
         )
