@@ -103,3 +103,41 @@ def test_two_expert_latents_match_diffusers_boundary_ratio(tmp_path, boundary):
     alone.transformer_2 = None
     single, _ = latents_of_both(alone, theirs, settings)
     assert (single.latents - out.latents).abs().max().item() > 1e-3
+
+
+def test_ti2v_first_frame_i2v_matches_diffusers_expand_timesteps(tmp_path):
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+
+    folder = build_tiny_model_folder(tmp_path / "ti2v", "t2v")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "ti2v", "text_len": 512}))
+    ours = WanPipeline.from_pretrained(folder)
+    assert ours.variant.first_frame and "i2v" in ours.variant.modes
+    theirs = WanImageToVideoPipeline(
+        tokenizer=ours.text_encoder.tokenizer,
+        text_encoder=ours.text_encoder.model,
+        vae=ours.vae.model,
+        scheduler=make_scheduler("Flow", shift=3.0),
+        transformer=diffusers_transformer(ours.transformer, tmp_path),
+        expand_timesteps=True,
+    )
+    pixels = torch.Generator().manual_seed(0)
+    image = (torch.rand(SETTINGS["height"], SETTINGS["width"], 3, generator=pixels) * 255).to(torch.uint8).numpy()
+    Image.fromarray(image).save(tmp_path / "start.png")
+    out = ours("a red circle moving right", negative_prompt="a blue square", image=str(tmp_path / "start.png"),
+               seed=7, shift=3.0, sampler="Flow", progress=False, **SETTINGS)  # fmt: skip
+    # Embeddings in, as diffusers' i2v pipeline cleans prompt text with ftfy (not a dependency here).
+    embeds, negative_embeds = ours._encode_prompts("a red circle moving right", "a blue square")
+    their_latents = theirs(
+        image=Image.fromarray(image),
+        prompt_embeds=embeds,
+        negative_prompt_embeds=negative_embeds,
+        generator=torch.Generator("cpu").manual_seed(7),
+        output_type="latent",
+        **SETTINGS,
+    ).frames
+    assert out.settings["mode"] == "i2v"
+    assert (out.latents - their_latents).abs().max().item() <= 1e-4
+    first = ours.vae.encode(ours._image_tensor(str(tmp_path / "start.png"), 32, 48)[:, :, None]).cpu()
+    assert torch.allclose(out.latents[:, :, :1], first, atol=1e-5)  # the image is the first latent frame

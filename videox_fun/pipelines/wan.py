@@ -170,7 +170,8 @@ class WanPipeline:
 
     def expert_for(self, t: torch.Tensor):
         """The transformer that denoises at timestep ``t`` (the low-noise expert below the boundary)."""
-        if self.transformer_2 is None or float(t.flatten()[0]) >= self.boundary * NUM_TRAIN_TIMESTEPS:
+        # max: with per-token timesteps (TI2V) the conditioning frame's tokens sit at 0.
+        if self.transformer_2 is None or float(t.max()) >= self.boundary * NUM_TRAIN_TIMESTEPS:
             return self.transformer
         return self.transformer_2
 
@@ -287,6 +288,8 @@ class WanPipeline:
             channels["start_image"] = first_frame_latent(start, num_latent_frames)
 
         conditions: dict[str, torch.Tensor] = {}
+        if self.variant.first_frame and image is not None:
+            conditions["first_frame"] = self.vae.encode(image[:, :, None]).float()  # (1, z, 1, h, w)
         if self.variant.channels:
             conditions["y"] = torch.cat([channels[kind] for kind, _ in self.variant.channels], dim=1)
         ref_image = inputs.get("ref_image")
@@ -318,6 +321,22 @@ class WanPipeline:
 
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
         return self.expert_for(t)(latents.to(self.dtype), t, **inputs).float()
+
+    def _first_frame_denoiser(self, condition: torch.Tensor):
+        """A denoiser that holds the first latent frame at ``condition`` (1, z, 1, h, w): Wan2.2 TI2V's i2v.
+
+        That frame's tokens are given timestep 0 (clean), the others the step's t, as per-token timesteps.
+        """
+        _, patch_h, patch_w = self.transformer.config.patch_size
+
+        def denoise(latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
+            held = with_first_frame(latents, condition)
+            noisy_tokens = torch.ones_like(latents[0, 0, :, ::patch_h, ::patch_w])  # (F, h/p, w/p)
+            noisy_tokens[0] = 0
+            per_token_t = t[:, None] * noisy_tokens.flatten()[None]  # (B, L)
+            return self._denoise(held, per_token_t, inputs)
+
+        return denoise
 
     @torch.no_grad()
     def __call__(
@@ -387,6 +406,7 @@ class WanPipeline:
             "camera": camera,
         }
         conditions = self.build_conditions(mode, inputs, num_frames, height, width)
+        first_frame = conditions.pop("first_frame", None)  # held by the loop below, not a transformer input
         cond = {"context": cond_text, **conditions}
         uncond = {"context": uncond_text, **conditions}
 
@@ -407,15 +427,18 @@ class WanPipeline:
         for transformer in self.transformers:
             for hook in getattr(transformer, "generation_hooks", ()):
                 hook.begin(len(timesteps))  # step caches start fresh for every video
+        denoise = self._first_frame_denoiser(first_frame) if first_frame is not None else self._denoise
         guidance = guidance or ClassifierFreeGuidance(scale=guidance_scale)
         for step, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
             t_batch = t.expand(1).to(self.device, torch.float32)
             if self.transformer_2 is not None:  # each expert has its own guidance scale
                 guidance.scale = guidance_scale if self.expert_for(t_batch) is self.transformer else guidance_scale_2
-            velocity = guidance(self._denoise, latents, t_batch, cond, uncond, step, len(timesteps))
+            velocity = guidance(denoise, latents, t_batch, cond, uncond, step, len(timesteps))
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
             if callback is not None:
                 callback(step, len(timesteps), latents)
+        if first_frame is not None:
+            latents = with_first_frame(latents, first_frame)
 
         decoded = self.vae.decode(latents.to(self.dtype)).float()  # (1, 3, F, H, W)
         settings = {
@@ -446,6 +469,11 @@ def warn_on_masked_fill(folder: Path, config: ModelConfig, variant) -> None:
             "the Fun InP models were trained with -1: use config/wan2.1/wan_fun_civitai.yaml",
             folder.name,
         )
+
+
+def with_first_frame(latents: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """``latents`` (B, z, F, h, w) with its first frame replaced by ``first`` (1, z, 1, h, w)."""
+    return torch.cat([first.to(latents).expand(latents.shape[0], -1, -1, -1, -1), latents[:, :, 1:]], dim=2)
 
 
 NUM_TRAIN_TIMESTEPS = 1000  # the flow schedulers' timestep scale, which the expert boundary is a share of

@@ -56,6 +56,8 @@ class WanVariant:
     channels: tuple[tuple[str, int], ...]
     ref_image: bool = False
     camera: bool = False
+    # Wan2.2 TI2V: an image conditions by replacing the first latent frame (timestep 0 on its tokens).
+    first_frame: bool = False
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -69,6 +71,8 @@ class WanVariant:
             return ("control", "v2v")
         if self.camera:
             return ("camera", "v2v")
+        if self.first_frame:
+            return ("t2v", "i2v", "v2v")
         return ("t2v", "v2v")
 
 
@@ -89,14 +93,17 @@ def variant_of(config) -> WanVariant:
     name, channels = layouts[in_dim]
     if ref:
         name += " V1.1 (reference image)"
-    return WanVariant(name, channels, ref_image=ref, camera=camera)
+    first_frame = config.get("model_type") == "ti2v" and not channels
+    if first_frame:
+        name = "TI2V"
+    return WanVariant(name, channels, ref_image=ref, camera=camera, first_frame=first_frame)
 
 
 def variant_for_mode(mode: str) -> str:
     """The kind of released model a user needs for a mode, for error messages."""
     return {
         "t2v": "a T2V or Fun InP model",
-        "i2v": "a Fun InP or Wan I2V model",
+        "i2v": "a Fun InP, Wan I2V or Wan2.2 TI2V model",
         "flf2v": "a Fun InP model",
         "inpaint": "a Fun InP model",
         "v2v": "any Wan model",
