@@ -208,3 +208,19 @@ def test_a_fun_folder_run_with_wan_ai_zero_fill_is_warned_about(tmp_path, caplog
     with caplog.at_level("WARNING"):
         WanPipeline.from_pretrained(folder)  # its own config: -1, no warning
     assert "wan_fun_civitai.yaml" not in caplog.text
+
+
+def test_ti2v_folder_with_a_wan22_vae_runs_t2v_and_i2v_at_32_pixel_multiples(tmp_path, caplog):
+    pipe = WanPipeline.from_pretrained(build_tiny_model_folder(tmp_path / "ti2v", "ti2v"))
+    assert (pipe.vae.z_dim, pipe.vae.spatial_compression, pipe.size_multiple) == (48, 16, 32)
+    image = write_video(np.full((1, 64, 96, 3), 120, dtype=np.uint8), tmp_path / "start.png")
+    settings = {"height": 64, "width": 96, "num_frames": 5, "num_inference_steps": 2, "progress": False}
+    t2v = pipe("a red circle moving right", **settings)
+    i2v = pipe("a red circle moving right", image=image, **settings)
+    assert t2v.latents.shape == i2v.latents.shape == (1, 48, 2, 4, 6) and i2v.settings["mode"] == "i2v"
+    assert tuple(i2v.frames.shape) == (5, 64, 96, 3)
+    held = pipe.vae.encode(pipe._image_tensor(image, 64, 96)[:, :, None]).cpu()
+    torch.testing.assert_close(i2v.latents[:, :, :1], held)  # the image stays the first latent frame
+    with caplog.at_level("WARNING"):
+        rounded = pipe("x", height=48, width=80, num_frames=5, num_inference_steps=1, progress=False)
+    assert tuple(rounded.frames.shape) == (5, 64, 64, 3) and "not a multiple of 32" in caplog.text

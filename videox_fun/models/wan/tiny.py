@@ -17,7 +17,7 @@ from ...io.files import reset_tree_modes
 from .image_encoder import WanImageEncoder, tiny_vision_config
 from .text_encoder import WanTextEncoder, build_word_tokenizer, tiny_umt5_config
 from .transformer import WanTransformer3DModel
-from .vae import tiny_vae_config
+from .vae import tiny_vae_config, tiny_wan22_vae_config
 from .variants import tiny_config
 
 # The toy world's words (colours, shapes, motions and the caption phrasing).
@@ -109,7 +109,8 @@ def build_tiny_model_folder(
 ) -> Path:
     """Write a complete tiny model folder (transformer, VAE, text encoder, optional CLIP tower).
 
-    variant: ``t2v``, ``inp``, ``control``, ``control_ref`` or ``camera`` (see :func:`tiny_config`).
+    variant: ``t2v``, ``inp``, ``control``, ``control_ref``, ``camera`` or ``ti2v`` (Wan2.2 TI2V-5B's
+    structure, with a tiny Wan2.2-style VAE: 48 latent channels, 16x spatial); see :func:`tiny_config`.
     with_clip: give the transformer the i2v CLIP branch and ship a tiny vision tower.
     boundary: make it a Wan2.2 A14B-style two-expert folder (``high_noise_model/`` and
     ``low_noise_model/``, differently initialised) switching experts at this share of 1000.
@@ -128,7 +129,8 @@ def build_tiny_model_folder(
         for subpath in TWO_EXPERT_LAYOUT.values():
             WanTransformer3DModel.from_config(tiny_config(variant, **overrides)).save_original(folder / subpath)
 
-    AutoencoderKLWan(**tiny_vae_config()).save_pretrained(folder / "vae")
+    vae_config = tiny_wan22_vae_config() if variant == "ti2v" else tiny_vae_config()
+    AutoencoderKLWan(**vae_config).save_pretrained(folder / "vae")
 
     tokenizer = build_word_tokenizer(TOY_VOCABULARY)
     text_config = tiny_umt5_config(vocab_size=len(tokenizer), d_model=TINY_TEXT_DIM, num_heads=2, d_ff=64)

@@ -72,6 +72,18 @@ def tiny_vae_config(base_dim: int = 8, z_dim: int = 16) -> dict[str, Any]:
     return config
 
 
+def tiny_wan22_vae_config(base_dim: int = 8) -> dict[str, Any]:
+    """A small config of the Wan2.2 VAE's structure: residual blocks, 2x2 patchified pixels, z_dim 48, 4x16x16."""
+    return {
+        **tiny_vae_config(base_dim, z_dim=48),
+        "in_channels": 12,
+        "out_channels": 12,
+        "is_residual": True,
+        "patch_size": 2,
+        "scale_factor_spatial": 16,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Key conversion between the original Wan layout and diffusers
 # --------------------------------------------------------------------------------------------

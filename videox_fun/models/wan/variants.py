@@ -114,9 +114,9 @@ def variant_for_mode(mode: str) -> str:
 
 def tiny_config(variant: str = "t2v", **overrides) -> dict:
     """A tiny config of the real architecture for tests and the offline demo (2 layers, head dim 12)."""
-    in_dims = {"t2v": 16, "i2v": 36, "inp": 36, "control": 48, "control_ref": 48, "camera": 32}
+    in_dims = {"t2v": 16, "i2v": 36, "inp": 36, "control": 48, "control_ref": 48, "camera": 32, "ti2v": 48}
     config = {
-        "model_type": "i2v" if variant == "i2v" else "t2v",
+        "model_type": variant if variant in ("i2v", "ti2v") else "t2v",
         "patch_size": [1, 2, 2],
         "text_len": 32,
         "in_dim": in_dims[variant],
@@ -124,7 +124,7 @@ def tiny_config(variant: str = "t2v", **overrides) -> dict:
         "ffn_dim": 48,
         "freq_dim": 16,
         "text_dim": 32,
-        "out_dim": 16,
+        "out_dim": 48 if variant == "ti2v" else 16,  # Wan2.2 TI2V: the Wan2.2 VAE's 48 latent channels
         "num_heads": 2,
         "num_layers": 2,
         "add_ref_conv": variant == "control_ref",
