@@ -169,11 +169,12 @@ def save_sharded(
 def template_regex(template: str) -> re.Pattern[str]:
     """A regex for a key template.
 
-    ``{i}`` matches a block index, ``{p}`` ``weight`` or ``bias``, ``{tail}`` any dotted rest of a name.
+    ``{i}`` / ``{j}`` match block indices, ``{p}`` ``weight`` or ``bias``, ``{tail}`` any dotted rest of a name.
     """
     pattern = (
         re.escape(template)
         .replace(r"\{i\}", r"(?P<i>\d+)")
+        .replace(r"\{j\}", r"(?P<j>\d+)")
         .replace(r"\{p\}", r"(?P<p>weight|bias)")
         .replace(r"\{tail\}", r"(?P<tail>[\w.]+)")
     )

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -35,6 +36,8 @@ from videox_fun.models.loading import (
     load_into,
     read_folder_state_dict,
     read_state_dict,
+    rename_key,
+    rename_rules,
     strip_prefix,
 )
 
@@ -48,6 +51,122 @@ logger = logging.getLogger(__name__)
 ORIGINAL_VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.2_VAE.pth")
 # Prefixes some single-file exports put in front of every VAE key.
 _WRAPPER_PREFIXES = ("first_stage_model.", "vae.")
+
+# The released Wan2.2 VAE (Wan2.2_VAE.pth of Wan2.2-TI2V-5B) as diffusers configures it: 4x16x16
+# compression (2x2 patches of pixels, 12 channels in), residual blocks, 48 latent channels.
+WAN22_VAE_CONFIG: Mapping[str, Any] = MappingProxyType(
+    {
+        "base_dim": 160,
+        "decoder_base_dim": 256,
+        "z_dim": 48,
+        "is_residual": True,
+        "in_channels": 12,
+        "out_channels": 12,
+        "patch_size": 2,
+        "scale_factor_temporal": 4,
+        "scale_factor_spatial": 16,
+        "latents_mean": [
+            -0.2289,
+            -0.0052,
+            -0.1323,
+            -0.2339,
+            -0.2799,
+            0.0174,
+            0.1838,
+            0.1557,
+            -0.1382,
+            0.0542,
+            0.2813,
+            0.0891,
+            0.1570,
+            -0.0098,
+            0.0375,
+            -0.1825,
+            -0.2246,
+            -0.1207,
+            -0.0698,
+            0.5109,
+            0.2665,
+            -0.2108,
+            -0.2158,
+            0.2502,
+            -0.2055,
+            -0.0322,
+            0.1109,
+            0.1567,
+            -0.0729,
+            0.0899,
+            -0.2799,
+            -0.1230,
+            -0.0313,
+            -0.1649,
+            0.0117,
+            0.0723,
+            -0.2839,
+            -0.2083,
+            -0.0520,
+            0.3748,
+            0.0152,
+            0.1957,
+            0.1433,
+            -0.2944,
+            0.3573,
+            -0.0548,
+            -0.1681,
+            -0.0667,
+        ],
+        "latents_std": [
+            0.4765,
+            1.0364,
+            0.4514,
+            1.1677,
+            0.5313,
+            0.4990,
+            0.4818,
+            0.5013,
+            0.8158,
+            1.0344,
+            0.5894,
+            1.0901,
+            0.6885,
+            0.6165,
+            0.8454,
+            0.4978,
+            0.5759,
+            0.3523,
+            0.7135,
+            0.6804,
+            0.5833,
+            1.4146,
+            0.8986,
+            0.5659,
+            0.7069,
+            0.5338,
+            0.4889,
+            0.4917,
+            0.4069,
+            0.4999,
+            0.6866,
+            0.4093,
+            0.5709,
+            0.6065,
+            0.6415,
+            0.4944,
+            0.5726,
+            1.2042,
+            0.5458,
+            1.6887,
+            0.3971,
+            1.0600,
+            0.3943,
+            0.5537,
+            0.5444,
+            0.4089,
+            0.7468,
+            0.7744,
+        ],
+    }
+)
 
 
 def tiny_vae_config(base_dim: int = 8, z_dim: int = 16) -> dict[str, Any]:
@@ -133,13 +252,60 @@ def _original_key_rules(res_blocks: int) -> list[tuple[re.Pattern[str], Callable
     return [(re.compile(pattern), rename) for pattern, rename in rules]
 
 
-def _check_wan21_layout(config: Mapping[str, Any]) -> None:
-    """The original-layout conversion knows the Wan2.1 structure only (diffusers' does too)."""
-    if config.get("is_residual") or config.get("patch_size"):
-        raise CheckpointMismatchError(
-            "original-layout conversion supports the Wan2.1 VAE structure only; this config is a "
-            "Wan2.2-style VAE (is_residual / patch_size): load it from a diffusers folder instead"
-        )
+def _wan22_key_pairs(res_blocks: int) -> list[tuple[str, str]]:
+    """(original, diffusers) key templates of the Wan2.2 VAE.
+
+    Its original levels nest one list each: ``encoder.downsamples.{i}.downsamples.{j}`` holds
+    ``res_blocks`` residual blocks then the downsampler; ``decoder.upsamples.{i}.upsamples.{j}``
+    ``res_blocks + 1`` then the upsampler. diffusers names these ``resnets.{j}`` and
+    ``downsampler`` / ``upsampler`` (no index). Everything else is named as in Wan2.1.
+    """
+    pairs = []
+    for ours, original in _RESNET_NAMES.items():
+        for side in ("encoder", "decoder"):  # middle: residual (0), attention (1), residual (2)
+            for block in (0, 1):
+                pairs.append(
+                    (
+                        f"{side}.middle.{2 * block}.{original}.{{tail}}",
+                        f"{side}.mid_block.resnets.{block}.{ours}.{{tail}}",
+                    )
+                )
+        down, up = "encoder.downsamples.{i}.downsamples.{j}", "decoder.upsamples.{i}.upsamples.{j}"
+        pairs.append((f"{down}.{original}.{{tail}}", f"encoder.down_blocks.{{i}}.resnets.{{j}}.{ours}.{{tail}}"))
+        pairs.append((f"{up}.{original}.{{tail}}", f"decoder.up_blocks.{{i}}.resnets.{{j}}.{ours}.{{tail}}"))
+    pairs += [
+        (f"encoder.downsamples.{{i}}.downsamples.{res_blocks}.{{tail}}", "encoder.down_blocks.{i}.downsampler.{tail}"),
+        (f"decoder.upsamples.{{i}}.upsamples.{res_blocks + 1}.{{tail}}", "decoder.up_blocks.{i}.upsampler.{tail}"),
+        ("conv1.{p}", "quant_conv.{p}"),
+        ("conv2.{p}", "post_quant_conv.{p}"),
+    ]
+    for side in ("encoder", "decoder"):
+        pairs += [
+            (f"{side}.conv1.{{p}}", f"{side}.conv_in.{{p}}"),
+            (f"{side}.head.0.{{tail}}", f"{side}.norm_out.{{tail}}"),
+            (f"{side}.head.2.{{p}}", f"{side}.conv_out.{{p}}"),
+            (f"{side}.middle.1.{{tail}}", f"{side}.mid_block.attentions.0.{{tail}}"),
+        ]
+    return pairs
+
+
+def _rename_all(state: Mapping[str, torch.Tensor], rules, direction: str) -> dict[str, torch.Tensor]:
+    """Every key renamed by the first matching rule; keys no rule knows fail, named."""
+    converted, unknown = {}, []
+    for key, value in state.items():
+        renamed = rename_key(key, rules)
+        if renamed is None:
+            unknown.append(key)
+        else:
+            converted[renamed] = value
+    if unknown:
+        raise CheckpointMismatchError(f"no {direction} name for Wan2.2 VAE keys: {sorted(unknown)[:12]}")
+    return converted
+
+
+def is_wan22_structure(config: Mapping[str, Any]) -> bool:
+    """Whether a VAE config is the Wan2.2 structure (residual blocks, patchified pixels)."""
+    return bool(config.get("is_residual") or config.get("patch_size"))
 
 
 def wan_vae_to_original(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -148,7 +314,9 @@ def wan_vae_to_original(state: Mapping[str, torch.Tensor], config: Mapping[str, 
     Raises :class:`CheckpointMismatchError` naming any key no rule knows, so nothing is passed
     through unconverted.
     """
-    _check_wan21_layout(config)
+    if is_wan22_structure(config):
+        pairs = _wan22_key_pairs(int(config.get("num_res_blocks", 2)))
+        return _rename_all(state, rename_rules(pairs, reverse=True), "original-layout")
     rules = _original_key_rules(int(config.get("num_res_blocks", 2)))
     converted, unknown = {}, []
     for key, value in state.items():
@@ -177,6 +345,11 @@ def is_original_layout(state: Mapping[str, torch.Tensor]) -> bool:
     return "encoder.conv1.weight" in state or any(
         k.startswith(("decoder.upsamples.", "encoder.downsamples.")) for k in state
     )
+
+
+def has_nested_levels(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether an original-layout VAE state dict nests a list per level, as the Wan2.2 VAE does."""
+    return any(re.match(r"encoder\.downsamples\.\d+\.downsamples\.", key) for key in state)
 
 
 def is_diffusers_layout(state: Mapping[str, torch.Tensor]) -> bool:
@@ -228,14 +401,11 @@ def _build_checked(
     """Convert ``state`` to diffusers names if needed, then load it strictly into a meta-built model."""
     state = strip_prefix(state, _WRAPPER_PREFIXES)
     if is_original_layout(state):
-        _check_wan21_layout(config)
-        latent_conv = state.get("conv2.weight")
-        if latent_conv is not None and latent_conv.shape[0] == 48:
-            raise CheckpointMismatchError(
-                f"{source} looks like the Wan2.2 VAE (z_dim 48) in the original layout, which is not "
-                "supported yet: load the diffusers-layout VAE folder (e.g. Wan2.2-TI2V-5B-Diffusers/vae)"
-            )
-        state = wan_vae_to_diffusers(state)
+        if is_wan22_structure(config):
+            pairs = _wan22_key_pairs(int(config.get("num_res_blocks", 2)))
+            state = _rename_all(state, rename_rules(pairs), "diffusers")
+        else:
+            state = wan_vae_to_diffusers(state)
     elif not is_diffusers_layout(state):
         raise CheckpointMismatchError(
             f"{source} is not a Wan VAE checkpoint: neither 'encoder.conv1.weight' (original layout) nor "
@@ -252,9 +422,12 @@ def _load_any(path: Path, dtype: torch.dtype) -> AutoencoderKLWan:
     if not path.exists():
         raise FileNotFoundError(f"Wan VAE not found: {path}")
     if path.is_file():
-        # A single file: its config is a VAE config.json beside it, else the Wan2.1 defaults.
-        config = _read_vae_config(path.parent / "config.json") or {}
-        return _build_checked(config, read_state_dict(path), str(path), dtype)
+        # A single file: its config is a VAE config.json beside it, else the release its keys show.
+        state = read_state_dict(path)
+        config = _read_vae_config(path.parent / "config.json") or (
+            dict(WAN22_VAE_CONFIG) if has_nested_levels(state) else {}
+        )
+        return _build_checked(config, state, str(path), dtype)
     config = _read_vae_config(path / "config.json")
     if config is not None and any(path.glob("diffusion_pytorch_model*")):
         # A diffusers folder. Not AutoencoderKLWan.from_pretrained: it only warns about unexpected
