@@ -103,3 +103,12 @@ def test_model_lookup_by_folder_name(tmp_path, monkeypatch):
     assert resolve_model("Wan2.1-Fun-1.3B-InP") == tmp_path / "Wan2.1-Fun-1.3B-InP"
     with pytest.raises(FileNotFoundError, match=r"Wan2\.1-Fun-14B-InP"):
         resolve_model("Wan2.1-Fun-14B-InP")
+
+
+def test_wan22_ti2v_5b_original_folder_is_recognised(tmp_path):
+    (tmp_path / "Wan2.2_VAE.pth").write_bytes(b"")
+    config = config_for_folder(tmp_path)
+    assert (config.vae_subpath, config.image_encoder_subpath) == ("Wan2.2_VAE.pth", None)
+    defaults = config.defaults
+    assert (defaults.height, defaults.width, defaults.num_frames, defaults.fps) == (704, 1280, 121, 24)
+    assert (defaults.steps, defaults.shift, defaults.guidance_scale) == (50, 5.0, 5.0)

@@ -142,6 +142,25 @@ WAN22_A14B_DEFAULTS = {
 }
 
 
+# Wan2.2-TI2V-5B in the original layout: its own VAE, no CLIP, and the released sampling settings
+# (wan/configs/wan_ti2v_5B.py: 1280x704, 121 frames at 24 fps, 50 steps, shift 5, guidance 5).
+WAN22_TI2V_5B = {
+    "vae_subpath": "Wan2.2_VAE.pth",
+    "image_encoder_subpath": None,
+    "masked_fill": 0.0,
+    "defaults": {
+        "height": 704,
+        "width": 1280,
+        "num_frames": 121,
+        "fps": 24,
+        "steps": 50,
+        "guidance_scale": 5.0,
+        "shift": 5.0,
+        "sampler": "Flow_Unipc",
+    },
+}
+
+
 def two_expert_config(folder: Path) -> ModelConfig:
     """The config of a Wan2.2 A14B folder in the original layout (T2V or I2V, read off its config.json)."""
     model_type = json.loads((folder / TWO_EXPERT_LAYOUT["transformer_subpath"] / "config.json").read_text())
@@ -155,7 +174,8 @@ def config_for_folder(folder: str | Path, override: str | Path | None = None) ->
     """The config of a model folder: an explicit YAML, the folder's own one, or its layout's defaults.
 
     Layouts: diffusers (``model_index.json``; a ``transformer_2`` entry and its ``boundary_ratio``
-    make it two-expert), Wan2.2 A14B (``high_noise_model/`` + ``low_noise_model/``), else original.
+    make it two-expert), Wan2.2 A14B (``high_noise_model/`` + ``low_noise_model/``), Wan2.2-TI2V-5B
+    (``Wan2.2_VAE.pth``), else the original Wan2.1 layout.
     """
     folder = Path(folder)
     if override is not None:
@@ -170,6 +190,8 @@ def config_for_folder(folder: str | Path, override: str | Path | None = None) ->
         return ModelConfig.from_dict({**DIFFUSERS_LAYOUT, **(experts if two_experts else {})})
     if all((folder / sub / "config.json").is_file() for sub in TWO_EXPERT_LAYOUT.values()):
         return two_expert_config(folder)
+    if (folder / "Wan2.2_VAE.pth").is_file() and not (folder / "Wan2.1_VAE.pth").is_file():
+        return ModelConfig.from_dict(WAN22_TI2V_5B)
     return ModelConfig()
 
 
