@@ -8,26 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from videox_fun.cli import main
 from videox_fun.models.wan.vae import WanVAE
 from videox_fun.pipelines.wan import WanPipeline
 from videox_fun.toyworld.recipe import Recipe, train_all
 
-TINY = Recipe(
-    train_clips=8,
-    heldout_clips=2,
-    vae_steps=2,
-    vae_batch=2,
-    vae_full_steps=1,
-    transformer_steps=2,
-    model_steps={},
-    transformer_batch=2,
-    transformer_clips=6,
-    model_clips={},
-    vae_decoder_steps=1,
-    vae_refine_steps=1,
-    vae_wide_steps=1,
-    vae_mse_steps=1,
-)
+TINY = Recipe.smoke()
 
 
 @pytest.mark.slow
@@ -46,5 +32,7 @@ def test_train_all_writes_loadable_model_folders_and_resumes(tmp_path: Path):
     video = pipe("a red circle moving right", num_inference_steps=2, seed=0, progress=False).frames
     assert tuple(video.shape) == (17, 64, 64, 3)
     stamp = (tmp_path / "Wan2.1-Fun-Tiny-InP" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
-    train_all(tmp_path, TINY)  # everything is done: no stage reruns
+    assert (
+        main(["toyworld", "train-all", str(tmp_path), "--smoke"]) == 0
+    )  # the CLI's smoke recipe is TINY: nothing reruns
     assert (tmp_path / "Wan2.1-Fun-Tiny-InP" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp

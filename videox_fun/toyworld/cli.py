@@ -116,6 +116,8 @@ def run_train_all(args: argparse.Namespace) -> dict:
     """Run the recipe of the tiny models."""
     from .recipe import MODELS, Recipe, train_all
 
+    if args.smoke:
+        return train_all(args.out, Recipe.smoke(args.seed, args.models), vae=args.vae)
     recipe = Recipe(seed=args.seed, vae_steps=args.vae_steps, models=args.models or list(MODELS))
     if args.steps is not None:  # one step count for every model instead of the recipe's
         recipe.transformer_steps, recipe.model_steps = args.steps, {}
@@ -159,7 +161,15 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     )
     train_all.add_argument("out", type=Path, help="working folder; finished model folders appear inside it")
     train_all.add_argument("--vae", type=Path, help="use this trained VAE folder instead of training one")
-    train_all.add_argument("--vae-steps", type=int, default=4000, help="VAE training steps")
+    train_all.add_argument(
+        "--vae-steps",
+        type=int,
+        default=4000,
+        help="steps of the first (cropped) VAE phase; later phases keep theirs",
+    )
+    train_all.add_argument(
+        "--smoke", action="store_true", help="every stage on 8 clips for one or two steps (checks the chain, minutes)"
+    )
     train_all.add_argument("--steps", type=int, help="training steps of every transformer (default: the recipe's)")
     train_all.add_argument("--models", nargs="+", help="which models (default: all)")
     train_all.add_argument("--seed", type=int, default=0, help="seed of data, weights and training")

@@ -103,6 +103,28 @@ class Recipe:
     learning_rate: float = 5e-4
     models: list[str] = field(default_factory=lambda: list(MODELS))
 
+    @classmethod
+    def smoke(cls, seed: int = 0, models: list[str] | None = None) -> Recipe:
+        """Every stage of the recipe on 8 clips for one or two steps each: checks the whole chain in minutes."""
+        return cls(
+            seed=seed,
+            train_clips=8,
+            heldout_clips=2,
+            vae_steps=2,
+            vae_batch=2,
+            vae_full_steps=1,
+            vae_decoder_steps=1,
+            vae_refine_steps=1,
+            vae_wide_steps=1,
+            vae_mse_steps=1,
+            transformer_steps=2,
+            model_steps={},
+            transformer_batch=2,
+            transformer_clips=6,
+            model_clips={},
+            models=models or list(MODELS),
+        )
+
 
 def write_data(out: Path, recipe: Recipe) -> Path:
     """The training clips (train split) and held-out clips (held-out combinations, other seeds)."""
