@@ -311,3 +311,35 @@ def test_an_example_script_given_another_modes_inputs_says_which_mode():
         timeout=120,
     )
     assert done.returncode != 0 and "serves control; these inputs ask for camera (--mode camera)" in done.stderr
+
+
+def decoded_frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def test_transformer_path_takes_a_folder_or_a_diffusers_named_file(inp_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from videox_fun.models.wan.keys import original_to_diffusers_keys
+
+    # The same model folder with another transformer: what --transformer-path should reproduce.
+    weights = load_file(
+        str(build_tiny_model_folder(tmp_path / "seed1", "inp", seed=1) / "diffusion_pytorch_model.safetensors")
+    )
+    other = Path(shutil.copytree(inp_folder, tmp_path / "Other-InP"))
+    save_file(weights, str(other / "diffusion_pytorch_model.safetensors"))
+    save_file(original_to_diffusers_keys(weights), str(tmp_path / "diffusers_named.safetensors"))
+    common = ["--prompt", "a red circle moving right", "--seed", "3", *FAST]
+    for model, name in ((other, "other"), (inp_folder, "base")):
+        main(["generate", "--model", str(model), "--output", str(tmp_path / f"{name}.mp4"), *common])
+    expected = decoded_frames(tmp_path / "other.mp4")
+    assert not np.array_equal(expected, decoded_frames(tmp_path / "base.mp4"))  # the weights matter
+    for name, source in (("folder", other), ("file", tmp_path / "diffusers_named.safetensors")):
+        out = tmp_path / f"{name}.mp4"
+        flags = ["--transformer-path", str(source), "--output", str(out)]
+        assert main(["generate", "--model", str(inp_folder), *flags, *common]) == 0
+        assert np.array_equal(decoded_frames(out), expected), name
+        assert json.loads(out.with_suffix(".json").read_text())["transformer_path"] == str(source)

@@ -15,7 +15,7 @@ from videox_fun.models.wan.keys import (
     original_config_to_diffusers,
     original_to_diffusers_keys,
 )
-from videox_fun.models.wan.transformer import WanTransformer3DModel, rope_axis_dims
+from videox_fun.models.wan.transformer import WanTransformer3DModel, read_transformer_weights, rope_axis_dims
 from videox_fun.models.wan.variants import PRESETS, tiny_config, variant_of
 
 
@@ -214,3 +214,18 @@ def test_wan22_i2v_without_clip_loads_from_its_release_config_and_matches_diffus
         padded = torch.nn.functional.pad(text, (0, 0, 0, 512 - 7))
         theirs = reference(torch.cat([x, y], 1), t, padded, return_dict=False)[0]
     assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_weights_read_alike_from_every_shared_layout(tmp_path):
+    model = random_model(tiny_config("i2v"))
+    reference = model.state_dict()
+    model.save_original(tmp_path / "sharded", max_shard_bytes=20_000)  # several shards + index
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    diffusers_names = {f"transformer.{k}": v for k, v in original_to_diffusers_keys(reference).items()}
+    save_file(diffusers_names, str(tmp_path / "diffusers.safetensors"))
+    comfy = {f"model.diffusion_model.{k}": v for k, v in reference.items()}
+    save_file(comfy, str(tmp_path / "comfy.safetensors"))
+    for source in ("sharded", "diffusers.safetensors", "comfy.safetensors"):
+        state = read_transformer_weights(tmp_path / source)
+        assert state.keys() == reference.keys(), source
+        assert all(torch.equal(state[k], reference[k]) for k in reference), source

@@ -5,9 +5,16 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-from videox_fun.models.wan.transformer import WanTransformer3DModel
+from videox_fun.models.wan.transformer import WanTransformer3DModel, read_transformer_weights
 from videox_fun.models.wan.variants import PRESETS, tiny_config
-from videox_fun.runtime.fp8 import FP8, Float8Linear, load_fp8_checkpoint, quantize_to_fp8, weight_bytes
+from videox_fun.runtime.fp8 import (
+    FP8,
+    Float8Linear,
+    dequantize_fp8_state,
+    load_state_with_fp8,
+    quantize_to_fp8,
+    weight_bytes,
+)
 
 
 def psnr(x: torch.Tensor, reference: torch.Tensor) -> float:
@@ -58,6 +65,12 @@ def test_fp8_scaled_single_file_loads_like_comfyui_shares_it(tmp_path):
     save_file(state, str(tmp_path / "wan_fp8_scaled.safetensors"))
     with torch.device("meta"):
         loaded = WanTransformer3DModel.from_config(model.config)
-    load_fp8_checkpoint(loaded, tmp_path / "wan_fp8_scaled.safetensors")
+    path = tmp_path / "wan_fp8_scaled.safetensors"
+    load_state_with_fp8(loaded, read_transformer_weights(path), source=str(path))
     with torch.no_grad():
         assert torch.equal(loaded.eval()(*inputs), model(*inputs))
+    # Widened for training: the full-precision model computes what the fp8 one does.
+    widened, _ = model_and_inputs(seed=1)
+    widened.load_state_dict(dequantize_fp8_state(read_transformer_weights(path)))
+    with torch.no_grad():
+        assert torch.allclose(widened(*inputs), model(*inputs), atol=1e-5)

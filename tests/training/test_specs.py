@@ -117,3 +117,23 @@ def test_control_ref_inputs(make_config):
     assert inputs.conditions["y"].shape[1] == 32 and inputs.conditions["ref_latent"].shape == (3, 16, 4, 4)
     prediction = spec.predict(models.transformer, inputs.latents, torch.full((3,), 500.0), inputs)
     assert prediction.shape == inputs.latents.shape
+
+
+def test_training_starts_from_a_transformer_path_fp8_files_widened(make_config, model_folders, tmp_path):
+    from safetensors.torch import save_file
+
+    from videox_fun.models.wan.transformer import WanTransformer3DModel
+    from videox_fun.runtime.fp8 import quantize_to_fp8
+
+    start = WanTransformer3DModel.from_pretrained(model_folders("inp"))
+    with torch.no_grad():
+        for param in start.parameters():
+            param.add_(0.5)  # weights that differ from the folder's
+    quantize_to_fp8(start, scaled=True, per_channel=True)
+    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in start.state_dict().items()},
+              str(tmp_path / "start_fp8_scaled.safetensors"))  # fmt: skip
+    config = make_config("inp", transformer_path=str(tmp_path / "start_fp8_scaled.safetensors"))
+    transformer = get_spec(config).load_models(config, torch.float32).transformer
+    q = transformer.blocks[0].self_attn.q.weight
+    assert q.dtype == torch.float32 and torch.equal(q, start.blocks[0].self_attn.q.dequantized_weight(torch.float32))
+    assert torch.equal(transformer.patch_embedding.weight, start.patch_embedding.weight)

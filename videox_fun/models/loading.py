@@ -23,6 +23,9 @@ from ..io.files import save_safetensors
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+# Keys of ComfyUI's fp8_scaled files that describe the format rather than hold weights; they carry
+# no wrapper prefix, unlike the weights beside them.
+FORMAT_MARKER_KEYS = ("scaled_fp8",)
 
 
 class CheckpointMismatchError(ValueError):

@@ -10,20 +10,17 @@ single-file checkpoints store Wan (``weight`` in fp8 + ``scale_weight``), which 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.loading import load_into, read_state_dict, strip_prefix
+from ..models.loading import FORMAT_MARKER_KEYS, load_into
 
 logger = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
-# Keys of ComfyUI fp8_scaled files that describe the format rather than hold weights.
-FP8_MARKER_KEYS = ("scaled_fp8",)
 
 
 class Float8Linear(nn.Module):
@@ -105,7 +102,7 @@ def prepare_for_fp8_state(model: nn.Module, state: dict[str, torch.Tensor]) -> d
     Returns the state without the format's marker keys and input scales (we compute in high
     precision, so an activation scale has no use), each dropped with a log line, never silently.
     """
-    dropped = [k for k in state if k in FP8_MARKER_KEYS or k.endswith(".scale_input")]
+    dropped = [k for k in state if k in FORMAT_MARKER_KEYS or k.endswith(".scale_input")]
     if dropped:
         logger.info("fp8 checkpoint: not used for high-precision compute: %s", ", ".join(dropped[:4]))
     state = {k: v for k, v in state.items() if k not in dropped}
@@ -124,10 +121,26 @@ def prepare_for_fp8_state(model: nn.Module, state: dict[str, torch.Tensor]) -> d
     return state
 
 
-def load_fp8_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a (scaled) fp8 single-file checkpoint, e.g. ComfyUI's ``wan2.1_*_fp8_scaled.safetensors``."""
-    state = read_state_dict(path)
-    markers = {k: state.pop(k) for k in FP8_MARKER_KEYS if k in state}  # unprefixed, unlike the weights
-    state = strip_prefix(state, ("model.diffusion_model.", "diffusion_model."))
-    state = prepare_for_fp8_state(model, {**state, **markers})
-    return load_into(model, state, source=str(path))
+def load_state_with_fp8(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Load a state dict whose block linears may be stored in (scaled) fp8, strictly.
+
+    Linears the state holds in fp8 become :class:`Float8Linear` first (ComfyUI's
+    ``wan2.1_*_fp8_scaled.safetensors`` files); a full-precision state loads as it is.
+    """
+    return load_into(model, prepare_for_fp8_state(model, state), source=source)
+
+
+def dequantize_fp8_state(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The state with fp8 weights widened to ``dtype`` (times their ``scale_weight``), for full-precision use.
+
+    Format markers and input scales go; the result loads into a model without :class:`Float8Linear`.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key in FORMAT_MARKER_KEYS or key.endswith((".scale_input", ".scale_weight")):
+            continue
+        if key.endswith(".weight") and tensor.dtype == FP8:
+            scale = state.get(key.removesuffix(".weight") + ".scale_weight")
+            tensor = tensor.to(dtype) * (scale.to(dtype) if scale is not None else 1)
+        out[key] = tensor
+    return out

@@ -40,11 +40,13 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--transformer-path",
         type=Path,
-        help="load the transformer weights from this single file (e.g. a ComfyUI *_fp8_scaled file); "
-        "the low-noise expert's on Wan2.2 A14B",
+        help="load the transformer weights from this file or (sharded) folder: original, ComfyUI (fp8_scaled "
+        "too) or diffusers names; the low-noise expert's on Wan2.2 A14B",
     )
     group.add_argument(
-        "--transformer-high-path", type=Path, help="Wan2.2 A14B: the high-noise expert's weights from this file"
+        "--transformer-high-path",
+        type=Path,
+        help="Wan2.2 A14B: the high-noise expert's weights from this file or folder",
     )
     lora = parser.add_argument_group("LoRA (merged into the transformer before offload and fp8)")
     lora.add_argument(
@@ -223,13 +225,13 @@ def teacache_indicator(args: argparse.Namespace, two_experts: bool) -> str:
 
 
 def load_transformer_file(transformer, path: Path) -> None:
-    """Replace a transformer's weights with a single file of the same architecture (fp8 files too)."""
-    from .fp8 import load_fp8_checkpoint
+    """Replace a transformer's weights with those of a file or folder of the same architecture (fp8 too)."""
+    from ..models.wan.transformer import read_transformer_weights
+    from .fp8 import load_state_with_fp8
 
-    if not path.is_file():
-        kind = "a folder: give its .safetensors file" if path.is_dir() else "file not found"
-        raise FileNotFoundError(f"--transformer-path {path}: {kind}")
-    load_fp8_checkpoint(transformer, path)  # also reads plain (non-fp8) single files, strictly
+    if not path.exists():
+        raise FileNotFoundError(f"--transformer-path {path}: no such file or folder")
+    load_state_with_fp8(transformer, read_transformer_weights(path), source=str(path))
 
 
 def add_calibrate_command(subparsers) -> None:

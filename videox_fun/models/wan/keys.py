@@ -96,6 +96,11 @@ def diffusers_module_to_original(name: str) -> str | None:
     return renamed.removesuffix(".weight") if renamed is not None else None
 
 
+def is_diffusers_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict uses diffusers' names (``condition_embedder.*``, ``blocks.N.attn1.*``)."""
+    return any(k.startswith("condition_embedder.") or ".attn1." in k for k in state)
+
+
 def is_diffusers_config(config: Mapping) -> bool:
     """Whether a config.json is diffusers' ``WanTransformer3DModel`` layout."""
     return "num_attention_heads" in config or config.get("_class_name") == "WanTransformer3DModel"

@@ -26,18 +26,45 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..attention import attention
-from ..loading import cast_floating, load_into, read_folder_state_dict, strip_prefix
+from ..loading import (
+    FORMAT_MARKER_KEYS,
+    cast_floating,
+    load_into,
+    read_folder_state_dict,
+    read_state_dict,
+    strip_prefix,
+)
 from .keys import (
     CLIP_DIM,
     diffusers_config_to_original,
     diffusers_to_original_keys,
     has_clip_branch,
     is_diffusers_config,
+    is_diffusers_state,
 )
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+# diffusers pipeline-level files (and LoRA-merged exports) put the component's name in front.
+DIFFUSERS_PREFIXES = ("transformer.",)
+
+
+def read_transformer_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A Wan transformer's weights from one file or a (sharded) folder, in the original key names.
+
+    Reads the layouts people share: the original release (``blocks.N.self_attn.q``), ComfyUI
+    single files (``model.diffusion_model.`` prefix, fp8 or not, with their format markers kept)
+    and diffusers (``blocks.N.attn1.to_q``, with or without ``transformer.``), converted.
+    """
+    path = Path(path)
+    state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
+    markers = {key: state.pop(key) for key in FORMAT_MARKER_KEYS if key in state}
+    if is_diffusers_state(state):
+        state = diffusers_to_original_keys(strip_prefix(state, DIFFUSERS_PREFIXES))
+    else:
+        state = strip_prefix(state, CHECKPOINT_PREFIXES)
+    return {**state, **markers}
 
 
 # ----------------------------------------------------------------------------------------
@@ -532,13 +559,11 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
             raise FileNotFoundError(f"no config.json in {folder}")
         with open(config_path) as f:
             raw = json.load(f)
-        state = read_folder_state_dict(folder)
+        state = read_transformer_weights(folder)
         if is_diffusers_config(raw):
             config = diffusers_config_to_original(raw)
-            state = diffusers_to_original_keys(state)
         else:
             config = {k: v for k, v in raw.items() if not k.startswith("_")}
-            state = strip_prefix(state, CHECKPOINT_PREFIXES)
         config.update(config_overrides)
         config.update(infer_fun_extras(state, config))
         with torch.device("meta"):

@@ -251,9 +251,10 @@ class WanSpec:
     # -- loading -----------------------------------------------------------------------------
     def load_models(self, config: TrainConfig, dtype: torch.dtype) -> FamilyModels:
         """Transformer in fp32 (the trained weights), frozen encoders in ``dtype``; all on the CPU."""
-        from ...models.loading import load_into, read_folder_state_dict, read_state_dict, strip_prefix
-        from ...models.wan.transformer import CHECKPOINT_PREFIXES
+        from ...models.loading import load_into
+        from ...models.wan.transformer import read_transformer_weights
         from ...registry import resolve_model
+        from ...runtime.fp8 import dequantize_fp8_state
 
         folder = resolve_model(config.pretrained_model_name_or_path)
         settings = config_for_folder(folder, config.config_path)
@@ -261,9 +262,9 @@ class WanSpec:
         boundary = settings.boundary if settings.boundary is not None else default_boundary(transformer)
         sigma_range = expert_sigma_range(config.boundary_type, boundary)
         if config.transformer_path:
-            path = Path(config.transformer_path)
-            state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
-            load_into(transformer, strip_prefix(state, CHECKPOINT_PREFIXES), source=str(path))
+            # Trained weights are full precision: fp8 files (ComfyUI's fp8_scaled) are widened first.
+            state = dequantize_fp8_state(read_transformer_weights(config.transformer_path))
+            load_into(transformer, state, source=config.transformer_path)
         if config.init_from_t2v:
             transformer = init_from_t2v(transformer, config.train_mode)
         models = FamilyModels(transformer, {}, folder, settings, low_vram=config.low_vram, sigma_range=sigma_range)
