@@ -286,6 +286,23 @@ def test_two_expert_folder_generates_with_its_own_low_noise_guidance(tmp_path):
     assert settings["teacache_indicator"] == "time_projection"  # what Wan2.2's published set was fitted on
 
 
+def test_calibrate_cache_fits_both_experts_of_a_two_expert_model(tmp_path):
+    from videox_fun.pipelines.wan import WanPipeline
+    from videox_fun.runtime.cache import coefficients_for
+
+    folder = build_tiny_model_folder(tmp_path / "Tiny-A14B", "inp", boundary=0.875)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving right\n")
+    assert main(["calibrate-cache", "--model", str(folder), "--prompts-file", str(prompts), "--steps", "8"]) == 0
+    calibration = json.loads((folder / "cache_calibration.json").read_text())
+    # 8 steps split 3 high-noise + 5 low-noise: each expert pairs its own consecutive steps.
+    assert calibration["indicator"] == "time_projection" and calibration["samples"] == 2 + 4
+    assert "both experts (2 + 4 step pairs" in calibration["note"]
+    pipe = WanPipeline.from_pretrained(folder)
+    for expert in pipe.transformers:  # what generate --cache teacache then uses for each expert
+        assert coefficients_for(expert, folder, "time_projection", two_experts=True) == calibration["coefficients"]
+
+
 def test_camera_takes_a_built_in_trajectory_name(tmp_path):
     folder = build_tiny_model_folder(tmp_path / "Tiny-Camera", "camera")
     out = tmp_path / "pan.mp4"

@@ -185,7 +185,7 @@ def apply_runtime_options(pipe, args: argparse.Namespace, folder: Path) -> dict:
             attach_cache(transformer, args.cache, threshold, args, folder, two_experts)
         applied.update(cache=args.cache, cache_threshold=threshold, num_skip_start_steps=args.num_skip_start_steps)
         if args.cache == "teacache":
-            applied["teacache_indicator"] = teacache_indicator(args, two_experts)
+            applied["teacache_indicator"] = teacache_indicator(args.teacache_indicator, two_experts)
     if args.riflex_k is not None:
         for transformer in pipe.transformers:
             apply_riflex(transformer, args.riflex_k)
@@ -214,14 +214,14 @@ def attach_cache(
     common = {"num_skip_start_steps": args.num_skip_start_steps, "offload_residuals": args.cache_offload_residuals}
     if kind == "first-block":
         return FirstBlockCache(transformer, threshold, **common)
-    indicator = teacache_indicator(args, two_experts)
+    indicator = teacache_indicator(args.teacache_indicator, two_experts)
     coefficients = coefficients_for(transformer, folder, indicator, two_experts)
     return TeaCache(transformer, coefficients, threshold, indicator=indicator, **common)
 
 
-def teacache_indicator(args: argparse.Namespace, two_experts: bool) -> str:
+def teacache_indicator(asked: str | None, two_experts: bool) -> str:
     """The indicator asked for, else the one the model's published coefficients were fitted on."""
-    return args.teacache_indicator or ("time_projection" if two_experts else "time_embedding")
+    return asked or ("time_projection" if two_experts else "time_embedding")
 
 
 def load_transformer_file(transformer, path: Path) -> None:
@@ -250,7 +250,12 @@ def add_calibrate_command(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    parser.add_argument("--indicator", choices=("time_embedding", "time_projection"), default="time_embedding")
+    parser.add_argument(
+        "--indicator",
+        choices=("time_embedding", "time_projection"),
+        help="what the change is measured on (default: what generate uses: time_projection for Wan2.2 A14B "
+        "experts, else time_embedding)",
+    )
     parser.add_argument("--degree", type=int, default=4, help="polynomial degree")
     parser.add_argument("--out", type=Path, help=f"output JSON (default MODEL/{CALIBRATION_FILE})")
     parser.add_argument("--seed", type=int, default=0)
@@ -285,13 +290,19 @@ def run_calibrate(args: argparse.Namespace) -> Path:
             f"{folder.name} does not generate from text alone ({', '.join(pipe.variant.modes)}): "
             "give the --control-video (or --image) to calibrate on"
         )
-    if len(pipe.transformers) > 1:
-        raise ValueError("calibrating a two-expert (Wan2.2 A14B) model is not supported yet")
-    recorder = CacheRecorder(pipe.transformer, args.indicator)
+    two_experts = len(pipe.transformers) > 1
+    indicator = teacache_indicator(args.indicator, two_experts)  # generate's default, so it finds the fit
+    # Each expert records its own consecutive steps; one polynomial is fitted to them all, as
+    # VideoX-Fun uses one set for both Wan2.2 A14B experts.
+    recorders = [CacheRecorder(transformer, indicator) for transformer in pipe.transformers]
     inputs = {"control_video": args.control_video, "image": args.image}
     for i, prompt in enumerate(prompts):
         pipe(prompt, num_inference_steps=args.steps, seed=args.seed + i, **inputs)  # the model's defaults otherwise
-    coefficients = fit_coefficients(recorder.samples, args.degree)
-    save_calibration(out, coefficients, args.indicator, len(recorder.samples), note=f"{len(prompts)} prompts")
-    print(f"wrote {out}: {len(recorder.samples)} step pairs, coefficients {coefficients}")
+    samples = [sample for recorder in recorders for sample in recorder.samples]
+    coefficients = fit_coefficients(samples, args.degree)
+    note = f"{len(prompts)} prompts"
+    if two_experts:
+        note += ", both experts (" + " + ".join(f"{len(r.samples)}" for r in recorders) + " step pairs, high + low)"
+    save_calibration(out, coefficients, indicator, len(samples), note=note)
+    print(f"wrote {out}: {len(samples)} step pairs ({indicator}), coefficients {coefficients}")
     return out
