@@ -21,6 +21,7 @@ from videox_fun.models.wan.tiny import build_tiny_model_folder
 from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.models.wan.variants import tiny_config
 from videox_fun.pipelines.wan import WanPipeline
+from videox_fun.runtime.cache import FirstBlockCache, StepCache, TeaCache
 from videox_fun.runtime.distributed import destroy_distributed, init_distributed
 from videox_fun.runtime.parallel import (
     ParallelRuntime,
@@ -47,6 +48,8 @@ class Case:
     ring: int = 1
     cfg: bool = False
     fsdp: bool = False
+    cache: str | None = None  # "first-block" or "teacache", attached after the parallel hooks as generate does
+    steps: int = 2
 
     @property
     def tokens(self) -> int:
@@ -92,23 +95,39 @@ def spawn(world: int, target, *args) -> None:
     mp.spawn(_rank_main, args=(world, free_port(), target, args), nprocs=world, join=True)
 
 
-def generate(pipe: WanPipeline, case: Case, image: Path, runtime: ParallelRuntime | None = None) -> torch.Tensor:
-    """Two guided steps of the pipeline; returns the final latents."""
+def attach_cache(pipe: WanPipeline, case: Case) -> StepCache | None:
+    """The case's step cache, at thresholds loose enough that the tiny model skips steps."""
+    if case.cache == "first-block":
+        return FirstBlockCache(pipe.transformer, 0.5)
+    if case.cache == "teacache":
+        return TeaCache(pipe.transformer, [0.0, 0.0, 0.0, 1.0, 0.0], 0.5)  # the raw relative change
+    return None
+
+
+def generate(
+    pipe: WanPipeline, case: Case, image: Path, runtime: ParallelRuntime | None = None
+) -> tuple[torch.Tensor, int]:
+    """``case.steps`` guided steps of the pipeline (with the case's cache); the final latents and steps skipped."""
     inputs = {"image": str(image), "mode": "i2v"} if case.model == "i2v" else {"mode": "t2v"}
     guidance = runtime.guidance(5.0) if runtime is not None else None
-    result = pipe(
-        PROMPT,
-        height=case.height,
-        width=case.width,
-        num_frames=FRAMES,
-        num_inference_steps=2,
-        guidance_scale=5.0,
-        seed=1,
-        guidance=guidance,
-        progress=False,
-        **inputs,
-    )
-    return result.latents
+    cache = attach_cache(pipe, case)
+    try:
+        result = pipe(
+            PROMPT,
+            height=case.height,
+            width=case.width,
+            num_frames=FRAMES,
+            num_inference_steps=case.steps,
+            guidance_scale=5.0,
+            seed=1,
+            guidance=guidance,
+            progress=False,
+            **inputs,
+        )
+    finally:
+        if cache is not None:
+            cache.remove()
+    return result.latents, cache.stats.skipped if cache is not None else 0
 
 
 def pipeline_cases(cases: list[Case], folders: dict, image: Path) -> dict:
@@ -123,7 +142,7 @@ def pipeline_cases(cases: list[Case], folders: dict, image: Path) -> dict:
                 pipes[case.model] = WanPipeline.from_pretrained(folders[case.model])
             pipe = pipes[case.model]
         runtime = setup_parallel(case.args(), pipe)
-        results[case.name] = generate(pipe, case, image, runtime)
+        results[case.name], results[case.name + ":skipped"] = generate(pipe, case, image, runtime)
         if case.fsdp:
             block = pipe.transformer.blocks[0].self_attn.q.weight
             results[case.name + ":shard_rows"] = block.to_local().shape[0]
@@ -202,7 +221,9 @@ def run_cases(
     extra = {"transformer_layouts": list(transformer_layouts), "mismatch": mismatch}
     spawn(world, rank_worker, folders, image, cases, extra, root / "ranks")
     pipes = {name: WanPipeline.from_pretrained(folder) for name, folder in folders.items()}
-    references = {case.name: generate(pipes[case.model], case, image) for case in cases}
+    references = {}
+    for case in cases:
+        references[case.name], references[case.name + ":skipped"] = generate(pipes[case.model], case, image)
     with torch.no_grad():
         references["transformer"] = tiny_transformer()(**transformer_inputs())
     return load_ranks(root / "ranks", world), references

@@ -25,6 +25,8 @@ CASES = [
     Case("ring2-i2v-27tok", "i2v", 48, 48, ring=2),
     Case("cfg2-i2v-18tok", "i2v", 32, 48, cfg=True),
     Case("fsdp+ulysses2-t2v-27tok", "t2v", 48, 48, ulysses=2, fsdp=True),
+    Case("first-block+ulysses2-t2v-27tok", "t2v", 48, 48, ulysses=2, cache="first-block", steps=6),
+    Case("teacache+ring2-i2v-27tok", "i2v", 48, 48, ring=2, cache="teacache", steps=6),
 ]
 
 
@@ -71,6 +73,13 @@ def test_two_ranks_match_one_process(case, runs):
     for rank, results in enumerate(parallel_results):
         diff = max_diff(results[case.name], references[case.name])
         assert diff <= TOLERANCE, f"{case.name} rank {rank}: max abs diff {diff:.2e}"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.cache], ids=[c.name for c in CASES if c.cache])
+def test_step_caches_skip_the_same_steps_on_every_rank_as_in_one_process(case, runs):
+    parallel_results, references = runs
+    assert references[case.name + ":skipped"] > 0  # the thresholds make the cache act
+    assert [r[case.name + ":skipped"] for r in parallel_results] == [references[case.name + ":skipped"]] * WORLD
 
 
 def test_fsdp_holds_half_of_each_block_weight(runs):

@@ -215,8 +215,9 @@ class FirstBlockCache(StepCache):
 
     def _run_blocks(self, x, e0, context, context_img, rope, context_bias=None):
         state = self.states.setdefault(context_key(context), CacheState())
-        blocks = self.model.blocks
-        first = blocks[0](x, e0, context, context_img, rope, context_bias)
+        # Both parts go through the wrapped run_blocks, so a hook under this one (sequence
+        # parallelism) runs them too; its gather also gives every rank the same decision.
+        first = self._compute_blocks(x, e0, context, context_img, rope, context_bias, blocks=slice(0, 1))
         first_residual = first - x
         compute = self.must_compute(state) or state.previous_first_residual is None
         if not compute:
@@ -226,9 +227,7 @@ class FirstBlockCache(StepCache):
         if not compute:
             return self._reuse(first, state)
         state.previous_first_residual = first_residual
-        out = first
-        for block in blocks[1:]:
-            out = block(out, e0, context, context_img, rope, context_bias)
+        out = self._compute_blocks(first, e0, context, context_img, rope, context_bias, blocks=slice(1, None))
         state.residual = self._store(out - first)
         return out
 

@@ -496,9 +496,23 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         """RoPE rotations (L, head_dim/2) of a token grid; RIFLEx replaces this method."""
         return rope_for_grid(grid, self.head_dim, device, self.config.rope_theta)
 
-    def run_blocks(self, x, e0, context, context_img, rope, context_bias=None) -> torch.Tensor:
-        """The block stack (B, L, C) -> (B, L, C); step caches replace this method's result."""
-        for block in self.blocks:
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        context: torch.Tensor,
+        context_img: torch.Tensor | None,
+        rope: torch.Tensor,
+        context_bias: torch.Tensor | None = None,
+        blocks: slice = slice(None),
+    ) -> torch.Tensor:
+        """The block stack (B, L, C) -> (B, L, C), or the ``blocks`` slice of it.
+
+        The seam runtime hooks wrap: step caches replace its result, sequence parallelism shards
+        its tokens. A hook that needs part of the stack (the first-block cache) asks for a slice
+        through this method, so the hooks under it still apply.
+        """
+        for block in self.blocks[blocks]:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(block, x, e0, context, context_img, rope, context_bias)
             else:
