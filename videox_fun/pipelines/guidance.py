@@ -32,9 +32,9 @@ class ClassifierFreeGuidance:
     skip_ratio: float = 0.0
     passes: dict = field(default_factory=lambda: {"cond": 0, "uncond": 0})
 
-    def active(self, step: int, num_steps: int) -> bool:
-        """Whether the unconditional pass runs at this step."""
-        if self.scale == 1.0:
+    def active(self, step: int, num_steps: int, scale: float | None = None) -> bool:
+        """Whether the unconditional pass runs at this step (never at scale 1, where it cancels out)."""
+        if (self.scale if scale is None else scale) == 1.0:
             return False
         return step < num_steps - int(num_steps * self.skip_ratio)
 
@@ -47,14 +47,20 @@ class ClassifierFreeGuidance:
         uncond: dict,
         step: int,
         num_steps: int,
+        scale: float | None = None,
     ) -> torch.Tensor:
-        """The guided prediction for ``latents`` (B, C, F, H, W) at timestep ``t`` (B,)."""
+        """The guided prediction for ``latents`` (B, C, F, H, W) at timestep ``t`` (B,).
+
+        scale: this step's guidance scale instead of ``self.scale`` (Wan2.2 A14B experts each have
+        their own), so a guidance object the caller passed in is never changed.
+        """
+        scale = self.scale if scale is None else scale
         self.passes["cond"] += 1
-        if not self.active(step, num_steps):
+        if not self.active(step, num_steps, scale):
             return denoise(latents, t, cond)
         self.passes["uncond"] += 1
         pred_cond, pred_uncond = self.predict_both(denoise, latents, t, cond, uncond)
-        return pred_uncond + self.scale * (pred_cond - pred_uncond)
+        return pred_uncond + scale * (pred_cond - pred_uncond)
 
     def predict_both(
         self, denoise: Denoiser, latents: torch.Tensor, t: torch.Tensor, cond: dict, uncond: dict

@@ -431,9 +431,10 @@ class WanPipeline:
         guidance = guidance or ClassifierFreeGuidance(scale=guidance_scale)
         for step, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
             t_batch = t.expand(1).to(self.device, torch.float32)
+            scale = None  # the guidance's own
             if self.transformer_2 is not None:  # each expert has its own guidance scale
-                guidance.scale = guidance_scale if self.expert_for(t_batch) is self.transformer else guidance_scale_2
-            velocity = guidance(denoise, latents, t_batch, cond, uncond, step, len(timesteps))
+                scale = guidance_scale if self.expert_for(t_batch) is self.transformer else guidance_scale_2
+            velocity = guidance(denoise, latents, t_batch, cond, uncond, step, len(timesteps), scale=scale)
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
             if callback is not None:
                 callback(step, len(timesteps), latents)
