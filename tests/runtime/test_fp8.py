@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
+from videox_fun.metrics import psnr
 from videox_fun.models.wan.transformer import WanTransformer3DModel, read_transformer_weights
 from videox_fun.models.wan.variants import PRESETS, tiny_config
 from videox_fun.runtime.fp8 import (
@@ -15,12 +16,6 @@ from videox_fun.runtime.fp8 import (
     quantize_to_fp8,
     weight_bytes,
 )
-
-
-def psnr(x: torch.Tensor, reference: torch.Tensor) -> float:
-    mse = (x.float() - reference.float()).pow(2).mean()
-    peak = reference.float().abs().max()
-    return (10 * torch.log10(peak**2 / mse)).item()
 
 
 def model_and_inputs(seed: int = 0):

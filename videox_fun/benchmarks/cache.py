@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from ..config import config_for_folder
 from ..io.video import write_video
+from ..metrics import psnr
 from ..pipelines.wan import WanPipeline
 from ..registry import resolve_model
 from ..runtime.cache import CALIBRATION_FILE, FirstBlockCache, TeaCache, coefficients_for
-from .common import psnr
 
 TEACACHE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 # A cached video identical to the uncached one has infinite PSNR; it counts as this in the mean and

@@ -64,13 +64,6 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def psnr(x: torch.Tensor, reference: torch.Tensor, peak: float | None = None) -> float:
-    """Peak signal-to-noise ratio in dB (peak: the reference's max |value| unless given)."""
-    mse = (x.double() - reference.double()).pow(2).mean()
-    peak = peak if peak is not None else reference.double().abs().max().item()
-    return float("inf") if mse == 0 else (10 * torch.log10(peak**2 / mse)).item()
-
-
 def machine() -> dict:
     """What the numbers were measured on."""
     info = {

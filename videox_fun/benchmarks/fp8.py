@@ -6,10 +6,10 @@ import copy
 
 import torch
 
+from ..metrics import psnr
 from ..models.wan.transformer import WanTransformer3DModel
 from ..models.wan.variants import PRESETS
 from ..runtime.fp8 import quantize_to_fp8, weight_bytes
-from .common import psnr
 from .transformer import MID_CONFIG, MID_LATENTS, make_inputs
 
 KINDS = {

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.video import VIDEO_SUFFIXES, read_image, read_video
+from ..metrics import psnr
 from .world import DIRECTIONS, PALETTE, ClipSpec, parse_caption
 
 logger = logging.getLogger(__name__)
@@ -154,12 +155,6 @@ def judge_frames(frames: np.ndarray, rules: Rules = DEFAULT_RULES) -> dict:
     return result
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 images of the same shape (capped at 100 dB for identical ones)."""
-    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
-
-
 def fill_outlines(edges: np.ndarray) -> np.ndarray:
     """The region an edge map ``(H, W)`` (bool) encloses: its outer contours filled, edges included.
 
@@ -222,7 +217,7 @@ def evaluate_video(
             result[f"{name}_ok"] = result[name] == getattr(spec, name)
     if image is not None:
         reference = read_image(image, size=frames.shape[1:3]).numpy()
-        result["psnr_first_frame"] = psnr(frames[0], reference)
+        result["psnr_first_frame"] = psnr(frames[0], reference, peak=255.0, cap=PSNR_CAP)
     if control_video is not None:
         control = read_video(control_video).numpy()
         error, count = trajectory_error(result["track"], control_track(control, frames.shape[1:3], rules))

@@ -14,10 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io.video import frames_to_tensor, tensor_to_frames, write_video
+from ..metrics import psnr
 from ..models.wan.vae import WanVAE
 from ..pipelines.wan import WanPipeline
 from ..registry import resolve_model
-from .evaluate import evaluate_folder, psnr
+from .evaluate import PSNR_CAP, evaluate_folder
 from .render import render_clip
 from .world import caption, combinations
 
@@ -64,7 +65,7 @@ def vae_reconstruction(model_folder: str | Path, count: int = 72, seed: int = 20
             spec = specs[i % len(specs)]
             frames = render_clip(spec, seed=seed + i).frames  # (F, H, W, 3) uint8
             decoded = tensor_to_frames(vae(frames_to_tensor(frames)[None])[0]).numpy()  # (F, H, W, 3)
-            scores["held_out" if spec.held_out else "seen"].append(psnr(decoded, frames))
+            scores["held_out" if spec.held_out else "seen"].append(psnr(decoded, frames, peak=255.0, cap=PSNR_CAP))
     scores["all"] = scores["seen"] + scores["held_out"]
     return {
         split: {"count": len(v), "psnr_mean": float(np.mean(v)), "psnr_min": float(np.min(v))}
