@@ -98,33 +98,6 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def get_rank() -> int:
-    """Global rank (0 outside a process group)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    """World size (1 outside a process group)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    """True on rank 0 and in a single process."""
-    return get_rank() == 0
-
-
-def rank_zero_print(*args, **kwargs) -> None:
-    """``print`` on rank 0 only."""
-    if is_main_process():
-        print(*args, **kwargs)
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op outside a process group)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def required_world_size(ulysses_degree: int, ring_degree: int, cfg_parallel: bool) -> int:
     """The process count a layout needs: ulysses x ring (x 2 with CFG parallelism)."""
     return ulysses_degree * ring_degree * (2 if cfg_parallel else 1)
