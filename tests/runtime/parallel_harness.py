@@ -177,7 +177,7 @@ def transformer_cases(layouts: list[tuple[int, int]]) -> dict:
             results[f"transformer-u{ulysses}r{ring}"] = model(**inputs)
             hook.remove()
         results["transformer-removed"] = model(**inputs)
-    hooked_attention = any("forward" in block.self_attn.__dict__ for block in model.blocks)
+    hooked_attention = any("attend" in block.self_attn.__dict__ for block in model.blocks)
     results["hooks_left"] = "run_blocks" in model.__dict__ or hooked_attention
     return results
 

@@ -41,14 +41,10 @@ import torch.distributed as dist
 from torch import nn
 
 from ..models.attention import attention, attention_with_lse
-from ..models.wan.transformer import apply_rope
 from ..pipelines.guidance import ClassifierFreeGuidance, Denoiser
 from .distributed import DistInfo, check_world_size, dist_info_from_env, init_distributed
 
 logger = logging.getLogger(__name__)
-
-# RoPE tables indexed by token along dim 0: one (L, D/2) tensor, or a tuple of them (cos, sin).
-Rope = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 # ----------------------------------------------------------------------------------------
@@ -250,13 +246,13 @@ class SequenceParallel:
         """Hook ``model``; returns self."""
         if self.model is not None:
             raise RuntimeError("this SequenceParallel hook is already attached")
-        if any("forward" in block.self_attn.__dict__ for block in model.blocks):
+        if any("attend" in block.self_attn.__dict__ for block in model.blocks):
             raise RuntimeError("the model's self-attention is already replaced (sequence parallelism attached twice?)")
         self.model = model
         self._previous_run_blocks = model.__dict__.get("run_blocks")
         model.run_blocks = functools.partial(self._run_blocks, model.run_blocks)
         for block in model.blocks:
-            block.self_attn.forward = functools.partial(self._self_attention, block.self_attn)
+            block.self_attn.attend = self.attend  # the projections and RoPE stay the model's own
         return self
 
     def remove(self) -> None:
@@ -264,14 +260,14 @@ class SequenceParallel:
         if self.model is None:
             return
         for block in self.model.blocks:
-            del block.self_attn.forward
+            del block.self_attn.attend
         del self.model.run_blocks
         if self._previous_run_blocks is not None:
             self.model.run_blocks = self._previous_run_blocks
         self.model = self._previous_run_blocks = None
 
     # -- the wrapped pieces -------------------------------------------------------------
-    def _run_blocks(self, run_blocks, x, e0, context, context_img, rope: Rope, *args, **kwargs) -> torch.Tensor:
+    def _run_blocks(self, run_blocks, x, e0, context, context_img, rope: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Shard tokens (B, L, C), e0 and RoPE over the sequence group, run the blocks, gather.
 
         The context (and any further arguments, e.g. a text-key bias) is per sample, not per token: kept whole.
@@ -284,20 +280,13 @@ class SequenceParallel:
         x_local = pad_dim(x, 1, chunk * degree)[:, mine]  # (B, chunk, C)
         # e0 is (B, 1, 6, C) for one timestep per sample, or per token (B, L, 6, C): then shard it too.
         e0_local = e0 if e0.shape[1] == 1 else pad_dim(e0, 1, chunk * degree)[:, mine]
-        rope_local = _map_tables(rope, lambda table: pad_dim(table, 0, chunk * degree)[mine])  # true positions
+        rope_local = pad_dim(rope, 0, chunk * degree)[mine]  # (chunk, D/2): the tokens' true positions
         self._shard = _Shard(total=total, chunk=chunk)
         try:
             out = run_blocks(x_local, e0_local, context, context_img, rope_local, *args, **kwargs)  # (B, chunk, C)
         finally:
             self._shard = None
         return all_gather_cat(out, self.groups.sp_group, dim=1)[:, :total]
-
-    def _self_attention(self, attn: nn.Module, x: torch.Tensor, rope: Rope) -> torch.Tensor:
-        """WanSelfAttention's math on a sequence chunk x (B, chunk, C), attending to the whole sequence."""
-        q = apply_rope(attn.heads(attn.norm_q(attn.q(x))), rope)  # (B, chunk, H, D)
-        k = apply_rope(attn.heads(attn.norm_k(attn.k(x))), rope)
-        v = attn.heads(attn.v(x))
-        return attn.o(self.attend(q, k, v).flatten(2))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Local chunks (B, chunk, H, D) -> attention over the whole sequence for the local queries."""
@@ -318,11 +307,6 @@ class SequenceParallel:
         if groups.ulysses_degree > 1:
             out = heads_to_sequence(out, groups.ulysses_group)[:, :, :heads]  # (B, chunk, H, D)
         return out
-
-
-def _map_tables(rope: Rope, fn: Callable[[torch.Tensor], torch.Tensor]) -> Rope:
-    """Apply ``fn`` to the RoPE table, or to each table of a tuple."""
-    return fn(rope) if isinstance(rope, torch.Tensor) else tuple(fn(table) for table in rope)
 
 
 def _valid_length(index: int, total: int, segment: int) -> int:

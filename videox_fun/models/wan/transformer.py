@@ -211,10 +211,15 @@ class WanSelfAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        """x (B, L, C), rope (L, D/2) -> (B, L, C)."""
         q = apply_rope(self.heads(self.norm_q(self.q(x))), rope)  # (B, L, H, D)
         k = apply_rope(self.heads(self.norm_k(self.k(x))), rope)
         v = self.heads(self.v(x))
-        return self.o(attention(q, k, v).flatten(2))
+        return self.o(self.attend(q, k, v).flatten(2))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, L, H, D) x3 -> (B, L, H, D); sequence parallelism replaces this to attend across ranks."""
+        return attention(q, k, v)
 
 
 class WanCrossAttention(WanSelfAttention):
