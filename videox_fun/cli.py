@@ -154,6 +154,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     """Load the model once and write one video per prompt; returns the written paths."""
     from .config import config_for_folder
     from .io.camera import is_trajectory_name
+    from .io.files import atomic_path
     from .io.video import write_video
     from .models.attention import set_attention_backend
     from .pipelines.wan import OUTPUT_SUFFIX, WanPipeline, infer_mode
@@ -226,7 +227,8 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
             value = getattr(args, name)
             if value:  # the evaluator compares against these (first-frame PSNR, tracks)
                 sidecar[name] = value if name == "camera" and is_trajectory_name(value) else str(Path(value).resolve())
-        path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+        with atomic_path(path.with_suffix(".json")) as temporary:  # the evaluator must never read half a sidecar
+            temporary.write_text(json.dumps(sidecar, indent=2))
         written.append(path)
         count = result.frames.shape[0]
         size = f"{result.frames.shape[2]}x{result.frames.shape[1]}"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from videox_fun.io.camera import static, write_camera_trajectory
-from videox_fun.io.files import save_safetensors
+from videox_fun.io.files import atomic_dir, atomic_path, replace_dir, save_safetensors
 from videox_fun.io.video import write_video
 from videox_fun.models.loading import save_sharded
 from videox_fun.models.wan.transformer import WanTransformer3DModel
@@ -96,3 +96,122 @@ def test_vae_save_original_and_pretrained_give_ordinary_files(umask_022, tmp_pat
     assert mode(vae.save_original(tmp_path / "original" / name)) == 0o644
     folder = vae.save_pretrained(tmp_path / "diffusers")
     assert all(mode(path) == 0o644 for path in folder.iterdir())
+
+
+# --------------------------------------------------------------------------------------------
+# atomic_path / atomic_dir: the target appears only complete
+# --------------------------------------------------------------------------------------------
+class WriterError(Exception):
+    pass
+
+
+def test_atomic_path_writes_beside_the_target_under_a_hidden_name_with_its_suffix(tmp_path):
+    target = tmp_path / "clip.final.mp4"
+    with atomic_path(target) as temporary:
+        assert temporary.parent == tmp_path  # same folder: the final rename is atomic
+        assert temporary.name.startswith(".") and temporary.suffix == ".mp4"  # PyAV / PIL pick the format by it
+        temporary.write_bytes(b"half")
+        assert not target.exists()  # nothing under the real name until the block ends
+    assert target.read_bytes() == b"half"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    with atomic_path(target) as first, atomic_path(target) as second:
+        assert first != second  # concurrent writers of one target do not share a temporary
+        first.touch()
+        second.touch()
+
+
+@pytest.mark.parametrize("error", [WriterError, KeyboardInterrupt])
+def test_atomic_path_failing_writer_leaves_no_target_and_no_temporary(tmp_path, error):
+    with pytest.raises(error), atomic_path(tmp_path / "out.safetensors") as temporary:
+        temporary.write_bytes(b"half a file")
+        raise error("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_keeps_an_existing_target_on_failure_and_replaces_it_on_success(tmp_path):
+    target = tmp_path / "config.json"
+    target.write_text("old")
+    with pytest.raises(WriterError), atomic_path(target) as temporary:
+        temporary.write_text("new but incomplete")
+        raise WriterError
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    with atomic_path(target) as temporary:
+        temporary.write_text("new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_atomic_path_gives_the_modes_replace_file_gives(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        target = tmp_path / "weights.pth"
+        with atomic_path(target) as temporary:
+            temporary.write_bytes(b"x")
+            os.chmod(temporary, 0o600)  # as tempfile / safetensors leave it
+        assert mode(target) == 0o640  # a new file: 0o666 & ~umask
+        os.chmod(target, 0o664)
+        with atomic_path(target) as temporary:
+            temporary.write_bytes(b"y")
+            os.chmod(temporary, 0o600)
+        assert mode(target) == 0o664  # an overwrite keeps the file's mode, as open(path, "w") does
+    finally:
+        os.umask(previous)
+
+
+def test_atomic_path_without_a_written_temporary_fails_and_leaves_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError), atomic_path(tmp_path / "never.txt"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_appears_only_complete_and_replaces_an_existing_folder(umask_022, tmp_path):
+    target = tmp_path / "checkpoint-latest"
+    with atomic_dir(target) as staging:
+        assert staging.parent == tmp_path and staging.name.startswith(".")
+        assert mode(staging) == 0o755  # not mkdtemp's 0700
+        (staging / "a.txt").write_text("first")
+        assert not target.exists()
+    assert (target / "a.txt").read_text() == "first"
+    with atomic_dir(target) as staging:
+        (staging / "b.txt").write_text("second")
+        assert (target / "a.txt").is_file()  # the old folder is there until the new one is whole
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-latest"]  # no staging or old folder left
+
+
+def test_atomic_dir_failing_writer_leaves_the_target_as_it_was(tmp_path):
+    target = tmp_path / "vae"
+    with pytest.raises(WriterError), atomic_dir(target) as staging:
+        (staging / "config.json").write_text("{}")
+        raise WriterError
+    assert list(tmp_path.iterdir()) == []
+    target.mkdir()
+    (target / "config.json").write_text("old")
+    with pytest.raises(WriterError), atomic_dir(target) as staging:
+        (staging / "config.json").write_text("new")
+        raise WriterError
+    assert (target / "config.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["vae"]
+
+
+def test_replace_dir_puts_the_old_folder_back_when_the_swap_fails(tmp_path):
+    target = tmp_path / "checkpoint-3"
+    target.mkdir()
+    (target / "state.json").write_text("old")
+    with pytest.raises(FileNotFoundError):
+        replace_dir(tmp_path / ".checkpoint-3.tmp", target)  # no staging folder to move in
+    assert (target / "state.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-3"]
+
+
+def test_a_leftover_temporary_is_not_taken_for_the_vae_file(tmp_path):
+    # A save_original killed midway leaves its hidden temporary (same suffix) beside the file.
+    from videox_fun.models.wan.vae import WanVAE, tiny_vae_config
+
+    vae = WanVAE.from_config(tiny_vae_config())
+    path = vae.save_original(tmp_path / "my_vae.safetensors")
+    (tmp_path / ".my_vae.0123abcd.partial.safetensors").write_bytes(b"half a file")
+    loaded = WanVAE.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), loaded.state_dict().values(), strict=True))
+    assert path.is_file()

@@ -17,14 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .files import replace_file
+from .files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -135,12 +134,8 @@ def write_camera_trajectory(poses: Sequence[CameraPose], path: str | os.PathLike
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join([header] + [" ".join(_format(v) for v in pose.to_values()) for pose in poses]) + "\n"
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
+    with atomic_path(path) as temporary:
         temporary.write_text(text)
-        replace_file(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

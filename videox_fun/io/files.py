@@ -4,13 +4,20 @@ Two things leave files at mode 0600 whatever the umask: safetensors >= 0.8 (its 
 writes a ``tempfile`` temporary and renames it) and any temporary made by ``tempfile``. Saved
 weights then cannot be read by the other users of a shared model folder, or by a container
 running as another user. The package's writers go through the helpers below instead.
+
+They also write atomically: :func:`atomic_path` / :func:`atomic_dir` give a temporary name beside
+the target that replaces it only once complete, so a crash never leaves half a file (or folder)
+under the real name.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,6 +51,81 @@ def replace_file(temporary: str | os.PathLike, path: str | os.PathLike) -> Path:
     os.chmod(temporary, file_mode_for(path))
     os.replace(temporary, path)
     return Path(path)
+
+
+def _hidden_sibling(path: Path, tag: str) -> Path:
+    """A fresh hidden name beside ``path``: ``.{stem}.{random}.{tag}{suffix}``.
+
+    Beside it so the final rename stays on one file system (atomic); hidden and tagged so a leftover
+    of a killed process is told from real files; random so concurrent writers of one target do not
+    share a temporary; with the suffix, because some writers (PyAV, PIL) pick the format by it.
+    """
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.{tag}{path.suffix}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Write ``path`` so that it appears only complete: write to the yielded temporary path instead.
+
+    ``with atomic_path(target) as temporary: write(temporary)`` replaces ``target`` with the
+    temporary when the block ends normally (through :func:`replace_file`, so the result has the
+    mode a plain write gives: an existing target's, else ``0o666 & ~umask``). When the block
+    raises, the temporary is removed, the target (if any) is left as it was and the error goes
+    on. The temporary is a hidden name in the same folder that keeps the target's suffix. The
+    folder must exist.
+    """
+    path = Path(path)
+    temporary = _hidden_sibling(path, "partial")
+    try:
+        yield temporary
+        replace_file(temporary, path)
+    except BaseException:  # KeyboardInterrupt too: never leave the temporary behind
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def replace_dir(staging: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move a finished folder ``staging`` onto ``path``, replacing a folder already there.
+
+    A folder cannot be renamed onto a non-empty one, so an existing ``path`` is first renamed
+    aside (a hidden ``.old`` name) and deleted after the swap: a crash leaves the old folder or
+    the new one whole (or, between the two renames, the old one under the hidden name), never a
+    half-deleted one under the real name, as deleting it in place could.
+    """
+    path = Path(path)
+    old = _hidden_sibling(path, "old") if path.is_dir() and not path.is_symlink() else None
+    if old is not None:
+        os.replace(path, old)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)  # put the old folder back: the caller sees the target unchanged
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)  # the swap is done; a leftover here is only hidden garbage
+    return path
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Write the folder ``path`` so that it appears only complete: fill the yielded staging folder instead.
+
+    The staging folder (hidden, beside ``path``, created empty with mode ``0o777 & ~umask``)
+    replaces ``path`` through :func:`replace_dir` when the block ends normally, and is deleted
+    when it raises, leaving ``path`` as it was. Files written inside keep the modes their writers
+    gave them (see :func:`reset_tree_modes` for writers that make them 0600). The parent folder
+    must exist.
+    """
+    path = Path(path)
+    staging = _hidden_sibling(path, "partial")
+    staging.mkdir()
+    try:
+        yield staging
+        replace_dir(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def save_safetensors(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .files import replace_file
+from .files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -238,11 +237,6 @@ def _pad_even(frames: np.ndarray, path: Path) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
-def _temporary_path(path: Path) -> Path:
-    # Same folder (so the final rename is atomic) and same suffix (so the muxer is picked by it).
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
-
-
 def _encode_av(frames: np.ndarray, path: Path, fps: float, crf: int, codec: str) -> None:
     """Encode frames with PyAV: libx264 or libvpx-vp9, yuv420p, constant quality ``crf``."""
     frames = _pad_even(frames, path)
@@ -299,17 +293,13 @@ def write_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps:
         raise ValueError(f"fps must be positive, got {fps}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_path(path)
-    try:
+    with atomic_path(path) as temporary:  # keeps the suffix, by which the muxer / PIL pick the format
         if suffix in IMAGE_SUFFIXES:
             _write_image(array[0], temporary)
         elif suffix == ".gif":
             _encode_gif(array, temporary, fps)
         else:
             _encode_av(array, temporary, fps, crf, "libvpx-vp9" if suffix == ".webm" else "libx264")
-        replace_file(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

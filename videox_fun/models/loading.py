@@ -63,8 +63,10 @@ def find_weight_files(folder: str | os.PathLike, prefix: str = "diffusion_pytorc
         if missing:
             raise FileNotFoundError(f"{indexes[0].name} names shards that are not in {folder}: {missing}")
         return [folder / s for s in shards]
-    preferred = [p for p in sorted(folder.iterdir()) if p.name.startswith(prefix) and p.suffix in WEIGHT_SUFFIXES]
-    candidates = preferred or [p for p in sorted(folder.iterdir()) if p.suffix in WEIGHT_SUFFIXES]
+    # Hidden files are never weights: a killed atomic write leaves `.name.xxxx.partial.safetensors`.
+    files = [p for p in sorted(folder.iterdir()) if p.suffix in WEIGHT_SUFFIXES and not p.name.startswith(".")]
+    preferred = [p for p in files if p.name.startswith(prefix)]
+    candidates = preferred or files
     safetensors = [p for p in candidates if p.suffix == ".safetensors"]
     chosen = safetensors or candidates
     if not chosen:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.files import replace_file
+from ..io.files import atomic_path
 from ..io.video import write_image, write_video
 from .render import INPAINT_MASKS, Clip, as_size, render_clip, resolve_spec
 from .world import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_SIZE, SPLITS, balanced_specs, caption, combinations
@@ -35,9 +35,8 @@ def clip_seed(seed: int, index: int) -> int:
 
 def _write_json(data, path: Path) -> None:
     """Write JSON under a temporary name first, so a crash never leaves half a file under the real name."""
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(data, indent=2))
-    replace_file(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2))
 
 
 def _write_clip(clip: Clip, folder: Path, name: str, split: str, fps: int, masks: bool) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import FOLDER_CONFIG_NAME, GenerationDefaults
-from ..io.files import reset_tree_modes
+from ..io.files import atomic_dir, reset_tree_modes
 from ..models.wan.text_encoder import WanTextEncoder, build_word_tokenizer, tiny_umt5_config
 from ..models.wan.tiny import write_folder_config
 from ..models.wan.transformer import WanTransformer3DModel
@@ -195,11 +195,9 @@ def finished_vae(out: Path, trained: Path, data: Path) -> Path:
     final = out / "vae"
     if (final / "config.json").is_file():
         return final
-    staging = out / "vae.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(trained, staging, ignore=shutil.ignore_patterns("training_state.pt"))
-    fit_latent_statistics(staging, str(data / "metadata_train.json"))
-    staging.rename(final)
+    with atomic_dir(final) as staging:  # a crash while fitting leaves no VAE with the Wan2.1 statistics as OUT/vae
+        shutil.copytree(trained, staging, ignore=shutil.ignore_patterns("training_state.pt"), dirs_exist_ok=True)
+        fit_latent_statistics(staging, str(data / "metadata_train.json"))
     return final
 
 

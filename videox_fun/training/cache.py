@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..io.files import replace_file, save_safetensors
+from ..io.files import atomic_path, save_safetensors
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -100,9 +100,8 @@ def build_cache(config: TrainConfig) -> Path:
 
 def write_record(record: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """One sample's tensors, written under a temporary name first."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(record, str(temporary), metadata=metadata)
-    replace_file(temporary, path)
+    with atomic_path(path) as temporary:
+        save_file(record, str(temporary), metadata=metadata)
 
 
 def write_index(folder: Path, config: TrainConfig, models) -> None:

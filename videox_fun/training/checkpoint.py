@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..io.files import save_safetensors
+from ..io.files import replace_dir, save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,9 @@ def save_checkpoint(
     """
     output_dir = Path(output_dir)
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    # Not atomic_dir: every process writes into the folder, so its name must be one they all know
+    # without talking (not a random one), and rank 0 alone creates and swaps it, between barriers.
+    # A save killed midway leaves this hidden folder; the next save of the step clears it.
     temporary = output_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -177,9 +180,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (temporary / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
-        if final.exists():  # a rerun from an earlier checkpoint reaches this step again
-            shutil.rmtree(final)
-        os.replace(temporary, final)
+        replace_dir(temporary, final)  # replaces the folder a rerun from an earlier checkpoint wrote for this step
         if total_limit:
             for old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..io.files import replace_file
+from ..io.files import atomic_path
 from ..models.lora import lora_weights_for, read_lora_file
 
 PREFIX = "diffusion_model."
@@ -100,9 +100,9 @@ def save_lora_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike, r
         "ss_network_alpha": str(alpha),
         "target_modules": json.dumps(modules),
     }
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temporary), metadata=metadata)
-    return replace_file(temporary, path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+    return path
 
 
 def load_lora(model: nn.Module, path: str | os.PathLike, scale: float = 1.0) -> list[str]:

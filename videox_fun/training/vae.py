@@ -9,7 +9,6 @@ so a killed run continues with ``resume=True``.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..io.files import reset_tree_modes
+from ..io.files import atomic_dir, atomic_path, reset_tree_modes
 from ..runtime.cpu_kernels import CPUFastPaths
 from .data import BucketBatchSampler, DataConfig, VideoDataset, collate
 
@@ -141,21 +140,19 @@ def foreground_crops(video: torch.Tensor, size: int, generator: torch.Generator)
 
 
 def _save(vae, optimizer, scheduler, step: int, sampler_state: dict, crop_generator, folder: Path) -> None:
-    staging = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    vae.save_pretrained(str(staging))
-    reset_tree_modes(staging)  # diffusers' safetensors would be 0600
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "sampler": sampler_state,
-        "rng": torch.get_rng_state(),
-        "crop_rng": crop_generator.get_state(),
-    }
-    torch.save(state, staging / "training_state.pt")
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
+    # The new checkpoint replaces the previous one only once whole: a run killed while saving resumes from the old one.
+    with atomic_dir(folder) as staging:
+        vae.save_pretrained(str(staging))
+        reset_tree_modes(staging)  # diffusers' safetensors would be 0600
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "sampler": sampler_state,
+            "rng": torch.get_rng_state(),
+            "crop_rng": crop_generator.get_state(),
+        }
+        torch.save(state, staging / "training_state.pt")
 
 
 def _fresh_vae(config: VAETrainConfig) -> AutoencoderKLWan:
@@ -355,5 +352,6 @@ def fit_latent_statistics(
     stats = {"latents_mean": [round(v, 6) for v in mean.tolist()], "latents_std": [round(v, 6) for v in std.tolist()]}
     config = json.loads((folder / "config.json").read_text())
     config.update(stats)
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    with atomic_path(folder / "config.json") as temporary:  # a crash must not leave the VAE without a config
+        temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return {**stats, "clips": used}

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +40,7 @@ from videox_fun.models.loading import (
     strip_prefix,
 )
 
-from ...io.files import replace_file, reset_tree_modes, save_safetensors
+from ...io.files import atomic_path, reset_tree_modes, save_safetensors
 from ...runtime.cpu_kernels import CPUFastPaths
 from ..component import OffloadableComponent
 
@@ -384,7 +383,9 @@ def _read_vae_config(path: Path) -> dict[str, Any] | None:
 def _find_original_file(folder: Path) -> Path:
     """The original-layout VAE file of a model folder (``Wan2.1_VAE.pth`` or similar)."""
     named = [folder / name for name in ORIGINAL_VAE_FILES if (folder / name).is_file()]
-    candidates = named or sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and "vae" in p.name.lower())
+    # Hidden files are skipped: a save killed midway leaves its temporary (``.{stem}.<random>.partial.pth``).
+    weights = (p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and "vae" in p.name.lower())
+    candidates = named or sorted(p for p in weights if not p.name.startswith("."))
     if len(candidates) != 1:
         found = ", ".join(p.name for p in candidates) or "none"
         raise FileNotFoundError(
@@ -491,15 +492,11 @@ class WanVAE(OffloadableComponent, nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         state = wan_vae_to_original(self.model.state_dict(), self.config)
         state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-        try:
+        with atomic_path(path) as temporary:
             if path.suffix == ".safetensors":
                 save_safetensors(state, temporary)
             else:
                 torch.save(state, temporary)
-            replace_file(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
         config_path = path.parent / "config.json"
         if write_config:
             if config_path.exists() and _read_vae_config(config_path) is None:
