@@ -49,7 +49,7 @@ def test_encode_decode_equal_diffusers_plus_normalisation(vae: WanVAE) -> None:
     latents = vae.encode(video)
     expected = (raw.encode(video).latent_dist.mode() - mean) / std
     assert latents.shape == (1, 16, 2, 4, 4)
-    # not bit-equal: on a CPU ours runs the convolutions on oneDNN (runtime/cpu_kernels.py)
+    # not bit-equal: on a CPU ours runs the convolutions on oneDNN (models/cpu_kernels.py)
     assert (latents - expected).abs().max().item() < 1e-5
 
     sampled = vae.encode(video, generator=torch.Generator().manual_seed(7), sample=True)

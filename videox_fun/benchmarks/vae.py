@@ -2,7 +2,7 @@
 
 Same ``AutoencoderKLWan`` weights and inputs, interleaved in one process: the packaged tiny VAE
 at the toy world's size and larger, and the released Wan2.1 VAE config (random weights) at a
-small size. On a CPU the difference is :mod:`videox_fun.runtime.cpu_kernels`; elsewhere the two
+small size. On a CPU the difference is :mod:`videox_fun.models.cpu_kernels`; elsewhere the two
 calls are the same code.
 """
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..io.files import atomic_dir, atomic_path, reset_tree_modes
-from ..runtime.cpu_kernels import CPUFastPaths
+from ..models.cpu_kernels import CPUFastPaths
 from .data import BucketBatchSampler, DataConfig, VideoDataset, collate
 
 

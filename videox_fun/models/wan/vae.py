@@ -41,8 +41,8 @@ from videox_fun.models.loading import (
 )
 
 from ...io.files import atomic_path, reset_tree_modes, save_safetensors
-from ...runtime.cpu_kernels import CPUFastPaths
 from ..component import OffloadableComponent
+from ..cpu_kernels import CPUFastPaths
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from torch.profiler import ProfilerActivity, profile
 
+from videox_fun.models.cpu_kernels import CPUFastPaths, onednn_conv3d, sum_of_squares_normalize
 from videox_fun.models.wan.vae import WanVAE, tiny_vae_config
-from videox_fun.runtime.cpu_kernels import CPUFastPaths, onednn_conv3d, sum_of_squares_normalize
 
 
 def kernels_called(fn) -> set[str]:
