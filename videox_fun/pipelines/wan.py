@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig, config_for_folder
 from ..io.camera import camera_poses, is_trajectory_name, plucker_embedding
 from ..io.video import frames_to_tensor, read_image, read_video, tensor_to_frames
+from ..models.wan.keys import blank_clip_tokens
 from ..models.wan.variants import EXPERT_BOUNDARIES, variant_for_mode, variant_of
 from .conditioning import first_frame_latent, frame_generate_mask, mask_channels, masked_video, pack_frames_in_time
 from .guidance import ClassifierFreeGuidance
@@ -222,7 +223,7 @@ class WanPipeline:
         if not self.transformer.uses_clip:
             return None
         if image is None:
-            return torch.zeros(1, 257, self.transformer.config.image_dim, device=self.device, dtype=self.dtype)
+            return blank_clip_tokens(1, self.transformer.config.image_dim, self.device, self.dtype)
         if self.image_encoder is None:
             from ..models.wan.image_encoder import missing_image_encoder_error
 

@@ -15,6 +15,12 @@ import torch
 from ..loading import CheckpointMismatchError, put_unique, rename_key, rename_rules
 
 CLIP_DIM = 1280  # width of the ViT-H/14 image tokens Wan2.1 i2v models attend to
+CLIP_TOKENS = 257  # tokens per image: a class token + 16 x 16 patches of 224 / 14
+
+
+def blank_clip_tokens(batch: int, image_dim: int, device=None, dtype=None) -> torch.Tensor:
+    """The (B, 257, image_dim) zeros a CLIP model attends to without an image, as the Fun releases train."""
+    return torch.zeros(batch, CLIP_TOKENS, image_dim, device=device, dtype=dtype)
 
 
 def _attention_pairs() -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ...config import config_for_folder
+from ...models.wan.keys import blank_clip_tokens
 from ...models.wan.transformer import WanTransformer3DModel
 from ...models.wan.variants import variant_for_mode, variant_of
 from ...pipelines.conditioning import first_frame_latent, mask_channels, masked_video
@@ -160,7 +161,7 @@ class PixelSource:
         encoder = self.models.frozen.get("image_encoder")
         b = len(frames)
         dim = self.models.transformer.config.image_dim
-        out = torch.zeros(b, 257, dim, device=self.device)
+        out = blank_clip_tokens(b, dim, self.device)
         chosen = [(row, i) for row, i in enumerate(frames) if i is not None]
         if not chosen:
             return out
@@ -228,7 +229,7 @@ class CachedSource:
     def clip(self, frames: Sequence[int | None]) -> torch.Tensor:
         b = len(frames)
         if "clip_first" not in self.batch:
-            return torch.zeros(b, 257, self.models.transformer.config.image_dim, device=self.device)
+            return blank_clip_tokens(b, self.models.transformer.config.image_dim, self.device)
         tokens = self._get("clip_first", "CLIP tokens")
         keep = torch.tensor([i is not None for i in frames], device=self.device).view(-1, 1, 1)
         return tokens * keep
