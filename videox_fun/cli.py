@@ -131,10 +131,9 @@ def next_output_path(folder: Path, suffix: str = ".mp4") -> Path:
 def check_before_loading(args: argparse.Namespace, mode: str, num_prompts: int) -> None:
     """Fail on inputs, output names and values that cannot work, before any weights are read."""
     from .io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-    from .pipelines.wan import require_inputs
+    from .pipelines.wan import MODE_INPUTS, require_inputs
 
-    inputs = ("image", "end_image", "video", "mask", "control_video", "camera")
-    require_inputs(mode, **{name: getattr(args, name) for name in inputs})
+    require_inputs(mode, {name: getattr(args, name) for name in MODE_INPUTS})
     if args.output is not None:
         if num_prompts > 1:
             raise ValueError("--output names one file; with several prompts use --output-dir")
@@ -157,7 +156,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     from .io.files import atomic_path
     from .io.video import write_video
     from .models.attention import set_attention_backend
-    from .pipelines.wan import OUTPUT_SUFFIX, WanPipeline, infer_mode
+    from .pipelines.wan import INPUT_NAMES, OUTPUT_SUFFIX, WanPipeline, infer_mode
     from .registry import resolve_model
     from .runtime.options import apply_runtime_options, apply_weight_options
     from .runtime.parallel import init_parallel, setup_parallel
@@ -165,7 +164,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     if not args.prompt and not args.prompts_file:
         raise ValueError("give --prompt or --prompts-file")
     prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
-    mode = args.mode or infer_mode(args.image, args.end_image, args.video, args.mask, args.control_video, args.camera)
+    mode = args.mode or infer_mode(vars(args))
     check_before_loading(args, mode, len(prompts))  # user mistakes fail in seconds, not after a 14B load
     device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     set_attention_backend(args.attention)
@@ -223,7 +222,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         target = args.output if (args.output and len(prompts) == 1) else next_output_path(out_dir)
         path = write_video(result.frames, target, fps=fps)
         sidecar = {"prompt": prompt, "model": folder.name, "fps": fps, **result.settings, **applied}
-        for name in ("image", "end_image", "video", "mask", "control_video", "ref_image", "camera"):
+        for name in INPUT_NAMES:
             value = getattr(args, name)
             if value:  # the evaluator compares against these (first-frame PSNR, tracks)
                 sidecar[name] = value if name == "camera" and is_trajectory_name(value) else str(Path(value).resolve())
@@ -287,8 +286,7 @@ def example_main(*modes: str) -> None:
     parser = build_parser()
     args = parser.parse_args(["generate", *sys.argv[1:]])
     if args.mode is None:
-        inputs = (args.image, args.end_image, args.video, args.mask, args.control_video, args.camera)
-        inferred = infer_mode(*inputs)
+        inferred = infer_mode(vars(args))
         if inferred not in modes and inferred != "t2v":
             script, served = Path(sys.argv[0]).name, ", ".join(modes)
             sys.exit(f"error: {script} serves {served}; these inputs ask for {inferred} (--mode {inferred})")

@@ -8,7 +8,7 @@ Which channels exist is read off the transformer's config (:func:`variant_of`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,34 @@ class GenerationOutput:
     frames: torch.Tensor
     latents: torch.Tensor
     settings: dict
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What one call samples with, after the model config's defaults and the size corrections."""
+
+    mode: str
+    negative_prompt: str
+    height: int
+    width: int
+    num_frames: int
+    steps: int
+    guidance_scale: float
+    guidance_scale_2: float
+    shift: float
+    sampler: str
+
+    def record(self, seed: int) -> dict:
+        """The settings as the sidecar JSON records them."""
+        return {
+            "mode": self.mode,
+            "height": self.height,
+            "width": self.width,
+            "num_frames": self.num_frames,
+            "seed": seed,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+        }
 
 
 def valid_size(value: int, multiple: int = 16) -> int:
@@ -370,33 +398,6 @@ class WanPipeline:
 
         Settings left as None take the model config's defaults (what the model was trained for).
         """
-        defaults = self.config.defaults
-        negative_prompt = defaults.negative_prompt if negative_prompt is None else negative_prompt
-        height = defaults.height if height is None else height
-        width = defaults.width if width is None else width
-        num_frames = defaults.num_frames if num_frames is None else num_frames
-        num_inference_steps = defaults.steps if num_inference_steps is None else num_inference_steps
-        for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
-        if guidance_scale_2 is None:
-            guidance_scale_2 = defaults.guidance_scale_2 if defaults.guidance_scale_2 is not None else guidance_scale
-        shift = defaults.shift if shift is None else shift
-        sampler = sampler or defaults.sampler
-        mode = mode or infer_mode(image, end_image, video, mask, control_video, camera)
-        self._check_mode(mode)
-        require_inputs(
-            mode, image=image, end_image=end_image, video=video, mask=mask, control_video=control_video, camera=camera
-        )
-        multiple = self.size_multiple
-        height = corrected("height", height, valid_size(height, multiple), f"a multiple of {multiple}")
-        width = corrected("width", width, valid_size(width, multiple), f"a multiple of {multiple}")
-        num_frames = corrected("frame count", num_frames, valid_frame_count(num_frames), "of the form 4k+1")
-
-        cond_text, uncond_text = self._encode_prompts(prompt, negative_prompt)
         inputs = {
             "image": image,
             "end_image": end_image,
@@ -406,56 +407,135 @@ class WanPipeline:
             "ref_image": ref_image,
             "camera": camera,
         }
-        conditions = self.build_conditions(mode, inputs, num_frames, height, width)
+        given = {
+            "negative_prompt": negative_prompt,
+            "height": height,
+            "width": width,
+            "num_frames": num_frames,
+            "steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "guidance_scale_2": guidance_scale_2,
+            "shift": shift,
+            "sampler": sampler,
+        }
+        settings = self.resolve_settings(mode or infer_mode(inputs), inputs, **given)
+        cond_text, uncond_text = self._encode_prompts(prompt, settings.negative_prompt)
+        conditions = self.build_conditions(settings.mode, inputs, settings.num_frames, settings.height, settings.width)
         first_frame = conditions.pop("first_frame", None)  # held by the loop below, not a transformer input
         cond = {"context": cond_text, **conditions}
         uncond = {"context": uncond_text, **conditions}
 
-        scheduler = make_scheduler(sampler, shift)
-        scheduler.set_timesteps(num_inference_steps, device=self.device)
-        first = start_index(num_inference_steps, strength) if mode == "v2v" else 0
-        timesteps = scheduler.timesteps[first:]
+        scheduler = make_scheduler(settings.sampler, settings.shift)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        first = start_index(settings.steps, strength) if settings.mode == "v2v" else 0
         scheduler.set_begin_index(first)
-
-        shape = (1, self.vae.z_dim, *self.vae.latent_shape(num_frames, height, width))
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latents = torch.randn(shape, generator=generator).to(self.device)  # CPU noise: same video on any device
-        if mode == "v2v":
-            clean = self.vae.encode(self._video_tensor(video, num_frames, height, width)).float()
-            sigma = scheduler.sigmas[first].to(self.device)
-            latents = (1.0 - sigma) * clean + sigma * latents
-
-        for transformer in self.transformers:
-            for hook in getattr(transformer, "generation_hooks", ()):
-                hook.begin(len(timesteps))  # step caches start fresh for every video
+        latents = self._initial_latents(settings, seed, scheduler, first, video)
         denoise = self._first_frame_denoiser(first_frame) if first_frame is not None else self._denoise
-        guidance = guidance or ClassifierFreeGuidance(scale=guidance_scale)
-        for step, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
-            t_batch = t.expand(1).to(self.device, torch.float32)
-            scale = None  # the guidance's own
-            if self.transformer_2 is not None:  # each expert has its own guidance scale
-                scale = guidance_scale if self.expert_for(t_batch) is self.transformer else guidance_scale_2
-            velocity = guidance(denoise, latents, t_batch, cond, uncond, step, len(timesteps), scale=scale)
-            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-            if callback is not None:
-                callback(step, len(timesteps), latents)
+        guidance = guidance or ClassifierFreeGuidance(scale=settings.guidance_scale)
+        latents = self._sample(latents, scheduler.timesteps[first:], scheduler, denoise, guidance, cond, uncond,
+                               settings, callback, progress)  # fmt: skip
         if first_frame is not None:
             latents = with_first_frame(latents, first_frame)
 
         decoded = self.vae.decode(latents.to(self.dtype)).float()  # (1, 3, F, H, W)
-        settings = {
-            "mode": mode,
-            "height": height,
-            "width": width,
-            "num_frames": num_frames,
-            "seed": seed,
-            "steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            **self._expert_settings(guidance_scale_2),
-            "shift": shift,
-            "sampler": sampler,
+        record = {
+            **settings.record(seed),
+            **self._expert_settings(settings.guidance_scale_2),
+            "shift": settings.shift,
+            "sampler": settings.sampler,
         }
-        return GenerationOutput(frames=tensor_to_frames(decoded[0].cpu()), latents=latents.cpu(), settings=settings)
+        return GenerationOutput(frames=tensor_to_frames(decoded[0].cpu()), latents=latents.cpu(), settings=record)
+
+    def resolve_settings(
+        self,
+        mode: str,
+        inputs: dict[str, ImageLike | str | None],
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_scale_2: float | None = None,
+        shift: float | None = None,
+        sampler: str | None = None,
+    ) -> SamplingSettings:
+        """The settings of one call: the config's defaults for what is None, checked and size-corrected.
+
+        Fails on a mode this model cannot run, missing or unused inputs, and values below 1; sizes
+        and frame counts the VAE and patches cannot take are corrected with a warning.
+        """
+        defaults = self.config.defaults
+        height = defaults.height if height is None else height
+        width = defaults.width if width is None else width
+        num_frames = defaults.num_frames if num_frames is None else num_frames
+        steps = defaults.steps if steps is None else steps
+        for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {steps}")
+        guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+        if guidance_scale_2 is None:
+            guidance_scale_2 = defaults.guidance_scale_2 if defaults.guidance_scale_2 is not None else guidance_scale
+        self._check_mode(mode)
+        require_inputs(mode, {name: inputs.get(name) for name in MODE_INPUTS})
+        multiple = self.size_multiple
+        return SamplingSettings(
+            mode=mode,
+            negative_prompt=defaults.negative_prompt if negative_prompt is None else negative_prompt,
+            height=corrected("height", height, valid_size(height, multiple), f"a multiple of {multiple}"),
+            width=corrected("width", width, valid_size(width, multiple), f"a multiple of {multiple}"),
+            num_frames=corrected("frame count", num_frames, valid_frame_count(num_frames), "of the form 4k+1"),
+            steps=steps,
+            guidance_scale=guidance_scale,
+            guidance_scale_2=guidance_scale_2,
+            shift=defaults.shift if shift is None else shift,
+            sampler=sampler or defaults.sampler,
+        )
+
+    def _initial_latents(
+        self, settings: SamplingSettings, seed: int, scheduler, first: int, video: ImageLike | None
+    ) -> torch.Tensor:
+        """Seeded noise (1, z, F', h, w); for v2v the input video's latents noised to the first step's sigma."""
+        shape = (1, self.vae.z_dim, *self.vae.latent_shape(settings.num_frames, settings.height, settings.width))
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = torch.randn(shape, generator=generator).to(self.device)  # CPU noise: same video on any device
+        if settings.mode != "v2v":
+            return latents
+        pixels = self._video_tensor(video, settings.num_frames, settings.height, settings.width)
+        clean = self.vae.encode(pixels).float()
+        sigma = scheduler.sigmas[first].to(self.device)
+        return (1.0 - sigma) * clean + sigma * latents
+
+    def _sample(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        scheduler,
+        denoise: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor],
+        guidance: ClassifierFreeGuidance,
+        cond: dict,
+        uncond: dict,
+        settings: SamplingSettings,
+        callback: StepCallback | None,
+        progress: bool,
+    ) -> torch.Tensor:
+        """The denoising loop over ``timesteps``: guided velocity, scheduler step; returns the final latents."""
+        for transformer in self.transformers:
+            for hook in getattr(transformer, "generation_hooks", ()):
+                hook.begin(len(timesteps))  # step caches start fresh for every video
+        for step, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
+            t_batch = t.expand(1).to(self.device, torch.float32)
+            scale = None  # the guidance's own
+            if self.transformer_2 is not None:  # each expert has its own guidance scale
+                high = self.expert_for(t_batch) is self.transformer
+                scale = settings.guidance_scale if high else settings.guidance_scale_2
+            velocity = guidance(denoise, latents, t_batch, cond, uncond, step, len(timesteps), scale=scale)
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+            if callback is not None:
+                callback(step, len(timesteps), latents)
+        return latents
 
 
 def warn_on_masked_fill(folder: Path, config: ModelConfig, variant) -> None:
@@ -486,16 +566,22 @@ def default_boundary(transformer) -> float:
     return EXPERT_BOUNDARIES["i2v" if variant_of(transformer.config).channels else "t2v"]
 
 
-def infer_mode(image, end_image, video, mask, control_video, camera) -> str:
-    """The mode the given inputs ask for."""
-    if camera is not None:
+# The inputs that decide the mode (ref_image rides along with a control video).
+MODE_INPUTS = ("image", "end_image", "video", "mask", "control_video", "camera")
+INPUT_NAMES = (*MODE_INPUTS, "ref_image")  # every input medium of a call, by keyword
+
+
+def infer_mode(inputs: Mapping[str, object]) -> str:
+    """The mode the given inputs (by name, None = not given) ask for."""
+    given = {name for name in MODE_INPUTS if inputs.get(name) is not None}
+    if "camera" in given:
         return "camera"
-    if control_video is not None:
+    if "control_video" in given:
         return "control"
-    if video is not None:
-        return "inpaint" if mask is not None else "v2v"
-    if image is not None:
-        return "flf2v" if end_image is not None else "i2v"
+    if "video" in given:
+        return "inpaint" if "mask" in given else "v2v"
+    if "image" in given:
+        return "flf2v" if "end_image" in given else "i2v"
     return "t2v"
 
 
@@ -517,15 +603,15 @@ def _flags(names) -> str:
     return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
-def require_inputs(mode: str, **given) -> None:
-    """Fail clearly when a mode's inputs are missing, unused by it, or name files that do not exist."""
+def require_inputs(mode: str, given: Mapping[str, object]) -> None:
+    """Fail clearly when a mode's inputs (by name) are missing, unused by it, or name files that do not exist."""
     missing = [name for name in REQUIRED_INPUTS.get(mode, ()) if given.get(name) is None]
     if missing:
         raise ValueError(f"mode {mode!r} needs {_flags(missing)}")
     reads = (*REQUIRED_INPUTS.get(mode, ()), *OPTIONAL_INPUTS.get(mode, ()))
     unused = [name for name, value in given.items() if value is not None and name not in reads]
     if unused:
-        wanted = infer_mode(*(given.get(n) for n in ("image", "end_image", "video", "mask", "control_video", "camera")))
+        wanted = infer_mode(given)
         raise ValueError(f"mode {mode!r} does not use {_flags(unused)} (these inputs ask for mode {wanted!r})")
     for name, value in given.items():
         if name == "camera" and value is not None and is_trajectory_name(value):
