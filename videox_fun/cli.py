@@ -8,8 +8,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .argparsing import DefaultsHelpFormatter, FlagSpellingParser
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("videox_fun")
 
@@ -19,8 +23,26 @@ MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera")
 class SampleSize(argparse.Action):
     """``--sample-size H W`` sets ``--height`` and ``--width``."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: list[int],
+        option_string: str | None = None,
+    ) -> None:
+        """Store the two values as height and width."""
         namespace.height, namespace.width = values
+
+
+def add_device_arguments(group: argparse._ActionsContainer) -> None:
+    """``--device`` and ``--dtype``, resolved by :func:`resolve_device_and_dtype` (every command that runs a model)."""
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    group.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
+    )
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,13 +70,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="model folder or name (default: the built-in tiny model for the mode)")
     model.add_argument("--config", type=Path, help="YAML model config (default: the folder's own, else civitai layout)")
-    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    model.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        default="auto",
-        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
-    )
+    add_device_arguments(model)
     model.add_argument(
         "--attention", default="auto", help="attention backend: auto, sdpa, flash_attn, flash_attn3, sage"
     )
@@ -96,7 +112,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     add_parallel_arguments(parser)
 
 
-def resolve_device_and_dtype(device: str, dtype: str):
+def resolve_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     """Turn ``auto`` into the best device here and the dtype that suits it."""
     import torch
 

@@ -8,9 +8,10 @@ Which channels exist is read off the transformer's config (:func:`variant_of`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,8 +24,15 @@ from ..io.video import frames_to_tensor, read_image, read_video, tensor_to_frame
 from ..models.wan.keys import blank_clip_tokens
 from ..models.wan.variants import EXPERT_BOUNDARIES, variant_for_mode, variant_of
 from .conditioning import first_frame_latent, frame_generate_mask, mask_channels, masked_video, pack_frames_in_time
-from .guidance import ClassifierFreeGuidance
+from .guidance import ClassifierFreeGuidance, Denoiser
 from .schedulers import make_scheduler, start_index
+
+if TYPE_CHECKING:
+    from ..models.wan.image_encoder import WanImageEncoder
+    from ..models.wan.text_encoder import WanTextEncoder
+    from ..models.wan.transformer import WanTransformer3DModel
+    from ..models.wan.vae import WanVAE
+    from ..models.wan.variants import WanVariant
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +109,15 @@ class WanPipeline:
 
     def __init__(
         self,
-        transformer,
-        vae,
-        text_encoder,
-        image_encoder=None,
+        transformer: WanTransformer3DModel,
+        vae: WanVAE,
+        text_encoder: WanTextEncoder,
+        image_encoder: WanImageEncoder | None = None,
         model_name: str = "wan",
         masked_fill: float = -1.0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        transformer_2=None,
+        transformer_2: WanTransformer3DModel | None = None,
         boundary: float | None = None,
     ):
         self.transformer = transformer
@@ -197,7 +205,7 @@ class WanPipeline:
         """The denoising transformers: one, or the high- and low-noise experts of Wan2.2 A14B."""
         return (self.transformer,) if self.transformer_2 is None else (self.transformer, self.transformer_2)
 
-    def expert_for(self, t: torch.Tensor):
+    def expert_for(self, t: torch.Tensor) -> WanTransformer3DModel:
         """The transformer that denoises at timestep ``t`` (the low-noise expert below the boundary)."""
         # max: with per-token timesteps (TI2V) the conditioning frame's tokens sit at 0.
         if self.transformer_2 is None or float(t.max()) >= self.boundary * NUM_TRAIN_TIMESTEPS:
@@ -258,7 +266,7 @@ class WanPipeline:
             raise missing_image_encoder_error()
         return self.image_encoder.encode(image).to(self.dtype)
 
-    def _inpaint_channels(self, video: torch.Tensor, generate_mask: torch.Tensor, latent_hw) -> dict:
+    def _inpaint_channels(self, video: torch.Tensor, generate_mask: torch.Tensor, latent_hw: tuple[int, int]) -> dict:
         """mask (4 ch) + masked-video latent (z ch) for InP variants."""
         kept = masked_video(video, generate_mask.to(video), self.masked_fill)
         return {
@@ -351,7 +359,7 @@ class WanPipeline:
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
         return self.expert_for(t)(latents.to(self.dtype), t, **inputs).float()
 
-    def _first_frame_denoiser(self, condition: torch.Tensor):
+    def _first_frame_denoiser(self, condition: torch.Tensor) -> Denoiser:
         """A denoiser that holds the first latent frame at ``condition`` (1, z, 1, h, w): Wan2.2 TI2V's i2v.
 
         That frame's tokens are given timestep 0 (clean), the others the step's t, as per-token timesteps.
@@ -513,7 +521,7 @@ class WanPipeline:
         latents: torch.Tensor,
         timesteps: torch.Tensor,
         scheduler,
-        denoise: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor],
+        denoise: Denoiser,
         guidance: ClassifierFreeGuidance,
         cond: dict,
         uncond: dict,
@@ -538,7 +546,7 @@ class WanPipeline:
         return latents
 
 
-def warn_on_masked_fill(folder: Path, config: ModelConfig, variant) -> None:
+def warn_on_masked_fill(folder: Path, config: ModelConfig, variant: WanVariant) -> None:
     """Warn when a Fun InP-looking folder runs with Wan-AI's zero fill of unknown frames.
 
     The two releases share one architecture, so the config decides; VideoX-Fun users pass its
@@ -561,7 +569,7 @@ def with_first_frame(latents: torch.Tensor, first: torch.Tensor) -> torch.Tensor
 NUM_TRAIN_TIMESTEPS = 1000  # the flow schedulers' timestep scale, which the expert boundary is a share of
 
 
-def default_boundary(transformer) -> float:
+def default_boundary(transformer: WanTransformer3DModel) -> float:
     """The released Wan2.2 A14B boundary for a high-noise expert: 0.900 for I2V, 0.875 for T2V."""
     return EXPERT_BOUNDARIES["i2v" if variant_of(transformer.config).channels else "t2v"]
 
@@ -599,7 +607,8 @@ REQUIRED_INPUTS = {
 OPTIONAL_INPUTS = {"control": ("image",), "camera": ("image",)}
 
 
-def _flags(names) -> str:
+def _flags(names: Iterable[str]) -> str:
+    """Input names as the flags that give them (``control_video`` -> ``--control-video``)."""
     return ", ".join("--" + name.replace("_", "-") for name in names)
 
 

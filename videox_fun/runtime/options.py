@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..argparsing import DefaultsHelpFormatter
-from .cache import CALIBRATION_FILE, FirstBlockCache, TeaCache, coefficients_for
+from .cache import CALIBRATION_FILE, FirstBlockCache, StepCache, TeaCache, coefficients_for
 from .offload import MEMORY_MODES
+
+if TYPE_CHECKING:
+    from ..models.wan.transformer import WanTransformer3DModel
+    from ..pipelines.wan import WanPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +112,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def apply_weight_options(pipe, args: argparse.Namespace) -> dict:
+def apply_weight_options(pipe: WanPipeline, args: argparse.Namespace) -> dict:
     """Replace or adapt the transformers' weights as the flags ask (before sharding, offload and fp8).
 
     Per transformer, a ``--transformer-path`` file first, then each ``--lora-path`` merged at its
@@ -132,7 +137,7 @@ def apply_weight_options(pipe, args: argparse.Namespace) -> dict:
     return applied
 
 
-def merge_loras(transformer, names: list[str], given_weights: list[float] | None) -> list[dict]:
+def merge_loras(transformer: WanTransformer3DModel, names: list[str], given_weights: list[float] | None) -> list[dict]:
     """Merge LoRA files (paths or names under models/Personalized_Model) at their weights; returns the record."""
     from ..models.lora import merge_lora
 
@@ -166,7 +171,7 @@ def lora_weights(given: list[float] | None, count: int) -> list[float]:
     return list(given)
 
 
-def apply_runtime_options(pipe, args: argparse.Namespace, folder: Path) -> dict:
+def apply_runtime_options(pipe: WanPipeline, args: argparse.Namespace, folder: Path) -> dict:
     """Attach what the flags ask for to a loaded pipeline; returns a summary for the sidecar JSON."""
     from .compile import apply_riflex, compile_blocks
     from .offload import apply_memory_mode
@@ -208,8 +213,13 @@ def run_settings(args: argparse.Namespace) -> dict:
 
 
 def attach_cache(
-    transformer, kind: str, threshold: float, args: argparse.Namespace, folder: Path, two_experts: bool = False
-):
+    transformer: WanTransformer3DModel,
+    kind: str,
+    threshold: float,
+    args: argparse.Namespace,
+    folder: Path,
+    two_experts: bool = False,
+) -> StepCache:
     """A TeaCache (coefficients from the folder's calibration or the published ones) or first-block cache."""
     common = {"num_skip_start_steps": args.num_skip_start_steps, "offload_residuals": args.cache_offload_residuals}
     if kind == "first-block":
@@ -224,7 +234,7 @@ def teacache_indicator(asked: str | None, two_experts: bool) -> str:
     return asked or ("time_projection" if two_experts else "time_embedding")
 
 
-def load_transformer_file(transformer, path: Path) -> None:
+def load_transformer_file(transformer: WanTransformer3DModel, path: Path) -> None:
     """Replace a transformer's weights with those of a file or folder of the same architecture (fp8 too)."""
     from ..models.wan.transformer import read_transformer_weights
     from .fp8 import load_state_with_fp8
@@ -234,8 +244,10 @@ def load_transformer_file(transformer, path: Path) -> None:
     load_state_with_fp8(transformer, read_transformer_weights(path), source=str(path))
 
 
-def add_calibrate_command(subparsers) -> None:
+def add_calibrate_command(subparsers: argparse._SubParsersAction) -> None:
     """``videox-fun calibrate-cache``: fit TeaCache coefficients for any model from full runs."""
+    from ..cli import add_device_arguments
+
     parser = subparsers.add_parser(
         "calibrate-cache",
         help="fit TeaCache coefficients for a model from a few uncached runs",
@@ -247,8 +259,7 @@ def add_calibrate_command(subparsers) -> None:
         "--control-video", help="control video for the runs (models that serve control but not t2v need one)"
     )
     parser.add_argument("--image", help="start image for the runs (i2v calibration of an InP / I2V model)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    add_device_arguments(parser)
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument(
         "--indicator",
