@@ -15,6 +15,9 @@ from .argparsing import DefaultsHelpFormatter, FlagSpellingParser
 if TYPE_CHECKING:
     import torch
 
+    from .pipelines.wan import GenerationOutput, WanPipeline
+    from .runtime.parallel import ParallelRuntime
+
 logger = logging.getLogger("videox_fun")
 
 MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera")
@@ -167,15 +170,9 @@ def check_before_loading(args: argparse.Namespace, mode: str, num_prompts: int) 
 
 def run_generate(args: argparse.Namespace) -> list[Path]:
     """Load the model once and write one video per prompt; returns the written paths."""
-    from .config import config_for_folder
-    from .io.camera import is_trajectory_name
-    from .io.files import atomic_path
-    from .io.video import write_video
     from .models.attention import set_attention_backend
-    from .pipelines.wan import INPUT_NAMES, OUTPUT_SUFFIX, WanPipeline, infer_mode
-    from .registry import resolve_model
-    from .runtime.options import apply_runtime_options, apply_weight_options
-    from .runtime.parallel import init_parallel, setup_parallel
+    from .pipelines.wan import OUTPUT_SUFFIX, infer_mode
+    from .runtime.parallel import init_parallel
 
     if not args.prompt and not args.prompts_file:
         raise ValueError("give --prompt or --prompts-file")
@@ -188,6 +185,35 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     device = runtime.device if runtime.distributed else device
 
     started = time.perf_counter()
+    pipe, folder, applied = load_pipeline(args, mode, runtime, device, dtype)
+    defaults = pipe.config.defaults
+    out_dir = args.output_dir or Path("samples") / f"{folder.name}-{OUTPUT_SUFFIX[mode]}"
+    fps = args.fps or defaults.fps
+    written = []
+    for i, prompt in enumerate(prompts):
+        result = generate_one(pipe, args, mode, prompt, args.seed + i, runtime)
+        if not runtime.is_main:
+            continue  # every rank generates (and holds the same video); rank 0 writes it
+        target = args.output if (args.output and len(prompts) == 1) else next_output_path(out_dir)
+        sidecar = {"prompt": prompt, "model": folder.name, "fps": fps, **result.settings, **applied}
+        written.append(write_result(result.frames, target, fps, sidecar, args))
+    logger.info("generated %d video(s) in %.1f s", len(written), time.perf_counter() - started)
+    return written
+
+
+def load_pipeline(
+    args: argparse.Namespace, mode: str, runtime: ParallelRuntime, device: torch.device, dtype: torch.dtype
+) -> tuple[WanPipeline, Path, dict]:
+    """The pipeline of ``--model`` with every flag applied: weights, parallelism, then the runtime hooks.
+
+    Returns the pipeline, its folder and what was applied (for the sidecar).
+    """
+    from .config import config_for_folder
+    from .pipelines.wan import WanPipeline
+    from .registry import resolve_model
+    from .runtime.options import apply_runtime_options, apply_weight_options
+    from .runtime.parallel import setup_parallel
+
     folder = resolve_model(args.model, mode)
     config = config_for_folder(folder, args.config)
     if config.note and runtime.is_main:
@@ -199,57 +225,58 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     applied = apply_weight_options(pipe, args)  # --transformer-path, LoRA merges: on whole, plain weights
     setup_parallel(args, pipe, runtime)  # sequence parallelism / FSDP, when asked for
     applied |= apply_runtime_options(pipe, args, folder)  # memory mode, fp8, step cache, compile, RIFLEx
-    defaults = config.defaults
-    out_dir = args.output_dir or Path("samples") / f"{folder.name}-{OUTPUT_SUFFIX[mode]}"
-    fps = args.fps or defaults.fps
+    return pipe, folder, applied
 
-    written = []
-    for i, prompt in enumerate(prompts):
-        result = pipe(
-            prompt,
-            negative_prompt=args.negative_prompt,  # None (like every unset flag): the model config's default
-            mode=mode,
-            image=args.image,
-            end_image=args.end_image,
-            video=args.video,
-            mask=args.mask,
-            control_video=args.control_video,
-            ref_image=args.ref_image,
-            camera=args.camera,
-            height=args.height,
-            width=args.width,
-            num_frames=args.frames,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            guidance_scale_2=args.guidance_2,
-            shift=args.shift,
-            sampler=args.sampler,
-            seed=args.seed + i,
-            strength=args.strength,
-            progress=not args.quiet and runtime.is_main,
-            guidance=runtime.guidance(
-                args.guidance if args.guidance is not None else defaults.guidance_scale,
-                skip_ratio=args.cfg_skip_ratio,
-                batched=not args.cfg_sequential,
-            ),
-        )
-        if not runtime.is_main:
-            continue  # every rank generates (and holds the same video); rank 0 writes it
-        target = args.output if (args.output and len(prompts) == 1) else next_output_path(out_dir)
-        path = write_video(result.frames, target, fps=fps)
-        sidecar = {"prompt": prompt, "model": folder.name, "fps": fps, **result.settings, **applied}
-        for name in INPUT_NAMES:
-            value = getattr(args, name)
-            if value:  # the evaluator compares against these (first-frame PSNR, tracks)
-                sidecar[name] = value if name == "camera" and is_trajectory_name(value) else str(Path(value).resolve())
-        with atomic_path(path.with_suffix(".json")) as temporary:  # the evaluator must never read half a sidecar
-            temporary.write_text(json.dumps(sidecar, indent=2))
-        written.append(path)
-        count = result.frames.shape[0]
-        size = f"{result.frames.shape[2]}x{result.frames.shape[1]}"
-        print(f"wrote {path} ({count} frame{'s' if count != 1 else ''}, {size})")
-    logger.info("generated %d video(s) in %.1f s", len(written), time.perf_counter() - started)
-    return written
+
+def generate_one(
+    pipe: WanPipeline, args: argparse.Namespace, mode: str, prompt: str, seed: int, runtime: ParallelRuntime
+) -> GenerationOutput:
+    """One video of ``prompt`` with the flags' inputs and settings (None: the model config's default)."""
+    from .pipelines.wan import INPUT_NAMES
+
+    defaults = pipe.config.defaults
+    guidance = runtime.guidance(
+        args.guidance if args.guidance is not None else defaults.guidance_scale,
+        skip_ratio=args.cfg_skip_ratio,
+        batched=not args.cfg_sequential,
+    )
+    return pipe(
+        prompt,
+        negative_prompt=args.negative_prompt,
+        mode=mode,
+        **{name: getattr(args, name) for name in INPUT_NAMES},
+        height=args.height,
+        width=args.width,
+        num_frames=args.frames,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        guidance_scale_2=args.guidance_2,
+        shift=args.shift,
+        sampler=args.sampler,
+        seed=seed,
+        strength=args.strength,
+        progress=not args.quiet and runtime.is_main,
+        guidance=guidance,
+    )
+
+
+def write_result(frames: torch.Tensor, target: Path, fps: int, sidecar: dict, args: argparse.Namespace) -> Path:
+    """Write the video (or image) and its sidecar JSON, which also names the input files; returns the path."""
+    from .io.camera import is_trajectory_name
+    from .io.files import atomic_path
+    from .io.video import write_video
+    from .pipelines.wan import INPUT_NAMES
+
+    path = write_video(frames, target, fps=fps)
+    for name in INPUT_NAMES:
+        value = getattr(args, name)
+        if value:  # the evaluator compares against these (first-frame PSNR, tracks)
+            sidecar[name] = value if name == "camera" and is_trajectory_name(value) else str(Path(value).resolve())
+    with atomic_path(path.with_suffix(".json")) as temporary:  # the evaluator must never read half a sidecar
+        temporary.write_text(json.dumps(sidecar, indent=2))
+    count = frames.shape[0]
+    print(f"wrote {path} ({count} frame{'s' if count != 1 else ''}, {frames.shape[2]}x{frames.shape[1]})")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
