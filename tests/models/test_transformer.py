@@ -168,11 +168,33 @@ def test_reference_latent_adds_a_frame_of_tokens_and_removes_it():
 
 def test_camera_adapter_adds_ray_features():
     model = random_model(tiny_config("camera"))
-    x, y = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 16, 2, 4, 4)
+    x, y, t, text = (
+        torch.randn(1, 16, 2, 4, 4),
+        torch.randn(1, 16, 2, 4, 4),
+        torch.tensor([500.0]),
+        torch.randn(1, 4, 32),
+    )
     rays = torch.randn(1, 24, 2, 32, 32)  # pixel-size Pluecker rays, 4 frames packed per latent frame
+    other_rays = torch.randn(1, 24, 2, 32, 32)
     with torch.no_grad():
-        out = model(x, torch.tensor([500.0]), torch.randn(1, 4, 32), y=y, camera=rays)
-    assert out.shape == (1, 16, 2, 4, 4)
+        out = model(x, t, text, y=y, camera=rays)
+        assert out.shape == (1, 16, 2, 4, 4)
+        # The rays steer the video: other rays, or none, give another output.
+        assert (model(x, t, text, y=y, camera=other_rays) - out).abs().max() > 1e-3
+        without = model(x, t, text, y=y)
+        assert (without - out).abs().max() > 1e-3
+        # They enter as the adapter's features added to the patch-embedded tokens: each latent
+        # frame's tokens get the features of that frame's rays.
+        tokens, grid, _ = model.embed_video(x, y, rays, None)
+        plain, plain_grid, _ = model.embed_video(x, y, None, None)
+        assert grid == plain_grid == (2, 2, 2)
+        features = torch.cat([model.control_adapter(rays[:, :, [f]]) for f in range(grid[0])], dim=2)
+        assert features.shape == (1, model.config.dim, *grid)
+        torch.testing.assert_close(tokens, plain + features.flatten(2).transpose(1, 2))
+        # So an adapter with zero weights adds nothing: the output is that of the model without rays.
+        for param in model.control_adapter.parameters():
+            param.zero_()
+        assert torch.equal(model(x, t, text, y=y, camera=rays), without)
 
 
 def test_fun_extras_found_in_weights_are_enabled(tmp_path):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+
 import av
 import numpy as np
 import pytest
 import torch
+from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from test_against_diffusers import diffusers_pipeline
 
 from videox_fun.io.camera import make_trajectory, write_camera_trajectory
 from videox_fun.io.video import write_video
@@ -181,11 +186,83 @@ def test_batched_and_sequential_guidance_agree(folders):
     assert torch.allclose(batched, sequential, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", ["Flow", "Flow_Unipc", "Flow_DPM++"])
-def test_samplers_run(folders, sampler):
+SAMPLERS = ("Flow", "Flow_Unipc", "Flow_DPM++")
+SHIFT = 5.0
+
+
+def diffusers_scheduler(sampler: str, shift: float):
+    """diffusers' own scheduler for a VideoX-Fun sampler name, configured here (not by make_scheduler)."""
+    if sampler == "Flow":  # VideoX-Fun's FlowMatchEulerDiscreteScheduler
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    # Wan's FlowUniPC / FlowDPMSolver (VideoX-Fun's Flow_Unipc / Flow_DPM++) in diffusers' terms
+    flow = {"num_train_timesteps": 1000, "prediction_type": "flow_prediction", "use_flow_sigmas": True}
+    if sampler == "Flow_Unipc":
+        return UniPCMultistepScheduler(flow_shift=shift, solver_order=2, **flow)
+    return DPMSolverMultistepScheduler(flow_shift=shift, algorithm_type="dpmsolver++", solver_order=2, **flow)
+
+
+@dataclass
+class RecordingGuidance(ClassifierFreeGuidance):
+    """Classifier-free guidance that keeps each step's input latents, timestep and guided velocity."""
+
+    steps: list = field(default_factory=list)
+
+    def __call__(self, denoise, latents, t, *args, **kwargs):
+        velocity = super().__call__(denoise, latents, t, *args, **kwargs)
+        self.steps.append((latents.clone(), t.clone(), velocity.clone()))
+        return velocity
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_samplers_step_as_diffusers_schedulers_do(folders, sampler):
     pipe = WanPipeline.from_pretrained(folders["inp"])
-    result = pipe("x", sampler=sampler, height=HEIGHT, width=WIDTH, num_frames=5, num_inference_steps=3, progress=False)
+    guidance, steps = RecordingGuidance(scale=5.0), 4
+    settings = {"height": HEIGHT, "width": WIDTH, "num_frames": 5, "num_inference_steps": steps, "progress": False}
+    result = pipe("x", sampler=sampler, shift=SHIFT, guidance=guidance, **settings)
     assert torch.isfinite(result.latents).all()
+    # Replay the pipeline's own model outputs through diffusers' scheduler: same timesteps, and
+    # the latents the pipeline fed the model at each next step are the scheduler's steps.
+    reference = diffusers_scheduler(sampler, SHIFT)
+    reference.set_timesteps(steps)
+    recorded = guidance.steps
+    assert len(recorded) == steps
+    assert torch.equal(torch.stack([t[0] for _, t, _ in recorded]), reference.timesteps.float())
+    latents = recorded[0][0]
+    for index, (_, _, velocity) in enumerate(recorded):
+        latents = reference.step(velocity, reference.timesteps[index], latents, return_dict=False)[0]
+        following = recorded[index + 1][0] if index + 1 < steps else result.latents
+        torch.testing.assert_close(latents, following, rtol=0, atol=1e-6)
+
+
+def test_samplers_give_different_latents(folders):
+    pipe = WanPipeline.from_pretrained(folders["inp"])
+    settings = {"height": HEIGHT, "width": WIDTH, "num_frames": 5, "num_inference_steps": 3, "progress": False}
+    latents = {sampler: pipe("x", sampler=sampler, shift=SHIFT, **settings).latents for sampler in SAMPLERS}
+    for first, second in [("Flow", "Flow_Unipc"), ("Flow", "Flow_DPM++"), ("Flow_Unipc", "Flow_DPM++")]:
+        assert (latents[first] - latents[second]).abs().max() > 1e-3, (first, second)
+
+
+@pytest.fixture(scope="module")
+def t2v_512(tmp_path_factory):
+    """A tiny t2v folder with the released text_len, as diffusers pads prompts to 512 tokens."""
+    folder = build_tiny_model_folder(tmp_path_factory.mktemp("t2v512") / "t2v", "t2v")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "text_len": 512}))
+    return folder
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_samplers_match_diffusers_wan_pipeline(t2v_512, tmp_path, sampler):
+    ours = WanPipeline.from_pretrained(t2v_512)
+    theirs = diffusers_pipeline(ours, tmp_path)
+    theirs.scheduler = diffusers_scheduler(sampler, SHIFT)
+    settings = {"height": HEIGHT, "width": WIDTH, "num_frames": 5, "num_inference_steps": 4, "guidance_scale": 5.0}
+    prompt, negative = "a red circle moving right", "a blue square"
+    out = ours(prompt, negative_prompt=negative, seed=7, shift=SHIFT, sampler=sampler, progress=False, **settings)
+    generator = torch.Generator("cpu").manual_seed(7)
+    their_latents = theirs(prompt, negative_prompt=negative, generator=generator, output_type="latent", **settings)
+    assert out.settings["sampler"] == sampler
+    assert (out.latents - their_latents.frames).abs().max().item() <= 1e-4
 
 
 def test_from_pretrained_takes_the_names_the_cli_takes():

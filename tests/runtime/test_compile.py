@@ -21,13 +21,40 @@ def inputs(frames: int = 3):
     return torch.randn(1, 16, frames, 4, 4), torch.tensor([400.0]), torch.randn(1, 6, 32)
 
 
+class CountingBackend:
+    """A named torch.compile backend that counts the graphs it compiles and how often they run."""
+
+    def __init__(self, name: str):
+        self.backend = torch._dynamo.lookup_backend(name)
+        self.compiled = 0
+        self.runs = 0
+
+    def __call__(self, graph, example_inputs):
+        self.compiled += 1
+        compiled = self.backend(graph, example_inputs)
+
+        def run(*args):
+            self.runs += 1
+            return compiled(*args)
+
+        return run
+
+
 @pytest.mark.slow
 def test_compiled_blocks_give_the_same_output():
     model, args = tiny_model(), inputs()
+    torch._dynamo.reset()  # no graphs cached by other tests
+    backend = CountingBackend("aot_eager")
     with torch.no_grad():
         expected = model(*args)
-        compile_blocks(model, backend="aot_eager")
+        assert compile_blocks(model, backend=backend) is model
+        assert backend.compiled == 0  # compilation is lazy: nothing until the first call
         assert torch.allclose(model(*args), expected, atol=1e-5)
+        # The blocks share one graph (regional compilation), and each block ran through it, whole.
+        assert backend.compiled == 1
+        assert backend.runs == len(model.blocks) >= 2
+        model(*args)  # same shapes: the compiled graph is reused, not compiled again
+        assert backend.compiled == 1 and backend.runs == 2 * len(model.blocks)
 
 
 def test_riflex_changes_only_one_frame_frequency_and_is_removable():
