@@ -14,6 +14,7 @@ import argparse
 import itertools
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,12 +32,12 @@ from videox_fun.training.data import (
     collate,
     write_test_dataset,
 )
-from videox_fun.training.specs import FlowMatching, get_spec, sample_generators
+from videox_fun.training.specs import FlowMatching, flow_matching_loss, get_spec, sample_generators
 
 SIZE, FRAMES, BATCH = 64, 17, 2  # the toy world's clips: 64x64, 17 frames
 
 
-def step_function(config: TrainConfig, cached: bool):
+def step_function(config: TrainConfig, cached: bool) -> Callable[[], None]:
     """A closure running one training step on the next batch (cycling through the data)."""
     config = TrainConfig(**{**config.to_dict(), "use_cached_latents": cached})
     spec = get_spec(config)
@@ -55,13 +56,8 @@ def step_function(config: TrainConfig, cached: bool):
         with torch.enable_grad():
             batch = collate_fn([dataset[r] for r in next(batches)])
             generators = sample_generators(0, next(step), 0, range(BATCH))
-            inputs = spec.build_inputs(models, batch, config.train_mode, generators, "cpu")
-            sigmas = objective.sample_sigmas(generators)
-            noise = objective.noise_like(inputs.latents, generators)
-            prediction = spec.predict(
-                transformer, objective.noisy(inputs.latents, noise, sigmas), sigmas * 1000, inputs
-            )
-            objective.loss(prediction, inputs.latents, noise, sigmas).backward()
+            loss = flow_matching_loss(spec, models, transformer, objective, batch, config.train_mode, generators, "cpu")
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -105,6 +101,7 @@ def run(repeats: int) -> dict:
 
 
 def main() -> None:
+    """Parse ``--repeats`` / ``--out``, run the benchmark and write its JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latent_cache_cpu.json"), help="JSON out")

@@ -18,7 +18,14 @@ class FlagSpellingParser(argparse.ArgumentParser):
     Sub-commands inherit the class, so each one resolves spellings against its own flags.
     """
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace=None):
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's ``parse_known_args`` after respelling each ``--flag`` token by :meth:`known_spelling`.
+
+        ``--foo_bar`` becomes ``--foo-bar`` (or the reverse, also lower-cased) when only that spelling is a flag
+        of this parser; a ``--flag=value`` token keeps its value; everything else passes unchanged.
+        """
         args = sys.argv[1:] if args is None else list(args)
         return super().parse_known_args([self.known_spelling(token) for token in args], namespace)
 

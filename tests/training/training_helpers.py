@@ -9,7 +9,7 @@ import torch
 
 from videox_fun.training.config import TrainConfig
 from videox_fun.training.data import BucketBatchSampler, DataConfig, VideoDataset, collate
-from videox_fun.training.specs import FlowMatching, get_spec, sample_generators
+from videox_fun.training.specs import FlowMatching, flow_matching_loss, get_spec, sample_generators
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "scripts" / "wan2.1_fun" / "train.py"
@@ -49,11 +49,8 @@ def fixed_noise_loss(config: TrainConfig, transformer: torch.nn.Module, draws: i
             batch = collate([dataset[r] for r in requests])
             for draw in range(draws):
                 generators = sample_generators(1234, -1, draw, range(len(requests)))
-                inputs = spec.build_inputs(models, batch, config.train_mode, generators, "cpu")
-                sigmas = objective.sample_sigmas(generators)
-                noise = objective.noise_like(inputs.latents, generators)
-                prediction = spec.predict(
-                    transformer, objective.noisy(inputs.latents, noise, sigmas), sigmas * 1000, inputs
+                loss = flow_matching_loss(
+                    spec, models, transformer, objective, batch, config.train_mode, generators, "cpu"
                 )
-                losses.append(objective.loss(prediction, inputs.latents, noise, sigmas).item())
+                losses.append(loss.item())
     return sum(losses) / len(losses)

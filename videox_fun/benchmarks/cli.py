@@ -10,7 +10,7 @@ from ..argparsing import DefaultsHelpFormatter
 BENCHMARKS = ("transformer", "pipeline", "vae", "fp8", "cache", "memory", "startup")
 
 
-def add_bench_command(subparsers) -> None:
+def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     """Register ``bench``."""
     parser = subparsers.add_parser(
         "bench", help="side-by-side benchmarks, JSON out", formatter_class=DefaultsHelpFormatter

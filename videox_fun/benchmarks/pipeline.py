@@ -14,6 +14,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -123,8 +124,11 @@ def run_cpu(repeats: int = 3) -> dict:
     return result
 
 
-def step_seconds(generate) -> list[float]:
-    """Seconds between consecutive step callbacks of one generation (the first step's warm-up excluded)."""
+def step_seconds(generate: Callable[[Callable[[], None]], object]) -> list[float]:
+    """Seconds between consecutive step callbacks of one generation (the first step's warm-up excluded).
+
+    ``generate(mark)`` runs one generation calling ``mark()`` at each step.
+    """
     stamps: list[float] = []
 
     def mark() -> None:

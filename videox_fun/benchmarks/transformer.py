@@ -42,8 +42,12 @@ def build_pair(config: dict, dtype: torch.dtype, device: str = "cpu") -> tuple[W
     return ours.to(dtype), theirs.to(dtype)
 
 
-def make_inputs(latent_shape, text_dim: int, prompt_tokens: int, dtype: torch.dtype, device: str = "cpu"):
-    """Latents, timestep and a text context as the pipelines make it: a prompt zero-padded to 512 rows."""
+def make_inputs(
+    latent_shape: tuple[int, ...], text_dim: int, prompt_tokens: int, dtype: torch.dtype, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents, timestep and a text context as the pipelines make it: a prompt zero-padded to 512 rows.
+
+    Returns x ``latent_shape`` (B, C, F, H, W), t (1,) and context (1, 512, text_dim)."""
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(latent_shape, generator=generator)
     context = torch.zeros(1, 512, text_dim)
@@ -51,7 +55,12 @@ def make_inputs(latent_shape, text_dim: int, prompt_tokens: int, dtype: torch.dt
     return x.to(device, dtype), torch.tensor([500.0], device=device), context.to(device, dtype)
 
 
-def compare(ours, theirs, inputs, repeats: int) -> dict:
+def compare(
+    ours: WanTransformer3DModel,
+    theirs: DiffusersWan,
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    repeats: int,
+) -> dict:
     """Time both on the same inputs; medians, minima, ratios (ours / diffusers) and the output difference."""
     x, t, context = inputs
     with torch.no_grad():

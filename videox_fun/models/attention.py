@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -109,7 +109,7 @@ def get_attention_backend() -> str:
 
 
 @contextmanager
-def attention_backend(name: str):
+def attention_backend(name: str) -> Iterator[None]:
     """Use a backend inside a ``with`` block only."""
     previous = _active_backend
     set_attention_backend(name)

@@ -6,9 +6,13 @@ from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteSchedul
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 SAMPLERS = ("Flow", "Flow_Unipc", "Flow_DPM++")
+# The flow schedulers' timestep scale: timestep = sigma x NUM_TRAIN_TIMESTEPS, sigma in [0, 1].
+NUM_TRAIN_TIMESTEPS = 1000
 
 
-def make_scheduler(name: str = "Flow", shift: float = 3.0, num_train_timesteps: int = 1000) -> SchedulerMixin:
+def make_scheduler(
+    name: str = "Flow", shift: float = 3.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+) -> SchedulerMixin:
     """``Flow`` (flow-match Euler), ``Flow_Unipc`` or ``Flow_DPM++`` with the flow ``shift``."""
     if name == "Flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)

@@ -25,7 +25,7 @@ from ..models.wan.keys import blank_clip_tokens
 from ..models.wan.variants import EXPERT_BOUNDARIES, variant_for_mode, variant_of
 from .conditioning import first_frame_latent, frame_generate_mask, mask_channels, masked_video, pack_frames_in_time
 from .guidance import ClassifierFreeGuidance, Denoiser
-from .schedulers import make_scheduler, start_index
+from .schedulers import NUM_TRAIN_TIMESTEPS, make_scheduler, start_index
 
 if TYPE_CHECKING:
     from ..models.wan.image_encoder import WanImageEncoder
@@ -564,9 +564,6 @@ def warn_on_masked_fill(folder: Path, config: ModelConfig, variant: WanVariant) 
 def with_first_frame(latents: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     """``latents`` (B, z, F, h, w) with its first frame replaced by ``first`` (1, z, 1, h, w)."""
     return torch.cat([first.to(latents).expand(latents.shape[0], -1, -1, -1, -1), latents[:, :, 1:]], dim=2)
-
-
-NUM_TRAIN_TIMESTEPS = 1000  # the flow schedulers' timestep scale, which the expert boundary is a share of
 
 
 def default_boundary(transformer: WanTransformer3DModel) -> float:

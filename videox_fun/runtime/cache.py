@@ -16,14 +16,19 @@ close enough to the previous one, the block stack is skipped and its cached resi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..models.wan.variants import PRESETS
+
+if TYPE_CHECKING:
+    from ..models.wan.transformer import RunBlocks
 
 # Published TeaCache coefficients for Wan2.1 (highest power first), see ARCHITECTURE.md.
 TEACACHE_COEFFICIENTS: dict[str, dict[str, list[float]]] = {
@@ -49,7 +54,7 @@ CALIBRATION_FILE = "cache_calibration.json"
 _ARCHITECTURE_FIELDS = ("model_type", "in_dim", "dim", "ffn_dim", "num_heads", "num_layers", "out_dim")
 
 
-def preset_of(config) -> str | None:
+def preset_of(config: Mapping[str, Any]) -> str | None:
     """The released preset whose architecture equals ``config`` (matched on fields, not on a path)."""
     for name, preset in PRESETS.items():
         if all(preset.get(k) == config.get(k) for k in _ARCHITECTURE_FIELDS):
@@ -57,7 +62,7 @@ def preset_of(config) -> str | None:
     return None
 
 
-def published_coefficients(config, indicator: str = "time_embedding") -> list[float] | None:
+def published_coefficients(config: Mapping[str, Any], indicator: str = "time_embedding") -> list[float] | None:
     """TeaCache coefficients published for this architecture, if any.
 
     I2V-14B 480P and 720P share one architecture; the 480P fit is returned for both.
@@ -98,7 +103,7 @@ class CacheStats:
 
 
 class StepCache:
-    """Base: replaces ``model.run_blocks``; subclasses decide per call whether to compute."""
+    """Base: replaces ``model.run_blocks``; subclasses decide per call (:meth:`_cached_run`) whether to compute."""
 
     def __init__(self, model: nn.Module, num_skip_start_steps: int = 1, offload_residuals: bool = False):
         self.model = model
@@ -109,7 +114,7 @@ class StepCache:
         self.stats = CacheStats()
         # Another hook (sequence parallelism) may already wrap run_blocks: keep it and restore it on remove.
         self._wrapped_instance_method = "run_blocks" in vars(model)
-        self._compute_blocks = model.run_blocks
+        self._compute_blocks: RunBlocks = model.run_blocks
         model.run_blocks = self._run_blocks
         hooks = getattr(model, "generation_hooks", [])
         model.generation_hooks = [*hooks, self]
@@ -145,7 +150,32 @@ class StepCache:
         else:
             self.stats.skipped += 1
 
-    def _run_blocks(self, x, e0, context, context_img, rope, context_bias=None):
+    def _run_blocks(
+        self,
+        x: torch.Tensor,  # the input the cached residual is added to
+        e0: torch.Tensor,  # passed on, as the rest
+        context: torch.Tensor,  # tells the conditional and unconditional passes apart
+        context_img: torch.Tensor | None,
+        rope: torch.Tensor,
+        context_bias: torch.Tensor | None = None,
+        blocks: slice = slice(None),  # only the whole stack is cached
+    ) -> torch.Tensor:
+        """The hooked ``run_blocks`` (same signature): the whole stack goes through :meth:`_cached_run`;
+        a part of it (another hook asking for a slice) is computed as asked, uncached."""
+
+        def run(tokens: torch.Tensor, part: slice = slice(None)) -> torch.Tensor:
+            return self._compute_blocks(tokens, e0, context, context_img, rope, context_bias, blocks=part)
+
+        if blocks != slice(None):
+            return run(x, blocks)
+        return self._cached_run(x, context, run)
+
+    def _cached_run(self, x: torch.Tensor, context: torch.Tensor, run: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """x (B, L, C) -> (B, L, C) through the whole stack, computed or taken from the cache.
+
+        context (B, L_text, C) tells the passes apart; ``run(tokens, part=slice(None))`` runs the wrapped
+        ``run_blocks`` (the ``part`` slice of the stack) with this call's other arguments.
+        """
         raise NotImplementedError
 
 
@@ -158,7 +188,7 @@ class IndicatorProbe:
         self.value: torch.Tensor | None = None
         self._hook = getattr(model, indicator).register_forward_hook(self._capture)
 
-    def _capture(self, module, args, output) -> None:
+    def _capture(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         self.value = output.detach()
 
     def remove(self) -> None:
@@ -188,7 +218,7 @@ class TeaCache(StepCache):
         self.probe.remove()
         super().remove()
 
-    def _run_blocks(self, x, e0, context, context_img, rope, context_bias=None):
+    def _cached_run(self, x: torch.Tensor, context: torch.Tensor, run: Callable[..., torch.Tensor]) -> torch.Tensor:
         state = self.states.setdefault(context_key(context), CacheState())
         indicator = self.probe.value
         compute = self.must_compute(state) or state.previous_indicator is None
@@ -201,7 +231,7 @@ class TeaCache(StepCache):
         if not compute:
             return self._reuse(x, state)
         state.accumulated = 0.0
-        out = self._compute_blocks(x, e0, context, context_img, rope, context_bias)
+        out = run(x)
         state.residual = self._store(out - x)
         return out
 
@@ -209,15 +239,17 @@ class TeaCache(StepCache):
 class FirstBlockCache(StepCache):
     """Run block 0; skip the others while its residual moved less than ``threshold`` (relative L1)."""
 
-    def __init__(self, model: nn.Module, threshold: float, num_skip_start_steps: int = 1, offload_residuals=False):
+    def __init__(
+        self, model: nn.Module, threshold: float, num_skip_start_steps: int = 1, offload_residuals: bool = False
+    ):
         super().__init__(model, num_skip_start_steps, offload_residuals)
         self.threshold = threshold
 
-    def _run_blocks(self, x, e0, context, context_img, rope, context_bias=None):
+    def _cached_run(self, x: torch.Tensor, context: torch.Tensor, run: Callable[..., torch.Tensor]) -> torch.Tensor:
         state = self.states.setdefault(context_key(context), CacheState())
         # Both parts go through the wrapped run_blocks, so a hook under this one (sequence
         # parallelism) runs them too; its gather also gives every rank the same decision.
-        first = self._compute_blocks(x, e0, context, context_img, rope, context_bias, blocks=slice(0, 1))
+        first = run(x, slice(0, 1))
         first_residual = first - x
         compute = self.must_compute(state) or state.previous_first_residual is None
         if not compute:
@@ -227,7 +259,7 @@ class FirstBlockCache(StepCache):
         if not compute:
             return self._reuse(first, state)
         state.previous_first_residual = first_residual
-        out = self._compute_blocks(first, e0, context, context_img, rope, context_bias, blocks=slice(1, None))
+        out = run(first, slice(1, None))
         state.residual = self._store(out - first)
         return out
 
@@ -248,9 +280,9 @@ class CacheRecorder(StepCache):
         self.probe.remove()
         super().remove()
 
-    def _run_blocks(self, x, e0, context, context_img, rope, context_bias=None):
+    def _cached_run(self, x: torch.Tensor, context: torch.Tensor, run: Callable[..., torch.Tensor]) -> torch.Tensor:
         state = self.states.setdefault(context_key(context), CacheState())
-        out = self._compute_blocks(x, e0, context, context_img, rope, context_bias)
+        out = run(x)
         residual = out - x
         if state.previous_indicator is not None:
             self.samples.append(

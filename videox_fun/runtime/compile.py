@@ -15,7 +15,9 @@ from torch import nn
 from ..models.wan.transformer import rope_for_grid
 
 
-def compile_blocks(model: nn.Module, backend: str = "inductor", mode: str | None = None, dynamic: bool = False):
+def compile_blocks(
+    model: nn.Module, backend: str = "inductor", mode: str | None = None, dynamic: bool = False
+) -> nn.Module:
     """Compile every block of ``model.blocks`` in place; returns the model."""
     for block in model.blocks:
         block.compile(backend=backend, mode=mode, dynamic=dynamic)

@@ -65,10 +65,12 @@ class Float8Linear(nn.Module):
         return weight * self.scale_weight.to(dtype) if self.scale_weight is not None else weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> (..., out_features) in x's dtype, through the dequantized weight."""
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def extra_repr(self) -> str:
+        """The sizes and the fp8 scaling (plain, or the scale's shape) shown in the module's repr."""
         kind = "plain" if self.scale_weight is None else f"scaled {tuple(self.scale_weight.shape)}"
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 {kind}"
 

@@ -23,9 +23,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..pipelines.wan import WanPipeline
 
 MEMORY_MODES = (
     "model_full_load",
@@ -130,11 +134,11 @@ class SequentialOffload:
                 self.handles.append(module.register_forward_pre_hook(self._load))
                 self.handles.append(module.register_forward_hook(self._unload))
 
-    def _load(self, module: nn.Module, args) -> None:
+    def _load(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         _move_own_tensors(module, self.device, non_blocking=True)
         self.log.onloads += 1
 
-    def _unload(self, module: nn.Module, args, output) -> None:
+    def _unload(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         _move_own_tensors(module, OFFLOAD_DEVICE)
         self.log.offloads += 1
 
@@ -188,7 +192,7 @@ class BlockSwap:
             event.record(self.stream)
         self.ready[index] = event
 
-    def _before(self, index: int, module: nn.Module, args) -> None:
+    def _before(self, index: int, module: nn.Module, args: tuple[Any, ...]) -> None:
         if not self.is_resident(index):
             if index not in self.ready:
                 self._copy_in(index)
@@ -203,7 +207,7 @@ class BlockSwap:
             self.log.prefetches += 1
             self.log.order.append(f"prefetch {following}")
 
-    def _after(self, index: int, module: nn.Module, args, output) -> None:
+    def _after(self, index: int, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not self.is_resident(index):
             module.to(OFFLOAD_DEVICE)
             self.log.offloads += 1
@@ -219,7 +223,7 @@ class BlockSwap:
 # ----------------------------------------------------------------------------------------
 # The modes
 # ----------------------------------------------------------------------------------------
-def _components(pipe) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
+def _components(pipe: WanPipeline) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
     """The pipeline's models and the methods through which the pipeline calls them."""
     found = {
         "text_encoder": (pipe.text_encoder, ("encode",)),
@@ -232,7 +236,7 @@ def _components(pipe) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
     return found
 
 
-def apply_memory_mode(pipe, mode: str, device: torch.device | str, resident_blocks: int = 4) -> MoveLog:
+def apply_memory_mode(pipe: WanPipeline, mode: str, device: torch.device | str, resident_blocks: int = 4) -> MoveLog:
     """Set a pipeline up for one of :data:`MEMORY_MODES`; returns the log its hooks keep."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"unknown memory mode {mode!r}; choose one of {', '.join(MEMORY_MODES)}")

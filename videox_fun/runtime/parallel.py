@@ -35,6 +35,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -43,6 +44,10 @@ from torch import nn
 from ..models.attention import attention, attention_with_lse
 from ..pipelines.guidance import ClassifierFreeGuidance, Denoiser
 from .distributed import DistInfo, check_world_size, dist_info_from_env, init_distributed
+
+if TYPE_CHECKING:
+    from ..models.wan.transformer import RunBlocks
+    from ..pipelines.wan import WanPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +243,7 @@ class SequenceParallel:
     def __init__(self, groups: ParallelGroups):
         self.groups = groups
         self.model: nn.Module | None = None
-        self._previous_run_blocks = None
+        self._previous_run_blocks: RunBlocks | None = None
         self._shard: _Shard | None = None
 
     # -- attaching ----------------------------------------------------------------------
@@ -267,10 +272,21 @@ class SequenceParallel:
         self.model = self._previous_run_blocks = None
 
     # -- the wrapped pieces -------------------------------------------------------------
-    def _run_blocks(self, run_blocks, x, e0, context, context_img, rope: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Shard tokens (B, L, C), e0 and RoPE over the sequence group, run the blocks, gather.
+    def _run_blocks(
+        self,
+        run_blocks: RunBlocks,
+        x: torch.Tensor,  # sharded
+        e0: torch.Tensor,  # sharded when per token
+        context: torch.Tensor,  # whole
+        context_img: torch.Tensor | None,  # whole
+        rope: torch.Tensor,  # sharded
+        context_bias: torch.Tensor | None = None,  # whole
+        blocks: slice = slice(None),  # passed through
+    ) -> torch.Tensor:
+        """Shard tokens (B, L, C), e0 and RoPE over the sequence group, run ``run_blocks`` (the wrapped one), gather.
 
-        The context (and any further arguments, e.g. a text-key bias) is per sample, not per token: kept whole.
+        Bound to ``run_blocks`` it has the :class:`RunBlocks` signature. The context and the text-key bias are per
+        sample, not per token: kept whole; ``blocks`` passes through.
         """
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("sequence parallelism is for inference: run under torch.no_grad()")
@@ -283,7 +299,8 @@ class SequenceParallel:
         rope_local = pad_dim(rope, 0, chunk * degree)[mine]  # (chunk, D/2): the tokens' true positions
         self._shard = _Shard(total=total, chunk=chunk)
         try:
-            out = run_blocks(x_local, e0_local, context, context_img, rope_local, *args, **kwargs)  # (B, chunk, C)
+            # this rank's chunk of the output: (B, chunk, C)
+            out = run_blocks(x_local, e0_local, context, context_img, rope_local, context_bias, blocks=blocks)
         finally:
             self._shard = None
         return all_gather_cat(out, self.groups.sp_group, dim=1)[:, :total]
@@ -478,7 +495,9 @@ def init_parallel(args: argparse.Namespace) -> ParallelRuntime:
     return ParallelRuntime(info, groups, fsdp_dit=fsdp_dit, fsdp_text_encoder=fsdp_text)
 
 
-def setup_parallel(args: argparse.Namespace, pipe, runtime: ParallelRuntime | None = None) -> ParallelRuntime:
+def setup_parallel(
+    args: argparse.Namespace, pipe: WanPipeline, runtime: ParallelRuntime | None = None
+) -> ParallelRuntime:
     """Attach the requested parallelism to a loaded ``WanPipeline``; returns the runtime.
 
     Sequence parallelism hooks ``pipe.transformer``; FSDP shards the transformer / text encoder and

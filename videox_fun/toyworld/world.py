@@ -11,6 +11,10 @@ import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # RGB of the six colours (ARCHITECTURE.md, "The toy world").
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -144,10 +148,10 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def balanced_specs(split: str, n: int, rng) -> Iterator[ClipSpec]:
+def balanced_specs(split: str, n: int, rng: np.random.Generator) -> Iterator[ClipSpec]:
     """``n`` specs that cycle through the split's combinations, each cycle in a new random order.
 
-    ``rng`` is a ``numpy.random.Generator``; every combination appears ``n // len(split)`` or one
+    ``rng`` draws the orders; every combination appears ``n // len(split)`` or one
     more times, so a small dataset still covers the whole split.
     """
     pool = combinations(split)

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,10 @@ from tqdm.auto import tqdm
 from ..io.files import atomic_path, save_safetensors
 from .config import TrainConfig
 
+if TYPE_CHECKING:
+    from .data import BucketKey, DataConfig
+    from .specs import FamilyModels
+
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
@@ -42,7 +46,7 @@ EMPTY_FILE = "empty_context.safetensors"
 CACHE_VERSION = 1
 
 
-def cache_data_config(config: TrainConfig):
+def cache_data_config(config: TrainConfig) -> DataConfig:
     """The data settings a cache is built with: every sample once, at its base size, text kept."""
     from .data import DataConfig
 
@@ -104,7 +108,7 @@ def write_record(record: dict[str, torch.Tensor], path: Path, metadata: dict[str
         save_file(record, str(temporary), metadata=metadata)
 
 
-def write_index(folder: Path, config: TrainConfig, models) -> None:
+def write_index(folder: Path, config: TrainConfig, models: FamilyModels) -> None:
     """List the cached samples (read back from their files) in ``index.json``."""
     entries = []
     for path in sorted(folder.glob("[0-9]*.safetensors")):
@@ -156,7 +160,7 @@ class CachedLatentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def bucket_keys(self):
+    def bucket_keys(self) -> list[BucketKey]:
         """One bucket per latent shape (data type, height, width, latent frames)."""
         from .data import BucketKey
 
@@ -165,6 +169,7 @@ class CachedLatentDataset(Dataset):
         ]
 
     def source_sides(self) -> list[float]:
+        """``sqrt(h x w)`` of every record's latent, one float per entry (the sampler's size planning input)."""
         return [math.sqrt(e["shape"][2] * e["shape"][3]) for e in self.entries]
 
     def __getitem__(self, request: int) -> dict[str, Any]:

@@ -21,12 +21,17 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from ..io.files import replace_dir, save_safetensors
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +99,7 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
             param.copy_(state[name])
 
 
-def register_trainable_hooks(accelerator) -> None:
+def register_trainable_hooks(accelerator: Accelerator) -> None:
     """Make accelerate's save_state / load_state keep only the trainable parameters of each model."""
 
     def save_hook(models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
@@ -119,13 +124,14 @@ def register_trainable_hooks(accelerator) -> None:
 # ----------------------------------------------------------------------------------------
 # A model sharded by us (FSDP2 on CPU): whole state through torch.distributed.checkpoint
 # ----------------------------------------------------------------------------------------
-def _full_options(**extra):
+def _full_options(**extra: Any) -> StateDictOptions:
+    """Whole (unsharded) state dicts gathered to the CPU, with ``extra`` options."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, cpu_offload=True, **extra)
 
 
-def save_sharded_state(model: nn.Module, optimizer, folder: Path, is_main: bool) -> None:
+def save_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path, is_main: bool) -> None:
     """Gather the model's trainable parameters and the optimizer state (collective) and write them on rank 0."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -134,7 +140,7 @@ def save_sharded_state(model: nn.Module, optimizer, folder: Path, is_main: bool)
         torch.save({"model": model_state, "optimizer": optim_state}, folder / SHARDED_FILE)
 
 
-def load_sharded_state(model: nn.Module, optimizer, folder: Path) -> None:
+def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
     """Inverse of :func:`save_sharded_state` (every rank reads the file)."""
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -152,7 +158,7 @@ def load_sharded_state(model: nn.Module, optimizer, folder: Path) -> None:
 # save / load
 # ----------------------------------------------------------------------------------------
 def save_checkpoint(
-    accelerator,
+    accelerator: Accelerator,
     output_dir: str | os.PathLike,
     step: int,
     state: dict,
@@ -189,7 +195,7 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(accelerator, folder: Path, read_extra: Callable[[Path], None] | None = None) -> dict:
+def load_checkpoint(accelerator: Accelerator, folder: Path, read_extra: Callable[[Path], None] | None = None) -> dict:
     """Restore accelerate's state (and the extras) from ``folder``; returns our training state."""
     accelerator.load_state(str(folder))
     if read_extra is not None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -39,7 +40,13 @@ from .checkpoint import (
 )
 from .config import TrainConfig, save_train_yaml
 from .lora import add_lora, save_lora_file
-from .specs import FlowMatching, get_spec, on_device, sample_generators
+from .specs import FlowMatching, flow_matching_loss, get_spec, on_device, sample_generators
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from .cache import CachedLatentDataset
+    from .data import BucketBatchSampler, VideoDataset
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +119,8 @@ class Trainer:
         self.bad_files: dict[str, str] = {}
 
     # -- set-up ----------------------------------------------------------------------------
-    def _accelerator(self):
+    def _accelerator(self) -> Accelerator:
+        """An ``Accelerator`` set up from the config (precision, accumulation, logging, CPU when no GPU)."""
         from accelerate import Accelerator, DistributedDataParallelKwargs
         from accelerate.utils import ProjectConfiguration
 
@@ -176,7 +184,7 @@ class Trainer:
             eps=config.adam_epsilon,
         )
 
-    def _data(self, rank: int, world: int):
+    def _data(self, rank: int, world: int) -> tuple[VideoDataset | CachedLatentDataset, BucketBatchSampler, DataLoader]:
         """Dataset, global-batch sampler and this process's loader."""
         from .data import BucketBatchSampler, DataConfig, VideoDataset, collate
 
@@ -324,13 +332,17 @@ class Trainer:
             positions = range(first, first + len(batch["index"]))
             generators = sample_generators(config.seed, step, micro, positions)
             with accelerator.accumulate(self.transformer):
-                inputs = spec.build_inputs(self.models, batch, config.train_mode, generators, device)
-                sigmas = objective.sample_sigmas(generators).to(device)  # (B,)
-                noise = objective.noise_like(inputs.latents, generators)
-                noisy = objective.noisy(inputs.latents, noise, sigmas)
-                with accelerator.autocast():
-                    prediction = spec.predict(self.transformer, noisy, sigmas * 1000.0, inputs)
-                loss = objective.loss(prediction, inputs.latents, noise, sigmas)
+                loss = flow_matching_loss(
+                    spec,
+                    self.models,
+                    self.transformer,
+                    objective,
+                    batch,
+                    config.train_mode,
+                    generators,
+                    device,
+                    autocast=accelerator.autocast,
+                )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     if config.max_grad_norm > 0:
@@ -341,7 +353,7 @@ class Trainer:
         self.lr_scheduler.step()
         return accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
 
-    def _stream(self, loader: DataLoader, sampler, epoch: int) -> Iterator[dict]:
+    def _stream(self, loader: DataLoader, sampler: BucketBatchSampler, epoch: int) -> Iterator[dict]:
         """Batches forever, epoch after epoch; keeps ``self.data_state`` at the batches trained on."""
         while True:
             sampler.set_epoch(epoch)

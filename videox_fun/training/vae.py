@@ -139,7 +139,16 @@ def foreground_crops(video: torch.Tensor, size: int, generator: torch.Generator)
     return torch.stack(crops)
 
 
-def _save(vae, optimizer, scheduler, step: int, sampler_state: dict, crop_generator, folder: Path) -> None:
+def _save(
+    vae: AutoencoderKLWan,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    sampler_state: dict,
+    crop_generator: torch.Generator,
+    folder: Path,
+) -> None:
+    """Write the VAE (diffusers layout) and the training state (optimizer, schedule, step, data and RNG states)."""
     # The new checkpoint replaces the previous one only once whole: a run killed while saving resumes from the old one.
     with atomic_dir(folder) as staging:
         vae.save_pretrained(str(staging))

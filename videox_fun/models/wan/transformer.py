@@ -18,6 +18,7 @@ import logging
 import math
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,7 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., C) -> (..., C), normalised over the last dim and scaled by the weight."""
         # torch's fused kernel accumulates in fp32 for half inputs and applies the weight in the same
         # pass (the release rounds to x's dtype before the weight; identical in fp32, closer in bf16).
         return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
@@ -88,6 +90,7 @@ class WanLayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 whatever the storage dtype (bf16 statistics drift)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., C) -> (..., C) in x's dtype, normalised in fp32."""
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
@@ -225,7 +228,7 @@ class WanSelfAttention(nn.Module):
 class WanCrossAttention(WanSelfAttention):
     """Cross-attention to the text tokens; i2v models also attend to 257 CLIP image tokens."""
 
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6, with_image=False):
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6, with_image: bool = False):
         super().__init__(dim, num_heads, qk_norm, eps)
         if with_image:
             self.k_img = nn.Linear(dim, dim)
@@ -238,7 +241,8 @@ class WanCrossAttention(WanSelfAttention):
         context: torch.Tensor,
         context_img: torch.Tensor | None = None,
         context_bias: torch.Tensor | None = None,
-    ):
+    ) -> torch.Tensor:
+        """x (B, L, C), context (B, L_text, C), context_img (B, 257, C), context_bias (B, L_text) -> (B, L, C)."""
         q = self.heads(self.norm_q(self.q(x)))  # (B, L, H, D)
         k = self.heads(self.norm_k(self.k(context)))  # (B, L_text, H, D)
         out = attention(q, k, self.heads(self.v(context)), bias=context_bias)
@@ -264,7 +268,16 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
 class WanAttentionBlock(nn.Module):
     """One DiT block: modulated self-attention, cross-attention, modulated GELU(tanh) FFN."""
 
-    def __init__(self, dim, ffn_dim, num_heads, qk_norm=True, cross_attn_norm=True, eps=1e-6, with_image=False):
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        qk_norm: bool = True,
+        cross_attn_norm: bool = True,
+        eps: float = 1e-6,
+        with_image: bool = False,
+    ):
         super().__init__()
         self.norm1 = WanLayerNorm(dim, eps, elementwise_affine=False)
         self.self_attn = WanSelfAttention(dim, num_heads, qk_norm, eps)
@@ -324,6 +337,7 @@ class WanImageProjection(nn.Module):
         )
 
     def forward(self, clip_tokens: torch.Tensor) -> torch.Tensor:
+        """clip_tokens (B, 257, in_dim) -> (B, 257, out_dim)."""
         return self.proj(clip_tokens)
 
 
@@ -336,6 +350,7 @@ class CameraResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C, H, W) -> (N, C, H, W)."""
         return x + self.conv2(F.relu(self.conv1(x)))
 
 
@@ -349,6 +364,7 @@ class CameraAdapter(nn.Module):
         self.residual_blocks = nn.Sequential(*[CameraResidualBlock(dim) for _ in range(num_blocks)])
 
     def forward(self, rays: torch.Tensor) -> torch.Tensor:
+        """rays (B, in_dim, F, H, W) -> (B, dim, F, H / (8 * patch), W / (8 * patch))."""
         b, c, f, h, w = rays.shape
         frames = rays.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (B*F, C, H, W)
         feats = self.residual_blocks(self.conv(self.unshuffle(frames)))  # (B*F, dim, h', w')
@@ -358,6 +374,23 @@ class CameraAdapter(nn.Module):
 # ----------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------
+class RunBlocks(Protocol):
+    """The signature of :meth:`WanTransformer3DModel.run_blocks`, the seam runtime hooks replace on an instance."""
+
+    def __call__(
+        self,
+        x: torch.Tensor,  # (B, L, C) tokens
+        e0: torch.Tensor,  # (B, 1 or L, 6, C) fp32 time projection
+        context: torch.Tensor,  # (B, L_text, C) embedded text
+        context_img: torch.Tensor | None,  # (B, 257, C) embedded CLIP tokens
+        rope: torch.Tensor,  # (L, D/2) complex rotations
+        context_bias: torch.Tensor | None = None,  # (B, L_text) text-key logits
+        blocks: slice = slice(None),  # the part of the stack to run
+    ) -> torch.Tensor:
+        """The tokens (B, L, C) after the ``blocks`` slice of the block stack."""
+        ...
+
+
 class WanTransformer3DModel(ModelMixin, ConfigMixin):
     """The Wan video DiT. Constructor fields are those of the released ``config.json``."""
 
@@ -566,7 +599,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         folder: str | Path,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
-        **config_overrides,
+        **config_overrides: Any,
     ) -> WanTransformer3DModel:
         """Load a released folder (original Wan layout or diffusers layout, single or sharded).
 

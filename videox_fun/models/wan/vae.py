@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
@@ -288,7 +288,9 @@ def _wan22_key_pairs(res_blocks: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def _rename_all(state: Mapping[str, torch.Tensor], rules, direction: str) -> dict[str, torch.Tensor]:
+def _rename_all(
+    state: Mapping[str, torch.Tensor], rules: Sequence[tuple[re.Pattern[str], str]], direction: str
+) -> dict[str, torch.Tensor]:
     """Every key renamed by the first matching rule; keys no rule knows fail, named."""
     converted, unknown = {}, []
     for key, value in state.items():

@@ -6,7 +6,9 @@ this decides which conditioning channels the pipeline builds and which modes it 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 _SIZES = {
     "1.3B": {"dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30},
@@ -16,7 +18,8 @@ _SIZES = {
 _COMMON = {"patch_size": [1, 2, 2], "text_len": 512, "freq_dim": 256, "text_dim": 4096, "eps": 1e-6}
 
 
-def _preset(size: str, model_type: str, in_dim: int, out_dim: int = 16, **extra) -> dict:
+def _preset(size: str, model_type: str, in_dim: int, out_dim: int = 16, **extra: Any) -> dict:
+    """A released config: the common fields, the size's widths, the input layout and any Fun ``extra`` fields."""
     return {**_COMMON, **_SIZES[size], "model_type": model_type, "in_dim": in_dim, "out_dim": out_dim, **extra}
 
 
@@ -76,7 +79,7 @@ class WanVariant:
         return ("t2v", "v2v")
 
 
-def variant_of(config) -> WanVariant:
+def variant_of(config: Mapping[str, Any]) -> WanVariant:
     """Read the variant off a transformer config (a dict or a diffusers FrozenDict)."""
     z, in_dim = config["out_dim"], config["in_dim"]
     ref, camera = bool(config.get("add_ref_conv")), bool(config.get("add_control_adapter"))
@@ -112,7 +115,7 @@ def variant_for_mode(mode: str) -> str:
     }[mode]
 
 
-def tiny_config(variant: str = "t2v", **overrides) -> dict:
+def tiny_config(variant: str = "t2v", **overrides: Any) -> dict:
     """A tiny config of the real architecture for tests and the offline demo (2 layers, head dim 12)."""
     in_dims = {"t2v": 16, "i2v": 36, "inp": 36, "control": 48, "control_ref": 48, "camera": 32, "ti2v": 48}
     config = {

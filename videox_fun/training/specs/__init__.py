@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +20,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ...pipelines.schedulers import NUM_TRAIN_TIMESTEPS
 from ..config import TrainConfig
+
+Device = torch.device | str  # a device or its name ("cpu", "cuda:0")
 
 
 @dataclass
@@ -58,17 +61,21 @@ class FamilySpec(Protocol):
         ...
 
     def build_inputs(
-        self, models: FamilyModels, batch: dict, mode: str, generators: Sequence[torch.Generator], device
+        self, models: FamilyModels, batch: dict, mode: str, generators: Sequence[torch.Generator], device: Device
     ) -> TrainInputs:
         """A collated batch (pixels or cached latents) -> TrainInputs, with per-sample randomness."""
         ...
 
-    def encode_for_cache(self, models: FamilyModels, batch: dict, mode: str, device) -> list[dict[str, torch.Tensor]]:
+    def encode_for_cache(
+        self, models: FamilyModels, batch: dict, mode: str, device: Device
+    ) -> list[dict[str, torch.Tensor]]:
         """Per-sample tensors written to the latent cache."""
         ...
 
-    def predict(self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: TrainInputs):
-        """The transformer's prediction for noisy latents at ``timesteps`` (B,) in [0, 1000]."""
+    def predict(
+        self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: TrainInputs
+    ) -> torch.Tensor:
+        """The transformer's prediction for noisy latents at ``timesteps`` (B,) in [0, NUM_TRAIN_TIMESTEPS]."""
         ...
 
     def default_shift(self, models: FamilyModels) -> float:
@@ -80,7 +87,7 @@ class FamilySpec(Protocol):
         ...
 
     def sample(
-        self, models: FamilyModels, transformer: nn.Module, prompt: str, seed: int, device
+        self, models: FamilyModels, transformer: nn.Module, prompt: str, seed: int, device: Device
     ) -> tuple[torch.Tensor, float]:
         """A validation video (F, H, W, 3) uint8 and its fps, sampled with the transformer being trained."""
         ...
@@ -110,7 +117,7 @@ def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
 
 @dataclass
 class FlowMatching:
-    """x_t = (1 - s) x0 + s noise, target = noise - x0, timestep = 1000 s.
+    """x_t = (1 - s) x0 + s noise, target = noise - x0, timestep = NUM_TRAIN_TIMESTEPS s (1000 s).
 
     Sigmas come from a logit-normal (SD3), uniform or "mode" density, then the flow shift is
     applied exactly as the inference schedulers apply it; the loss can be weighted over sigma
@@ -165,6 +172,33 @@ class FlowMatching:
         per_sample = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)  # (B,)
         weights = compute_loss_weighting_for_sd3(self.weighting, sigmas.float().to(per_sample.device))
         return (weights * per_sample).mean()
+
+
+def flow_matching_loss(
+    spec: FamilySpec,
+    models: FamilyModels,
+    transformer: nn.Module,
+    objective: FlowMatching,
+    batch: dict,
+    mode: str,
+    generators: Sequence[torch.Generator],
+    device: Device,
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> torch.Tensor:
+    """The flow-matching loss (a scalar) of one (micro-)batch, as every training step computes it.
+
+    ``spec`` builds the inputs (clean latents x0 (B, z, F', h, w) and conditions), then per sample:
+    sigma (B,), noise, x_t = (1 - sigma) x0 + sigma noise, the prediction of ``transformer`` at
+    timesteps sigma x NUM_TRAIN_TIMESTEPS (inside ``autocast()``, e.g. ``accelerator.autocast``), and
+    the objective's weighted MSE to noise - x0. All draws come from ``generators`` (one per sample).
+    """
+    inputs = spec.build_inputs(models, batch, mode, generators, device)
+    sigmas = objective.sample_sigmas(generators).to(device)  # (B,)
+    noise = objective.noise_like(inputs.latents, generators)
+    noisy = objective.noisy(inputs.latents, noise, sigmas)
+    with autocast():
+        prediction = spec.predict(transformer, noisy, sigmas * NUM_TRAIN_TIMESTEPS, inputs)
+    return objective.loss(prediction, inputs.latents, noise, sigmas)
 
 
 def sample_generators(seed: int, step: int, micro: int, positions: Sequence[int]) -> list[torch.Generator]:

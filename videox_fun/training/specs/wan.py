@@ -21,18 +21,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from ...config import config_for_folder
+from ...config import ModelConfig, config_for_folder
 from ...models.wan.keys import blank_clip_tokens
 from ...models.wan.transformer import WanTransformer3DModel
 from ...models.wan.variants import variant_for_mode, variant_of
 from ...pipelines.conditioning import first_frame_latent, mask_channels, masked_video
 from ...pipelines.wan import default_boundary
 from ..config import TrainConfig
-from . import FamilyModels, TrainInputs, choose, on_device, register_spec, uniform
+from . import Device, FamilyModels, TrainInputs, choose, on_device, register_spec, uniform
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _expanded_in_dim(out_dim: int, mode: str) -> int:
     return {"normal": out_dim, "inpaint": 2 * out_dim + 4, "control": 3 * out_dim, "control_ref": 3 * out_dim}[mode]
 
 
-def expert_subpath(settings, boundary_type: str) -> str:
+def expert_subpath(settings: ModelConfig, boundary_type: str) -> str:
     """The transformer to train, from ``--boundary_type``.
 
     A two-expert (Wan2.2 A14B) folder needs ``high`` (its transformer_subpath) or ``low``
@@ -103,6 +104,43 @@ def init_from_t2v(model: WanTransformer3DModel, mode: str) -> WanTransformer3DMo
 # ----------------------------------------------------------------------------------------
 # Sources: decoded pixels (the frozen encoders run now) or cached latents
 # ----------------------------------------------------------------------------------------
+class ConditionSource(Protocol):
+    """Where :meth:`WanSpec.build_inputs` gets the pieces of a micro-batch: :class:`PixelSource` encodes
+    decoded pixels with the frozen encoders, :class:`CachedSource` reads latent-cache records.
+
+    B samples; z latent channels, F' latent frames of h x w; F frames of H x W (pixels, or latents for a cache).
+    Tensors are float32 on the source's device. Methods taking ``generators`` (one per sample) draw from them.
+    """
+
+    def latents(self) -> torch.Tensor:
+        """Clean normalised video latents x0 (B, z, F', h, w)."""
+        ...
+
+    def context(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Text context (B, L, C) of the batch's texts, text dropout applied."""
+        ...
+
+    def inpaint(self, mode: str, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate masks (B, 1, F, H, W) (1 = to generate) and the masked-video latents (B, z, F', h, w)."""
+        ...
+
+    def control_latents(self) -> torch.Tensor:
+        """Latents of the control videos (B, z, F', h, w)."""
+        ...
+
+    def frame_latents(self, frames: Sequence[int]) -> torch.Tensor:
+        """Latents (B, z, h, w) of one frame per sample, frame ``frames[b]`` of sample b."""
+        ...
+
+    def ref_frames(self, generators: Sequence[torch.Generator]) -> list[int]:
+        """The frame index per sample whose latent is the reference image (Fun V1.1 ``ref_latent``)."""
+        ...
+
+    def clip(self, frames: Sequence[int | None]) -> torch.Tensor:
+        """CLIP tokens (B, 257, image_dim) of one frame per sample, zeros where the frame is None."""
+        ...
+
+
 class PixelSource:
     """Conditioning pieces computed from a collated pixel batch with the frozen encoders."""
 
@@ -120,6 +158,7 @@ class PixelSource:
         return torch.cat(parts).float()
 
     def latents(self) -> torch.Tensor:
+        """The batch's video latents (B, z, F', h, w), encoded once."""
         if self._latents is None:
             self._latents = self.encode(self.pixels)
         return self._latents
@@ -144,6 +183,7 @@ class PixelSource:
         return masks, self.encode(kept)
 
     def control_latents(self) -> torch.Tensor:
+        """The control videos (B, 3, F, H, W) encoded to latents (B, z, F', h, w)."""
         if "control_pixel_values" not in self.batch:
             raise ValueError("this mode needs control videos: give control_file_path in the metadata")
         return self.encode(self.batch["control_pixel_values"])
@@ -154,6 +194,7 @@ class PixelSource:
         return self.encode(images[:, :, None])[:, :, 0]
 
     def ref_frames(self, generators: Sequence[torch.Generator]) -> list[int]:
+        """A random pixel frame per sample, drawn from its generator."""
         return [choose(g, self.pixels.shape[2]) for g in generators]
 
     def clip(self, frames: Sequence[int | None]) -> torch.Tensor:
@@ -189,6 +230,7 @@ class CachedSource:
         return self.batch[name].to(self.device).float()
 
     def latents(self) -> torch.Tensor:
+        """The cached video latents (B, z, F', h, w)."""
         return self._get("latents", "video latents")
 
     def context(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -215,18 +257,22 @@ class CachedSource:
         return torch.stack(masks), torch.stack(masked)
 
     def control_latents(self) -> torch.Tensor:
+        """The cached control-video latents (B, z, F', h, w)."""
         return self._get("control_latents", "control videos")
 
     def frame_latents(self, frames: Sequence[int]) -> torch.Tensor:
+        """Latent frame 0 (B, z, h, w): the cache holds no other frame alone, so ``frames`` must be all 0."""
         if any(frames):
             raise ValueError("the cache holds latents of the first frame only")
         return self.latents()[:, :, 0]
 
     def ref_frames(self, generators: Sequence[torch.Generator]) -> list[int]:
+        """Frame 0 for every sample (no draw)."""
         # Latent frame 0 is exactly the encoding of pixel frame 0 (causal VAE); other frames are not cached.
         return [0] * len(generators)
 
     def clip(self, frames: Sequence[int | None]) -> torch.Tensor:
+        """The cached first-frame CLIP tokens (B, 257, image_dim), zeros where None (all zeros when not cached)."""
         b = len(frames)
         if "clip_first" not in self.batch:
             return blank_clip_tokens(b, self.models.transformer.config.image_dim, self.device)
@@ -277,7 +323,9 @@ class WanSpec:
         return models
 
     @staticmethod
-    def load_encoders(folder: Path, settings, transformer, dtype: torch.dtype) -> dict[str, nn.Module]:
+    def load_encoders(
+        folder: Path, settings: ModelConfig, transformer: WanTransformer3DModel, dtype: torch.dtype
+    ) -> dict[str, nn.Module]:
         """VAE, text encoder and (for CLIP models, when shipped) the image encoder, frozen."""
         from ...models.wan.image_encoder import WanImageEncoder
         from ...models.wan.text_encoder import WanTextEncoder
@@ -323,22 +371,25 @@ class WanSpec:
     # -- small facts ---------------------------------------------------------------------------
     @staticmethod
     def text_len(models: FamilyModels) -> int:
+        """Text tokens the transformer takes (the text encoder pads or cuts prompts to it)."""
         return models.transformer.config.text_len
 
     @staticmethod
     def masked_fill(models: FamilyModels) -> float:
+        """The pixel value that fills masked-out regions before VAE encoding (the model config's)."""
         return models.settings.masked_fill
 
     def default_shift(self, models: FamilyModels) -> float:
+        """The flow shift of the model config's generation defaults (training applies the same one)."""
         return models.settings.defaults.shift
 
     # -- inputs --------------------------------------------------------------------------------
     def build_inputs(
-        self, models: FamilyModels, batch: dict, mode: str, generators: Sequence[torch.Generator], device
+        self, models: FamilyModels, batch: dict, mode: str, generators: Sequence[torch.Generator], device: Device
     ) -> TrainInputs:
         """Latents and conditions for one micro-batch; per-sample draws in a fixed order."""
         source_type = CachedSource if "latents" in batch else PixelSource
-        source = source_type(self, models, batch, torch.device(device))
+        source: ConditionSource = source_type(self, models, batch, torch.device(device))
         transformer = models.transformer
         variant = variant_of(transformer.config)
         kinds = {kind for kind, _ in variant.channels}
@@ -377,12 +428,16 @@ class WanSpec:
             conditions["clip_fea"] = source.clip(clip_frames)
         return TrainInputs(latents=latents, conditions=conditions)
 
-    def predict(self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: TrainInputs):
-        """Velocity prediction (B, z, F', h, w)."""
+    def predict(
+        self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: TrainInputs
+    ) -> torch.Tensor:
+        """Velocity prediction (B, z, F', h, w) for noisy latents (B, z, F', h, w) at timesteps (B,)."""
         return transformer(noisy, timesteps, **inputs.conditions)
 
     # -- latent cache --------------------------------------------------------------------------
-    def encode_for_cache(self, models: FamilyModels, batch: dict, mode: str, device) -> list[dict[str, torch.Tensor]]:
+    def encode_for_cache(
+        self, models: FamilyModels, batch: dict, mode: str, device: Device
+    ) -> list[dict[str, torch.Tensor]]:
         """Per-sample records: latents, trimmed text context, and what the mode's conditions need."""
         source = PixelSource(self, models, batch, torch.device(device))
         variant = variant_of(models.transformer.config)
@@ -416,7 +471,7 @@ class WanSpec:
             rows.append(record)
         return rows
 
-    def empty_context(self, models: FamilyModels, device) -> torch.Tensor:
+    def empty_context(self, models: FamilyModels, device: Device) -> torch.Tensor:
         """The text context of the empty prompt (L, C), trimmed like cached contexts."""
         encoder = models.frozen["text_encoder"]
         _, token_mask = encoder.tokenize([""], self.text_len(models))
@@ -435,7 +490,7 @@ class WanSpec:
         clean.save_original(folder)
 
     def sample(
-        self, models: FamilyModels, transformer: nn.Module, prompt: str, seed: int, device
+        self, models: FamilyModels, transformer: nn.Module, prompt: str, seed: int, device: Device
     ) -> tuple[torch.Tensor, float]:
         """A validation video (F, H, W, 3) uint8 and its fps, sampled by WanPipeline with the transformer being trained.
 
