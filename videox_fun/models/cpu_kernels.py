@@ -15,7 +15,8 @@ no module is modified. ``videox-fun bench vae`` measures it against diffusers' o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,10 @@ _ROUTES = {torch.conv3d: onednn_conv3d, F.normalize: sum_of_squares_normalize}
 class CPUFastPaths(TorchFunctionMode):
     """Within this mode, CPU ``conv3d`` and ``normalize`` calls take the fast routes above."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable, types: Collection[type], args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        """Route ``func`` to its fast path when one applies to these arguments, else call it as is."""
         kwargs = kwargs or {}
         route = _ROUTES.get(func)
         if route is not None:

@@ -28,6 +28,8 @@ from .guidance import ClassifierFreeGuidance, Denoiser
 from .schedulers import NUM_TRAIN_TIMESTEPS, make_scheduler, start_index
 
 if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
     from ..models.wan.image_encoder import WanImageEncoder
     from ..models.wan.text_encoder import WanTextEncoder
     from ..models.wan.transformer import WanTransformer3DModel
@@ -503,7 +505,7 @@ class WanPipeline:
         )
 
     def _initial_latents(
-        self, settings: SamplingSettings, seed: int, scheduler, first: int, video: ImageLike | None
+        self, settings: SamplingSettings, seed: int, scheduler: SchedulerMixin, first: int, video: ImageLike | None
     ) -> torch.Tensor:
         """Seeded noise (1, z, F', h, w); for v2v the input video's latents noised to the first step's sigma."""
         shape = (1, self.vae.z_dim, *self.vae.latent_shape(settings.num_frames, settings.height, settings.width))
@@ -520,7 +522,7 @@ class WanPipeline:
         self,
         latents: torch.Tensor,
         timesteps: torch.Tensor,
-        scheduler,
+        scheduler: SchedulerMixin,
         denoise: Denoiser,
         guidance: ClassifierFreeGuidance,
         cond: dict,

@@ -33,7 +33,7 @@ def clip_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _write_json(data, path: Path) -> None:
+def _write_json(data: dict | list, path: Path) -> None:
     """Write JSON under a temporary name first, so a crash never leaves half a file under the real name."""
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2))

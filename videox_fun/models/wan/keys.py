@@ -8,6 +8,7 @@ instead of passing through.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
@@ -18,7 +19,9 @@ CLIP_DIM = 1280  # width of the ViT-H/14 image tokens Wan2.1 i2v models attend t
 CLIP_TOKENS = 257  # tokens per image: a class token + 16 x 16 patches of 224 / 14
 
 
-def blank_clip_tokens(batch: int, image_dim: int, device=None, dtype=None) -> torch.Tensor:
+def blank_clip_tokens(
+    batch: int, image_dim: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """The (B, 257, image_dim) zeros a CLIP model attends to without an image, as the Fun releases train."""
     return torch.zeros(batch, CLIP_TOKENS, image_dim, device=device, dtype=dtype)
 
@@ -70,7 +73,10 @@ _TO_DIFFUSERS = rename_rules(KEY_PAIRS)
 _TO_ORIGINAL = rename_rules(KEY_PAIRS, reverse=True)
 
 
-def _convert(state: Mapping[str, torch.Tensor], rules, direction: str) -> dict[str, torch.Tensor]:
+def _convert(
+    state: Mapping[str, torch.Tensor], rules: list[tuple[re.Pattern[str], str]], direction: str
+) -> dict[str, torch.Tensor]:
+    """Rename every key by ``rules``; a key no rule covers fails, naming it."""
     converted: dict[str, torch.Tensor] = {}
     unknown = []
     for key, tensor in state.items():
