@@ -11,6 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -120,13 +121,21 @@ DIFFUSERS_LAYOUT = {
 }
 
 
-def load_model_config(path: str | Path) -> ModelConfig:
-    """Read a YAML model config."""
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (empty for an empty file); ``what`` names the file in errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     with open(path) as f:
         data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a {what} is a mapping of field: value, not a {type(data).__name__}")
+    return data
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read a YAML model config."""
+    data = read_yaml_mapping(path, "model config")
     try:
         return ModelConfig.from_dict(data)
     except (TypeError, ValueError) as err:

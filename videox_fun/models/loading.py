@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -220,6 +221,11 @@ def with_original_names(
     if not pairs:
         return err
     return CheckpointMismatchError(f"{err}\n  in the original layout: " + ", ".join(pairs[:24]))
+
+
+def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config without its private entries (``_class_name``, ``_diffusers_version``...)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def cast_floating(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

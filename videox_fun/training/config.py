@@ -21,6 +21,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..config import read_yaml_mapping
+
 logger = logging.getLogger(__name__)
 
 TRAIN_MODES = ("normal", "inpaint", "control", "control_ref")
@@ -201,13 +203,7 @@ def config_fields() -> dict[str, dataclasses.Field]:
 
 def read_train_yaml(path: str | Path) -> dict[str, Any]:
     """The fields of a training YAML file; unknown names fail with the list of known ones."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a training config is a mapping of field: value")
+    data = read_yaml_mapping(path, "training config")
     unknown = sorted(set(data) - set(config_fields()))
     if unknown:
         raise ValueError(f"{path}: unknown training config fields {unknown}; see `videox-fun train --help`")

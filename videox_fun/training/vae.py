@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..io.files import atomic_dir, atomic_path, reset_tree_modes
 from ..models.cpu_kernels import CPUFastPaths
+from ..models.loading import public_config
 from .data import BucketBatchSampler, DataConfig, VideoDataset, collate
 
 
@@ -217,7 +218,7 @@ def widen_decoder(vae: AutoencoderKLWan, factor: int, generator: torch.Generator
     """
     narrow_dim = vae.config.decoder_base_dim or vae.config.base_dim
     # Private keys such as ``_use_default_values`` would make from_config drop decoder_base_dim.
-    config = {key: value for key, value in vae.config.items() if not key.startswith("_")}
+    config = public_config(vae.config)
     wide = AutoencoderKLWan.from_config({**config, "decoder_base_dim": narrow_dim * factor})
     narrow_state = vae.state_dict()
     wide_state = {}

@@ -31,6 +31,7 @@ from ..loading import (
     FORMAT_MARKER_KEYS,
     cast_floating,
     load_into,
+    public_config,
     read_folder_state_dict,
     read_state_dict,
     strip_prefix,
@@ -612,10 +613,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         with open(config_path) as f:
             raw = json.load(f)
         state = read_transformer_weights(folder)
-        if is_diffusers_config(raw):
-            config = diffusers_config_to_original(raw)
-        else:
-            config = {k: v for k, v in raw.items() if not k.startswith("_")}
+        config = diffusers_config_to_original(raw) if is_diffusers_config(raw) else public_config(raw)
         config.update(config_overrides)
         config.update(infer_fun_extras(state, config))
         with torch.device("meta"):
@@ -630,7 +628,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        config = public_config(self.config)
         config = {"_class_name": "WanModel", **config}
         with open(folder / "config.json", "w") as f:
             json.dump(config, f, indent=2)

@@ -32,6 +32,7 @@ from torch import nn
 from videox_fun.models.loading import (
     WEIGHT_SUFFIXES,
     CheckpointMismatchError,
+    cast_floating,
     load_into,
     read_folder_state_dict,
     read_state_dict,
@@ -415,7 +416,7 @@ def _build_checked(
             f"'encoder.conv_in.weight' (diffusers layout) is among its keys, e.g. {sorted(state)[:5]}"
         )
     # Cast the tensors, not the model: diffusers' model.to(dtype) warns about fp32-kept modules.
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    state = cast_floating(state, dtype)
     with torch.device("meta"):  # no wasted random init: load_into assigns the checkpoint tensors
         model = AutoencoderKLWan.from_config(dict(config))
     return load_into(model, state, source)

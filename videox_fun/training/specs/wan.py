@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ...config import ModelConfig, config_for_folder
+from ...models.loading import public_config
 from ...models.wan.keys import blank_clip_tokens
 from ...models.wan.transformer import WanTransformer3DModel
 from ...models.wan.variants import variant_for_mode, variant_of
@@ -82,7 +83,7 @@ def init_from_t2v(model: WanTransformer3DModel, mode: str) -> WanTransformer3DMo
     variant = variant_of(model.config)
     if variant.channels:
         raise ValueError(f"--init_from_t2v starts from a T2V checkpoint; this one is already {variant.name}")
-    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    config = public_config(model.config)
     config.update(in_dim=_expanded_in_dim(config["out_dim"], mode), add_ref_conv=mode == "control_ref")
     state = model.state_dict()
     weight = state["patch_embedding.weight"]  # (dim, z, pf, ph, pw)
