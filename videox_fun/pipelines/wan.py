@@ -7,6 +7,7 @@ Which channels exist is read off the transformer's config (:func:`variant_of`).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -286,70 +287,81 @@ class WanPipeline:
         return self._blank_latents[key]
 
     def build_conditions(self, mode: str, inputs: dict, num_frames: int, height: int, width: int) -> dict:
-        """The model inputs besides the latents for one mode: y, clip_fea, camera, ref_latent."""
+        """The model inputs besides the latents for one mode: y, clip_fea, camera, ref_latent (and first_frame)."""
+        image = self._optional_image(inputs.get("image"), height, width)
+        conditions: dict[str, torch.Tensor] = {}
+        if self.variant.first_frame and image is not None:
+            conditions["first_frame"] = self.vae.encode(image[:, :, None]).float()  # (1, z, 1, h, w)
+        if self.variant.channels:
+            channels = self._y_channels(mode, inputs, image, num_frames, height, width)
+            conditions["y"] = self.variant.assemble_y(channels)
+        ref_image = self._optional_image(inputs.get("ref_image"), height, width)
+        clip = self._clip_tokens(image if image is not None else ref_image)
+        if clip is not None:
+            conditions["clip_fea"] = clip
+        if ref_image is not None:
+            if not self.variant.ref_image:
+                raise ValueError("a reference image needs a Fun V1.1 Control model (with ref_conv)")
+            conditions["ref_latent"] = self.vae.encode(ref_image[:, :, None])[:, :, 0].to(self.dtype)  # (1, z, h, w)
+        if mode == "camera":
+            poses = camera_poses(inputs["camera"], num_frames)
+            rays = plucker_embedding(poses, height, width, num_frames=num_frames)  # (F, 6, H, W)
+            conditions["camera"] = pack_frames_in_time(rays.permute(1, 0, 2, 3)[None]).to(self.device, self.dtype)
+        return conditions
+
+    def _optional_image(self, source: ImageLike | None, height: int, width: int) -> torch.Tensor | None:
+        """An input image as (1, 3, H, W) in [-1, 1], or None when not given."""
+        return self._image_tensor(source, height, width) if source is not None else None
+
+    def _y_channels(
+        self, mode: str, inputs: dict, image: torch.Tensor | None, num_frames: int, height: int, width: int
+    ) -> dict[str, torch.Tensor]:
+        """Each conditioning channel kind the variant has, (1, width, F', h, w), from the mode's inputs."""
         num_latent_frames, latent_height, latent_width = self.vae.latent_shape(num_frames, height, width)
         latent_hw = (latent_height, latent_width)
-        blank = torch.zeros(1, 3, num_frames, height, width, device=self.device, dtype=self.dtype)
-        image = self._image_tensor(inputs["image"], height, width) if inputs.get("image") is not None else None
-        end_image = (
-            self._image_tensor(inputs["end_image"], height, width) if inputs.get("end_image") is not None else None
-        )
+        zeros = functools.partial(torch.zeros, device=self.device, dtype=self.dtype)
+        kinds = self.variant.channel_kinds
         channels: dict[str, torch.Tensor] = {}
-
-        kinds = {kind for kind, _ in self.variant.channels}
         if "mask" in kinds:
-            video, known = blank.clone(), []
-            if mode == "inpaint":
-                video = self._video_tensor(inputs["video"], num_frames, height, width)
-                mask = self._video_tensor(inputs["mask"], num_frames, height, width)
-                generate = (mask.mean(dim=1, keepdim=True) > 0).float()  # white (>0 in [-1, 1]) = generate
-            else:
-                if image is not None:
-                    video[:, :, 0], known = image, [0]
-                if end_image is not None:
-                    video[:, :, -1] = end_image
-                    known.append(num_frames - 1)
-                generate = frame_generate_mask(num_frames, height, width, tuple(known)).to(self.device)
+            video, generate = self._inpaint_source(mode, inputs, image, num_frames, height, width)
             channels.update(self._inpaint_channels(video, generate, latent_hw))
         if "control" in kinds:
             control = inputs.get("control_video")
             channels["control"] = (
                 self.vae.encode(self._video_tensor(control, num_frames, height, width)).to(self.dtype)
                 if control is not None
-                else torch.zeros(1, self.vae.z_dim, num_latent_frames, *latent_hw, device=self.device, dtype=self.dtype)
+                else zeros(1, self.vae.z_dim, num_latent_frames, *latent_hw)
             )
         if "start_image" in kinds:
             start = (
                 self.vae.encode(image[:, :, None]).to(self.dtype)
                 if image is not None
-                else torch.zeros(1, self.vae.z_dim, 1, *latent_hw, device=self.device, dtype=self.dtype)
+                else zeros(1, self.vae.z_dim, 1, *latent_hw)
             )
             channels["start_image"] = first_frame_latent(start, num_latent_frames)
+        return channels
 
-        conditions: dict[str, torch.Tensor] = {}
-        if self.variant.first_frame and image is not None:
-            conditions["first_frame"] = self.vae.encode(image[:, :, None]).float()  # (1, z, 1, h, w)
-        if self.variant.channels:
-            conditions["y"] = torch.cat([channels[kind] for kind, _ in self.variant.channels], dim=1)
-        ref_image = inputs.get("ref_image")
-        clip_source = (
-            image
-            if image is not None
-            else (self._image_tensor(ref_image, height, width) if ref_image is not None else None)
-        )
-        clip = self._clip_tokens(clip_source)
-        if clip is not None:
-            conditions["clip_fea"] = clip
-        if ref_image is not None:
-            if not self.variant.ref_image:
-                raise ValueError("a reference image needs a Fun V1.1 Control model (with ref_conv)")
-            ref = self._image_tensor(ref_image, height, width)[:, :, None]  # (1, 3, 1, H, W)
-            conditions["ref_latent"] = self.vae.encode(ref)[:, :, 0].to(self.dtype)
-        if mode == "camera":
-            poses = camera_poses(inputs["camera"], num_frames)
-            rays = plucker_embedding(poses, height, width, num_frames=num_frames)  # (F, 6, H, W)
-            conditions["camera"] = pack_frames_in_time(rays.permute(1, 0, 2, 3)[None]).to(self.device, self.dtype)
-        return conditions
+    def _inpaint_source(
+        self, mode: str, inputs: dict, image: torch.Tensor | None, num_frames: int, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The video (1, 3, F, H, W) an InP model sees and its generate mask (1, 1, F, H, W), 1 = generate.
+
+        inpaint: the given video and mask; otherwise a blank video with the start / end images
+        placed, and those frames known.
+        """
+        if mode == "inpaint":
+            video = self._video_tensor(inputs["video"], num_frames, height, width)
+            mask = self._video_tensor(inputs["mask"], num_frames, height, width)
+            return video, (mask.mean(dim=1, keepdim=True) > 0).float()  # white (>0 in [-1, 1]) = generate
+        video = torch.zeros(1, 3, num_frames, height, width, device=self.device, dtype=self.dtype)
+        known = []
+        if image is not None:
+            video[:, :, 0], known = image, [0]
+        end_image = self._optional_image(inputs.get("end_image"), height, width)
+        if end_image is not None:
+            video[:, :, -1] = end_image
+            known.append(num_frames - 1)
+        return video, frame_generate_mask(num_frames, height, width, tuple(known)).to(self.device)
 
     # -- generation ----------------------------------------------------------------------
     def _expert_settings(self, guidance_scale_2: float) -> dict:
@@ -554,7 +566,7 @@ def warn_on_masked_fill(folder: Path, config: ModelConfig, variant: WanVariant) 
     The two releases share one architecture, so the config decides; VideoX-Fun users pass its
     ``wan_civitai.yaml`` to Fun models out of habit. Only a warning: the folder name is a hint.
     """
-    inpaint = any(kind == "masked_video" for kind, _ in variant.channels)
+    inpaint = "masked_video" in variant.channel_kinds
     if inpaint and config.masked_fill == 0.0 and "fun" in folder.name.lower():
         logger.warning(
             "%s looks like a Wan2.1-Fun release, but this config fills unknown frames with 0 (Wan-AI I2V); "

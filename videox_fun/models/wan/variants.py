@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 _SIZES = {
     "1.3B": {"dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30},
     "14B": {"dim": 5120, "ffn_dim": 13824, "num_heads": 40, "num_layers": 40},
@@ -63,9 +65,24 @@ class WanVariant:
     first_frame: bool = False
 
     @property
+    def channel_kinds(self) -> frozenset[str]:
+        """The kinds of conditioning channels (``mask``, ``masked_video``, ``control``, ``start_image``)."""
+        return frozenset(kind for kind, _ in self.channels)
+
+    def assemble_y(self, channels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The conditioning input ``y`` (B, sum of widths, F', h, w) from each kind's (B, width, F', h, w).
+
+        The kinds are concatenated in the config's order, the order the released weights expect.
+        """
+        missing = [kind for kind, _ in self.channels if kind not in channels]
+        if missing:
+            raise ValueError(f"the {self.name} variant needs conditioning channels {missing}")
+        return torch.cat([channels[kind] for kind, _ in self.channels], dim=1)
+
+    @property
     def modes(self) -> tuple[str, ...]:
         """Generation modes this variant serves (v2v works on any variant: it only changes the start)."""
-        kinds = {kind for kind, _ in self.channels}
+        kinds = self.channel_kinds
         if "mask" in kinds and "control" in kinds:
             return ("control", "inpaint", "i2v", "t2v", "v2v")
         if "mask" in kinds:

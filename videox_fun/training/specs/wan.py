@@ -393,7 +393,7 @@ class WanSpec:
         source: ConditionSource = source_type(self, models, batch, torch.device(device))
         transformer = models.transformer
         variant = variant_of(transformer.config)
-        kinds = {kind for kind, _ in variant.channels}
+        kinds = variant.channel_kinds
 
         conditions: dict[str, torch.Tensor] = {"context": source.context(generators)}
         latents = source.latents()  # (B, z, F', h, w)
@@ -416,7 +416,7 @@ class WanSpec:
             channels["start_image"] = start * torch.tensor(given, device=latents.device).view(-1, 1, 1, 1, 1)
             clip_frames = [0 if g else None for g in given]
         if variant.channels:
-            conditions["y"] = torch.cat([channels[kind] for kind, _ in variant.channels], dim=1)
+            conditions["y"] = variant.assemble_y(channels)
         if mode == "control_ref":
             frames = source.ref_frames(generators)
             keep = torch.tensor([uniform(g) >= CONDITION_DROP for g in generators], device=latents.device)
@@ -442,7 +442,7 @@ class WanSpec:
         """Per-sample records: latents, trimmed text context, and what the mode's conditions need."""
         source = PixelSource(self, models, batch, torch.device(device))
         variant = variant_of(models.transformer.config)
-        kinds = {kind for kind, _ in variant.channels}
+        kinds = variant.channel_kinds
         b, _, f, h, w = source.pixels.shape
         records: dict[str, torch.Tensor] = {
             "latents": source.latents(),
