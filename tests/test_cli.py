@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
+from helpers import decode_video, frame_count_and_size
 
 from videox_fun.cli import build_parser, main
 from videox_fun.io.video import write_video
@@ -24,12 +24,6 @@ FAST = ["--steps", "1", "--frames", "5", "--height", "32", "--width", "32", "--q
 @pytest.fixture(scope="module")
 def inp_folder(tmp_path_factory):
     return build_tiny_model_folder(tmp_path_factory.mktemp("models") / "Tiny-InP", "inp")
-
-
-def frame_count_and_size(path: Path) -> tuple[int, tuple[int, int]]:
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    return len(frames), frames[0].shape[:2]
 
 
 def test_generate_writes_the_named_file_and_its_settings(inp_folder, tmp_path):
@@ -203,8 +197,7 @@ def test_lora_path_merges_at_its_weight(inp_folder, tmp_path, capsys):
     def frames(name: str, *extra: str) -> np.ndarray:
         out = tmp_path / f"{name}.mp4"
         assert main(["generate", "--prompt", "x", "--model", str(inp_folder), "--output", str(out), *FAST, *extra]) == 0
-        with av.open(str(out)) as container:
-            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        return decode_video(out)
 
     plain = frames("plain")
     np.testing.assert_array_equal(frames("zero", "--lora-path", str(lora), "--lora-weight", "0"), plain)
@@ -330,11 +323,6 @@ def test_an_example_script_given_another_modes_inputs_says_which_mode():
     assert done.returncode != 0 and "serves control; these inputs ask for camera (--mode camera)" in done.stderr
 
 
-def decoded_frames(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
 def test_transformer_path_takes_a_folder_or_a_diffusers_named_file(inp_folder, tmp_path):
     import shutil
 
@@ -352,11 +340,11 @@ def test_transformer_path_takes_a_folder_or_a_diffusers_named_file(inp_folder, t
     common = ["--prompt", "a red circle moving right", "--seed", "3", *FAST]
     for model, name in ((other, "other"), (inp_folder, "base")):
         main(["generate", "--model", str(model), "--output", str(tmp_path / f"{name}.mp4"), *common])
-    expected = decoded_frames(tmp_path / "other.mp4")
-    assert not np.array_equal(expected, decoded_frames(tmp_path / "base.mp4"))  # the weights matter
+    expected = decode_video(tmp_path / "other.mp4")
+    assert not np.array_equal(expected, decode_video(tmp_path / "base.mp4"))  # the weights matter
     for name, source in (("folder", other), ("file", tmp_path / "diffusers_named.safetensors")):
         out = tmp_path / f"{name}.mp4"
         flags = ["--transformer-path", str(source), "--output", str(out)]
         assert main(["generate", "--model", str(inp_folder), *flags, *common]) == 0
-        assert np.array_equal(decoded_frames(out), expected), name
+        assert np.array_equal(decode_video(out), expected), name
         assert json.loads(out.with_suffix(".json").read_text())["transformer_path"] == str(source)

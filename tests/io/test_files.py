@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import seeded_transformer
 
 from videox_fun.io.camera import static, write_camera_trajectory
 from videox_fun.io.files import atomic_dir, atomic_path, replace_dir, save_safetensors
@@ -35,8 +36,7 @@ def mode(path: Path) -> int:
 
 
 def tiny_model() -> WanTransformer3DModel:
-    torch.manual_seed(0)
-    return WanTransformer3DModel.from_config(tiny_config("t2v", text_dim=32)).eval()
+    return seeded_transformer(tiny_config("t2v", text_dim=32))
 
 
 @pytest.mark.parametrize(("name", "frames"), [("clip.mp4", 3), ("clip.gif", 3), ("still.png", 1)])

@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import decode_video
 from PIL import Image
 
 from videox_fun.io import (
@@ -33,11 +34,6 @@ def _smooth_frames(num_frames: int, height: int, width: int) -> np.ndarray:
     return np.clip(np.stack(frames), 0, 255).astype(np.uint8)  # (F, H, W, 3)
 
 
-def _decode_with_pyav(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
 def _mean_abs_error(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
 
@@ -48,7 +44,7 @@ def test_mp4_round_trip_matches_independent_pyav_decode(tmp_path: Path) -> None:
     assert written == tmp_path / "sub" / "clip.mp4" and written.is_file()
     assert not [p for p in written.parent.iterdir() if ".partial" in p.name]
 
-    decoded = _decode_with_pyav(written)
+    decoded = decode_video(written)
     assert decoded.shape == (9, 48, 64, 3)
     assert _mean_abs_error(decoded, frames) < 3.0
     with av.open(str(written)) as container:
@@ -73,7 +69,7 @@ def test_the_same_frames_encode_to_the_same_file(tmp_path: Path) -> None:
 def test_read_video_stride_count_and_resize(tmp_path: Path) -> None:
     frames = _smooth_frames(10, 32, 48)
     path = write_video(frames, tmp_path / "clip.mp4")
-    decoded = _decode_with_pyav(path)
+    decoded = decode_video(path)
 
     strided = read_video(path, num_frames=3, stride=2)
     assert np.array_equal(strided.numpy(), decoded[[0, 2, 4]])
@@ -89,11 +85,11 @@ def test_read_video_stride_count_and_resize(tmp_path: Path) -> None:
 def test_webm_and_gif(tmp_path: Path) -> None:
     frames = _smooth_frames(5, 32, 32)
     webm = write_video(frames, tmp_path / "clip.webm", fps=10)
-    decoded = _decode_with_pyav(webm)
+    decoded = decode_video(webm)
     assert decoded.shape == (5, 32, 32, 3) and _mean_abs_error(decoded, frames) < 4.0
 
     gif = write_video(frames, tmp_path / "clip.gif", fps=10)
-    decoded = _decode_with_pyav(gif)
+    decoded = decode_video(gif)
     assert decoded.shape == (5, 32, 32, 3) and _mean_abs_error(decoded, frames) < 6.0
     assert np.array_equal(read_video(gif).numpy(), decoded)
 
@@ -132,7 +128,7 @@ def test_odd_size_is_padded_with_a_warning(tmp_path: Path) -> None:
     frames = _smooth_frames(3, 31, 45)
     with pytest.warns(UserWarning, match="odd"):
         path = write_video(frames, tmp_path / "odd.mp4")
-    decoded = _decode_with_pyav(path)
+    decoded = decode_video(path)
     assert decoded.shape == (3, 32, 46, 3)
     assert _mean_abs_error(decoded[:, :31, :45], frames) < 3.0
     # the padding repeats the edge, so the extra row looks like the last one

@@ -6,38 +6,13 @@ import json
 
 import pytest
 import torch
-from diffusers import WanTransformer3DModel as DiffusersWan
+from model_helpers import diffusers_twin, random_model
 from safetensors.torch import load_file, save_file
 
 from videox_fun.models.loading import CheckpointMismatchError
-from videox_fun.models.wan.keys import (
-    diffusers_to_original_keys,
-    original_config_to_diffusers,
-    original_to_diffusers_keys,
-)
+from videox_fun.models.wan.keys import diffusers_to_original_keys, original_to_diffusers_keys
 from videox_fun.models.wan.transformer import WanTransformer3DModel, read_transformer_weights, rope_axis_dims
 from videox_fun.models.wan.variants import PRESETS, tiny_config, variant_of
-
-
-def random_model(config: dict, seed: int = 0) -> WanTransformer3DModel:
-    """A tiny model whose every parameter (norms and modulation too) is random."""
-    torch.manual_seed(seed)
-    model = WanTransformer3DModel.from_config(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.2)
-    return model
-
-
-def diffusers_twin(model: WanTransformer3DModel, tmp_path) -> DiffusersWan:
-    """diffusers' own model, loaded from our original-format file through ``from_single_file``."""
-    model.save_original(tmp_path / "ours")
-    config_dir = tmp_path / "diffusers_config"
-    config_dir.mkdir()
-    config = {"_class_name": "WanTransformer3DModel", **original_config_to_diffusers(dict(model.config))}
-    (config_dir / "config.json").write_text(json.dumps(config))
-    single_file = tmp_path / "ours" / "diffusion_pytorch_model.safetensors"
-    return DiffusersWan.from_single_file(str(single_file), config=str(config_dir), torch_dtype=torch.float32).eval()
 
 
 @pytest.mark.parametrize("variant", ["t2v", "i2v"])

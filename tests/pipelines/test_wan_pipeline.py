@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from helpers import frame_count_and_size
 from test_against_diffusers import diffusers_pipeline
 
 from videox_fun.io.camera import make_trajectory, write_camera_trajectory
@@ -49,13 +49,6 @@ def media(tmp_path_factory):
     return paths
 
 
-def read_back(path):
-    """Frame count and (height, width) of a video file, decoded by PyAV itself."""
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    return len(frames), frames[0].shape[:2]
-
-
 MODE_CASES = [
     ("t2v", "inp", {}),
     ("t2v", "t2v", {}),
@@ -87,7 +80,7 @@ def test_mode_writes_a_video_pyav_reads(folders, media, tmp_path, mode, model, i
     )
     assert result.frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
     path = write_video(result.frames, tmp_path / f"{mode}.mp4", fps=8)
-    assert read_back(path) == (FRAMES, (HEIGHT, WIDTH))
+    assert frame_count_and_size(path) == (FRAMES, (HEIGHT, WIDTH))
 
 
 def test_same_seed_same_video_and_seed_matters(folders):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
+from helpers import free_port, seeded_transformer
 
 from videox_fun.io.video import write_video
 from videox_fun.models.wan.tiny import build_tiny_model_folder
@@ -66,13 +66,6 @@ class Case:
             fsdp_text_encoder=self.fsdp,
             device="cpu",
         )
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _enter_world(rank: int, world: int, port: int) -> None:
@@ -152,8 +145,7 @@ def pipeline_cases(cases: list[Case], folders: dict, image: Path) -> dict:
 
 def tiny_transformer(num_heads: int = 3) -> WanTransformer3DModel:
     """A t2v tiny transformer whose head count does not divide by 2 (head dim 12)."""
-    torch.manual_seed(0)
-    return WanTransformer3DModel.from_config(tiny_config("t2v", dim=12 * num_heads, num_heads=num_heads)).eval()
+    return seeded_transformer(tiny_config("t2v", dim=12 * num_heads, num_heads=num_heads))
 
 
 def transformer_inputs() -> dict:
@@ -232,8 +224,3 @@ def run_cases(
 def load_ranks(out_dir: Path, world: int) -> list[dict]:
     """The result dicts saved by each rank."""
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(world)]
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest absolute difference."""
-    return (a.float() - b.float()).abs().max().item()

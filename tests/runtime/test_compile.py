@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import seeded_transformer
 
 from videox_fun.models.wan.transformer import WanTransformer3DModel, rope_axis_dims
 from videox_fun.models.wan.variants import tiny_config
@@ -13,8 +14,7 @@ from videox_fun.runtime.compile import apply_riflex, compile_blocks, remove_rifl
 
 
 def tiny_model() -> WanTransformer3DModel:
-    torch.manual_seed(0)
-    return WanTransformer3DModel.from_config(tiny_config("t2v", dim=48, num_heads=2)).eval()
+    return seeded_transformer(tiny_config("t2v", dim=48, num_heads=2))
 
 
 def inputs(frames: int = 3):

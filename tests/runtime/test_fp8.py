@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from helpers import seeded_transformer
 from safetensors.torch import save_file
 
 from videox_fun.metrics import psnr
@@ -19,8 +20,7 @@ from videox_fun.runtime.fp8 import (
 
 
 def model_and_inputs(seed: int = 0):
-    torch.manual_seed(seed)
-    model = WanTransformer3DModel.from_config(tiny_config("t2v", dim=256, ffn_dim=512, num_heads=4)).eval()
+    model = seeded_transformer(tiny_config("t2v", dim=256, ffn_dim=512, num_heads=4), seed)
     inputs = (torch.randn(1, 16, 2, 8, 8), torch.tensor([700.0]), torch.randn(1, 8, 32))
     return model, inputs
 

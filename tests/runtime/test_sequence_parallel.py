@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from parallel_harness import TOLERANCE, Case, max_diff, run_cases
+from helpers import max_diff
+from parallel_harness import TOLERANCE, Case, run_cases
 
 from videox_fun.models.attention import attention_with_lse
 from videox_fun.runtime.parallel import layout_ranks, merge_attention

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import pytest
-from parallel_harness import TOLERANCE, Case, max_diff, run_cases
+from helpers import max_diff
+from parallel_harness import TOLERANCE, Case, run_cases
 
 WORLD = 4
 CASES = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import seeded_transformer
 
 from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.models.wan.variants import tiny_config
@@ -13,8 +14,7 @@ TARGETS = ("q", "k", "v", "o", "ffn.0", "ffn.2")
 
 
 def tiny() -> WanTransformer3DModel:
-    torch.manual_seed(0)
-    return WanTransformer3DModel.from_config(tiny_config("t2v", text_dim=32)).eval()
+    return seeded_transformer(tiny_config("t2v", text_dim=32))
 
 
 def test_targets_and_skip_names():

@@ -6,15 +6,11 @@ import json
 import shutil
 
 import pytest
+from helpers import state_dict_max_diff
 from safetensors.torch import load_file
 
 from videox_fun.training.checkpoint import list_checkpoints, resolve_resume
 from videox_fun.training.trainer import train
-
-
-def max_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 @pytest.mark.parametrize(
@@ -40,7 +36,7 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(make_config, tmp_p
 
     name = "lora.safetensors" if settings.get("use_lora") else "transformer/diffusion_pytorch_model.safetensors"
     weights = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "split" / name))
-    difference = max_difference(*weights)
+    difference = state_dict_max_diff(*weights)
     print(f"{variant}: resumed vs uninterrupted max abs diff {difference:.2e}")
     assert difference <= 1e-6
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from helpers import seeded_transformer
 
 from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.models.wan.variants import tiny_config, variant_of
@@ -56,8 +57,7 @@ def test_sample_generators_depend_on_the_global_position_only():
 
 
 def test_init_from_t2v_zero_pads_only_the_new_input_channels():
-    torch.manual_seed(0)
-    t2v = WanTransformer3DModel.from_config(tiny_config("t2v", text_dim=32)).eval()
+    t2v = seeded_transformer(tiny_config("t2v", text_dim=32))
     for mode, in_dim in (("inpaint", 36), ("control", 48), ("control_ref", 48)):
         expanded = init_from_t2v(t2v, mode).eval()
         assert expanded.config.in_dim == in_dim and hasattr(expanded, "ref_conv") == (mode == "control_ref")
@@ -122,7 +122,6 @@ def test_control_ref_inputs(make_config):
 def test_training_starts_from_a_transformer_path_fp8_files_widened(make_config, model_folders, tmp_path):
     from safetensors.torch import save_file
 
-    from videox_fun.models.wan.transformer import WanTransformer3DModel
     from videox_fun.runtime.fp8 import quantize_to_fp8
 
     start = WanTransformer3DModel.from_pretrained(model_folders("inp"))

@@ -7,23 +7,17 @@ steps DDP and FSDP hold the weights one process gets, up to float summation orde
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
 import pytest
+from helpers import free_port, state_dict_max_diff
 from safetensors.torch import load_file
 from training_helpers import REPO, TRAIN_SCRIPT, subprocess_env
 
 from videox_fun.training.trainer import train
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(accelerate_config: str, config, output_dir, *extra: str) -> None:
@@ -64,12 +58,11 @@ def test_two_processes_match_one_with_the_doubled_batch_ddp_and_fsdp(make_config
 
     reference = load_file(str(one.output_dir / WEIGHTS))
     start = load_file(str(config.pretrained_model_name_or_path + "/diffusion_pytorch_model.safetensors"))
-    moved = max((reference[k] - start[k]).abs().max().item() for k in reference)
+    moved = state_dict_max_diff(reference, start)
     assert moved > 1e-3  # the steps did train
     for name in ("ddp", "fsdp"):
         theirs = load_file(str(tmp_path / name / WEIGHTS))
-        assert theirs.keys() == reference.keys()
-        difference = max((theirs[k] - reference[k]).abs().max().item() for k in reference)
+        difference = state_dict_max_diff(theirs, reference)
         print(
             f"{name} (2 processes x batch 1) vs 1 process x batch 2: max abs diff {difference:.2e} (moved {moved:.2e})"
         )
@@ -87,6 +80,6 @@ def test_an_fsdp_run_stopped_and_resumed_matches_one_process(make_config, tmp_pa
     launch("fsdp.yaml", config, tmp_path / "fsdp", "--resume_from_checkpoint=latest")
     reference = load_file(str(one.output_dir / WEIGHTS))
     resumed = load_file(str(tmp_path / "fsdp" / WEIGHTS))
-    difference = max((resumed[k] - reference[k]).abs().max().item() for k in reference)
+    difference = state_dict_max_diff(resumed, reference)
     print(f"FSDP stopped at 2, resumed to 4 vs 1 process to 4: max abs diff {difference:.2e}")
     assert difference <= 2e-5

@@ -5,10 +5,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
+from helpers import decode_video
 from torch.utils.data import DataLoader
 
 from videox_fun.io.video import frames_to_tensor, write_video
@@ -24,11 +24,6 @@ from videox_fun.training.data import (
     collate,
     write_test_dataset,
 )
-
-
-def _pyav_frames(path: str | Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])  # (F, H, W, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,8 +47,8 @@ def test_samples_have_the_documented_shapes_and_match_an_independent_pyav_decode
     # from some start on, and the control clip starts at the same frame.
     index = next(i for i, e in enumerate(dataset.entries) if e.file_path == "videos/00000003.mp4")
     sample = dataset[index]
-    source = frames_to_tensor(_pyav_frames(dataset.entries[index].path))  # (3, 17, 48, 48)
-    control = frames_to_tensor(_pyav_frames(dataset.entries[index].control_path))
+    source = frames_to_tensor(decode_video(dataset.entries[index].path))  # (3, 17, 48, 48)
+    control = frames_to_tensor(decode_video(dataset.entries[index].control_path))
     starts = [s for s in range(17 - 9 + 1) if torch.equal(source[:, s : s + 9], sample["pixel_values"])]
     assert len(starts) == 1
     assert torch.equal(control[:, starts[0] : starts[0] + 9], sample["control_pixel_values"])
@@ -85,7 +80,7 @@ def test_clip_start_and_text_dropout_are_reproducible_per_seed_epoch_and_index(m
     assert all(s["text"] == ("" if s["text_dropped"] else "a yellow square moving right") for s in samples)
     fixed = VideoDataset(mixed_config(random_clip_start=False))
     first = fixed[SampleRequest(index, bucket, 0)]["pixel_values"]
-    assert torch.equal(first, frames_to_tensor(_pyav_frames(dataset.entries[index].path)[:9]))
+    assert torch.equal(first, frames_to_tensor(decode_video(dataset.entries[index].path)[:9]))
 
 
 def test_text_dropout_rate(tmp_path: Path) -> None:

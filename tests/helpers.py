@@ -1,0 +1,57 @@
+"""Helpers shared by tests in several folders: a PyAV decode, a free port, a seeded tiny transformer, max differences.
+
+Importable as ``helpers`` from every test module: ``tests/conftest.py`` puts this folder on ``sys.path``.
+Helpers used by one folder only stay there (``runtime/parallel_harness.py``, ``training/training_helpers.py``,
+``models/model_helpers.py``).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from videox_fun.models.wan.transformer import WanTransformer3DModel
+
+
+def decode_video(path: str | Path) -> np.ndarray:
+    """Every frame of the first video stream as RGB, decoded by PyAV itself (not our reader): (F, H, W, 3) uint8."""
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def frame_count_and_size(path: str | Path) -> tuple[int, tuple[int, int]]:
+    """Frame count and (height, width) of a video file, from :func:`decode_video`."""
+    frames = decode_video(path)
+    return len(frames), frames.shape[1:3]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seeded_transformer(config: Mapping, seed: int = 0) -> WanTransformer3DModel:
+    """A Wan transformer of ``config`` in eval mode, its initial weights drawn after ``torch.manual_seed(seed)``.
+
+    The global generator is left where the initialisation leaves it, so what a test draws next is reproducible too.
+    """
+    torch.manual_seed(seed)
+    return WanTransformer3DModel.from_config(config).eval()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference of two tensors, computed in float32."""
+    return (a.float() - b.float()).abs().max().item()
+
+
+def state_dict_max_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """Largest absolute difference over all tensors of two state dicts, which must have the same keys."""
+    assert a.keys() == b.keys(), sorted(set(a.keys()) ^ set(b.keys()))
+    return max(max_diff(a[key], b[key]) for key in a)
