@@ -1,4 +1,5 @@
-"""Helpers shared by tests in several folders: a PyAV decode, a free port, a seeded tiny transformer, max differences.
+"""Helpers shared by tests in several folders: a PyAV decode, a free port, a seeded tiny transformer, max
+differences, and diffusers' own model and pipeline holding the weights of ours.
 
 Importable as ``helpers`` from every test module: ``tests/conftest.py`` puts this folder on ``sys.path``.
 Helpers used by one folder only stay there (``runtime/parallel_harness.py``, ``training/training_helpers.py``,
@@ -7,6 +8,7 @@ Helpers used by one folder only stay there (``runtime/parallel_harness.py``, ``t
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,8 +16,13 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from diffusers import WanPipeline as DiffusersWanPipeline
+from diffusers import WanTransformer3DModel as DiffusersWan
 
+from videox_fun.models.wan.keys import original_config_to_diffusers
 from videox_fun.models.wan.transformer import WanTransformer3DModel
+from videox_fun.pipelines.schedulers import make_scheduler
+from videox_fun.pipelines.wan import WanPipeline
 
 
 def decode_video(path: str | Path) -> np.ndarray:
@@ -55,3 +62,30 @@ def state_dict_max_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Ten
     """Largest absolute difference over all tensors of two state dicts, which must have the same keys."""
     assert a.keys() == b.keys(), sorted(set(a.keys()) ^ set(b.keys()))
     return max(max_diff(a[key], b[key]) for key in a)
+
+
+def diffusers_twin(model: WanTransformer3DModel, tmp_path: Path, name: str = "ours") -> DiffusersWan:
+    """diffusers' own transformer with ``model``'s weights, read from our original-layout file.
+
+    Through diffusers' ``from_single_file``, its own reader of the released layout.
+    """
+    folder = tmp_path / name
+    model.save_original(folder)
+    config_dir = folder / "diffusers_config"
+    config_dir.mkdir()
+    config = {"_class_name": "WanTransformer3DModel", **original_config_to_diffusers(dict(model.config))}
+    (config_dir / "config.json").write_text(json.dumps(config))
+    single_file = folder / "diffusion_pytorch_model.safetensors"
+    return DiffusersWan.from_single_file(str(single_file), config=str(config_dir), torch_dtype=torch.float32).eval()
+
+
+def diffusers_pipeline(ours: WanPipeline, tmp_path: Path, **experts) -> DiffusersWanPipeline:
+    """diffusers' WanPipeline holding the same weights as ``ours`` (``experts``: transformer_2, boundary_ratio)."""
+    return DiffusersWanPipeline(
+        tokenizer=ours.text_encoder.tokenizer,
+        text_encoder=ours.text_encoder.model,
+        vae=ours.vae.model,
+        scheduler=make_scheduler("Flow", shift=3.0),
+        transformer=diffusers_twin(ours.transformer, tmp_path, "high" if experts else "ours"),
+        **experts,
+    )

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 from diffusers import WanPipeline as DiffusersWanPipeline
-from model_helpers import diffusers_twin, random_model
+from helpers import diffusers_twin
+from model_helpers import random_model
 from safetensors.torch import save_file
 
 from videox_fun.models.lora import merge_lora, read_lora_file

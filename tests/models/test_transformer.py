@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from model_helpers import diffusers_twin, random_model
+from helpers import diffusers_twin
+from model_helpers import random_model
 from safetensors.torch import load_file, save_file
 
 from videox_fun.models.loading import CheckpointMismatchError

@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 from diffusers import WanPipeline as DiffusersWanPipeline
-from diffusers import WanTransformer3DModel as DiffusersWan
+from helpers import diffusers_pipeline, diffusers_twin
 
 from videox_fun.config import DIFFUSERS_LAYOUT, ModelConfig
-from videox_fun.models.wan.keys import original_config_to_diffusers
 from videox_fun.models.wan.tiny import build_tiny_model_folder
 from videox_fun.pipelines.schedulers import make_scheduler
 from videox_fun.pipelines.wan import WanPipeline
@@ -28,26 +27,6 @@ def t2v_folder(tmp_path_factory):
     return folder
 
 
-def diffusers_transformer(model, tmp_path, name: str = "single") -> DiffusersWan:
-    """diffusers' model with the weights of one of ours (read from our original-layout file)."""
-    config = {"_class_name": "WanTransformer3DModel", **original_config_to_diffusers(dict(model.config))}
-    model.save_original(tmp_path / name)
-    single = tmp_path / name / "diffusion_pytorch_model.safetensors"
-    return DiffusersWan.from_single_file(str(single), config=_write_config(config, tmp_path / name)).eval()
-
-
-def diffusers_pipeline(ours: WanPipeline, tmp_path, **experts) -> DiffusersWanPipeline:
-    """diffusers' WanPipeline holding the same weights as ``ours`` (``experts``: transformer_2, boundary_ratio)."""
-    return DiffusersWanPipeline(
-        tokenizer=ours.text_encoder.tokenizer,
-        text_encoder=ours.text_encoder.model,
-        vae=ours.vae.model,
-        scheduler=make_scheduler("Flow", shift=3.0),
-        transformer=diffusers_transformer(ours.transformer, tmp_path),
-        **experts,
-    )
-
-
 def latents_of_both(ours: WanPipeline, theirs: DiffusersWanPipeline, settings: dict):
     """Our output and diffusers' latents for one prompt, seed and set of settings (Flow sampler, shift 3)."""
     prompt, negative = "a red circle moving right", "a blue square"
@@ -55,13 +34,6 @@ def latents_of_both(ours: WanPipeline, theirs: DiffusersWanPipeline, settings: d
     generator = torch.Generator("cpu").manual_seed(7)
     theirs_out = theirs(prompt, negative_prompt=negative, generator=generator, output_type="latent", **settings)
     return out, theirs_out.frames
-
-
-def _write_config(config: dict, tmp_path) -> str:
-    folder = tmp_path / "diffusers_config"
-    folder.mkdir(exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    return str(folder)
 
 
 def test_t2v_latents_match_diffusers_wan_pipeline(t2v_folder, tmp_path):
@@ -92,7 +64,7 @@ def test_two_expert_latents_match_diffusers_boundary_ratio(tmp_path, boundary):
         (folder / expert / "config.json").write_text(json.dumps({**config, "text_len": 512}))
     ours = WanPipeline.from_pretrained(folder)
     assert ours.transformer_2 is not None and ours.boundary == boundary
-    low = diffusers_transformer(ours.transformer_2, tmp_path, "low")
+    low = diffusers_twin(ours.transformer_2, tmp_path, "low")
     theirs = diffusers_pipeline(ours, tmp_path, transformer_2=low, boundary_ratio=boundary)
     settings = {**SETTINGS, "num_inference_steps": 6, "guidance_scale": 4.0, "guidance_scale_2": 2.0}
     out, their_latents = latents_of_both(ours, theirs, settings)
@@ -119,7 +91,7 @@ def test_ti2v_first_frame_i2v_matches_diffusers_expand_timesteps(tmp_path):
         text_encoder=ours.text_encoder.model,
         vae=ours.vae.model,
         scheduler=make_scheduler("Flow", shift=3.0),
-        transformer=diffusers_transformer(ours.transformer, tmp_path),
+        transformer=diffusers_twin(ours.transformer, tmp_path),
         expand_timesteps=True,
     )
     pixels = torch.Generator().manual_seed(0)

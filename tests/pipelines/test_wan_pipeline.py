@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-from helpers import frame_count_and_size
-from test_against_diffusers import diffusers_pipeline
+from helpers import diffusers_pipeline, frame_count_and_size
 
 from videox_fun.io.camera import make_trajectory, write_camera_trajectory
 from videox_fun.io.video import write_video

@@ -8,7 +8,6 @@ changes ours; the full fine-tune is written in the original layout and loads wit
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,27 +17,16 @@ import torch
 import torch.nn.functional as F
 import yaml
 from diffusers import WanPipeline as DiffusersWanPipeline
-from diffusers import WanTransformer3DModel as DiffusersWan
+from helpers import diffusers_twin
 from training_helpers import TRAIN_SCRIPT, fixed_noise_loss, subprocess_env
 
 from videox_fun.cli import main
 from videox_fun.io.video import read_video
-from videox_fun.models.wan.keys import original_config_to_diffusers
 from videox_fun.models.wan.tiny import build_tiny_model_folder
 from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.training.lora import load_lora, read_lora_file
 from videox_fun.training.specs import FlowMatching
 from videox_fun.training.trainer import train
-
-
-def diffusers_transformer(folder, tmp_path) -> DiffusersWan:
-    """diffusers' Wan transformer holding the weights of our model folder."""
-    config = json.loads((folder / "config.json").read_text())
-    diffusers_config = {"_class_name": "WanTransformer3DModel", **original_config_to_diffusers(config)}
-    (tmp_path / "diffusers_config").mkdir()
-    (tmp_path / "diffusers_config" / "config.json").write_text(json.dumps(diffusers_config))
-    weights = str(folder / "diffusion_pytorch_model.safetensors")
-    return DiffusersWan.from_single_file(weights, config=str(tmp_path / "diffusers_config")).eval()
 
 
 def test_lora_from_the_train_script_lowers_the_loss_and_loads_in_diffusers(make_config, tmp_path):
@@ -81,7 +69,7 @@ def test_lora_from_the_train_script_lowers_the_loss_and_loads_in_diffusers(make_
     assert after < 0.9 * before, (before, after)
 
     # The same change in diffusers: base and LoRA-loaded outputs on one input.
-    theirs = diffusers_transformer(Path(folder), tmp_path)
+    theirs = diffusers_twin(base, tmp_path)
     pipe = DiffusersWanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None, transformer=theirs)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 2, 4, 4, generator=generator)
