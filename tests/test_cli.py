@@ -348,3 +348,72 @@ def test_transformer_path_takes_a_folder_or_a_diffusers_named_file(inp_folder, t
         assert main(["generate", "--model", str(inp_folder), *flags, *common]) == 0
         assert np.array_equal(decode_video(out), expected), name
         assert json.loads(out.with_suffix(".json").read_text())["transformer_path"] == str(source)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--shift", "0"], "--shift must be above 0"),
+        (["--strength", "0"], "--strength must be in (0, 1]"),
+        (["--seed", str(2**70)], "--seed must be in"),
+        (["--teacache-threshold", "0.2"], "--cache-threshold: no effect without --cache"),
+        (["--num-skip-start-steps", "2"], "--num-skip-start-steps: no effect without --cache"),
+        (["--cache", "teacache", "--num-skip-start-steps", "-1"], "--num-skip-start-steps must be 0 or more"),
+        (["--lora-weight", "0.5"], "--lora-weight without --lora-path"),
+        (["--lora-path", "missing.safetensors"], "--lora-path: no file missing.safetensors"),
+        (["--transformer-path", "missing/"], "--transformer-path missing: no such file or folder"),
+        (["--riflex-k", "0"], "--riflex-k is a frame frequency index from 1"),
+        (["--output", "{folder}"], "is a folder: name a file"),
+        (["--output", "README.md/x.mp4"], "README.md is a file, not a folder"),
+        (["--output-dir", "README.md"], "README.md is a file, not a folder"),
+    ],
+)
+def test_flags_that_cannot_work_fail_before_any_model_loads(flags, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    (tmp_path / "folder.mp4").mkdir()
+    flags = [flag.format(folder=tmp_path / "folder.mp4") for flag in flags]
+    # The model folder does not exist: a check that came after loading would fail on that instead.
+    assert main(["generate", "--prompt", "x", "--model", "no/such/model", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_nobody_may_write_fails_before_loading():
+    import os
+    import shutil
+    import tempfile
+
+    # Not under pytest's tmp_path: its root folder is private to the user running the tests.
+    tmp_path = Path(tempfile.mkdtemp(prefix="videox-fun-locked-"))
+    tmp_path.chmod(0o755)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    command = [sys.executable, "-m", "videox_fun.cli", "generate", "--prompt", "x", "--model", "no/such/model"]
+    command += ["--output-dir", str(locked / "sub")]
+    if os.geteuid() == 0:  # root writes anywhere: run it as nobody
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv to drop privileges")
+        command = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *command]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+    assert done.returncode == 2 and "no permission to write" in done.stderr, done.stderr
+
+
+def test_other_commands_check_their_outputs_and_counts_first(tmp_path, capsys):
+    calibrate = ["calibrate-cache", "--model", str(build_tiny_model_folder(tmp_path / "m", "t2v"))]
+    assert main([*calibrate, "--out", str(tmp_path)]) == 2
+    assert "is a folder: name a file" in capsys.readouterr().err
+    assert main([*calibrate, "--steps", "2"]) == 2  # 4 prompts x 1 step pair for a degree-4 fit
+    assert "cannot fit a degree-4 polynomial" in capsys.readouterr().err
+    assert main(["bench", "vae", "--out", str(tmp_path)]) == 2
+    assert main(["toyworld", "prompts", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit):
+        main(["bench", "cache", "--prompts", "0"])
+    assert "must be 1 or more" in capsys.readouterr().err
+
+
+def test_eval_of_a_folder_where_nothing_can_be_judged_fails(tmp_path, capsys):
+    write_video(np.zeros((5, 32, 32, 3), dtype=np.uint8), tmp_path / "a.mp4", fps=8)  # no sidecar
+    assert main(["eval", "toyworld", str(tmp_path), "--quiet"]) == 2
+    assert "no video in" in capsys.readouterr().err

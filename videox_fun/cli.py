@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("videox_fun")
 
 MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera")
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 class SampleSize(argparse.Action):
@@ -151,6 +153,7 @@ def check_before_loading(args: argparse.Namespace, mode: str, num_prompts: int) 
     """Fail on inputs, output names and values that cannot work, before any weights are read."""
     from .io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
     from .pipelines.wan import MODE_INPUTS, require_inputs
+    from .runtime.options import check_runtime_options
 
     require_inputs(mode, {name: getattr(args, name) for name in MODE_INPUTS})
     if args.output is not None:
@@ -162,10 +165,37 @@ def check_before_loading(args: argparse.Namespace, mode: str, num_prompts: int) 
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if not 0.0 <= args.cfg_skip_ratio <= 1.0:
-        raise ValueError(f"--cfg-skip-ratio is a share of the steps, between 0 and 1; got {args.cfg_skip_ratio}")
-    if args.fp8 != "plain" and "qfloat8" not in args.gpu_memory_mode:
-        raise ValueError(f"--fp8 {args.fp8} needs a *_qfloat8 --gpu-memory-mode (got {args.gpu_memory_mode})")
+    if args.shift is not None and args.shift <= 0:
+        raise ValueError(f"--shift must be above 0 (3 for 480p, 5 for 720p), got {args.shift}")
+    if not 0.0 < args.strength <= 1.0:
+        raise ValueError(f"--strength must be in (0, 1], got {args.strength}")
+    if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1] - (num_prompts - 1):
+        raise ValueError(f"--seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] for every prompt, got {args.seed}")
+    check_runtime_options(args)
+    check_output_location(args.output, args.output_dir)
+
+
+def check_output_location(output: Path | None, output_dir: Path | None, flag: str = "--output") -> None:
+    """Fail now, not after the work, when the result could not be written where asked."""
+    if output is not None:
+        if output.is_dir():
+            raise ValueError(f"{flag} {output} is a folder: name a file")
+        check_writable_folder(output.parent, f"{flag} {output}")
+    if output_dir is not None:
+        check_writable_folder(output_dir, f"--output-dir {output_dir}")
+    if output is None and output_dir is None:
+        check_writable_folder(Path("samples"), "the default output folder samples/")
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """``folder`` exists as a writable folder or can be created: its nearest existing ancestor is one."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: no permission to write in {existing}")
 
 
 def run_generate(args: argparse.Namespace) -> list[Path]:
@@ -311,10 +341,26 @@ def run_parsed(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     try:
         args.handler(args)
-    except (FileNotFoundError, ValueError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        print(f"error: out of memory ({str(err).splitlines()[0]}): try a smaller size or fewer frames, or a "
+              "--gpu-memory-mode that offloads", file=sys.stderr)  # fmt: skip
+        return 2
     return 0
+
+
+# Mistakes in what the user asked for: one line, exit code 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, ValueError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether an error is an allocation failure (torch.OutOfMemoryError on a GPU, the CPU allocator's)."""
+    text = str(err)
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
 
 
 def example_main(*modes: str) -> None:

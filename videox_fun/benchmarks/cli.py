@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..argparsing import DefaultsHelpFormatter
+from ..argparsing import DefaultsHelpFormatter, non_negative_int, positive_int
 
 BENCHMARKS = ("transformer", "pipeline", "vae", "fp8", "cache", "memory", "startup")
 
@@ -17,11 +17,15 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("name", choices=BENCHMARKS)
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME_<device>.json)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (transformer, pipeline, vae, startup)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=5, help="timed rounds (transformer, pipeline, vae, startup)"
+    )
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     parser.add_argument("--model", help="model for cache / memory (default: the built-in tiny model)")
-    parser.add_argument("--prompts", type=int, default=8, help="cache: prompts per threshold")
-    parser.add_argument("--skip-start", type=int, default=1, help="cache: steps always computed at the start")
+    parser.add_argument("--prompts", type=positive_int, default=8, help="cache: prompts per threshold")
+    parser.add_argument(
+        "--skip-start", type=non_negative_int, default=1, help="cache: steps always computed at the start"
+    )
     parser.add_argument("--no-eval", action="store_true", help="cache: skip the toy-world evaluation")
     parser.add_argument("--plot", type=Path, help="cache: PNG of speed-up vs PSNR")
     parser.set_defaults(handler=run_bench)
@@ -32,9 +36,15 @@ def run_bench(args: argparse.Namespace) -> dict:
     import torch
     from diffusers.utils import logging as diffusers_logging
 
+    from ..cli import check_output_location
     from . import cache, fp8, memory, pipeline, startup, transformer, vae
     from .common import write_json
 
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    out = args.out or Path("benchmarks/results") / f"{args.name}_{device}.json"
+    check_output_location(out, None, "--out")  # before the benchmark, not after it
+    if args.plot is not None:
+        check_output_location(args.plot, None, "--plot")
     if args.threads:
         torch.set_num_threads(args.threads)
     diffusers_logging.set_verbosity_error()  # its fp32-module notes on dtype casts are not ours to fix here
@@ -52,8 +62,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         result = startup.run(args.repeats)
     else:
         result = memory.run(args.model)
-    device = "gpu" if torch.cuda.is_available() else "cpu"
-    write_json(result, args.out or Path("benchmarks/results") / f"{args.name}_{device}.json")
+    write_json(result, out)
     if args.name == "cache" and args.plot:  # after the JSON: a missing plotting library loses nothing
         cache.plot(result, args.plot)
     return result

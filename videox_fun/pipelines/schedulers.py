@@ -13,7 +13,9 @@ NUM_TRAIN_TIMESTEPS = 1000
 def make_scheduler(
     name: str = "Flow", shift: float = 3.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
 ) -> SchedulerMixin:
-    """``Flow`` (flow-match Euler), ``Flow_Unipc`` or ``Flow_DPM++`` with the flow ``shift``."""
+    """``Flow`` (flow-match Euler), ``Flow_Unipc`` or ``Flow_DPM++`` with the flow ``shift`` (> 0)."""
+    if not shift > 0:  # 0 puts every sigma at 0 (a black video), a negative one outside [0, 1]
+        raise ValueError(f"flow shift must be above 0, got {shift}")
     if name == "Flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
     flow = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": shift}

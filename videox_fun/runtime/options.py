@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 CACHES = ("none", "teacache", "first-block")
 DEFAULT_THRESHOLDS = {"teacache": 0.1, "first-block": 0.05}
+DEFAULT_SKIP_START_STEPS = 5
+# Flags that only mean something with a step cache: given without --cache they would be ignored.
+CACHE_FLAGS = ("cache_threshold", "teacache_indicator", "num_skip_start_steps", "cache_offload_residuals")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +93,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "published set is for it, else time_embedding)",
     )
     group.add_argument(
-        "--num-skip-start-steps", type=int, default=5, help="steps computed in full before caching starts (default 5)"
+        "--num-skip-start-steps",
+        type=int,
+        help=f"steps computed in full before caching starts (default {DEFAULT_SKIP_START_STEPS})",
     )
     group.add_argument("--cache-offload-residuals", action="store_true", help="keep cached residuals in CPU memory")
     group.add_argument(
@@ -110,6 +115,39 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="RIFLEx: lower this frame frequency (6 for Wan2.1) to generate past the trained length",
     )
+
+
+def check_runtime_options(args: argparse.Namespace) -> None:
+    """Fail on speed / memory / weight flags that cannot work or would be ignored, before loading."""
+    if not 0.0 <= args.cfg_skip_ratio <= 1.0:
+        raise ValueError(f"--cfg-skip-ratio is a share of the steps, between 0 and 1; got {args.cfg_skip_ratio}")
+    if args.fp8 != "plain" and "qfloat8" not in args.gpu_memory_mode:
+        raise ValueError(f"--fp8 {args.fp8} needs a *_qfloat8 --gpu-memory-mode (got {args.gpu_memory_mode})")
+    if args.cache == "none":
+        ignored = [name for name in CACHE_FLAGS if getattr(args, name) not in (None, False)]
+        if ignored:
+            raise ValueError(f"{_flag_names(ignored)}: no effect without --cache teacache or first-block")
+    if args.num_skip_start_steps is not None and args.num_skip_start_steps < 0:
+        raise ValueError(f"--num-skip-start-steps must be 0 or more, got {args.num_skip_start_steps}")
+    if args.cache_threshold is not None and args.cache_threshold < 0:
+        raise ValueError(f"--cache-threshold must be 0 or more, got {args.cache_threshold}")
+    if args.riflex_k is not None and args.riflex_k < 1:
+        raise ValueError(f"--riflex-k is a frame frequency index from 1, got {args.riflex_k}")
+    for suffix in ("", "_high"):
+        paths, weights = getattr(args, f"lora{suffix}_path") or [], getattr(args, f"lora{suffix}_weight")
+        if weights and not paths:
+            raise ValueError(f"{_flag_names([f'lora{suffix}_weight'])} without {_flag_names([f'lora{suffix}_path'])}")
+        lora_weights(weights, len(paths))  # one weight for all, or one each
+        for name in paths:
+            resolve_lora(name)
+        path = getattr(args, f"transformer{suffix}_path")
+        if path is not None and not path.exists():
+            raise FileNotFoundError(f"{_flag_names([f'transformer{suffix}_path'])} {path}: no such file or folder")
+
+
+def _flag_names(names: list[str]) -> str:
+    """Option names as flags (``cache_threshold`` -> ``--cache-threshold``)."""
+    return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
 def apply_weight_options(pipe: WanPipeline, args: argparse.Namespace) -> dict:
@@ -188,7 +226,7 @@ def apply_runtime_options(pipe: WanPipeline, args: argparse.Namespace, folder: P
         two_experts = len(pipe.transformers) > 1
         for transformer in pipe.transformers:  # each expert skips by its own accumulated change
             attach_cache(transformer, args.cache, threshold, args, folder, two_experts)
-        applied.update(cache=args.cache, cache_threshold=threshold, num_skip_start_steps=args.num_skip_start_steps)
+        applied.update(cache=args.cache, cache_threshold=threshold, num_skip_start_steps=skip_start_steps(args))
         if args.cache == "teacache":
             applied["teacache_indicator"] = teacache_indicator(args.teacache_indicator, two_experts)
     if args.riflex_k is not None:
@@ -221,12 +259,17 @@ def attach_cache(
     two_experts: bool = False,
 ) -> StepCache:
     """A TeaCache (coefficients from the folder's calibration or the published ones) or first-block cache."""
-    common = {"num_skip_start_steps": args.num_skip_start_steps, "offload_residuals": args.cache_offload_residuals}
+    common = {"num_skip_start_steps": skip_start_steps(args), "offload_residuals": args.cache_offload_residuals}
     if kind == "first-block":
         return FirstBlockCache(transformer, threshold, **common)
     indicator = teacache_indicator(args.teacache_indicator, two_experts)
     coefficients = coefficients_for(transformer, folder, indicator, two_experts)
     return TeaCache(transformer, coefficients, threshold, indicator=indicator, **common)
+
+
+def skip_start_steps(args: argparse.Namespace) -> int:
+    """``--num-skip-start-steps``, or its default."""
+    return DEFAULT_SKIP_START_STEPS if args.num_skip_start_steps is None else args.num_skip_start_steps
 
 
 def teacache_indicator(asked: str | None, two_experts: bool) -> str:
@@ -283,7 +326,7 @@ CALIBRATION_PROMPTS = (
 
 def run_calibrate(args: argparse.Namespace) -> Path:
     """Run the prompts uncached, record (indicator change, residual change) per step, fit and save."""
-    from ..cli import read_prompts, resolve_device_and_dtype
+    from ..cli import check_output_location, read_prompts, resolve_device_and_dtype
     from ..config import config_for_folder
     from ..pipelines.wan import WanPipeline
     from ..registry import PACKAGED_DIR, resolve_model
@@ -293,7 +336,14 @@ def run_calibrate(args: argparse.Namespace) -> Path:
     out = args.out or folder / CALIBRATION_FILE
     if args.out is None and folder.resolve().is_relative_to(PACKAGED_DIR.resolve()):
         raise ValueError(f"{folder.name} ships inside the package with its calibration: give --out FILE to fit another")
+    check_output_location(out, None, "--out")  # before the runs, not after them
     prompts = read_prompts(args.prompts_file) if args.prompts_file else list(CALIBRATION_PROMPTS)
+    steps = args.steps or config_for_folder(folder).defaults.steps
+    if len(prompts) * (steps - 1) <= args.degree:  # each run gives steps - 1 pairs at most
+        raise ValueError(
+            f"{len(prompts)} prompt(s) x {steps - 1} step pairs cannot fit a degree-{args.degree} polynomial: "
+            "give more --steps or prompts, or a lower --degree"
+        )
     device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     pipe = WanPipeline.from_pretrained(folder, config=config_for_folder(folder), device=device, dtype=dtype)
     if "t2v" not in pipe.variant.modes and not (args.control_video or args.image):

@@ -79,11 +79,15 @@ def run_write_dataset(args: argparse.Namespace) -> Path:
 
 def run_prompts(args: argparse.Namespace) -> Path:
     """Write a prompts file over every combination of a split (canonical captions)."""
+    from ..cli import check_output_location
+    from ..io.files import atomic_path
     from .world import caption, combinations
 
+    check_output_location(args.output, None, "prompts file")
     lines = [caption(spec) for _ in range(args.repeats) for spec in combinations(args.split)]
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
+    with atomic_path(args.output) as temporary:
+        temporary.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output} ({len(lines)} prompts)")
     return args.output
 
@@ -95,6 +99,12 @@ def run_eval(args: argparse.Namespace) -> dict:
 
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None
     report = evaluate_folder(args.video_dir, prompts=prompts, progress=not args.quiet)
+    if report["all"]["count"] == 0:
+        reasons = "; ".join(f"{item['file']}: {item['reason']}" for item in report["skipped"][:3])
+        raise ValueError(
+            f"no video in {args.video_dir} could be evaluated: each needs the .json that generate writes beside it "
+            f"(or give --prompts-file){'; ' + reasons if reasons else ''}"
+        )
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

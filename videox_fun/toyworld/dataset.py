@@ -17,6 +17,7 @@ dataset folder as it judges generated videos (the ground truth should score 100 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from ..io.files import atomic_path
 from ..io.video import write_image, write_video
 from .render import INPAINT_MASKS, Clip, as_size, render_clip, resolve_spec
 from .world import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_SIZE, SPLITS, balanced_specs, caption, combinations
+
+logger = logging.getLogger(__name__)
 
 
 def clip_seed(seed: int, index: int) -> int:
@@ -106,6 +109,9 @@ def write_dataset(
     for spec in combinations(split):  # fail before writing anything when some path cannot fit the frame
         resolve_spec(spec, as_size(size), frames, np.random.default_rng(0))
     folder = Path(folder)
+    earlier = folder / f"metadata_{split}.json"
+    if earlier.is_file():  # a rewrite: the metadata will list only the new clips
+        logger.warning("%s already holds a %s split: its clips and %s are overwritten", folder, split, earlier.name)
     rng = np.random.default_rng(seed)
     metadata = []
     specs = balanced_specs(split, n, rng)
