@@ -112,3 +112,28 @@ def test_wan22_ti2v_5b_original_folder_is_recognised(tmp_path):
     defaults = config.defaults
     assert (defaults.height, defaults.width, defaults.num_frames, defaults.fps) == (704, 1280, 121, 24)
     assert (defaults.steps, defaults.shift, defaults.guidance_scale) == (50, 5.0, 5.0)
+
+
+def test_broken_config_files_fail_in_one_line_naming_the_file(tmp_path):
+    (tmp_path / "videox_fun.yaml").write_text("format: civitai\nfoo: [unclosed\n")
+    with pytest.raises(ValueError, match=r"videox_fun\.yaml:3:1: model config is not valid YAML: expected") as info:
+        config_for_folder(tmp_path)
+    assert "\n" not in str(info.value)
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42\xff\xfe\x80")  # --config pointed at a video
+    with pytest.raises(ValueError, match=r"clip\.mp4: a model config must be UTF-8 text"):
+        config_for_folder(tmp_path, override=tmp_path / "clip.mp4")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match=r"list\.yaml: a model config is a mapping"):
+        load_model_config(tmp_path / "list.yaml")
+
+    diffusers = tmp_path / "diffusers"
+    diffusers.mkdir()
+    (diffusers / "model_index.json").write_text('{"transformer": ["diffusers", "WanTransformer3DModel"],}')
+    with pytest.raises(ValueError, match=r"model_index\.json:1:56: diffusers model index is not valid JSON"):
+        config_for_folder(diffusers)
+    two = tmp_path / "a14b"
+    for sub in ("high_noise_model", "low_noise_model"):
+        (two / sub).mkdir(parents=True)
+        (two / sub / "config.json").write_text("{bad")
+    with pytest.raises(ValueError, match=r"high_noise_model/config\.json:1:2: model config is not valid JSON"):
+        config_for_folder(two)

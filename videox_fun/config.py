@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -121,16 +122,45 @@ DIFFUSERS_LAYOUT = {
 }
 
 
-def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """The mapping a YAML file holds (empty for an empty file); ``what`` names the file in errors."""
+def _parse_error(path: Path, what: str, err: Exception) -> ValueError:
+    """One line naming the file (and where in it) for a YAML / JSON / UTF-8 decoding failure."""
+    if isinstance(err, UnicodeDecodeError):
+        return ValueError(f"{path}: a {what} must be UTF-8 text ({err.reason} at byte {err.start})")
+    if isinstance(err, json.JSONDecodeError):
+        return ValueError(f"{path}:{err.lineno}:{err.colno}: {what} is not valid JSON: {err.msg}")
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        line, column = err.problem_mark.line + 1, err.problem_mark.column + 1
+        return ValueError(f"{path}:{line}:{column}: {what} is not valid YAML: {err.problem}")
+    return ValueError(f"{path}: {what} is not valid YAML: {' '.join(str(err).split())}")
+
+
+def _read_mapping(path: str | Path, what: str, parse: Callable[[IO[str]], Any]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = parse(f)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _parse_error(path, what, err) from err
+    if data is None:  # an empty YAML file
+        data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a {what} is a mapping of field: value, not a {type(data).__name__}")
     return data
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (empty for an empty file); ``what`` names the file in errors.
+
+    A file that is not YAML (or not UTF-8) raises a one-line ``ValueError`` naming it and the line.
+    """
+    return _read_mapping(path, what, yaml.safe_load)
+
+
+def read_json_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The object a JSON file holds; ``what`` names the file in errors, as for :func:`read_yaml_mapping`."""
+    return _read_mapping(path, what, json.load)
 
 
 def load_model_config(path: str | Path) -> ModelConfig:
@@ -172,7 +202,7 @@ WAN22_TI2V_5B = {
 
 def two_expert_config(folder: Path) -> ModelConfig:
     """The config of a Wan2.2 A14B folder in the original layout (T2V or I2V, read off its config.json)."""
-    model_type = json.loads((folder / TWO_EXPERT_LAYOUT["transformer_subpath"] / "config.json").read_text())
+    model_type = read_json_mapping(folder / TWO_EXPERT_LAYOUT["transformer_subpath"] / "config.json", "model config")
     settings = dict(WAN22_A14B_DEFAULTS["i2v" if model_type.get("model_type") == "i2v" else "t2v"])
     boundary = settings.pop("boundary")
     defaults = {"height": 720, "width": 1280, "sampler": "Flow_Unipc", **settings}
@@ -192,7 +222,7 @@ def config_for_folder(folder: str | Path, override: str | Path | None = None) ->
     if (folder / FOLDER_CONFIG_NAME).is_file():
         return load_model_config(folder / FOLDER_CONFIG_NAME)
     if (folder / "model_index.json").is_file():
-        index = json.loads((folder / "model_index.json").read_text())
+        index = read_json_mapping(folder / "model_index.json", "diffusers model index")
         experts = {"transformer_2_subpath": "transformer_2", "boundary": index.get("boundary_ratio")}
         # The index names transformer_2 ([null, null]) even when there is none: look for the folder.
         two_experts = (folder / "transformer_2" / "config.json").is_file()

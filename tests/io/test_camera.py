@@ -81,6 +81,54 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path) -> None:
         read_camera_trajectory(tmp_path / "missing.txt")
 
 
+GOOD_POSE = "0 0.5 0.9 0.5 0.5 0 0 1 0 0 0 0 1 0 0 0 0 1 0"
+
+
+def _with(**changes: str) -> str:
+    """GOOD_POSE with some numbers replaced, by 0-based column (``c3="nan"`` sets cx)."""
+    values = GOOD_POSE.split()
+    for column, value in changes.items():
+        values[int(column[1:])] = value
+    return " ".join(values)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (_with(c3="nan"), r"number 4 \(cx\) must be finite, got nan"),
+        (_with(c1="inf"), r"number 2 \(fx\) must be finite, got inf"),
+        (_with(c10="-inf"), r"number 11 \(t1\) must be finite"),
+        (_with(c13="nan"), r"number 14 \(r23\) must be finite"),
+        (_with(c1="0"), r"fx must be positive, got 0\.0"),
+        (_with(c2="-0.9"), r"fy must be positive, got -0\.9"),
+        (_with(c7="0", c12="0", c17="0"), r"the rotation part of w2c is singular"),
+    ],
+    ids=["nan_cx", "inf_fx", "inf_t", "nan_r", "zero_fx", "negative_fy", "singular_R"],
+)
+def test_non_finite_or_degenerate_poses_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    # Each of these used to give NaN (or zero) Plücker rays, so an all-black video with no word.
+    path = tmp_path / "cams.txt"
+    path.write_text(f"https://example.com\n{GOOD_POSE}\n{line}\n")
+    with pytest.raises(CameraTrajectoryError, match=rf"cams\.txt:3: {message}"):
+        read_camera_trajectory(path)
+
+
+def test_poses_built_in_code_are_checked_too() -> None:
+    with pytest.raises(CameraTrajectoryError, match="fx must be positive"):
+        CameraPose(0.0, 0.9, 0.5, 0.5)
+    with pytest.raises(CameraTrajectoryError, match="cy must be finite"):
+        CameraPose(0.5, 0.9, 0.5, math.nan)
+    w2c = torch.eye(4, dtype=torch.float64)
+    w2c[1, 3] = math.inf
+    with pytest.raises(CameraTrajectoryError, match=r"w2c\[1\]\[3\] must be finite"):
+        CameraPose(0.5, 0.9, 0.5, 0.5, w2c=w2c)
+    w2c = torch.eye(4, dtype=torch.float64)
+    w2c[3, 3] = 0.0
+    with pytest.raises(CameraTrajectoryError, match="w2c is singular"):
+        CameraPose(0.5, 0.9, 0.5, 0.5, w2c=w2c)
+    assert torch.isfinite(plucker_embedding(static(2), 8, 8)).all()
+
+
 def test_trajectory_makers_follow_videox_fun_assets() -> None:
     # VideoX-Fun asset/Pan_Left.txt: 81 frames, w2c t_x = 1.5 * i / 81,
     # intrinsics 0.532139961 0.946026558 0.5 0.5

@@ -185,3 +185,33 @@ def test_frames_tensor_conversion() -> None:
     assert torch.equal(tensor_to_frames(video), frames)
     clamped = tensor_to_frames(torch.tensor([-3.0, 0.0, 3.0]).view(3, 1, 1, 1))
     assert clamped.flatten().tolist() == [0, 128, 255]
+
+
+def test_16_bit_and_float_grey_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    levels = np.array([[0, 257, 32896, 65535], [128, 129, 65406, 32768]], dtype=np.uint16)
+    expected = np.array([[0, 1, 128, 255], [0, 1, 254, 128]], dtype=np.uint8)  # round(v / 257)
+    Image.fromarray(levels).save(tmp_path / "gray16.png")  # PIL mode I;16, as a 16-bit PNG
+    assert Image.open(tmp_path / "gray16.png").mode == "I;16"
+    image = read_image(tmp_path / "gray16.png")
+    assert image.shape == (2, 4, 3) and np.array_equal(image.numpy(), np.repeat(expected[..., None], 3, axis=-1))
+    # a mid-grey 16-bit mask or video frame reads as mid-grey, not as white
+    Image.fromarray(np.full((8, 8), 32896, np.uint16)).save(tmp_path / "mid.png")
+    assert read_video(tmp_path / "mid.png").unique().tolist() == [128]
+
+    for name, data in [
+        ("big_endian.tif", levels.astype(">u2")),  # I;16B
+        ("int32.tif", levels.astype(np.int32)),  # I: what older Pillow releases give 16-bit PNGs
+        ("float.tif", levels.astype(np.float32) / 65535),  # F: 0..1
+    ]:
+        Image.fromarray(data).save(tmp_path / name)
+        assert np.array_equal(read_image(tmp_path / name)[..., 0].numpy(), expected), name
+
+    # values outside the range a mode is scaled by fail, naming the file, instead of being clipped
+    for name, data in [
+        ("hdr.tif", np.array([[0.0, 2.5]], np.float32)),
+        ("nan.tif", np.array([[0.0, np.nan]], np.float32)),
+        ("wide.tif", np.array([[0, 70000]], np.int32)),
+    ]:
+        Image.fromarray(data).save(tmp_path / name)
+        with pytest.raises(VideoReadError, match=rf"{name}.*(0\.\.1|NaN|0\.\.65535)"):
+            read_image(tmp_path / name)

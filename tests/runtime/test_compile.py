@@ -75,3 +75,14 @@ def test_riflex_changes_only_one_frame_frequency_and_is_removable():
 def test_riflex_k_must_be_positive():
     with pytest.raises(ValueError, match="riflex-k"):
         apply_riflex(tiny_model(), 0)
+
+
+def test_riflex_k_beyond_the_frame_frequencies_names_the_range():
+    model = tiny_model()
+    frame_frequencies = rope_axis_dims(model.head_dim)[0] // 2
+    apply_riflex(model, frame_frequencies)  # the last one is allowed
+    assert model.rotary((13, 2, 2), torch.device("cpu")).shape[0] == 13 * 2 * 2
+    remove_riflex(model)
+    with pytest.raises(ValueError, match=rf"--riflex-k must be between 1 and {frame_frequencies} .*got 1000"):
+        apply_riflex(model, 1000)
+    assert "rotary" not in model.__dict__  # nothing was changed

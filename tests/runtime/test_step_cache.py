@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +97,53 @@ def test_wan22_experts_get_their_own_published_set_not_wan21s(tmp_path):
     assert wan22[0] == pytest.approx(8.10705460e03) and wan22 != coefficients_for(expert, None, "time_projection")
     with pytest.raises(ValueError, match="time_projection"):
         coefficients_for(expert, None, "time_embedding", two_experts=True)
+
+
+@pytest.fixture
+def meta_model():
+    from videox_fun.models.wan.transformer import WanTransformer3DModel
+
+    with torch.device("meta"):
+        return WanTransformer3DModel.from_config(PRESETS["Wan2.1-T2V-1.3B"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{trunc\n", r"cache_calibration\.json:1:2: cache calibration is not valid JSON"),
+        ('{"coefficients": [1, 2]}', r"cache_calibration\.json: a cache calibration needs an 'indicator'"),
+        ('{"indicator": "time_embedding"}', r"cache_calibration\.json: .*non-empty list of 'coefficients'"),
+        ('{"indicator": "time_embedding", "coefficients": ["x"]}', r"list of 'coefficients', got \['x'\]"),
+        ("[1, 2]", r"cache_calibration\.json: a cache calibration is a mapping"),
+    ],
+    ids=["bad_json", "no_indicator", "no_coefficients", "not_numbers", "not_a_mapping"],
+)
+def test_broken_calibration_file_is_named(meta_model, tmp_path, content, message):
+    (tmp_path / CALIBRATION_FILE).write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        coefficients_for(meta_model, tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_save_calibration_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / CALIBRATION_FILE
+    save_calibration(path, [1.0, 2.0], "time_embedding", 7)
+    before = path.read_text()
+    real_write_text = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)  # half of it lands, then the write fails
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_calibration(path, [3.0, 4.0], "time_embedding", 9)
+    with pytest.raises(OSError, match="No space"):
+        save_calibration(tmp_path / "new.json", [3.0, 4.0], "time_embedding", 9)
+    monkeypatch.undo()
+    assert path.read_text() == before and json.loads(before)["samples"] == 7  # the old file, whole
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [CALIBRATION_FILE]  # no partial file
+    with pytest.raises(ValueError, match="is a folder"):
+        save_calibration(tmp_path, [1.0], "time_embedding", 1)
+    save_calibration(tmp_path / "new" / "sub" / "cal.json", [1.0], "time_embedding", 1)  # folders are made
+    assert json.loads((tmp_path / "new" / "sub" / "cal.json").read_text())["coefficients"] == [1.0]

@@ -28,6 +28,11 @@ from .files import atomic_path
 logger = logging.getLogger(__name__)
 
 VALUES_PER_LINE = 19
+# What each number of a trajectory line is, for error messages (two unused zeros after cy).
+COLUMN_NAMES = (
+    *("frame", "fx", "fy", "cx", "cy", "unused", "unused"),
+    *(name for i in (1, 2, 3) for name in (f"r{i}1", f"r{i}2", f"r{i}3", f"t{i}")),
+)
 # Intrinsics of the trajectories VideoX-Fun ships (asset/*.txt), normalised for 1280x720 poses.
 DEFAULT_INTRINSICS = (0.532139961, 0.946026558, 0.5, 0.5)
 # VideoX-Fun's process_pose_file assumes the poses were normalised for a 1280x720 video.
@@ -50,13 +55,26 @@ class CameraPose:
     frame: float = 0.0  # the first column (a frame index or a timestamp); kept to write it back
 
     def __post_init__(self) -> None:
+        # A NaN, an infinite or a zero focal length turns every Plücker ray into NaN: refuse it here.
+        for name in ("fx", "fy", "cx", "cy", "frame"):
+            if not math.isfinite(getattr(self, name)):
+                raise CameraTrajectoryError(f"{name} must be finite, got {getattr(self, name)}")
+        for name in ("fx", "fy"):
+            if getattr(self, name) <= 0:
+                raise CameraTrajectoryError(f"{name} must be positive, got {getattr(self, name)}")
         w2c = torch.as_tensor(self.w2c, dtype=torch.float64)
         if w2c.shape == (3, 4):
             w2c = torch.cat([w2c, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)])
         if w2c.shape != (4, 4):
             raise CameraTrajectoryError(f"w2c must be 3x4 or 4x4, got {tuple(w2c.shape)}")
+        bad = (~torch.isfinite(w2c)).nonzero()
+        if len(bad):
+            row, col = (int(i) for i in bad[0])
+            raise CameraTrajectoryError(f"w2c[{row}][{col}] must be finite, got {float(w2c[row, col])}")
         if abs(float(torch.linalg.det(w2c[:3, :3]))) < 1e-8:
             raise CameraTrajectoryError("the rotation part of w2c is singular")
+        if abs(float(torch.linalg.det(w2c))) < 1e-8:
+            raise CameraTrajectoryError(f"w2c is singular (its last row is {w2c[3].tolist()})")
         self.w2c = w2c
 
     @property
@@ -69,6 +87,9 @@ class CameraPose:
         """Build from the 19 numbers of one trajectory line."""
         if len(values) != VALUES_PER_LINE:
             raise CameraTrajectoryError(f"expected {VALUES_PER_LINE} numbers, got {len(values)}")
+        for column, value in enumerate(values, start=1):
+            if not math.isfinite(value):
+                raise CameraTrajectoryError(f"number {column} ({COLUMN_NAMES[column - 1]}) must be finite, got {value}")
         frame, fx, fy, cx, cy = values[:5]
         return cls(fx, fy, cx, cy, torch.tensor(values[7:], dtype=torch.float64).reshape(3, 4), frame)
 

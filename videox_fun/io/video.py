@@ -4,9 +4,10 @@ Frames travel as ``uint8`` tensors of shape ``(F, H, W, 3)`` (RGB). Models take 
 shape ``(3, F, H, W)`` in ``[-1, 1]``; :func:`frames_to_tensor` / :func:`tensor_to_frames` convert.
 
 Readers accept a video file (mp4, webm, mkv, mov, avi, gif...), a folder of images (one frame per
-image, in natural name order) or a single image file (one frame). Writers put H.264 mp4 (or
-VP9 webm / gif by suffix) and write every file under a temporary name first, so a crash never
-leaves a half-written video behind under the real name.
+image, in natural name order) or a single image file (one frame); 16-bit and float grey images
+are scaled to 8 bits, never clipped. Writers put H.264 mp4 (or VP9 webm / gif by suffix) and write
+every file under a temporary name first, so a crash never leaves a half-written video behind under
+the real name.
 """
 
 from __future__ import annotations
@@ -77,11 +78,51 @@ def _resize(frame: np.ndarray, size: tuple[int, int] | None, crop: bool) -> np.n
     return np.asarray(image.resize((width, height), Image.BICUBIC))
 
 
+# PIL modes of one-channel images deeper than 8 bits, which ``convert("RGB")`` would clip at 255.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _deep_gray_to_uint8(image: Image.Image, path: Path) -> np.ndarray:
+    """An ``I;16*`` / ``I`` / ``F`` image as ``(H, W)`` uint8, scaled by its value range, never clipped.
+
+    16-bit (``I;16*``, and ``I``, the mode older Pillow releases give 16-bit PNGs) maps 0..65535
+    to 0..255 by ``round(v / 257)``, so 65535 stays white and 257 * n reads back as n. Float
+    (``F``) maps 0..1 to 0..255. An ``I`` image with values outside 0..65535 or an ``F`` image
+    outside 0..1 (or with NaN / inf) has no range to scale by: it fails, naming the range it
+    holds, rather than coming out clipped.
+    """
+    values = np.asarray(image)
+    if image.mode == "F":
+        if not np.isfinite(values).all():
+            raise VideoReadError(f"cannot read float image {path}: it holds NaN or infinite values")
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            raise VideoReadError(
+                f"cannot read float image {path}: values span {low}..{high}; only 0..1 is scaled to 8 bits"
+            )
+        return np.rint(values * 255.0).astype(np.uint8)
+    values = values.astype(np.int64)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise VideoReadError(
+            f"cannot read {image.mode} image {path}: values span {low}..{high}; only 0..65535 is scaled to 8 bits"
+        )
+    return ((values + 128) // 257).astype(np.uint8)  # round(v / 257): no exact halves, 257 is odd
+
+
 def _open_image_rgb(path: Path) -> np.ndarray:
-    """Decode one image file as ``(H, W, 3)`` uint8 RGB (RGBA, L, P... are converted)."""
+    """Decode one image file as ``(H, W, 3)`` uint8 RGB (RGBA, L, P... are converted).
+
+    16-bit and float grey images are scaled to 8 bits (:func:`_deep_gray_to_uint8`), not clipped.
+    """
     try:
         with Image.open(path) as image:
+            if image.mode in (*_SIXTEEN_BIT_MODES, "I", "F"):
+                gray = _deep_gray_to_uint8(image, path)
+                return np.repeat(gray[..., None], 3, axis=-1)
             return np.asarray(image.convert("RGB"))
+    except VideoReadError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise VideoReadError(f"cannot decode image {path}: {err}") from err
 

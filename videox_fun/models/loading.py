@@ -11,14 +11,17 @@ import json
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ..config import read_json_mapping
 from ..io.files import save_safetensors
 
 logger = logging.getLogger(__name__)
@@ -33,14 +36,59 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose keys or shapes do not match the model built for it."""
 
 
+class WeightsReadError(ValueError):
+    """A weights file that is there but cannot be read: permission denied, truncated, another format."""
+
+
+def check_readable(path: Path, what: str = "weights file") -> None:
+    """Raise ``FileNotFoundError`` when ``path`` is no file, :class:`WeightsReadError` when it may not be read.
+
+    The readers below would report a file this process may not open as missing (safetensors) or
+    with a bare ``[Errno 13]``; this says which it is, naming the file.
+    """
+    try:
+        if path.is_file():  # first: opening a fifo would block
+            with path.open("rb"):
+                return
+    except PermissionError as err:  # the file's mode, or a folder on the way that may not be searched
+        raise WeightsReadError(f"cannot read {what} {path}: permission denied") from err
+    raise FileNotFoundError(f"{what} not found: {path}")
+
+
+def _cause(err: BaseException) -> str:
+    """An error's type and the first sentence of its message (torch's run on for lines)."""
+    lines = str(err).strip().splitlines()
+    first = lines[0].split(". ")[0][:200] if lines else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def unreadable_safetensors(path: Path, err: BaseException, what: str = "weights") -> WeightsReadError:
+    """The error for a safetensors reader's failure on ``path`` (to raise ``from err``)."""
+    return WeightsReadError(f"cannot read {what} {path}: truncated or not a safetensors file ({_cause(err)})")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read one weights file (safetensors, or a pickle read with ``weights_only=True``)."""
+    """Read one weights file (safetensors, or a pickle read with ``weights_only=True``).
+
+    A missing file raises ``FileNotFoundError``; one that cannot be read (permission denied,
+    truncated, empty, another format) raises :class:`WeightsReadError` naming the file and the cause.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    check_readable(path)
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise unreadable_safetensors(path, err) from err
+    try:
+        # mmap needs the zip format of torch >= 1.6; an older (legacy pickle) file is read whole.
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except MemoryError:
+        raise
+    except Exception as err:  # torch.load fails on a bad file with anything from EOFError to KeyError
+        raise WeightsReadError(
+            f"cannot read weights {path}: truncated, corrupt, or not a checkpoint of plain tensors ({_cause(err)})"
+        ) from err
     # Some trainers wrap the weights: {"state_dict": {...}} or {"module": {...}}.
     for wrapper in ("state_dict", "module", "model"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
@@ -57,8 +105,9 @@ def find_weight_files(folder: str | os.PathLike, prefix: str = "diffusion_pytorc
         raise FileNotFoundError(f"model folder not found: {folder}")
     indexes = sorted(folder.glob("*.safetensors.index.json")) + sorted(folder.glob("*.bin.index.json"))
     if indexes:
-        with open(indexes[0]) as f:
-            weight_map: dict[str, str] = json.load(f)["weight_map"]
+        weight_map = read_json_mapping(indexes[0], "shard index").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{indexes[0]}: a shard index needs a 'weight_map' of key: file name")
         shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:

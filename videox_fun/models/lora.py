@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from .loading import check_readable, unreadable_safetensors
 from .wan.keys import diffusers_module_to_original
 
 _DOTTED_KEY = re.compile(
@@ -57,13 +58,19 @@ class LoraWeights:
 
 
 def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a LoRA safetensors file."""
+    """Tensors and metadata of a LoRA safetensors file.
+
+    A missing file raises ``FileNotFoundError``; an unreadable one (permission denied, truncated,
+    not safetensors) raises :class:`~videox_fun.models.loading.WeightsReadError` naming it.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LoRA file not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    check_readable(path, "LoRA file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except SafetensorError as err:
+        raise unreadable_safetensors(path, err, "LoRA file") from err
     return tensors, metadata
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import read_json_mapping
+from ..io.files import atomic_path
 from ..models.wan.variants import PRESETS
 
 if TYPE_CHECKING:
@@ -302,9 +304,34 @@ def fit_coefficients(samples: list[tuple[float, float]], degree: int = 4) -> lis
 
 
 def save_calibration(path: str | Path, coefficients: list[float], indicator: str, samples: int, note: str = "") -> None:
-    """Write fitted coefficients beside a model (``cache_calibration.json``)."""
+    """Write fitted coefficients beside a model (``cache_calibration.json``).
+
+    The write is atomic: a failed one leaves the previous file (or none), never half a file. Missing
+    folders are made; a folder as ``path`` is a ``ValueError``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; the calibration needs a file name (e.g. {path / CALIBRATION_FILE})")
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"indicator": indicator, "coefficients": coefficients, "samples": samples, "note": note}
-    Path(path).write_text(json.dumps(data, indent=2))
+    text = json.dumps(data, indent=2)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+def _read_calibration(path: str | Path) -> dict[str, Any]:
+    """A ``cache_calibration.json``: its ``indicator`` (a name) and ``coefficients`` (numbers), checked.
+
+    A broken or incomplete file raises a one-line ``ValueError`` naming it.
+    """
+    data = read_json_mapping(path, "cache calibration")
+    indicator, coefficients = data.get("indicator"), data.get("coefficients")
+    if not isinstance(indicator, str):
+        raise ValueError(f"{path}: a cache calibration needs an 'indicator' name, got {indicator!r}")
+    numbers = isinstance(coefficients, list) and all(type(c) in (int, float) for c in coefficients)
+    if not (numbers and coefficients):
+        raise ValueError(f"{path}: a cache calibration needs a non-empty list of 'coefficients', got {coefficients!r}")
+    return data
 
 
 def coefficients_for(
@@ -315,7 +342,7 @@ def coefficients_for(
     two_experts: ``model`` is an expert of Wan2.2 A14B, whose set is published for time_projection only.
     """
     if folder is not None and (Path(folder) / CALIBRATION_FILE).is_file():
-        data = json.loads((Path(folder) / CALIBRATION_FILE).read_text())
+        data = _read_calibration(Path(folder) / CALIBRATION_FILE)
         if data["indicator"] == indicator:
             return data["coefficients"]
     if two_experts:

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ..models.wan.transformer import rope_for_grid
+from ..models.wan.transformer import rope_axis_dims, rope_for_grid
 
 
 def compile_blocks(
@@ -35,9 +35,13 @@ def apply_riflex(model: nn.Module, k: int) -> None:
     The intrinsic frequency k (the one whose period is closest to the trained length; 6 for the
     Wan2.1 releases at 81 frames) is lowered so that a longer video does not wrap around it.
     """
-    if k < 1:
-        raise ValueError(f"--riflex-k must be >= 1, got {k}")
     head_dim, theta = model.head_dim, model.config.rope_theta
+    frame_frequencies = rope_axis_dims(head_dim)[0] // 2
+    if not 1 <= k <= frame_frequencies:
+        raise ValueError(
+            f"--riflex-k must be between 1 and {frame_frequencies} (the frame frequencies of this model's RoPE, "
+            f"head_dim {head_dim}), got {k}"
+        )
 
     @functools.wraps(model.rotary)
     def rotary(grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:

@@ -26,6 +26,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ...config import read_json_mapping
 from ..attention import attention
 from ..loading import (
     FORMAT_MARKER_KEYS,
@@ -610,8 +611,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"no config.json in {folder}")
-        with open(config_path) as f:
-            raw = json.load(f)
+        raw = read_json_mapping(config_path, "transformer config")
         state = read_transformer_weights(folder)
         config = diffusers_config_to_original(raw) if is_diffusers_config(raw) else public_config(raw)
         config.update(config_overrides)

@@ -14,7 +14,6 @@ chunked encoding and spatial tiling). What this module adds:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -41,6 +40,7 @@ from videox_fun.models.loading import (
     strip_prefix,
 )
 
+from ...config import read_json_mapping
 from ...io.files import atomic_path, reset_tree_modes, save_safetensors
 from ..component import OffloadableComponent
 from ..cpu_kernels import CPUFastPaths
@@ -374,8 +374,7 @@ def _read_vae_config(path: Path) -> dict[str, Any] | None:
     """
     if not path.is_file():
         return None
-    with open(path) as f:
-        config = json.load(f)
+    config = read_json_mapping(path, "VAE config")
     is_vae = config.get("_class_name") == "AutoencoderKLWan" or {"base_dim", "z_dim", "dim_mult"} <= config.keys()
     if not is_vae:
         logger.info("%s is not a Wan VAE config (another model's?): using the VAE defaults", path)
