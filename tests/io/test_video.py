@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import av
@@ -215,3 +216,14 @@ def test_16_bit_and_float_grey_images_are_scaled_not_clipped(tmp_path: Path) -> 
         Image.fromarray(data).save(tmp_path / name)
         with pytest.raises(VideoReadError, match=rf"{name}.*(0\.\.1|NaN|0\.\.65535)"):
             read_image(tmp_path / name)
+
+
+def test_stretching_to_another_aspect_ratio_is_said_once(tmp_path, caplog):
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.full((20, 400, 3), 90, dtype=np.uint8)).save(wide)
+    with caplog.at_level(logging.WARNING, logger="videox_fun.io.video"):
+        assert read_image(wide, size=(64, 64)).shape == (64, 64, 3)
+        read_image(wide, size=(64, 64))
+        read_image(wide, size=(20, 400))  # same aspect: no note
+    notes = [r.message for r in caplog.records if "stretched" in r.message]
+    assert notes == ["input frames of 400x20 are stretched to 64x64 (aspect 20.00 -> 1.00)"]

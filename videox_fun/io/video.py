@@ -12,6 +12,7 @@ the real name.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -68,6 +69,8 @@ def _resize(frame: np.ndarray, size: tuple[int, int] | None, crop: bool) -> np.n
     if frame.shape[0] == height and frame.shape[1] == width:
         return frame
     image = Image.fromarray(frame)
+    if not crop:
+        _note_stretch(frame.shape[:2], (height, width))
     if crop:
         # Crop the largest centered box with the target aspect ratio, so nothing is stretched.
         src_w, src_h = image.size
@@ -76,6 +79,20 @@ def _resize(frame: np.ndarray, size: tuple[int, int] | None, crop: bool) -> np.n
         left, top = (src_w - crop_w) // 2, (src_h - crop_h) // 2
         image = image.crop((left, top, left + crop_w, top + crop_h))
     return np.asarray(image.resize((width, height), Image.BICUBIC))
+
+
+STRETCH_TOLERANCE = 0.05  # aspect ratios this close (5 %) are resized without a note
+
+
+@functools.lru_cache(maxsize=64)
+def _note_stretch(source_hw: tuple[int, int], target_hw: tuple[int, int]) -> None:
+    """Say once per size pair that frames of another aspect ratio are stretched (VideoX-Fun does the same)."""
+    source_aspect, target_aspect = source_hw[1] / source_hw[0], target_hw[1] / target_hw[0]
+    if abs(source_aspect / target_aspect - 1) > STRETCH_TOLERANCE:
+        logger.warning(
+            "input frames of %dx%d are stretched to %dx%d (aspect %.2f -> %.2f)",
+            source_hw[1], source_hw[0], target_hw[1], target_hw[0], source_aspect, target_aspect,
+        )  # fmt: skip
 
 
 # PIL modes of one-channel images deeper than 8 bits, which ``convert("RGB")`` would clip at 255.
