@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -601,19 +600,8 @@ class WanVAE(OffloadableComponent, nn.Module):
 
     @property
     def tiling(self) -> bool:
-        """Whether tiling is on by default."""
+        """Whether :meth:`enable_tiling` is on (every encode and decode then tiles)."""
         return bool(self.model.use_tiling)
-
-    @contextmanager
-    def _tiling_as(self, tiled: bool | None) -> Iterator[None]:
-        """Override the tiling default for one call (``None`` keeps it)."""
-        saved = self.model.use_tiling
-        if tiled is not None:
-            self.model.use_tiling = tiled
-        try:
-            yield
-        finally:
-            self.model.use_tiling = saved
 
     # -- encode / decode -------------------------------------------------------------------------
 
@@ -622,28 +610,26 @@ class WanVAE(OffloadableComponent, nn.Module):
         video: torch.Tensor,
         generator: torch.Generator | None = None,
         sample: bool = False,
-        tiled: bool | None = None,
     ) -> torch.Tensor:
         """Video ``(B, 3, F, H, W)`` in [-1, 1] -> normalised latents ``(B, z, (F-1)/4+1, H/s, W/s)``.
 
         The posterior mode by default; a sample drawn with ``generator`` when ``sample=True``.
-        ``tiled`` overrides the :meth:`enable_tiling` default for this call.
         """
         if video.ndim != 5 or video.shape[1] != self.video_channels:
             raise ValueError(f"video must be (B, {self.video_channels}, F, H, W), got {tuple(video.shape)}")
         self._check_size(*video.shape[2:])
         video = video.to(device=self.device, dtype=self.dtype)  # (B, 3, F, H, W)
-        with self._tiling_as(tiled), CPUFastPaths():  # fast CPU conv3d + normalize; a no-op elsewhere
+        with CPUFastPaths():  # fast CPU conv3d + normalize; a no-op elsewhere
             posterior = self.model.encode(video).latent_dist
         latents = posterior.sample(generator=generator) if sample else posterior.mode()  # (B, z, F', H', W')
         return self.normalize(latents)
 
-    def decode(self, latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents ``(B, z, F', H', W')`` -> video ``(B, 3, 4(F'-1)+1, H's, W's)`` in [-1, 1]."""
         if latents.ndim != 5 or latents.shape[1] != self.z_dim:
             raise ValueError(f"latents must be (B, {self.z_dim}, F, H, W), got {tuple(latents.shape)}")
         z = self.denormalize(latents.to(device=self.device, dtype=self.dtype))  # (B, z, F', H', W')
-        with self._tiling_as(tiled), CPUFastPaths():  # fast CPU conv3d + normalize; a no-op elsewhere
+        with CPUFastPaths():  # fast CPU conv3d + normalize; a no-op elsewhere
             video = self.model.decode(z).sample  # (B, 3, F, H, W)
         return video.clamp(-1.0, 1.0)
 
