@@ -6,7 +6,7 @@ import importlib.util
 import json
 
 import pytest
-import yaml
+from training_helpers import write_train_yaml
 
 from videox_fun.cli import main
 from videox_fun.training.data import BadFileWarning, write_test_dataset
@@ -14,10 +14,8 @@ from videox_fun.training.trainer import train
 
 
 def run_cli(config, tmp_path, capsys, **changes) -> str:
-    values = {**{k: v for k, v in config.to_dict().items() if v is not None}, **changes}
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(values))
-    assert main(["train", "--config", str(path)]) == 2
+    """Run ``videox-fun train`` on the config with ``changes``; it must fail as a user error: its message."""
+    assert main(["train", "--config", str(write_train_yaml(config, tmp_path / "train.yaml", **changes))]) == 2
     return capsys.readouterr().err
 
 
@@ -49,6 +47,16 @@ def test_model_that_cannot_serve_the_mode(make_config, tmp_path, capsys):
 def test_8bit_adam_without_bitsandbytes(make_config, tmp_path, capsys):
     err = run_cli(make_config(max_train_steps=1), tmp_path, capsys, use_8bit_adam=True)
     assert "--use_8bit_adam needs bitsandbytes" in err
+
+
+def test_too_many_bad_files_is_a_message_not_a_traceback(make_config, tmp_path, capsys):
+    meta = write_test_dataset(tmp_path / "data", n_videos=3, sizes=((32, 32),), lengths=(5,), corrupt=1)
+    config = make_config("t2v", max_train_steps=1)
+    capsys.readouterr()  # not what building the tiny model printed
+    with pytest.warns(BadFileWarning):
+        err = run_cli(config, tmp_path, capsys, train_data_meta=str(meta))
+    assert "1 of 4 data files checked are missing or unreadable" in err and "corrupt_00.mp4" in err
+    assert "Traceback" not in err and err.startswith("error: ")
 
 
 def test_a_corrupt_and_a_missing_file_are_skipped_warned_about_and_counted(make_config, tmp_path):

@@ -5,27 +5,23 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
+from training_helpers import write_train_yaml
 
 from videox_fun.cli import main
 from videox_fun.pipelines.conditioning import mask_channels, masked_video
-from videox_fun.training.cache import CachedLatentDataset, cache_data_config, collate_cached
+from videox_fun.training.cache import CachedLatentDataset, build_cache, cache_data_config, collate_cached
 from videox_fun.training.data import BucketBatchSampler, VideoDataset, collate, generate_mask
 from videox_fun.training.specs import get_spec, sample_generators
-from videox_fun.training.specs.wan import CACHED_MASK_KINDS, PixelSource
+from videox_fun.training.specs.wan import CACHED_MASK_KINDS, PixelSource, WanSpec
 from videox_fun.training.trainer import train
-
-
-def write_yaml(config, path):
-    path.write_text(yaml.safe_dump({k: v for k, v in config.to_dict().items() if v is not None}))
-    return path
 
 
 def test_cached_tensors_equal_the_pixel_path(make_config, tmp_path):
     config = make_config("inp", train_mode="inpaint", cache_dir=str(tmp_path / "cache"))
-    assert main(["cache", "--config", str(write_yaml(config, tmp_path / "train.yaml"))]) == 0
+    assert main(["cache", "--config", str(write_train_yaml(config, tmp_path / "train.yaml"))]) == 0
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert [e["index"] for e in index["entries"]] == [0, 1, 2]
     assert {f"masked_latents_{k}" for k in CACHED_MASK_KINDS} <= set(index["entries"][0]["tensors"])
@@ -54,7 +50,7 @@ def test_training_from_the_cache_needs_no_vae_or_text_encoder(make_config, model
     folder = tmp_path / "transformer_only"
     shutil.copytree(model_folders("control_ref"), folder)
     config = make_config("control_ref", train_mode="control_ref", cache_dir=str(tmp_path / "cache"), train_batch_size=2)
-    assert main(["cache", "--config", str(write_yaml(config, tmp_path / "cache.yaml"))]) == 0
+    assert main(["cache", "--config", str(write_train_yaml(config, tmp_path / "cache.yaml"))]) == 0
     assert "control_latents" in load_file(str(tmp_path / "cache" / "00000001.safetensors"))
     shutil.rmtree(folder / "vae")
     shutil.rmtree(folder / "text_encoder")
@@ -74,7 +70,7 @@ def test_training_from_the_cache_needs_no_vae_or_text_encoder(make_config, model
 def test_cached_batches_share_a_latent_shape(make_config, tmp_path):
     config = make_config("t2v", cache_dir=str(tmp_path / "cache"))
     config.video_sample_n_frames = 9  # the 9-frame clips: 3 latent frames
-    main(["cache", "--config", str(write_yaml(config, tmp_path / "a.yaml"))])
+    main(["cache", "--config", str(write_train_yaml(config, tmp_path / "a.yaml"))])
     # Add a record of another shape, as a cache of a mixed dataset has.
     odd = load_file(str(tmp_path / "cache" / "00000002.safetensors"))
     odd["latents"] = odd["latents"][:, :2].contiguous()
@@ -96,3 +92,62 @@ def test_cached_batches_share_a_latent_shape(make_config, tmp_path):
     models = spec.load_models(config, torch.float32)
     inputs = spec.build_inputs(models, collate_cached([dataset[0], dataset[1]]), "normal", generators, "cpu")
     assert inputs.latents.shape == (2, 16, 3, 4, 4)
+
+
+def cache_listing(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_rebuild_holds_exactly_the_new_samples_and_a_failed_one_keeps_the_old_cache(
+    make_config, video_data, tmp_path, monkeypatch
+):
+    cache = tmp_path / "cache"
+    assert (
+        main(
+            ["cache", "--config", str(write_train_yaml(make_config("t2v", cache_dir=str(cache)), tmp_path / "a.yaml"))]
+        )
+        == 0
+    )
+    assert len(json.loads((cache / "index.json").read_text())["entries"]) == 3
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(json.loads(video_data.read_text())[:1]))
+    config = make_config("t2v", cache_dir=str(cache), train_data_meta=str(one), train_data_dir=str(video_data.parent))
+    assert build_cache(config) == cache
+    index = json.loads((cache / "index.json").read_text())
+    assert [e["index"] for e in index["entries"]] == [0] and index["train_data_meta"] == str(one)
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "00000000.safetensors",
+        "empty_context.safetensors",
+        "index.json",
+    ]
+    assert len(CachedLatentDataset(cache, config)) == 1
+
+    # A build that fails midway leaves the previous cache whole, and no staging folder behind.
+    before = cache_listing(cache)
+    calls = []
+
+    def fail_on_the_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode(self, *args, **kwargs)
+
+    encode = WanSpec.encode_for_cache
+    monkeypatch.setattr(WanSpec, "encode_for_cache", fail_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(make_config("t2v", cache_dir=str(cache)))
+    assert len(calls) == 2 and cache_listing(cache) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_cache_dir_holding_other_files_or_a_file_is_refused_before_loading(make_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(WanSpec, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds other files than a latent cache \(notes.txt\)"):
+        build_cache(make_config("t2v", cache_dir=str(folder)))
+    assert (folder / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        build_cache(make_config("t2v", cache_dir=str(tmp_path / "file")))

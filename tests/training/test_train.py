@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from diffusers import WanPipeline as DiffusersWanPipeline
 from helpers import diffusers_twin
-from training_helpers import TRAIN_SCRIPT, fixed_noise_loss, subprocess_env
+from training_helpers import TRAIN_SCRIPT, fixed_noise_loss, subprocess_env, write_train_yaml
 
 from videox_fun.cli import main
 from videox_fun.io.video import read_video
@@ -90,9 +89,7 @@ def test_lora_from_the_train_script_lowers_the_loss_and_loads_in_diffusers(make_
 @pytest.mark.slow
 def test_full_fine_tune_from_videox_fun_train_config(make_config, tmp_path):
     config = make_config("inp", train_mode="inpaint", learning_rate=2e-3, max_train_steps=12, checkpointing_steps=6)
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump({k: v for k, v in config.to_dict().items() if v is not None}))
-    assert main(["train", "--config", str(path)]) == 0
+    assert main(["train", "--config", str(write_train_yaml(config, tmp_path / "train.yaml"))]) == 0
 
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-6"]

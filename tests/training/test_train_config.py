@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from videox_fun.training.config import TrainConfig, add_train_arguments, config_from_args, parse_train_args
+from videox_fun.training.config import (
+    TrainConfig,
+    add_train_arguments,
+    config_from_args,
+    parse_train_args,
+    save_train_yaml,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,6 +84,28 @@ def test_unknown_yaml_field_and_bad_settings_fail_at_start(tmp_path):
         TrainConfig(pretrained_model_name_or_path="m").validate()
     with pytest.raises(SystemExit):  # argparse names the choices
         parse(["--train_mode", "i2v"])
+
+
+@pytest.mark.parametrize("shift", [0.0, -2.0, float("nan")])
+def test_a_shift_that_is_not_positive_fails_at_start(shift):
+    with pytest.raises(ValueError, match="--shift must be > 0"):
+        TrainConfig(pretrained_model_name_or_path="m", train_data_meta="m.json", shift=shift).validate()
+    TrainConfig(pretrained_model_name_or_path="m", train_data_meta="m.json", shift=0.5).validate()
+
+
+def test_the_run_record_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "train_config.yaml"
+    save_train_yaml(TrainConfig(learning_rate=5e-5), path)
+    before = path.read_bytes()
+
+    def dump_half(data, stream, **kwargs):
+        stream.write("learning_rate: 0.1\n")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(yaml, "safe_dump", dump_half)
+    with pytest.raises(OSError, match="disk full"):
+        save_train_yaml(TrainConfig(learning_rate=0.1), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["train_config.yaml"]
 
 
 def script_flags(script: str) -> list[str]:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import torch
+import yaml
 
 from videox_fun.training.config import TrainConfig
 from videox_fun.training.data import BucketBatchSampler, DataConfig, VideoDataset, collate
@@ -54,3 +55,10 @@ def fixed_noise_loss(config: TrainConfig, transformer: torch.nn.Module, draws: i
                 )
                 losses.append(loss.item())
     return sum(losses) / len(losses)
+
+
+def write_train_yaml(config: TrainConfig, path: Path, **changes: object) -> Path:
+    """The config (its set fields, with ``changes``) as the YAML file ``videox-fun train --config`` reads."""
+    values = {**{k: v for k, v in config.to_dict().items() if v is not None}, **changes}
+    path.write_text(yaml.safe_dump(values))
+    return path

@@ -10,6 +10,10 @@ frozen encoders and writes, under ``cache_dir``:
 - ``empty_context.safetensors``: the empty prompt's embedding (text dropout for CFG);
 - ``index.json``: the samples, their texts and shapes, and what made the cache.
 
+A build replaces the whole folder: it is written under a hidden name beside ``cache_dir`` and
+swapped in when complete, so the cache holds exactly the samples of this build (none of an
+earlier one) and a build killed midway leaves the previous cache as it was.
+
 Training with ``--use_cached_latents`` then runs no VAE and no text encoder. What the cache
 cannot hold is said, not approximated: every sample is cut once (the clip start and size of
 the first epoch, no ``random_hw_adapt``); inpaint masks are the whole-frame kinds (t2v, i2v,
@@ -22,6 +26,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +37,14 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..io.files import atomic_path, save_safetensors
-from .config import TrainConfig
+from ..io.files import atomic_path, replace_dir, save_safetensors
+from .config import TrainConfig, check_output_folder
 
 if TYPE_CHECKING:
+    from accelerate import PartialState
+
     from .data import BucketKey, DataConfig
-    from .specs import FamilyModels
+    from .specs import FamilyModels, FamilySpec
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +65,45 @@ def _record_name(index: int) -> str:
     return f"{index:08d}.safetensors"
 
 
+def _is_cache_file(path: Path) -> bool:
+    """A file a cache build writes (or a hidden leftover of one)."""
+    record = path.suffix == ".safetensors" and path.stem.isdigit()
+    return path.is_file() and (record or path.name in (INDEX_FILE, EMPTY_FILE) or path.name.startswith("."))
+
+
+def check_cache_dir(folder: Path) -> Path:
+    """Fail (one line) unless ``folder`` is new, empty or a latent cache: a build replaces the whole folder."""
+    check_output_folder(folder, "--cache_dir")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if not _is_cache_file(p))
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+            raise ValueError(
+                f"--cache_dir {folder} holds other files than a latent cache ({shown}), and a build replaces the "
+                "folder: give a new or empty --cache_dir"
+            )
+    return folder
+
+
+def staging_dir(folder: Path) -> Path:
+    """Where a build of ``folder`` is written before the swap: a hidden name beside it that every process knows."""
+    return folder.with_name(f".{folder.name}.building")
+
+
 def build_cache(config: TrainConfig) -> Path:
     """Encode the training data into ``config.resolved_cache_dir``; processes split the batches.
 
     Run under ``accelerate launch`` to use several devices: process i encodes batches i, i+n, ...
-    and the main process writes the index when all are done.
+    and the main process writes the index when all are done. Everything goes to a staging folder
+    (:func:`staging_dir`) that replaces ``cache_dir`` at the end, so an earlier cache there is
+    replaced whole, never mixed with this one.
     """
     from accelerate import PartialState
 
-    from .data import BucketBatchSampler, VideoDataset, collate
     from .specs import get_spec
     from .trainer import mixed_precision_dtype
 
+    final = check_cache_dir(config.resolved_cache_dir)  # before anything loads
     state = PartialState()
     dtype = mixed_precision_dtype(config.mixed_precision)
     spec = get_spec(config)
@@ -78,9 +112,40 @@ def build_cache(config: TrainConfig) -> Path:
     if not config.low_vram:
         for module in models.frozen.values():
             module.to(device)
-    folder = config.resolved_cache_dir
-    folder.mkdir(parents=True, exist_ok=True)
+    # Not atomic_dir: every process writes into the folder, so its name must be one they all know
+    # without talking; rank 0 alone creates and swaps it, between barriers.
+    staging = staging_dir(final)
+    if state.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed build left
+        staging.mkdir(parents=True)
+    state.wait_for_everyone()
+    try:
+        bad_files = _encode_into(staging, config, spec, models, state)
+        if state.is_main_process:
+            count = write_index(staging, config, models)
+            replace_dir(staging, final)
+    except BaseException:
+        if state.is_main_process:  # the previous cache (if any) stays as it was
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if state.is_main_process:
+        logger.info("cached %d samples in %s", count, final)
+        if bad_files:
+            logger.warning("%d data files were skipped: %s", len(bad_files), sorted(bad_files))
+    state.wait_for_everyone()
+    return final
 
+
+def _encode_into(
+    folder: Path, config: TrainConfig, spec: FamilySpec, models: FamilyModels, state: PartialState
+) -> dict[str, str]:
+    """Write this process's share of the records (and, on the main process, the empty prompt) into ``folder``.
+
+    Returns the data files skipped as bad; all processes are done when it returns.
+    """
+    from .data import BucketBatchSampler, VideoDataset, collate
+
+    device = state.device
     dataset = VideoDataset(cache_data_config(config), progress=state.is_main_process)
     sampler = BucketBatchSampler(dataset, batch_size=max(1, config.vae_mini_batch), shuffle=False)
     mine = [batch for i, batch in enumerate(sampler) if i % state.num_processes == state.process_index]
@@ -94,12 +159,7 @@ def build_cache(config: TrainConfig) -> Path:
     if state.is_main_process:
         save_safetensors({"context": spec.empty_context(models, device)}, folder / EMPTY_FILE)
     state.wait_for_everyone()
-    if state.is_main_process:
-        write_index(folder, config, models)
-        if dataset.bad_files:
-            logger.warning("%d data files were skipped: %s", len(dataset.bad_files), sorted(dataset.bad_files))
-    state.wait_for_everyone()
-    return folder
+    return dataset.bad_files
 
 
 def write_record(record: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -108,8 +168,8 @@ def write_record(record: dict[str, torch.Tensor], path: Path, metadata: dict[str
         save_file(record, str(temporary), metadata=metadata)
 
 
-def write_index(folder: Path, config: TrainConfig, models: FamilyModels) -> None:
-    """List the cached samples (read back from their files) in ``index.json``."""
+def write_index(folder: Path, config: TrainConfig, models: FamilyModels) -> int:
+    """List the cached samples of ``folder`` (read back from their files) in ``index.json``; returns their count."""
     entries = []
     for path in sorted(folder.glob("[0-9]*.safetensors")):
         with safe_open(str(path), framework="pt") as f:
@@ -125,8 +185,9 @@ def write_index(folder: Path, config: TrainConfig, models: FamilyModels) -> None
         "train_data_meta": str(config.train_data_meta),
         "entries": entries,
     }
-    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    logger.info("cached %d samples in %s", len(entries), folder)
+    with atomic_path(folder / INDEX_FILE) as temporary:
+        temporary.write_text(json.dumps(index, indent=2))
+    return len(entries)
 
 
 # ----------------------------------------------------------------------------------------

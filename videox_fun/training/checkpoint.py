@@ -2,9 +2,12 @@
 
 A checkpoint is ``OUTPUT_DIR/checkpoint-<step>/``: accelerate's ``save_state`` (optimizer, LR
 scheduler, the RNG states of every process, and the model's trainable parameters) plus our
-``training_state.json`` (step, epoch, position in the data order). It is written under a
-temporary name and renamed when complete, so a run killed while saving leaves the previous
-checkpoint intact and never a half-written one under a real name.
+``training_state.json`` (step, epoch, position in the data order, and the settings that define
+the run). It is written under a temporary name and renamed when complete, so a run killed while
+saving leaves the previous checkpoint intact and never a half-written one under a real name.
+
+Before anything loads, :func:`check_run_start` refuses a new run in an output folder that holds
+another run, and a resume whose run-defining settings differ from the checkpoint's.
 
 Only trainable parameters are stored (the LoRA adapters, or the fine-tuned modules): the frozen
 rest is the pretrained model the run starts from anyway. When accelerate shards the model
@@ -28,6 +31,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..io.files import replace_dir, save_safetensors
+from .config import TrainConfig, changed_run_settings, check_output_folder
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -39,6 +43,10 @@ CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.json"
 TRAINABLE_FILE = "trainable_{}.safetensors"
 SHARDED_FILE = "sharded_state.pt"
+LORA_FILE = "lora.safetensors"
+TRANSFORMER_DIR = "transformer"
+TRAIN_YAML = "train_config.yaml"  # the run's settings, readable with --config
+SETTINGS_KEY = "settings"  # the run-defining settings in training_state.json
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -73,6 +81,64 @@ def resolve_resume(output_dir: str | os.PathLike, value: str | None) -> Path | N
     if checkpoint_step(path) is None:
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: not a complete checkpoint folder ({path})")
     return path
+
+
+def run_outputs(output_dir: str | os.PathLike) -> list[str]:
+    """What of a run's outputs ``output_dir`` holds: checkpoint folders, the LoRA file, the full model folder."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    names = [p.name for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()]
+    checkpoints = sorted(names, key=lambda name: (len(name), name))  # checkpoint-2 before checkpoint-10
+    return checkpoints + [name for name in (LORA_FILE, TRANSFORMER_DIR) if (folder / name).exists()]
+
+
+def read_training_state(folder: Path) -> dict:
+    """A checkpoint's ``training_state.json``."""
+    return json.loads((folder / STATE_FILE).read_text())
+
+
+def check_run_start(config: TrainConfig) -> Path | None:
+    """The checkpoint to resume from (None: a new run), after checking that the run may start.
+
+    Cheap, so it runs before any model loads. Fails (ValueError, one line) when ``output_dir`` is a
+    file; when a new run would write into a folder holding another run's outputs (overwriting
+    some, and leaving checkpoints a later resume would pick); and when the settings that define
+    the run differ from those the checkpoint was written with (each named with both values).
+    A checkpoint without that record (written before it was kept) resumes unchecked, with a note.
+    """
+    output_dir = check_output_folder(config.output_dir, "--output_dir")
+    folder = resolve_resume(output_dir, config.resume_from_checkpoint)
+    if folder is None:
+        found = run_outputs(output_dir)
+        if found:
+            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+            if config.resume_from_checkpoint:  # 'latest' and no complete checkpoint
+                raise ValueError(
+                    f"--output_dir {output_dir} holds another run ({shown}) but no complete checkpoint to resume "
+                    "from: give a new or empty --output_dir, or move those outputs away"
+                )
+            raise ValueError(
+                f"--output_dir {output_dir} already holds a run ({shown}): continue it with "
+                "--resume_from_checkpoint latest, or give a new or empty --output_dir"
+            )
+        return None
+    saved = read_training_state(folder).get(SETTINGS_KEY)
+    if saved is None:
+        logger.warning(
+            "%s holds no record of its run's settings (written by an older version): "
+            "cannot check that this resume uses the same ones",
+            folder,
+        )
+        return folder
+    changed = changed_run_settings(saved, config)
+    if changed:
+        raise ValueError(
+            f"--resume_from_checkpoint {config.resume_from_checkpoint}: {folder} was trained with other settings "
+            f"({'; '.join(changed)}): resume with the run's settings ({folder.parent / TRAIN_YAML} holds them), "
+            "or start a new run in another --output_dir"
+        )
+    return folder
 
 
 # ----------------------------------------------------------------------------------------
@@ -200,4 +266,4 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, read_extra: Callable
     accelerator.load_state(str(folder))
     if read_extra is not None:
         read_extra(folder)
-    return json.loads((folder / STATE_FILE).read_text())
+    return read_training_state(folder)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from ..config import read_yaml_mapping
+from ..io.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +187,8 @@ class TrainConfig:
             problems.append("--validation_steps with --boundary_type high/low (one expert) is not supported yet")
         if self.mixed_precision not in (None, *MIXED_PRECISIONS):
             problems.append(f"--mixed_precision must be one of {MIXED_PRECISIONS}")
+        if self.shift is not None and not self.shift > 0:  # NaN too
+            problems.append(f"--shift must be > 0 (got {self.shift:g}); leave it out for the model's own shift")
         if problems:
             raise ValueError("bad training config:\n  " + "\n  ".join(problems))
 
@@ -291,6 +295,90 @@ def parse_train_args(argv: list[str] | None = None, **presets: Any) -> TrainConf
 
 
 def save_train_yaml(config: TrainConfig, path: str | Path) -> None:
-    """Write a TrainConfig as YAML (the run's record, and a file ``--config`` reads back)."""
-    with open(path, "w") as f:
+    """Write a TrainConfig as YAML (the run's record, and a file ``--config`` reads back), atomically."""
+    with atomic_path(path) as temporary, open(temporary, "w") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False, allow_unicode=True)
+
+
+# ----------------------------------------------------------------------------------------
+# The settings that define a run (checked on resume)
+# ----------------------------------------------------------------------------------------
+# Settings a resumed run may change: how long it runs, how it saves, logs and validates, where
+# outputs and the cache go, and memory / speed knobs that do not change the numbers. Every other
+# field defines the run (what is trained, on what data, with which optimizer and schedule):
+# resuming with another value would silently train something else (the restored optimizer and
+# scheduler states would even ignore a new learning rate), so it is refused.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "output_dir",
+        "max_train_steps",
+        "num_train_epochs",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "report_to",
+        "logging_dir",
+        "validation_steps",
+        "validation_prompts",
+        "validation_num_frames",
+        "validation_sample_size",
+        "validation_inference_steps",
+        "validation_control_video",
+        "validation_image",
+        "cache_dir",
+        "dataloader_num_workers",
+        "max_bad_share",
+        "gradient_checkpointing",
+        "low_vram",
+        "vae_mini_batch",
+        "uniform_sampling",  # folded into timestep_sampling, which is compared
+    }
+)
+# Paths compared as absolute paths when they exist, so a resume from another working folder matches.
+PATH_SETTINGS = (
+    "pretrained_model_name_or_path",
+    "config_path",
+    "transformer_path",
+    "train_data_dir",
+    "train_data_meta",
+)
+
+
+def run_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings that define ``config``'s run (stored in each checkpoint, compared on resume)."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in RESUME_MAY_CHANGE}
+    for name in PATH_SETTINGS:
+        value = settings.get(name)
+        if value and os.path.exists(value):
+            settings[name] = os.path.abspath(value)
+    return settings
+
+
+def changed_run_settings(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """``--name was OLD, now NEW`` for each run-defining setting of ``config`` that differs from ``saved``.
+
+    A setting the record does not hold (written by a version without it) is not compared.
+    """
+    now = run_settings(config)
+    return [
+        f"--{name} was {_shown(saved[name])}, now {_shown(value)}"
+        for name, value in now.items()
+        if name in saved and saved[name] != value
+    ]
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as a flag would give it."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def check_output_folder(path: str | os.PathLike, flag: str) -> Path:
+    """Fail with one line when ``path`` (a folder to write) or the nearest existing folder above it is a file."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "" if existing == path else f": {existing}"
+        raise ValueError(f"{flag} {path}{where} is a file, not a folder; give a folder path")
+    return path

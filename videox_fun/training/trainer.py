@@ -31,14 +31,19 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    LORA_FILE,
+    SETTINGS_KEY,
+    TRAIN_YAML,
+    TRANSFORMER_DIR,
+    check_run_start,
     load_checkpoint,
     load_sharded_state,
+    read_training_state,
     register_trainable_hooks,
-    resolve_resume,
     save_checkpoint,
     save_sharded_state,
 )
-from .config import TrainConfig, save_train_yaml
+from .config import TrainConfig, run_settings, save_train_yaml
 from .lora import add_lora, save_lora_file
 from .specs import FlowMatching, flow_matching_loss, get_spec, on_device, sample_generators
 
@@ -49,9 +54,6 @@ if TYPE_CHECKING:
     from .data import BucketBatchSampler, VideoDataset
 
 logger = logging.getLogger(__name__)
-
-LORA_FILE = "lora.safetensors"
-TRANSFORMER_DIR = "transformer"
 
 
 def mixed_precision_dtype(mixed_precision: str | None) -> torch.dtype:
@@ -249,11 +251,11 @@ class Trainer:
         from diffusers.optimization import get_scheduler
 
         config, spec = self.config, self.spec
+        self.resume_folder = check_run_start(config)  # before anything loads or is written
         accelerator = self.accelerator = self._accelerator()
         set_seed(config.seed)
         if accelerator.is_main_process:
             Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-            save_train_yaml(config, Path(config.output_dir) / "train_config.yaml")
         self.weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
         models = self.models = spec.load_models(config, self.weight_dtype)
         params = self._setup_trainable(models.transformer, self.weight_dtype)
@@ -299,6 +301,7 @@ class Trainer:
             sigma_range=models.sigma_range,
         )
         if accelerator.is_main_process:
+            self._record_settings()
             tracked = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
             accelerator.init_trackers("videox_fun", config=tracked)
             logger.info(
@@ -311,9 +314,21 @@ class Trainer:
                 self.max_steps,
             )
 
+    def _record_settings(self) -> None:
+        """Write OUTPUT_DIR/train_config.yaml once the run's inputs loaded.
+
+        A new run writes it; a resume whose settings were checked against the checkpoint writes the
+        merged truth (the same run-defining settings, the new length / logging / validation ones);
+        a resume from a checkpoint without that record leaves the run's own file as it is.
+        """
+        path = Path(self.config.output_dir) / TRAIN_YAML
+        checked = self.resume_folder is None or SETTINGS_KEY in read_training_state(self.resume_folder)
+        if checked or not path.is_file():
+            save_train_yaml(self.config, path)
+
     def _resume(self) -> tuple[int, int]:
-        """Restore the newest (or named) checkpoint; returns (step, epoch) to continue from."""
-        folder = resolve_resume(self.config.output_dir, self.config.resume_from_checkpoint)
+        """Restore the checkpoint :func:`check_run_start` chose; returns (step, epoch) to continue from."""
+        folder = self.resume_folder
         if folder is None:
             return 0, 0
         state = load_checkpoint(self.accelerator, folder, self._read_extra)
@@ -386,7 +401,7 @@ class Trainer:
                 if accelerator.is_main_process:
                     save_lora_file(state, folder / LORA_FILE, config.rank, config.network_alpha)
 
-        state = {"sampler": self.data_state}
+        state = {"sampler": self.data_state, SETTINGS_KEY: run_settings(config)}
         save_checkpoint(accelerator, config.output_dir, step, state, write_extra, config.checkpoints_total_limit)
 
     def _full_state(self) -> dict[str, torch.Tensor]:

@@ -55,8 +55,11 @@ class BadFileWarning(UserWarning):
     """A data file was skipped because it is missing or cannot be decoded."""
 
 
-class TooManyBadFilesError(RuntimeError):
-    """More than ``max_bad_share`` of the data files are missing or unreadable."""
+class TooManyBadFilesError(ValueError):
+    """More than ``max_bad_share`` of the data files are missing or unreadable.
+
+    A ValueError: bad input, which the command line reports as one message (exit code 2), not a traceback.
+    """
 
 
 class BadFileError(Exception):
