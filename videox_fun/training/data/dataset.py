@@ -337,8 +337,8 @@ def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
     processes too). A key is stacked only when every sample has it.
     """
     loaded = [s for s in samples if s is not None]
-    if not loaded:
-        raise RuntimeError(
+    if not loaded:  # bad data, not a bug: the command line prints it as one message
+        raise TooManyBadFilesError(
             f"none of the {len(samples)} samples of this batch could be loaded (see the BadFileWarning messages); "
             "fix or remove the bad files of the metadata"
         )
