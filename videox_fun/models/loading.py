@@ -272,6 +272,16 @@ def with_original_names(
     return CheckpointMismatchError(f"{err}\n  in the original layout: " + ", ".join(pairs[:24]))
 
 
+def load_into_naming_originals(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str, to_original: Callable[[str], str | None] | None
+) -> nn.Module:
+    """:func:`load_into`; a mismatch also gives the keys' original-layout names when ``to_original`` maps them."""
+    try:
+        return load_into(model, state, source)
+    except CheckpointMismatchError as err:
+        raise (with_original_names(err, to_original) if to_original else err) from None
+
+
 def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A config without its private entries (``_class_name``, ``_diffusers_version``...)."""
     return {k: v for k, v in config.items() if not k.startswith("_")}

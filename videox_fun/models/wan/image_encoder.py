@@ -25,11 +25,10 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from ..component import OffloadableComponent
 from ..loading import (
-    CheckpointMismatchError,
     assert_materialised,
     cast_floating,
     drop_prefixed,
-    load_into,
+    load_into_naming_originals,
     put_unique,
     read_folder_state_dict,
     read_state_dict,
@@ -37,7 +36,6 @@ from ..loading import (
     rename_rules,
     strip_prefix,
     template_regex,
-    with_original_names,
 )
 
 logger = logging.getLogger(__name__)
@@ -401,10 +399,7 @@ def _build_and_load(
     with torch.device("meta"):
         model = CLIPVisionModel(config)
     core = vision_core(model)
-    try:
-        load_into(core, state, source)
-    except CheckpointMismatchError as err:
-        raise (with_original_names(err, to_original) if to_original else err) from None
+    load_into_naming_originals(core, state, source, to_original)
     # The position ids are a non-persistent buffer: not in any checkpoint, still on meta.
     embeddings = core.embeddings
     embeddings.position_ids = torch.arange(embeddings.num_positions).expand((1, -1))

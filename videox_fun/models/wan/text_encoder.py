@@ -30,17 +30,15 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, UMT5C
 
 from ..component import OffloadableComponent
 from ..loading import (
-    CheckpointMismatchError,
     assert_materialised,
     cast_floating,
     drop_prefixed,
-    load_into,
+    load_into_naming_originals,
     put_unique,
     read_folder_state_dict,
     read_state_dict,
     rename_key,
     rename_rules,
-    with_original_names,
 )
 
 logger = logging.getLogger(__name__)
@@ -447,10 +445,7 @@ def _build_and_load(
     """Build the encoder without allocating it (meta device) and take the checkpoint's tensors."""
     with torch.device("meta"):
         model = UMT5EncoderModel(config)
-    try:
-        load_into(model, state, source)
-    except CheckpointMismatchError as err:
-        raise (with_original_names(err, to_original) if to_original else err) from None
+    load_into_naming_originals(model, state, source, to_original)
     # assign=True gave each tied name its own Parameter: tie them back so they stay one tensor.
     model.encoder.set_input_embeddings(model.shared)
     assert_materialised(model, source)
