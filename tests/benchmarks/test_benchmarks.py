@@ -45,3 +45,19 @@ def test_identical_videos_count_as_a_finite_psnr_in_the_mean_and_the_minimum():
     summary = psnr_summary([float("inf"), 40.0])
     assert summary == {"psnr_db_mean": (IDENTICAL_PSNR_DB + 40.0) / 2, "psnr_db_min": 40.0, "identical_videos": 1}
     assert psnr_summary([float("inf")])["psnr_db_min"] == IDENTICAL_PSNR_DB  # strict JSON: no Infinity
+
+
+def test_cache_curve_has_every_threshold_and_counts_the_skipped_stacks():
+    from videox_fun.benchmarks.cache import FIRST_BLOCK_THRESHOLDS, TEACACHE_THRESHOLDS, run
+
+    result = run(prompts=1, skip_start=1, evaluate=False)
+    assert [p["threshold"] for p in result["curves"]["teacache"]] == list(TEACACHE_THRESHOLDS)
+    assert [p["threshold"] for p in result["curves"]["first-block"]] == list(FIRST_BLOCK_THRESHOLDS)
+    steps = result["steps"]
+    for point in (*result["curves"]["teacache"], *result["curves"]["first-block"]):
+        assert (
+            point["block_evaluations"] + point["block_evaluations_skipped"] == steps
+        )  # one pass per step (CFG 1.5: batched)
+        assert point["psnr_db_mean"] <= IDENTICAL_PSNR_DB
+    loosest = result["curves"]["teacache"][-1]
+    assert loosest["block_evaluations_skipped"] > 0 and loosest["psnr_db_mean"] < IDENTICAL_PSNR_DB

@@ -107,6 +107,9 @@ def toy_accuracy(folder: Path) -> dict:
     return {split: report[split] for split in ("seen", "held_out", "all")}
 
 
+Setting = tuple[str, float | None]  # (cache kind, threshold); ("uncached", None) is the reference
+
+
 def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluate: bool = True) -> dict:
     """The curve for one model (default: the built-in tiny InP model)."""
     folder = resolve_model(model)
@@ -115,31 +118,7 @@ def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluat
     pipe = WanPipeline.from_pretrained(folder, config=config)
     texts = toy_prompts(prompts)
     work = Path(tempfile.mkdtemp(prefix="cache-bench-"))
-    makers = {
-        "teacache": lambda th: TeaCache(
-            pipe.transformer, coefficients_for(pipe.transformer, folder), th, num_skip_start_steps=skip_start
-        ),
-        "first-block": lambda th: FirstBlockCache(pipe.transformer, th, num_skip_start_steps=skip_start),
-    }
-    settings = [("uncached", None)]
-    settings += [("teacache", th) for th in TEACACHE_THRESHOLDS]
-    settings += [("first-block", th) for th in FIRST_BLOCK_THRESHOLDS]
-    runs = {key: {"videos": [], **dict.fromkeys(TIMES, 0.0), "computed": 0, "skipped": 0} for key in settings}
-    # One untimed video first (one-time set-up), then every setting in turn for each prompt: load
-    # from other processes then hits all settings alike instead of whichever ran during a spike.
-    pipe(texts[0], seed=0, progress=False)
-    for seed, prompt in enumerate(tqdm(texts, desc="cache bench (prompts x settings)")):
-        for kind, threshold in settings:
-            cache = makers[kind](threshold) if threshold is not None else None
-            frames, times = generate_one(pipe, prompt, seed)
-            run = runs[(kind, threshold)]
-            run["videos"].append(frames)
-            for name, seconds in times.items():
-                run[name] += seconds
-            if cache is not None:
-                cache.remove()
-                run["computed"] += cache.stats.computed
-                run["skipped"] += cache.stats.skipped
+    runs = sweep(pipe, folder, texts, skip_start)
     base = runs[("uncached", None)]
     if evaluate:
         write_videos(work / "uncached", texts, base["videos"], defaults.fps)
@@ -157,29 +136,13 @@ def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluat
         },
         "curves": {"teacache": [], "first-block": []},
     }
-    for (kind, threshold), run in runs.items():
+    for (kind, threshold), cached in runs.items():
         if threshold is None:
             continue
-        quality = [
-            psnr(torch.as_tensor(v), torch.as_tensor(r), peak=255.0)
-            for v, r in zip(run["videos"], base["videos"], strict=True)
-        ]
-        point = {
-            "threshold": threshold,
-            "wall_s": run["wall_s"],
-            "speedup": base["wall_s"] / run["wall_s"],
-            "sampling_s": run["sampling_s"],
-            "sampling_speedup": base["sampling_s"] / run["sampling_s"],
-            "denoising_s": run["denoising_s"],
-            "denoising_speedup": base["denoising_s"] / run["denoising_s"],
-            "block_evaluations": run["computed"],
-            "block_evaluations_skipped": run["skipped"],
-            "evaluation_ratio": (run["computed"] + run["skipped"]) / max(run["computed"], 1),
-            **psnr_summary(quality),
-        }
+        point = curve_point(threshold, cached, base)
         if evaluate:
             out_dir = work / f"{kind}-{threshold}"
-            write_videos(out_dir, texts, run["videos"], defaults.fps)
+            write_videos(out_dir, texts, cached["videos"], defaults.fps)
             point["toy"] = toy_accuracy(out_dir)
         result["curves"][kind].append(point)
         print(
@@ -189,6 +152,59 @@ def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluat
             f"PSNR {point['psnr_db_mean']:.1f} dB"
         )
     return result
+
+
+def sweep(pipe: WanPipeline, folder: Path, texts: list[str], skip_start: int) -> dict[Setting, dict]:
+    """Every prompt uncached and at every cache threshold: videos, summed times and block counts by setting.
+
+    One untimed video first (one-time set-up), then every setting in turn for each prompt: load
+    from other processes then hits all settings alike instead of whichever ran during a spike.
+    """
+    makers = {
+        "teacache": lambda th: TeaCache(
+            pipe.transformer, coefficients_for(pipe.transformer, folder), th, num_skip_start_steps=skip_start
+        ),
+        "first-block": lambda th: FirstBlockCache(pipe.transformer, th, num_skip_start_steps=skip_start),
+    }
+    settings: list[Setting] = [("uncached", None)]
+    settings += [("teacache", th) for th in TEACACHE_THRESHOLDS]
+    settings += [("first-block", th) for th in FIRST_BLOCK_THRESHOLDS]
+    runs = {key: {"videos": [], **dict.fromkeys(TIMES, 0.0), "computed": 0, "skipped": 0} for key in settings}
+    pipe(texts[0], seed=0, progress=False)
+    for seed, prompt in enumerate(tqdm(texts, desc="cache bench (prompts x settings)")):
+        for kind, threshold in settings:
+            cache = makers[kind](threshold) if threshold is not None else None
+            frames, times = generate_one(pipe, prompt, seed)
+            record = runs[(kind, threshold)]
+            record["videos"].append(frames)
+            for name, seconds in times.items():
+                record[name] += seconds
+            if cache is not None:
+                cache.remove()
+                record["computed"] += cache.stats.computed
+                record["skipped"] += cache.stats.skipped
+    return runs
+
+
+def curve_point(threshold: float, cached: dict, base: dict) -> dict:
+    """One threshold's speed-ups (whole call, sampling, loop), block evaluations and PSNR against ``base``."""
+    quality = [
+        psnr(torch.as_tensor(v), torch.as_tensor(r), peak=255.0)
+        for v, r in zip(cached["videos"], base["videos"], strict=True)
+    ]
+    return {
+        "threshold": threshold,
+        "wall_s": cached["wall_s"],
+        "speedup": base["wall_s"] / cached["wall_s"],
+        "sampling_s": cached["sampling_s"],
+        "sampling_speedup": base["sampling_s"] / cached["sampling_s"],
+        "denoising_s": cached["denoising_s"],
+        "denoising_speedup": base["denoising_s"] / cached["denoising_s"],
+        "block_evaluations": cached["computed"],
+        "block_evaluations_skipped": cached["skipped"],
+        "evaluation_ratio": (cached["computed"] + cached["skipped"]) / max(cached["computed"], 1),
+        **psnr_summary(quality),
+    }
 
 
 def plot(result: dict, path: Path) -> None:
