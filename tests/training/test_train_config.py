@@ -82,6 +82,11 @@ def test_unknown_yaml_field_and_bad_settings_fail_at_start(tmp_path):
         TrainConfig(pretrained_model_name_or_path="m", train_data_meta="m.json", video_sample_n_frames=16).validate()
     with pytest.raises(ValueError, match="--train_data_meta is required"):
         TrainConfig(pretrained_model_name_or_path="m").validate()
+    # The data layer's rules, named as flags, fail at start (before any model loads).
+    with pytest.raises(ValueError) as raised:
+        TrainConfig(pretrained_model_name_or_path="m", video_sample_stride=0, text_drop_ratio=2.0).validate()
+    assert "--video_sample_stride must be at least 1" in str(raised.value)
+    assert "--text_drop_ratio must be between 0 and 1" in str(raised.value)
     with pytest.raises(SystemExit):  # argparse names the choices
         parse(["--train_mode", "i2v"])
 

@@ -5,9 +5,20 @@ One dataclass, :class:`TrainConfig`, holds every setting. The flags of
 YAML file given with ``--config FILE`` holds the same field names. Precedence: the dataclass
 defaults, then the YAML file, then the flags given on the command line. Unknown YAML fields
 are an error, so a typo never passes silently.
+
+Each setting is declared once, with its ``--help`` text (:func:`~videox_fun.training.data.config.setting`).
+The data settings (paths, sample sizes and frames, buckets, text dropout, ``train_mode``,
+``seed``...) are declared, with their rules, by :class:`~videox_fun.training.data.config.DataSettings`
+beside the data layer that reads them; TrainConfig extends it (and :class:`ModelSettings`, so
+that the model flags still come first) and declares the rest. Inheriting the fields keeps them
+plain dataclass fields, with no generated code; the data flags, their YAML fields and the data
+layer's :class:`~videox_fun.training.data.DataConfig` cannot drift apart.
+``DataConfig.from_mapping(config.to_dict())`` is the one conversion (it also snaps the sizes to
+multiples of 16, while TrainConfig keeps them as given), and :meth:`TrainConfig.validate` reports
+the data rules, named as flags, at start.
 """
 
-# _opt returns a dataclasses.field (with a default_factory for lists), which RUF009 cannot see.
+# setting() returns a dataclasses.field (with a default_factory for lists), which RUF009 cannot see.
 # ruff: noqa: RUF009
 from __future__ import annotations
 
@@ -16,18 +27,18 @@ import dataclasses
 import logging
 import os
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from ..config import read_yaml_mapping
 from ..io.files import atomic_path
+from .data.config import DataSettings, setting
 
 logger = logging.getLogger(__name__)
 
-TRAIN_MODES = ("normal", "inpaint", "control", "control_ref")
 WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "cosmap")
 # VideoX-Fun's one --weighting_scheme flag also names the sigma densities; they map to --timestep_sampling.
 DENSITY_SCHEMES = ("logit_normal", "mode")
@@ -48,115 +59,102 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 BOUNDARY_TYPES = ("full", "high", "low")
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    """A dataclass field carrying its ``--help`` text (and argparse extras such as ``choices``)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
-
-
 @dataclass
-class TrainConfig:
-    """Every training setting. Field names are the flag names (``--train_batch_size`` ...)."""
+class ModelSettings:
+    """Which model is trained and from which weights: the first fields (and flags) of :class:`TrainConfig`."""
 
-    # -- model -------------------------------------------------------------------------------
-    pretrained_model_name_or_path: str | None = _opt(None, "model folder (original or diffusers layout) or name")
-    config_path: str | None = _opt(None, "YAML model config, e.g. config/wan2.1/wan_fun_civitai.yaml")
-    family: str = _opt("wan", "model family spec (see videox_fun.training.specs)")
-    transformer_path: str | None = _opt(None, "start from these transformer weights (a folder or .safetensors)")
-    init_from_t2v: bool = _opt(
+    pretrained_model_name_or_path: str | None = setting(None, "model folder (original or diffusers layout) or name")
+    config_path: str | None = setting(None, "YAML model config, e.g. config/wan2.1/wan_fun_civitai.yaml")
+    family: str = setting("wan", "model family spec (see videox_fun.training.specs)")
+    transformer_path: str | None = setting(None, "start from these transformer weights (a folder or .safetensors)")
+    init_from_t2v: bool = setting(
         False, "zero-pad the new input channels of patch_embedding when a T2V checkpoint starts an InP/Control model"
     )
-    # -- data --------------------------------------------------------------------------------
-    train_data_dir: str | None = _opt(None, "folder the metadata paths are relative to")
-    train_data_meta: str | None = _opt(None, "metadata file (JSON list or CSV: file_path, text, type, ...)")
-    video_sample_size: list[int] = _opt([512], "video size: one side, or height width")
-    image_sample_size: list[int] = _opt([512], "image size: one side, or height width")
-    video_sample_n_frames: int = _opt(17, "frames per video sample (4k+1)")
-    video_sample_stride: int = _opt(4, "take every n-th frame")
-    video_repeat: int = _opt(0, "repeat every video entry this many times (0 = once) to balance images")
-    random_clip_start: bool = _opt(True, "start clips at a random frame of longer videos")
-    enable_bucket: bool = _opt(False, "batch samples of one aspect-ratio / frame-count bucket")
-    random_hw_adapt: bool = _opt(False, "randomly train at smaller sizes within the bucket list")
-    training_with_video_token_length: bool = _opt(False, "choose frames x size of a bucket by a token budget")
-    token_sample_size: int = _opt(512, "side of the square whose tokens make the budget")
-    text_drop_ratio: float = _opt(0.1, "share of samples trained with an empty prompt (for CFG)")
-    max_bad_share: float = _opt(0.05, "stop when more than this share of the files seen are corrupt or missing")
-    dataloader_num_workers: int = _opt(0, "data loading worker processes")
+
+
+# A dataclass puts the fields of its last base first: ModelSettings', then DataSettings', then its own.
+@dataclass
+class TrainConfig(DataSettings, ModelSettings):
+    """Every training setting. Field names are the flag names (``--train_batch_size`` ...).
+
+    The model settings (:class:`ModelSettings`), the data settings (:class:`DataSettings`), then
+    the training, LoRA, flow-matching, checkpoint, validation and cache settings below.
+    """
+
+    # Validation videos take one size or height width, as the sample sizes do.
+    SIZE_FIELDS: ClassVar[tuple[str, ...]] = (*DataSettings.SIZE_FIELDS, "validation_sample_size")
+
+    # -- data loading (the data settings are DataSettings') ----------------------------------
+    dataloader_num_workers: int = setting(0, "data loading worker processes")
     # -- training ----------------------------------------------------------------------------
-    train_mode: str = _opt("normal", "normal (t2v), inpaint, control or control_ref", choices=TRAIN_MODES)
-    output_dir: str = _opt("output_dir", "where checkpoints, logs, samples and final weights go")
-    seed: int = _opt(42, "seed of data order, noise, timesteps and masks")
-    train_batch_size: int = _opt(1, "samples per process and step")
-    gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
-    num_train_epochs: int = _opt(100, "epochs (max_train_steps wins when given)")
-    max_train_steps: int | None = _opt(None, "optimizer steps in all (overrides num_train_epochs)")
-    learning_rate: float = _opt(1e-4, "peak learning rate")
-    lr_scheduler: str = _opt("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
-    lr_warmup_steps: int = _opt(0, "warm-up steps of the schedule")
-    adam_beta1: float = _opt(0.9, "Adam beta1")
-    adam_beta2: float = _opt(0.999, "Adam beta2")
-    adam_weight_decay: float = _opt(1e-2, "AdamW weight decay")
-    adam_epsilon: float = _opt(1e-10, "Adam epsilon")
-    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)")
-    use_8bit_adam: bool = _opt(False, "8-bit AdamW from bitsandbytes")
-    mixed_precision: str | None = _opt(None, "no, fp16 or bf16 (default: accelerate's setting)")
-    gradient_checkpointing: bool = _opt(False, "recompute block activations in backward to save memory")
-    low_vram: bool = _opt(False, "keep the VAE and text encoder off the accelerator between uses")
-    vae_mini_batch: int = _opt(1, "videos the VAE encodes at once")
-    trainable_modules: list[str] | None = _opt(
+    output_dir: str = setting("output_dir", "where checkpoints, logs, samples and final weights go")
+    train_batch_size: int = setting(1, "samples per process and step")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
+    num_train_epochs: int = setting(100, "epochs (max_train_steps wins when given)")
+    max_train_steps: int | None = setting(None, "optimizer steps in all (overrides num_train_epochs)")
+    learning_rate: float = setting(1e-4, "peak learning rate")
+    lr_scheduler: str = setting("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = setting(0, "warm-up steps of the schedule")
+    adam_beta1: float = setting(0.9, "Adam beta1")
+    adam_beta2: float = setting(0.999, "Adam beta2")
+    adam_weight_decay: float = setting(1e-2, "AdamW weight decay")
+    adam_epsilon: float = setting(1e-10, "Adam epsilon")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm (0 = off)")
+    use_8bit_adam: bool = setting(False, "8-bit AdamW from bitsandbytes")
+    mixed_precision: str | None = setting(None, "no, fp16 or bf16 (default: accelerate's setting)")
+    gradient_checkpointing: bool = setting(False, "recompute block activations in backward to save memory")
+    low_vram: bool = setting(False, "keep the VAE and text encoder off the accelerator between uses")
+    vae_mini_batch: int = setting(1, "videos the VAE encodes at once")
+    trainable_modules: list[str] | None = setting(
         None, "full fine-tune: train only parameters whose names contain one of these (default: all)"
     )
     # -- LoRA --------------------------------------------------------------------------------
-    use_lora: bool = _opt(False, "train a LoRA (peft) instead of the full transformer")
-    rank: int = _opt(64, "LoRA rank")
-    network_alpha: float = _opt(32.0, "LoRA alpha (scale = alpha / rank)")
-    lora_target_modules: list[str] | None = _opt(None, "module names to adapt (default: the family's list)")
-    lora_skip_name: list[str] | None = _opt(None, "skip modules whose names contain one of these")
+    use_lora: bool = setting(False, "train a LoRA (peft) instead of the full transformer")
+    rank: int = setting(64, "LoRA rank")
+    network_alpha: float = setting(32.0, "LoRA alpha (scale = alpha / rank)")
+    lora_target_modules: list[str] | None = setting(None, "module names to adapt (default: the family's list)")
+    lora_skip_name: list[str] | None = setting(None, "skip modules whose names contain one of these")
     # -- flow matching -----------------------------------------------------------------------
-    timestep_sampling: str = _opt("logit_normal", "sigma density", choices=TIMESTEP_SAMPLINGS)
-    uniform_sampling: bool = _opt(False, "uniform sigmas (same as --timestep_sampling uniform)")
-    logit_mean: float = _opt(0.0, "mean of the logit-normal density")
-    logit_std: float = _opt(1.0, "std of the logit-normal density")
-    mode_scale: float = _opt(1.29, "scale of the 'mode' density")
-    weighting_scheme: str = _opt(
+    timestep_sampling: str = setting("logit_normal", "sigma density", choices=TIMESTEP_SAMPLINGS)
+    uniform_sampling: bool = setting(False, "uniform sigmas (same as --timestep_sampling uniform)")
+    logit_mean: float = setting(0.0, "mean of the logit-normal density")
+    logit_std: float = setting(1.0, "std of the logit-normal density")
+    mode_scale: float = setting(1.29, "scale of the 'mode' density")
+    weighting_scheme: str = setting(
         "none",
         "loss weighting over sigma; VideoX-Fun's logit_normal / mode set --timestep_sampling instead",
         choices=WEIGHTING_SCHEMES + DENSITY_SCHEMES,
     )
-    shift: float | None = _opt(None, "flow shift applied to sampled sigmas as at inference (default: model's)")
-    boundary_type: str = _opt(
+    shift: float | None = setting(None, "flow shift applied to sampled sigmas as at inference (default: model's)")
+    boundary_type: str = setting(
         "full",
         "Wan2.2 A14B: train the high-noise expert on t >= boundary*1000 (high) or the low-noise one below (low)",
         choices=BOUNDARY_TYPES,
     )
     # -- checkpoints and logs ----------------------------------------------------------------
-    checkpointing_steps: int = _opt(500, "save a resumable checkpoint every n steps")
-    checkpoints_total_limit: int | None = _opt(None, "keep at most this many checkpoints")
-    resume_from_checkpoint: str | None = _opt(None, "a checkpoint folder, or 'latest'")
-    report_to: str = _opt("tensorboard", "tensorboard (when installed) or none")
-    logging_dir: str = _opt("logs", "log folder inside output_dir")
+    checkpointing_steps: int = setting(500, "save a resumable checkpoint every n steps")
+    checkpoints_total_limit: int | None = setting(None, "keep at most this many checkpoints")
+    resume_from_checkpoint: str | None = setting(None, "a checkpoint folder, or 'latest'")
+    report_to: str = setting("tensorboard", "tensorboard (when installed) or none")
+    logging_dir: str = setting("logs", "log folder inside output_dir")
     # -- validation --------------------------------------------------------------------------
-    validation_steps: int | None = _opt(None, "sample the validation prompts every n steps (off by default)")
-    validation_prompts: list[str] | None = _opt(None, "prompts sampled during training")
-    validation_num_frames: int | None = _opt(None, "frames of validation videos (default: the model's)")
-    validation_sample_size: list[int] | None = _opt(None, "height width of validation videos (default: model's)")
-    validation_inference_steps: int | None = _opt(None, "sampling steps of validation (default: the model's)")
-    validation_control_video: str | None = _opt(None, "control video for validation of control modes")
-    validation_image: str | None = _opt(None, "reference image for validation of control_ref")
+    validation_steps: int | None = setting(None, "sample the validation prompts every n steps (off by default)")
+    validation_prompts: list[str] | None = setting(None, "prompts sampled during training")
+    validation_num_frames: int | None = setting(None, "frames of validation videos (default: the model's)")
+    validation_sample_size: list[int] | None = setting(None, "height width of validation videos (default: model's)")
+    validation_inference_steps: int | None = setting(None, "sampling steps of validation (default: the model's)")
+    validation_control_video: str | None = setting(None, "control video for validation of control modes")
+    validation_image: str | None = setting(None, "reference image for validation of control_ref")
     # -- latent cache ------------------------------------------------------------------------
-    use_cached_latents: bool = _opt(False, "read VAE latents / text embeddings from the cache")
-    cache_dir: str | None = _opt(None, "latent cache folder (default: OUTPUT_DIR/latent_cache)")
+    use_cached_latents: bool = setting(False, "read VAE latents / text embeddings from the cache")
+    cache_dir: str | None = setting(None, "latent cache folder (default: OUTPUT_DIR/latent_cache)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.uniform_sampling:
             self.timestep_sampling = "uniform"
         if self.weighting_scheme in DENSITY_SCHEMES:
             self.timestep_sampling, self.weighting_scheme = self.weighting_scheme, "none"
-        for name in ("video_sample_size", "image_sample_size", "validation_sample_size"):
-            value = getattr(self, name)
-            if isinstance(value, int):
-                setattr(self, name, [value])
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -166,17 +164,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Fail at start, saying what to change, when settings cannot work together."""
-        problems = []
-        if self.train_mode not in TRAIN_MODES:
-            problems.append(f"--train_mode {self.train_mode!r} is unknown; choose one of {', '.join(TRAIN_MODES)}")
+        # The data rules as the data layer applies them (to the values it is given: None means the default).
+        problems = ["--" + problem for problem in DataSettings.from_mapping(self.to_dict()).data_problems()]
         if not self.pretrained_model_name_or_path:
             problems.append("--pretrained_model_name_or_path is required (a model folder or name)")
         if not self.use_cached_latents and not self.train_data_meta:
             problems.append("--train_data_meta is required (or train from a cache with --use_cached_latents)")
         if self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             problems.append("--train_batch_size and --gradient_accumulation_steps must be at least 1")
-        if (self.video_sample_n_frames - 1) % 4:
-            problems.append(f"--video_sample_n_frames {self.video_sample_n_frames} must be 4k+1 (e.g. 17, 49, 81)")
         if self.use_lora and self.trainable_modules:
             problems.append("--trainable_modules is for full fine-tuning; LoRA trains only its adapters")
         if self.validation_steps and not self.validation_prompts:

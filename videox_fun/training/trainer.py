@@ -247,72 +247,91 @@ class Trainer:
 
     def _setup(self) -> None:
         """Accelerator, models, trainable parameters, data, optimizer and schedule, objective."""
-        from accelerate.utils import DistributedType, set_seed
-        from diffusers.optimization import get_scheduler
+        from accelerate.utils import set_seed
 
-        config, spec = self.config, self.spec
+        config = self.config
         self.resume_folder = check_run_start(config)  # before anything loads or is written
         accelerator = self.accelerator = self._accelerator()
         set_seed(config.seed)
         if accelerator.is_main_process:
             Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         self.weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
-        models = self.models = spec.load_models(config, self.weight_dtype)
+        models = self.models = self.spec.load_models(config, self.weight_dtype)
         params = self._setup_trainable(models.transformer, self.weight_dtype)
         self.dataset, self.sampler, self.loader = self._data(accelerator.process_index, accelerator.num_processes)
         steps_per_epoch = math.ceil(len(self.sampler) / config.gradient_accumulation_steps)
         self.max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+        self._prepare(params)
+        register_trainable_hooks(accelerator)
+        if not config.low_vram:
+            for module in models.frozen.values():
+                module.to(accelerator.device)
+        self.objective = self._objective()
+        if accelerator.is_main_process:
+            self._start_logging()
 
+    def _prepare(self, params: list[nn.Parameter]) -> None:
+        """Shard (FSDP on the CPU) or ``accelerator.prepare`` the transformer, with its optimizer and schedule.
+
+        Sets ``params`` (the parameters the optimizer steps), ``transformer``, ``optimizer``,
+        ``lr_scheduler``, ``cpu_sharded`` and ``sharded``.
+        """
+        from accelerate.utils import DistributedType
+        from diffusers.optimization import get_scheduler
+
+        config, accelerator, transformer = self.config, self.accelerator, self.models.transformer
         fsdp_requested = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
         self.cpu_sharded = fsdp_requested and accelerator.distributed_type == DistributedType.MULTI_CPU
         if self.cpu_sharded:  # sharding replaces the parameters: the optimizer must see the sharded ones
-            shard_on_cpu(models.transformer)
-            params = [p for p in models.transformer.parameters() if p.requires_grad]
+            shard_on_cpu(transformer)
+            params = [p for p in transformer.parameters() if p.requires_grad]
         self.params = params
         optimizer = self._optimizer(params)
         scheduler = get_scheduler(
             config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=self.max_steps
         )
         if self.cpu_sharded:
-            self.transformer, self.optimizer, self.lr_scheduler = models.transformer, optimizer, scheduler
+            self.transformer, self.optimizer, self.lr_scheduler = transformer, optimizer, scheduler
             accelerator.register_for_checkpointing(scheduler)
         else:
             if accelerator.distributed_type == DistributedType.DEEPSPEED:
                 # DeepSpeed reads the micro-batch from a prepared data loader; ours shards global batches itself.
                 plugin = accelerator.state.deepspeed_plugin
                 plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train_batch_size
-            prepared = accelerator.prepare(models.transformer, optimizer, scheduler)
-            self.transformer, self.optimizer, self.lr_scheduler = prepared
+            self.transformer, self.optimizer, self.lr_scheduler = accelerator.prepare(transformer, optimizer, scheduler)
         self.sharded = self.cpu_sharded or accelerator.distributed_type in (
             DistributedType.FSDP,
             DistributedType.DEEPSPEED,
         )
-        register_trainable_hooks(accelerator)
-        if not config.low_vram:
-            for module in models.frozen.values():
-                module.to(accelerator.device)
-        self.objective = FlowMatching(
+
+    def _objective(self) -> FlowMatching:
+        """Flow matching as the config says; the model's own shift unless ``--shift`` is given."""
+        config, models = self.config, self.models
+        return FlowMatching(
             sampling=config.timestep_sampling,
             logit_mean=config.logit_mean,
             logit_std=config.logit_std,
             mode_scale=config.mode_scale,
             weighting=config.weighting_scheme,
-            shift=config.shift if config.shift is not None else spec.default_shift(models),
+            shift=config.shift if config.shift is not None else self.spec.default_shift(models),
             sigma_range=models.sigma_range,
         )
-        if accelerator.is_main_process:
-            self._record_settings()
-            tracked = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-            accelerator.init_trackers("videox_fun", config=tracked)
-            logger.info(
-                "training %s: %d trainable parameters, %d samples, global batch %d, %d accumulation, %d steps",
-                config.train_mode,
-                sum(p.numel() for p in params),
-                len(self.dataset),
-                config.train_batch_size * accelerator.num_processes,
-                config.gradient_accumulation_steps,
-                self.max_steps,
-            )
+
+    def _start_logging(self) -> None:
+        """Main process: write the run's settings, start the trackers and log what is trained on what."""
+        config, accelerator = self.config, self.accelerator
+        self._record_settings()
+        tracked = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("videox_fun", config=tracked)
+        logger.info(
+            "training %s: %d trainable parameters, %d samples, global batch %d, %d accumulation, %d steps",
+            config.train_mode,
+            sum(p.numel() for p in self.params),
+            len(self.dataset),
+            config.train_batch_size * accelerator.num_processes,
+            config.gradient_accumulation_steps,
+            self.max_steps,
+        )
 
     def _record_settings(self) -> None:
         """Write OUTPUT_DIR/train_config.yaml once the run's inputs loaded.

@@ -140,29 +140,46 @@ def foreground_crops(video: torch.Tensor, size: int, generator: torch.Generator)
     return torch.stack(crops)
 
 
-def _save(
-    vae: AutoencoderKLWan,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    step: int,
-    sampler_state: dict,
-    crop_generator: torch.Generator,
-    folder: Path,
-) -> None:
+@dataclass
+class _VAERun:
+    """What the steps of a VAE run share: the model, its optimizer and schedule, the data, the crop RNG."""
+
+    config: VAETrainConfig
+    vae: AutoencoderKLWan
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    dataset: VideoDataset
+    sampler: BucketBatchSampler
+    crop_generator: torch.Generator
+
+
+def _save(run: _VAERun, step: int, folder: Path) -> None:
     """Write the VAE (diffusers layout) and the training state (optimizer, schedule, step, data and RNG states)."""
     # The new checkpoint replaces the previous one only once whole: a run killed while saving resumes from the old one.
     with atomic_dir(folder) as staging:
-        vae.save_pretrained(str(staging))
+        run.vae.save_pretrained(str(staging))
         reset_tree_modes(staging)  # diffusers' safetensors would be 0600
         state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
             "step": step,
-            "sampler": sampler_state,
+            "sampler": run.sampler.state_dict(),
             "rng": torch.get_rng_state(),
-            "crop_rng": crop_generator.get_state(),
+            "crop_rng": run.crop_generator.get_state(),
         }
         torch.save(state, staging / "training_state.pt")
+
+
+def _restore(run: _VAERun, folder: Path) -> int:
+    """Load the training state :func:`_save` wrote into ``run`` (and the global RNG); returns its step."""
+    state = torch.load(folder / "training_state.pt", weights_only=False)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.sampler.load_state_dict(state["sampler"])
+    torch.set_rng_state(state["rng"])
+    run.crop_generator.set_state(state["crop_rng"])
+    return state["step"]
 
 
 def _fresh_vae(config: VAETrainConfig) -> AutoencoderKLWan:
@@ -260,10 +277,18 @@ def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "vae_train_config.json").write_text(json.dumps(asdict(config), indent=2))
     latest = out / "checkpoint-latest"
+    resuming = resume and latest.is_dir()
+    run = _start_run(config, latest if resuming else config.init_from)
+    step = _restore(run, latest) if resuming else 0
+    _train_steps(run, step, latest)
+    return latest
+
+
+def _start_run(config: VAETrainConfig, source: Path | str | None) -> _VAERun:
+    """The VAE from ``source`` (a checkpoint, ``init_from``, or None: a fresh one), its optimizer, schedule and data."""
     torch.manual_seed(config.seed)
-    source = latest if resume and latest.is_dir() else config.init_from
     vae = AutoencoderKLWan.from_pretrained(source) if source else _fresh_vae(config)
-    if config.widen_decoder > 1 and source == config.init_from:
+    if config.widen_decoder > 1 and source == config.init_from:  # not when resuming: the checkpoint is wide already
         vae = widen_decoder(vae, config.widen_decoder, torch.Generator().manual_seed(config.seed))
     vae.train()
     trainable = _trainable_parameters(vae, config.decoder_only)
@@ -272,21 +297,18 @@ def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
         "cosine", optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_train_steps
     )
     dataset, sampler = _data(config)
-    step = 0
     crop_generator = torch.Generator().manual_seed(config.seed)
-    if resume and latest.is_dir():
-        state = torch.load(latest / "training_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng"])
-        crop_generator.set_state(state["crop_rng"])
-        step = state["step"]
+    return _VAERun(config, vae, trainable, optimizer, scheduler, dataset, sampler, crop_generator)
+
+
+def _train_steps(run: _VAERun, step: int, folder: Path) -> None:
+    """Optimizer steps from ``step`` to ``max_train_steps`` (or ``stop_after_steps``), checkpointing to ``folder``."""
+    config = run.config
     # The loader's own generator: creating an iterator then draws nothing from the global RNG,
     # which the posterior sampling uses and a resume restores.
     loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
+        run.dataset,
+        batch_sampler=run.sampler,
         collate_fn=collate,
         num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),
@@ -295,31 +317,36 @@ def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
     last = min(config.max_train_steps, config.stop_after_steps or config.max_train_steps)
     while step < last:
         for batch in loader:
-            video = batch["pixel_values"]  # (B, 3, F, H, W)
-            if config.crop_size:
-                video = foreground_crops(video, config.crop_size, crop_generator)
-            loss = reconstruction_loss(
-                vae,
-                video,
-                config.kl_weight,
-                config.foreground_weight,
-                frozen_encoder=config.decoder_only,
-                l1_weight=config.l1_weight,
-            )
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            loss = _optimizer_step(run, batch["pixel_values"])
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % config.checkpointing_steps == 0 or step == last:
-                _save(vae, optimizer, scheduler, step, sampler.state_dict(), crop_generator, latest)
+                _save(run, step, folder)
             if step >= last:
                 break
     bar.close()
-    return latest
+
+
+def _optimizer_step(run: _VAERun, video: torch.Tensor) -> torch.Tensor:
+    """One step on a batch ``video`` (B, 3, F, H, W): the crops, the loss, its clipped gradient; returns the loss."""
+    config = run.config
+    if config.crop_size:
+        video = foreground_crops(video, config.crop_size, run.crop_generator)
+    loss = reconstruction_loss(
+        run.vae,
+        video,
+        config.kl_weight,
+        config.foreground_weight,
+        frozen_encoder=config.decoder_only,
+        l1_weight=config.l1_weight,
+    )
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.trainable, 1.0)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    return loss
 
 
 def fit_latent_statistics(

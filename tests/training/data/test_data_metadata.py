@@ -133,10 +133,11 @@ def test_missing_or_unknown_metadata_files(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 def test_config_sizes_and_their_corrections() -> None:
     config = DataConfig(video_sample_size=[480, 832], image_sample_size=512)
-    assert config.video_sample_size == (480, 832) and config.image_sample_size == (512, 512)
+    assert config.video_size == (480, 832) and config.image_size == (512, 512)
+    assert config.video_sample_size == [480, 832] and config.image_sample_size == [512]  # as given
     assert config.video_side == 631 and config.image_side == 512
     with pytest.warns(UserWarning, match="500x500 is not a multiple of 16: using 496x496"):
-        assert DataConfig(video_sample_size=500).video_sample_size == (496, 496)
+        assert DataConfig(video_sample_size=500).video_size == (496, 496)
     with pytest.raises(ValueError, match="one int or"):
         DataConfig(video_sample_size=[1, 2, 3])
 
@@ -153,6 +154,8 @@ def test_config_refuses_what_cannot_work_and_says_what_to_change() -> None:
 def test_config_from_the_training_config() -> None:
     train = TrainConfig(train_data_meta="m.json", video_sample_size=[256, 448], train_mode="inpaint", seed=3)
     config = DataConfig.from_mapping(train.to_dict())
-    assert config.train_data_meta == "m.json" and config.video_sample_size == (256, 448)
+    assert config.train_data_meta == "m.json" and config.video_size == (256, 448)
     assert config.train_mode == "inpaint" and config.seed == 3 and config.needs_control is False
+    # One declaration: the training config's data defaults are the data layer's.
+    assert DataConfig.from_mapping(TrainConfig().to_dict()) == DataConfig()
     assert DataConfig(train_mode="control_ref").needs_control

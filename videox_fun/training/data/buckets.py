@@ -101,7 +101,7 @@ def entry_key(data_type: str, height: int, width: int, num_frames: int, config: 
     if config.enable_bucket:
         size = closest_size(height, width, bucket_sizes(config.video_side if is_video else config.image_side))
     else:
-        size = config.video_sample_size if is_video else config.image_sample_size
+        size = config.video_size if is_video else config.image_size
     frames = clip_frames(num_frames, config.video_sample_stride, config.video_sample_n_frames) if is_video else 1
     return BucketKey(data_type, size[0], size[1], frames)
 
