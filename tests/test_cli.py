@@ -112,7 +112,7 @@ def test_default_model_is_the_packaged_trained_one(tmp_path, monkeypatch, capsys
     ],
 )
 def test_bad_input_fails_with_a_message(inp_folder, tmp_path, capsys, extra, message):
-    (tmp_path / "c.mp4").write_bytes(b"")
+    write_video(np.zeros((5, 32, 32, 3), dtype=np.uint8), tmp_path / "c.mp4", fps=8)  # a valid input file
     args = [
         "generate",
         "--prompt",
@@ -424,3 +424,13 @@ def test_eval_of_a_folder_where_nothing_can_be_judged_fails(tmp_path, capsys):
     write_video(np.zeros((5, 32, 32, 3), dtype=np.uint8), tmp_path / "a.mp4", fps=8)  # no sidecar
     assert main(["eval", "toyworld", str(tmp_path), "--quiet"]) == 2
     assert "no video in" in capsys.readouterr().err
+
+
+def test_inputs_that_cannot_be_decoded_fail_before_any_model_loads(tmp_path, capsys):
+    (tmp_path / "bad.mp4").write_text("not a video")
+    (tmp_path / "bad.txt").write_text("url\n1 2 3\n")
+    missing_model = ["--model", "no/such/model"]  # a check after loading would fail on this instead
+    assert main(["generate", "--prompt", "x", "--video", str(tmp_path / "bad.mp4"), *missing_model]) == 2
+    assert "--video: cannot open video" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--camera", str(tmp_path / "bad.txt"), *missing_model]) == 2
+    assert "bad.txt:2: expected 19 numbers" in capsys.readouterr().err

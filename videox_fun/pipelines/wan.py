@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig, config_for_folder
-from ..io.camera import camera_poses, is_trajectory_name, plucker_embedding
+from ..io.camera import camera_poses, is_trajectory_name, plucker_embedding, read_camera_trajectory
 from ..io.video import frames_to_tensor, read_image, read_video, tensor_to_frames
 from ..models.wan.keys import blank_clip_tokens
 from ..models.wan.variants import EXPERT_BOUNDARIES, variant_for_mode, variant_of
@@ -636,5 +636,21 @@ def require_inputs(mode: str, given: Mapping[str, object]) -> None:
     for name, value in given.items():
         if name == "camera" and value is not None and is_trajectory_name(value):
             continue  # a built-in trajectory (pan_left, zoom_in...), not a file
-        if isinstance(value, (str, Path)) and not Path(value).exists():
-            raise FileNotFoundError(f"--{name.replace('_', '-')}: file not found: {value}")
+        if isinstance(value, (str, Path)):
+            if not Path(value).exists():
+                raise FileNotFoundError(f"--{name.replace('_', '-')}: file not found: {value}")
+            check_readable_input(name, Path(value))
+
+
+def check_readable_input(name: str, path: Path) -> None:
+    """Read as much of an input file as shows it is usable (a camera file's poses, a medium's first frame).
+
+    A video that cannot be decoded then fails before a model loads, not after minutes of loading.
+    """
+    try:
+        if name == "camera":
+            read_camera_trajectory(path)
+        else:
+            read_video(path, num_frames=1)
+    except ValueError as err:  # VideoReadError and malformed trajectories
+        raise ValueError(f"--{name.replace('_', '-')}: {err}") from err
