@@ -1,0 +1,1 @@
+"""The CogVideoX(-Fun) family (being written)."""
