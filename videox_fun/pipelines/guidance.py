@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..runtime.cache import cache_branch
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
 
 
@@ -57,7 +59,8 @@ class ClassifierFreeGuidance:
         scale = self.scale if scale is None else scale
         self.passes["cond"] += 1
         if not self.active(step, num_steps, scale):
-            return denoise(latents, t, cond)
+            with cache_branch("cond"):
+                return denoise(latents, t, cond)
         self.passes["uncond"] += 1
         pred_cond, pred_uncond = self.predict_both(denoise, latents, t, cond, uncond)
         return pred_uncond + scale * (pred_cond - pred_uncond)
@@ -65,8 +68,17 @@ class ClassifierFreeGuidance:
     def predict_both(
         self, denoise: Denoiser, latents: torch.Tensor, t: torch.Tensor, cond: dict, uncond: dict
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The conditional and unconditional predictions (CFG parallelism overrides where they run)."""
+        """The conditional and unconditional predictions (CFG parallelism overrides where they run).
+
+        Each sequential pass runs inside its :func:`~videox_fun.runtime.cache.cache_branch`, so step caches keep
+        their states apart; the batched pass carries both branches and names none (the caches then key it by
+        its text context, one state for the pair).
+        """
         if self.batched:
             both = denoise(torch.cat([latents, latents]), torch.cat([t, t]), _cat_conditions(cond, uncond))
             return both.chunk(2)
-        return denoise(latents, t, cond), denoise(latents, t, uncond)
+        with cache_branch("cond"):
+            pred_cond = denoise(latents, t, cond)
+        with cache_branch("uncond"):
+            pred_uncond = denoise(latents, t, uncond)
+        return pred_cond, pred_uncond

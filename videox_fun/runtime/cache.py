@@ -1,22 +1,36 @@
 """Step caching as hooks on the transformer's block stack: TeaCache and first-block cache.
 
-Both replace ``model.run_blocks`` on the instance (``remove()`` puts it back): on a step judged
-close enough to the previous one, the block stack is skipped and its cached residual
-(output - input) is added instead. Conditional and unconditional passes keep separate state
-(keyed by a fingerprint of their text context), so batched and sequential CFG both work.
+On a step judged close enough to the previous one, the block stack is skipped and its cached
+residual (output - input, one per stream the blocks carry) is added instead. Where the stack is
+attached comes from the model's declared extension points (:mod:`videox_fun.runtime.points`):
+
+- a model that declares a ``_block_runner`` (Wan's ``run_blocks``) has that method replaced on the
+  instance (``remove()`` puts it back); hooks under it (sequence parallelism) keep applying;
+- any other model (e.g. diffusers' CogVideoX, whose block loop is inside its ``forward``) has the
+  ``forward`` of each block of its ``_block_lists`` replaced on the instance: the first block
+  decides for the step; on a skipped step every block returns its inputs unchanged and the last
+  one returns them plus the cached residuals (as diffusers' ``hooks/first_block_cache.py``).
+
+Guidance passes keep separate state: the pass's branch when one is named with
+:func:`cache_branch` (``ClassifierFreeGuidance`` names "cond" / "uncond" around sequential passes),
+else a fingerprint of the pass's text context (a batched pass carrying both has one state).
 
 - :class:`TeaCache` accumulates ``poly(rel_L1(indicator_t, indicator_{t-1}))`` where the
-  indicator is the time embedding (or time projection) and the polynomial is fitted per model
-  (published for the Wan2.1 releases, fitted for any model by :func:`calibrate`), and recomputes
-  when the sum passes the threshold.
+  indicator is a declared ``_cache_indicators`` module's output (Wan: time embedding or time
+  projection) and the polynomial is fitted per model (published for the Wan2.1 releases, fitted
+  for any model by ``videox-fun calibrate-cache``), and recomputes when the sum passes the threshold.
 - :class:`FirstBlockCache` always runs the first block and skips the rest when the first block's
   residual changed less than the threshold (relative L1) since the last full step.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +42,13 @@ from torch import nn
 from ..config import read_json_mapping
 from ..io.files import atomic_path
 from ..models.wan.variants import PRESETS
+from . import points
 
 if TYPE_CHECKING:
     from ..models.wan.transformer import RunBlocks
+
+Streams = tuple[torch.Tensor, ...]  # what the blocks carry from one to the next (hidden states, text states...)
+RunPart = Callable[[Streams, slice], Streams]  # run a slice of the stack on the streams
 
 # Published TeaCache coefficients for Wan2.1 (highest power first), see ARCHITECTURE.md.
 TEACACHE_COEFFICIENTS: dict[str, dict[str, list[float]]] = {
@@ -70,7 +88,7 @@ def published_coefficients(config: Mapping[str, Any], indicator: str = "time_emb
     I2V-14B 480P and 720P share one architecture; the 480P fit is returned for both.
     """
     name = preset_of(config)
-    return TEACACHE_COEFFICIENTS[indicator].get(name) if name else None
+    return TEACACHE_COEFFICIENTS.get(indicator, {}).get(name) if name else None
 
 
 def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
@@ -84,6 +102,43 @@ def context_key(context: torch.Tensor) -> tuple:
     return (tuple(context.shape), *[round(v, 3) for v in sums.tolist()])
 
 
+# A ContextVar, not a global: concurrent generations (server threads, asyncio) each see their own branch.
+_BRANCH: ContextVar[str | None] = ContextVar("videox_fun_cache_branch", default=None)
+
+
+@contextmanager
+def cache_branch(name: str | None) -> Iterator[None]:
+    """Name the guidance branch ("cond", "uncond", ...) the transformer calls inside compute.
+
+    Step caches keep one state per branch, so the passes of sequential guidance never share a
+    residual whatever their inputs look like. ``None`` (and no branch at all) falls back to the
+    text-context fingerprint, which also keeps a batched pass that carries both branches apart.
+    """
+    token = _BRANCH.set(name)
+    try:
+        yield
+    finally:
+        _BRANCH.reset(token)
+
+
+def current_branch() -> str | None:
+    """The branch named by the innermost :func:`cache_branch`, or ``None``."""
+    return _BRANCH.get()
+
+
+def pass_key(context: torch.Tensor | None) -> tuple:
+    """The state key of a pass: its named branch, else the fingerprint of its text ``context``."""
+    branch = current_branch()
+    if branch is not None:
+        return ("branch", branch)
+    if context is None:
+        raise ValueError(
+            "a step cache cannot tell this pass from the other guidance passes: no cache_branch(...) is active and "
+            "the blocks receive no text context (declare _cache_context_argument on the model class)"
+        )
+    return context_key(context)
+
+
 @dataclass
 class CacheState:
     """What one pass (cond or uncond) remembers between steps."""
@@ -92,7 +147,7 @@ class CacheState:
     accumulated: float = 0.0
     previous_indicator: torch.Tensor | None = None
     previous_first_residual: torch.Tensor | None = None
-    residual: torch.Tensor | None = None
+    residual: Streams | None = None  # one per stream, measured from the input the skip adds it to
 
 
 @dataclass
@@ -105,7 +160,14 @@ class CacheStats:
 
 
 class StepCache:
-    """Base: replaces ``model.run_blocks``; subclasses decide per call (:meth:`_cached_run`) whether to compute."""
+    """Base: attaches to the model's block stack; subclasses decide per pass (:meth:`_decide`) whether to compute.
+
+    A pass runs through :meth:`_cached_pass`: the first block first when the policy decides on it
+    (:attr:`decides_after_first_block`), then the decision, then the rest of the stack or the cached
+    residuals; both attachment kinds (the model's block runner, or hooks on its blocks) drive it.
+    """
+
+    decides_after_first_block = False
 
     def __init__(self, model: nn.Module, num_skip_start_steps: int = 1, offload_residuals: bool = False):
         self.model = model
@@ -114,10 +176,8 @@ class StepCache:
         self.num_steps: int | None = None
         self.states: dict[tuple, CacheState] = {}
         self.stats = CacheStats()
-        # Another hook (sequence parallelism) may already wrap run_blocks: keep it and restore it on remove.
-        self._wrapped_instance_method = "run_blocks" in vars(model)
-        self._compute_blocks: RunBlocks = model.run_blocks
-        model.run_blocks = self._run_blocks
+        runner = points.block_runner(model)
+        self._seam: _RunnerSeam | _BlockHooks = _RunnerSeam(self, runner) if runner else _BlockHooks(self)
         hooks = getattr(model, "generation_hooks", [])
         model.generation_hooks = [*hooks, self]
 
@@ -128,10 +188,7 @@ class StepCache:
 
     def remove(self) -> None:
         """Detach: the model computes every step again (through any hook that was there before)."""
-        if self._wrapped_instance_method:
-            self.model.run_blocks = self._compute_blocks
-        else:
-            del self.model.run_blocks
+        self._seam.remove()
         self.model.generation_hooks = [h for h in self.model.generation_hooks if h is not self]
 
     def must_compute(self, state: CacheState) -> bool:
@@ -139,11 +196,11 @@ class StepCache:
         last = self.num_steps is not None and state.calls >= self.num_steps - 1
         return state.residual is None or state.calls < self.num_skip_start_steps or last
 
-    def _store(self, residual: torch.Tensor) -> torch.Tensor:
-        return residual.to("cpu", non_blocking=True) if self.offload_residuals else residual
+    def _store(self, residuals: Streams) -> Streams:
+        return tuple(r.to("cpu", non_blocking=True) for r in residuals) if self.offload_residuals else residuals
 
-    def _reuse(self, x: torch.Tensor, state: CacheState) -> torch.Tensor:
-        return x + state.residual.to(x.device, x.dtype)
+    def _reuse(self, streams: Streams, state: CacheState) -> Streams:
+        return tuple(s + r.to(s.device, s.dtype) for s, r in zip(streams, state.residual, strict=True))
 
     def _record(self, computed: bool) -> None:
         self.stats.decisions.append(computed)
@@ -152,17 +209,64 @@ class StepCache:
         else:
             self.stats.skipped += 1
 
+    def _cached_pass(self, key: tuple, streams: Streams, run: RunPart) -> Streams:
+        """The streams through the whole stack, computed or taken from the cache (the runner seam's driver).
+
+        ``run(streams, part)`` runs the ``part`` slice of the stack. The block hooks follow the same
+        steps spread over the blocks' calls (:class:`_BlockHooks`).
+        """
+        state = self.states.setdefault(key, CacheState())
+        base, rest, first_residual = streams, slice(None), None
+        if self.decides_after_first_block:
+            base, rest = run(streams, slice(0, 1)), slice(1, None)
+            first_residual = base[0] - streams[0]
+        if not self._decide(state, first_residual):
+            return self._reuse(base, state)
+        out = run(base, rest)
+        self._computed(state, tuple(o - b for o, b in zip(out, base, strict=True)))
+        return out
+
+    def _decide(self, state: CacheState, first_residual: torch.Tensor | None) -> bool:
+        """Whether this pass computes (the stack, or the part after the first block); counts the pass.
+
+        first_residual: the first block's output - input of the leading stream, for policies that
+        :attr:`decides_after_first_block`, else ``None``.
+        """
+        raise NotImplementedError
+
+    def _computed(self, state: CacheState, residuals: Streams) -> None:
+        """A computed pass's residuals (output - the input a skip would add them to), one per stream."""
+        state.residual = self._store(residuals)
+
+
+class _RunnerSeam:
+    """Replaces the model's declared block runner (Wan: ``run_blocks``) on the instance."""
+
+    def __init__(self, cache: StepCache, runner: str):
+        self.cache, self.model, self.runner = cache, cache.model, runner
+        # Another hook (sequence parallelism) may already wrap the runner: keep it and restore it on remove.
+        self._wrapped_instance_method = runner in vars(self.model)
+        self._compute_blocks: RunBlocks = getattr(self.model, runner)
+        setattr(self.model, runner, self._run_blocks)
+
+    def remove(self) -> None:
+        """Put back the runner that was there before."""
+        if self._wrapped_instance_method:
+            setattr(self.model, self.runner, self._compute_blocks)
+        else:
+            delattr(self.model, self.runner)
+
     def _run_blocks(
         self,
         x: torch.Tensor,  # the input the cached residual is added to
         e0: torch.Tensor,  # passed on, as the rest
-        context: torch.Tensor,  # tells the conditional and unconditional passes apart
+        context: torch.Tensor,  # tells the conditional and unconditional passes apart (without a branch)
         context_img: torch.Tensor | None,
         rope: torch.Tensor,
         context_bias: torch.Tensor | None = None,
         blocks: slice = slice(None),  # only the whole stack is cached
     ) -> torch.Tensor:
-        """The hooked ``run_blocks`` (same signature): the whole stack goes through :meth:`_cached_run`;
+        """The hooked runner (same signature): the whole stack goes through :meth:`StepCache._cached_pass`;
         a part of it (another hook asking for a slice) is computed as asked, uncached."""
 
         def run(tokens: torch.Tensor, part: slice = slice(None)) -> torch.Tensor:
@@ -170,25 +274,132 @@ class StepCache:
 
         if blocks != slice(None):
             return run(x, blocks)
-        return self._cached_run(x, context, run)
+        (out,) = self.cache._cached_pass(pass_key(context), (x,), lambda streams, part: (run(streams[0], part),))
+        return out
 
-    def _cached_run(self, x: torch.Tensor, context: torch.Tensor, run: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """x (B, L, C) -> (B, L, C) through the whole stack, computed or taken from the cache.
 
-        context (B, L_text, C) tells the passes apart; ``run(tokens, part=slice(None))`` runs the wrapped
-        ``run_blocks`` (the ``part`` slice of the stack) with this call's other arguments.
-        """
-        raise NotImplementedError
+@dataclass
+class _Pass:
+    """One pass through hooked blocks: its state, the decision, and what a skip adds the residuals to."""
+
+    state: CacheState
+    compute: bool
+    base: Streams
+
+
+class _BlockHooks:
+    """Replaces ``forward`` of every block of the declared block lists on the instance, for a model whose
+    block loop is not ours (diffusers' CogVideoX): :meth:`StepCache._cached_pass`'s steps spread over the
+    blocks' calls. Forward hooks could not skip a block's compute; a replaced forward can.
+
+    The streams a block carries are the arguments it returns, in the order it returns them
+    (:func:`videox_fun.runtime.points.block_streams`); a skip returns each stream's input unchanged
+    from every block but the last, which adds the cached residuals.
+    """
+
+    def __init__(self, cache: StepCache):
+        self.cache, self.model = cache, cache.model
+        self.blocks = points.blocks(self.model, feature=type(cache).__name__)
+        self.context_argument = points.cache_context_argument(self.model)
+        self.names: tuple[str, ...] | None = None  # the streams, learnt from the first output
+        self.tuple_output = True
+        self.current: _Pass | None = None
+        self._previous: list[tuple[nn.Module, Any]] = []
+        for index, block in enumerate(self.blocks):
+            original = block.forward
+            signature = inspect.signature(original)
+
+            @functools.wraps(original)
+            def forward(*args, _index=index, _original=original, _signature=signature, **kwargs):
+                return self._forward(_index, _original, _signature, args, kwargs)
+
+            self._previous.append((block, block.__dict__.get("forward")))
+            block.forward = forward
+
+    def remove(self) -> None:
+        """Give every block back the forward it had before."""
+        for block, previous in reversed(self._previous):
+            if previous is None:
+                del block.forward
+            else:
+                block.forward = previous
+        self._previous.clear()
+
+    # -- the streams ----------------------------------------------------------------------
+    def _outputs(self, out: Any, forward: Callable) -> Streams:
+        if self.names is None:
+            self.tuple_output = isinstance(out, tuple)
+            count = len(out) if self.tuple_output else 1
+            self.names = points.block_streams(self.model, forward, count)
+        return tuple(out) if self.tuple_output else (out,)
+
+    def _inputs(self, bound: inspect.BoundArguments) -> Streams:
+        return tuple(bound.arguments[name] for name in self.names)
+
+    def _format(self, streams: Streams) -> Any:
+        return streams if self.tuple_output else streams[0]
+
+    def _lead(self, streams: Streams) -> torch.Tensor:
+        """The stream the first-block decision measures: ``hidden_states`` if the blocks carry it, else the first."""
+        return streams[self.names.index("hidden_states")] if "hidden_states" in self.names else streams[0]
+
+    # -- one block call -------------------------------------------------------------------
+    def _forward(self, index: int, original: Callable, signature: inspect.Signature, args: tuple, kwargs: dict) -> Any:
+        """Block ``index`` in a pass: computed, passed through (a skipped step), or (the last) finishing the pass."""
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        if index == 0:
+            out = self._start(original, bound, args, kwargs)
+        elif self.current is None:  # called outside a pass of the model (a block used on its own)
+            return original(*args, **kwargs)
+        elif self.current.compute:
+            out = original(*args, **kwargs)
+        else:
+            out = self._format(self._inputs(bound))
+        if index == len(self.blocks) - 1:
+            out = self._finish(out, original)
+        return out
+
+    def _start(self, original: Callable, bound: inspect.BoundArguments, args: tuple, kwargs: dict) -> Any:
+        """The first block: key the pass, decide (after running it, for the first-block cache)."""
+        cache = self.cache
+        self.current = None  # a pass cut short (an exception) leaves nothing behind
+        state = cache.states.setdefault(pass_key(bound.arguments.get(self.context_argument)), CacheState())
+        if cache.decides_after_first_block:
+            out = original(*args, **kwargs)
+            first = self._outputs(out, original)
+            inputs = self._inputs(bound)
+            compute = cache._decide(state, self._lead(first) - self._lead(inputs))
+            self.current = _Pass(state, compute, first)
+            return out
+        compute = cache._decide(state, None)
+        out = original(*args, **kwargs) if compute else None
+        if compute:
+            self._outputs(out, original)
+        # a skip is only decided once a computed pass stored residuals, so the streams are known by then
+        base = self._inputs(bound)
+        self.current = _Pass(state, compute, base)
+        return out if compute else self._format(base)
+
+    def _finish(self, out: Any, original: Callable) -> Any:
+        """The last block: store the residuals of a computed pass, or return the skip's result."""
+        current, self.current = self.current, None
+        if current is None:
+            return out
+        if not current.compute:
+            return self._format(self.cache._reuse(current.base, current.state))
+        outputs = self._outputs(out, original)
+        self.cache._computed(current.state, tuple(o - b for o, b in zip(outputs, current.base, strict=True)))
+        return out
 
 
 class IndicatorProbe:
-    """Keeps the latest output of the time embedding (or projection) that TeaCache compares across steps."""
+    """Keeps the latest output of the declared indicator module that TeaCache compares across steps."""
 
     def __init__(self, model: nn.Module, indicator: str):
-        if indicator not in ("time_embedding", "time_projection"):
-            raise ValueError(f"TeaCache indicator must be time_embedding or time_projection, got {indicator!r}")
+        module = points.cache_indicator_module(model, indicator, feature="TeaCache")
         self.value: torch.Tensor | None = None
-        self._hook = getattr(model, indicator).register_forward_hook(self._capture)
+        self._hook = module.register_forward_hook(self._capture)
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         self.value = output.detach()
@@ -211,7 +422,11 @@ class TeaCache(StepCache):
         offload_residuals: bool = False,
     ):
         self.probe = IndicatorProbe(model, indicator)
-        super().__init__(model, num_skip_start_steps, offload_residuals)
+        try:
+            super().__init__(model, num_skip_start_steps, offload_residuals)
+        except Exception:
+            self.probe.remove()  # a model that cannot be cached keeps no stray hook
+            raise
         self.polynomial = np.poly1d(coefficients)
         self.threshold = threshold
 
@@ -220,8 +435,7 @@ class TeaCache(StepCache):
         self.probe.remove()
         super().remove()
 
-    def _cached_run(self, x: torch.Tensor, context: torch.Tensor, run: Callable[..., torch.Tensor]) -> torch.Tensor:
-        state = self.states.setdefault(context_key(context), CacheState())
+    def _decide(self, state: CacheState, first_residual: torch.Tensor | None) -> bool:
         indicator = self.probe.value
         compute = self.must_compute(state) or state.previous_indicator is None
         if not compute:
@@ -230,16 +444,19 @@ class TeaCache(StepCache):
         state.previous_indicator = indicator
         state.calls += 1
         self._record(compute)
-        if not compute:
-            return self._reuse(x, state)
-        state.accumulated = 0.0
-        out = run(x)
-        state.residual = self._store(out - x)
-        return out
+        if compute:
+            state.accumulated = 0.0
+        return compute
 
 
 class FirstBlockCache(StepCache):
-    """Run block 0; skip the others while its residual moved less than ``threshold`` (relative L1)."""
+    """Run block 0; skip the others while its residual moved less than ``threshold`` (relative L1).
+
+    On the runner seam both parts go through the wrapped runner, so a hook under this one
+    (sequence parallelism) runs them too; its gather also gives every rank the same decision.
+    """
+
+    decides_after_first_block = True
 
     def __init__(
         self, model: nn.Module, threshold: float, num_skip_start_steps: int = 1, offload_residuals: bool = False
@@ -247,34 +464,33 @@ class FirstBlockCache(StepCache):
         super().__init__(model, num_skip_start_steps, offload_residuals)
         self.threshold = threshold
 
-    def _cached_run(self, x: torch.Tensor, context: torch.Tensor, run: Callable[..., torch.Tensor]) -> torch.Tensor:
-        state = self.states.setdefault(context_key(context), CacheState())
-        # Both parts go through the wrapped run_blocks, so a hook under this one (sequence
-        # parallelism) runs them too; its gather also gives every rank the same decision.
-        first = run(x, slice(0, 1))
-        first_residual = first - x
+    def _decide(self, state: CacheState, first_residual: torch.Tensor | None) -> bool:
         compute = self.must_compute(state) or state.previous_first_residual is None
         if not compute:
             compute = relative_l1(first_residual, state.previous_first_residual) >= self.threshold
         state.calls += 1
         self._record(compute)
-        if not compute:
-            return self._reuse(first, state)
-        state.previous_first_residual = first_residual
-        out = run(first, slice(1, None))
-        state.residual = self._store(out - first)
-        return out
+        if compute:
+            state.previous_first_residual = first_residual
+        return compute
 
 
 # ----------------------------------------------------------------------------------------
 # Calibration
 # ----------------------------------------------------------------------------------------
 class CacheRecorder(StepCache):
-    """Computes every step and records (indicator change, residual change) pairs for fitting."""
+    """Computes every step and records (indicator change, residual change) pairs for fitting.
+
+    The residual change is measured on the leading stream (the video tokens).
+    """
 
     def __init__(self, model: nn.Module, indicator: str = "time_embedding"):
         self.probe = IndicatorProbe(model, indicator)
-        super().__init__(model, num_skip_start_steps=0)
+        try:
+            super().__init__(model, num_skip_start_steps=0)
+        except Exception:
+            self.probe.remove()
+            raise
         self.samples: list[tuple[float, float]] = []
 
     def remove(self) -> None:
@@ -282,17 +498,16 @@ class CacheRecorder(StepCache):
         self.probe.remove()
         super().remove()
 
-    def _cached_run(self, x: torch.Tensor, context: torch.Tensor, run: Callable[..., torch.Tensor]) -> torch.Tensor:
-        state = self.states.setdefault(context_key(context), CacheState())
-        out = run(x)
-        residual = out - x
+    def _decide(self, state: CacheState, first_residual: torch.Tensor | None) -> bool:
+        return True
+
+    def _computed(self, state: CacheState, residuals: Streams) -> None:
         if state.previous_indicator is not None:
             self.samples.append(
-                (relative_l1(self.probe.value, state.previous_indicator), relative_l1(residual, state.residual))
+                (relative_l1(self.probe.value, state.previous_indicator), relative_l1(residuals[0], state.residual[0]))
             )
-        state.previous_indicator, state.residual = self.probe.value, residual
+        state.previous_indicator, state.residual = self.probe.value, residuals
         self._record(True)
-        return out
 
 
 def fit_coefficients(samples: list[tuple[float, float]], degree: int = 4) -> list[float]:
@@ -349,10 +564,12 @@ def coefficients_for(
         published = WAN22_A14B_COEFFICIENTS.get(indicator)
         hint = "; Wan2.2 A14B's published set is for --teacache-indicator time_projection"
     else:
-        published, hint = published_coefficients(model.config, indicator), ""
+        # Only Wan2.1's sets are published; another family's config matches none of its presets.
+        published, hint = published_coefficients(getattr(model, "config", {}), indicator), ""
     if published is None:
+        where = f" and no {CALIBRATION_FILE} in {folder}" if folder is not None else ""
         raise ValueError(
-            f"no TeaCache coefficients for this model and indicator {indicator}: run `videox-fun calibrate-cache "
-            f"--model ...` to fit them, or use the first-block cache{hint}"
+            f"no TeaCache coefficients for this model ({type(model).__name__}) and indicator {indicator}{where}: "
+            f"run `videox-fun calibrate-cache --model ...` to fit them, or use the first-block cache{hint}"
         )
     return published

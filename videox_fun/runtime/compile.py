@@ -13,13 +13,17 @@ import torch
 from torch import nn
 
 from ..models.wan.transformer import rope_axis_dims, rope_for_grid
+from . import points
 
 
 def compile_blocks(
     model: nn.Module, backend: str = "inductor", mode: str | None = None, dynamic: bool = False
 ) -> nn.Module:
-    """Compile every block of ``model.blocks`` in place; returns the model."""
-    for block in model.blocks:
+    """Compile, in place, every block whose class the model declares in ``_repeated_blocks``; returns the model.
+
+    Raises :class:`~videox_fun.runtime.points.ExtensionPointError` for a model that declares none.
+    """
+    for block in points.repeated_blocks(model, "compile (--compile)"):
         block.compile(backend=backend, mode=mode, dynamic=dynamic)
     return model
 

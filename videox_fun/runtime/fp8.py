@@ -1,5 +1,8 @@
 """float8 weight storage for the transformer blocks' linear layers, plain or scaled.
 
+Which layers: the linears inside the model's declared ``_block_lists`` less its ``_fp8_skip_modules``
+(:mod:`videox_fun.runtime.points`).
+
 Weights are stored as ``float8_e4m3fn`` (1 byte) and widened to the input's dtype for the
 matmul; biases, embeddings, norms and modulation stay in high precision. The *scaled* variant
 keeps a per-tensor or per-output-channel scale (amax / 448) so small weights use the whole fp8
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.loading import FORMAT_MARKER_KEYS, load_into
+from . import points
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +85,24 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def block_linears(model: nn.Module) -> list[str]:
-    """Names of the linear layers inside ``model.blocks`` (what fp8 storage applies to)."""
-    return [f"blocks.{name}" for name, module in model.blocks.named_modules() if isinstance(module, nn.Linear)]
+    """Names of the linear layers inside the model's declared ``_block_lists`` (what fp8 storage applies to),
+    less those matching its ``_fp8_skip_modules``.
+
+    Only the repeated blocks hold most of the weights; embeddings, heads and whatever the model
+    skips stay in high precision, where rounding would shift every token.
+    """
+    feature = "fp8 storage (*_and_qfloat8)"
+    inside = {id(m) for blocks in points.block_lists(model, feature) for m in blocks.modules()}
+    skip = points.fp8_skip(model, feature)
+    return [
+        name
+        for name, module in model.named_modules()
+        if id(module) in inside and isinstance(module, nn.Linear) and not points.fp8_skipped(name, skip)
+    ]
 
 
 def quantize_to_fp8(model: nn.Module, scaled: bool = False, per_channel: bool = False) -> nn.Module:
-    """Store every block linear of a Wan transformer in float8 (in place); returns the model."""
+    """Store every block linear of a transformer (:func:`block_linears`) in float8, in place; returns the model."""
     for name in block_linears(model):
         _replace(model, name, Float8Linear.from_linear(model.get_submodule(name), scaled, per_channel))
     return model

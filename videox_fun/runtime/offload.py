@@ -10,6 +10,8 @@
 - ``model_group_offload``: block swap for the transformer: ``resident_blocks`` stay on the
   device, the others live in pinned CPU memory and the next one is prefetched on a side CUDA
   stream while the current block computes; the rest of the pipeline as in model_cpu_offload.
+  The blocks are those of the model's declared ``_block_lists`` (:mod:`videox_fun.runtime.points`),
+  so it serves any family.
 - ``*_and_qfloat8``: the same with the transformer's block linears stored in float8
   (:mod:`videox_fun.runtime.fp8`).
 
@@ -27,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from . import points
 
 if TYPE_CHECKING:
     from ..pipelines.wan import WanPipeline
@@ -159,7 +163,7 @@ class BlockSwap:
     CUDA stream from pinned memory; block i+1's pre-hook waits for that copy only.
     """
 
-    def __init__(self, blocks: nn.ModuleList, device: torch.device, resident: int, log: MoveLog | None = None):
+    def __init__(self, blocks: Iterable[nn.Module], device: torch.device, resident: int, log: MoveLog | None = None):
         self.blocks = list(blocks)
         self.device = torch.device(device)
         self.resident = max(0, min(resident, len(self.blocks)))
@@ -223,8 +227,21 @@ class BlockSwap:
 # ----------------------------------------------------------------------------------------
 # The modes
 # ----------------------------------------------------------------------------------------
+def swap_blocks(model: nn.Module, device: torch.device, resident: int, log: MoveLog | None = None) -> BlockSwap:
+    """Block swap for a transformer: the blocks of its declared ``_block_lists`` swap (:class:`BlockSwap`),
+    every weight outside them (embeddings, head, norms) goes to ``device`` and stays there."""
+    blocks = points.blocks(model, "block swap (model_group_offload)")
+    inside = {id(m) for block in blocks for m in block.modules()}
+    for module in model.modules():
+        if id(module) not in inside:
+            _move_own_tensors(module, device)
+    return BlockSwap(blocks, device, resident, log)
+
+
 def _components(pipe: WanPipeline) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
     """The pipeline's models and the methods through which the pipeline calls them."""
+    if hasattr(pipe, "components"):  # the family pipeline protocol says it itself
+        return pipe.components()
     found = {
         "text_encoder": (pipe.text_encoder, ("encode",)),
         "transformer": (pipe.transformer, ("forward",)),
@@ -267,10 +284,5 @@ def apply_memory_mode(pipe: WanPipeline, mode: str, device: torch.device | str, 
             if not name.startswith("transformer"):
                 offload.attach(module, name, methods)
         for transformer in pipe.transformers:
-            for child_name, child in transformer.named_children():
-                if child_name != "blocks":
-                    child.to(device)
-            for param in transformer.parameters(recurse=False):
-                param.data = param.data.to(device)
-            BlockSwap(transformer.blocks, device, resident_blocks, log)
+            swap_blocks(transformer, device, resident_blocks, log)
     return log

@@ -399,6 +399,15 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
     config_name = "config.json"
     _supports_gradient_checkpointing = True
     _no_split_modules = ("WanAttentionBlock",)
+    # Extension points the runtime features read (videox_fun.runtime.points): where the block stack
+    # is, which block class repeats, what TeaCache may compare across steps, and the seam that runs
+    # the stack (step caches and sequence parallelism wrap it). fp8 stores every block linear:
+    # nothing inside the blocks is skipped (modulation and norms are not linears).
+    _block_lists = ("blocks",)
+    _repeated_blocks = ("WanAttentionBlock",)
+    _cache_indicators = {"time_embedding": "time_embedding", "time_projection": "time_projection"}
+    _fp8_skip_modules = ()
+    _block_runner = "run_blocks"
 
     @register_to_config
     def __init__(

@@ -1,0 +1,169 @@
+"""The one reader of the extension points a model class declares, for the runtime features.
+
+A family's transformer says, as class attributes (as diffusers' ``_repeated_blocks`` /
+``_no_split_modules`` do), where features may attach; offload, fp8 storage, compile, FSDP and
+the step caches read those declarations here and never name a family's attributes themselves:
+
+- ``_block_lists``: names (dotted paths allowed) of the ``nn.ModuleList`` s holding the block
+  stack, in the order the blocks run (e.g. ``("blocks",)``; ``("transformer_blocks",)``).
+- ``_repeated_blocks``: class names of the repeated block (regional compile compiles each).
+- ``_cache_indicators``: TeaCache indicator name -> dotted path of the module whose output it
+  compares across steps (e.g. ``{"time_embedding": "time_embedding"}``).
+- ``_fp8_skip_modules``: regular expressions (``re.search`` on the dotted module name) of the
+  layers inside the blocks that fp8 storage leaves in high precision; ``()`` when none.
+- ``_block_runner`` (optional): the name of a method that runs the whole stack (or a slice of
+  it), ``run(x, ..., blocks=slice)`` -> x. Step caches and sequence parallelism wrap it where
+  present; without one, step caches hook the blocks of ``_block_lists`` themselves.
+- ``_block_streams`` (optional): the names of the block arguments a block returns, in the order
+  of its returned tuple (default: the first forward parameters, one per returned tensor).
+- ``_cache_context_argument`` (optional): the block argument that tells guidance passes apart
+  when no :func:`videox_fun.runtime.cache.cache_branch` is active (default
+  ``encoder_hidden_states``, diffusers' name for the text stream).
+
+Every reader fails with a message naming the model class, the missing attribute and the feature
+that needed it, instead of an ``AttributeError`` deep inside a hook.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+
+from torch import nn
+
+DEFAULT_CACHE_CONTEXT_ARGUMENT = "encoder_hidden_states"
+
+
+class ExtensionPointError(ValueError):
+    """A runtime feature cannot attach: the model does not declare (or mis-declares) what it needs."""
+
+
+def _missing(model: nn.Module, attribute: str, feature: str, example: str) -> ExtensionPointError:
+    return ExtensionPointError(
+        f"model {type(model).__name__} declares no {attribute}: runtime feature {feature} cannot attach "
+        f"(declare it on the model class, e.g. {attribute} = {example})"
+    )
+
+
+def _declared(model: nn.Module, attribute: str, feature: str, example: str) -> object:
+    value = getattr(model, attribute, None)
+    if value is None:
+        raise _missing(model, attribute, feature, example)
+    return value
+
+
+def _submodule(model: nn.Module, path: str, attribute: str, feature: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ExtensionPointError(
+            f"model {type(model).__name__} declares {path!r} in {attribute}, but has no such module: "
+            f"runtime feature {feature} cannot attach"
+        ) from None
+
+
+def block_lists(model: nn.Module, feature: str = "block hooks") -> list[nn.ModuleList]:
+    """The ``nn.ModuleList`` s named by ``_block_lists``, in run order."""
+    names = _declared(model, "_block_lists", feature, '("blocks",)')
+    if isinstance(names, str) or not names:
+        raise ExtensionPointError(
+            f"model {type(model).__name__}: _block_lists must be a non-empty tuple of names, got {names!r}"
+        )
+    lists = []
+    for name in names:
+        found = _submodule(model, name, "_block_lists", feature)
+        if not isinstance(found, nn.ModuleList):
+            raise ExtensionPointError(
+                f"model {type(model).__name__}: _block_lists entry {name!r} is a {type(found).__name__}, "
+                f"not an nn.ModuleList: runtime feature {feature} cannot attach"
+            )
+        lists.append(found)
+    return lists
+
+
+def blocks(model: nn.Module, feature: str = "block hooks") -> list[nn.Module]:
+    """Every block of the declared lists, flattened in the order they run."""
+    return [block for blocks_ in block_lists(model, feature) for block in blocks_]
+
+
+def repeated_blocks(model: nn.Module, feature: str = "regional compile") -> list[nn.Module]:
+    """The submodules whose class (or a base class: wrappers such as FSDP subclass it) is in ``_repeated_blocks``."""
+    names = set(_declared(model, "_repeated_blocks", feature, '("MyBlock",)'))
+    found = [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
+    if not found:
+        raise ExtensionPointError(
+            f"model {type(model).__name__} declares _repeated_blocks {sorted(names)}, but has no such module: "
+            f"runtime feature {feature} cannot attach"
+        )
+    return found
+
+
+def cache_indicators(model: nn.Module, feature: str = "TeaCache") -> dict[str, str]:
+    """TeaCache indicator name -> module path, as declared by ``_cache_indicators``."""
+    declared = _declared(model, "_cache_indicators", feature, '{"time_embedding": "time_embedding"}')
+    return dict(declared)
+
+
+def cache_indicator_module(model: nn.Module, name: str, feature: str = "TeaCache") -> nn.Module:
+    """The module whose output is the TeaCache indicator ``name``."""
+    declared = cache_indicators(model, feature)
+    if name not in declared:
+        raise ExtensionPointError(
+            f"model {type(model).__name__} declares no cache indicator {name!r} (it has: "
+            f"{', '.join(declared) or 'none'}): runtime feature {feature} cannot attach"
+        )
+    return _submodule(model, declared[name], "_cache_indicators", feature)
+
+
+def fp8_skip(model: nn.Module, feature: str = "fp8 storage") -> tuple[str, ...]:
+    """Patterns of the block layers fp8 storage keeps in high precision (``()``: none)."""
+    patterns = _declared(model, "_fp8_skip_modules", feature, "() when every block linear may be stored in fp8")
+    if isinstance(patterns, str):
+        raise ExtensionPointError(
+            f"model {type(model).__name__}: _fp8_skip_modules must be a tuple of patterns, got {patterns!r}"
+        )
+    return tuple(patterns)
+
+
+def fp8_skipped(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether the layer ``name`` matches one of the skip ``patterns`` (``re.search``, as diffusers does)."""
+    return any(re.search(pattern, name) for pattern in patterns)
+
+
+def block_runner(model: nn.Module) -> str | None:
+    """The model's stack-running method's name (``_block_runner``), or ``None`` when the loop is in its forward."""
+    name = getattr(model, "_block_runner", None)
+    if name is not None and not callable(getattr(model, name, None)):
+        raise ExtensionPointError(
+            f"model {type(model).__name__} declares _block_runner {name!r}, but has no such method"
+        )
+    return name
+
+
+def require_block_runner(model: nn.Module, feature: str) -> str:
+    """``_block_runner``, for a feature that cannot work without one."""
+    name = block_runner(model)
+    if name is None:
+        raise _missing(model, "_block_runner", feature, '"run_blocks"')
+    return name
+
+
+def block_streams(model: nn.Module, forward: Callable, count: int) -> tuple[str, ...]:
+    """The names of the ``count`` block arguments that a block returns (in order): ``_block_streams``,
+    or else the first ``count`` parameters of the block's ``forward``."""
+    declared = getattr(model, "_block_streams", None)
+    if declared is not None:
+        if len(declared) != count:
+            raise ExtensionPointError(
+                f"model {type(model).__name__} declares _block_streams {tuple(declared)}, but its blocks return "
+                f"{count} tensor(s)"
+            )
+        return tuple(declared)
+    parameters = list(inspect.signature(forward).parameters)
+    return tuple(parameters[:count])
+
+
+def cache_context_argument(model: nn.Module) -> str:
+    """The block argument whose fingerprint tells guidance passes apart when no branch is named."""
+    return getattr(model, "_cache_context_argument", DEFAULT_CACHE_CONTEXT_ARGUMENT)
