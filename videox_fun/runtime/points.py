@@ -46,9 +46,10 @@ def _missing(model: nn.Module, attribute: str, feature: str, example: str) -> Ex
     )
 
 
-def _declared(model: nn.Module, attribute: str, feature: str, example: str) -> object:
+def _declared(model: nn.Module, attribute: str, feature: str, example: str, empty_ok: bool = False) -> object:
     value = getattr(model, attribute, None)
-    if value is None:
+    # diffusers' ModelMixin defaults some of these to an empty list: that declares nothing either.
+    if value is None or (not value and not empty_ok):
         raise _missing(model, attribute, feature, example)
     return value
 
@@ -66,10 +67,8 @@ def _submodule(model: nn.Module, path: str, attribute: str, feature: str) -> nn.
 def block_lists(model: nn.Module, feature: str = "block hooks") -> list[nn.ModuleList]:
     """The ``nn.ModuleList`` s named by ``_block_lists``, in run order."""
     names = _declared(model, "_block_lists", feature, '("blocks",)')
-    if isinstance(names, str) or not names:
-        raise ExtensionPointError(
-            f"model {type(model).__name__}: _block_lists must be a non-empty tuple of names, got {names!r}"
-        )
+    if isinstance(names, str):
+        raise ExtensionPointError(f"model {type(model).__name__}: _block_lists must be a tuple of names, got {names!r}")
     lists = []
     for name in names:
         found = _submodule(model, name, "_block_lists", feature)
@@ -118,7 +117,9 @@ def cache_indicator_module(model: nn.Module, name: str, feature: str = "TeaCache
 
 def fp8_skip(model: nn.Module, feature: str = "fp8 storage") -> tuple[str, ...]:
     """Patterns of the block layers fp8 storage keeps in high precision (``()``: none)."""
-    patterns = _declared(model, "_fp8_skip_modules", feature, "() when every block linear may be stored in fp8")
+    patterns = _declared(
+        model, "_fp8_skip_modules", feature, "() when every block linear may be stored in fp8", empty_ok=True
+    )
     if isinstance(patterns, str):
         raise ExtensionPointError(
             f"model {type(model).__name__}: _fp8_skip_modules must be a tuple of patterns, got {patterns!r}"

@@ -18,7 +18,7 @@ import logging
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -405,7 +405,10 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
     # nothing inside the blocks is skipped (modulation and norms are not linears).
     _block_lists = ("blocks",)
     _repeated_blocks = ("WanAttentionBlock",)
-    _cache_indicators = {"time_embedding": "time_embedding", "time_projection": "time_projection"}
+    _cache_indicators: ClassVar[dict[str, str]] = {
+        "time_embedding": "time_embedding",
+        "time_projection": "time_projection",
+    }
     _fp8_skip_modules = ()
     _block_runner = "run_blocks"
 
