@@ -1,0 +1,9 @@
+"""CogVideoX-Fun video-to-video (--strength), or inpainting with --mask (InP models).
+
+Same flags as ``videox-fun generate`` (run with --help); nothing to edit in this file.
+"""
+
+from videox_fun.cli import example_main
+
+if __name__ == "__main__":
+    example_main("v2v", "inpaint")
