@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -14,15 +12,9 @@ from typing import TYPE_CHECKING
 from .argparsing import DefaultsHelpFormatter, FlagSpellingParser
 
 if TYPE_CHECKING:
-    import torch
-
-    from .pipelines.wan import GenerationOutput, WanPipeline
-    from .runtime.parallel import ParallelRuntime
+    from .api import GenerationRequest, RuntimeOptions
 
 logger = logging.getLogger("videox_fun")
-
-MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera")
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 class SampleSize(argparse.Action):
@@ -40,7 +32,7 @@ class SampleSize(argparse.Action):
 
 
 def add_device_arguments(group: argparse._ActionsContainer) -> None:
-    """``--device`` and ``--dtype``, resolved by :func:`resolve_device_and_dtype` (every command that runs a model)."""
+    """``--device`` and ``--dtype``, resolved by :func:`videox_fun.api.resolve_device_and_dtype`."""
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     group.add_argument(
         "--dtype",
@@ -52,13 +44,14 @@ def add_device_arguments(group: argparse._ActionsContainer) -> None:
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """The generation flags, shared by ``videox-fun generate`` and the examples/ entry points."""
-    from .pipelines.schedulers import SAMPLERS
+    from .families import all_mode_names, families
 
+    samplers = tuple(dict.fromkeys(name for family in families().values() for name in family.samplers))
     io = parser.add_argument_group("what to generate")
     io.add_argument("--prompt", help="text prompt (or use --prompts-file)")
     io.add_argument("--negative-prompt", default=None, help="negative prompt (default: the model config's)")
     io.add_argument("--prompts-file", type=Path, help="one prompt per line: generate them all in one process")
-    io.add_argument("--mode", choices=MODES, help="generation mode (default: inferred from the inputs)")
+    io.add_argument("--mode", choices=all_mode_names(), help="generation mode (default: inferred from the inputs)")
     io.add_argument("--image", help="start image (i2v / flf2v, or the start frame of control / camera)")
     io.add_argument("--end-image", help="last frame (flf2v)")
     io.add_argument("--video", help="input video (v2v, inpaint)")
@@ -91,7 +84,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         action=SampleSize,
         help="height and width in one flag (VideoX-Fun's sample_size)",
     )
-    sampling.add_argument("--frames", "--video-length", type=int, help="frame count, rounded to 4k+1")
+    sampling.add_argument(
+        "--frames", "--video-length", type=int, help="frame count, rounded to the model's rule (4k+1 for Wan)"
+    )
     sampling.add_argument("--fps", type=int, help="frames per second of the written video")
     sampling.add_argument("--steps", "--num-inference-steps", type=int, help="denoising steps")
     sampling.add_argument("--guidance", "--guidance-scale", type=float, help="classifier-free guidance scale")
@@ -102,7 +97,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="Wan2.2 A14B: guidance of the low-noise expert (--guidance is the high-noise one's)",
     )
     sampling.add_argument("--shift", type=float, help="flow shift of the sampler")
-    sampling.add_argument("--sampler", "--sampler-name", choices=SAMPLERS, help="sampler")
+    sampling.add_argument(
+        "--sampler",
+        "--sampler-name",
+        choices=samplers,
+        help="sampler (the model family's: Flow* for Wan, DDIM_Origin... for CogVideoX)",
+    )
     sampling.add_argument("--seed", type=int, default=43, help="random seed (default 43)")
 
     out = parser.add_argument_group("output")
@@ -110,203 +110,247 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--output-dir", type=Path, help="output folder (default samples/{model}-videos{_i2v,_v2v,...})")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    from .runtime.options import add_runtime_arguments
-    from .runtime.parallel import add_parallel_arguments
-
     add_runtime_arguments(parser)
     add_parallel_arguments(parser)
 
 
-def resolve_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """Turn ``auto`` into the best device here and the dtype that suits it."""
-    import torch
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """Memory mode, fp8, step cache, CFG, compile and RIFLEx flags."""
+    from .runtime.offload import MEMORY_MODES
+    from .runtime.options import CACHES, DEFAULT_SKIP_START_STEPS
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch sees no CUDA GPU (use --device cpu, or a CUDA build of torch)")
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    if dtype == "float16" and device == "cpu":
-        logger.warning("float16 on a CPU runs several times slower than float32 (the CPU default)")
-    return torch.device(device), getattr(torch, dtype)
+    group = parser.add_argument_group("speed and memory")
+    group.add_argument(
+        "--gpu-memory-mode",
+        choices=MEMORY_MODES,
+        default="model_full_load",
+        help="where weights live while generating (default model_full_load)",
+    )
+    group.add_argument(
+        "--resident-blocks",
+        type=int,
+        default=4,
+        help="model_group_offload: transformer blocks kept on the GPU (default 4)",
+    )
+    group.add_argument(
+        "--fp8",
+        choices=("plain", "scaled"),
+        default="plain",
+        help="fp8 kind of the *_qfloat8 modes: plain cast or per-channel scaled (default plain)",
+    )
+    group.add_argument(
+        "--transformer-path",
+        type=Path,
+        help="load the transformer weights from this file or (sharded) folder: original, ComfyUI (fp8_scaled "
+        "too) or diffusers names; the low-noise expert's on Wan2.2 A14B",
+    )
+    group.add_argument(
+        "--transformer-high-path",
+        type=Path,
+        help="Wan2.2 A14B: the high-noise expert's weights from this file or folder",
+    )
+    lora = parser.add_argument_group("LoRA (merged into the transformer before offload and fp8)")
+    lora.add_argument(
+        "--lora-path",
+        action="append",
+        help="LoRA .safetensors (ours, ComfyUI, diffusers or VideoX-Fun/kohya keys), or a file name under "
+        "models/Personalized_Model; repeat for several",
+    )
+    lora.add_argument(
+        "--lora-weight",
+        type=float,
+        action="append",
+        help="strength of each LoRA: one for all or one per --lora-path (default 1.0)",
+    )
+    lora.add_argument(
+        "--lora-high-path",
+        action="append",
+        help="Wan2.2 A14B: LoRA for the high-noise expert (--lora-path is then the low-noise one's)",
+    )
+    lora.add_argument("--lora-high-weight", type=float, action="append", help="strength of each --lora-high-path")
+    group.add_argument("--cache", choices=CACHES, default="none", help="step cache (default none)")
+    group.add_argument(
+        "--enable-teacache", dest="cache", action="store_const", const="teacache", help="same as --cache teacache"
+    )
+    group.add_argument(
+        "--teacache-threshold",
+        "--cache-threshold",
+        dest="cache_threshold",
+        type=float,
+        help="skip while the accumulated change stays below this (default 0.1 TeaCache, 0.05 first-block)",
+    )
+    group.add_argument(
+        "--teacache-indicator",
+        choices=("time_embedding", "time_projection"),
+        help="what TeaCache compares across steps (default: time_projection for Wan2.2 A14B, whose "
+        "published set is for it, else time_embedding)",
+    )
+    group.add_argument(
+        "--num-skip-start-steps",
+        type=int,
+        help=f"steps computed in full before caching starts (default {DEFAULT_SKIP_START_STEPS})",
+    )
+    group.add_argument("--cache-offload-residuals", action="store_true", help="keep cached residuals in CPU memory")
+    group.add_argument(
+        "--cfg-skip-ratio",
+        type=float,
+        default=0.0,
+        help="share of the last steps run without the unconditional pass (default 0)",
+    )
+    group.add_argument(
+        "--cfg-sequential",
+        action="store_true",
+        help="run cond and uncond passes one after the other (less memory) instead of batched",
+    )
+    group.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    group.add_argument(
+        "--riflex-k",
+        type=int,
+        help="RIFLEx: lower this frame frequency (6 for Wan2.1) to generate past the trained length",
+    )
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Non-empty lines of a prompts file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--prompts-file: file not found: {path}")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"--prompts-file {path} holds no prompt")
-    return prompts
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The multi-GPU flags: sequence-parallel degrees, CFG parallelism and FSDP."""
+    group = parser.add_argument_group(
+        "multi-GPU (launch with torchrun; ulysses x ring x (2 with --cfg-parallel) must equal the process count)"
+    )
+    group.add_argument(
+        "--ulysses-degree",
+        type=int,
+        help="Ulysses sequence parallelism (all-to-all); default: every process when neither degree is given, else 1",
+    )
+    group.add_argument("--ring-degree", type=int, help="Ring sequence parallelism (K/V passed around) (default 1)")
+    group.add_argument(
+        "--cfg-parallel", action="store_true", help="conditional and unconditional passes on two groups of ranks"
+    )
+    group.add_argument("--fsdp-dit", action="store_true", help="shard the transformer's weights over the ranks")
+    group.add_argument("--fsdp-text-encoder", action="store_true", help="shard the text encoder's weights")
 
 
-def next_output_path(folder: Path, suffix: str = ".mp4") -> Path:
-    """The next free numbered file name in ``folder`` (00000001.mp4, ...), as VideoX-Fun names them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.stem) for p in folder.iterdir() if p.stem.isdigit()]
-    return folder / f"{max(taken, default=0) + 1:08d}{suffix}"
+def add_calibrate_command(subparsers: argparse._SubParsersAction) -> None:
+    """``videox-fun calibrate-cache``: fit TeaCache coefficients for any model from full runs."""
+    from .runtime.cache import CALIBRATION_FILE
+
+    parser = subparsers.add_parser(
+        "calibrate-cache",
+        help="fit TeaCache coefficients for a model from a few uncached runs",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", help="model folder or name (default: the built-in tiny model)")
+    parser.add_argument("--prompts-file", type=Path, help="prompts to run (default: a few built in)")
+    parser.add_argument(
+        "--control-video", help="control video for the runs (models that serve control but not t2v need one)"
+    )
+    parser.add_argument("--image", help="start image for the runs (i2v calibration of an InP / I2V model)")
+    add_device_arguments(parser)
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    parser.add_argument(
+        "--indicator",
+        choices=("time_embedding", "time_projection"),
+        help="what the change is measured on (default: what generate uses: time_projection for Wan2.2 A14B "
+        "experts, else time_embedding)",
+    )
+    parser.add_argument("--degree", type=int, default=4, help="polynomial degree")
+    parser.add_argument("--out", type=Path, help=f"output JSON (default MODEL/{CALIBRATION_FILE})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=run_calibrate)
 
 
-def check_before_loading(args: argparse.Namespace, mode: str, num_prompts: int) -> None:
-    """Fail on inputs, output names and values that cannot work, before any weights are read."""
+def run_calibrate(args: argparse.Namespace) -> Path:
+    """``videox-fun calibrate-cache``: :func:`videox_fun.runtime.calibrate.calibrate_cache` with the flags."""
+    from .io.files import read_prompts
+    from .runtime.calibrate import calibrate_cache
+
+    return calibrate_cache(
+        args.model,
+        prompts=read_prompts(args.prompts_file) if args.prompts_file else None,
+        steps=args.steps,
+        indicator=args.indicator,
+        degree=args.degree,
+        out=args.out,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        image=args.image,
+        control_video=args.control_video,
+    )
+
+
+def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
+    """The :class:`~videox_fun.api.RuntimeOptions` the flags ask for."""
+    from .api import RuntimeOptions, options_from
+
+    values = vars(args) | {"lora_path": args.lora_path or [], "lora_high_path": args.lora_high_path or []}
+    return options_from(values, RuntimeOptions)
+
+
+def generation_request(args: argparse.Namespace, prompt: str, seed: int) -> GenerationRequest:
+    """The :class:`~videox_fun.api.GenerationRequest` of one prompt with the flags' inputs and settings."""
+    from .api import GenerationRequest, options_from
+
+    renamed = {"num_frames": args.frames, "steps": args.steps, "guidance_scale": args.guidance}
+    return options_from(vars(args) | renamed | {"prompt": prompt, "seed": seed, "guidance_scale_2": args.guidance_2},
+                        GenerationRequest)  # fmt: skip
+
+
+def check_output_flags(args: argparse.Namespace, num_prompts: int) -> None:
+    """``--output`` names one file of a known kind, and every output location can be written."""
+    from .io.files import check_output_location
     from .io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-    from .pipelines.wan import MODE_INPUTS, require_inputs
-    from .runtime.options import check_runtime_options
 
-    require_inputs(mode, {name: getattr(args, name) for name in MODE_INPUTS})
     if args.output is not None:
         if num_prompts > 1:
             raise ValueError("--output names one file; with several prompts use --output-dir")
         if args.output.suffix.lower() not in (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES):
             raise ValueError(f"--output {args.output}: use one of {', '.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)}")
-    for name in ("steps", "frames", "height", "width", "fps", "resident_blocks"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.shift is not None and args.shift <= 0:
-        raise ValueError(f"--shift must be above 0 (3 for 480p, 5 for 720p), got {args.shift}")
-    if not 0.0 < args.strength <= 1.0:
-        raise ValueError(f"--strength must be in (0, 1], got {args.strength}")
-    if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1] - (num_prompts - 1):
-        raise ValueError(f"--seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] for every prompt, got {args.seed}")
-    check_runtime_options(args)
     check_output_location(args.output, args.output_dir)
 
 
-def check_output_location(output: Path | None, output_dir: Path | None, flag: str = "--output") -> None:
-    """Fail now, not after the work, when the result could not be written where asked."""
-    if output is not None:
-        if output.is_dir():
-            raise ValueError(f"{flag} {output} is a folder: name a file")
-        check_writable_folder(output.parent, f"{flag} {output}")
-    if output_dir is not None:
-        check_writable_folder(output_dir, f"--output-dir {output_dir}")
-    if output is None and output_dir is None:
-        check_writable_folder(Path("samples"), "the default output folder samples/")
-
-
-def check_writable_folder(folder: Path, flag: str) -> None:
-    """``folder`` exists as a writable folder or can be created: its nearest existing ancestor is one."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{flag}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag}: no permission to write in {existing}")
-
-
 def run_generate(args: argparse.Namespace) -> list[Path]:
-    """Load the model once and write one video per prompt; returns the written paths."""
-    from .models.attention import set_attention_backend
-    from .pipelines.wan import OUTPUT_SUFFIX, infer_mode
-    from .runtime.parallel import init_parallel
+    """Load the model once and write one video per prompt; returns the written paths.
+
+    Every check that needs no weights runs first (values, the model's layout, the mode and its
+    inputs, output locations), so a mistake fails in seconds, not after a 14B load.
+    """
+    from .api import (
+        check_input_file,
+        check_request,
+        default_mode_for,
+        load_pipeline,
+        next_output_path,
+        resolve_folder,
+        write_result,
+    )
+    from .families import recognise
+    from .io.files import read_prompts
 
     if not args.prompt and not args.prompts_file:
         raise ValueError("give --prompt or --prompts-file")
     prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
-    mode = args.mode or infer_mode(vars(args))
-    check_before_loading(args, mode, len(prompts))  # user mistakes fail in seconds, not after a 14B load
-    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
-    set_attention_backend(args.attention)
-    runtime = init_parallel(args)  # every rank, before loading: the degrees must fill the world (torchrun)
-    device = runtime.device if runtime.distributed else device
+    options = runtime_options(args)
+    first = generation_request(args, prompts[0], args.seed)
+    first.check_values(len(prompts))
+    options.check()
+    check_output_flags(args, len(prompts))
+    for name, value in first.inputs().items():
+        if value is not None:
+            check_input_file(name, value)  # an undecodable input fails before even the model is looked up
+    recognised = recognise(resolve_folder(args.model, default_mode_for(first)), options.config)
+    mode = check_request(recognised, first, len(prompts))
 
     started = time.perf_counter()
-    pipe, folder, applied = load_pipeline(args, mode, runtime, device, dtype)
-    defaults = pipe.config.defaults
-    out_dir = args.output_dir or Path("samples") / f"{folder.name}-{OUTPUT_SUFFIX[mode]}"
-    fps = args.fps or defaults.fps
+    loaded = load_pipeline(None, options, recognised=recognised)
+    out_dir = args.output_dir or loaded.output_folder(mode)
     written = []
     for i, prompt in enumerate(prompts):
-        result = generate_one(pipe, args, mode, prompt, args.seed + i, runtime)
-        if not runtime.is_main:
+        result = loaded.generate(generation_request(args, prompt, args.seed + i), progress=not args.quiet)
+        if not loaded.runtime.is_main:
             continue  # every rank generates (and holds the same video); rank 0 writes it
         target = args.output if (args.output and len(prompts) == 1) else next_output_path(out_dir)
-        sidecar = {"prompt": prompt, "model": folder.name, "fps": fps, **result.settings, **applied}
-        written.append(write_result(result.frames, target, fps, sidecar, args))
+        written.append(write_result(result, target))
     logger.info("generated %d video(s) in %.1f s", len(written), time.perf_counter() - started)
     return written
-
-
-def load_pipeline(
-    args: argparse.Namespace, mode: str, runtime: ParallelRuntime, device: torch.device, dtype: torch.dtype
-) -> tuple[WanPipeline, Path, dict]:
-    """The pipeline of ``--model`` with every flag applied: weights, parallelism, then the runtime hooks.
-
-    Returns the pipeline, its folder and what was applied (for the sidecar).
-    """
-    from .config import config_for_folder
-    from .pipelines.wan import WanPipeline
-    from .registry import resolve_model
-    from .runtime.options import apply_runtime_options, apply_weight_options
-    from .runtime.parallel import setup_parallel
-
-    folder = resolve_model(args.model, mode)
-    config = config_for_folder(folder, args.config)
-    if config.note and runtime.is_main:
-        print(f"note: model {folder.name}: {config.note}")
-    # FSDP and the offload modes move weights to the GPU themselves: loading there first could not fit.
-    offloaded = runtime.shards_weights or not args.gpu_memory_mode.startswith("model_full_load")
-    pipe = WanPipeline.from_pretrained(folder, config=config, device="cpu" if offloaded else device, dtype=dtype)
-    pipe.device = device
-    applied = apply_weight_options(pipe, args)  # --transformer-path, LoRA merges: on whole, plain weights
-    setup_parallel(args, pipe, runtime)  # sequence parallelism / FSDP, when asked for
-    applied |= apply_runtime_options(pipe, args, folder)  # memory mode, fp8, step cache, compile, RIFLEx
-    return pipe, folder, applied
-
-
-def generate_one(
-    pipe: WanPipeline, args: argparse.Namespace, mode: str, prompt: str, seed: int, runtime: ParallelRuntime
-) -> GenerationOutput:
-    """One video of ``prompt`` with the flags' inputs and settings (None: the model config's default)."""
-    from .pipelines.wan import INPUT_NAMES
-
-    defaults = pipe.config.defaults
-    guidance = runtime.guidance(
-        args.guidance if args.guidance is not None else defaults.guidance_scale,
-        skip_ratio=args.cfg_skip_ratio,
-        batched=not args.cfg_sequential,
-    )
-    return pipe(
-        prompt,
-        negative_prompt=args.negative_prompt,
-        mode=mode,
-        **{name: getattr(args, name) for name in INPUT_NAMES},
-        height=args.height,
-        width=args.width,
-        num_frames=args.frames,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        guidance_scale_2=args.guidance_2,
-        shift=args.shift,
-        sampler=args.sampler,
-        seed=seed,
-        strength=args.strength,
-        progress=not args.quiet and runtime.is_main,
-        guidance=guidance,
-    )
-
-
-def write_result(frames: torch.Tensor, target: Path, fps: int, sidecar: dict, args: argparse.Namespace) -> Path:
-    """Write the video (or image) and its sidecar JSON, which also names the input files; returns the path."""
-    from .io.camera import is_trajectory_name
-    from .io.files import atomic_path
-    from .io.video import write_video
-    from .pipelines.wan import INPUT_NAMES
-
-    path = write_video(frames, target, fps=fps)
-    for name in INPUT_NAMES:
-        value = getattr(args, name)
-        if value:  # the evaluator compares against these (first-frame PSNR, tracks)
-            sidecar[name] = value if name == "camera" and is_trajectory_name(value) else str(Path(value).resolve())
-    with atomic_path(path.with_suffix(".json")) as temporary:  # the evaluator must never read half a sidecar
-        temporary.write_text(json.dumps(sidecar, indent=2))
-    count = frames.shape[0]
-    print(f"wrote {path} ({count} frame{'s' if count != 1 else ''}, {frames.shape[2]}x{frames.shape[1]})")
-    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,7 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_arguments(generate)
     generate.set_defaults(handler=run_generate)
     from .benchmarks.cli import add_bench_command
-    from .runtime.options import add_calibrate_command
     from .toyworld.cli import add_toyworld_commands
 
     add_calibrate_command(commands)
@@ -370,12 +413,12 @@ def example_main(*modes: str) -> None:
     is inferred from the inputs when it is one of ``modes`` (a v2v script given ``--mask``
     inpaints), else the first of ``modes``.
     """
-    from .pipelines.wan import infer_mode
+    from .api import default_mode_for
 
     parser = build_parser()
     args = parser.parse_args(["generate", *sys.argv[1:]])
     if args.mode is None:
-        inferred = infer_mode(vars(args))
+        inferred = default_mode_for(generation_request(args, args.prompt or "", args.seed))
         if inferred not in modes and inferred != "t2v":
             script, served = Path(sys.argv[0]).name, ", ".join(modes)
             sys.exit(f"error: {script} serves {served}; these inputs ask for {inferred} (--mode {inferred})")

@@ -36,7 +36,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from ..cli import check_output_location
+    from ..io.files import check_output_location
     from . import cache, fp8, memory, pipeline, startup, transformer, vae
     from .common import write_json
 

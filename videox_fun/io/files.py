@@ -152,3 +152,36 @@ def reset_tree_modes(folder: str | os.PathLike) -> Path:
     for path in root.rglob("*"):
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
     return root
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Non-empty lines of a prompts file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts-file: file not found: {path}")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts-file {path} holds no prompt")
+    return prompts
+
+
+def check_output_location(output: Path | None, output_dir: Path | None, flag: str = "--output") -> None:
+    """Fail now, not after the work, when the result could not be written where asked."""
+    if output is not None:
+        if output.is_dir():
+            raise ValueError(f"{flag} {output} is a folder: name a file")
+        check_writable_folder(output.parent, f"{flag} {output}")
+    if output_dir is not None:
+        check_writable_folder(output_dir, f"--output-dir {output_dir}")
+    if output is None and output_dir is None:
+        check_writable_folder(Path("samples"), "the default output folder samples/")
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """``folder`` exists as a writable folder or can be created: its nearest existing ancestor is one."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: no permission to write in {existing}")

@@ -124,6 +124,26 @@ def find_weight_files(folder: str | os.PathLike, prefix: str = "diffusion_pytorc
     return chosen
 
 
+def weight_key_names(folder: str | os.PathLike, prefix: str = "diffusion_pytorch_model") -> set[str]:
+    """The tensor names of a folder's safetensors files, read from their headers (no tensor data).
+
+    Recognising a checkpoint's variant needs what config.json leaves out (Fun extras); this reads it
+    in milliseconds. Non-safetensors files give no names (they cannot be read without loading).
+    """
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for file in find_weight_files(folder, prefix):
+        if file.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(file), framework="pt") as reader:
+                names.update(reader.keys())
+        except Exception as err:  # a truncated header: say which file
+            raise unreadable_safetensors(file, err) from err
+    return names
+
+
 def read_folder_state_dict(
     folder: str | os.PathLike, prefix: str = "diffusion_pytorch_model"
 ) -> dict[str, torch.Tensor]:

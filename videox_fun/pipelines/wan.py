@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig, config_for_folder
+from ..families import SizeRules
 from ..io.camera import camera_poses, is_trajectory_name, plucker_embedding, read_camera_trajectory
-from ..io.video import frames_to_tensor, read_image, read_video, tensor_to_frames
+from ..io.video import read_video, tensor_to_frames
 from ..models.wan.keys import blank_clip_tokens
 from ..models.wan.variants import EXPERT_BOUNDARIES, variant_for_mode, variant_of
+from .common import (
+    GenerationOutput,
+    ImageLike,
+    SamplingSettings,
+    StepCallback,
+    corrected,
+    image_tensor,
+    seeded_noise,
+    video_tensor,
+)
 from .conditioning import first_frame_latent, frame_generate_mask, mask_channels, masked_video, pack_frames_in_time
 from .guidance import ClassifierFreeGuidance, Denoiser
 from .schedulers import NUM_TRAIN_TIMESTEPS, make_scheduler, start_index
@@ -39,9 +47,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ImageLike = str | Path | torch.Tensor | np.ndarray
-StepCallback = Callable[[int, int, torch.Tensor], None]
-
 OUTPUT_SUFFIX = {
     "t2v": "videos",
     "i2v": "videos_i2v",
@@ -53,58 +58,14 @@ OUTPUT_SUFFIX = {
 }
 
 
-@dataclass
-class GenerationOutput:
-    """Frames uint8 (F, H, W, 3), the final latents (1, z, F_lat, h, w) and the settings used."""
-
-    frames: torch.Tensor
-    latents: torch.Tensor
-    settings: dict
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """What one call samples with, after the model config's defaults and the size corrections."""
-
-    mode: str
-    negative_prompt: str
-    height: int
-    width: int
-    num_frames: int
-    steps: int
-    guidance_scale: float
-    guidance_scale_2: float
-    shift: float
-    sampler: str
-
-    def record(self, seed: int) -> dict:
-        """The settings as the sidecar JSON records them."""
-        return {
-            "mode": self.mode,
-            "height": self.height,
-            "width": self.width,
-            "num_frames": self.num_frames,
-            "seed": seed,
-            "steps": self.steps,
-            "guidance_scale": self.guidance_scale,
-        }
-
-
 def valid_size(value: int, multiple: int = 16) -> int:
     """The nearest multiple of ``multiple`` (at least one multiple)."""
-    return max(multiple, round(value / multiple) * multiple)
+    return SizeRules(multiple=multiple).valid_size(value)
 
 
 def valid_frame_count(frames: int, factor: int = 4) -> int:
     """The nearest count of the form factor*k + 1."""
-    return max(1, round((frames - 1) / factor) * factor + 1)
-
-
-def corrected(name: str, value: int, fixed: int, why: str) -> int:
-    """Return ``fixed`` and tell the user when it differs from what they asked."""
-    if fixed != value:
-        logger.warning("%s %d is not %s; using %d", name, value, why, fixed)
-    return fixed
+    return SizeRules(frame_factor=factor).valid_frame_count(frames)
 
 
 class WanPipeline:
@@ -203,6 +164,18 @@ class WanPipeline:
                 module.to(self.device)
         return self
 
+    def components(self) -> dict[str, tuple[torch.nn.Module, tuple[str, ...]]]:
+        """The pipeline's models by name, with the methods through which the pipeline calls each."""
+        found = {
+            "text_encoder": (self.text_encoder, ("encode",)),
+            "transformer": (self.transformer, ("forward",)),
+            **({"transformer_2": (self.transformer_2, ("forward",))} if self.transformer_2 is not None else {}),
+            "vae": (self.vae, ("encode", "decode")),
+        }
+        if self.image_encoder is not None:
+            found["image_encoder"] = (self.image_encoder, ("encode",))
+        return found
+
     @property
     def transformers(self) -> tuple:
         """The denoising transformers: one, or the high- and low-noise experts of Wan2.2 A14B."""
@@ -234,23 +207,11 @@ class WanPipeline:
 
     def _video_tensor(self, source: ImageLike, num_frames: int, height: int, width: int) -> torch.Tensor:
         """A video (path or uint8 (F, H, W, 3)) -> (1, 3, F, H, W) in [-1, 1], cut or padded to F frames."""
-        frames = (
-            read_video(source, size=(height, width)) if isinstance(source, (str, Path)) else torch.as_tensor(source)
-        )
-        if frames.shape[0] < num_frames:
-            logger.warning("the video has %d frames, %d are needed: repeating the last", frames.shape[0], num_frames)
-            frames = torch.cat([frames, frames[-1:].expand(num_frames - frames.shape[0], -1, -1, -1)])
-        video = frames_to_tensor(frames[:num_frames])[None]  # (1, 3, F, H', W')
-        if video.shape[-2:] != (height, width):
-            video = F.interpolate(video[0].transpose(0, 1), size=(height, width), mode="bicubic").transpose(0, 1)[None]
-        return video.clamp(-1, 1).to(self.device, self.dtype)
+        return video_tensor(source, num_frames, height, width, self.device, self.dtype)
 
     def _image_tensor(self, source: ImageLike, height: int, width: int) -> torch.Tensor:
         """An image -> (1, 3, H, W) in [-1, 1]."""
-        pixels = (
-            read_image(source, size=(height, width)) if isinstance(source, (str, Path)) else torch.as_tensor(source)
-        )
-        return self._video_tensor(pixels[None], 1, height, width)[:, :, 0]
+        return image_tensor(source, height, width, self.device, self.dtype)
 
     def _encode_prompts(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         text_len = self.transformer.config.text_len
@@ -521,8 +482,7 @@ class WanPipeline:
     ) -> torch.Tensor:
         """Seeded noise (1, z, F', h, w); for v2v the input video's latents noised to the first step's sigma."""
         shape = (1, self.vae.z_dim, *self.vae.latent_shape(settings.num_frames, settings.height, settings.width))
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latents = torch.randn(shape, generator=generator).to(self.device)  # CPU noise: same video on any device
+        latents = seeded_noise(shape, seed, self.device)
         if settings.mode != "v2v":
             return latents
         pixels = self._video_tensor(video, settings.num_frames, settings.height, settings.width)

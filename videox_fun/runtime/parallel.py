@@ -8,7 +8,8 @@ branch ``s = g % (U*R)`` is the sequence chunk the rank holds, ``s = ring_rank *
 Ulysses groups are consecutive ranks (the all-to-all stays inside a node when U <= GPUs per
 node); ring groups stride by U; the CFG pair (s, s + U*R) exchanges one prediction per step.
 
-Sequence parallelism (:class:`SequenceParallel`) wraps ``model.run_blocks``: the tokens (B, L, C),
+Sequence parallelism (:class:`SequenceParallel`) wraps the model's declared block runner (its
+``_block_runner``, Wan's ``run_blocks``): the tokens (B, L, C),
 the RoPE tables and per-token time projections are padded to a multiple of U*R and split, so each
 rank keeps its true positions; after the blocks the chunks are all-gathered and the padding cut.
 Each block's self-attention is replaced by one that reuses its q/k/v/o weights:
@@ -29,7 +30,6 @@ here calls flash-attn's log-sum-exp kernel on GPUs, the kernel yunchang's ring u
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import math
@@ -43,11 +43,14 @@ from torch import nn
 
 from ..models.attention import attention, attention_with_lse
 from ..pipelines.guidance import ClassifierFreeGuidance, Denoiser
+from . import points
+from .cache import cache_branch
 from .distributed import DistInfo, check_world_size, dist_info_from_env, init_distributed
 
 if TYPE_CHECKING:
+    from ..api import RuntimeOptions
+    from ..families import Pipeline
     from ..models.wan.transformer import RunBlocks
-    from ..pipelines.wan import WanPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -233,17 +236,20 @@ class _Shard:
 
 
 class SequenceParallel:
-    """Ulysses / Ring / USP sequence parallelism attached to a ``WanTransformer3DModel``.
+    """Ulysses / Ring / USP sequence parallelism attached to a model with a block runner (Wan's ``run_blocks``).
 
-    ``attach(model)`` wraps ``model.run_blocks`` and every block's self-attention; ``remove()``
-    restores them. Inference only (the collectives carry no gradients). Hooks that also wrap
-    ``run_blocks`` must be removed in the reverse order of attaching.
+    ``attach(model)`` wraps the model's declared ``_block_runner`` and the self-attention of every block of
+    its ``_block_lists``; ``remove()`` restores them. The blocks must route self-attention through a
+    ``self_attn.attend(q, k, v)`` seam (Wan's do). Inference only (the collectives carry no gradients).
+    Hooks that also wrap the runner must be removed in the reverse order of attaching.
     """
 
     def __init__(self, groups: ParallelGroups):
         self.groups = groups
         self.model: nn.Module | None = None
         self._previous_run_blocks: RunBlocks | None = None
+        self._runner = "run_blocks"
+        self._blocks: list[nn.Module] = []
         self._shard: _Shard | None = None
 
     # -- attaching ----------------------------------------------------------------------
@@ -251,12 +257,19 @@ class SequenceParallel:
         """Hook ``model``; returns self."""
         if self.model is not None:
             raise RuntimeError("this SequenceParallel hook is already attached")
-        if any("attend" in block.self_attn.__dict__ for block in model.blocks):
+        runner = points.require_block_runner(model, "sequence parallelism")
+        blocks = points.blocks(model, "sequence parallelism")
+        if not all(callable(getattr(getattr(block, "self_attn", None), "attend", None)) for block in blocks):
+            raise points.ExtensionPointError(
+                f"model {type(model).__name__}: sequence parallelism needs blocks whose self-attention goes "
+                "through self_attn.attend(q, k, v); these blocks have none"
+            )
+        if any("attend" in block.self_attn.__dict__ for block in blocks):
             raise RuntimeError("the model's self-attention is already replaced (sequence parallelism attached twice?)")
-        self.model = model
-        self._previous_run_blocks = model.__dict__.get("run_blocks")
-        model.run_blocks = functools.partial(self._run_blocks, model.run_blocks)
-        for block in model.blocks:
+        self.model, self._runner, self._blocks = model, runner, blocks
+        self._previous_run_blocks = model.__dict__.get(runner)
+        setattr(model, runner, functools.partial(self._run_blocks, getattr(model, runner)))
+        for block in blocks:
             block.self_attn.attend = self.attend  # the projections and RoPE stay the model's own
         return self
 
@@ -264,12 +277,13 @@ class SequenceParallel:
         """Restore the model's own ``run_blocks`` and self-attention."""
         if self.model is None:
             return
-        for block in self.model.blocks:
+        for block in self._blocks:
             del block.self_attn.attend
-        del self.model.run_blocks
+        delattr(self.model, self._runner)
         if self._previous_run_blocks is not None:
-            self.model.run_blocks = self._previous_run_blocks
+            setattr(self.model, self._runner, self._previous_run_blocks)
         self.model = self._previous_run_blocks = None
+        self._blocks = []
 
     # -- the wrapped pieces -------------------------------------------------------------
     def _run_blocks(
@@ -357,7 +371,8 @@ class CfgParallelGuidance(ClassifierFreeGuidance):
         self, denoise: Denoiser, latents: torch.Tensor, t: torch.Tensor, cond: dict, uncond: dict
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's branch runs its pass; the pair all-gathers: (cond, uncond) on both branches."""
-        mine = denoise(latents, t, uncond if self.branch else cond)  # (B, C, F, H, W)
+        with cache_branch("uncond" if self.branch else "cond"):
+            mine = denoise(latents, t, uncond if self.branch else cond)  # (B, C, F, H, W)
         pred_cond, pred_uncond = all_gather_cat(mine[None], self.group, dim=0)  # branch order: cond, uncond
         return pred_cond, pred_uncond
 
@@ -385,8 +400,8 @@ def fsdp_shard(root: nn.Module, units: Iterable[nn.Module], device: torch.device
 
 
 def shard_transformer(transformer: nn.Module, device: torch.device) -> nn.Module:
-    """FSDP over the DiT blocks (one unit per ``WanAttentionBlock``)."""
-    return fsdp_shard(transformer, transformer.blocks, device)
+    """FSDP over the DiT blocks: one unit per block of the model's declared ``_block_lists``."""
+    return fsdp_shard(transformer, points.blocks(transformer, "FSDP (--fsdp-dit)"), device)
 
 
 def shard_text_encoder(text_encoder: nn.Module, device: torch.device) -> nn.Module:
@@ -443,24 +458,6 @@ class ParallelRuntime:
         self.hooks.clear()
 
 
-def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
-    """The multi-GPU flags: sequence-parallel degrees, CFG parallelism and FSDP."""
-    group = parser.add_argument_group(
-        "multi-GPU (launch with torchrun; ulysses x ring x (2 with --cfg-parallel) must equal the process count)"
-    )
-    group.add_argument(
-        "--ulysses-degree",
-        type=int,
-        help="Ulysses sequence parallelism (all-to-all); default: every process when neither degree is given, else 1",
-    )
-    group.add_argument("--ring-degree", type=int, help="Ring sequence parallelism (K/V passed around) (default 1)")
-    group.add_argument(
-        "--cfg-parallel", action="store_true", help="conditional and unconditional passes on two groups of ranks"
-    )
-    group.add_argument("--fsdp-dit", action="store_true", help="shard the transformer's weights over the ranks")
-    group.add_argument("--fsdp-text-encoder", action="store_true", help="shard the text encoder's weights")
-
-
 def default_degrees(ulysses: int | None, ring: int | None, cfg_parallel: bool, world_size: int) -> tuple[int, int]:
     """The (ulysses, ring) degrees to use: unset ones are 1, except that with neither given every
     process (over the CFG split) goes to Ulysses, so a bare ``torchrun --nproc-per-node=N`` works."""
@@ -472,50 +469,48 @@ def default_degrees(ulysses: int | None, ring: int | None, cfg_parallel: bool, w
     return ulysses or 1, ring or 1
 
 
-def init_parallel(args: argparse.Namespace) -> ParallelRuntime:
+def init_parallel(options: RuntimeOptions) -> ParallelRuntime:
     """Check the degrees against the world size (every rank, before anything loads), start the groups.
 
     Raises ``ValueError`` stating the required product on a mismatch. On ranks other than 0 the
     package's INFO logging is silenced so only rank 0 reports progress.
     """
-    cfg_parallel = getattr(args, "cfg_parallel", False)
-    info_device = getattr(args, "device", "auto")
+    cfg_parallel = getattr(options, "cfg_parallel", False)
+    info_device = getattr(options, "device", "auto")
     world_size = dist_info_from_env(info_device).world_size
     ulysses, ring = default_degrees(
-        getattr(args, "ulysses_degree", None), getattr(args, "ring_degree", None), cfg_parallel, world_size
+        getattr(options, "ulysses_degree", None), getattr(options, "ring_degree", None), cfg_parallel, world_size
     )
     check_world_size(ulysses, ring, cfg_parallel, world_size)
     info = init_distributed(info_device)
     if not info.is_main:
         logging.getLogger("videox_fun").setLevel(logging.WARNING)
-    fsdp_dit, fsdp_text = getattr(args, "fsdp_dit", False), getattr(args, "fsdp_text_encoder", False)
+    fsdp_dit, fsdp_text = getattr(options, "fsdp_dit", False), getattr(options, "fsdp_text_encoder", False)
     if (fsdp_dit or fsdp_text) and not info.distributed:
         logger.warning("--fsdp-dit / --fsdp-text-encoder need several processes (torchrun); ignored")
     groups = build_groups(ulysses, ring, cfg_parallel)
     return ParallelRuntime(info, groups, fsdp_dit=fsdp_dit, fsdp_text_encoder=fsdp_text)
 
 
-def setup_parallel(
-    args: argparse.Namespace, pipe: WanPipeline, runtime: ParallelRuntime | None = None
-) -> ParallelRuntime:
-    """Attach the requested parallelism to a loaded ``WanPipeline``; returns the runtime.
+def setup_parallel(options: RuntimeOptions, pipe: Pipeline, runtime: ParallelRuntime | None = None) -> ParallelRuntime:
+    """Attach the requested parallelism to a loaded pipeline of any family; returns the runtime.
 
-    Sequence parallelism hooks ``pipe.transformer``; FSDP shards the transformer / text encoder and
+    Sequence parallelism hooks each of ``pipe.transformers``; FSDP shards the transformer / text encoder and
     moves the pipeline to this rank's device. Pass the runtime from :func:`init_parallel` when the
     world size was checked before loading.
     """
-    runtime = runtime or init_parallel(args)
+    runtime = runtime or init_parallel(options)
     if runtime.distributed and runtime.fsdp_dit:
         for transformer in pipe.transformers:
             shard_transformer(transformer, runtime.device)
     if runtime.distributed and runtime.fsdp_text_encoder:
-        shard_text_encoder(pipe.text_encoder, runtime.device)
+        shard_text_encoder(pipe.components()["text_encoder"][0], runtime.device)
     if runtime.shards_weights:
         # FSDP already placed its shards; move the other components without touching them.
         sharded = {id(t) for t in pipe.transformers} if runtime.fsdp_dit else set()
-        sharded |= {id(pipe.text_encoder)} if runtime.fsdp_text_encoder else set()
-        for module in (*pipe.transformers, pipe.vae, pipe.text_encoder, pipe.image_encoder):
-            if module is not None and id(module) not in sharded:
+        sharded |= {id(pipe.components()["text_encoder"][0])} if runtime.fsdp_text_encoder else set()
+        for module, _ in pipe.components().values():
+            if id(module) not in sharded:
                 module.to(runtime.device)
         pipe.device = runtime.device
     for transformer in pipe.transformers:

@@ -79,8 +79,7 @@ def run_write_dataset(args: argparse.Namespace) -> Path:
 
 def run_prompts(args: argparse.Namespace) -> Path:
     """Write a prompts file over every combination of a split (canonical captions)."""
-    from ..cli import check_output_location
-    from ..io.files import atomic_path
+    from ..io.files import atomic_path, check_output_location
     from .world import caption, combinations
 
     check_output_location(args.output, None, "prompts file")
@@ -94,7 +93,7 @@ def run_prompts(args: argparse.Namespace) -> Path:
 
 def run_eval(args: argparse.Namespace) -> dict:
     """Judge a folder of videos; print the table and write the JSON report if asked."""
-    from ..cli import read_prompts
+    from ..io.files import read_prompts
     from .evaluate import evaluate_folder, format_report
 
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None

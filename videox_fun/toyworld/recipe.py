@@ -277,10 +277,9 @@ def train_transformer(out: Path, folder: Path, data: Path, recipe: Recipe) -> Pa
 
 def calibrate(folder: Path) -> None:
     """Fit the folder's own TeaCache coefficients (cache_calibration.json), with the command's defaults."""
-    from ..cli import build_parser
-    from ..runtime.options import run_calibrate
+    from ..runtime.calibrate import calibrate_cache
 
-    run_calibrate(build_parser().parse_args(["calibrate-cache", "--model", str(folder), "--device", "cpu"]))
+    calibrate_cache(folder, device="cpu")
 
 
 def train_all(out: str | Path, recipe: Recipe | None = None, vae: str | Path | None = None) -> dict:

@@ -28,7 +28,15 @@ import torch
 from diffusers import CogVideoXTransformer3DModel
 
 from ...config import read_json_mapping
-from ..loading import assert_materialised, cast_floating, load_into, public_config, read_folder_state_dict
+from ..loading import (
+    assert_materialised,
+    cast_floating,
+    load_into,
+    public_config,
+    read_folder_state_dict,
+    read_state_dict,
+    strip_prefix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +70,14 @@ class CogVideoXTransformer(CogVideoXTransformer3DModel):
         model = cls.from_config(config)
         model.register_to_config(**extras)
         return model
+
+    @staticmethod
+    def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+        """Weights for this class from a file or (sharded) folder with diffusers' names, with or without
+        the ``transformer.`` prefix of whole-pipeline files (``--transformer-path``)."""
+        path = Path(path)
+        state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
+        return strip_prefix(state, ("transformer.",))
 
     @classmethod
     def from_pretrained(  # type: ignore[override]

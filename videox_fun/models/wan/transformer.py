@@ -607,6 +607,12 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         return self.unpatchify(tokens, (grid[0] - (1 if prefix else 0), grid[1], grid[2]))
 
     # -- loading -----------------------------------------------------------------------
+    @staticmethod
+    def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+        """Weights for this class from a file or (sharded) folder in any layout people share
+        (``--transformer-path``): see :func:`read_transformer_weights`."""
+        return read_transformer_weights(path)
+
     @classmethod
     def from_pretrained(
         cls,

@@ -1,0 +1,271 @@
+"""The family layer: what the rest of the library reads about a model family, never naming one.
+
+A family (Wan, CogVideoX, ...) is a package of its own that builds one :class:`Family` and
+calls :func:`register`. It declares, in its files:
+
+- how a folder of its layout is recognised, from config files only (no weights read), and what
+  that checkpoint serves (:class:`Recognised`: its modes, generation defaults, size rules);
+- its table of modes, each with the inputs it needs and allows (:class:`Mode`): the CLI, the
+  programmatic entry (:mod:`videox_fun.api`), and every other face read this table;
+- its loader, which returns a pipeline (:class:`Pipeline`);
+- its samplers, its training spec's name and its cache coefficients' home.
+
+Runtime features (memory modes, fp8, compile, step caches, sequence parallelism) work from the
+extension points that each model class declares (:mod:`videox_fun.runtime.points`), not from
+attribute names of one family.
+
+Families are found by importing the modules in :data:`FAMILY_MODULES` and the
+``videox_fun.families`` entry point group, so a family added as a package of its own (or an
+installed plugin) joins without an edit elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..config import GenerationDefaults
+
+logger = logging.getLogger(__name__)
+
+# Every input medium a generation call can take, by keyword. A family's modes use a subset.
+INPUT_NAMES = ("image", "end_image", "video", "mask", "control_video", "ref_image", "camera")
+
+# The built-in families: each module registers its Family on import.
+FAMILY_MODULES = ("videox_fun.families.wan", "videox_fun.families.cogvideox")
+ENTRY_POINT_GROUP = "videox_fun.families"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One generation mode of a family: the inputs it needs and those it also reads when given.
+
+    ``folder`` is the suffix of the default output folder (``samples/{model}-{folder}``), as
+    VideoX-Fun names them; ``output`` says whether the mode makes a video or an image.
+    """
+
+    name: str
+    needs: tuple[str, ...] = ()
+    allows: tuple[str, ...] = ()
+    folder: str = "videos"
+    output: str = "video"
+    description: str = ""
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Every input the mode reads: what it needs, then what it allows."""
+        return (*self.needs, *self.allows)
+
+
+@dataclass(frozen=True)
+class SizeRules:
+    """What sizes a checkpoint can take: heights and widths are multiples of ``multiple``; frame
+    counts are ``frame_factor * k + 1`` (1 for image models), at most ``max_frames`` when set."""
+
+    multiple: int = 16
+    frame_factor: int = 4
+    max_frames: int | None = None
+
+    def frame_rule(self) -> str:
+        """The rule in words, for messages (``4k+1``)."""
+        return f"{self.frame_factor}k+1"
+
+    def valid_size(self, value: int) -> int:
+        """The nearest multiple of :attr:`multiple` (at least one multiple)."""
+        return max(self.multiple, round(value / self.multiple) * self.multiple)
+
+    def valid_frame_count(self, frames: int) -> int:
+        """The nearest count of the form ``frame_factor * k + 1``."""
+        return max(1, round((frames - 1) / self.frame_factor) * self.frame_factor + 1)
+
+
+@dataclass
+class Recognised:
+    """A model folder as its family reads it from config files, before any weight is loaded."""
+
+    family: Family
+    folder: Path
+    config: Any  # the family's own typed model config
+    variant: str  # a name for messages ("Fun InP", "CogVideoX-Fun V1.1 Control"...)
+    modes: tuple[str, ...]  # the modes this checkpoint serves, in the family's table order
+    defaults: GenerationDefaults
+    sizes: SizeRules = field(default_factory=SizeRules)
+    note: str = ""  # shown once when the model loads (random weights, a guessed config...)
+
+    def mode_table(self) -> dict[str, Mode]:
+        """The family's modes that this checkpoint serves."""
+        return {name: self.family.modes[name] for name in self.modes}
+
+
+class Pipeline(Protocol):
+    """What the programmatic entry and the runtime features need of a family's pipeline."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def transformers(self) -> tuple[nn.Module, ...]:
+        """The denoising transformers (one, or the experts of a two-expert model)."""
+        ...
+
+    def components(self) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
+        """Every model of the pipeline by name, with the methods through which the pipeline calls it."""
+        ...
+
+    def __call__(self, prompt: str, **settings: Any) -> Any:
+        """One generation: returns ``GenerationOutput`` (frames, latents, the settings used)."""
+        ...
+
+
+class Family:
+    """A model family: subclass, fill the class attributes and the three methods, then :func:`register` it."""
+
+    name: str = ""
+    modes: Mapping[str, Mode] = {}
+    samplers: tuple[str, ...] = ()
+    training_spec: str = ""  # the name its training spec registers under (videox_fun.training.specs)
+    description: str = ""
+
+    def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
+        """The folder as this family reads it, or None when it is not of this family's layout.
+
+        Reads config files only. ``config_path`` is a YAML the user named (``--config``).
+        """
+        raise NotImplementedError
+
+    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> Pipeline:
+        """Load every component of a recognised folder (weights on ``device``, as ``dtype``)."""
+        raise NotImplementedError
+
+    def needs_for_mode(self, mode: str) -> str:
+        """The kind of checkpoint a user needs for ``mode``, for error messages."""
+        return f"a {self.name} model that serves {mode}"
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
+
+
+_FAMILIES: dict[str, Family] = {}
+_loaded = False
+
+
+def register(family: Family) -> Family:
+    """Add a family to the registry (each family's module calls this on import)."""
+    if not family.name:
+        raise ValueError(f"{type(family).__name__}: a family needs a name")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> dict[str, Family]:
+    """Every registered family by name (built-ins and installed plugins), in registration order."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in FAMILY_MODULES:
+            importlib.import_module(module)
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                entry.load()
+            except Exception as err:  # a broken plugin must not take the library down
+                logger.warning("family plugin %s failed to load: %s", entry.name, err)
+    return dict(_FAMILIES)
+
+
+def get_family(name: str) -> Family:
+    """A registered family by name."""
+    known = families()
+    if name not in known:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(known)}")
+    return known[name]
+
+
+def recognise(folder: str | Path, config_path: str | Path | None = None) -> Recognised:
+    """The family of a model folder and what it serves; one clear error when no family takes it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    config_path = Path(config_path) if config_path is not None else None
+    for family in families().values():
+        found = family.recognise(folder, config_path)
+        if found is not None:
+            return found
+    listing = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "an empty folder"
+    raise ValueError(
+        f"{folder}: no model family recognises this folder ({listing}); known families: "
+        f"{', '.join(families())}. A model folder holds a config.json (original layout) or a model_index.json "
+        "(diffusers layout)"
+    )
+
+
+def all_mode_names() -> tuple[str, ...]:
+    """Every mode any registered family serves, in first-seen order (for the CLI's --mode choices)."""
+    names: dict[str, None] = {}
+    for family in families().values():
+        names.update(dict.fromkeys(family.modes))
+    return tuple(names)
+
+
+def merged_mode_table() -> dict[str, Mode]:
+    """One table of every family's modes (a mode of one name means the same inputs in every family)."""
+    table: dict[str, Mode] = {}
+    for family in families().values():
+        for name, mode in family.modes.items():
+            table.setdefault(name, mode)
+    return table
+
+
+def given_inputs(inputs: Mapping[str, object]) -> set[str]:
+    """The names of the inputs that are given (not None)."""
+    return {name for name in INPUT_NAMES if inputs.get(name) is not None}
+
+
+def infer_mode(table: Mapping[str, Mode], inputs: Mapping[str, object]) -> str:
+    """The mode the given inputs ask for: of the modes whose needs are all given and that read every
+    given input, the one that needs the most (the table's order breaks ties); else the one closest."""
+    given = given_inputs(inputs)
+    fitting = [mode for mode in table.values() if set(mode.needs) <= given and given <= set(mode.reads)]
+    if fitting:
+        return max(fitting, key=lambda mode: len(mode.needs)).name
+    # No mode reads all of them: the one that needs the most of what was given (the error names the rest).
+    return max(table.values(), key=lambda mode: (len(set(mode.needs) & given), -len(mode.needs))).name
+
+
+def flag_names(names: Iterable[str]) -> str:
+    """Input names as the flags that give them (``control_video`` -> ``--control-video``)."""
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
+def require_inputs(
+    table: Mapping[str, Mode],
+    mode: str,
+    given: Mapping[str, object],
+    check_file: Callable[[str, object], None] | None = None,
+) -> None:
+    """Fail clearly when ``mode`` is not in the table, or its inputs are missing or unused.
+
+    ``check_file(name, value)`` then checks each given input (exists, decodes) when passed.
+    """
+    if mode not in table:
+        raise ValueError(f"unknown mode {mode!r}; this model serves {', '.join(table)}")
+    spec = table[mode]
+    missing = [name for name in spec.needs if given.get(name) is None]
+    if missing:
+        raise ValueError(f"mode {mode!r} needs {flag_names(missing)}")
+    unused = [name for name, value in given.items() if value is not None and name not in spec.reads]
+    if unused:
+        wanted = infer_mode(table, given)
+        raise ValueError(f"mode {mode!r} does not use {flag_names(unused)} (these inputs ask for mode {wanted!r})")
+    if check_file is not None:
+        for name, value in given.items():
+            if value is not None:
+                check_file(name, value)

@@ -1,0 +1,152 @@
+"""The Wan family (Wan2.1, Wan2.2 and the alibaba-pai Fun variants) as the family layer reads it.
+
+Recognition reads config files and safetensors headers only: the original ("civitai") layout
+(``config.json`` with ``dim``, ``num_heads``, ``in_dim``...), the diffusers layout whose
+transformer is ``WanTransformer3DModel``, the Wan2.2 A14B expert folders, and our own folders
+(``videox_fun.yaml``). The variant, and so the modes, is read off the transformer config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import FOLDER_CONFIG_NAME, ModelConfig, config_for_folder, read_json_mapping, read_yaml_mapping
+from . import Family, Mode, Recognised, SizeRules, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..pipelines.wan import WanPipeline
+
+# The modes, in the order inference prefers them; folders as VideoX-Fun names its sample folders.
+WAN_MODES = {
+    "t2v": Mode("t2v", folder="videos", description="text to video"),
+    "i2v": Mode("i2v", needs=("image",), folder="videos_i2v", description="start image to video"),
+    "flf2v": Mode("flf2v", needs=("image", "end_image"), folder="videos_i2v", description="first and last frame"),
+    "v2v": Mode("v2v", needs=("video",), folder="videos_v2v", description="video to video (denoise strength)"),
+    "inpaint": Mode("inpaint", needs=("video", "mask"), folder="videos_v2v", description="regenerate the white mask"),
+    "control": Mode(
+        "control",
+        needs=("control_video",),
+        allows=("image", "ref_image"),
+        folder="videos_v2v_control",
+        description="follow a control video (edges, depth, pose)",
+    ),
+    "camera": Mode(
+        "camera",
+        needs=("camera",),
+        allows=("image",),
+        folder="videos_v2v_control",
+        description="follow a camera path",
+    ),
+}
+DIFFUSERS_CLASS = "WanTransformer3DModel"
+ORIGINAL_FIELDS = frozenset({"dim", "num_heads", "in_dim", "out_dim"})
+
+
+def wan_transformer_config(path: Path) -> dict[str, Any] | None:
+    """A Wan transformer's config.json in the original field names, or None when it is not a Wan one."""
+    from ..models.loading import public_config
+    from ..models.wan.keys import diffusers_config_to_original, is_diffusers_config
+
+    if not path.is_file():
+        return None
+    raw = read_json_mapping(path, "transformer config")
+    if raw.get("_class_name") == DIFFUSERS_CLASS or (is_diffusers_config(raw) and "_class_name" not in raw):
+        return diffusers_config_to_original(raw)
+    if raw.keys() >= ORIGINAL_FIELDS:
+        return public_config(raw)
+    return None
+
+
+def with_extras_from_headers(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The config plus what only the weights' names say: Fun V1.1 extras and a CLIP-less i2v expert."""
+    from ..models.loading import weight_key_names
+    from ..models.wan.keys import CLIP_DIM, has_clip_branch
+
+    names = weight_key_names(folder)
+    found = dict(config)
+    if "ref_conv.weight" in names:
+        found["add_ref_conv"] = True
+    if "control_adapter.conv.weight" in names:
+        found["add_control_adapter"] = True
+    clip_declared = has_clip_branch(config.get("model_type", "t2v"), config.get("image_dim", CLIP_DIM))
+    image_keys = ("img_emb.", "condition_embedder.image_embedder.")
+    if names and clip_declared and not any(name.startswith(image_keys) for name in names):
+        found["image_dim"] = None
+    return found
+
+
+def is_other_family_folder(folder: Path) -> bool:
+    """A diffusers folder of another model class, or our own folder config naming another pipeline."""
+    if (folder / "model_index.json").is_file():
+        transformer = folder / "transformer" / "config.json"
+        if not transformer.is_file():
+            return True
+        return read_json_mapping(transformer, "transformer config").get("_class_name") != DIFFUSERS_CLASS
+    own = folder / FOLDER_CONFIG_NAME
+    return own.is_file() and read_yaml_mapping(own, "model config").get("pipeline", "Wan") != "Wan"
+
+
+class WanFamily(Family):
+    """Wan2.1 / Wan2.2 and their Fun InP, Control and Control-Camera variants."""
+
+    name = "wan"
+    modes = WAN_MODES
+    training_spec = "wan"
+    description = "Wan2.1 / Wan2.2 (T2V, I2V, TI2V, A14B experts) and Wan-Fun InP / Control / Camera"
+
+    @property
+    def samplers(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The flow-matching samplers by VideoX-Fun's names."""
+        from ..pipelines.schedulers import SAMPLERS
+
+        return SAMPLERS
+
+    def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
+        """A Wan folder as its config files describe it (None for another family's layout)."""
+        from ..models.wan.variants import variant_of
+
+        if is_other_family_folder(folder):
+            return None
+        config = config_for_folder(folder, config_path)
+        transformer_folder = folder / config.transformer_subpath
+        transformer_config = wan_transformer_config(transformer_folder / "config.json")
+        if transformer_config is None:
+            if config_path is not None or (folder / FOLDER_CONFIG_NAME).is_file():
+                raise FileNotFoundError(
+                    f"{folder}: the Wan config puts the transformer at {transformer_folder}, which holds no Wan "
+                    "config.json"
+                )
+            return None
+        transformer_config = with_extras_from_headers(transformer_folder, transformer_config)
+        variant = variant_of(transformer_config)
+        patch = transformer_config.get("patch_size", (1, 2, 2))[1]
+        spatial = 16 if transformer_config["out_dim"] == 48 else 8  # the Wan2.2 VAE (48 channels) compresses 16x
+        return Recognised(
+            family=self,
+            folder=folder,
+            config=config,
+            variant=variant.name,
+            modes=tuple(mode for mode in self.modes if mode in variant.modes),
+            defaults=config.defaults,
+            sizes=SizeRules(multiple=spatial * patch, frame_factor=4),
+            note=config.note,
+        )
+
+    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> WanPipeline:
+        """Every component of the folder, as :meth:`WanPipeline.from_pretrained` loads it."""
+        from ..pipelines.wan import WanPipeline
+
+        config: ModelConfig = recognised.config
+        return WanPipeline.from_pretrained(recognised.folder, config=config, device=device, dtype=dtype)
+
+    def needs_for_mode(self, mode: str) -> str:
+        """The kind of released Wan model that serves ``mode``."""
+        from ..models.wan.variants import variant_for_mode
+
+        return variant_for_mode(mode)
+
+
+WAN = register(WanFamily())
