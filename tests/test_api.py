@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import decode_video
 
 from videox_fun.api import (
     CancelledError,
@@ -167,3 +168,49 @@ def test_shared_layers_name_no_family():
         if named:
             offenders[relative] = sorted(named)
     assert offenders == {}
+
+
+# -- a second family through the same entry ----------------------------------------------
+@pytest.fixture(scope="module")
+def cogvideox_inp(tmp_path_factory) -> Path:
+    from videox_fun.models.cogvideox.tiny import build_tiny_cogvideox_folder
+
+    return build_tiny_cogvideox_folder(tmp_path_factory.mktemp("cog") / "CogVideoX-Fun-Tiny-Random-InP", "inp")
+
+
+def test_generate_recognises_a_cogvideox_folder_and_writes_its_video(cogvideox_inp, tmp_path):
+    from videox_fun.cli import main
+
+    out = tmp_path / "cog.mp4"
+    flags = ["--height", "32", "--width", "32", "--frames", "9", "--steps", "2", "--output", str(out)]
+    assert main(["generate", "--model", str(cogvideox_inp), "--prompt", "a red circle moving right", *flags]) == 0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["mode"] == "t2v" and sidecar["sampler"] == "DDIM_Origin" and sidecar["num_frames"] == 9
+    assert decode_video(out).shape == (9, 32, 32, 3)
+
+
+def test_cogvideox_mistakes_fail_in_one_line_before_loading(cogvideox_inp, tmp_path, capsys):
+    from videox_fun.cli import main
+
+    def error(*flags: str) -> str:
+        assert main(["generate", "--prompt", "x", *flags]) == 2
+        return capsys.readouterr().err.strip()
+
+    message = error("--model", str(cogvideox_inp), "--mode", "camera", "--camera", "pan_left")
+    assert "not one of the cogvideox family's" in message and "\n" not in message
+    message = error("--model", str(cogvideox_inp), "--frames", "81")
+    assert "at most 49 frames" in message
+    message = error("--model", str(cogvideox_inp), "--sampler", "Flow")
+    assert "Flow" in message and "\n" not in message
+
+
+def test_a_cogvideox_transformer_with_a_wan_vae_is_refused_naming_both(cogvideox_inp, tmp_path):
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(cogvideox_inp, mixed)
+    config = json.loads((mixed / "vae" / "config.json").read_text())
+    (mixed / "vae" / "config.json").write_text(json.dumps({**config, "_class_name": "AutoencoderKLWan"}))
+    with pytest.raises(ValueError) as err:
+        recognise(mixed)
+    assert "AutoencoderKLWan" in str(err.value) and "CogVideoX" in str(err.value) and "\n" not in str(err.value)

@@ -191,6 +191,12 @@ def choose_mode(recognised: Recognised, request: GenerationRequest) -> str:
 def check_request(recognised: Recognised, request: GenerationRequest, prompts: int = 1) -> str:
     """Every check of a request that needs no weights: values, mode, inputs (exist and decode); returns the mode."""
     request.check_values(prompts)
+    limit = recognised.sizes.max_frames
+    if request.num_frames is not None and limit is not None and request.num_frames > limit:
+        raise ValueError(
+            f"--frames {request.num_frames}: {recognised.variant} models take at most {limit} frames "
+            f"({recognised.sizes.frame_rule()}); generate at most {limit}"
+        )
     mode = choose_mode(recognised, request)
     require_inputs(recognised.family.modes, mode, request.inputs(), check_file=check_input_file)
     return mode
