@@ -214,3 +214,16 @@ def test_a_cogvideox_transformer_with_a_wan_vae_is_refused_naming_both(cogvideox
     with pytest.raises(ValueError) as err:
         recognise(mixed)
     assert "AutoencoderKLWan" in str(err.value) and "CogVideoX" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_long_cogvideox_video_in_windows_through_the_cli(cogvideox_inp, tmp_path):
+    from videox_fun.cli import main
+
+    out = tmp_path / "long.mp4"
+    flags = ["--height", "32", "--width", "32", "--frames", "21", "--steps", "1", "--output", str(out)]
+    assert (
+        main(["generate", "--model", str(cogvideox_inp), "--prompt", "x", "--partial-video-length", "9", *flags]) == 0
+    )
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert (sidecar["segments"], sidecar["num_frames"]) == (4, 21)
+    assert decode_video(out).shape == (21, 32, 32, 3)

@@ -116,6 +116,10 @@ class GenerationRequest:
     seed: int = 43
     strength: float = 0.7
     fps: int | None = None
+    # Long videos (VideoX-Fun's names): windows of this many frames, overlapping by overlap_video_length,
+    # on a model that serves inpaint; None = one window of num_frames.
+    partial_video_length: int | None = None
+    overlap_video_length: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
 
     def inputs(self) -> dict[str, Any]:
@@ -133,6 +137,8 @@ class GenerationRequest:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
+        if self.partial_video_length is not None and self.partial_video_length < 2:
+            raise ValueError(f"--partial-video-length must be at least 2, got {self.partial_video_length}")
         if self.shift is not None and self.shift <= 0:
             raise ValueError(f"--shift must be above 0 (3 for 480p, 5 for 720p), got {self.shift}")
         if not 0.0 < self.strength <= 1.0:
@@ -191,6 +197,8 @@ def choose_mode(recognised: Recognised, request: GenerationRequest) -> str:
 def check_request(recognised: Recognised, request: GenerationRequest, prompts: int = 1) -> str:
     """Every check of a request that needs no weights: values, mode, inputs (exist and decode); returns the mode."""
     request.check_values(prompts)
+    if is_long(request):
+        return check_long_video(recognised, request)
     limit = recognised.sizes.max_frames
     if request.num_frames is not None and limit is not None and request.num_frames > limit:
         raise ValueError(
@@ -200,6 +208,31 @@ def check_request(recognised: Recognised, request: GenerationRequest, prompts: i
     mode = choose_mode(recognised, request)
     require_inputs(recognised.family.modes, mode, request.inputs(), check_file=check_input_file)
     return mode
+
+
+def is_long(request: GenerationRequest) -> bool:
+    """Whether a request asks for more frames than one window (``partial_video_length``)."""
+    partial = request.partial_video_length
+    return partial is not None and request.num_frames is not None and request.num_frames > partial
+
+
+def check_long_video(recognised: Recognised, request: GenerationRequest) -> str:
+    """A long video is t2v or i2v, in windows on a model that inpaints, each window within its limit."""
+    given = {name for name, value in request.inputs().items() if value is not None}
+    if not given <= {"image"} or request.mode not in (None, "t2v", "i2v"):
+        raise ValueError("long videos (--partial-video-length) are made from text or a start image (t2v / i2v)")
+    if "inpaint" not in recognised.modes:
+        raise ValueError(
+            f"long videos continue each window by inpainting: they need {recognised.family.needs_for_mode('inpaint')}"
+            f" (the loaded model is of the {recognised.variant} variant)"
+        )
+    limit, partial = recognised.sizes.max_frames, request.partial_video_length
+    if limit is not None and partial is not None and partial > limit:
+        raise ValueError(f"--partial-video-length {partial}: {recognised.variant} models take at most {limit} frames")
+    for name, value in request.inputs().items():
+        if value is not None:
+            check_input_file(name, value)
+    return "i2v" if "image" in given else "t2v"
 
 
 def check_input_file(name: str, value: object) -> None:
@@ -273,30 +306,76 @@ class LoadedPipeline:
             if on_step is not None:
                 on_step(step + 1, total)
 
-        output = self.pipe(
-            request.prompt,
-            negative_prompt=request.negative_prompt,
-            mode=mode,
-            **{name: value for name, value in request.inputs().items() if value is not None},
-            height=request.height,
-            width=request.width,
-            num_frames=request.num_frames,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            guidance_scale_2=request.guidance_scale_2,
-            shift=request.shift,
-            sampler=request.sampler,
-            seed=request.seed,
-            strength=request.strength,
-            progress=progress and self.runtime.is_main,
-            guidance=guidance,
-            callback=step_done,
-            **request.extra,
-        )
+        if is_long(request):
+            output = self._generate_long(request, guidance, step_done, progress)
+        else:
+            output = self._generate_one(request, mode, guidance, step_done, progress)
         fps = request.fps or defaults.fps
         sidecar = {"prompt": request.prompt, "model": self.folder.name, "fps": fps, **output.settings, **self.applied}
         sidecar.update(input_record(request.inputs()))
         return GenerationResult(output.frames, output.latents, sidecar, self.recognised.family.modes[mode], fps)
+
+    def _generate_one(
+        self,
+        request: GenerationRequest,
+        mode: str,
+        guidance: Any,
+        step_done: Callable[[int, int, torch.Tensor], None],
+        progress: bool,
+        **overrides: Any,
+    ) -> Any:
+        """One call of the family's pipeline for ``request`` (``overrides`` replace its inputs / sizes)."""
+        given = {name: value for name, value in request.inputs().items() if value is not None}
+        settings = {
+            "negative_prompt": request.negative_prompt,
+            "mode": mode,
+            **given,
+            "height": request.height,
+            "width": request.width,
+            "num_frames": request.num_frames,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance_scale,
+            "guidance_scale_2": request.guidance_scale_2,
+            "shift": request.shift,
+            "sampler": request.sampler,
+            "seed": request.seed,
+            "strength": request.strength,
+            "progress": progress and self.runtime.is_main,
+            "guidance": guidance,
+            "callback": step_done,
+            **request.extra,
+        }
+        merged = settings | overrides
+        # Media not given are left out, so a family's pipeline need only take the inputs its modes read.
+        return self.pipe(request.prompt, **{k: v for k, v in merged.items() if k not in INPUT_NAMES or v is not None})
+
+    def _generate_long(
+        self,
+        request: GenerationRequest,
+        guidance: Any,
+        step_done: Callable[[int, int, torch.Tensor], None],
+        progress: bool,
+    ) -> Any:
+        """Windows of ``partial_video_length`` frames, each continuing the last by inpainting."""
+        from .pipelines.long_video import generate_long_video
+
+        def window(**overrides: Any) -> Any:
+            # Each window states its own mode and inputs; the request's media are the first window's only.
+            blank = dict.fromkeys(INPUT_NAMES)
+            mode = overrides.pop("mode")
+            return self._generate_one(request, mode, guidance, step_done, progress, **blank | overrides)
+
+        first = {"image": request.image} if request.image is not None else {}
+        assert request.num_frames is not None and request.partial_video_length is not None
+        return generate_long_video(
+            window,
+            total=request.num_frames,
+            partial=request.partial_video_length,
+            overlap=request.overlap_video_length,
+            valid=self.recognised.sizes.valid_frame_count,
+            first_inputs=first,
+            seed=request.seed,
+        )
 
     def close(self) -> None:
         """Remove every hook the options attached and drop the models."""

@@ -104,6 +104,18 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="sampler (the model family's: Flow* for Wan, DDIM_Origin... for CogVideoX)",
     )
     sampling.add_argument("--seed", type=int, default=43, help="random seed (default 43)")
+    sampling.add_argument(
+        "--partial-video-length",
+        type=int,
+        help="long videos on InP models: generate --frames in windows of this many frames, each continuing the "
+        "last by inpainting (VideoX-Fun's partial_video_length)",
+    )
+    sampling.add_argument(
+        "--overlap-video-length",
+        type=int,
+        default=4,
+        help="frames shared (and cross-faded) by consecutive windows of a long video (default 4)",
+    )
 
     out = parser.add_argument_group("output")
     out.add_argument("--output", type=Path, help="output file (.mp4; .png for one frame)")
