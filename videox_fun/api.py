@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .families import INPUT_NAMES, Mode, Recognised, infer_mode, merged_mode_table, recognise, require_inputs
-from .io.files import check_output_location
+from .io.files import check_input_file, check_output_location
 
 if TYPE_CHECKING:
     import torch
@@ -233,27 +233,6 @@ def check_long_video(recognised: Recognised, request: GenerationRequest) -> str:
         if value is not None:
             check_input_file(name, value)
     return "i2v" if "image" in given else "t2v"
-
-
-def check_input_file(name: str, value: object) -> None:
-    """A given input that is a path must exist and be readable as far as shows it is usable."""
-    from .io.camera import is_trajectory_name, read_camera_trajectory
-    from .io.video import read_video
-
-    if not isinstance(value, (str, Path)):
-        return  # tensors and arrays are the caller's
-    if name == "camera" and is_trajectory_name(str(value)):
-        return  # a built-in trajectory (pan_left, zoom_in...), not a file
-    path = Path(value)
-    if not path.exists():
-        raise FileNotFoundError(f"--{name.replace('_', '-')}: file not found: {value}")
-    try:
-        if name == "camera":
-            read_camera_trajectory(path)
-        else:
-            read_video(path, num_frames=1)  # a medium's first frame: undecodable files fail before loading
-    except ValueError as err:  # VideoReadError and malformed trajectories
-        raise ValueError(f"--{name.replace('_', '-')}: {err}") from err
 
 
 def default_mode_for(request: GenerationRequest) -> str:

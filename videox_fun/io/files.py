@@ -185,3 +185,24 @@ def check_writable_folder(folder: Path, flag: str) -> None:
         raise ValueError(f"{flag}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{flag}: no permission to write in {existing}")
+
+
+def check_input_file(name: str, value: object) -> None:
+    """A given input that is a path must exist and be readable as far as shows it is usable."""
+    from .camera import is_trajectory_name, read_camera_trajectory
+    from .video import read_video
+
+    if not isinstance(value, (str, Path)):
+        return  # tensors and arrays are the caller's
+    if name == "camera" and is_trajectory_name(str(value)):
+        return  # a built-in trajectory (pan_left, zoom_in...), not a file
+    path = Path(value)
+    if not path.exists():
+        raise FileNotFoundError(f"--{name.replace('_', '-')}: file not found: {value}")
+    try:
+        if name == "camera":
+            read_camera_trajectory(path)
+        else:
+            read_video(path, num_frames=1)  # a medium's first frame: undecodable files fail before loading
+    except ValueError as err:  # VideoReadError and malformed trajectories
+        raise ValueError(f"--{name.replace('_', '-')}: {err}") from err

@@ -40,9 +40,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
 from ..config import read_json_mapping
-from ..families import Recognised, infer_mode, require_inputs
+from ..families import INPUT_NAMES, Recognised, infer_mode, require_inputs
 from ..families.cogvideox import COGVIDEOX_MODES, COGVIDEOX_SAMPLERS, MODE_NEEDS
-from ..io.video import read_video, tensor_to_frames
+from ..io.files import check_input_file
+from ..io.video import tensor_to_frames
 from ..models.cogvideox.text_encoder import CogVideoXTextEncoder
 from ..models.cogvideox.tiny import SCHEDULER_CONFIG
 from ..models.cogvideox.transformer import CogVideoXTransformer
@@ -538,20 +539,3 @@ class CogVideoXPipeline:
             if callback is not None:
                 callback(step, num_steps, latents)
         return latents
-
-
-# Every input medium of a call, by keyword.
-INPUT_NAMES = ("image", "end_image", "video", "mask", "control_video", "ref_image", "camera")
-
-
-def check_input_file(name: str, value: object) -> None:
-    """A path input must exist and decode (its first frame), so a bad file fails before sampling."""
-    if not isinstance(value, (str, Path)):
-        return
-    path = Path(value)
-    if not path.exists():
-        raise FileNotFoundError(f"--{name.replace('_', '-')}: file not found: {path}")
-    try:
-        read_video(path, num_frames=1)
-    except ValueError as err:
-        raise ValueError(f"--{name.replace('_', '-')}: {err}") from err

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,9 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig, config_for_folder
-from ..families import SizeRules
-from ..io.camera import camera_poses, is_trajectory_name, plucker_embedding, read_camera_trajectory
-from ..io.video import read_video, tensor_to_frames
+from ..families import INPUT_NAMES, Mode, SizeRules, infer_mode, require_inputs
+from ..families.wan import WAN_MODES
+from ..io.camera import camera_poses, plucker_embedding
+from ..io.files import check_input_file
+from ..io.video import tensor_to_frames
 from ..models.wan.keys import blank_clip_tokens
 from ..models.wan.variants import EXPERT_BOUNDARIES, variant_for_mode, variant_of
 from .common import (
@@ -46,16 +47,6 @@ if TYPE_CHECKING:
     from ..models.wan.variants import WanVariant
 
 logger = logging.getLogger(__name__)
-
-OUTPUT_SUFFIX = {
-    "t2v": "videos",
-    "i2v": "videos_i2v",
-    "flf2v": "videos_i2v",
-    "v2v": "videos_v2v",
-    "inpaint": "videos_v2v",
-    "control": "videos_v2v_control",
-    "camera": "videos_v2v_control",
-}
 
 
 def valid_size(value: int, multiple: int = 16) -> int:
@@ -194,6 +185,10 @@ class WanPipeline:
         return self.vae.spatial_compression * self.transformer.config.patch_size[1]
 
     # -- inputs --------------------------------------------------------------------------
+    def mode_table(self) -> dict[str, Mode]:
+        """The family's modes that this checkpoint serves."""
+        return {name: mode for name, mode in WAN_MODES.items() if name in self.variant.modes}
+
     def _check_mode(self, mode: str) -> None:
         if mode not in self.variant.modes:
             raise ValueError(
@@ -401,7 +396,7 @@ class WanPipeline:
             "shift": shift,
             "sampler": sampler,
         }
-        settings = self.resolve_settings(mode or infer_mode(inputs), inputs, **given)
+        settings = self.resolve_settings(mode or infer_mode(self.mode_table(), inputs), inputs, **given)
         cond_text, uncond_text = self._encode_prompts(prompt, settings.negative_prompt)
         conditions = self.build_conditions(settings.mode, inputs, settings.num_frames, settings.height, settings.width)
         first_frame = conditions.pop("first_frame", None)  # held by the loop below, not a transformer input
@@ -462,7 +457,7 @@ class WanPipeline:
         if guidance_scale_2 is None:
             guidance_scale_2 = defaults.guidance_scale_2 if defaults.guidance_scale_2 is not None else guidance_scale
         self._check_mode(mode)
-        require_inputs(mode, {name: inputs.get(name) for name in MODE_INPUTS})
+        require_inputs(WAN_MODES, mode, {name: inputs.get(name) for name in INPUT_NAMES}, check_input_file)
         multiple = self.size_multiple
         return SamplingSettings(
             mode=mode,
@@ -543,74 +538,3 @@ def with_first_frame(latents: torch.Tensor, first: torch.Tensor) -> torch.Tensor
 def default_boundary(transformer: WanTransformer3DModel) -> float:
     """The released Wan2.2 A14B boundary for a high-noise expert: 0.900 for I2V, 0.875 for T2V."""
     return EXPERT_BOUNDARIES["i2v" if variant_of(transformer.config).channels else "t2v"]
-
-
-# The inputs that decide the mode (ref_image rides along with a control video).
-MODE_INPUTS = ("image", "end_image", "video", "mask", "control_video", "camera")
-INPUT_NAMES = (*MODE_INPUTS, "ref_image")  # every input medium of a call, by keyword
-
-
-def infer_mode(inputs: Mapping[str, object]) -> str:
-    """The mode the given inputs (by name, None = not given) ask for."""
-    given = {name for name in MODE_INPUTS if inputs.get(name) is not None}
-    if "camera" in given:
-        return "camera"
-    if "control_video" in given:
-        return "control"
-    if "video" in given:
-        return "inpaint" if "mask" in given else "v2v"
-    if "image" in given:
-        return "flf2v" if "end_image" in given else "i2v"
-    return "t2v"
-
-
-REQUIRED_INPUTS = {
-    "i2v": ("image",),
-    "flf2v": ("image", "end_image"),
-    "v2v": ("video",),
-    "inpaint": ("video", "mask"),
-    "control": ("control_video",),
-    "camera": ("camera",),
-}
-
-
-# Inputs a mode also reads when given: the start frame of control and camera videos.
-OPTIONAL_INPUTS = {"control": ("image",), "camera": ("image",)}
-
-
-def _flags(names: Iterable[str]) -> str:
-    """Input names as the flags that give them (``control_video`` -> ``--control-video``)."""
-    return ", ".join("--" + name.replace("_", "-") for name in names)
-
-
-def require_inputs(mode: str, given: Mapping[str, object]) -> None:
-    """Fail clearly when a mode's inputs (by name) are missing, unused by it, or name files that do not exist."""
-    missing = [name for name in REQUIRED_INPUTS.get(mode, ()) if given.get(name) is None]
-    if missing:
-        raise ValueError(f"mode {mode!r} needs {_flags(missing)}")
-    reads = (*REQUIRED_INPUTS.get(mode, ()), *OPTIONAL_INPUTS.get(mode, ()))
-    unused = [name for name, value in given.items() if value is not None and name not in reads]
-    if unused:
-        wanted = infer_mode(given)
-        raise ValueError(f"mode {mode!r} does not use {_flags(unused)} (these inputs ask for mode {wanted!r})")
-    for name, value in given.items():
-        if name == "camera" and value is not None and is_trajectory_name(value):
-            continue  # a built-in trajectory (pan_left, zoom_in...), not a file
-        if isinstance(value, (str, Path)):
-            if not Path(value).exists():
-                raise FileNotFoundError(f"--{name.replace('_', '-')}: file not found: {value}")
-            check_readable_input(name, Path(value))
-
-
-def check_readable_input(name: str, path: Path) -> None:
-    """Read as much of an input file as shows it is usable (a camera file's poses, a medium's first frame).
-
-    A video that cannot be decoded then fails before a model loads, not after minutes of loading.
-    """
-    try:
-        if name == "camera":
-            read_camera_trajectory(path)
-        else:
-            read_video(path, num_frames=1)
-    except ValueError as err:  # VideoReadError and malformed trajectories
-        raise ValueError(f"--{name.replace('_', '-')}: {err}") from err
