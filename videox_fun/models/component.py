@@ -13,10 +13,16 @@ class OffloadableComponent:
     """
 
     execution_device: torch.device | None = None
+    model: torch.nn.Module  # the wrapped model of the field's library
 
     def weights_device(self) -> torch.device:
-        """Where the weights are now."""
-        raise NotImplementedError
+        """Where the weights are now (those of the wrapped ``model``)."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the wrapped model's weights."""
+        return next(self.model.parameters()).dtype
 
     @property
     def device(self) -> torch.device:

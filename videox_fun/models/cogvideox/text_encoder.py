@@ -103,15 +103,6 @@ class CogVideoXTextEncoder(OffloadableComponent, nn.Module):
         self.model.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(tokenizer_folder))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the weights."""
-        return next(self.model.parameters()).dtype
-
-    def weights_device(self) -> torch.device:
-        """Device of the weights."""
-        return next(self.model.parameters()).device
-
     @torch.no_grad()
     def encode(self, prompts: list[str], max_length: int = COGVIDEOX_TEXT_LEN, **_: Any) -> torch.Tensor:
         """Prompts -> (B, max_length, D) embeddings, as diffusers' CogVideoX pipelines make them."""

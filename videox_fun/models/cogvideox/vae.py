@@ -94,15 +94,6 @@ class CogVideoXVAE(OffloadableComponent, nn.Module):
         """Pixels per latent pixel (8: one per downsampling level)."""
         return 2 ** (len(self.config.block_out_channels) - 1)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the weights."""
-        return next(self.model.parameters()).dtype
-
-    def weights_device(self) -> torch.device:
-        """Device of the weights."""
-        return next(self.model.parameters()).device
-
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Latent (F', h, w) of a ``num_frames x height x width`` video."""
         s = self.spatial_compression

@@ -533,15 +533,6 @@ class WanVAE(OffloadableComponent, nn.Module):
         """Channels of the pixel video (3); the Wan2.2 VAE patchifies them 2x2 into its 12 input channels."""
         return int(self.config.in_channels) // int(self.config.patch_size or 1) ** 2
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the weights."""
-        return next(self.model.parameters()).dtype
-
-    def weights_device(self) -> torch.device:
-        """Device of the weights."""
-        return next(self.model.parameters()).device
-
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Latent ``(F', H', W')`` for a video of ``num_frames x height x width`` (validated)."""
         self._check_size(num_frames, height, width)
