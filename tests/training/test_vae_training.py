@@ -148,3 +148,99 @@ def test_loss_without_l1_and_foreground_weight_is_the_plain_mse_of_the_reconstru
         torch.manual_seed(1)  # the same posterior sample
         recon = decode_unclamped(vae, vae.encode(video).latent_dist.sample())
     assert loss.item() == pytest.approx((recon - video).pow(2).mean().item(), rel=1e-5)
+
+
+# --- AutoencoderKLCogVideoX (vae_class "cogvideox"): 9-frame clips (3 latent frames), as its
+# decode gives 4k + 1 frames back from 1 or from 3 and more latent frames, but 8 from 2.
+
+
+def cog_config(tmp_path, meta, out: str, stop_after: int | None = None) -> VAETrainConfig:
+    from videox_fun.models.cogvideox.vae import tiny_vae_config as cog_tiny_vae_config
+
+    return VAETrainConfig(
+        output_dir=str(tmp_path / out),
+        train_data_meta=str(meta),
+        vae_class="cogvideox",
+        vae_config=cog_tiny_vae_config(scaling_factor=1.0),
+        video_sample_size=32,
+        video_sample_n_frames=9,
+        batch_size=2,
+        max_train_steps=3,
+        checkpointing_steps=2,
+        foreground_weight=10.0,
+        crop_size=16,
+        stop_after_steps=stop_after,
+    )
+
+
+def test_cogvideox_resumed_run_equals_uninterrupted_and_loads_as_cogvideox_vae(tmp_path):
+    from videox_fun.models.cogvideox.vae import CogVideoXVAE
+
+    meta = write_test_dataset(tmp_path / "data", n_videos=4, sizes=((32, 32),), lengths=(9,))
+    straight = train_vae(cog_config(tmp_path, meta, "straight"))
+    train_vae(cog_config(tmp_path, meta, "resumed", stop_after=2))  # as if killed after step 2
+    resumed = train_vae(cog_config(tmp_path, meta, "resumed"))
+    assert state_dict_max_diff(weights(straight), weights(resumed)) <= 1e-6
+    vae = CogVideoXVAE.from_pretrained(straight)
+    assert vae.encode(torch.zeros(1, 3, 9, 32, 32)).shape == (1, 3, 16, 4, 4)
+
+
+def test_fresh_cogvideox_vae_has_a_nearly_deterministic_posterior():
+    from videox_fun.models.cogvideox.vae import tiny_vae_config as cog_tiny_vae_config
+    from videox_fun.training.vae import _fresh_vae
+
+    torch.manual_seed(0)
+    cfg = VAETrainConfig(output_dir="unused", train_data_meta="unused", vae_class="cogvideox")
+    cfg.vae_config = cog_tiny_vae_config()
+    vae = _fresh_vae(cfg)
+    assert vae.quant_conv is None  # the moments come from the encoder's conv_out
+    with torch.no_grad():
+        posterior = vae.encode(torch.rand(1, 3, 5, 16, 16) * 2 - 1).latent_dist
+    assert torch.allclose(posterior.logvar, torch.full_like(posterior.logvar, cfg.initial_logvar))
+    assert posterior.mean.std() > 0
+
+
+def test_cogvideox_decoder_only_training_leaves_the_encoder_unchanged(tmp_path):
+    meta = write_test_dataset(tmp_path / "data", n_videos=4, sizes=((32, 32),), lengths=(9,))
+    first = train_vae(cog_config(tmp_path, meta, "first"))
+    decoder = cog_config(tmp_path, meta, "decoder")
+    decoder.init_from, decoder.decoder_only, decoder.crop_size = str(first), True, None
+    second = train_vae(decoder)
+    before, after = weights(first), weights(second)
+    encoder_side = [k for k in before if k.startswith("encoder.")]
+    decoder_side = [k for k in before if k.startswith("decoder.")]
+    assert encoder_side and all(torch.equal(before[k], after[k]) for k in encoder_side)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder_side)
+
+
+def test_cogvideox_latent_statistics_are_one_scaling_factor(tmp_path):
+    from videox_fun.models.cogvideox.vae import CogVideoXVAE
+    from videox_fun.models.cogvideox.vae import tiny_vae_config as cog_tiny_vae_config
+    from videox_fun.training.vae import _data, fit_latent_statistics
+
+    meta = write_test_dataset(tmp_path / "data", n_videos=4, sizes=((32, 32),), lengths=(9,))
+    torch.manual_seed(0)
+    folder = tmp_path / "vae"
+    CogVideoXVAE.from_config(cog_tiny_vae_config(scaling_factor=1.0)).model.save_pretrained(folder)
+    stats = fit_latent_statistics(folder, str(meta), n_frames=9)
+    assert set(stats) == {"scaling_factor", "clips"} and stats["clips"] == 4
+    vae = CogVideoXVAE.from_pretrained(folder)
+    assert vae.scaling_factor == stats["scaling_factor"] != 1.0
+    dataset, _ = _data(VAETrainConfig(output_dir=str(folder), train_data_meta=str(meta), video_sample_n_frames=9))
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(dataset[i]["pixel_values"][None]) for i in range(4)])  # scaled
+    assert latents.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_cogvideox_refuses_a_widened_decoder(tmp_path):
+    meta = write_test_dataset(tmp_path / "data", n_videos=4, sizes=((32, 32),), lengths=(9,))
+    wider = cog_config(tmp_path, meta, "wide")
+    wider.widen_decoder = 2
+    with pytest.raises(ValueError, match="widen_decoder is not supported for AutoencoderKLCogVideoX"):
+        train_vae(wider)
+    assert not (tmp_path / "wide").exists()  # refused before any work
+
+
+def test_unknown_vae_class_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown vae_class 'sdxl'"):
+        train_vae(VAETrainConfig(output_dir=str(tmp_path / "x"), train_data_meta="m.json", vae_class="sdxl"))

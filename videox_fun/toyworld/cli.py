@@ -122,7 +122,11 @@ def run_toy_report(args: argparse.Namespace) -> dict:
 
 
 def run_train_all(args: argparse.Namespace) -> dict:
-    """Run the recipe of the tiny models."""
+    """Run the recipe of the tiny models (the Wan ones, or with ``--family cogvideox`` the CogVideoX one)."""
+    if args.family == "cogvideox":
+        return _run_train_all_cogvideox(args)
+    if args.until != "all":
+        raise ValueError("--until is only for --family cogvideox")
     from .recipe import MODELS, Recipe, train_all
 
     if args.smoke:
@@ -131,6 +135,18 @@ def run_train_all(args: argparse.Namespace) -> dict:
     if args.steps is not None:  # one step count for every model instead of the recipe's
         recipe.transformer_steps, recipe.model_steps = args.steps, {}
     return train_all(args.out, recipe, vae=args.vae)
+
+
+def _run_train_all_cogvideox(args: argparse.Namespace) -> dict:
+    """The CogVideoX-Fun recipe (recipe_cogvideox.py)."""
+    from .recipe_cogvideox import MODELS, CogVideoXRecipe, train_all
+
+    if args.smoke:
+        return train_all(args.out, CogVideoXRecipe.smoke(args.seed, args.models), vae=args.vae, until=args.until)
+    recipe = CogVideoXRecipe(seed=args.seed, vae_steps=args.vae_steps, models=args.models or list(MODELS))
+    if args.steps is not None:
+        recipe.transformer_steps, recipe.model_steps = args.steps, {}
+    return train_all(args.out, recipe, vae=args.vae, until=args.until)
 
 
 def _add_toyworld(commands: argparse._SubParsersAction) -> None:
@@ -182,6 +198,15 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     train_all.add_argument("--steps", type=int, help="training steps of every transformer (default: the recipe's)")
     train_all.add_argument("--models", nargs="+", help="which models (default: all)")
     train_all.add_argument("--seed", type=int, default=0, help="seed of data, weights and training")
+    train_all.add_argument(
+        "--family", choices=("wan", "cogvideox"), default="wan", help="which models: the Wan ones or CogVideoX-Fun"
+    )
+    train_all.add_argument(
+        "--until",
+        choices=("data", "vae", "all"),
+        default="all",
+        help="stop after this stage (--family cogvideox; rerun without it to continue)",
+    )
     train_all.set_defaults(handler=run_train_all)
 
     report = actions.add_parser(

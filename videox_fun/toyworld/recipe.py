@@ -138,13 +138,21 @@ def write_data(out: Path, recipe: Recipe) -> Path:
     return data
 
 
-def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
-    """The tiny Wan VAE (z_dim 16, 4x8x8): cropped, then full frames, then four phases of the decoder alone."""
+def train_toy_vae(
+    out: Path, data: Path, recipe: Recipe, vae_class: str = "wan", vae_config: dict | None = None, prefix: str = ""
+) -> Path:
+    """A tiny VAE (z 16, 4x8x8): cropped, then full frames, then phases of the decoder alone.
+
+    ``vae_class`` / ``vae_config`` choose the VAE (default: the Wan one, base_dim 8); its run
+    folders are ``OUT/{prefix}vae_run*``. The widened-decoder phase runs when
+    ``recipe.vae_wide_factor`` > 1 (Wan only: the training refuses it for other classes).
+    """
     from ..models.wan.vae import tiny_vae_config
     from ..training.vae import VAETrainConfig, train_vae
 
     common = {
         "train_data_meta": str(data / "metadata_train.json"),
+        "vae_class": vae_class,
         "video_sample_n_frames": recipe.vae_frames,
         "batch_size": recipe.vae_batch,
         "seed": recipe.seed,
@@ -152,8 +160,8 @@ def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
         "checkpointing_steps": 50,
     }
     cropped = VAETrainConfig(
-        output_dir=str(out / "vae_run"),
-        vae_config=tiny_vae_config(base_dim=8),
+        output_dir=str(out / f"{prefix}vae_run"),
+        vae_config=vae_config if vae_config is not None else tiny_vae_config(base_dim=8),
         max_train_steps=recipe.vae_steps,
         stop_after_steps=recipe.vae_crop_stop_after,
         crop_size=recipe.vae_crop,
@@ -162,6 +170,11 @@ def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
     trained = train_vae(cropped)
     # Each later phase starts from the one before; a phase of 0 steps ends the chain. The refine
     # phase is a warm restart of the decoder's cosine schedule, on a new clip order.
+    wide = [
+        {"output_dir": "vae_run_wide", "max_train_steps": recipe.vae_wide_steps,
+         "learning_rate": recipe.vae_wide_learning_rate, "decoder_only": True, "seed": recipe.seed + 2,
+         "widen_decoder": recipe.vae_wide_factor, "lr_warmup_steps": recipe.vae_wide_warmup_steps},
+    ]  # fmt: skip
     later = [
         {"output_dir": "vae_run_full", "max_train_steps": recipe.vae_full_steps,
          "learning_rate": recipe.vae_full_learning_rate},
@@ -169,9 +182,7 @@ def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
          "learning_rate": recipe.vae_decoder_learning_rate, "decoder_only": True},
         {"output_dir": "vae_run_refine", "max_train_steps": recipe.vae_refine_steps,
          "learning_rate": recipe.vae_refine_learning_rate, "decoder_only": True, "seed": recipe.seed + 1},
-        {"output_dir": "vae_run_wide", "max_train_steps": recipe.vae_wide_steps,
-         "learning_rate": recipe.vae_wide_learning_rate, "decoder_only": True, "seed": recipe.seed + 2,
-         "widen_decoder": recipe.vae_wide_factor, "lr_warmup_steps": recipe.vae_wide_warmup_steps},
+        *(wide if recipe.vae_wide_factor > 1 else []),
         {"output_dir": "vae_run_mse", "max_train_steps": recipe.vae_mse_steps,
          "learning_rate": recipe.vae_mse_learning_rate, "decoder_only": True, "seed": recipe.seed + 3,
          "lr_warmup_steps": recipe.vae_mse_warmup_steps, "foreground_weight": 0.0, "l1_weight": 0.0},
@@ -179,20 +190,21 @@ def train_toy_vae(out: Path, data: Path, recipe: Recipe) -> Path:
     for phase in later:
         if not phase["max_train_steps"]:
             break
-        settings = {**common, **phase, "output_dir": str(out / phase["output_dir"])}
+        settings = {**common, **phase, "output_dir": str(out / f"{prefix}{phase['output_dir']}")}
         trained = train_vae(VAETrainConfig(init_from=str(trained), **settings))
     return trained
 
 
-def finished_vae(out: Path, trained: Path, data: Path) -> Path:
-    """``OUT/vae``: the trained VAE without its optimizer state, with its own latent statistics.
+def finished_vae(out: Path, trained: Path, data: Path, name: str = "vae") -> Path:
+    """``OUT/vae`` (or ``OUT/name``): the trained VAE without its optimizer state, with its own latent statistics.
 
-    The statistics (per-channel mean / std of the training clips' latents) replace the Wan2.1
-    ones in its config, so the transformers train on latents of about unit variance.
+    The statistics (Wan: per-channel mean / std of the training clips' latents; CogVideoX: the
+    scaling factor) replace the released ones in its config, so the transformers train on latents
+    of about unit variance.
     """
     from ..training.vae import fit_latent_statistics
 
-    final = out / "vae"
+    final = out / name
     if (final / "config.json").is_file():
         return final
     with atomic_dir(final) as staging:  # a crash while fitting leaves no VAE with the Wan2.1 statistics as OUT/vae

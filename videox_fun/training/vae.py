@@ -1,7 +1,9 @@
-"""Training a Wan VAE (diffusers ``AutoencoderKLWan``) on a video dataset, with resume.
+"""Training a video VAE (diffusers ``AutoencoderKLWan`` or ``AutoencoderKLCogVideoX``) on a video dataset, with resume.
 
-Used to make the toy world's tiny VAE; it works for any metadata dataset. The loss is L1 + MSE on
-the reconstruction plus a small KL term; the posterior is sampled while training. Checkpoints
+Used to make the toy world's tiny VAEs; it works for any metadata dataset. What differs between
+the two classes (a fresh model's posterior, the unclamped decode, the decoder side, the latent
+statistics, widening) lives in one :class:`VAEKind` per class, chosen by ``VAETrainConfig.vae_class``.
+The loss is L1 + MSE on the reconstruction plus a small KL term; the posterior is sampled while training. Checkpoints
 are diffusers-layout folders written atomically (temp folder + rename), with the optimizer state,
 so a killed run continues with ``resume=True``.
 """
@@ -11,9 +13,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
-from diffusers import AutoencoderKLWan
+from diffusers import AutoencoderKLCogVideoX, AutoencoderKLWan
 from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -30,6 +33,8 @@ class VAETrainConfig:
 
     output_dir: str
     train_data_meta: str
+    # Which VAE: "wan" (AutoencoderKLWan) or "cogvideox" (AutoencoderKLCogVideoX); see VAE_KINDS.
+    vae_class: str = "wan"
     vae_config: dict = field(default_factory=dict)
     init_from: str | None = None
     video_sample_size: int = 64
@@ -102,7 +107,7 @@ def decode_unclamped(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_loss(
-    vae: AutoencoderKLWan,
+    vae: AutoencoderKLWan | AutoencoderKLCogVideoX,
     video: torch.Tensor,
     kl_weight: float,
     foreground_weight: float = 0.0,
@@ -116,7 +121,7 @@ def reconstruction_loss(
     with CPUFastPaths():  # the RMS norms' normalize is ~70x faster this way on a CPU
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
             posterior = vae.encode(video).latent_dist
-        recon = decode_unclamped(vae, posterior.sample())
+        recon = kind_of(vae).decode_unclamped(vae, posterior.sample())
     if frozen_encoder:
         kl_weight = 0.0
     weight = 1.0 + foreground_weight * (video.amax(dim=1, keepdim=True) > -0.4).float()  # (B, 1, F, H, W)
@@ -182,15 +187,16 @@ def _restore(run: _VAERun, folder: Path) -> int:
     return state["step"]
 
 
-def _fresh_vae(config: VAETrainConfig) -> AutoencoderKLWan:
-    """A VAE from ``config.vae_config`` whose posterior starts nearly deterministic."""
-    vae = AutoencoderKLWan(**config.vae_config)
-    z_dim = vae.config.z_dim
+def _fresh_vae(config: VAETrainConfig) -> AutoencoderKLWan | AutoencoderKLCogVideoX:
+    """A VAE of ``config.vae_class`` from ``config.vae_config`` whose posterior starts nearly deterministic."""
+    kind = vae_kind(config.vae_class)
+    vae = kind.model_class(**config.vae_config)
+    conv, z_dim = kind.moments_conv(vae)
     with torch.no_grad():
-        # quant_conv's output channels are [mean (z_dim), logvar (z_dim)]; zero weights on the
+        # The conv's output channels are [mean (z_dim), logvar (z_dim)]; zero weights on the
         # logvar half make it the constant ``initial_logvar`` until training moves it.
-        vae.quant_conv.weight[z_dim:].zero_()
-        vae.quant_conv.bias[z_dim:].fill_(config.initial_logvar)
+        conv.weight[z_dim:].zero_()
+        conv.bias[z_dim:].fill_(config.initial_logvar)
     return vae
 
 
@@ -260,12 +266,138 @@ def widen_decoder(vae: AutoencoderKLWan, factor: int, generator: torch.Generator
     return wide
 
 
-def _trainable_parameters(vae: AutoencoderKLWan, decoder_only: bool) -> list[torch.nn.Parameter]:
+class VAEKind:
+    """What a VAE class needs of its own to be trained here; one subclass per class (see :data:`VAE_KINDS`)."""
+
+    name: ClassVar[str]
+    model_class: ClassVar[type]
+
+    @staticmethod
+    def moments_conv(vae: Any) -> tuple[torch.nn.Conv3d, int]:
+        """The convolution whose output is the posterior's [mean | logvar], and the latent channels."""
+        raise NotImplementedError
+
+    @staticmethod
+    def decode_unclamped(vae: Any, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, z, F', h, w) -> video (B, 3, F, H, W) with a gradient everywhere (no clamp)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def decoder_side(vae: Any) -> list[torch.nn.Parameter]:
+        """The parameters a decoder-only phase trains: everything after the latents."""
+        raise NotImplementedError
+
+    @staticmethod
+    def widen(vae: Any, factor: int, generator: torch.Generator) -> Any:
+        """A copy with a ``factor`` times wider decoder that decodes identically (see :func:`widen_decoder`)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def statistics(mean: torch.Tensor, std: torch.Tensor, overall_std: float) -> dict:
+        """The config entries that normalise this VAE's latents, from the per-channel mean / std of its
+        posterior means and the std over all their values."""
+        raise NotImplementedError
+
+
+class WanVAEKind(VAEKind):
+    """``AutoencoderKLWan``: quant_conv gives the moments; per-channel ``latents_mean`` / ``latents_std``."""
+
+    name = "wan"
+    model_class = AutoencoderKLWan
+
+    @staticmethod
+    def moments_conv(vae: AutoencoderKLWan) -> tuple[torch.nn.Conv3d, int]:
+        return vae.quant_conv, vae.config.z_dim
+
+    @staticmethod
+    def decode_unclamped(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
+        return decode_unclamped(vae, z)
+
+    @staticmethod
+    def decoder_side(vae: AutoencoderKLWan) -> list[torch.nn.Parameter]:
+        return [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+
+    @staticmethod
+    def widen(vae: AutoencoderKLWan, factor: int, generator: torch.Generator) -> AutoencoderKLWan:
+        return widen_decoder(vae, factor, generator)
+
+    @staticmethod
+    def statistics(mean: torch.Tensor, std: torch.Tensor, overall_std: float) -> dict:
+        return {
+            "latents_mean": [round(v, 6) for v in mean.tolist()],
+            "latents_std": [round(v, 6) for v in std.tolist()],
+        }
+
+
+class CogVideoXVAEKind(VAEKind):
+    """``AutoencoderKLCogVideoX``: the encoder's conv_out gives the moments when there is no quant_conv
+    (the releases have none); one ``scaling_factor`` = 1 / std of the latents, no shift."""
+
+    name = "cogvideox"
+    model_class = AutoencoderKLCogVideoX
+
+    @staticmethod
+    def moments_conv(vae: AutoencoderKLCogVideoX) -> tuple[torch.nn.Conv3d, int]:
+        conv = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out.conv
+        return conv, vae.config.latent_channels
+
+    @staticmethod
+    def decode_unclamped(vae: AutoencoderKLCogVideoX, z: torch.Tensor) -> torch.Tensor:
+        return vae.decode(z).sample  # its decode does not clamp
+
+    @staticmethod
+    def decoder_side(vae: AutoencoderKLCogVideoX) -> list[torch.nn.Parameter]:
+        post = [] if vae.post_quant_conv is None else list(vae.post_quant_conv.parameters())
+        return [*post, *vae.decoder.parameters()]
+
+    @staticmethod
+    def widen(vae: AutoencoderKLCogVideoX, factor: int, generator: torch.Generator) -> AutoencoderKLCogVideoX:
+        raise ValueError(
+            "widen_decoder is not supported for AutoencoderKLCogVideoX: its decoder has no width of its own "
+            "(block_out_channels sets the encoder's and the decoder's), so a wider decoder is another VAE config"
+        )
+
+    @staticmethod
+    def statistics(mean: torch.Tensor, std: torch.Tensor, overall_std: float) -> dict:
+        return {"scaling_factor": round(1.0 / overall_std, 6)}
+
+
+VAE_KINDS: dict[str, type[VAEKind]] = {kind.name: kind for kind in (WanVAEKind, CogVideoXVAEKind)}
+
+
+def vae_kind(name: str) -> type[VAEKind]:
+    """The :class:`VAEKind` of ``VAETrainConfig.vae_class`` ``name``."""
+    try:
+        return VAE_KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown vae_class {name!r}; choose one of {sorted(VAE_KINDS)}") from None
+
+
+def kind_of(vae: torch.nn.Module) -> type[VAEKind]:
+    """The :class:`VAEKind` of a VAE instance."""
+    for kind in VAE_KINDS.values():
+        if isinstance(vae, kind.model_class):
+            return kind
+    raise TypeError(f"no VAE training support for {type(vae).__name__}")
+
+
+def kind_of_folder(folder: str | Path) -> type[VAEKind]:
+    """The :class:`VAEKind` of a diffusers VAE folder, from its config's ``_class_name`` (Wan when absent)."""
+    name = json.loads((Path(folder) / "config.json").read_text()).get("_class_name", AutoencoderKLWan.__name__)
+    for kind in VAE_KINDS.values():
+        if kind.model_class.__name__ == name:
+            return kind
+    raise ValueError(f"{folder}: no VAE training support for {name}")
+
+
+def _trainable_parameters(
+    vae: AutoencoderKLWan | AutoencoderKLCogVideoX, decoder_only: bool
+) -> list[torch.nn.Parameter]:
     """Every parameter, or only the decoder side's (the rest frozen) when ``decoder_only``."""
     if not decoder_only:
         return list(vae.parameters())
     vae.requires_grad_(False)
-    decoder_side = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+    decoder_side = kind_of(vae).decoder_side(vae)
     for parameter in decoder_side:
         parameter.requires_grad_(True)
     return decoder_side
@@ -273,6 +405,9 @@ def _trainable_parameters(vae: AutoencoderKLWan, decoder_only: bool) -> list[tor
 
 def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
     """Train until ``max_train_steps``; returns the folder of the last checkpoint (diffusers layout)."""
+    kind = vae_kind(config.vae_class)
+    if config.widen_decoder > 1 and kind is not WanVAEKind:
+        kind.widen(None, config.widen_decoder, torch.Generator())  # raises: say so before any work
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "vae_train_config.json").write_text(json.dumps(asdict(config), indent=2))
@@ -287,9 +422,10 @@ def train_vae(config: VAETrainConfig, resume: bool = True) -> Path:
 def _start_run(config: VAETrainConfig, source: Path | str | None) -> _VAERun:
     """The VAE from ``source`` (a checkpoint, ``init_from``, or None: a fresh one), its optimizer, schedule and data."""
     torch.manual_seed(config.seed)
-    vae = AutoencoderKLWan.from_pretrained(source) if source else _fresh_vae(config)
+    kind = vae_kind(config.vae_class)
+    vae = kind.model_class.from_pretrained(source) if source else _fresh_vae(config)
     if config.widen_decoder > 1 and source == config.init_from:  # not when resuming: the checkpoint is wide already
-        vae = widen_decoder(vae, config.widen_decoder, torch.Generator().manual_seed(config.seed))
+        vae = kind.widen(vae, config.widen_decoder, torch.Generator().manual_seed(config.seed))
     vae.train()
     trainable = _trainable_parameters(vae, config.decoder_only)
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
@@ -352,16 +488,20 @@ def _optimizer_step(run: _VAERun, video: torch.Tensor) -> torch.Tensor:
 def fit_latent_statistics(
     vae_folder: str | Path, train_data_meta: str, max_clips: int = 256, n_frames: int = 17, sample_size: int = 64
 ) -> dict:
-    """Measure the per-channel mean / std of the posterior means over a dataset; write them to the config.
+    """Measure the statistics of the posterior means over a dataset; write them to the config.
 
-    Wan DiTs expect normalised latents ``(mu - latents_mean) / latents_std`` of about unit
+    For a CogVideoX VAE (found from the folder's config) that is one ``scaling_factor``: 1 / the
+    std of every latent value (its DiTs take ``mu * scaling_factor``, no shift); the return value
+    then holds ``scaling_factor`` and ``clips``. Wan DiTs expect normalised latents
+    ``(mu - latents_mean) / latents_std`` of about unit
     variance. A newly trained VAE has its own statistics, not the Wan2.1 ones its config was
     created with, so ``latents_mean`` / ``latents_std`` in ``vae_folder/config.json`` are
     replaced by the measured ones. Returns ``{"latents_mean": [...], "latents_std": [...], "clips": n}``
     (n: the clips read).
     """
     folder = Path(vae_folder)
-    vae = AutoencoderKLWan.from_pretrained(str(folder)).eval()
+    kind = kind_of_folder(folder)
+    vae = kind.model_class.from_pretrained(str(folder)).eval()
     probe = VAETrainConfig(
         output_dir=str(folder),
         train_data_meta=train_data_meta,
@@ -371,6 +511,7 @@ def fit_latent_statistics(
     dataset, _ = _data(probe)
     total = total_sq = None
     count = used = 0
+    all_sum = all_sq = 0.0
     clips = min(max_clips, len(dataset))
     with torch.no_grad(), CPUFastPaths():  # one clip at a time: the batch-1 convolutions' fast route
         for index in tqdm(range(clips), desc="latent statistics"):
@@ -383,10 +524,14 @@ def fit_latent_statistics(
             total = per_channel.sum(1) if total is None else total + per_channel.sum(1)
             total_sq = per_channel.pow(2).sum(1) if total_sq is None else total_sq + per_channel.pow(2).sum(1)
             count += per_channel.shape[1]
+            all_sum += per_channel.sum().item()
+            all_sq += per_channel.pow(2).sum().item()
             used += 1
     mean = total / count
     std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
-    stats = {"latents_mean": [round(v, 6) for v in mean.tolist()], "latents_std": [round(v, 6) for v in std.tolist()]}
+    values = count * mean.numel()
+    overall_std = max(all_sq / values - (all_sum / values) ** 2, 1e-12) ** 0.5
+    stats = kind.statistics(mean, std, overall_std)
     config = json.loads((folder / "config.json").read_text())
     config.update(stats)
     with atomic_path(folder / "config.json") as temporary:  # a crash must not leave the VAE without a config
