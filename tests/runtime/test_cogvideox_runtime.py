@@ -313,3 +313,42 @@ def test_teacache_indicator_must_be_declared():
     with pytest.raises(ExtensionPointError, match=r"no cache indicator 'time_projection'.*time_embedding"):
         TeaCache(model, LINEAR, 0.1, indicator="time_projection")
     assert not model.time_embedding._forward_hooks
+
+
+# ----------------------------------------------------------------------------------------
+# Through the CogVideoX pipeline (its guidance, its generation hooks)
+# ----------------------------------------------------------------------------------------
+PIPELINE_SETTINGS = {
+    "height": 32,
+    "width": 32,
+    "num_frames": 5,
+    "num_inference_steps": 5,
+    "guidance_scale": 6.0,
+    "seed": 0,
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def cogvideox_pipe(tmp_path_factory):
+    from videox_fun.models.cogvideox.tiny import build_tiny_cogvideox_folder
+    from videox_fun.pipelines.cogvideox import CogVideoXPipeline
+
+    folder = build_tiny_cogvideox_folder(tmp_path_factory.mktemp("cog_runtime") / "inp", "inp", seed=1)
+    pipe = CogVideoXPipeline.from_pretrained(folder)
+    return pipe, pipe("a red circle", **PIPELINE_SETTINGS).latents
+
+
+@pytest.mark.parametrize("kind", list(CACHES))
+def test_caches_attach_to_the_cogvideox_pipeline(cogvideox_pipe, kind):
+    pipe, uncached_latents = cogvideox_pipe
+    steps = PIPELINE_SETTINGS["num_inference_steps"]
+    exact = CACHES[kind](pipe.transformer, 0.0)
+    assert torch.equal(pipe("a red circle", **PIPELINE_SETTINGS).latents, uncached_latents)
+    assert exact.stats.decisions == [True] * steps
+    exact.remove()
+    skipping = CACHES[kind](pipe.transformer, 10.0)
+    latents = pipe("a red circle", **PIPELINE_SETTINGS).latents
+    skipping.remove()
+    assert skipping.stats.decisions == [True] + [False] * (steps - 2) + [True]  # begin() came from the pipeline
+    assert torch.isfinite(latents).all() and not torch.equal(latents, uncached_latents)
