@@ -100,13 +100,15 @@ def build_cache(config: TrainConfig) -> Path:
     """
     from accelerate import PartialState
 
-    from .specs import get_spec
+    from .specs import get_spec, spec_name
     from .trainer import mixed_precision_dtype
 
     final = check_cache_dir(config.resolved_cache_dir)  # before anything loads
     state = PartialState()
     dtype = mixed_precision_dtype(config.mixed_precision)
     spec = get_spec(config)
+    if not config.family:  # the index records the spec that made the cache
+        config = TrainConfig(**{**config.to_dict(), "family": spec_name(config)})
     models = spec.load_models(TrainConfig(**{**config.to_dict(), "use_cached_latents": False}), dtype)
     device = state.device
     if not config.low_vram:

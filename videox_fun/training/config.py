@@ -65,7 +65,9 @@ class ModelSettings:
 
     pretrained_model_name_or_path: str | None = setting(None, "model folder (original or diffusers layout) or name")
     config_path: str | None = setting(None, "YAML model config, e.g. config/wan2.1/wan_fun_civitai.yaml")
-    family: str = setting("wan", "model family spec (see videox_fun.training.specs)")
+    family: str | None = setting(
+        None, "training spec of the model family (default: the one the model folder's family names)"
+    )
     transformer_path: str | None = setting(None, "start from these transformer weights (a folder or .safetensors)")
     init_from_t2v: bool = setting(
         False, "zero-pad the new input channels of patch_embedding when a T2V checkpoint starts an InP/Control model"

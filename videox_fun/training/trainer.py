@@ -1,8 +1,9 @@
 """The generic trainer: accelerate (mixed precision, gradient accumulation, DDP / FSDP / DeepSpeed).
 
-It never looks at a model's name: a family spec (:mod:`videox_fun.training.specs`) loads the
-models and turns batches into transformer inputs; the objective is flow matching. What the
-trainer owns is the loop and everything around it:
+It never looks at a model's name: a family spec (:mod:`videox_fun.training.specs`, chosen by the
+model folder's family unless ``--family`` names one) loads the models, turns batches into
+transformer inputs and chooses the objective (:mod:`videox_fun.training.objectives`: the
+prediction target, noise levels and loss). What the trainer owns is the loop and everything around it:
 
 - data order: one :class:`BucketBatchSampler` over *global* batches (``train_batch_size`` x
   processes); each process takes its slice, so n processes see what one process with an n times
@@ -15,6 +16,7 @@ trainer owns is the loop and everything around it:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -45,7 +47,8 @@ from .checkpoint import (
 )
 from .config import TrainConfig, run_settings, save_train_yaml
 from .lora import add_lora, save_lora_file
-from .specs import FlowMatching, flow_matching_loss, get_spec, on_device, sample_generators
+from .objectives import Objective, objective_loss
+from .specs import get_spec, on_device, sample_generators, spec_name
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -116,6 +119,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         config.validate()
+        if not config.family:  # recorded as resolved, so a resume compares the spec actually used
+            config = dataclasses.replace(config, family=spec_name(config))
         self.config = config
         self.spec = get_spec(config)
         self.bad_files: dict[str, str] = {}
@@ -266,7 +271,7 @@ class Trainer:
         if not config.low_vram:
             for module in models.frozen.values():
                 module.to(accelerator.device)
-        self.objective = self._objective()
+        self.objective: Objective = self.spec.objective(models, config)
         if accelerator.is_main_process:
             self._start_logging()
 
@@ -302,19 +307,6 @@ class Trainer:
         self.sharded = self.cpu_sharded or accelerator.distributed_type in (
             DistributedType.FSDP,
             DistributedType.DEEPSPEED,
-        )
-
-    def _objective(self) -> FlowMatching:
-        """Flow matching as the config says; the model's own shift unless ``--shift`` is given."""
-        config, models = self.config, self.models
-        return FlowMatching(
-            sampling=config.timestep_sampling,
-            logit_mean=config.logit_mean,
-            logit_std=config.logit_std,
-            mode_scale=config.mode_scale,
-            weighting=config.weighting_scheme,
-            shift=config.shift if config.shift is not None else self.spec.default_shift(models),
-            sigma_range=models.sigma_range,
         )
 
     def _start_logging(self) -> None:
@@ -366,7 +358,7 @@ class Trainer:
             positions = range(first, first + len(batch["index"]))
             generators = sample_generators(config.seed, step, micro, positions)
             with accelerator.accumulate(self.transformer):
-                loss = flow_matching_loss(
+                loss = objective_loss(
                     spec,
                     self.models,
                     self.transformer,
@@ -418,7 +410,7 @@ class Trainer:
             if config.use_lora:
                 state = self._full_state()
                 if accelerator.is_main_process:
-                    save_lora_file(state, folder / LORA_FILE, config.rank, config.network_alpha)
+                    self._save_lora(state, folder / LORA_FILE)
 
         state = {"sampler": self.data_state, SETTINGS_KEY: run_settings(config)}
         save_checkpoint(accelerator, config.output_dir, step, state, write_extra, config.checkpoints_total_limit)
@@ -432,6 +424,11 @@ class Trainer:
             return get_model_state_dict(self.transformer, options=options)
         return self.accelerator.get_state_dict(self.transformer)
 
+    def _save_lora(self, state: dict[str, torch.Tensor], path: Path) -> Path:
+        """The LoRA file in the family's layout (the spec's ``save_lora``), else the shared Wan-keyed one."""
+        save = getattr(self.spec, "save_lora", save_lora_file)
+        return save(state, path, self.config.rank, self.config.network_alpha)
+
     def _export(self, result: TrainResult) -> None:
         """Final LoRA file or full model folder (the family's release layout)."""
         accelerator, config = self.accelerator, self.config
@@ -440,7 +437,7 @@ class Trainer:
         if accelerator.is_main_process:
             output_dir = Path(config.output_dir)
             if config.use_lora:
-                result.lora_path = save_lora_file(state, output_dir / LORA_FILE, config.rank, config.network_alpha)
+                result.lora_path = self._save_lora(state, output_dir / LORA_FILE)
             else:
                 result.transformer_dir = output_dir / TRANSFORMER_DIR
                 self.spec.save_full(accelerator.unwrap_model(self.transformer), state, result.transformer_dir)

@@ -3,8 +3,9 @@
 The trainer never branches on a model name. A :class:`FamilySpec` says how to load the
 models of a family, which modes a loaded model can serve, which modules LoRA adapts, how a
 batch (decoded pixels or cached latents) becomes the transformer's inputs, how samples are
-encoded for the latent cache, and which objective trains it. Specs register by name in
-:data:`SPECS`; ``--family`` picks one.
+encoded for the latent cache, and which objective trains it (the prediction target and the
+loss: :mod:`videox_fun.training.objectives`). Specs register by name in :data:`SPECS`; the
+model folder's family (``videox_fun.families``) names its spec, and ``--family`` overrides it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,8 +21,29 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ...pipelines.schedulers import NUM_TRAIN_TIMESTEPS
 from ..config import TrainConfig
+from ..objectives import FlowMatching, Objective, VPrediction, objective_loss, shift_sigmas
+
+__all__ = [
+    "SPECS",
+    "Device",
+    "FamilyModels",
+    "FamilySpec",
+    "FlowMatching",
+    "Objective",
+    "TrainInputs",
+    "VPrediction",
+    "choose",
+    "flow_matching_loss",
+    "get_spec",
+    "objective_loss",
+    "on_device",
+    "register_spec",
+    "sample_generators",
+    "shift_sigmas",
+    "spec_name",
+    "uniform",
+]
 
 Device = torch.device | str  # a device or its name ("cpu", "cuda:0")
 
@@ -75,16 +97,23 @@ class FamilySpec(Protocol):
     def predict(
         self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: TrainInputs
     ) -> torch.Tensor:
-        """The transformer's prediction for noisy latents at ``timesteps`` (B,) in [0, NUM_TRAIN_TIMESTEPS]."""
+        """The transformer's prediction (B, z, F', h, w) for noisy latents at ``timesteps`` (B,), the
+        objective's ``model_timesteps`` (in [0, 1000])."""
         ...
 
-    def default_shift(self, models: FamilyModels) -> float:
-        """The flow shift the family samples with (training applies the same one)."""
+    def objective(self, models: FamilyModels, config: TrainConfig) -> Objective:
+        """The training objective (prediction target, noise levels, loss) of this family's models.
+
+        Refuses (ValueError, one line) settings of another objective that it would ignore.
+        """
         ...
 
     def save_full(self, transformer: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
         """Write a fully trained transformer in the family's release layout."""
         ...
+
+    # Optional: ``save_lora(state, path, rank, alpha) -> Path`` writes the LoRA file in the layout the
+    # family's tools read; without it the trainer writes training.lora.save_lora_file's (Wan keys).
 
     def sample(
         self, models: FamilyModels, transformer: nn.Module, prompt: str, seed: int, device: Device
@@ -107,98 +136,8 @@ def on_device(module: nn.Module, device: torch.device, low_vram: bool) -> Iterat
                 torch.cuda.empty_cache()
 
 
-# ----------------------------------------------------------------------------------------
-# The flow-matching objective (Wan, and every other rectified-flow family)
-# ----------------------------------------------------------------------------------------
-def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
-    """The flow shift of the samplers: s' = shift * s / (1 + (shift - 1) * s)."""
-    return shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
-
-
-@dataclass
-class FlowMatching:
-    """x_t = (1 - s) x0 + s noise, target = noise - x0, timestep = NUM_TRAIN_TIMESTEPS s (1000 s).
-
-    Sigmas come from a logit-normal (SD3), uniform or "mode" density, then the flow shift is
-    applied exactly as the inference schedulers apply it; the loss can be weighted over sigma
-    (none / sigma_sqrt / cosmap). The densities and weights are diffusers' SD3 functions.
-    """
-
-    sampling: str = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    mode_scale: float = 1.29
-    weighting: str = "none"
-    shift: float = 1.0
-    # The share of the noise range trained (Wan2.2 experts: [boundary, 1] high, [0, boundary) low):
-    # the shifted density is mapped onto it, so each expert sees the same shape over its own range.
-    sigma_range: tuple[float, float] = (0.0, 1.0)
-
-    def sample_sigmas(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """One sigma per sample, each drawn from that sample's generator: (B,) in (0, 1)."""
-        from diffusers.training_utils import compute_density_for_timestep_sampling
-
-        scheme = {"uniform": "none"}.get(self.sampling, self.sampling)
-        u = torch.cat(
-            [
-                compute_density_for_timestep_sampling(
-                    scheme, 1, self.logit_mean, self.logit_std, self.mode_scale, generator=g
-                )
-                for g in generators
-            ]
-        )
-        low, high = self.sigma_range
-        return low + (high - low) * shift_sigmas(u.clamp(1e-5, 1.0 - 1e-5), self.shift)
-
-    @staticmethod
-    def noise_like(latents: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """Gaussian noise (B, ...) drawn per sample from its generator (on the CPU, so any device agrees)."""
-        shape = latents.shape[1:]
-        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(latents.device)
-
-    @staticmethod
-    def noisy(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-        """x_t = (1 - s) x0 + s noise."""
-        s = sigmas.view(-1, *([1] * (latents.dim() - 1))).to(latents)
-        return (1.0 - s) * latents + s * noise
-
-    def loss(
-        self, prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
-    ) -> torch.Tensor:
-        """Weighted MSE to the velocity target noise - x0, averaged over samples (fp32)."""
-        from diffusers.training_utils import compute_loss_weighting_for_sd3
-
-        target = (noise - latents).float()
-        per_sample = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)  # (B,)
-        weights = compute_loss_weighting_for_sd3(self.weighting, sigmas.float().to(per_sample.device))
-        return (weights * per_sample).mean()
-
-
-def flow_matching_loss(
-    spec: FamilySpec,
-    models: FamilyModels,
-    transformer: nn.Module,
-    objective: FlowMatching,
-    batch: dict,
-    mode: str,
-    generators: Sequence[torch.Generator],
-    device: Device,
-    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
-) -> torch.Tensor:
-    """The flow-matching loss (a scalar) of one (micro-)batch, as every training step computes it.
-
-    ``spec`` builds the inputs (clean latents x0 (B, z, F', h, w) and conditions), then per sample:
-    sigma (B,), noise, x_t = (1 - sigma) x0 + sigma noise, the prediction of ``transformer`` at
-    timesteps sigma x NUM_TRAIN_TIMESTEPS (inside ``autocast()``, e.g. ``accelerator.autocast``), and
-    the objective's weighted MSE to noise - x0. All draws come from ``generators`` (one per sample).
-    """
-    inputs = spec.build_inputs(models, batch, mode, generators, device)
-    sigmas = objective.sample_sigmas(generators).to(device)  # (B,)
-    noise = objective.noise_like(inputs.latents, generators)
-    noisy = objective.noisy(inputs.latents, noise, sigmas)
-    with autocast():
-        prediction = spec.predict(transformer, noisy, sigmas * NUM_TRAIN_TIMESTEPS, inputs)
-    return objective.loss(prediction, inputs.latents, noise, sigmas)
+# The objectives moved to training/objectives.py; these names stay importable from here.
+flow_matching_loss = objective_loss  # the generic loss of one micro-batch (any objective)
 
 
 def sample_generators(seed: int, step: int, micro: int, positions: Sequence[int]) -> list[torch.Generator]:
@@ -241,10 +180,38 @@ def register_spec(name: str) -> Callable:
     return wrap
 
 
-def get_spec(config: TrainConfig) -> FamilySpec:
-    """The spec of ``config.family``, set up with the config."""
-    from . import wan  # noqa: F401  (registers the Wan family)
+# The modules of the built-in specs: each registers its spec on import.
+SPEC_MODULES = ("videox_fun.training.specs.wan", "videox_fun.training.specs.cogvideox")
 
-    if config.family not in SPECS:
-        raise ValueError(f"unknown model family {config.family!r} (--family); known: {', '.join(sorted(SPECS))}")
-    return SPECS[config.family](config)
+
+def _load_specs() -> None:
+    import importlib
+
+    for module in SPEC_MODULES:
+        importlib.import_module(module)
+
+
+def spec_name(config: TrainConfig) -> str:
+    """The spec that trains ``config``'s model: ``--family`` when given, else the one its family names.
+
+    The family is recognised from the model folder's config files (no weights are read).
+    """
+    if config.family:
+        return config.family
+    from ...families import recognise
+    from ...registry import resolve_model
+
+    folder = resolve_model(config.pretrained_model_name_or_path)
+    family = recognise(folder, config.config_path).family
+    if not family.training_spec:
+        raise ValueError(f"{folder} is a {family.name} model, and that family declares no training spec")
+    return family.training_spec
+
+
+def get_spec(config: TrainConfig) -> FamilySpec:
+    """The spec of ``config``'s model (:func:`spec_name`), set up with the config."""
+    _load_specs()
+    name = spec_name(config)
+    if name not in SPECS:
+        raise ValueError(f"unknown model family {name!r} (--family); known: {', '.join(sorted(SPECS))}")
+    return SPECS[name](config)

@@ -34,6 +34,7 @@ from ...models.wan.variants import variant_for_mode, variant_of
 from ...pipelines.conditioning import first_frame_latent, mask_channels, masked_video
 from ...pipelines.wan import default_boundary
 from ..config import TrainConfig
+from ..objectives import FlowMatching
 from . import Device, FamilyModels, TrainInputs, choose, on_device, register_spec, uniform
 
 logger = logging.getLogger(__name__)
@@ -383,6 +384,11 @@ class WanSpec:
     def default_shift(self, models: FamilyModels) -> float:
         """The flow shift of the model config's generation defaults (training applies the same one)."""
         return models.settings.defaults.shift
+
+    def objective(self, models: FamilyModels, config: TrainConfig) -> FlowMatching:
+        """Flow matching as the config says; the model's own shift unless ``--shift`` is given, over the
+        noise range of the trained expert."""
+        return FlowMatching.from_config(config, self.default_shift(models), models.sigma_range)
 
     # -- inputs --------------------------------------------------------------------------------
     def build_inputs(

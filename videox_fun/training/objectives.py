@@ -1,0 +1,294 @@
+"""Training objectives: how clean latents become a noisy input, what the transformer must predict, and the loss.
+
+A family's training spec chooses its objective (``spec.objective(models, config)``); the trainer
+calls it through :func:`objective_loss` and never asks which one it is (finetrainers' split: the
+spec builds the inputs, the objective owns noise levels, target and loss weighting).
+
+- :class:`FlowMatching` (Wan and every rectified-flow family): ``x_t = (1 - s) x0 + s noise``,
+  target ``noise - x0``, transformer timestep ``1000 s``;
+- :class:`VPrediction` (CogVideoX): a DDPM noise schedule built from the model folder's
+  ``scheduler/scheduler_config.json`` by diffusers' own scheduler class, ``x_t = sqrt(a_t) x0 +
+  sqrt(1 - a_t) noise`` (``add_noise``), target ``v = sqrt(a_t) noise - sqrt(1 - a_t) x0``
+  (``get_velocity``), integer timesteps drawn uniformly from ``[0, num_train_timesteps)``.
+
+Each objective's "timesteps" are its own noise levels (sigmas in (0, 1) for flow matching,
+integer DDPM steps for v-prediction); :meth:`Objective.model_timesteps` turns them into what the
+transformer takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+from ..pipelines.schedulers import NUM_TRAIN_TIMESTEPS
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .specs import Device, FamilyModels, FamilySpec
+
+
+class Objective(Protocol):
+    """What the trainer needs of a training objective. All draws come from one generator per sample."""
+
+    def sample_timesteps(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """One noise level per sample, (B,), in the objective's own units."""
+        ...
+
+    def model_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The transformer's ``timestep`` input (B,) for noise levels ``timesteps``."""
+        ...
+
+    def noise_like(self, latents: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Gaussian noise shaped as ``latents``, drawn per sample."""
+        ...
+
+    def noisy(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The transformer's noisy input x_t for clean ``latents`` x0."""
+        ...
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the transformer should predict for x_t."""
+        ...
+
+    def loss(
+        self, prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """The (weighted) MSE of ``prediction`` to :meth:`target`, averaged over samples: a scalar (fp32)."""
+        ...
+
+
+def noise_like(latents: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Gaussian noise (B, ...) drawn per sample from its generator (on the CPU, so any device agrees)."""
+    shape = latents.shape[1:]
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(latents.device)
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1), broadcastable against ``like``."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+# ----------------------------------------------------------------------------------------
+# Flow matching (Wan, and every other rectified-flow family)
+# ----------------------------------------------------------------------------------------
+def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """The flow shift of the samplers: s' = shift * s / (1 + (shift - 1) * s)."""
+    return shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
+
+
+@dataclass
+class FlowMatching:
+    """x_t = (1 - s) x0 + s noise, target = noise - x0, timestep = NUM_TRAIN_TIMESTEPS s (1000 s).
+
+    Sigmas come from a logit-normal (SD3), uniform or "mode" density, then the flow shift is
+    applied exactly as the inference schedulers apply it; the loss can be weighted over sigma
+    (none / sigma_sqrt / cosmap). The densities and weights are diffusers' SD3 functions.
+    """
+
+    sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    weighting: str = "none"
+    shift: float = 1.0
+    # The share of the noise range trained (Wan2.2 experts: [boundary, 1] high, [0, boundary) low):
+    # the shifted density is mapped onto it, so each expert sees the same shape over its own range.
+    sigma_range: tuple[float, float] = (0.0, 1.0)
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, default_shift: float, sigma_range: tuple[float, float]) -> FlowMatching:
+        """Flow matching as the training config says; ``default_shift`` (the model's) unless ``--shift`` is given."""
+        return cls(
+            sampling=config.timestep_sampling,
+            logit_mean=config.logit_mean,
+            logit_std=config.logit_std,
+            mode_scale=config.mode_scale,
+            weighting=config.weighting_scheme,
+            shift=config.shift if config.shift is not None else default_shift,
+            sigma_range=sigma_range,
+        )
+
+    def sample_sigmas(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """One sigma per sample, each drawn from that sample's generator: (B,) in (0, 1)."""
+        from diffusers.training_utils import compute_density_for_timestep_sampling
+
+        scheme = {"uniform": "none"}.get(self.sampling, self.sampling)
+        u = torch.cat(
+            [
+                compute_density_for_timestep_sampling(
+                    scheme, 1, self.logit_mean, self.logit_std, self.mode_scale, generator=g
+                )
+                for g in generators
+            ]
+        )
+        low, high = self.sigma_range
+        return low + (high - low) * shift_sigmas(u.clamp(1e-5, 1.0 - 1e-5), self.shift)
+
+    def sample_timesteps(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """The noise levels of flow matching are its sigmas (B,) in (0, 1)."""
+        return self.sample_sigmas(generators)
+
+    @staticmethod
+    def model_timesteps(sigmas: torch.Tensor) -> torch.Tensor:
+        """The transformer's timestep: 1000 sigma."""
+        return sigmas * NUM_TRAIN_TIMESTEPS
+
+    noise_like = staticmethod(noise_like)
+
+    @staticmethod
+    def noisy(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """x_t = (1 - s) x0 + s noise."""
+        s = _per_sample(sigmas, latents).to(latents)
+        return (1.0 - s) * latents + s * noise
+
+    @staticmethod
+    def target(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """The velocity noise - x0."""
+        return noise - latents
+
+    def loss(
+        self, prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
+    ) -> torch.Tensor:
+        """Weighted MSE to the velocity target noise - x0, averaged over samples (fp32)."""
+        from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+        target = self.target(latents, noise, sigmas).float()
+        per_sample = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)  # (B,)
+        weights = compute_loss_weighting_for_sd3(self.weighting, sigmas.float().to(per_sample.device))
+        return (weights * per_sample).mean()
+
+
+# ----------------------------------------------------------------------------------------
+# v-prediction on a DDPM schedule (CogVideoX)
+# ----------------------------------------------------------------------------------------
+# Training settings that only flow matching reads, with the value that means "not set".
+FLOW_ONLY_SETTINGS: Mapping[str, Any] = {
+    "shift": None,
+    "weighting_scheme": "none",
+    "logit_mean": 0.0,
+    "logit_std": 1.0,
+    "mode_scale": 1.29,
+}
+
+
+def refuse_flow_settings(config: TrainConfig, why: str) -> None:
+    """Raise a one-line ValueError naming each flow-matching setting ``config`` sets (they would be ignored)."""
+    given = [
+        f"--{name} {getattr(config, name)}"
+        for name, unset in FLOW_ONLY_SETTINGS.items()
+        if getattr(config, name) != unset
+    ]
+    if config.timestep_sampling == "mode":
+        given.append("--timestep_sampling mode")
+    if given:
+        raise ValueError(f"{', '.join(given)}: flow-matching setting(s) that {why}; leave them out")
+
+
+@dataclass
+class VPrediction:
+    """v-prediction on a DDPM schedule: ``alphas_cumprod`` (a_t) of diffusers' scheduler built from the model's config.
+
+    x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise; target v = sqrt(a_t) noise - sqrt(1 - a_t) x0;
+    t uniform over the integers [0, num_train_timesteps), as VideoX-Fun and diffusers' CogVideoX
+    scripts draw it. The loss is the plain MSE in v: diffusers' CogVideoX script compares the x0
+    estimate ``sqrt(a_t) x_t - sqrt(1 - a_t) v_pred`` to x0 weighted by ``1 / (1 - a_t)``, which is
+    the same number (x0_pred - x0 = -sqrt(1 - a_t) (v_pred - v)); VideoX-Fun compares v directly.
+
+    The schedule is ``CogVideoXDDIMScheduler``'s (the class CogVideoX samples with): scaled-linear
+    betas, the SNR shift ``snr_shift_scale``, then the zero-terminal-SNR rescale. (VideoX-Fun builds
+    a ``DDPMScheduler`` from the same file, which ignores ``snr_shift_scale``; both agree when it is 1.)
+    """
+
+    alphas_cumprod: torch.Tensor  # (num_train_timesteps,), float64 as diffusers keeps it
+
+    @classmethod
+    def from_scheduler_config(cls, config: Mapping[str, Any]) -> VPrediction:
+        """The schedule of a released ``scheduler_config.json`` (it must say ``prediction_type: v_prediction``)."""
+        prediction = config.get("prediction_type", "epsilon")
+        if prediction != "v_prediction":
+            raise ValueError(f"the scheduler config predicts {prediction!r}; VPrediction trains v_prediction models")
+        return cls(alphas_cumprod=make_ddpm_scheduler(config).alphas_cumprod.clone())
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """How many discrete noise levels the schedule has (1000)."""
+        return int(self.alphas_cumprod.shape[0])
+
+    def sample_timesteps(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """One integer timestep per sample, uniform over [0, num_train_timesteps): (B,) int64."""
+        return torch.cat([torch.randint(0, self.num_train_timesteps, (1,), generator=g) for g in generators])
+
+    @staticmethod
+    def model_timesteps(timesteps: torch.Tensor) -> torch.Tensor:
+        """The transformer takes the integer DDPM timestep as it is."""
+        return timesteps
+
+    noise_like = staticmethod(noise_like)
+
+    def _coefficients(self, like: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(a_t), sqrt(1 - a_t)), each (B, 1, ..., 1) in ``like``'s dtype, computed as diffusers computes them."""
+        alphas = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)[timesteps.to(like.device)]  # (B,)
+        return _per_sample(alphas**0.5, like), _per_sample((1 - alphas) ** 0.5, like)
+
+    def noisy(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise (diffusers' ``add_noise``)."""
+        signal, sigma = self._coefficients(latents, timesteps)
+        return signal * latents + sigma * noise
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(a_t) noise - sqrt(1 - a_t) x0 (diffusers' ``get_velocity``)."""
+        signal, sigma = self._coefficients(latents, timesteps)
+        return signal * noise - sigma * latents
+
+    def loss(
+        self, prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """MSE to the velocity v, per sample then averaged over samples (fp32)."""
+        target = self.target(latents.float(), noise.float(), timesteps)
+        return (prediction.float() - target).pow(2).flatten(1).mean(dim=1).mean()
+
+
+def make_ddpm_scheduler(config: Mapping[str, Any]):  # -> CogVideoXDDIMScheduler
+    """diffusers' ``CogVideoXDDIMScheduler`` from a scheduler config (entries it does not take are left out)."""
+    import inspect
+
+    from diffusers import CogVideoXDDIMScheduler
+
+    accepted = set(inspect.signature(CogVideoXDDIMScheduler.__init__).parameters)
+    return CogVideoXDDIMScheduler.from_config({k: v for k, v in config.items() if k in accepted})
+
+
+# ----------------------------------------------------------------------------------------
+# One micro-batch's loss
+# ----------------------------------------------------------------------------------------
+def objective_loss(
+    spec: FamilySpec,
+    models: FamilyModels,
+    transformer: nn.Module,
+    objective: Objective,
+    batch: dict,
+    mode: str,
+    generators: Sequence[torch.Generator],
+    device: Device,
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> torch.Tensor:
+    """The loss (a scalar) of one (micro-)batch, as every training step computes it.
+
+    ``spec`` builds the inputs (clean latents x0 and conditions); then per sample the objective
+    draws a noise level and the noise, makes x_t, ``spec.predict`` runs ``transformer`` on it
+    (inside ``autocast()``, e.g. ``accelerator.autocast``) and the objective compares the prediction
+    with its target. All draws come from ``generators`` (one per sample), in this order.
+    """
+    inputs = spec.build_inputs(models, batch, mode, generators, device)
+    timesteps = objective.sample_timesteps(generators).to(device)  # (B,)
+    noise = objective.noise_like(inputs.latents, generators)
+    noisy = objective.noisy(inputs.latents, noise, timesteps)
+    with autocast():
+        prediction = spec.predict(transformer, noisy, objective.model_timesteps(timesteps), inputs)
+    return objective.loss(prediction, inputs.latents, noise, timesteps)
