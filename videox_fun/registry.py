@@ -24,15 +24,22 @@ BUILTIN_MODELS: dict[str, str] = {
     "Wan2.1-Fun-Tiny-Random-Control": "control",
     "Wan2.1-Fun-Tiny-Random-Camera": "camera",
 }
-# Trained on the toy world by `videox-fun toyworld train-all` and shipped inside the package.
+# Trained on the toy world by `videox-fun toyworld train-all` (the CogVideoX one: `--family cogvideox`)
+# and shipped inside the package; a name is found once its folder is in assets/models/.
 PACKAGED_DIR = Path(__file__).parent / "assets" / "models"
-PACKAGED_MODELS = ("Wan2.1-Fun-Tiny-InP", "Wan2.1-Fun-Tiny-Control")
+PACKAGED_COGVIDEOX_MODEL = "CogVideoX-Fun-Tiny-InP"
+PACKAGED_MODELS = ("Wan2.1-Fun-Tiny-InP", "Wan2.1-Fun-Tiny-Control", PACKAGED_COGVIDEOX_MODEL)
 
 
 def packaged_model(name: str) -> Path | None:
     """The folder of a packaged trained model, if this install ships it."""
     folder = PACKAGED_DIR / name
     return folder if (folder / "videox_fun.yaml").is_file() else None
+
+
+def shipped_models() -> list[str]:
+    """The packaged model names whose folders this install has."""
+    return [name for name in PACKAGED_MODELS if packaged_model(name)]
 
 
 DEFAULT_MODEL = "Wan2.1-Fun-Tiny-InP" if packaged_model("Wan2.1-Fun-Tiny-InP") else "Wan2.1-Fun-Tiny-Random-InP"
@@ -96,5 +103,5 @@ def resolve_model(name_or_path: str | os.PathLike | None, mode: str | None = Non
         return _materialise_builtin(name)
     raise FileNotFoundError(
         f"model {name!r} not found: not a folder, not in {models_dir()}, and not a built-in "
-        f"({', '.join([*PACKAGED_MODELS, *BUILTIN_MODELS])})"
+        f"({', '.join([*shipped_models(), *BUILTIN_MODELS])})"
     )

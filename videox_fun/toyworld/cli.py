@@ -214,8 +214,12 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     )
     report.add_argument("out", type=Path, help="folder for the videos and report.json")
     report.add_argument("--repeats", type=int, default=2, help="t2v videos per combination")
-    report.add_argument("--inp-model", help="InP model (default: the packaged one)")
-    report.add_argument("--control-model", help="Control model (default: the packaged one)")
+    report.add_argument("--inp-model", help="InP model of any family (default: the packaged Wan one)")
+    report.add_argument(
+        "--control-model",
+        help="Control model, or 'none' to skip control (default: the packaged Wan one for a Wan InP model, "
+        "none for another family)",
+    )
     report.add_argument("--quiet", action="store_true", help="no progress bars")
     report.set_defaults(handler=run_toy_report)
 

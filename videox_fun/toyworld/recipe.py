@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from ..models.wan.text_encoder import WanTextEncoder, build_word_tokenizer, tiny
 from ..models.wan.tiny import write_folder_config
 from ..models.wan.transformer import WanTransformer3DModel
 from .world import vocabulary
+
+if TYPE_CHECKING:
+    from ..training.trainer import TrainResult
 
 TEXT_DIM = 64
 TEXT_LEN = 32
@@ -248,11 +252,22 @@ def transformer_metadata(data: Path, clips: int) -> Path:
 
 def train_transformer(out: Path, folder: Path, data: Path, recipe: Recipe) -> Path:
     """Cache the latents, then train the transformer with the normal trainer; weights go back into ``folder``."""
+    mode, _ = MODELS[folder.name]
+    result = train_on_cache(out, folder, data, recipe, mode)
+    trained = WanTransformer3DModel.from_pretrained(result.transformer_dir)
+    trained.save_original(folder)
+    return folder
+
+
+def train_on_cache(out: Path, folder: Path, data: Path, recipe: Recipe, mode: str) -> TrainResult:
+    """The latent cache of ``folder``'s model (built once), then the normal trainer on it in ``OUT/runs/NAME``.
+
+    Any family's folder: the trainer picks the family's spec from the folder. Returns the trainer's result.
+    """
     from ..training.cache import build_cache
     from ..training.config import TrainConfig
     from ..training.trainer import train
 
-    mode, _ = MODELS[folder.name]
     run = out / "runs" / folder.name
     config = TrainConfig(
         pretrained_model_name_or_path=str(folder),
@@ -281,10 +296,7 @@ def train_transformer(out: Path, folder: Path, data: Path, recipe: Recipe) -> Pa
     )
     if not (config.resolved_cache_dir / "index.json").is_file():
         build_cache(config)
-    result = train(config)
-    trained = WanTransformer3DModel.from_pretrained(result.transformer_dir)
-    trained.save_original(folder)
-    return folder
+    return train(config)
 
 
 def calibrate(folder: Path) -> None:

@@ -14,11 +14,21 @@ model folder as ``recipe.json``.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .recipe import Recipe, finished_vae, train_toy_vae, write_data
+import torch
+
+from ..config import FOLDER_CONFIG_NAME, GenerationDefaults
+from ..io.files import atomic_dir, reset_tree_modes
+from .recipe import Recipe, calibrate, finished_vae, train_on_cache, train_toy_vae, write_data
+from .world import vocabulary
+
+if TYPE_CHECKING:
+    from ..models.cogvideox.text_encoder import CogVideoXTextEncoder
 
 FAMILY = "cogvideox"
 PREFIX = "cogvideox_"
@@ -42,6 +52,35 @@ VAE_CONFIG: dict = {
     "scaling_factor": 1.0,  # replaced by the fitted one (1 / std of the training latents)
     "sample_height": 64,
     "sample_width": 64,
+}
+
+
+TEXT_DIM = 64
+# The world's captions are 6 words; 226 tokens (the releases') would make the text 3/4 of the
+# joint attention's sequence (80 video tokens at 64x64x17).
+TEXT_LEN = 32
+# VideoX-Fun's DDIM sampler and the releases' v-prediction schedule (scheduler/ of CogVideoX-5b).
+DEFAULTS = GenerationDefaults(
+    height=64, width=64, num_frames=17, fps=8, steps=20, guidance_scale=1.5, shift=0.0, sampler="DDIM_Origin"
+)
+# The CogVideoX-Fun-5b-InP structure (rotary positions, 2x2 patches, noise on the known pixels) at
+# the Wan toy model's size: 128 wide (4 heads of 32), 4 layers.
+TRANSFORMER = {
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "in_channels": 33,
+    "out_channels": 16,
+    "time_embed_dim": 128,
+    "text_embed_dim": TEXT_DIM,
+    "num_layers": 4,
+    "sample_width": 8,
+    "sample_height": 8,
+    "sample_frames": 17,
+    "patch_size": 2,
+    "max_text_seq_length": TEXT_LEN,
+    "use_rotary_positional_embeddings": True,
+    "use_learned_positional_embeddings": False,
+    "add_noise_in_inpaint_model": True,
 }
 
 
@@ -95,6 +134,64 @@ def train_all(
     record["timings_s"]["vae"] = time.perf_counter() - started
     if until == "vae":
         return record
-    raise NotImplementedError("the transformer stage is being written")
+    record["transformer"] = TRANSFORMER
+    for name in recipe.models:
+        folder = model_folder(out, name, vae_dir, recipe)
+        if (folder / "recipe.json").is_file():  # written last: this model is finished
+            continue
+        train_transformer(out, folder, data, recipe)
+        calibrate(folder)
+        record["timings_s"][name] = time.perf_counter() - started
+        (folder / "recipe.json").write_text(json.dumps(record, indent=2))
     (out / "recipe_cogvideox.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def text_encoder(seed: int) -> CogVideoXTextEncoder:
+    """A frozen small T5 (2 layers, 64 wide) over the world's vocabulary, seeded random weights (it
+    only has to tell the words apart), with the Wan recipe's word tokenizer."""
+    from transformers import T5EncoderModel
+
+    from ..models.cogvideox.text_encoder import CogVideoXTextEncoder, tiny_t5_config
+    from ..models.wan.text_encoder import build_word_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(vocabulary())
+    model = T5EncoderModel(tiny_t5_config(len(tokenizer), d_model=TEXT_DIM, num_heads=4, num_layers=2))
+    return CogVideoXTextEncoder(model.eval(), tokenizer)
+
+
+def model_folder(out: Path, name: str, vae_dir: Path, recipe: CogVideoXRecipe) -> Path:
+    """A diffusers-layout folder with an untrained transformer, the trained VAE and the text encoder."""
+    from ..models.cogvideox.tiny import save_transformer_folder, write_folder_config, write_scheduler_and_index
+    from ..models.cogvideox.transformer import CogVideoXTransformer
+
+    folder = out / name
+    if (folder / FOLDER_CONFIG_NAME).is_file():
+        return folder
+    _, in_channels = MODELS[name]
+    with atomic_dir(folder) as staging:  # complete or absent: the config is the marker of a finished folder
+        torch.manual_seed(recipe.seed)
+        save_transformer_folder(
+            CogVideoXTransformer.from_model_config({**TRANSFORMER, "in_channels": in_channels}), staging
+        )
+        shutil.copytree(vae_dir, staging / "vae", dirs_exist_ok=True)
+        text_encoder(recipe.seed).save_pretrained(staging / "text_encoder", staging / "tokenizer")
+        write_scheduler_and_index(staging, "inp")
+        write_folder_config(
+            staging,
+            DEFAULTS,
+            "trained on the toy world (videox-fun toyworld train-all --family cogvideox); see recipe.json",
+        )
+        reset_tree_modes(staging)  # transformers' safetensors would be 0600
+    return folder
+
+
+def train_transformer(out: Path, folder: Path, data: Path, recipe: CogVideoXRecipe) -> Path:
+    """The latent cache, then the normal trainer (the folder's family picks the CogVideoX spec:
+    v-prediction); the trained weights replace ``folder/transformer``."""
+    mode, _ = MODELS[folder.name]
+    result = train_on_cache(out, folder, data, recipe, mode)
+    with atomic_dir(folder / "transformer") as staging:
+        shutil.copytree(result.transformer_dir, staging, dirs_exist_ok=True)
+    return folder

@@ -8,13 +8,16 @@ pipelines can load the same components for parity checks.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from diffusers import AutoencoderKLCogVideoX
 from transformers import T5EncoderModel
 
+from ...config import GenerationDefaults
 from ...io.files import reset_tree_modes
 from ..wan.text_encoder import build_word_tokenizer
 from ..wan.tiny import TOY_VOCABULARY
@@ -113,3 +116,44 @@ def build_tiny_cogvideox_folder(folder: str | Path, variant: str = "inp", seed: 
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return reset_tree_modes(folder)
+
+
+# -- the pieces of a folder, for folders made of trained parts (the toy world's recipe) -------------
+
+
+def save_transformer_folder(transformer: CogVideoXTransformer, folder: str | Path) -> Path:
+    """``folder/transformer``: config.json (with the released class name) and the weights."""
+    target = Path(folder) / "transformer"
+    transformer.save_pretrained(str(target))
+    config_path = target / "config.json"
+    config = json.loads(config_path.read_text())
+    config["_class_name"] = "CogVideoXTransformer3DModel"  # the released name (diffusers loads it too)
+    config_path.write_text(json.dumps(config, indent=2))
+    return reset_tree_modes(target)
+
+
+def write_scheduler_and_index(folder: str | Path, variant: str = "inp", scheduler: dict | None = None) -> None:
+    """``scheduler/scheduler_config.json`` (default: :data:`SCHEDULER_CONFIG`) and ``model_index.json``."""
+    folder = Path(folder)
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler or SCHEDULER_CONFIG, indent=2))
+    index = {
+        "_class_name": PIPELINE_CLASSES.get(variant.partition("-")[0], "CogVideoXPipeline"),
+        "scheduler": ["diffusers", "CogVideoXDDIMScheduler"],
+        "text_encoder": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "T5Tokenizer"],
+        "transformer": ["diffusers", "CogVideoXTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLCogVideoX"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def write_folder_config(folder: str | Path, defaults: GenerationDefaults, note: str) -> Path:
+    """The folder's ``videox_fun.yaml``: the diffusers layout, its generation ``defaults`` and a ``note``."""
+    from ...config import FOLDER_CONFIG_NAME
+
+    path = Path(folder) / FOLDER_CONFIG_NAME
+    fields = {k: v for k, v in asdict(defaults).items() if v is not None}
+    data = {"format": "diffusers", "pipeline": "CogVideoX", "defaults": fields, "note": note}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
