@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,12 @@ def vae_reconstruction(
     is the loaded model's (any family: its wrapper's ``decode(encode(video))``, clamped to [-1, 1]).
     """
     pipe = model_folder if isinstance(model_folder, LoadedPipeline) else load_pipeline(model_folder)
-    vae = pipe.pipe.vae
+    return reconstruction_psnr(pipe.pipe.vae, count, seed, progress)
+
+
+def reconstruction_psnr(vae: Any, count: int = 72, seed: int = 2000, progress: bool = True) -> dict:
+    """:func:`vae_reconstruction` of a VAE wrapper (``WanVAE``, ``CogVideoXVAE``: ``decode(encode(video))``),
+    e.g. a training checkpoint's."""
     specs = combinations("all")
     scores: dict[str, list[float]] = {"seen": [], "held_out": []}
     with torch.no_grad():
