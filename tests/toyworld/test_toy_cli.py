@@ -46,3 +46,15 @@ def test_write_dataset_and_errors(tmp_path: Path, capsys):
     assert main(["eval", "toyworld", str(tmp_path / "nothing")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["toyworld", "render", "a red blob", "--output", str(tmp_path / "x.mp4")]) == 2
+
+
+def test_train_all_until_a_stage_is_for_the_cogvideox_recipe(tmp_path: Path, capsys):
+    assert main(["toyworld", "train-all", str(tmp_path / "wan"), "--until", "vae"]) != 0
+    assert "--until is only for --family cogvideox" in capsys.readouterr().err
+    assert not (tmp_path / "wan").exists()  # refused before any work
+    assert (
+        main(["toyworld", "train-all", str(tmp_path / "cog"), "--family", "cogvideox", "--until", "data", "--smoke"])
+        == 0
+    )
+    assert (tmp_path / "cog" / "data" / "metadata_train.json").is_file()
+    assert not (tmp_path / "cog" / "cogvideox_vae_run").exists()
