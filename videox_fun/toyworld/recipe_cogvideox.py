@@ -63,8 +63,9 @@ TEXT_LEN = 32
 DEFAULTS = GenerationDefaults(
     height=64, width=64, num_frames=17, fps=8, steps=20, guidance_scale=1.5, shift=0.0, sampler="DDIM_Origin"
 )
-# The CogVideoX-Fun-5b-InP structure (rotary positions, 2x2 patches, noise on the known pixels) at
-# the Wan toy model's size: 128 wide (4 heads of 32), 4 layers.
+# The CogVideoX-Fun-5b-InP structure (rotary positions, 2x2 patches) at the Wan toy model's size:
+# 128 wide (4 heads of 32), 4 layers. Without add_noise_in_inpaint_model: the latent cache holds
+# the masked videos' latents without noise, so the pipeline must not noise the known pixels either.
 TRANSFORMER = {
     "num_attention_heads": 4,
     "attention_head_dim": 32,
@@ -80,7 +81,7 @@ TRANSFORMER = {
     "max_text_seq_length": TEXT_LEN,
     "use_rotary_positional_embeddings": True,
     "use_learned_positional_embeddings": False,
-    "add_noise_in_inpaint_model": True,
+    "add_noise_in_inpaint_model": False,
 }
 
 
