@@ -33,7 +33,7 @@ from torch import nn
 from . import points
 
 if TYPE_CHECKING:
-    from ..pipelines.wan import WanPipeline
+    from ..families import Pipeline
 
 MEMORY_MODES = (
     "model_full_load",
@@ -238,23 +238,12 @@ def swap_blocks(model: nn.Module, device: torch.device, resident: int, log: Move
     return BlockSwap(blocks, device, resident, log)
 
 
-def _components(pipe: WanPipeline) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
-    """The pipeline's models and the methods through which the pipeline calls them."""
-    if hasattr(pipe, "components"):  # the family pipeline protocol says it itself
-        return pipe.components()
-    found = {
-        "text_encoder": (pipe.text_encoder, ("encode",)),
-        "transformer": (pipe.transformer, ("forward",)),
-        **({"transformer_2": (pipe.transformer_2, ("forward",))} if pipe.transformer_2 is not None else {}),
-        "vae": (pipe.vae, ("encode", "decode")),
-    }
-    if pipe.image_encoder is not None:
-        found["image_encoder"] = (pipe.image_encoder, ("encode",))
-    return found
+def apply_memory_mode(pipe: Pipeline, mode: str, device: torch.device | str, resident_blocks: int = 4) -> MoveLog:
+    """Set a pipeline of any family up for one of :data:`MEMORY_MODES`; returns the log its hooks keep.
 
-
-def apply_memory_mode(pipe: WanPipeline, mode: str, device: torch.device | str, resident_blocks: int = 4) -> MoveLog:
-    """Set a pipeline up for one of :data:`MEMORY_MODES`; returns the log its hooks keep."""
+    The pipeline names its models and their entry methods (``components()``) and its denoising
+    ``transformers``; block swap finds the blocks through each transformer's declared ``_block_lists``.
+    """
     if mode not in MEMORY_MODES:
         raise ValueError(f"unknown memory mode {mode!r}; choose one of {', '.join(MEMORY_MODES)}")
     device = torch.device(device)
@@ -265,23 +254,24 @@ def apply_memory_mode(pipe: WanPipeline, mode: str, device: torch.device | str, 
         for transformer in pipe.transformers:
             quantize_to_fp8(transformer)
     pipe.device = device
-    for module, _ in _components(pipe).values():
+    for module, _ in pipe.components().values():
         if hasattr(module, "execution_device"):
             module.execution_device = device  # inputs go to the device even while weights rest on the CPU
     if mode.startswith("model_full_load"):
-        for module, _ in _components(pipe).values():
+        for module, _ in pipe.components().values():
             module.to(device)
     elif mode.startswith("model_cpu_offload"):
         offload = ComponentOffload(device, log)
-        for name, (module, methods) in _components(pipe).items():
+        for name, (module, methods) in pipe.components().items():
             offload.attach(module, name, methods)
     elif mode == "sequential_cpu_offload":
-        for module, _ in _components(pipe).values():
+        for module, _ in pipe.components().values():
             SequentialOffload(module, device, log)
     else:  # model_group_offload
         offload = ComponentOffload(device, log)
-        for name, (module, methods) in _components(pipe).items():
-            if not name.startswith("transformer"):
+        swapped = {id(transformer) for transformer in pipe.transformers}
+        for name, (module, methods) in pipe.components().items():
+            if id(module) not in swapped:  # the transformers swap blocks instead of moving whole
                 offload.attach(module, name, methods)
         for transformer in pipe.transformers:
             swap_blocks(transformer, device, resident_blocks, log)
