@@ -8,9 +8,9 @@ import pytest
 import torch
 from helpers import seeded_transformer
 
-from videox_fun.models.wan.transformer import WanTransformer3DModel, rope_axis_dims
+from videox_fun.models.wan.transformer import WanTransformer3DModel, riflex_frequency, rope_axis_dims
 from videox_fun.models.wan.variants import tiny_config
-from videox_fun.runtime.compile import apply_riflex, compile_blocks, remove_riflex, riflex_frequency
+from videox_fun.runtime.compile import apply_riflex, compile_blocks, remove_riflex
 
 
 def tiny_model() -> WanTransformer3DModel:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from videox_fun.models.wan.teacache import preset_of, published_coefficients
 from videox_fun.models.wan.tiny import build_tiny_model_folder
 from videox_fun.models.wan.variants import PRESETS
 from videox_fun.pipelines.guidance import ClassifierFreeGuidance
@@ -19,8 +20,6 @@ from videox_fun.runtime.cache import (
     TeaCache,
     coefficients_for,
     fit_coefficients,
-    preset_of,
-    published_coefficients,
     save_calibration,
 )
 

@@ -44,13 +44,12 @@ from torch import nn
 from ..models.attention import attention, attention_with_lse
 from ..pipelines.guidance import ClassifierFreeGuidance, Denoiser
 from . import points
-from .cache import cache_branch
+from .cache import RunBlocks, cache_branch
 from .distributed import DistInfo, check_world_size, dist_info_from_env, init_distributed
 
 if TYPE_CHECKING:
     from ..api import RuntimeOptions
     from ..families import Pipeline
-    from ..models.wan.transformer import RunBlocks
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ Fun extensions, chosen by the config:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -138,6 +139,11 @@ def _rope_tables(
         dim=-1,
     ).reshape(f * h * w, head_dim // 2)  # (L, D/2)
     return torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)
+
+
+def riflex_frequency(num_latent_frames: int, k: int) -> tuple[int, float]:
+    """RIFLEx: the k-th (1-based) frame frequency set so one period covers the video, with margin 0.9."""
+    return k - 1, 0.9 * 2 * math.pi / num_latent_frames
 
 
 def rope_for_grid(
@@ -544,6 +550,34 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
             prefix = ref.shape[1]
         return tokens, grid, prefix
 
+    def enable_riflex(self, k: int) -> None:
+        """RIFLEx: lower the k-th (1-based) frame frequency of the RoPE so one period covers the whole
+        video (margin 0.9), and longer videos than trained do not wrap around (6 for Wan2.1 at 81 frames)."""
+        head_dim, theta = self.head_dim, self.config.rope_theta
+        frame_frequencies = rope_axis_dims(head_dim)[0] // 2
+        if not 1 <= k <= frame_frequencies:
+            raise ValueError(
+                f"--riflex-k must be between 1 and {frame_frequencies} (the frame frequencies of this model's RoPE, "
+                f"head_dim {head_dim}), got {k}"
+            )
+
+        @functools.wraps(self.rotary)
+        def rotary(grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+            return rope_for_grid(grid, head_dim, device, theta, frame_frequency=riflex_frequency(int(grid[0]), k))
+
+        self.rotary = rotary
+
+    def disable_riflex(self) -> None:
+        """Back to the trained RoPE."""
+        if "rotary" in self.__dict__:
+            del self.rotary
+
+    def published_cache_coefficients(self, indicator: str, two_experts: bool) -> tuple[list[float] | None, str]:
+        """TeaCache coefficients published for this architecture (None when none), and a hint for the error."""
+        from .teacache import coefficients_for_architecture
+
+        return coefficients_for_architecture(self.config, indicator, two_experts)
+
     def rotary(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
         """RoPE rotations (L, head_dim/2) of a token grid; RIFLEx replaces this method."""
         return rope_for_grid(grid, self.head_dim, device, self.config.rope_theta)
@@ -597,8 +631,8 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         Returns (B, out_dim, F, H, W).
         """
         tokens, grid, prefix = self.embed_video(x, y, camera, ref_latent)
-        if t.dim() == 2 and prefix:
-            t = torch.cat([t[:, :1].expand(-1, prefix), t], dim=1)
+        if t.dim() == 2 and prefix:  # the reference tokens take the last token's timestep, as VideoX-Fun's
+            t = torch.cat([t[:, -1:].expand(-1, prefix), t], dim=1)
         e, e0 = self.embed_time(t, tokens.shape[1])
         context, context_img, context_bias = self.embed_context(context, clip_fea)
         rope = self.rotary(grid, tokens.device)
