@@ -31,7 +31,8 @@ class GenerationDefaults:
     guidance_scale: float = 6.0
     # Wan2.2 A14B: the low-noise expert's guidance (None: the same as guidance_scale).
     guidance_scale_2: float | None = None
-    shift: float = 3.0
+    # VideoX-Fun's: the scheduler_kwargs shift of its Wan2.1 YAML, which its default sampler (Flow) runs at.
+    shift: float = 5.0
     sampler: str = "Flow"
     negative_prompt: str = ""
 
@@ -84,7 +85,7 @@ class ModelConfig:
 
 # VideoX-Fun's own YAML (config/wan2.1/wan_civitai.yaml there) nests the component paths in these
 # sections; the rest of each section (dims, layer counts, scheduler constants) describes what the
-# checkpoints already say, and is not read.
+# checkpoints already say, and is not read, except the scheduler's shift (the default shift).
 VIDEOX_FUN_SECTIONS = (
     "transformer_additional_kwargs",
     "vae_kwargs",
@@ -93,7 +94,7 @@ VIDEOX_FUN_SECTIONS = (
     "scheduler_kwargs",
 )
 _SUBPATHS = ("transformer_subpath", "vae_subpath", "text_encoder_subpath", "tokenizer_subpath", "image_encoder_subpath")
-# VideoX-Fun's names for the Wan2.2 A14B experts -> ours.
+# VideoX-Fun's names for the Wan2.2 A14B experts (transformer_combination_type "moe") -> ours.
 _EXPERT_KEYS = {
     "transformer_high_noise_model_subpath": "transformer_subpath",
     "transformer_low_noise_model_subpath": "transformer_2_subpath",
@@ -102,13 +103,31 @@ _EXPERT_KEYS = {
 
 
 def flatten_videox_fun_config(data: dict) -> dict:
-    """A VideoX-Fun YAML mapping -> our flat fields (component paths, Wan2.2 experts and boundary;
-    ``format`` and ``pipeline`` kept). Unknown top-level keys stay, so they fail as typos."""
+    """A VideoX-Fun YAML mapping -> our flat fields (component paths, Wan2.2 experts and boundary,
+    the scheduler's shift as the default shift; ``format`` and ``pipeline`` kept). Unknown top-level
+    keys stay, so they fail as typos.
+
+    ``transformer_combination_type`` is VideoX-Fun's: ``moe`` (two experts; ours lists the high-noise
+    one first) or ``single`` (one transformer, at ``transformer_low_noise_model_subpath``: its 5B,
+    animate and s2v YAMLs). Without the field, a high-noise subpath makes it two experts.
+    """
     flat = {key: value for key, value in data.items() if key not in VIDEOX_FUN_SECTIONS}
     for section in VIDEOX_FUN_SECTIONS:
         values = data.get(section) or {}
         flat.update({key: value for key, value in values.items() if key in _SUBPATHS})
-        flat.update({_EXPERT_KEYS[key]: value for key, value in values.items() if key in _EXPERT_KEYS})
+    transformer = data.get("transformer_additional_kwargs") or {}
+    combination = transformer.get("transformer_combination_type")
+    if combination is None:
+        combination = "moe" if "transformer_high_noise_model_subpath" in transformer else "single"
+    if combination not in ("moe", "single"):
+        raise ValueError(f"transformer_combination_type must be moe or single, got {combination!r}")
+    if combination == "moe":
+        flat.update({_EXPERT_KEYS[key]: value for key, value in transformer.items() if key in _EXPERT_KEYS})
+    elif "transformer_low_noise_model_subpath" in transformer:
+        flat["transformer_subpath"] = transformer["transformer_low_noise_model_subpath"]
+    shift = (data.get("scheduler_kwargs") or {}).get("shift")
+    if shift is not None:
+        flat["defaults"] = {"shift": float(shift), **(flat.get("defaults") or {})}
     return flat
 
 

@@ -193,6 +193,20 @@ def diffusers_scheduler(sampler: str, shift: float):
     return DPMSolverMultistepScheduler(flow_shift=shift, algorithm_type="dpmsolver++", solver_order=2, **flow)
 
 
+def set_videox_fun_grid(scheduler, sampler: str, steps: int, shift: float) -> None:
+    """diffusers' scheduler on VideoX-Fun's sigma grid, written out here: Flow_Unipc
+    linspace(0.999, 0) (its float32 training sigma_max), Flow_DPM++ linspace(1, 0) (get_sampling_sigmas),
+    each shifted, then a final 0; integer timesteps sigma * 1000. Flow: diffusers' own grid."""
+    type(scheduler).set_timesteps(scheduler, steps)  # the class's own (an instance may replace it)
+    if sampler == "Flow":
+        return
+    start = float(np.float32(0.999)) if sampler == "Flow_Unipc" else 1.0
+    sigmas = np.linspace(start, 0.0, steps + 1)[:steps]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    scheduler.timesteps = torch.from_numpy(sigmas * 1000).to(torch.int64)
+    scheduler.sigmas = torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32))
+
+
 @dataclass
 class RecordingGuidance(ClassifierFreeGuidance):
     """Classifier-free guidance that keeps each step's input latents, timestep and guided velocity."""
@@ -215,7 +229,7 @@ def test_samplers_step_as_diffusers_schedulers_do(folders, sampler):
     # Replay the pipeline's own model outputs through diffusers' scheduler: same timesteps, and
     # the latents the pipeline fed the model at each next step are the scheduler's steps.
     reference = diffusers_scheduler(sampler, SHIFT)
-    reference.set_timesteps(steps)
+    set_videox_fun_grid(reference, sampler, steps, SHIFT)
     recorded = guidance.steps
     assert len(recorded) == steps
     assert torch.equal(torch.stack([t[0] for _, t, _ in recorded]), reference.timesteps.float())
@@ -247,7 +261,8 @@ def t2v_512(tmp_path_factory):
 def test_samplers_match_diffusers_wan_pipeline(t2v_512, tmp_path, sampler):
     ours = WanPipeline.from_pretrained(t2v_512)
     theirs = diffusers_pipeline(ours, tmp_path)
-    theirs.scheduler = diffusers_scheduler(sampler, SHIFT)
+    theirs.scheduler = scheduler = diffusers_scheduler(sampler, SHIFT)
+    scheduler.set_timesteps = lambda steps, device=None: set_videox_fun_grid(scheduler, sampler, steps, SHIFT)
     settings = {"height": HEIGHT, "width": WIDTH, "num_frames": 5, "num_inference_steps": 4, "guidance_scale": 5.0}
     prompt, negative = "a red circle moving right", "a blue square"
     out = ours(prompt, negative_prompt=negative, seed=7, shift=SHIFT, sampler=sampler, progress=False, **settings)

@@ -53,7 +53,9 @@ def wan_transformer_config(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     raw = read_json_mapping(path, "transformer config")
-    if raw.get("_class_name") == DIFFUSERS_CLASS or (is_diffusers_config(raw) and "_class_name" not in raw):
+    # The layout is read off the fields, not the class name: VideoX-Fun's save_pretrained writes the
+    # original fields (dim, num_heads...) under the class name diffusers uses, WanTransformer3DModel.
+    if is_diffusers_config(raw):
         return diffusers_config_to_original(raw)
     if raw.keys() >= ORIGINAL_FIELDS:
         return public_config(raw)

@@ -113,6 +113,9 @@ def _parse_line(line: str) -> list[float] | None:
 def read_camera_trajectory(path: str | os.PathLike) -> list[CameraPose]:
     """Read a trajectory file; a first line that is not a pose (URL, header, empty) is skipped.
 
+    A first line that is a pose is kept, with one logged note: VideoX-Fun drops the first line
+    whatever it holds, so it would lose that pose.
+
     Blank lines after the first are ignored; any other malformed line raises
     :class:`CameraTrajectoryError` naming the file and the 1-based line number.
     """
@@ -123,8 +126,14 @@ def read_camera_trajectory(path: str | os.PathLike) -> list[CameraPose]:
     poses = []
     for number, line in enumerate(lines, start=1):
         values = _parse_line(line)
-        if number == 1 and (values is None or len(values) != VALUES_PER_LINE):
-            continue  # the optional header
+        if number == 1:
+            if values is None or len(values) != VALUES_PER_LINE:
+                continue  # the optional header
+            logger.info(
+                "%s: the first line is a pose, kept as frame 1 (VideoX-Fun always drops the first line as a "
+                "header, and would start at the next pose)",
+                path,
+            )
         if not line.strip():
             continue
         if values is None:

@@ -259,6 +259,13 @@ class WanPipeline:
             if not self.variant.ref_image:
                 raise ValueError("a reference image needs a Fun V1.1 Control model (with ref_conv)")
             conditions["ref_latent"] = self.vae.encode(ref_image[:, :, None])[:, :, 0].to(self.dtype)  # (1, z, h, w)
+        elif self.variant.ref_image:
+            # No reference: an all-zero reference latent, so its tokens are there (VideoX-Fun's control
+            # pipeline does this, and its training zeroes the reference rather than dropping it).
+            _, latent_height, latent_width = self.vae.latent_shape(num_frames, height, width)
+            conditions["ref_latent"] = torch.zeros(
+                1, self.vae.z_dim, latent_height, latent_width, device=self.device, dtype=self.dtype
+            )
         if mode == "camera":
             poses = camera_poses(inputs["camera"], num_frames)
             rays = plucker_embedding(poses, height, width, num_frames=num_frames)  # (F, 6, H, W)

@@ -113,9 +113,20 @@ def is_diffusers_state(state: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith("condition_embedder.") or ".attn1." in k for k in state)
 
 
+# Fields only the original layout's config.json has, and fields only diffusers' has. The class name
+# decides nothing: VideoX-Fun's own transformer class is also called ``WanTransformer3DModel`` and
+# its ``save_pretrained`` writes the original field names under it.
+ORIGINAL_CONFIG_FIELDS = frozenset({"dim", "num_heads", "in_dim", "out_dim"})
+DIFFUSERS_CONFIG_FIELDS = frozenset({"num_attention_heads", "attention_head_dim", "in_channels", "out_channels"})
+
+
 def is_diffusers_config(config: Mapping) -> bool:
-    """Whether a config.json is diffusers' ``WanTransformer3DModel`` layout."""
-    return "num_attention_heads" in config or config.get("_class_name") == "WanTransformer3DModel"
+    """Whether a config.json uses diffusers' ``WanTransformer3DModel`` fields (``num_attention_heads``...),
+    read off the fields present; a config with the original fields (``dim``, ``num_heads``) is not,
+    whatever its ``_class_name``."""
+    if "num_attention_heads" in config:
+        return True
+    return not (config.keys() & ORIGINAL_CONFIG_FIELDS) and bool(config.keys() & DIFFUSERS_CONFIG_FIELDS)
 
 
 def diffusers_config_to_original(config: Mapping) -> dict:
