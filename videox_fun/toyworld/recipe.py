@@ -4,7 +4,9 @@
 exists, so a killed run continues where it stopped. The transformers go through the normal
 training path (:func:`videox_fun.training.trainer.train` on a latent cache), exactly as a user's
 fine-tune would. Seeds, step counts and timings are written to ``OUT/recipe.json`` and copied
-next to the weights of each model folder.
+next to the weights of each model folder. The CogVideoX-Fun model's recipe
+(:mod:`.recipe_cogvideox`, ``--family cogvideox``) reuses these stages: data, the VAE phases,
+the latent statistics, the training on a latent cache and the calibration.
 """
 
 from __future__ import annotations
