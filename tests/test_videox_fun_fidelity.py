@@ -180,6 +180,18 @@ def test_control_without_reference_passes_a_zero_reference(control_ref_pipeline)
     assert ref.shape == (1, pipe.vae.z_dim, 4, 4) and not ref.any()
 
 
+def test_clip_sees_the_reference_image_first(tmp_path):
+    """VideoX-Fun's control predict script gives CLIP the reference image, else the start image."""
+    pipe = WanPipeline.from_pretrained(build_tiny_model_folder(tmp_path / "m", "control_ref", with_clip=True))
+    generator = torch.Generator().manual_seed(0)
+    start, ref = ((torch.rand(32, 32, 3, generator=generator) * 255).to(torch.uint8) for _ in range(2))
+    control = torch.zeros(5, 32, 32, 3, dtype=torch.uint8)
+    both = pipe.build_conditions("control", {"control_video": control, "image": start, "ref_image": ref}, 5, 32, 32)
+    only_start = pipe.build_conditions("control", {"control_video": control, "image": start}, 5, 32, 32)
+    expected = pipe._clip_tokens(pipe._image_tensor(ref, 32, 32))
+    assert torch.equal(both["clip_fea"], expected) and not torch.equal(only_start["clip_fea"], expected)
+
+
 def test_reference_tokens_take_the_last_tokens_timestep():
     torch.manual_seed(0)
     model = WanTransformer3DModel.from_config(tiny_config("control_ref")).eval()
@@ -365,9 +377,7 @@ def compare_variant(vxf, name: str, folder: Path) -> float:
     with torch.no_grad():
         mine = ours(x, t, context, clip_fea=clip, y=y, camera=camera, ref_latent=ref)
         kwargs = {"clip_fea": clip, "y_camera": camera, "full_ref": ref}
-        theirs_out = theirs(
-            x=x, t=t, context=context, seq_len=tokens, y=y, **kwargs
-        )
+        theirs_out = theirs(x=x, t=t, context=context, seq_len=tokens, y=y, **kwargs)
     return (mine - theirs_out).abs().max().item()
 
 

@@ -252,7 +252,9 @@ class WanPipeline:
             channels = self._y_channels(mode, inputs, image, num_frames, height, width)
             conditions["y"] = self.variant.assemble_y(channels)
         ref_image = self._optional_image(inputs.get("ref_image"), height, width)
-        clip = self._clip_tokens(image if image is not None else ref_image)
+        # CLIP sees the reference image when there is one, else the start image (VideoX-Fun's control
+        # predict script; its control_ref training shows CLIP the reference frame too).
+        clip = self._clip_tokens(ref_image if ref_image is not None else image)
         if clip is not None:
             conditions["clip_fea"] = clip
         if ref_image is not None:
