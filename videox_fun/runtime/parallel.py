@@ -31,6 +31,7 @@ here calls flash-attn's log-sum-exp kernel on GPUs, the kernel yunchang's ring u
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -182,14 +183,15 @@ def merge_attention(
     return out, lse
 
 
-def ring_attention(
+def ring_attention_with_lse(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     groups: ParallelGroups,
     valid_length: Callable[[int], int] | None = None,
-) -> torch.Tensor:
-    """Attention of local queries (B, S, H, D) to the keys of every ring member, K/V passed around the ring.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of local queries (B, S, H, D) to the keys of every ring member, K/V passed around the ring;
+    the output (fp32) and its log-sum-exp (B, S, H), to merge with attention over other keys.
 
     At step i a rank holds the K/V of segment ``(ring_rank - i) % R``; the next block is in flight
     while the current one is attended to. ``valid_length(segment)`` cuts padded keys off a block.
@@ -220,7 +222,18 @@ def ring_attention(
             request.wait()
         if pending:
             kv = incoming
-    return out.to(q.dtype)
+    return out, lse
+
+
+def ring_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    groups: ParallelGroups,
+    valid_length: Callable[[int], int] | None = None,
+) -> torch.Tensor:
+    """:func:`ring_attention_with_lse`'s output alone, in q's dtype."""
+    return ring_attention_with_lse(q, k, v, groups, valid_length)[0].to(q.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -344,10 +357,129 @@ def _valid_length(index: int, total: int, segment: int) -> int:
     return max(0, min(segment, total - index * segment))
 
 
+class JointSequenceParallel(SequenceParallel):
+    """Sequence parallelism for a model whose block loop is not ours (diffusers' CogVideoX), through hooks.
+
+    The first declared block splits the ``_sequence_parallel_shards`` arguments over the ranks (the
+    per-token streams and side inputs: video tokens, RoPE tables); later blocks split the side inputs
+    they are handed whole; the last block's output streams are gathered back. Text tokens stay whole
+    on every rank. Each block's ``_attention_seam`` runs joint text + video attention: Ulysses swaps
+    the video tokens for heads, Ring passes the video K/V around, and the text K/V (on every rank)
+    are attended to once and merged by log-sum-exp.
+    """
+
+    def __init__(self, groups: ParallelGroups):
+        super().__init__(groups)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._seams: list[object] = []
+        self._sharded_streams: list[int] = []
+
+    def attach(self, model: nn.Module) -> JointSequenceParallel:
+        """Hook ``model``'s declared blocks and attention seams; returns self."""
+        if self.model is not None:
+            raise RuntimeError("this SequenceParallel hook is already attached")
+        shards = points.sequence_parallel_shards(model)
+        seams = points.attention_seams(model)
+        blocks = points.blocks(model, "sequence parallelism")
+        if any("attend" in vars(seam) for seam in seams):
+            raise RuntimeError("the model's attention is already replaced (sequence parallelism attached twice?)")
+        self.model, self._blocks, self._seams = model, blocks, seams
+        for index, block in enumerate(blocks):
+            split = functools.partial(self._split_inputs, shards, index == 0)
+            self._handles.append(block.register_forward_pre_hook(split, with_kwargs=True))
+        self._handles.append(blocks[-1].register_forward_hook(self._gather_outputs))
+        for seam in seams:
+            seam.attend = self.attend_joint  # type: ignore[attr-defined]
+        return self
+
+    def remove(self) -> None:
+        """Detach every hook and give the blocks their own attention back."""
+        for handle in self._handles:
+            handle.remove()
+        for seam in self._seams:
+            del seam.attend  # type: ignore[attr-defined]
+        self._handles, self._seams, self._blocks, self.model = [], [], [], None
+
+    def _split_inputs(
+        self, shards: dict[str, int], first: bool, block: nn.Module, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict]:
+        """Before a block: this rank's chunk of each per-token input (the streams only at the first block)."""
+        if torch.is_grad_enabled():
+            raise RuntimeError("sequence parallelism is for inference: run under torch.no_grad()")
+        bound = inspect.signature(block.forward).bind_partial(*args, **kwargs).arguments
+        streams = points.block_streams(self.model, block.forward, 2)
+        if first:
+            self._start_shard(bound, shards, streams)
+        for name, dim in shards.items():
+            if bound.get(name) is not None and (first or name not in streams):
+                bound[name] = self._chunk(bound[name], dim)
+        return (), bound
+
+    def _start_shard(self, bound: dict, shards: dict[str, int], streams: tuple[str, ...]) -> None:
+        """Record the sequence length and chunk size from the first sharded stream."""
+        stream = next(name for name in streams if name in shards)
+        total = bound[stream].shape[shards[stream]]
+        self._shard = _Shard(total=total, chunk=math.ceil(total / self.groups.sp_degree))
+        self._sharded_streams = [i for i, name in enumerate(streams) if name in shards]
+
+    def _chunk(self, value: torch.Tensor | tuple, dim: int) -> torch.Tensor | tuple:
+        """This rank's chunk of a tensor (or of each tensor of a tuple) along ``dim``, zero-padded at the end."""
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._chunk(part, dim) for part in value)
+        assert self._shard is not None
+        chunk, rank = self._shard.chunk, self.groups.sp_rank
+        return pad_dim(value, dim, chunk * self.groups.sp_degree).narrow(dim, rank * chunk, chunk)
+
+    def _gather_outputs(self, block: nn.Module, args: tuple, output: tuple) -> tuple:
+        """After the last block: the whole sequence of every stream that was split, padding cut off."""
+        assert self._shard is not None
+        total, streams = self._shard.total, list(output)
+        for index in self._sharded_streams:
+            streams[index] = all_gather_cat(streams[index], self.groups.sp_group, dim=1)[:, :total]
+        self._shard = None
+        return tuple(streams)
+
+    def attend_joint(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int) -> torch.Tensor:
+        """Local (B, L_text + chunk, H, D) q / k / v, text first -> attention over the whole sequence."""
+        if self._shard is None:
+            raise RuntimeError("parallel attention called outside the hooked blocks")
+        groups, heads = self.groups, q.shape[2]
+        text = [t[:, :text_len] for t in (q, k, v)]  # (B, L_text, H, D), the same on every rank
+        video = [t[:, text_len:] for t in (q, k, v)]  # (B, chunk, H, D)
+        if groups.ulysses_degree > 1:
+            padded_heads = math.ceil(heads / groups.ulysses_degree) * groups.ulysses_degree
+            local = padded_heads // groups.ulysses_degree
+            packed = pad_dim(torch.stack(video), 3, padded_heads)  # (3, B, chunk, H', D); zero heads
+            video = list(sequence_to_heads(packed, groups.ulysses_group).unbind(0))  # (B, U*chunk, H'/U, D)
+            mine = slice(groups.ulysses_rank * local, (groups.ulysses_rank + 1) * local)
+            text = [pad_dim(t, 2, padded_heads)[:, :, mine] for t in text]  # this rank's heads
+        (q_text, k_text, v_text), (q_video, k_video, v_video) = text, video
+        queries = torch.cat([q_text, q_video], dim=1)  # (B, L_text + segment, h, D)
+        valid = functools.partial(_valid_length, total=self._shard.total, segment=q_video.shape[1])
+        if groups.ring_degree > 1:
+            out_text_keys, lse_text_keys = attention_with_lse(queries, k_text, v_text)
+            out_video_keys, lse_video_keys = ring_attention_with_lse(queries, k_video, v_video, groups, valid)
+            out = merge_attention(out_text_keys, lse_text_keys, out_video_keys, lse_video_keys)[0].to(q.dtype)
+        else:
+            keep = valid(0)
+            out = attention(
+                queries, torch.cat([k_text, k_video[:, :keep]], 1), torch.cat([v_text, v_video[:, :keep]], 1)
+            )
+        out_text, out_video = out[:, :text_len], out[:, text_len:]
+        if groups.ulysses_degree > 1:
+            out_video = heads_to_sequence(out_video, groups.ulysses_group)[:, :, :heads]  # (B, chunk, H, D)
+            out_text = all_gather_cat(out_text, groups.ulysses_group, dim=2)[:, :, :heads]  # (B, L_text, H, D)
+        return torch.cat([out_text, out_video], dim=1)
+
+
 def enable_sequence_parallel(model: nn.Module, groups: ParallelGroups) -> SequenceParallel | None:
-    """Attach :class:`SequenceParallel` when the layout splits the sequence (else ``None``)."""
+    """Attach sequence parallelism when the layout splits the sequence (else ``None``): through the model's
+    block runner when it declares one (:class:`SequenceParallel`), else through block hooks and its
+    attention seams (:class:`JointSequenceParallel`)."""
     if groups.sp_degree == 1:
         return None
+    if points.block_runner(model) is None:
+        return JointSequenceParallel(groups).attach(model)
     return SequenceParallel(groups).attach(model)
 
 

@@ -16,6 +16,10 @@ the step caches read those declarations here and never name a family's attribute
   present; without one, step caches hook the blocks of ``_block_lists`` themselves.
 - ``_block_streams`` (optional): the names of the block arguments a block returns, in the order
   of its returned tuple (default: the first forward parameters, one per returned tensor).
+- ``_sequence_parallel_shards`` and ``_attention_seam`` (sequence parallelism without a block
+  runner): the per-token block arguments to split over the ranks (name -> the dimension of each
+  tensor, a tuple's tensors each), and the dotted path, inside each block, of the object whose
+  ``attend(q, k, v, text_len)`` runs its joint text + video attention.
 - ``_cache_context_argument`` (optional): the block argument that tells guidance passes apart
   when no :func:`videox_fun.runtime.cache.cache_branch` is active (default
   ``encoder_hidden_states``, diffusers' name for the text stream).
@@ -168,3 +172,24 @@ def block_streams(model: nn.Module, forward: Callable, count: int) -> tuple[str,
 def cache_context_argument(model: nn.Module) -> str:
     """The block argument whose fingerprint tells guidance passes apart when no branch is named."""
     return getattr(model, "_cache_context_argument", DEFAULT_CACHE_CONTEXT_ARGUMENT)
+
+
+def sequence_parallel_shards(model: nn.Module, feature: str = "sequence parallelism") -> dict[str, int]:
+    """The per-token block arguments sequence parallelism splits, with the dimension of each."""
+    return dict(_declared(model, "_sequence_parallel_shards", feature, '{"hidden_states": 1}'))  # type: ignore[arg-type]
+
+
+def attention_seams(model: nn.Module, feature: str = "sequence parallelism") -> list[object]:
+    """Each block's attention seam (an object with ``attend(q, k, v, text_len)``), in block order."""
+    path = _declared(model, "_attention_seam", feature, '"attn1.processor"')
+    seams = []
+    for block in blocks(model, feature):
+        seam: object = block
+        for part in str(path).split("."):
+            seam = getattr(seam, part, None)
+        if not callable(getattr(seam, "attend", None)):
+            raise ExtensionPointError(
+                f"model {type(model).__name__}: {path} of its blocks has no attend(q, k, v, text_len) for {feature}"
+            )
+        seams.append(seam)
+    return seams

@@ -18,6 +18,7 @@ pipeline does before calling ``forward``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from ..loading import (
     read_state_dict,
     strip_prefix,
 )
+from .attention import CogVideoXJointAttention
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,19 @@ class CogVideoXTransformer(CogVideoXTransformer3DModel):
     _cache_indicators: ClassVar[dict[str, str]] = {"time_embedding": "time_embedding"}
     # Small or precision-sensitive modules that fp8 storage leaves alone.
     _fp8_skip_modules = ("patch_embed", "time_embedding", "ofs_embedding", "norm_final", "norm_out", "proj_out")
+
+    # Sequence parallelism without a block runner: the per-token block arguments to shard (name -> dim of
+    # each tensor; a tuple's tensors each), and each block's attention seam with attend(q, k, v, text_len).
+    _sequence_parallel_shards: ClassVar[dict[str, int]] = {"hidden_states": 1, "image_rotary_emb": 0}
+    _attention_seam = "attn1.processor"
+
+    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
+    @functools.wraps(CogVideoXTransformer3DModel.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every block's attention goes through the package's dispatch (SDPA / flash / sage) and its seam.
+        for block in self.transformer_blocks:
+            block.attn1.set_processor(CogVideoXJointAttention())
 
     @classmethod
     def from_model_config(cls, config: Mapping[str, Any]) -> CogVideoXTransformer:
