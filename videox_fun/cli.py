@@ -257,6 +257,9 @@ def add_calibrate_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", help="start image for the runs (i2v calibration of an InP / I2V model)")
     add_device_arguments(parser)
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    parser.add_argument("--height", type=int, help="height of the runs (default: the model's); fit at the size you use")
+    parser.add_argument("--width", type=int, help="width of the runs (default: the model's)")
+    parser.add_argument("--frames", type=int, help="frame count of the runs (default: the model's)")
     parser.add_argument(
         "--indicator",
         choices=("time_embedding", "time_projection"),
@@ -286,6 +289,9 @@ def run_calibrate(args: argparse.Namespace) -> Path:
         dtype=args.dtype,
         image=args.image,
         control_video=args.control_video,
+        height=args.height,
+        width=args.width,
+        num_frames=args.frames,
     )
 
 

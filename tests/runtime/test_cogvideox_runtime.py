@@ -352,3 +352,45 @@ def test_caches_attach_to_the_cogvideox_pipeline(cogvideox_pipe, kind):
     skipping.remove()
     assert skipping.stats.decisions == [True] + [False] * (steps - 2) + [True]  # begin() came from the pipeline
     assert torch.isfinite(latents).all() and not torch.equal(latents, uncached_latents)
+
+
+# -- through the programmatic entry, on the whole tiny CogVideoX-Fun InP pipeline ----------------
+ENTRY_REQUEST = {"prompt": "a red circle moving right", "height": 32, "width": 32, "num_frames": 9, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def cogvideox_folder(tmp_path_factory):
+    from videox_fun.models.cogvideox.tiny import build_tiny_cogvideox_folder
+
+    return build_tiny_cogvideox_folder(tmp_path_factory.mktemp("cog-entry") / "inp", "inp")
+
+
+@pytest.mark.parametrize("mode", ["model_cpu_offload", "sequential_cpu_offload", "model_group_offload"])
+def test_every_memory_mode_gives_the_full_load_latents(cogvideox_folder, mode):
+    from videox_fun.api import GenerationRequest, RuntimeOptions, load_pipeline
+
+    request = GenerationRequest(**ENTRY_REQUEST, steps=3)
+    full = load_pipeline(cogvideox_folder, RuntimeOptions(device="cpu")).generate(request, progress=False)
+    loaded = load_pipeline(cogvideox_folder, RuntimeOptions(device="cpu", gpu_memory_mode=mode, resident_blocks=1))
+    assert torch.equal(loaded.generate(request, progress=False).latents, full.latents)
+
+
+@pytest.mark.slow
+def test_teacache_after_calibration_skips_steps_and_keeps_30_db(cogvideox_folder, tmp_path):
+    """calibrate-cache fits the folder's own coefficients; TeaCache then skips with the frames >= 30 dB."""
+    import shutil
+
+    from videox_fun.api import GenerationRequest, RuntimeOptions, load_pipeline
+    from videox_fun.metrics import psnr
+    from videox_fun.runtime.calibrate import calibrate_cache
+
+    folder = shutil.copytree(cogvideox_folder, tmp_path / "inp")
+    calibrate_cache(folder, steps=20, device="cpu", height=32, width=32, num_frames=9)
+    request = GenerationRequest(**ENTRY_REQUEST, steps=20)
+    uncached = load_pipeline(folder, RuntimeOptions(device="cpu")).generate(request, progress=False)
+    loaded = load_pipeline(folder, RuntimeOptions(device="cpu", cache="teacache", cache_threshold=0.3))
+    cached = loaded.generate(request, progress=False)
+    stats = loaded.pipe.transformer.generation_hooks[0].stats
+    quality = psnr(cached.frames.float(), uncached.frames.float())
+    assert stats.skipped > 0, "the fitted cache skips steps at threshold 0.3"
+    assert quality >= 30.0, f"{stats.skipped} of {stats.skipped + stats.computed} skipped: {quality:.1f} dB"

@@ -39,11 +39,15 @@ def calibrate_cache(
     dtype: str = "auto",
     image: str | None = None,
     control_video: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_frames: int | None = None,
 ) -> Path:
     """Run the prompts uncached, record (indicator change, residual change) per step, fit and save.
 
     Works on any family whose transformer declares a TeaCache indicator. Models that do not
-    generate from text alone need the ``control_video`` (or ``image``) to run on.
+    generate from text alone need the ``control_video`` (or ``image``) to run on. Sizes left as
+    None are the model's defaults; fit at the size you will generate at.
     """
     from ..api import RuntimeOptions, load_pipeline, resolve_folder
     from ..families import recognise
@@ -69,7 +73,8 @@ def calibrate_cache(
     # Each expert records its own consecutive steps; one polynomial is fitted to them all, as
     # VideoX-Fun uses one set for both Wan2.2 A14B experts.
     recorders = [CacheRecorder(transformer, indicator) for transformer in pipe.transformers]
-    inputs = {name: value for name, value in (("control_video", control_video), ("image", image)) if value}
+    given = {"control_video": control_video, "image": image, "height": height, "width": width, "num_frames": num_frames}
+    inputs = {name: value for name, value in given.items() if value is not None}
     for i, prompt in enumerate(prompts):
         pipe(prompt, num_inference_steps=steps, seed=seed + i, **inputs)  # the model's defaults otherwise
     samples = [sample for recorder in recorders for sample in recorder.samples]
