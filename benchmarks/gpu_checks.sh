@@ -26,5 +26,8 @@ bench pipeline --repeats 2
 bench memory
 # Transformer forward ours vs diffusers: mid config, then Wan2.1-1.3B and 14B at 480x832x81 on a GPU.
 bench transformer --repeats 5
+# CogVideoX transformer forward ours (attention through our dispatch: every installed backend) vs diffusers:
+# a small config, then CogVideoX-5b at 480x720x49 bf16 on a GPU.
+bench cogvideox --repeats 4
 echo "done ($(date +%T)), status $status"
 exit $status

@@ -61,3 +61,16 @@ def test_cache_curve_has_every_threshold_and_counts_the_skipped_stacks():
         assert point["psnr_db_mean"] <= IDENTICAL_PSNR_DB
     loosest = result["curves"]["teacache"][-1]
     assert loosest["block_evaluations_skipped"] > 0 and loosest["psnr_db_mean"] < IDENTICAL_PSNR_DB
+
+
+def test_cogvideox_comparison_runs_both_transformers_on_the_same_weights_and_rope():
+    from videox_fun.benchmarks.cogvideox import build_pair, compare, make_inputs
+    from videox_fun.models.cogvideox.tiny import tiny_transformer_config
+
+    config = tiny_transformer_config("inp")  # the 5b-style tiny config: rotary positions
+    ours, theirs = build_pair(config, torch.float32)
+    inputs = make_inputs(ours, (1, 3, config["in_channels"], 8, 8), torch.float32, "cpu")
+    assert inputs["image_rotary_emb"][0].shape[0] == 3 * 4 * 4  # one row per video token
+    entry = compare(ours, theirs, inputs, repeats=2)
+    assert entry["max_abs_diff"] < 1e-5  # our attention processor is diffusers' math through our dispatch
+    assert entry["ratio_wall_s_median"] > 0 and len(entry["runs"]["ours"]["wall_s"]) == 2

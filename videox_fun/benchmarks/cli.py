@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..argparsing import DefaultsHelpFormatter, non_negative_int, positive_int
 
-BENCHMARKS = ("transformer", "pipeline", "vae", "fp8", "cache", "memory", "startup")
+BENCHMARKS = ("transformer", "cogvideox", "pipeline", "vae", "fp8", "cache", "memory", "startup")
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("name", choices=BENCHMARKS)
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME_<device>.json)")
     parser.add_argument(
-        "--repeats", type=positive_int, default=5, help="timed rounds (transformer, pipeline, vae, startup)"
+        "--repeats", type=positive_int, default=5, help="timed rounds (transformer, cogvideox, pipeline, vae, startup)"
     )
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     parser.add_argument("--model", help="model for cache / memory (default: the built-in tiny model)")
@@ -37,7 +37,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     from diffusers.utils import logging as diffusers_logging
 
     from ..io.files import check_output_location
-    from . import cache, fp8, memory, pipeline, startup, transformer, vae
+    from . import cache, cogvideox, fp8, memory, pipeline, startup, transformer, vae
     from .common import write_json
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
@@ -50,6 +50,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     diffusers_logging.set_verbosity_error()  # its fp32-module notes on dtype casts are not ours to fix here
     if args.name == "transformer":
         result = transformer.run(args.repeats)
+    elif args.name == "cogvideox":
+        result = cogvideox.run(args.repeats)
     elif args.name == "pipeline":
         result = pipeline.run(args.repeats)
     elif args.name == "vae":

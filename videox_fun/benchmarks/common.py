@@ -85,3 +85,17 @@ def write_json(result: dict, path: Path | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
         print(f"wrote {path}")
+
+
+def compare_calls(ours: Callable[[], torch.Tensor], theirs: Callable[[], torch.Tensor], repeats: int) -> dict:
+    """Time two calls of the same computation interleaved; medians, minima, ratios (ours / theirs) and the
+    largest difference of their outputs."""
+    with torch.no_grad():
+        diff = (ours().float() - theirs().float()).abs().max()
+    runs = time_interleaved({"ours": ours, "diffusers": theirs}, repeats)
+    entry: dict = {"max_abs_diff": diff.item(), "runs": runs}
+    stats = {name: summarize(r) for name, r in runs.items()}
+    entry.update(stats)
+    for key in stats["ours"]:
+        entry[f"ratio_{key}"] = stats["ours"][key] / stats["diffusers"][key]
+    return entry

@@ -13,7 +13,7 @@ from diffusers import WanTransformer3DModel as DiffusersWan
 from ..models.wan.keys import original_config_to_diffusers, original_to_diffusers_keys
 from ..models.wan.transformer import WanTransformer3DModel
 from ..models.wan.variants import PRESETS
-from .common import built_in, summarize, time_interleaved
+from .common import built_in, compare_calls
 
 MID_CONFIG = {
     "model_type": "t2v",
@@ -63,18 +63,7 @@ def compare(
 ) -> dict:
     """Time both on the same inputs; medians, minima, ratios (ours / diffusers) and the output difference."""
     x, t, context = inputs
-    with torch.no_grad():
-        diff = (ours(x, t, context).float() - theirs(x, t, context, return_dict=False)[0].float()).abs().max()
-    runs = time_interleaved(
-        {"ours": lambda: ours(x, t, context), "diffusers": lambda: theirs(x, t, context, return_dict=False)},
-        repeats,
-    )
-    entry: dict = {"max_abs_diff": diff.item(), "runs": runs}
-    stats = {name: summarize(r) for name, r in runs.items()}
-    entry.update(stats)
-    for key in stats["ours"]:
-        entry[f"ratio_{key}"] = stats["ours"][key] / stats["diffusers"][key]
-    return entry
+    return compare_calls(lambda: ours(x, t, context), lambda: theirs(x, t, context, return_dict=False)[0], repeats)
 
 
 def run(repeats: int = 7, prompt_tokens: int = 24) -> dict:

@@ -120,6 +120,35 @@ def add_reference_noise(video: torch.Tensor, strength: float, generator: torch.G
     return video + torch.where(video == -1, torch.zeros_like(noise), noise)
 
 
+def rotary_tables(
+    config: Any, latent_size: tuple[int, int], latent_frames: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The 3D rotary tables (cos, sin), (L_video, head_dim) each, of a transformer config for latents of
+    ``latent_size`` (h, w) and ``latent_frames``, as diffusers' CogVideoX pipelines make them (None: no RoPE)."""
+    if not config.use_rotary_positional_embeddings:
+        return None
+    p, p_t = config.patch_size, config.patch_size_t
+    grid_h, grid_w = latent_size[0] // p, latent_size[1] // p
+    base_h, base_w = config.sample_height // p, config.sample_width // p
+    if p_t is None:  # CogVideoX 1.0
+        return get_3d_rotary_pos_embed(
+            embed_dim=config.attention_head_dim,
+            crops_coords=get_resize_crop_region_for_grid((grid_h, grid_w), base_w, base_h),
+            grid_size=(grid_h, grid_w),
+            temporal_size=latent_frames,
+            device=device,
+        )
+    return get_3d_rotary_pos_embed(  # CogVideoX 1.5
+        embed_dim=config.attention_head_dim,
+        crops_coords=None,
+        grid_size=(grid_h, grid_w),
+        temporal_size=(latent_frames + p_t - 1) // p_t,
+        grid_type="slice",
+        max_size=(base_h, base_w),
+        device=device,
+    )
+
+
 class CogVideoXPipeline:
     """Text/image/video-to-video generation with a CogVideoX transformer, VAE and T5 encoder."""
 
@@ -364,32 +393,8 @@ class CogVideoXPipeline:
 
     def rotary_embeddings(self, settings: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The 3D rotary tables (cos, sin) of the 5b and 1.5 models, as diffusers' CogVideoX pipelines make them."""
-        config = self.transformer.config
-        if not config.use_rotary_positional_embeddings:
-            return None
-        p, p_t = config.patch_size, config.patch_size_t
-        grid_h = settings.height // (self.vae.spatial_compression * p)
-        grid_w = settings.width // (self.vae.spatial_compression * p)
-        frames = self.latent_shape(settings)[1]
-        base_h, base_w = config.sample_height // p, config.sample_width // p
-        if p_t is None:  # CogVideoX 1.0
-            crops = get_resize_crop_region_for_grid((grid_h, grid_w), base_w, base_h)
-            return get_3d_rotary_pos_embed(
-                embed_dim=config.attention_head_dim,
-                crops_coords=crops,
-                grid_size=(grid_h, grid_w),
-                temporal_size=frames,
-                device=self.device,
-            )
-        return get_3d_rotary_pos_embed(  # CogVideoX 1.5
-            embed_dim=config.attention_head_dim,
-            crops_coords=None,
-            grid_size=(grid_h, grid_w),
-            temporal_size=(frames + p_t - 1) // p_t,
-            grid_type="slice",
-            max_size=(base_h, base_w),
-            device=self.device,
-        )
+        grid = settings.height // self.vae.spatial_compression, settings.width // self.vae.spatial_compression
+        return rotary_tables(self.transformer.config, grid, self.latent_shape(settings)[1], self.device)
 
     # -- generation ----------------------------------------------------------------------------
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
