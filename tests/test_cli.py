@@ -77,12 +77,15 @@ def test_default_output_folder_follows_the_mode(inp_folder, tmp_path, monkeypatc
     assert (tmp_path / "samples" / "Tiny-InP-videos_i2v" / "00000001.mp4").is_file()
 
 
-def test_random_builtin_model_is_built_offline_and_says_it_is_random(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("model", "frames"), [("Wan2.1-Fun-Tiny-Random-InP", 17), ("CogVideoX-Fun-Tiny-Random-InP", 9)]
+)
+def test_random_builtin_model_is_built_offline_and_says_it_is_random(tmp_path, monkeypatch, capsys, model, frames):
     monkeypatch.setenv("VIDEOX_FUN_CACHE", str(tmp_path / "cache"))
-    args = ["generate", "--prompt", "a red circle moving right", "--model", "Wan2.1-Fun-Tiny-Random-InP"]
+    args = ["generate", "--prompt", "a red circle moving right", "--model", model]
     assert main([*args, "--output", str(tmp_path / "d.mp4"), "--steps", "1", "--quiet"]) == 0
     assert "random weights" in capsys.readouterr().out
-    assert frame_count_and_size(tmp_path / "d.mp4") == (17, (64, 64))
+    assert frame_count_and_size(tmp_path / "d.mp4") == (frames, (64, 64))
 
 
 def test_default_model_is_the_packaged_trained_one(tmp_path, monkeypatch, capsys):

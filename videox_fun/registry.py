@@ -17,12 +17,16 @@ from pathlib import Path
 MODELS_DIR_ENV = "VIDEOX_FUN_MODELS"
 CACHE_ENV = "VIDEOX_FUN_CACHE"
 
-# name -> (tiny variant, note shown to the user)
 RANDOM_NOTE = "random weights (tiny config of the real architecture): the video is noise, not a trained result"
-BUILTIN_MODELS: dict[str, str] = {
-    "Wan2.1-Fun-Tiny-Random-InP": "inp",
-    "Wan2.1-Fun-Tiny-Random-Control": "control",
-    "Wan2.1-Fun-Tiny-Random-Camera": "camera",
+# name -> (the builder of its tiny folder, "module:function" taking (folder, variant, seed=, note=); the variant)
+_WAN_TINY = "videox_fun.models.wan.tiny:build_tiny_model_folder"
+_COGVIDEOX_TINY = "videox_fun.models.cogvideox.tiny:build_tiny_cogvideox_folder"
+BUILTIN_MODELS: dict[str, tuple[str, str]] = {
+    "Wan2.1-Fun-Tiny-Random-InP": (_WAN_TINY, "inp"),
+    "Wan2.1-Fun-Tiny-Random-Control": (_WAN_TINY, "control"),
+    "Wan2.1-Fun-Tiny-Random-Camera": (_WAN_TINY, "camera"),
+    "CogVideoX-Fun-Tiny-Random-InP": (_COGVIDEOX_TINY, "inp"),
+    "CogVideoX-Fun-Tiny-Random-Control": (_COGVIDEOX_TINY, "control"),
 }
 # Trained on the toy world by `videox-fun toyworld train-all` (the CogVideoX one: `--family cogvideox`)
 # and shipped inside the package; a name is found once its folder is in assets/models/.
@@ -70,8 +74,13 @@ def default_model_for_mode(mode: str | None) -> str:
 
 
 def _materialise_builtin(name: str) -> Path:
+    import importlib
+
     from .io.files import reset_tree_modes
-    from .models.wan.tiny import build_tiny_model_folder
+
+    builder, variant = BUILTIN_MODELS[name]
+    module, function = builder.split(":")
+    build = getattr(importlib.import_module(module), function)
 
     target = cache_dir() / "models" / name
     if (target / "videox_fun.yaml").is_file():
@@ -80,7 +89,7 @@ def _materialise_builtin(name: str) -> Path:
     # Build beside the target and rename: a crash never leaves a half-written model.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        build_tiny_model_folder(staging, BUILTIN_MODELS[name], seed=0, note=RANDOM_NOTE)
+        build(staging, variant, seed=0, note=RANDOM_NOTE)
         reset_tree_modes(staging)  # mkdtemp made it 0700, save_pretrained's safetensors 0600
         if not target.exists():
             staging.rename(target)

@@ -85,36 +85,31 @@ def tiny_transformer_config(variant: str = "inp", text_dim: int = TINY_TEXT_DIM)
     return config
 
 
-def build_tiny_cogvideox_folder(folder: str | Path, variant: str = "inp", seed: int = 0) -> Path:
-    """Write a complete tiny CogVideoX folder of ``variant`` with weights seeded by ``seed``."""
+# Sizes the tiny random folders run at in seconds on a CPU (when built as a named built-in model).
+TINY_DEFAULTS = {"height": 64, "width": 64, "num_frames": 9, "fps": 8, "steps": 10, "sampler": "DDIM_Origin"}
+
+
+def build_tiny_cogvideox_folder(
+    folder: str | Path, variant: str = "inp", seed: int = 0, note: str | None = None
+) -> Path:
+    """Write a complete tiny CogVideoX folder of ``variant`` with weights seeded by ``seed``.
+
+    With a ``note`` (a built-in model's), the folder also gets a ``videox_fun.yaml`` with tiny
+    generation defaults (:data:`TINY_DEFAULTS`) and that note, shown when it loads.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    transformer = CogVideoXTransformer.from_model_config(tiny_transformer_config(variant))
-    transformer.save_pretrained(str(folder / "transformer"))
-    config_path = folder / "transformer" / "config.json"
-    config = json.loads(config_path.read_text())
-    config["_class_name"] = "CogVideoXTransformer3DModel"  # the released name (diffusers loads it too)
-    config_path.write_text(json.dumps(config, indent=2))
-
+    save_transformer_folder(CogVideoXTransformer.from_model_config(tiny_transformer_config(variant)), folder)
     AutoencoderKLCogVideoX(**tiny_vae_config()).save_pretrained(str(folder / "vae"))
 
     tokenizer = build_word_tokenizer(TOY_VOCABULARY)
     text_config = tiny_t5_config(vocab_size=len(tokenizer), d_model=TINY_TEXT_DIM)
     T5EncoderModel(text_config).save_pretrained(str(folder / "text_encoder"))
     tokenizer.save_pretrained(str(folder / "tokenizer"))
-
-    (folder / "scheduler").mkdir(exist_ok=True)
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
-    index = {
-        "_class_name": PIPELINE_CLASSES.get(variant.partition("-")[0], "CogVideoXPipeline"),
-        "scheduler": ["diffusers", "CogVideoXDDIMScheduler"],
-        "text_encoder": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "T5Tokenizer"],
-        "transformer": ["diffusers", "CogVideoXTransformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLCogVideoX"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_scheduler_and_index(folder, variant)
+    if note is not None:
+        write_folder_config(folder, GenerationDefaults(**TINY_DEFAULTS), note)
     return reset_tree_modes(folder)
 
 
