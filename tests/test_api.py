@@ -109,6 +109,18 @@ def test_load_generate_write_and_close_through_the_programmatic_entry(tmp_path):
     assert "run_blocks" not in vars(transformer)  # the model computes through its own method again
 
 
+@pytest.mark.parametrize("mode", ["model_cpu_offload", "sequential_cpu_offload", "model_group_offload"])
+def test_close_takes_the_memory_mode_hooks_and_riflex_off(mode):
+    loaded = load_pipeline("Wan2.1-Fun-Tiny-InP", RuntimeOptions(device="cpu", gpu_memory_mode=mode, riflex_k=2))
+    models = [module for module, _ in loaded.pipe.components().values()]
+    wrapped = [name for m in models for name in ("forward", "encode", "decode", "rotary") if name in vars(m)]
+    hooked = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for model in models for m in model.modules())
+    assert wrapped or hooked  # the mode and RIFLEx attached something
+    loaded.close()
+    assert [name for m in models for name in ("forward", "encode", "decode", "rotary") if name in vars(m)] == []
+    assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for model in models for m in model.modules()) == 0
+
+
 def test_the_sidecar_is_strict_json(tmp_path):
     loaded = load_pipeline("Wan2.1-Fun-Tiny-InP", RuntimeOptions(device="cpu"))
     result = loaded.generate(GenerationRequest(prompt="x", steps=1, num_frames=1), progress=False)

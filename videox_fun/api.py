@@ -249,6 +249,7 @@ class LoadedPipeline:
     options: RuntimeOptions
     runtime: ParallelRuntime
     applied: dict[str, Any]  # what the options changed, recorded in every sidecar
+    removers: list[Callable[[], None]] = field(default_factory=list)  # undo each attached hook, in reverse
 
     @property
     def folder(self) -> Path:
@@ -357,10 +358,10 @@ class LoadedPipeline:
         )
 
     def close(self) -> None:
-        """Remove every hook the options attached and drop the models."""
-        from .runtime.options import remove_runtime_hooks
-
-        remove_runtime_hooks(self.pipe)
+        """Remove every hook the options attached (memory mode, step cache, RIFLEx, parallelism) and drop the models."""
+        for remove in reversed(self.removers):
+            remove()
+        self.removers.clear()
         self.runtime.remove_hooks()
         self.pipe = None  # type: ignore[assignment]
 
@@ -411,9 +412,10 @@ def load_pipeline(
     pipe.device = device
     applied = apply_weight_options(pipe, options)
     setup_parallel(options, pipe, runtime)
-    applied |= apply_runtime_options(pipe, options, recognised.folder)
+    removers: list[Callable[[], None]] = []
+    applied |= apply_runtime_options(pipe, options, recognised.folder, removers)
     logger.debug("loaded %s in %.1f s", recognised.folder, time.perf_counter() - started)
-    return LoadedPipeline(pipe, recognised, options, runtime, applied)
+    return LoadedPipeline(pipe, recognised, options, runtime, applied, removers)
 
 
 def _cpu() -> torch.device:

@@ -54,6 +54,13 @@ class MoveLog:
     offloads: int = 0
     prefetches: int = 0
     order: list[str] = field(default_factory=list)
+    hooks: list = field(default_factory=list)  # what the mode attached, each with remove()
+
+    def remove(self) -> None:
+        """Detach every hook the mode attached (weights stay where they are)."""
+        for hook in reversed(self.hooks):
+            hook.remove()
+        self.hooks.clear()
 
 
 def _move_own_tensors(module: nn.Module, device: torch.device, non_blocking: bool = False) -> None:
@@ -264,15 +271,17 @@ def apply_memory_mode(pipe: Pipeline, mode: str, device: torch.device | str, res
         offload = ComponentOffload(device, log)
         for name, (module, methods) in pipe.components().items():
             offload.attach(module, name, methods)
+        log.hooks.append(offload)
     elif mode == "sequential_cpu_offload":
         for module, _ in pipe.components().values():
-            SequentialOffload(module, device, log)
+            log.hooks.append(SequentialOffload(module, device, log))
     else:  # model_group_offload
         offload = ComponentOffload(device, log)
         swapped = {id(transformer) for transformer in pipe.transformers}
         for name, (module, methods) in pipe.components().items():
             if id(module) not in swapped:  # the transformers swap blocks instead of moving whole
                 offload.attach(module, name, methods)
+        log.hooks.append(offload)
         for transformer in pipe.transformers:
-            swap_blocks(transformer, device, resident_blocks, log)
+            log.hooks.append(swap_blocks(transformer, device, resident_blocks, log))
     return log

@@ -3,7 +3,9 @@ attaching them to a loaded pipeline of any family (through the pipeline's ``tran
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,9 +118,16 @@ def lora_weights(given: list[float] | None, count: int) -> list[float]:
     return list(given)
 
 
-def apply_runtime_options(pipe: Pipeline, options: RuntimeOptions, folder: Path) -> dict:
-    """Attach what the flags ask for to a loaded pipeline; returns a summary for the sidecar JSON."""
-    from .compile import apply_riflex, compile_blocks
+def apply_runtime_options(
+    pipe: Pipeline, options: RuntimeOptions, folder: Path, removers: list[Callable[[], None]] | None = None
+) -> dict:
+    """Attach what the flags ask for to a loaded pipeline; returns a summary for the sidecar JSON.
+
+    ``removers`` collects one call per attached hook (memory-mode hooks, step caches, RIFLEx) that
+    detaches it again, in the order attached (undo in reverse). Placement and fp8 storage stay.
+    """
+    removers = [] if removers is None else removers
+    from .compile import apply_riflex, compile_blocks, remove_riflex
     from .offload import apply_memory_mode
 
     applied: dict = {"gpu_memory_mode": options.gpu_memory_mode, **run_settings(options)}
@@ -127,7 +136,7 @@ def apply_runtime_options(pipe: Pipeline, options: RuntimeOptions, folder: Path)
 
         for transformer in pipe.transformers:
             quantize_to_fp8(transformer, scaled=True, per_channel=True)  # the mode then finds it quantised
-    apply_memory_mode(pipe, options.gpu_memory_mode, pipe.device, options.resident_blocks)
+    removers.append(apply_memory_mode(pipe, options.gpu_memory_mode, pipe.device, options.resident_blocks).remove)
     if options.cache != "none":
         threshold = (
             options.cache_threshold if options.cache_threshold is not None else DEFAULT_THRESHOLDS[options.cache]
@@ -135,13 +144,14 @@ def apply_runtime_options(pipe: Pipeline, options: RuntimeOptions, folder: Path)
         two_experts = len(pipe.transformers) > 1
         for transformer in pipe.transformers:  # each expert skips by its own accumulated change
             refuse_cache_under_block_hook_parallelism(transformer)
-            attach_cache(transformer, options.cache, threshold, options, folder, two_experts)
+            removers.append(attach_cache(transformer, options.cache, threshold, options, folder, two_experts).remove)
         applied.update(cache=options.cache, cache_threshold=threshold, num_skip_start_steps=skip_start_steps(options))
         if options.cache == "teacache":
             applied["teacache_indicator"] = teacache_indicator(options.teacache_indicator, two_experts)
     if options.riflex_k is not None:
         for transformer in pipe.transformers:
             apply_riflex(transformer, options.riflex_k)
+            removers.append(functools.partial(remove_riflex, transformer))
         applied["riflex_k"] = options.riflex_k
     if options.compile:
         for transformer in pipe.transformers:
@@ -212,15 +222,3 @@ def load_transformer_file(transformer: nn.Module, path: Path) -> None:
     if reader is None:
         raise ValueError(f"--transformer-path: {type(transformer).__name__} declares no read_weights")
     load_state_with_fp8(transformer, reader(path), source=str(path))
-
-
-def remove_runtime_hooks(pipe: Pipeline) -> None:
-    """Detach the step caches and RIFLEx that :func:`apply_runtime_options` attached (the model computes
-    every step at its trained frequencies again). Memory-mode placement and fp8 storage stay."""
-    from .compile import remove_riflex
-
-    for transformer in pipe.transformers:
-        for hook in list(getattr(transformer, "generation_hooks", ())):
-            hook.remove()
-        if "rotary" in vars(transformer):
-            remove_riflex(transformer)
