@@ -113,23 +113,27 @@ def test_the_run_record_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["train_config.yaml"]
 
 
-def script_flags(script: str) -> list[str]:
+def script_flags(script: str, family: str = "wan2.1_fun") -> list[str]:
     """The training flags an example script passes (train.sh's command, then the script's own)."""
-    text = (REPO / "scripts" / "wan2.1_fun" / script).read_text()
-    marker = "scripts/wan2.1_fun/train.py \\\n" if script == "train.sh" else 'train.sh" \\\n'
+    text = (REPO / "scripts" / family / script).read_text()
+    marker = f"scripts/{family}/train.py \\\n" if script == "train.sh" else 'train.sh" \\\n'
     command = text.split(marker, 1)[1].split('"$@"')[0]
     for name, value in (("$MODEL_NAME", "m"), ("$DATASET_NAME", "d"), ("$DATASET_META_NAME", "d.json")):
         command = command.replace(name, value)
     own = shlex.split(command.replace("\\\n", " "))
-    return own if script == "train.sh" else [*script_flags("train.sh"), *own]
+    return own if script == "train.sh" else [*script_flags("train.sh", family), *own]
 
 
+CONTROL_MODES = {"wan2.1_fun": "control_ref", "cogvideox_fun": "control"}
+
+
+@pytest.mark.parametrize("family", sorted(CONTROL_MODES))
 @pytest.mark.parametrize("script", ["train.sh", "train_lora.sh", "train_control.sh"])
-def test_the_example_scripts_use_only_known_flags(script):
-    config = parse_train_args(script_flags(script))
+def test_the_example_scripts_use_only_known_flags(script, family):
+    config = parse_train_args(script_flags(script, family))
     config.validate()
     assert config.use_lora == (script == "train_lora.sh")
-    assert config.train_mode == ("control_ref" if script == "train_control.sh" else "inpaint")
+    assert config.train_mode == (CONTROL_MODES[family] if script == "train_control.sh" else "inpaint")
 
 
 def test_videox_fun_only_flags_are_accepted_mapped_or_reported(caplog):
