@@ -83,3 +83,27 @@ def test_an_fsdp_run_stopped_and_resumed_matches_one_process(make_config, tmp_pa
     difference = state_dict_max_diff(resumed, reference)
     print(f"FSDP stopped at 2, resumed to 4 vs 1 process to 4: max abs diff {difference:.2e}")
     assert difference <= 2e-5
+
+
+@pytest.mark.slow
+def test_two_processes_train_cogvideox_as_one_with_the_doubled_batch(make_config, tmp_path):
+    """The same generic trainer and launch, on a CogVideoX-Fun InP folder (v-prediction): DDP equals one process."""
+    from videox_fun.models.cogvideox.tiny import build_tiny_cogvideox_folder
+
+    folder = build_tiny_cogvideox_folder(tmp_path / "cog", "inp")
+    config = make_config("inp", train_mode="inpaint", train_batch_size=2, max_train_steps=3)
+    config.pretrained_model_name_or_path = str(folder)
+    config.video_sample_n_frames = 5
+    config.output_dir = str(tmp_path / "one")
+    one = train(config)
+    launch("ddp.yaml", config, tmp_path / "ddp")
+    reference = load_file(str(one.output_dir / WEIGHTS))
+    start = load_file(str(folder / WEIGHTS))
+    moved = state_dict_max_diff(reference, start)
+    assert moved > 1e-3  # the steps did train
+    difference = state_dict_max_diff(load_file(str(tmp_path / "ddp" / WEIGHTS)), reference)
+    print(
+        f"CogVideoX ddp (2 processes x batch 1) vs 1 process x batch 2: max abs diff {difference:.2e} "
+        f"(moved {moved:.2e})"
+    )
+    assert difference <= 2e-5
