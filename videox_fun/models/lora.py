@@ -1,4 +1,4 @@
-"""LoRA files as people share them for Wan, read onto the Linear layers of our transformer, and merged.
+"""LoRA files as people share them, read onto the Linear layers of our transformer, and merged.
 
 Three key layouts are in circulation and all are read:
 
@@ -6,7 +6,8 @@ Three key layouts are in circulation and all are read:
   (rank, in), ``...lora_B.weight`` (out, rank), ``...alpha``; ``lora_down`` / ``lora_up`` and
   the ``model.diffusion_model.`` prefix or none are seen too;
 - **diffusers names** (``load_lora_weights`` / ``save_lora_weights``):
-  ``transformer.blocks.0.attn1.to_q.lora_A.weight``, renamed through the checkpoint key table;
+  ``transformer.blocks.0.attn1.to_q.lora_A.weight``, renamed by the model's ``lora_module_name``
+  (Wan: through its checkpoint key table; CogVideoX's own names are diffusers');
 - **kohya names** (VideoX-Fun's own training scripts): ``lora_unet__blocks_0_self_attn_q.lora_down.weight``
   with ``lora_up`` and ``alpha``; dots of the module name became underscores.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .loading import check_readable, unreadable_safetensors
-from .wan.keys import diffusers_module_to_original
 
 _DOTTED_KEY = re.compile(
     r"^(?:(?:model\.)?diffusion_model\.|transformer\.)?(?P<module>.+?)"
@@ -79,13 +79,19 @@ def _linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or hasattr(module, "dequantized_weight")
 
 
-def _resolve_module(name: str, kohya: bool, linears: set[str], underscored: Mapping[str, str]) -> str | None:
+def _resolve_module(
+    name: str, kohya: bool, linears: set[str], underscored: Mapping[str, str], rename: Callable[[str], str | None]
+) -> str | None:
     if kohya:
         return underscored.get(name.strip("_"))
     if name in linears:
         return name
-    renamed = diffusers_module_to_original(name)
+    renamed = rename(name)
     return renamed if renamed in linears else None
+
+
+def _no_rename(name: str) -> str | None:
+    return None
 
 
 def lora_weights_for(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> dict[str, LoraWeights]:
@@ -96,13 +102,15 @@ def lora_weights_for(model: nn.Module, tensors: Mapping[str, torch.Tensor], sour
     """
     linears = {name for name, module in model.named_modules() if _linear_like(module)}
     underscored = {name.replace(".", "_"): name for name in linears}
+    # The family's key rule for names of another layout (Wan: diffusers' names -> the original ones).
+    rename = getattr(model, "lora_module_name", _no_rename)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
     for key, tensor in tensors.items():
         match = _KOHYA_KEY.match(key)
         kohya = match is not None
         match = match or _DOTTED_KEY.match(key)
-        module = _resolve_module(match["module"], kohya, linears, underscored) if match else None
+        module = _resolve_module(match["module"], kohya, linears, underscored, rename) if match else None
         if module is None:
             unknown.append(key)
             continue

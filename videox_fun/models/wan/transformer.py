@@ -41,6 +41,7 @@ from ..loading import (
 from .keys import (
     CLIP_DIM,
     diffusers_config_to_original,
+    diffusers_module_to_original,
     diffusers_to_original_keys,
     has_clip_branch,
     is_diffusers_config,
@@ -641,6 +642,11 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         return self.unpatchify(tokens, (grid[0] - (1 if prefix else 0), grid[1], grid[2]))
 
     # -- loading -----------------------------------------------------------------------
+    @staticmethod
+    def lora_module_name(name: str) -> str | None:
+        """A LoRA file's module name in diffusers' layout -> ours (None when it names no module of ours)."""
+        return diffusers_module_to_original(name)
+
     @staticmethod
     def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         """Weights for this class from a file or (sharded) folder in any layout people share
