@@ -536,7 +536,7 @@ def shard_transformer(transformer: nn.Module, device: torch.device) -> nn.Module
 
 
 def shard_text_encoder(text_encoder: nn.Module, device: torch.device) -> nn.Module:
-    """FSDP over the UMT5 encoder blocks of a ``WanTextEncoder``."""
+    """FSDP over the T5-family encoder blocks (``model.encoder.block``) of a pipeline's text encoder wrapper."""
     fsdp_shard(text_encoder.model, text_encoder.model.encoder.block, device)
     return text_encoder
 
