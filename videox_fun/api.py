@@ -14,13 +14,14 @@ family layer (:mod:`videox_fun.families`) says what a model folder serves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,29 @@ class RuntimeOptions:
         if self.resident_blocks < 1:
             raise ValueError(f"--resident-blocks must be at least 1, got {self.resident_blocks}")
         check_runtime_options(self)
+
+    def load_options(self) -> RuntimeOptions:
+        """These options with the per-job ones (:data:`JOB_OPTION_FIELDS`) at their defaults: what a load needs."""
+        defaults = RuntimeOptions()
+        return dataclasses.replace(self, **{name: getattr(defaults, name) for name in JOB_OPTION_FIELDS})
+
+
+# Options a loaded pipeline can take for one generation and give back after (LoRAs, step cache, RIFLEx, CFG
+# schedule): a service keeps one loaded model and changes only these between jobs.
+JOB_OPTION_FIELDS = (
+    "lora_path",
+    "lora_weight",
+    "lora_high_path",
+    "lora_high_weight",
+    "cache",
+    "cache_threshold",
+    "teacache_indicator",
+    "num_skip_start_steps",
+    "cache_offload_residuals",
+    "cfg_skip_ratio",
+    "cfg_sequential",
+    "riflex_k",
+)
 
 
 @dataclass
@@ -356,6 +380,35 @@ class LoadedPipeline:
             first_inputs=first,
             seed=request.seed,
         )
+
+    @contextlib.contextmanager
+    def job_options(self, options: RuntimeOptions) -> Iterator[None]:
+        """Generate with ``options``' per-job features (LoRAs, step cache, RIFLEx, CFG) inside the block.
+
+        The pipeline must have been loaded with the same load options and none of the per-job ones
+        (:meth:`RuntimeOptions.load_options`); afterwards it is as before, bit for bit, so one
+        loaded model serves job after job as a fresh load would.
+        """
+        from .runtime.options import attach_step_features, merge_loras_restorably, run_settings
+
+        options.check()
+        if options.load_options() != self.options or self.options != self.options.load_options():
+            raise ValueError("job options differ from the loaded pipeline's in more than the per-job features")
+        if self.runtime.shards_weights and (options.lora_path or options.lora_high_path):
+            raise ValueError("per-job LoRAs cannot be merged into FSDP-sharded weights: load them with the model")
+        base_options, base_applied = self.options, self.applied
+        removers: list[Callable[[], None]] = []
+        try:
+            applied, restore = merge_loras_restorably(self.pipe, options)
+            removers.append(restore)
+            applied |= attach_step_features(self.pipe, options, self.folder, removers)
+            self.options = options
+            self.applied = base_applied | run_settings(options) | applied
+            yield
+        finally:
+            for remove in reversed(removers):
+                remove()
+            self.options, self.applied = base_options, base_applied
 
     def close(self) -> None:
         """Remove every hook the options attached (memory mode, step cache, RIFLEx, parallelism) and drop the models."""

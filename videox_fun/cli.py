@@ -382,8 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .benchmarks.cli import add_bench_command
     from .toyworld.cli import add_toyworld_commands
 
+    from .serve.cli import add_serve_command
+
     add_calibrate_command(commands)
     add_bench_command(commands)
+    add_serve_command(commands)
 
     add_toyworld_commands(commands)
     from .training.cli import add_train_commands

@@ -131,6 +131,12 @@ def lora_weights_for(model: nn.Module, tensors: Mapping[str, torch.Tensor], sour
     }
 
 
+def lora_target_modules(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """The names of the layers of ``model`` that a LoRA file updates (checked as :func:`merge_lora` checks)."""
+    tensors, _ = read_lora_file(path)
+    return sorted(lora_weights_for(model, tensors, str(path)))
+
+
 def merge_lora(model: nn.Module, path: str | os.PathLike, scale: float = 1.0) -> list[str]:
     """Add a LoRA file's updates into ``model``'s weights in place (``scale`` < 0 takes them out again).
 

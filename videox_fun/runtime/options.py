@@ -59,6 +59,11 @@ def _flag_names(names: list[str]) -> str:
     return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
+def transformer_experts(pipe: Pipeline) -> dict[str, nn.Module | None]:
+    """The transformers by the suffix of their flags: "" the (low-noise) one, "high" Wan2.2 A14B's high-noise one."""
+    return {"": pipe.transformers[-1], "high": pipe.transformers[0] if len(pipe.transformers) > 1 else None}
+
+
 def apply_weight_options(pipe: Pipeline, options: RuntimeOptions) -> dict:
     """Replace or adapt the transformers' weights as the flags ask (before sharding, offload and fp8).
 
@@ -66,7 +71,7 @@ def apply_weight_options(pipe: Pipeline, options: RuntimeOptions) -> dict:
     ``--lora-weight``. With two experts (Wan2.2 A14B) these go to the low-noise one and the
     ``--*-high-*`` flags to the high-noise one, as in VideoX-Fun. Returns a summary for the sidecar.
     """
-    experts = {"": pipe.transformers[-1], "high": pipe.transformers[0] if len(pipe.transformers) > 1 else None}
+    experts = transformer_experts(pipe)
     applied: dict = {}
     for expert, transformer in experts.items():
         suffix = f"_{expert}" if expert else ""
@@ -94,6 +99,43 @@ def merge_loras(transformer: nn.Module, names: list[str], given_weights: list[fl
         modules = merge_lora(transformer, path, weight)
         logger.info("merged LoRA %s at weight %g into %d layers", path, weight, len(modules))
     return [{"path": str(path), "weight": weight} for path, weight in zip(paths, weights, strict=True)]
+
+
+def merge_loras_restorably(pipe: Pipeline, options: RuntimeOptions) -> tuple[dict, Callable[[], None]]:
+    """Merge the options' LoRAs into the loaded transformers; returns the sidecar record and a restore call.
+
+    The layers a LoRA touches are copied to CPU memory first, and the restore call loads the copies
+    back, so the weights afterwards are bit for bit those before (subtracting the update again would
+    leave rounding behind, and later videos would differ from a fresh load's).
+    """
+    from ..models.lora import lora_target_modules
+
+    experts = transformer_experts(pipe)
+    saved: list[tuple[nn.Module, dict]] = []
+
+    def restore() -> None:
+        for module, state in reversed(saved):
+            module.load_state_dict(state)
+        saved.clear()
+
+    applied: dict = {}
+    try:
+        for expert, transformer in experts.items():
+            suffix = f"_{expert}" if expert else ""
+            names = getattr(options, f"lora{suffix}_path") or []
+            if not names:
+                continue
+            if transformer is None:
+                raise ValueError("--lora-high-path is for two-expert (Wan2.2 A14B) models")
+            targets = {module for name in names for module in lora_target_modules(transformer, resolve_lora(name))}
+            for module_name in sorted(targets):
+                module = transformer.get_submodule(module_name)
+                saved.append((module, {k: v.to("cpu", copy=True) for k, v in module.state_dict().items()}))
+            applied[f"loras{suffix}"] = merge_loras(transformer, names, getattr(options, f"lora{suffix}_weight"))
+    except BaseException:
+        restore()
+        raise
+    return applied, restore
 
 
 LORA_FOLDER = Path("models/Personalized_Model")
@@ -127,7 +169,7 @@ def apply_runtime_options(
     detaches it again, in the order attached (undo in reverse). Placement and fp8 storage stay.
     """
     removers = [] if removers is None else removers
-    from .compile import apply_riflex, compile_blocks, remove_riflex
+    from .compile import compile_blocks
     from .offload import apply_memory_mode
 
     applied: dict = {"gpu_memory_mode": options.gpu_memory_mode, **run_settings(options)}
@@ -137,6 +179,24 @@ def apply_runtime_options(
         for transformer in pipe.transformers:
             quantize_to_fp8(transformer, scaled=True, per_channel=True)  # the mode then finds it quantised
     removers.append(apply_memory_mode(pipe, options.gpu_memory_mode, pipe.device, options.resident_blocks).remove)
+    applied |= attach_step_features(pipe, options, folder, removers)
+    if options.compile:
+        for transformer in pipe.transformers:
+            compile_blocks(transformer)
+        applied["compile"] = True
+    return applied
+
+
+def attach_step_features(
+    pipe: Pipeline, options: RuntimeOptions, folder: Path, removers: list[Callable[[], None]]
+) -> dict:
+    """Attach the step cache and RIFLEx the options ask for (each with its remover); returns their sidecar summary.
+
+    These are the per-generation features: a service attaches them for one job and removes them after.
+    """
+    from .compile import apply_riflex, remove_riflex
+
+    applied: dict = {}
     if options.cache != "none":
         threshold = (
             options.cache_threshold if options.cache_threshold is not None else DEFAULT_THRESHOLDS[options.cache]
@@ -153,10 +213,6 @@ def apply_runtime_options(
             apply_riflex(transformer, options.riflex_k)
             removers.append(functools.partial(remove_riflex, transformer))
         applied["riflex_k"] = options.riflex_k
-    if options.compile:
-        for transformer in pipe.transformers:
-            compile_blocks(transformer)
-        applied["compile"] = True
     return applied
 
 
