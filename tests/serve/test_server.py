@@ -38,7 +38,8 @@ def cli_outputs(tmp_path: Path, group: tuple, media: dict[str, Path], seed: int)
     prompts.write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / f"cli-{mode}"
     command = [sys.executable, "-m", "videox_fun.cli", "generate", "--prompts-file", str(prompts), "--seed", str(seed),
-               "--output-dir", str(out), "--device", "cpu", "--quiet", "--mode", mode, "--steps", "4", "--frames", "9"]  # fmt: skip
+               "--output-dir", str(out), "--device", "cpu", "--quiet", "--mode", mode, "--steps", "4",
+               "--frames", "9"]  # fmt: skip
     command += ["--model", model] if model else []
     for name in inputs:
         command += [f"--{name.replace('_', '-')}", str(media[name])]
