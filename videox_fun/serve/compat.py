@@ -185,10 +185,17 @@ async def read_body(request: Request, kind: type[BaseModel]) -> Any:
     return kind.model_validate(data)
 
 
+def json_body(kind: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its JSON itself (to answer in VideoX-Fun's shape)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": kind.model_json_schema()}}}}
+
+
 def add_videox_fun_routes(app: FastAPI, service: Service, poll_s: float = 0.05) -> None:
     """Mount VideoX-Fun's endpoints on ``app``."""
 
-    @app.post("/videox_fun/update_diffusion_transformer", tags=["VideoX-Fun"])
+    @app.post(
+        "/videox_fun/update_diffusion_transformer", tags=["VideoX-Fun"], openapi_extra=json_body(UpdateTransformerIn)
+    )
     async def update_diffusion_transformer(request: Request) -> JSONResponse:
         """Switch the model that later ``infer_forward`` calls use (a folder under models/Diffusion_Transformer)."""
         try:
@@ -204,7 +211,7 @@ def add_videox_fun_routes(app: FastAPI, service: Service, poll_s: float = 0.05) 
         service.catalog.default_model = name
         return JSONResponse({"message": "Success"})
 
-    @app.post("/videox_fun/infer_forward", tags=["VideoX-Fun"])
+    @app.post("/videox_fun/infer_forward", tags=["VideoX-Fun"], openapi_extra=json_body(InferForwardIn))
     async def infer_forward(request: Request) -> JSONResponse:
         """Queue a job from VideoX-Fun's fields, wait for it, and answer with the file and its base64."""
         try:
