@@ -137,7 +137,6 @@ def test_the_api_key_guards_every_route_but_healthz(start_server):
 def test_schema_fuzz_finds_no_server_error(start_server):
     """Schemathesis generates valid and invalid requests for every operation of the OpenAPI schema."""
     import schemathesis
-    from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
 
@@ -145,22 +144,26 @@ def test_schema_fuzz_finds_no_server_error(start_server):
     server = start_server("--max-work", str(32 * 32 * 5 * 2), "--max-upload-mb", "1")
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     errors: list[tuple] = []
-    calls = 0
+    calls = []
     for result in schema.get_all_operations():
-        operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck),
-                      phases=[Phase.generate], database=None)  # fmt: skip
-            def call(case: schemathesis.Case, label: str = operation.label) -> None:
-                nonlocal calls
-                response = case.call(timeout=120)
-                calls += 1
-                if response.status_code >= 500:
-                    errors.append((label, response.status_code, response.text[:200], str(case.body)[:200]))
-
             with contextlib.suppress(Unsatisfiable):  # an operation without parameters has no invalid request
-                call()
-    assert calls > 300
+                fuzz(result.ok(), mode, calls, errors)
+    assert len(calls) > 300
     assert errors == []
+
+
+def fuzz(operation, mode, calls: list, errors: list) -> None:
+    """Call one operation with 30 generated requests; note the server errors."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate],
+              database=None)  # fmt: skip
+    def call(case) -> None:
+        response = case.call(timeout=120)
+        calls.append(response.status_code)
+        if response.status_code >= 500:
+            errors.append((operation.label, response.status_code, response.text[:200], str(case.body)[:200]))
+
+    call()
