@@ -40,7 +40,7 @@ class Server:
 
     def start(self, timeout_s: float = 120) -> Server:
         """Start the server and wait until ``/healthz`` answers."""
-        log = self.root.parent / f"{self.root.name}-server-{len(self.logs)}.log"
+        log = self.root.parent / f"{self.root.name}-server-{self.port}-{len(self.logs)}.log"
         self.logs.append(log)
         command = [sys.executable, "-m", "videox_fun.cli", "serve", "--port", str(self.port), "--root", str(self.root),
                    "--device", "cpu", *self.args]  # fmt: skip
