@@ -170,7 +170,7 @@ class Service:
                 {
                     "name": name,
                     "model": recognised.folder.name,
-                "family": recognised.family.name,
+                    "family": recognised.family.name,
                     "variant": recognised.variant,
                     "modes": [
                         {"name": m.name, "needs": list(m.needs), "allows": list(m.allows), "output": m.output}

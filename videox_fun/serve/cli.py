@@ -123,18 +123,33 @@ def serve(config: object, host: str, port: int, runtime: object = None) -> None:
 
 def follow_group(config: object, runtime: object) -> None:
     """A torchrun rank other than 0: run the jobs rank 0 broadcasts."""
-    from .app import Service
-    from .worker import follow
+    from .jobs import Catalog
+    from .worker import Worker, follow
 
-    service = Service(config, runtime)  # type: ignore[arg-type]
-    follow(service.workers[0])
+    # Only rank 0 touches the store: the other ranks get each job from it and write nothing.
+    catalog = Catalog(config.models, config.default_model)  # type: ignore[attr-defined]
+    worker = Worker(None, catalog, config.options, config.root / "results", "follower", runtime)  # type: ignore[attr-defined]
+    follow(worker)
 
 
 def relaunch_under_torchrun(nproc: int) -> None:
     """Run this same command as ``nproc`` processes under torchrun (rank 0 serves HTTP)."""
     import subprocess
 
-    argv = list(sys.argv[1:])
+    argv = without_nproc(sys.argv[1:])  # torchrun's parser would take --nproc for its --nproc-per-node
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "videox_fun.cli", *argv]  # fmt: skip
     sys.exit(subprocess.call(command))
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N`` (the ranks know their count from torchrun)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept

@@ -118,7 +118,7 @@ class JobStore:
         self.engine = sa.create_engine(url, **options)
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        create_tables(self.engine)
 
     def close(self) -> None:
         """Close the database connections."""
@@ -288,6 +288,18 @@ class JobStore:
         """Every job id, oldest first."""
         with self.engine.connect() as db:
             yield from db.execute(sa.select(jobs.c.id).order_by(jobs.c.seq)).scalars()
+
+
+def create_tables(engine: sa.Engine) -> None:
+    """Create the jobs table unless it exists; servers starting together may race to create it."""
+    for attempt in range(3):
+        try:
+            metadata.create_all(engine)
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))  # the other creator finishes; checkfirst then sees the table
 
 
 def new_job_id() -> str:

@@ -38,7 +38,7 @@ class Worker:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobStore | None,
         catalog: Catalog,
         options: RuntimeOptions,
         results: Path,
@@ -65,6 +65,7 @@ class Worker:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Claim and run jobs until ``stop`` is set; recovers stale jobs of dead workers on the way."""
+        assert self.store is not None, "a worker without a store only follows rank 0 (follow())"
         last_sweep = last_ping = 0.0
         while not stop.is_set():
             now = time.monotonic()
