@@ -5,76 +5,26 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from helpers import free_port
 
 from videox_fun.io.video import write_video
+from videox_fun.serve.process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class Server:
-    """``videox-fun serve`` in a subprocess: start, wait until it answers, kill or stop it."""
+class Server(ServerProcess):
+    """The package's server process, on a free port, one torch thread, run from the repository."""
 
     def __init__(self, root: Path, *args: str, port: int | None = None, env: dict[str, str] | None = None) -> None:
-        self.root = root
-        self.args = list(args)
-        self.port = port or free_port()
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
-        self.process: subprocess.Popen | None = None
-        self.logs: list[Path] = []
-
-    @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 120) -> Server:
-        """Start the server and wait until ``/healthz`` answers."""
-        log = self.root.parent / f"{self.root.name}-server-{self.port}-{len(self.logs)}.log"
-        self.logs.append(log)
-        command = [sys.executable, "-m", "videox_fun.cli", "serve", "--port", str(self.port), "--root", str(self.root),
-                   "--device", "cpu", *self.args]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the server did not answer in {timeout_s} s:\n{self.log_text()}")
-
-    def log_text(self) -> str:
-        """Everything the server's runs printed."""
-        return "\n".join(log.read_text() for log in self.logs if log.exists())
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        """SIGTERM, then wait (SIGKILL after 20 s)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        super().__init__(root, "--device", "cpu", *args, port=port or free_port(), env=threads | (env or {}), cwd=REPO)
 
 
 @pytest.fixture
@@ -90,18 +40,6 @@ def start_server(tmp_path: Path) -> Iterator:
     yield start
     for server in servers:
         server.stop()
-
-
-def wait_finished(client: httpx.Client, job_ids: list[str], timeout_s: float = 600) -> dict[str, dict]:
-    """Poll until every job is done, failed or cancelled; returns their views."""
-    deadline = time.monotonic() + timeout_s
-    views: dict[str, dict] = {}
-    while time.monotonic() < deadline:
-        views = {job_id: client.get(f"/v1/generations/{job_id}").json() for job_id in job_ids}
-        if all(view["status"] in ("done", "failed", "cancelled") for view in views.values()):
-            return views
-        time.sleep(0.3)
-    raise AssertionError(f"jobs not finished in {timeout_s} s: {[v['status'] for v in views.values()]}")
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +75,8 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL server in a temporary folder (as the ``postgres`` user when run as root); its URL."""
     binaries = find_postgres_bin()
     if binaries is None:
+        if os.environ.get("VIDEOX_FUN_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is required here (VIDEOX_FUN_REQUIRE_POSTGRES) but not installed")
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
     folder = Path(tempfile_dir()) / f"videox-fun-pg-{os.getpid()}-{free_port()}"
     folder.mkdir(parents=True)

@@ -8,8 +8,8 @@ from collections import Counter
 
 import httpx
 import pytest
-from conftest import wait_finished
 
+from videox_fun.serve.process import wait_finished
 from videox_fun.serve.store import DONE, JobStore, database_url
 
 pytestmark = pytest.mark.slow

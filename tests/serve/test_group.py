@@ -7,7 +7,9 @@ import sys
 
 import httpx
 import pytest
-from conftest import REPO, wait_finished
+from conftest import REPO
+
+from videox_fun.serve.process import wait_finished
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, wait_finished
+from conftest import REPO
 from helpers import decode_video
 
 from videox_fun.registry import packaged_model
+from videox_fun.serve.process import wait_finished
 
 pytestmark = pytest.mark.slow
 

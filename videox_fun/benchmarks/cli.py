@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..argparsing import DefaultsHelpFormatter, non_negative_int, positive_int
 
-BENCHMARKS = ("transformer", "cogvideox", "pipeline", "vae", "fp8", "cache", "memory", "startup")
+BENCHMARKS = ("transformer", "cogvideox", "pipeline", "vae", "fp8", "cache", "memory", "startup", "serve")
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +62,10 @@ def run_bench(args: argparse.Namespace) -> dict:
         result = cache.run(args.model, args.prompts, args.skip_start, evaluate=not args.no_eval)
     elif args.name == "startup":
         result = startup.run(args.repeats)
+    elif args.name == "serve":
+        from . import serve
+
+        result = serve.run(args.repeats, threads=args.threads or 1)
     else:
         result = memory.run(args.model)
     write_json(result, out)
