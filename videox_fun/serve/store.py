@@ -223,13 +223,15 @@ class JobStore:
             ).rowcount
         return bool(changed)
 
-    def progress(self, job: Job, stage: str, step: int | None = None, total: int | None = None) -> bool:
-        """Record a running job's stage (and step, when given); returns whether a cancel was asked for meanwhile."""
+    def progress(self, job: Job, stage: str, step: int | None = None, total: int | None = None) -> None:
+        """Record a running job's stage (and step, when given); it doubles as a heartbeat."""
         steps = {"step": step, "total_steps": total} if step is not None and total is not None else {}
         self._update_claimed(job, stage=stage, heartbeat_at=time.time(), **steps)
+
+    def cancel_requested(self, job: Job) -> bool:
+        """Whether a cancel of this job was asked for (a read: cheap enough for every step)."""
         with self.engine.connect() as db:
-            asked = db.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job.id)).scalar()
-        return bool(asked)
+            return bool(db.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job.id)).scalar())
 
     def heartbeat(self, job: Job) -> None:
         """Say the worker of a running job is alive (loading a model may take minutes without a step)."""

@@ -31,6 +31,7 @@ logger = logging.getLogger("videox_fun.serve")
 JOB_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 PING = "ping"  # rank 0 -> group: still here, no job (keeps the collectives' timeouts away)
 STOP = "stop"
+PROGRESS_INTERVAL_S = 0.25  # at most this often a step's progress is written (besides the first and last)
 
 
 class Worker:
@@ -130,8 +131,16 @@ class Worker:
         request = generation_request(generation, spec["inputs"])
         cancel = threading.Event()
 
+        written = [0.0]  # when progress was last written
+
         def on_step(step: int, total: int) -> None:
-            asked = self._report(job, "decoding" if step == total else "denoising", step, total)
+            # A write is a commit (an fsync): every step of a fast model would slow it, so the first, the
+            # last and one per PROGRESS_INTERVAL_S are written; the cancel flag is read at every step.
+            now = time.monotonic()
+            if step in (1, total) or now - written[0] >= PROGRESS_INTERVAL_S:
+                self._report(job, "decoding" if step == total else "denoising", step, total)
+                written[0] = now
+            asked = job is not None and self.store.cancel_requested(job)
             if self.group:
                 asked = bool(broadcast(asked))  # every rank stops at the same step
             if asked:
@@ -144,11 +153,10 @@ class Worker:
         self._report(job, "writing")
         return write_result(result, self.results / f"{job.id}.mp4")
 
-    def _report(self, job: Job | None, stage: str, step: int | None = None, total: int | None = None) -> bool:
-        """Record progress (rank 0 only); returns whether a cancel was asked for."""
-        if job is None:
-            return False
-        return self.store.progress(job, stage, step, total)
+    def _report(self, job: Job | None, stage: str, step: int | None = None, total: int | None = None) -> None:
+        """Record progress (rank 0 only: the other ranks have no job row)."""
+        if job is not None:
+            self.store.progress(job, stage, step, total)
 
     def load(self, folder: Path, options: RuntimeOptions) -> LoadedPipeline:
         """The pipeline of ``folder`` loaded with ``options``: the one held when both match, else a fresh load."""
