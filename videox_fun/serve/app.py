@@ -378,6 +378,15 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
         return FileResponse(path, media_type="image/png" if path.suffix == ".png" else "video/mp4",
                             filename=path.name)  # fmt: skip
 
+    @app.get("/v1/generations/{job_id}/settings", tags=["generations"])
+    def get_settings(job_id: str) -> JSONResponse:
+        """The settings a finished job was made with (the result's sidecar JSON)."""
+        job = find(job_id)
+        sidecar = Path(job.result).with_suffix(".json") if job.status == DONE and job.result else None
+        if sidecar is None or not sidecar.is_file():
+            raise RequestError("id", f"job {job_id} has no settings record (status {job.status})", status=409)
+        return JSONResponse(json.loads(sidecar.read_text()))
+
     @app.get("/v1/generations/{job_id}/events", tags=["generations"], response_class=StreamingResponse)
     async def job_events(job_id: str, request: Request) -> StreamingResponse:
         """Server-sent events: one ``progress`` event per change of status, stage or step, then ``end``."""

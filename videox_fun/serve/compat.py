@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .jobs import GenerationIn, LoraIn, RequestError
+from .jobs import GenerationIn, LoraIn, RequestError, size_from_reference
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -102,15 +102,10 @@ def loras_of(fields: InferForwardIn) -> list[LoraIn]:
 
 
 def reference_size(fields: InferForwardIn, inputs: dict[str, str]) -> tuple[int, int]:
-    """VideoX-Fun's "Resize according to Reference": the bucket size of ``base_resolution``^2 pixels nearest
-    to the aspect ratio of the start image (else the video, else the control video)."""
-    from ..io.video import read_video
-    from ..training.data.buckets import bucket_sizes, closest_size
-
+    """The size "Resize according to Reference" picks from the start image (else the video, else the control)."""
     for name in ("image", "video", "control_video"):
         if name in inputs:
-            frame = read_video(inputs[name], num_frames=1)  # (1, H, W, 3)
-            return closest_size(frame.shape[1], frame.shape[2], bucket_sizes(fields.base_resolution))
+            return size_from_reference(inputs[name], fields.base_resolution)
     raise RequestError(
         "resize_method", f"{RESIZE_BY_REFERENCE!r} needs a start_image, validation_video or control_video"
     )

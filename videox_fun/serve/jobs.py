@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..api import SEED_RANGE, GenerationRequest, RuntimeOptions, check_request
 from ..families import INPUT_NAMES, Recognised, recognise
+from ..runtime.offload import MEMORY_MODES
 from ..runtime.options import CACHES
 
 # Suffixes for stored inputs: the decoders pick formats from content, but a suffix keeps the files readable.
@@ -100,6 +101,10 @@ class GenerationIn(BaseModel):
     cache_offload_residuals: bool = False
     cfg_skip_ratio: float = _float(0.0, ge=0, le=1)
     riflex_k: int | None = Field(None, ge=1, le=64)
+    gpu_memory_mode: Literal[MEMORY_MODES] | None = Field(  # type: ignore[valid-type]
+        None, description="default: the server's; another one reloads the model"
+    )
+    compile: bool | None = Field(None, description="torch.compile the blocks (default: the server's)")
 
 
 @dataclass
@@ -270,8 +275,10 @@ def runtime_options(spec: GenerationIn, base: RuntimeOptions, catalog: Catalog) 
     """The server's options with the job's base weights and per-job features (LoRAs, cache, RIFLEx, CFG skip)."""
     low = [lora for lora in spec.loras if lora.expert == "low"]
     high = [lora for lora in spec.loras if lora.expert == "high"]
+    load = {"gpu_memory_mode": spec.gpu_memory_mode, "compile": spec.compile}
     return dataclasses.replace(
         base,
+        **{name: value for name, value in load.items() if value is not None},
         transformer_path=catalog.lora_file(spec.base_model, "base_model") if spec.base_model else None,
         lora_path=[str(catalog.lora_file(lora.name)) for lora in low],
         lora_weight=[lora.weight for lora in low] or None,
@@ -354,3 +361,13 @@ def check_work(spec: GenerationIn, recognised: Recognised, limits: Limits) -> No
             f"width x height x frames x steps = {width}x{height}x{frames}x{steps} = {work:,} is above this "
             f"server's limit of {limits.max_work:,} (its --max-work)",
         )
+
+
+def size_from_reference(path: str | Path, base_resolution: int) -> tuple[int, int]:
+    """VideoX-Fun's "Resize according to Reference": the (height, width) of about ``base_resolution``^2
+    pixels whose aspect ratio is nearest to the reference's (its first frame)."""
+    from ..io.video import read_video
+    from ..training.data.buckets import bucket_sizes, closest_size
+
+    frame = read_video(path, num_frames=1)  # (1, H, W, 3)
+    return closest_size(frame.shape[1], frame.shape[2], bucket_sizes(base_resolution))
