@@ -3,3 +3,29 @@
 With pytest's default ``prepend`` import mode, loading this file puts ``tests/`` on ``sys.path``, so every test
 module (in any folder) can ``import helpers``, the helpers shared across folders.
 """
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from videox_fun.io.video import write_video
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A start image, a video of a red square moving right, a mask video and a control video, 64x64, 17 frames."""
+    folder = tmp_path_factory.mktemp("media")
+    frames = np.zeros((17, 64, 64, 3), np.uint8)
+    for i in range(17):
+        frames[i, 24:40, 4 + 2 * i : 20 + 2 * i] = (220, 40, 40)
+    mask = np.zeros_like(frames)
+    mask[:, 16:48, 16:48] = 255
+    edges = np.zeros_like(frames)
+    edges[:, ::8] = 255
+    return {
+        "image": write_video(frames[:1], folder / "start.png"),
+        "video": write_video(frames, folder / "video.mp4"),
+        "mask": write_video(mask, folder / "mask.mp4"),
+        "control_video": write_video(edges, folder / "control.mp4"),
+    }

@@ -380,13 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_arguments(generate)
     generate.set_defaults(handler=run_generate)
     from .benchmarks.cli import add_bench_command
-    from .toyworld.cli import add_toyworld_commands
-
     from .serve.cli import add_serve_command
+    from .toyworld.cli import add_toyworld_commands
+    from .ui.cli import add_ui_command
 
     add_calibrate_command(commands)
     add_bench_command(commands)
     add_serve_command(commands)
+    add_ui_command(commands)
 
     add_toyworld_commands(commands)
     from .training.cli import add_train_commands

@@ -9,11 +9,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import free_port
 
-from videox_fun.io.video import write_video
 from videox_fun.serve.process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,25 +38,6 @@ def start_server(tmp_path: Path) -> Iterator:
     yield start
     for server in servers:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A start image, a video of a moving square, a mask video and a control video, 64x64, 17 frames."""
-    folder = tmp_path_factory.mktemp("media")
-    frames = np.zeros((17, 64, 64, 3), np.uint8)
-    for i in range(17):
-        frames[i, 24:40, 4 + 2 * i : 20 + 2 * i] = (220, 40, 40)
-    mask = np.zeros_like(frames)
-    mask[:, 16:48, 16:48] = 255
-    edges = np.zeros_like(frames)
-    edges[:, ::8] = 255
-    return {
-        "image": write_video(frames[:1], folder / "start.png"),
-        "video": write_video(frames, folder / "video.mp4"),
-        "mask": write_video(mask, folder / "mask.mp4"),
-        "control_video": write_video(edges, folder / "control.mp4"),
-    }
 
 
 def find_postgres_bin() -> Path | None:

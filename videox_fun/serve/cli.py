@@ -13,13 +13,19 @@ from ..argparsing import DefaultsHelpFormatter
 
 def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
     """``videox-fun serve``: the REST API and its workers."""
+    parser = subparsers.add_parser(
+        "serve", help="run the generation service (REST API, job queue, workers)", formatter_class=DefaultsHelpFormatter
+    )
+    add_service_arguments(parser)
+    parser.set_defaults(handler=run_serve)
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a service: where it listens, its store, models, limits, workers and how models load."""
     from ..cli import add_device_arguments, add_parallel_arguments
     from ..runtime.offload import MEMORY_MODES
     from .app import API_KEY_ENV
 
-    parser = subparsers.add_parser(
-        "serve", help="run the generation service (REST API, job queue, workers)", formatter_class=DefaultsHelpFormatter
-    )
     web = parser.add_argument_group("service")
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     web.add_argument("--port", type=int, default=7860)
@@ -59,7 +65,6 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--fp8", choices=("plain", "scaled"), default="plain", help="fp8 kind of the *_qfloat8 modes")
     model.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     add_parallel_arguments(parser)
-    parser.set_defaults(handler=run_serve)
 
 
 def service_config(args: argparse.Namespace) -> object:

@@ -1,4 +1,4 @@
-"""``videox-fun serve`` in a subprocess: started, waited for, killed or stopped (tests and benchmarks)."""
+"""``videox-fun serve`` (or ``ui``) in a subprocess: started, waited for, killed or stopped (tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,17 @@ import httpx
 class ServerProcess:
     """A server on loopback in a subprocess, its output in a log file beside its store folder."""
 
-    def __init__(self, root: Path, *args: str, port: int, env: dict[str, str] | None = None, cwd: Path | None = None):
+    def __init__(
+        self,
+        root: Path,
+        *args: str,
+        port: int,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        command: str = "serve",
+    ) -> None:
         self.root = root
+        self.command = command  # serve, or ui (the web UI with its own service)
         self.args = list(args)
         self.port = port
         self.env = {**os.environ, **(env or {})}
@@ -34,8 +43,8 @@ class ServerProcess:
         self.root.parent.mkdir(parents=True, exist_ok=True)
         log = self.root.parent / f"{self.root.name}-server-{self.port}-{len(self.logs)}.log"
         self.logs.append(log)
-        command = [sys.executable, "-m", "videox_fun.cli", "serve", "--port", str(self.port), "--root", str(self.root),
-                   *self.args]  # fmt: skip
+        command = [sys.executable, "-m", "videox_fun.cli", self.command, "--port", str(self.port),
+                   "--root", str(self.root), *self.args]  # fmt: skip
         with log.open("w") as output:
             self.process = subprocess.Popen(
                 command, cwd=self.cwd, env=self.env, stdout=output, stderr=subprocess.STDOUT

@@ -146,6 +146,7 @@ class Worker:
             if asked:
                 cancel.set()
 
+        self._report(job, "denoising", 0, 0)  # loaded: sampling starts (the first step reports the total)
         with loaded.job_options(options):
             result = loaded.generate(request, progress=False, on_step=on_step, cancel=cancel)
         if job is None:
