@@ -6,7 +6,6 @@ with the toy-world evaluator. Screenshots go to ``artifacts/ui/`` (and to ``docs
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -62,12 +61,12 @@ def clip_files(tmp_path_factory) -> dict[str, Path]:
 
 
 def shoot(page, name: str) -> None:
-    """A screenshot as a test artefact (and in docs/ when asked)."""
+    """A full-page screenshot as a test artefact; with VIDEOX_FUN_UPDATE_SCREENSHOTS, the window's in docs/ too."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     if os.environ.get("VIDEOX_FUN_UPDATE_SCREENSHOTS"):
         DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ARTIFACTS / f"{name}.png", DOCS_IMAGES / f"ui-{name}.png")
+        page.screenshot(path=str(DOCS_IMAGES / f"ui-{name}.png"))
 
 
 def open_page(browser, url: str, width: int = 1280):
@@ -112,7 +111,9 @@ def test_t2v_i2v_and_control_from_the_page_give_judged_videos(browser, clip_file
     server = start_ui(tmp_path / "store")
     try:
         page = open_page(browser, server.url)
-        shoot(page, "t2v")
+        for mode in ("flf2v", "v2v", "inpaint", "camera", "t2v"):  # every tab, as a reader first sees it
+            page.get_by_role("tab", name=mode).click()
+            shoot(page, mode)
         page.fill("#vxf-prompt textarea", "a red circle moving right")
         video = generate_and_fetch(page, server.url, tmp_path / "t2v.mp4")
         judged = evaluate_video(video, "a red circle moving right")
