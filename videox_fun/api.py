@@ -44,6 +44,12 @@ class CancelledError(Exception):
     """A generation stopped at a step boundary because its cancel event was set."""
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether an error is an allocation failure (torch.OutOfMemoryError on a GPU, the CPU allocator's)."""
+    text = str(err)
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
+
+
 @dataclass
 class RuntimeOptions:
     """How a model is loaded and run: device, memory mode, weights, speed features, parallelism.

@@ -410,6 +410,8 @@ def run_parsed(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:
+        from .api import is_out_of_memory
+
         if not is_out_of_memory(err):
             raise
         print(f"error: out of memory ({str(err).splitlines()[0]}): try a smaller size or fewer frames, or a "
@@ -420,12 +422,6 @@ def run_parsed(args: argparse.Namespace) -> int:
 
 # Mistakes in what the user asked for: one line, exit code 2. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether an error is an allocation failure (torch.OutOfMemoryError on a GPU, the CPU allocator's)."""
-    text = str(err)
-    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
 
 
 def example_main(*modes: str) -> None:

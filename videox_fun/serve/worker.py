@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..api import CancelledError, load_pipeline, write_result
+from ..api import CancelledError, is_out_of_memory, load_pipeline, write_result
 from .jobs import Catalog, GenerationIn, generation_request, runtime_options
 from .store import CANCELLED, Job, JobStore
 
@@ -104,8 +104,6 @@ class Worker:
         except JOB_ERRORS as err:
             self.store.fail(job, f"{type(err).__name__}: {err}")
         except Exception as err:
-            from ..cli import is_out_of_memory
-
             kind = "out of memory" if is_out_of_memory(err) else f"internal error ({type(err).__name__})"
             logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
             self.store.fail(job, f"{kind}: {str(err).splitlines()[0] if str(err) else ''}")
