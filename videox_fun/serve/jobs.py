@@ -100,6 +100,7 @@ class GenerationIn(BaseModel):
     num_skip_start_steps: int | None = Field(None, ge=0, le=1_000)
     cache_offload_residuals: bool = False
     cfg_skip_ratio: float = _float(0.0, ge=0, le=1)
+    cfg_sequential: bool = Field(False, description="cond and uncond passes one after the other (less memory)")
     riflex_k: int | None = Field(None, ge=1, le=64)
     gpu_memory_mode: Literal[MEMORY_MODES] | None = Field(  # type: ignore[valid-type]
         None, description="default: the server's; another one reloads the model"
@@ -290,6 +291,7 @@ def runtime_options(spec: GenerationIn, base: RuntimeOptions, catalog: Catalog) 
         num_skip_start_steps=spec.num_skip_start_steps,
         cache_offload_residuals=spec.cache_offload_residuals,
         cfg_skip_ratio=spec.cfg_skip_ratio,
+        cfg_sequential=spec.cfg_sequential,
         riflex_k=spec.riflex_k,
     )
 
