@@ -23,6 +23,10 @@ from diffusers import (
     CogVideoXImageToVideoPipeline,
     CogVideoXTransformer3DModel,
     CogVideoXVideoToVideoPipeline,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
 )
 from diffusers import CogVideoXPipeline as DiffusersCogVideoXPipeline
 from helpers import max_diff
@@ -87,17 +91,17 @@ def as_pil(frames: torch.Tensor) -> list[Image.Image]:
 
 def run_ours(pipe: CogVideoXPipeline, sampler: str = "DDIM_Cog", **inputs) -> torch.Tensor:
     """Our final latents in the transformer's layout (1, F', C, h, w)."""
+    settings = {"num_inference_steps": STEPS} | inputs
     out = pipe(PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, num_frames=FRAMES,
-               num_inference_steps=STEPS, guidance_scale=GUIDANCE, sampler=sampler, seed=SEED, progress=False,
-               **inputs)  # fmt: skip
+               guidance_scale=GUIDANCE, sampler=sampler, seed=SEED, progress=False, **settings)  # fmt: skip
     return out.latents.permute(0, 2, 1, 3, 4)
 
 
 def run_diffusers(pipe, **inputs) -> torch.Tensor:
+    settings = {"num_inference_steps": STEPS} | inputs
     with torch.no_grad():
-        return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, num_inference_steps=STEPS,
-                    guidance_scale=GUIDANCE, output_type="latent", max_sequence_length=226,
-                    **inputs).frames  # fmt: skip
+        return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, guidance_scale=GUIDANCE,
+                    output_type="latent", max_sequence_length=226, **settings).frames  # fmt: skip
 
 
 def noise_for(pipe: CogVideoXPipeline) -> torch.Tensor:
@@ -161,3 +165,27 @@ def test_control_matches_diffusers(folders):
     control = random_video(seed=2)
     expected = run_diffusers(theirs, control_video=as_pil(control), latents=noise_for(pipe))
     check("control", run_ours(pipe, control_video=control), expected)
+
+
+OTHER_SAMPLERS = [
+    ("Euler", EulerDiscreteScheduler),
+    ("Euler A", EulerAncestralDiscreteScheduler),
+    ("DPM++", DPMSolverMultistepScheduler),
+    ("PNDM", PNDMScheduler),
+]
+
+
+@pytest.mark.parametrize(("sampler", "scheduler_class"), OTHER_SAMPLERS)
+def test_the_other_samplers_match_diffusers_step_for_step(folders, sampler, scheduler_class):
+    """VideoX-Fun's Euler, Euler A, DPM++ and PNDM on CogVideoX: diffusers' pipeline with the same scheduler
+    class (read from the same scheduler config) gives the same final latents; the stochastic ones draw
+    their per-step noise from a generator seeded SEED + 2, given to diffusers too. PNDM runs 6 steps: its
+    Runge-Kutta warm-up does not fit in 3 (diffusers' own scheduler fails there)."""
+    steps = 6 if sampler == "PNDM" else STEPS
+    pipe = ours(folders["t2v"])
+    theirs = DiffusersCogVideoXPipeline(**diffusers_components(folders["t2v"], scheduler_class))
+    generator = torch.Generator().manual_seed(SEED + 2)
+    expected = run_diffusers(
+        theirs, num_frames=FRAMES, latents=noise_for(pipe), generator=generator, num_inference_steps=steps
+    )
+    check(f"t2v {sampler}", run_ours(pipe, sampler=sampler, num_inference_steps=steps), expected)
