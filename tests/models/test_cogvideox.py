@@ -128,3 +128,26 @@ def test_a_spiece_only_tokenizer_folder_says_what_to_install(tmp_path: Path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer"}))
     with pytest.raises(ImportError, match="pip install sentencepiece protobuf"):
         load_t5_tokenizer(tmp_path)
+
+
+def test_a_released_spiece_model_tokenizer_folder_reads_as_sentencepiece_encodes(tmp_path):
+    """The released CogVideoX tokenizer/ holds spiece.model (no tokenizer.json): a small SentencePiece model
+    trained here stands in for it, and our loader gives sentencepiece's own ids plus T5's end token."""
+    import json
+    import random
+
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    from videox_fun.models.cogvideox.text_encoder import load_t5_tokenizer
+
+    words = ["a", "red", "green", "blue", "circle", "square", "triangle", "moving", "left", "right", "up", "down"]
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(8)) for _ in range(400)))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=32,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)  # fmt: skip
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 226, "extra_ids": 0}))
+    tokenizer = load_t5_tokenizer(tmp_path)
+    reference = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    for text in ("a red circle moving left", "blue triangle up"):
+        assert tokenizer(text).input_ids == [*reference.encode(text), 1]
