@@ -133,7 +133,6 @@ def test_a_spiece_only_tokenizer_folder_says_what_to_install(tmp_path: Path):
 def test_a_released_spiece_model_tokenizer_folder_reads_as_sentencepiece_encodes(tmp_path):
     """The released CogVideoX tokenizer/ holds spiece.model (no tokenizer.json): a small SentencePiece model
     trained here stands in for it, and our loader gives sentencepiece's own ids plus T5's end token."""
-    import json
     import random
 
     spm = pytest.importorskip("sentencepiece")
