@@ -1,0 +1,734 @@
+# ruff: noqa: N802, N803  (ComfyUI calls INPUT_TYPES; GPU_memory_mode is VideoX-Fun's widget name)
+"""The node classes, with VideoX-Fun's node names, sockets and widget order (so its workflows load).
+
+Every node is thin: loaders recognise a folder and return :class:`~.models.FunModels`, option
+nodes return a changed copy, samplers turn their sockets into one :class:`videox_fun.api.GenerationRequest`
+and call the library. Which mode a sampler runs is inferred by the library from the media given,
+from the family's mode table; a sampler's media sockets map onto the library's input names
+(:data:`videox_fun.families.INPUT_NAMES`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from videox_fun.api import GenerationRequest
+from videox_fun.families import get_family
+from videox_fun.runtime.offload import MEMORY_MODES
+from videox_fun.runtime.options import CACHES, DEFAULT_SKIP_START_STEPS, DEFAULT_THRESHOLDS
+
+from . import camera, host, media
+from .models import (
+    ATTENTION_TYPES,
+    MODEL_TYPES,
+    PRECISIONS,
+    FunModels,
+    StepCache,
+    config_choices,
+    generate,
+    load_fun_models,
+    model_choices,
+)
+
+host.register_model_folders()
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+FUN_MODELS = "FunModels"
+PROMPT = "STRING_PROMPT"
+RIFLEX = "RIFLEXT_ARGS"
+CAMERA_POSE = "CameraPose"
+BOOL_CHOICE = [False, True]  # VideoX-Fun's boolean widgets are two-value combos; kept so its workflows validate
+# VideoX-Fun's base_resolution choices, with small ones first for the tiny models (64x64 toy world).
+BASE_RESOLUTIONS = [64, 128, 256, 512, 640, 768, 896, 960, 1024]
+# VideoX-Fun's release names per loader (kept in the lists so its workflows validate).
+WAN_FUN_RELEASES = tuple(
+    f"Wan2.1-Fun-{v}{size}-{kind}"
+    for v in ("", "V1.1-")
+    for size in ("1.3B", "14B")
+    for kind in ("InP", "Control", *(("Control-Camera",) if v else ()))
+)
+WAN_RELEASES = ("Wan2.1-T2V-1.3B", "Wan2.1-T2V-14B", "Wan2.1-I2V-14B-480P", "Wan2.1-I2V-14B-720P")
+COGVIDEOX_FUN_RELEASES = (
+    "CogVideoX-Fun-2b-InP",
+    "CogVideoX-Fun-5b-InP",
+    *(f"CogVideoX-Fun-V1.1-{size}-{kind}" for kind in ("InP", "Pose", "Control") for size in ("2b", "5b")),
+    "CogVideoX-Fun-V1.5-5b-InP",
+)
+# VideoX-Fun's ComfyUI names of samplers that the library names otherwise.
+SAMPLER_ALIASES = {"DDIM": "DDIM_Origin"}
+CATEGORY = "VideoX-Fun"
+
+
+def memory_modes() -> tuple[list[str], dict]:
+    """The GPU_memory_mode widget (the library's modes, VideoX-Fun's names)."""
+    return list(MEMORY_MODES), {"default": "model_cpu_offload"}
+
+
+def family_samplers(family: str) -> list[str]:
+    """A family's samplers by name, plus VideoX-Fun's ComfyUI aliases of them."""
+    names = list(get_family(family).samplers)
+    return names + [alias for alias, name in SAMPLER_ALIASES.items() if name in names]
+
+
+# ------------------------------------------------------------------------------------------
+# Loaders
+# ------------------------------------------------------------------------------------------
+
+
+class LoadWanFunModel:
+    """Choose a Wan2.1-Fun model (InP, Control, Control-Camera): from ``models/Fun_Models/`` or a packaged tiny one."""
+
+    FAMILY = "wan"
+    RELEASES: ClassVar[tuple[str, ...]] = WAN_FUN_RELEASES
+    TINY_PREFIXES: ClassVar[tuple[str, ...]] = ("Wan2.1-Fun-Tiny",)
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("funmodels",)
+    FUNCTION = "loadmodel"
+    CATEGORY = f"{CATEGORY}/Wan2.1-Fun"
+
+    @classmethod
+    def model_widget(cls) -> tuple[list[str], dict]:
+        """The model list: releases on disk, the tiny models, VideoX-Fun's release names."""
+        names = model_choices(cls.RELEASES, cls.TINY_PREFIXES, cls.FAMILY)
+        return names, {"default": names[0]}
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": cls.model_widget(),
+                "model_type": (list(MODEL_TYPES), {"default": "Inpaint"}),
+                "GPU_memory_mode": memory_modes(),
+                "config": (config_choices(), {"default": "wan2.1/wan_civitai.yaml"}),
+                "precision": (list(PRECISIONS), {"default": "bf16"}),
+            }
+        }
+
+    def loadmodel(self, model: str, model_type: str, GPU_memory_mode: str, config: str, precision: str) -> tuple:
+        return (load_fun_models(model, self.FAMILY, GPU_memory_mode, precision, config, model_type),)
+
+
+class LoadWanModel:
+    """Choose a Wan2.1 model (T2V, I2V) from ``models/Fun_Models/`` (or ``Wan-AI/``), or a packaged tiny one."""
+
+    FAMILY = "wan"
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("funmodels",)
+    FUNCTION = "loadmodel"
+    CATEGORY = f"{CATEGORY}/Wan2.1"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        names = model_choices(WAN_RELEASES, ("Wan2.1-Fun-Tiny",), cls.FAMILY)
+        return {
+            "required": {
+                "model": (names, {"default": names[0]}),
+                "GPU_memory_mode": memory_modes(),
+                "config": (config_choices(), {"default": "wan2.1/wan_civitai.yaml"}),
+                "precision": (list(PRECISIONS), {"default": "bf16"}),
+            }
+        }
+
+    def loadmodel(self, model: str, GPU_memory_mode: str, config: str, precision: str) -> tuple:
+        return (load_fun_models(model, self.FAMILY, GPU_memory_mode, precision, config),)
+
+
+class LoadCogVideoXFunModel:
+    """Choose a CogVideoX-Fun model (InP, Control, Pose) from ``models/CogVideoX_Fun/`` or a built-in tiny one."""
+
+    FAMILY = "cogvideox"
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("cogvideoxfun_model",)
+    FUNCTION = "loadmodel"
+    CATEGORY = f"{CATEGORY}/CogVideoX-Fun"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        names = model_choices(COGVIDEOX_FUN_RELEASES, ("CogVideoX-Fun-Tiny",), cls.FAMILY)
+        return {
+            "required": {
+                "model": (names, {"default": names[0]}),
+                "model_type": (list(MODEL_TYPES), {"default": "Inpaint"}),
+                "GPU_memory_mode": memory_modes(),
+                "precision": (list(PRECISIONS), {"default": "fp16"}),
+            }
+        }
+
+    def loadmodel(self, model: str, model_type: str, GPU_memory_mode: str, precision: str) -> tuple:
+        return (load_fun_models(model, self.FAMILY, GPU_memory_mode, precision, None, model_type),)
+
+
+class LoadWanFunLora:
+    """Add a LoRA from ComfyUI's ``loras/`` folder (chainable); merged for each run and taken out after it."""
+
+    MODELS = "funmodels"
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("funmodels",)
+    FUNCTION = "load_lora"
+    CATEGORY = f"{CATEGORY}/Options"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                cls.MODELS: (FUN_MODELS,),
+                "lora_name": (host.lora_names(), {"default": None}),
+                "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
+                # Accepted for VideoX-Fun's workflows: every run restores the weights exactly, cached or not.
+                "lora_cache": (BOOL_CHOICE, {"default": False}),
+            }
+        }
+
+    def load_lora(self, lora_name: str, strength_model: float, lora_cache: bool, **models: FunModels) -> tuple:
+        fun_models = models[self.MODELS]
+        return (fun_models.replace(loras=(*fun_models.loras, (host.lora_path(lora_name), strength_model))),)
+
+
+class LoadWanLora(LoadWanFunLora):
+    """Add a LoRA to a Wan2.1 model (chainable)."""
+
+
+class LoadCogVideoXFunLora(LoadWanFunLora):
+    """Add a LoRA to a CogVideoX-Fun model (chainable)."""
+
+    MODELS = "cogvideoxfun_model"
+    RETURN_NAMES = ("cogvideoxfun_model",)
+
+
+# ------------------------------------------------------------------------------------------
+# Option nodes
+# ------------------------------------------------------------------------------------------
+
+
+class FunTextBox:
+    """A multi-line prompt (VideoX-Fun's STRING_PROMPT type)."""
+
+    RETURN_TYPES = (PROMPT,)
+    RETURN_NAMES = ("prompt",)
+    FUNCTION = "process"
+    CATEGORY = f"{CATEGORY}/Options"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"prompt": ("STRING", {"multiline": True, "default": ""})}}
+
+    def process(self, prompt: str) -> tuple:
+        return (prompt,)
+
+
+class FunRiflex:
+    """RIFLEx: the frame frequency index k that lets a model run longer than it was trained for (0 = off)."""
+
+    RETURN_TYPES = (RIFLEX,)
+    RETURN_NAMES = ("riflex_k",)
+    FUNCTION = "process"
+    CATEGORY = f"{CATEGORY}/Options"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"riflex_k": ("INT", {"default": 6, "min": 0, "max": 10086})}}
+
+    def process(self, riflex_k: int) -> tuple:
+        return (riflex_k,)
+
+
+class FunCompile:
+    """Compile the transformer blocks with torch.compile (the model loads again with compile on)."""
+
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("funmodels",)
+    FUNCTION = "compile"
+    CATEGORY = f"{CATEGORY}/Options"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "cache_size_limit": ("INT", {"default": 64, "min": 0, "max": 10086}),
+                "funmodels": (FUN_MODELS,),
+            }
+        }
+
+    def compile(self, cache_size_limit: int, funmodels: FunModels) -> tuple:
+        return (funmodels.with_load_options(compile=True).replace(compile_cache_size_limit=cache_size_limit),)
+
+
+class FunAttention:
+    """Choose the attention kernel (flash-attn, SageAttention or PyTorch SDPA) for the runs of this model."""
+
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("funmodels",)
+    FUNCTION = "funattention"
+    CATEGORY = f"{CATEGORY}/Options"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "attention_type": (list(ATTENTION_TYPES), {"default": "flash"}),
+                "funmodels": (FUN_MODELS,),
+            }
+        }
+
+    def funattention(self, attention_type: str, funmodels: FunModels) -> tuple:
+        from videox_fun.models.attention import resolve_backend
+
+        backend = ATTENTION_TYPES[attention_type]
+        resolve_backend(backend)  # fails here, naming what to install, when the kernel cannot run
+        return (funmodels.with_load_options(attention=backend),)
+
+
+class FunStepCache:
+    """A step cache (TeaCache or first-block cache) for every sampler run of this model; it overrides the
+    samplers' TeaCache widgets."""
+
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("funmodels",)
+    FUNCTION = "process"
+    CATEGORY = f"{CATEGORY}/Options"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "funmodels": (FUN_MODELS,),
+                "cache": (list(CACHES), {"default": "teacache"}),
+                "threshold": (
+                    "FLOAT",
+                    {"default": DEFAULT_THRESHOLDS["teacache"], "min": 0.0, "max": 1.0, "step": 0.005},
+                ),
+                "num_skip_start_steps": ("INT", {"default": DEFAULT_SKIP_START_STEPS, "min": 0, "max": 50}),
+                "offload": (BOOL_CHOICE, {"default": False}),
+            }
+        }
+
+    def process(self, funmodels: FunModels, cache: str, threshold: float, num_skip_start_steps: int,
+                offload: bool) -> tuple:  # fmt: skip
+        return (funmodels.replace(step_cache=StepCache(cache, threshold, num_skip_start_steps, offload)),)
+
+
+# ------------------------------------------------------------------------------------------
+# Samplers
+# ------------------------------------------------------------------------------------------
+
+
+class FunSampler:
+    """The shared sampler: subclasses choose the family, the widgets and the media sockets.
+
+    The widgets come in VideoX-Fun's order (UI-format workflows give them by position).
+    """
+
+    FAMILY = "wan"
+    MODELS = "funmodels"
+    SIZE = "width_height"  # or "base_resolution"
+    VIDEO_LENGTH: ClassVar[dict] = {"default": 81, "min": 5, "max": 161, "step": 4}
+    DEFAULT_SIZE = (480, 832)  # (height, width)
+    DEFAULT_BASE_RESOLUTION = 640
+    DEFAULT_SCHEDULER = "Flow"
+    STRENGTH = False  # a denoise_strength widget (video to video)
+    SHIFT = True
+    TEACACHE = True
+    # Optional media sockets -> (library input name, kind: image / video / mask / camera).
+    MEDIA: ClassVar[dict[str, tuple[str, str]]] = {}
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "process"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        required: dict[str, Any] = {cls.MODELS: (FUN_MODELS,), "prompt": (PROMPT,), "negative_prompt": (PROMPT,)}
+        required["video_length"] = ("INT", dict(cls.VIDEO_LENGTH))
+        if cls.SIZE == "width_height":
+            height, width = cls.DEFAULT_SIZE
+            required["width"] = ("INT", {"default": width, "min": 64, "max": 2048, "step": 16})
+            required["height"] = ("INT", {"default": height, "min": 64, "max": 2048, "step": 16})
+            required["is_image"] = (BOOL_CHOICE, {"default": False})
+        else:
+            required["base_resolution"] = (BASE_RESOLUTIONS, {"default": cls.DEFAULT_BASE_RESOLUTION})
+        required["seed"] = ("INT", {"default": 43, "min": 0, "max": SEED_MAX})
+        required["steps"] = ("INT", {"default": 50, "min": 1, "max": 200, "step": 1})
+        required["cfg"] = ("FLOAT", {"default": 6.0, "min": 1.0, "max": 20.0, "step": 0.01})
+        if cls.STRENGTH:
+            required["denoise_strength"] = ("FLOAT", {"default": 1.0, "min": 0.05, "max": 1.0, "step": 0.01})
+        required["scheduler"] = (family_samplers(cls.FAMILY), {"default": cls.DEFAULT_SCHEDULER})
+        if cls.SHIFT:
+            required["shift"] = ("INT", {"default": 5, "min": 1, "max": 100, "step": 1})
+        if cls.TEACACHE:
+            required |= {
+                "teacache_threshold": ("FLOAT", {"default": 0.10, "min": 0.0, "max": 1.0, "step": 0.005}),
+                "enable_teacache": (BOOL_CHOICE, {"default": True}),
+                "num_skip_start_steps": ("INT", {"default": 5, "min": 0, "max": 50, "step": 1}),
+                "teacache_offload": (BOOL_CHOICE, {"default": True}),
+                "cfg_skip_ratio": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            }
+        optional: dict[str, Any] = {socket: media_socket(kind) for socket, (_, kind) in cls.MEDIA.items()}
+        if cls.TEACACHE:
+            optional["riflex_k"] = (RIFLEX,)
+        return {"required": required, "optional": optional}
+
+    def process(self, **kwargs: Any) -> tuple:
+        """Generate: the sockets as one request, the TeaCache widgets as a step cache; frames out as IMAGE."""
+        models: FunModels = kwargs[self.MODELS]
+        if models.family != self.FAMILY:
+            raise ValueError(f"{type(self).__name__} runs {self.FAMILY} models; this one is {models.family}")
+        inputs = self.media_inputs(kwargs)
+        height, width, frames = self.size(models, kwargs, inputs)
+        request = GenerationRequest(
+            prompt=kwargs["prompt"],
+            negative_prompt=kwargs["negative_prompt"],
+            height=height,
+            width=width,
+            num_frames=frames,
+            steps=kwargs["steps"],
+            guidance_scale=kwargs["cfg"],
+            shift=kwargs.get("shift"),
+            sampler=SAMPLER_ALIASES.get(kwargs["scheduler"], kwargs["scheduler"]),
+            seed=kwargs["seed"],
+            strength=kwargs.get("denoise_strength", 1.0),
+            **inputs,
+        )
+        cache = None
+        if kwargs.get("enable_teacache"):
+            cache = StepCache("teacache", kwargs["teacache_threshold"], kwargs["num_skip_start_steps"],
+                              bool(kwargs["teacache_offload"]))  # fmt: skip
+        result = generate(models, request, cache, kwargs.get("riflex_k") or 0, kwargs.get("cfg_skip_ratio", 0.0))
+        return (media.frames_to_image(result.frames),)
+
+    def media_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The given media sockets as the library's inputs (uint8 frames, a mask video, a trajectory file)."""
+        inputs: dict[str, Any] = {}
+        for socket, (name, kind) in self.MEDIA.items():
+            value = kwargs.get(socket)
+            if value is None or (kind == "camera" and not value):
+                continue
+            if kind == "image":
+                inputs[name] = media.image_to_frames(value, socket)[0]
+            elif kind == "video":
+                inputs[name] = media.image_to_frames(value, socket)
+            elif kind == "mask":
+                inputs[name] = media.mask_to_frames(value)
+            else:
+                inputs[name] = str(camera.trajectory_file(value, host.temp_folder()))
+        return inputs
+
+    def size(self, models: FunModels, kwargs: dict[str, Any], inputs: dict[str, Any]) -> tuple[int, int, int]:
+        """(height, width, frames): the widgets', or from base_resolution in the first given medium's aspect."""
+        frames = kwargs["video_length"]
+        if self.SIZE == "width_height":
+            return kwargs["height"], kwargs["width"], 1 if kwargs["is_image"] else frames
+        shapes = [value.shape for value in inputs.values() if isinstance(value, torch.Tensor)]
+        defaults = models.recognised.defaults
+        reference = tuple(shapes[0][-3:-1]) if shapes else (defaults.height, defaults.width)
+        multiple = models.recognised.sizes.multiple
+        height, width = media.size_for_resolution(kwargs["base_resolution"], reference, multiple)
+        return height, width, frames
+
+
+def media_socket(kind: str) -> tuple:
+    """The ComfyUI type of a media socket."""
+    if kind == "camera":
+        return ("STRING", {"forceInput": True})
+    return ("MASK",) if kind == "mask" else ("IMAGE",)
+
+
+class WanFunT2VSampler(FunSampler):
+    """Wan2.1-Fun text to video (or one image with is_image)."""
+
+    CATEGORY = f"{CATEGORY}/Wan2.1-Fun"
+
+
+class WanFunInpaintSampler(FunSampler):
+    """Wan2.1-Fun image to video: a start image, optionally an end image (text to video with neither)."""
+
+    SIZE = "base_resolution"
+    MEDIA: ClassVar[dict[str, tuple[str, str]]] = {"start_img": ("image", "image"), "end_img": ("end_image", "image")}
+    CATEGORY = f"{CATEGORY}/Wan2.1-Fun"
+
+
+class WanFunV2VSampler(FunSampler):
+    """Wan2.1-Fun video to video: a validation video (v2v; with mask_video, inpaint), a control video, or a camera
+    trajectory; a start image and a reference image where the model takes them."""
+
+    SIZE = "base_resolution"
+    STRENGTH = True
+    VIDEO_LENGTH: ClassVar[dict] = {"default": 81, "min": 1, "max": 161, "step": 4}
+    MEDIA: ClassVar[dict[str, tuple[str, str]]] = {
+        "validation_video": ("video", "video"),
+        "control_video": ("control_video", "video"),
+        "start_image": ("image", "image"),
+        "ref_image": ("ref_image", "image"),
+        "camera_conditions": ("camera", "camera"),
+        "mask_video": ("mask", "mask"),  # ours: with validation_video, the library's inpaint mode
+    }
+    CATEGORY = f"{CATEGORY}/Wan2.1-Fun"
+
+
+class WanT2VSampler(FunSampler):
+    """Wan2.1 text to video."""
+
+    CATEGORY = f"{CATEGORY}/Wan2.1"
+
+
+class WanI2VSampler(FunSampler):
+    """Wan2.1 image to video from a start image."""
+
+    SIZE = "base_resolution"
+    MEDIA: ClassVar[dict[str, tuple[str, str]]] = {"start_img": ("image", "image")}
+    CATEGORY = f"{CATEGORY}/Wan2.1"
+
+
+class CogVideoXFunT2VSampler(FunSampler):
+    """CogVideoX-Fun text to video."""
+
+    FAMILY = "cogvideox"
+    MODELS = "cogvideoxfun_model"
+    VIDEO_LENGTH: ClassVar[dict] = {"default": 49, "min": 5, "max": 85, "step": 4}
+    DEFAULT_SIZE = (576, 1008)
+    DEFAULT_SCHEDULER = "DDIM"
+    SHIFT = False
+    TEACACHE = False
+    CATEGORY = f"{CATEGORY}/CogVideoX-Fun"
+
+
+class CogVideoXFunInpaintSampler(CogVideoXFunT2VSampler):
+    """CogVideoX-Fun image to video: a start image and optionally an end image."""
+
+    SIZE = "base_resolution"
+    DEFAULT_BASE_RESOLUTION = 768
+    MEDIA: ClassVar[dict[str, tuple[str, str]]] = WanFunInpaintSampler.MEDIA
+
+
+class CogVideoXFunV2VSampler(CogVideoXFunInpaintSampler):
+    """CogVideoX-Fun video to video (validation video; with mask_video, inpaint) or control video."""
+
+    STRENGTH = True
+    MEDIA: ClassVar[dict[str, tuple[str, str]]] = {
+        "validation_video": ("video", "video"),
+        "control_video": ("control_video", "video"),
+        "mask_video": ("mask", "mask"),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Camera, preprocessors, toy-world media
+# ------------------------------------------------------------------------------------------
+
+
+class CameraBasicFromChaoJie:
+    """A preset camera motion (pan, zoom, roll) over video_length frames, speed times as far."""
+
+    RETURN_TYPES = (CAMERA_POSE,)
+    FUNCTION = "run"
+    CATEGORY = f"{CATEGORY}/Camera"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "camera_pose": (list(camera.CAMERA_PRESETS), {"default": "Static"}),
+                "speed": ("FLOAT", {"default": 1.0}),
+                "video_length": ("INT", {"default": 16}),
+            }
+        }
+
+    def run(self, camera_pose: str, speed: float, video_length: int) -> tuple:
+        return (camera.preset_motion(camera_pose, speed, video_length),)
+
+
+class CameraCombineFromChaoJie:
+    """Up to four preset motions done at once."""
+
+    RETURN_TYPES = (CAMERA_POSE,)
+    FUNCTION = "run"
+    CATEGORY = f"{CATEGORY}/Camera"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        preset = (list(camera.CAMERA_PRESETS), {"default": "Static"})
+        poses = {f"camera_pose{i}": preset for i in range(1, 5)}
+        return {"required": {**poses, "speed": ("FLOAT", {"default": 1.0}), "video_length": ("INT", {"default": 16})}}
+
+    def run(self, camera_pose1: str, camera_pose2: str, camera_pose3: str, camera_pose4: str, speed: float,
+            video_length: int) -> tuple:  # fmt: skip
+        names = (camera_pose1, camera_pose2, camera_pose3, camera_pose4)
+        return (camera.combine_motions([camera.preset_motion(n, speed, video_length) for n in names]),)
+
+
+class CameraJoinFromChaoJie:
+    """One motion after another."""
+
+    RETURN_TYPES = (CAMERA_POSE,)
+    FUNCTION = "run"
+    CATEGORY = f"{CATEGORY}/Camera"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"camera_pose1": (CAMERA_POSE,), "camera_pose2": (CAMERA_POSE,)}}
+
+    def run(self, camera_pose1: torch.Tensor, camera_pose2: torch.Tensor) -> tuple:
+        return (camera.join_motions(camera_pose1, camera_pose2),)
+
+
+class CameraTrajectoryFromChaoJie:
+    """A motion with intrinsics as the trajectory string WanFunV2VSampler's camera_conditions reads."""
+
+    RETURN_TYPES = ("STRING", "INT")
+    RETURN_NAMES = ("camera_trajectory", "video_length")
+    FUNCTION = "run"
+    CATEGORY = f"{CATEGORY}/Camera"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        fine = {"min": 0, "max": 1, "step": 0.000000001}
+        return {
+            "required": {
+                "camera_pose": (CAMERA_POSE,),
+                "fx": ("FLOAT", {"default": 0.474812461, **fine}),
+                "fy": ("FLOAT", {"default": 0.844111024, **fine}),
+                "cx": ("FLOAT", {"default": 0.5, "min": 0, "max": 1, "step": 0.01}),
+                "cy": ("FLOAT", {"default": 0.5, "min": 0, "max": 1, "step": 0.01}),
+            }
+        }
+
+    def run(self, camera_pose: torch.Tensor, fx: float, fy: float, cx: float, cy: float) -> tuple:
+        return (camera.motion_to_trajectory(camera_pose, fx, fy, cx, cy), len(camera_pose))
+
+
+class ImageToCanny:
+    """Canny edges of the first image of a batch (white edges on black), for control models."""
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    FUNCTION = "process"
+    CATEGORY = f"{CATEGORY}/Preprocessors"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "input_image": ("IMAGE",),
+                "low_threshold": ("INT", {"default": 100, "min": 0, "max": 255, "step": 1}),
+                "high_threshold": ("INT", {"default": 200, "min": 0, "max": 255, "step": 1}),
+            }
+        }
+
+    def process(self, input_image: torch.Tensor, low_threshold: int, high_threshold: int) -> tuple:
+        return (canny(input_image[:1], low_threshold, high_threshold),)
+
+
+class VideoToCanny:
+    """Canny edges of every frame of a video (its first video_length frames), for control models."""
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "process"
+    CATEGORY = f"{CATEGORY}/Preprocessors"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "input_video": ("IMAGE",),
+                "low_threshold": ("INT", {"default": 100, "min": 0, "max": 255, "step": 1}),
+                "high_threshold": ("INT", {"default": 200, "min": 0, "max": 255, "step": 1}),
+                "video_length": ("INT", {"default": 81, "min": 1, "max": 81, "step": 4}),
+            }
+        }
+
+    def process(self, input_video: torch.Tensor, low_threshold: int, high_threshold: int, video_length: int) -> tuple:
+        return (canny(input_video[:video_length], low_threshold, high_threshold),)
+
+
+def canny(images: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """Canny edge maps of an IMAGE batch (the toy world's edge maker, so control videos match training)."""
+    from videox_fun.toyworld.render import canny_control
+
+    edges = canny_control(media.image_to_frames(images).numpy(), (low, high))
+    return media.frames_to_image(torch.from_numpy(edges))
+
+
+class FunToyWorldClip:
+    """A clip of the toy world the packaged tiny models were trained on, from its caption: the frames, their
+    Canny control video, a generate mask and the first frame (so the example workflows need no input files)."""
+
+    RETURN_TYPES = ("IMAGE", "IMAGE", "MASK", "IMAGE")
+    RETURN_NAMES = ("video", "control_video", "mask", "first_frame")
+    FUNCTION = "render"
+    CATEGORY = f"{CATEGORY}/Toy world"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        from videox_fun.toyworld.render import INPAINT_MASKS
+
+        return {
+            "required": {
+                "caption": ("STRING", {"default": "a red square moving right"}),
+                "width": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16}),
+                "height": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16}),
+                "video_length": ("INT", {"default": 17, "min": 1, "max": 161}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                "mask": (list(INPAINT_MASKS), {"default": "shape"}),
+            }
+        }
+
+    def render(self, caption: str, width: int, height: int, video_length: int, seed: int, mask: str) -> tuple:
+        from videox_fun.toyworld.render import render_clip
+
+        clip = render_clip(caption, (height, width), video_length, seed=seed)
+        frames = media.frames_to_image(torch.from_numpy(clip.frames))
+        control = media.frames_to_image(torch.from_numpy(clip.control))
+        return frames, control, media.frames_to_mask(torch.from_numpy(clip.masks[mask])), frames[:1]
+
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        FunTextBox,
+        FunRiflex,
+        FunCompile,
+        FunAttention,
+        FunStepCache,
+        LoadWanFunModel,
+        LoadWanFunLora,
+        WanFunT2VSampler,
+        WanFunInpaintSampler,
+        WanFunV2VSampler,
+        LoadWanModel,
+        LoadWanLora,
+        WanT2VSampler,
+        WanI2VSampler,
+        LoadCogVideoXFunModel,
+        LoadCogVideoXFunLora,
+        CogVideoXFunT2VSampler,
+        CogVideoXFunInpaintSampler,
+        CogVideoXFunV2VSampler,
+        CameraBasicFromChaoJie,
+        CameraTrajectoryFromChaoJie,
+        CameraJoinFromChaoJie,
+        CameraCombineFromChaoJie,
+        ImageToCanny,
+        VideoToCanny,
+        FunToyWorldClip,
+    )
+}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "FunStepCache": "Fun Step Cache (TeaCache / first-block)",
+    "LoadWanFunModel": "Load Wan-Fun Model",
+    "LoadWanFunLora": "Load Wan-Fun Lora",
+    "WanFunT2VSampler": "Wan-Fun Sampler for Text to Video",
+    "WanFunInpaintSampler": "Wan-Fun Sampler for Image to Video",
+    "WanFunV2VSampler": "Wan-Fun Sampler for Video to Video",
+    "LoadWanModel": "Load Wan Model",
+    "LoadWanLora": "Load Wan Lora",
+    "WanT2VSampler": "Wan Sampler for Text to Video",
+    "WanI2VSampler": "Wan Sampler for Image to Video",
+    "LoadCogVideoXFunModel": "Load CogVideoX-Fun Model",
+    "LoadCogVideoXFunLora": "Load CogVideoX-Fun Lora",
+    "CogVideoXFunT2VSampler": "CogVideoX-Fun Sampler for Text to Video",
+    "CogVideoXFunInpaintSampler": "CogVideoX-Fun Sampler for Image to Video",
+    "CogVideoXFunV2VSampler": "CogVideoX-Fun Sampler for Video to Video",
+    "FunToyWorldClip": "Fun Toy-World Clip (test media)",
+}
