@@ -670,7 +670,7 @@ class FunToyWorldClip:
                 "height": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16}),
                 "video_length": ("INT", {"default": 17, "min": 1, "max": 161}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
-                "mask": (list(INPAINT_MASKS), {"default": "shape"}),
+                "mask": (list(INPAINT_MASKS), {"default": "box"}),
             }
         }
 
