@@ -102,7 +102,11 @@ def step_reporter(node_id: str | None = None) -> Callable[[int, int], None]:
 
     def on_step(step: int, total: int) -> None:
         if mm is not None:
-            mm.throw_exception_if_processing_interrupted()
+            try:
+                mm.throw_exception_if_processing_interrupted()
+            except Exception:  # ComfyUI's InterruptProcessingException: say where the run stopped
+                logger.info("videox_fun: interrupted after step %d of %d", step, total)
+                raise
         if utils is not None:
             bar = bars.setdefault(total, utils.ProgressBar(total, node_id=node_id))
             bar.update_absolute(step, total)

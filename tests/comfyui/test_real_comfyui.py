@@ -1,0 +1,243 @@
+"""The node pack inside a real ComfyUI, started headless on the CPU (needs ``COMFY_ROOT``, see docs/comfyui.md).
+
+The project must be installed into ComfyUI's own venv (``$COMFY_ROOT/venv/bin/pip install -e <repo>``), as
+its users do; the repository is linked into ``custom_nodes/`` here when it is not already.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from videox_fun.io.video import read_video
+from videox_fun.toyworld.evaluate import evaluate_video
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "comfyui" / "workflows").glob("*_api.json"))
+T2V = REPO / "comfyui" / "workflows" / "wan2.1_fun_tiny_t2v_api.json"
+T2V_CAPTION = "a red square moving right"
+STEPS = 200  # the long run that is interrupted (the widget's maximum)
+ROOT = Path(os.environ.get("COMFY_ROOT", "")) if os.environ.get("COMFY_ROOT") else None
+
+
+def comfy_root() -> Path:
+    """COMFY_ROOT, or a skip that says why this test cannot run here."""
+    if ROOT is None:
+        pytest.skip("COMFY_ROOT is not set: build ComfyUI with ../shared/comfyui/setup.sh and point COMFY_ROOT at it")
+    python = ROOT / "venv" / "bin" / "python"
+    if not (ROOT / "ComfyUI" / "main.py").is_file() or not python.is_file():
+        pytest.skip(f"COMFY_ROOT={ROOT} holds no built ComfyUI (ComfyUI/main.py and venv/)")
+    found = subprocess.run([python, "-c", "import videox_fun"], capture_output=True, cwd=ROOT)
+    if found.returncode != 0:
+        pytest.skip(f"videox_fun is not installed in ComfyUI's venv: {python.parent}/pip install -e {REPO}")
+    return ROOT
+
+
+def link_pack(root: Path) -> None:
+    """custom_nodes/videox_fun -> this repository (made when missing; a link elsewhere is an error)."""
+    link = root / "ComfyUI" / "custom_nodes" / "videox_fun"
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(REPO)
+    assert link.resolve() == REPO, f"{link} points at {link.resolve()}, not this repository"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Comfy:
+    """A ComfyUI server process on a free port, with its log and output folder."""
+
+    def __init__(self, root: Path, folder: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.output = folder / "output"
+        self.log = folder / "server.log"
+        args = ["--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch"]
+        args += ["--output-directory", str(self.output), "--temp-directory", str(folder)]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [root / "venv" / "bin" / "python", "main.py", *args],
+                cwd=root / "ComfyUI", stdout=log, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        self.started = time.monotonic()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        while time.monotonic() - self.started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                self.get("/system_stats")
+                self.ready_after = time.monotonic() - self.started
+                return
+            except OSError:
+                time.sleep(0.25)
+        raise TimeoutError(f"ComfyUI did not answer within {timeout} s")
+
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, object]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def get(self, path: str) -> object:
+        return self.request("GET", path)[1]
+
+    def submit(self, workflow: dict, client_id: str | None = None) -> str:
+        status, answer = self.request("POST", "/prompt", {"prompt": workflow, "client_id": client_id or "test"})
+        assert status == 200, f"POST /prompt: {status} {json.dumps(answer, indent=1)[:3000]}"
+        return answer["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
+                return entry
+            time.sleep(0.2)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
+    root = comfy_root()
+    link_pack(root)
+    server = Comfy(root, tmp_path_factory.mktemp("comfyui"))
+    print(f"\nComfyUI ready after {server.ready_after:.1f} s on port {server.port}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def error_of(entry: dict) -> str:
+    for kind, details in entry["status"].get("messages", []):
+        if kind == "execution_error":
+            return f"{details['node_type']}: {details['exception_message']}\n{''.join(details['traceback'])}"
+    return json.dumps(entry["status"])
+
+
+def output_files(comfy: Comfy, entry: dict) -> list[Path]:
+    files = []
+    for output in entry["outputs"].values():
+        for item in output.get("images", []):
+            files.append(comfy.output / item.get("subfolder", "") / item["filename"])
+    return files
+
+
+def test_pack_loads_without_import_error(comfy: Comfy) -> None:
+    log = comfy.log.read_text()
+    assert "custom_nodes/videox_fun" in log, "ComfyUI did not try the pack"
+    bad = [
+        line for line in log.splitlines() if ("IMPORT FAILED" in line or "Cannot import" in line) and "videox" in line
+    ]
+    assert not bad, bad
+
+
+def test_every_node_in_object_info(comfy: Comfy) -> None:
+    import importlib
+    import sys
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    ours = importlib.import_module("comfyui.nodes").NODE_CLASS_MAPPINGS
+    info = comfy.get("/object_info")
+    missing = sorted(set(ours) - set(info))
+    assert not missing, missing
+    print(f"\n{len(ours)} nodes of the pack in /object_info ({len(info)} node types in all)")
+    sampler = info["WanFunT2VSampler"]["input"]["required"]
+    assert "Wan2.1-Fun-Tiny-InP" in info["LoadWanFunModel"]["input"]["required"]["model"][0]
+    assert list(sampler)[:4] == ["funmodels", "prompt", "negative_prompt", "video_length"]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name.removesuffix("_api.json") for p in WORKFLOWS])
+def test_example_workflow_writes_its_video(comfy: Comfy, path: Path) -> None:
+    workflow = json.loads(path.read_text())
+    started = time.monotonic()
+    entry = comfy.wait(comfy.submit(workflow))
+    assert entry["status"]["status_str"] == "success", error_of(entry)
+    files = output_files(comfy, entry)
+    assert files and all(f.is_file() for f in files), files
+    frames = read_video(files[0])
+    sampler = next(node for node in workflow.values() if node["class_type"].endswith("Sampler"))
+    assert frames.shape[0] > 1 and frames.shape[1:] == (64, 64, 3), frames.shape
+    print(f"\n{path.name}: {files[0].name} {tuple(frames.shape)} in {time.monotonic() - started:.1f} s")
+    if path == T2V:
+        verdict = evaluate_video(files[0], T2V_CAPTION)
+        print("t2v judged:", {k: verdict[k] for k in ("colour", "shape", "direction", "persistence")})
+        assert verdict["colour_ok"], verdict
+    assert sampler["inputs"]["steps"] >= 1
+
+
+def test_interrupt_stops_within_a_step(comfy: Comfy) -> None:
+    """POST /interrupt during a long run: the run ends as interrupted, at most one step after the interrupt."""
+    from websockets.sync.client import connect
+
+    workflow = json.loads(T2V.read_text())
+    sampler = next(node for node in workflow.values() if node["class_type"] == "WanFunT2VSampler")
+    # Steps long enough to time (256 px), and a new seed: ComfyUI would reuse a cached result.
+    sampler["inputs"].update(steps=STEPS, width=256, height=256, seed=int(time.time()))
+    client = uuid.uuid4().hex
+    with connect(f"ws://127.0.0.1:{comfy.port}/ws?clientId={client}") as ws:
+        prompt_id = comfy.submit(workflow, client)
+        steps: list[tuple[float, int]] = []
+        while len(steps) < 4:
+            message = ws.recv(timeout=120)
+            if isinstance(message, str) and json.loads(message)["type"] == "progress":
+                steps.append((time.monotonic(), json.loads(message)["data"]["value"]))
+        at_interrupt = steps[-1][1]
+        interrupted = time.monotonic()
+        comfy.request("POST", "/interrupt")
+        last = at_interrupt
+        while True:
+            data = json.loads(message) if isinstance(message := ws.recv(timeout=120), str) else {}
+            if data.get("type") == "progress":
+                last = data["data"]["value"]
+            if data.get("type") in ("execution_interrupted", "execution_error", "execution_success"):
+                break
+    latency = time.monotonic() - interrupted
+    stopped = re.findall(r"videox_fun: interrupted after step (\d+) of", comfy.log.read_text())
+    assert stopped, "the pack did not log where the run stopped"
+    step_time = statistics.median(b[0] - a[0] for a, b in itertools.pairwise(steps))
+    print(
+        f"\ninterrupt at step {at_interrupt}/{STEPS} (last progress {last}), the run stopped after step {stopped[-1]}, "
+        f"stopped after {latency:.2f} s (a step {step_time:.2f} s)"
+    )
+    assert data["type"] == "execution_interrupted", data
+    assert last < STEPS and last <= at_interrupt + 2, (
+        at_interrupt,
+        last,
+    )  # the step in flight, and one whose message raced ours
+    assert latency < 2 * step_time + 1.0
+    assert comfy.wait(prompt_id)["status"]["status_str"] == "error"  # ComfyUI records an interrupted run so
