@@ -43,10 +43,13 @@ def browser():
         browser.close()
 
 
-def start_ui(root: Path) -> ServerProcess:
-    """``videox-fun ui`` on a free port with its own service and store at ``root``."""
-    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    return ServerProcess(root, "--device", "cpu", port=free_port(), env=threads, cwd=REPO, command="ui").start()
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+
+
+def start_ui(root: Path, *args: str, ready_path: str = "/healthz") -> ServerProcess:
+    """``videox-fun ui`` on a free port: with its own service and store at ``root``, or over ``--api-url``."""
+    return ServerProcess(root, "--device", "cpu", *args, port=free_port(), env=THREADS, cwd=REPO, command="ui",
+                         ready_path=ready_path).start()  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +205,23 @@ def test_the_page_fits_a_phone_and_generates_there(browser, tmp_path):
         assert page.locator("#vxf-generate").is_visible() and time.monotonic() - started < 5
     finally:
         server.stop()
+
+
+def test_the_page_drives_a_remote_service_and_offers_example_images(browser, tmp_path):
+    """``--api-url``: the page runs no model; its job is the remote service's, listed by that API."""
+    service = ServerProcess(tmp_path / "service", "--device", "cpu", port=free_port(), env=THREADS, cwd=REPO).start()
+    page_server = start_ui(tmp_path / "unused", "--api-url", service.url, ready_path="/")
+    try:
+        page = open_page(browser, page_server.url)
+        page.get_by_role("tab", name="i2v").click()
+        page.locator("#vxf-examples tr.tr-body").first.click()
+        page.wait_for_selector("#vxf-i2v-image img")
+        assert page.input_value("#vxf-prompt textarea")  # the example's caption came with its image
+        video = generate_and_fetch(page, page_server.url, tmp_path / "remote.mp4")
+        jobs = httpx.get(f"{service.url}/v1/generations", timeout=30).json()["items"]
+        assert [(job["status"], job["mode"]) for job in jobs] == [("done", "i2v")]
+        assert evaluate_video(video, page.input_value("#vxf-prompt textarea"))["colour_ok"]
+        assert not (tmp_path / "unused").exists()  # the page started no service of its own
+    finally:
+        page_server.stop()
+        service.stop()

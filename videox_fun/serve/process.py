@@ -23,9 +23,11 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         command: str = "serve",
+        ready_path: str = "/healthz",
     ) -> None:
         self.root = root
         self.command = command  # serve, or ui (the web UI with its own service)
+        self.ready_path = ready_path  # answers 200 once the server is up (a remote-service UI has no /healthz)
         self.args = list(args)
         self.port = port
         self.env = {**os.environ, **(env or {})}
@@ -39,7 +41,7 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 120) -> ServerProcess:
-        """Start the server and wait until ``/healthz`` answers (raises with its log if it exits or hangs)."""
+        """Start the server and wait until its ready path answers (raises with its log if it exits or hangs)."""
         self.root.parent.mkdir(parents=True, exist_ok=True)
         log = self.root.parent / f"{self.root.name}-server-{self.port}-{len(self.logs)}.log"
         self.logs.append(log)
@@ -54,7 +56,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -39,6 +39,7 @@ LABELS = {
     "ref_image": "Reference image",
     "camera": "Camera path file",
 }
+EXAMPLE_CAPTIONS = ("a red circle moving right", "a blue square moving down", "a yellow triangle moving left")
 CSS = """
 .vxf-progress { border: 1px solid var(--border-color-primary); border-radius: 6px; height: 22px; position: relative;
   overflow: hidden; }
@@ -126,9 +127,10 @@ class UI:
         try:
             names, loras, default = self.model_choices()
         except ServiceError as err:
-            return gr.update(), gr.update(), gr.update(), error_html(str(err))
+            return gr.update(), gr.update(), gr.update(), gr.update(), error_html(str(err))
         return (
             gr.update(choices=names, value=default),
+            gr.update(choices=loras),
             gr.update(choices=loras),
             gr.update(choices=["none", *loras]),
             "",
@@ -216,7 +218,10 @@ class UI:
             spec["num_skip_start_steps"] = int(named["num_skip_start_steps"])
         if named["riflex_k"]:
             spec["riflex_k"] = int(named["riflex_k"])
-        spec["loras"] = [{"name": name, "weight": float(named["lora_weight"])} for name in named["loras"] or []]
+        spec["loras"] = [{"name": name, "weight": float(named["lora_weight"])} for name in named["loras"] or []] + [
+            {"name": name, "weight": float(named["lora_high_weight"]), "expert": "high"}
+            for name in named["loras_high"] or []
+        ]
         if named["base_model"] and named["base_model"] != "none":
             spec["base_model"] = named["base_model"]
         files: dict[str, Path] = {}
@@ -241,7 +246,8 @@ class UI:
 
     def value_names(self) -> list[str]:
         """The names of the values the Generate handler receives, in order."""
-        common = ["prompt", "negative_prompt", "model", "loras", "lora_weight", "base_model", "sampler", "steps",
+        common = ["prompt", "negative_prompt", "model", "loras", "lora_weight", "loras_high", "lora_high_weight",
+                  "base_model", "sampler", "steps",
                   "guidance", "seed", "size_by", "width", "height", "base_resolution", "frames", "fps", "is_image",
                   "cache", "cache_threshold", "num_skip_start_steps", "cfg_skip_ratio", "riflex_k",
                   "gpu_memory_mode", "compile"]  # fmt: skip
@@ -274,6 +280,9 @@ class UI:
                 components["base_model"] = gr.Dropdown(["none"], value="none", label="Base model weights")
                 components["loras"] = gr.Dropdown([], multiselect=True, label="LoRAs")
                 components["lora_weight"] = gr.Slider(0, 2, value=0.55, step=0.05, label="LoRA weight")
+            with gr.Accordion("Wan2.2 A14B: LoRAs of the high-noise expert", open=False), gr.Row():
+                components["loras_high"] = gr.Dropdown([], multiselect=True, label="High-noise expert's LoRAs")
+                components["lora_high_weight"] = gr.Slider(0, 2, value=0.55, step=0.05, label="Their weight")
             components["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="vxf-prompt")
             components["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1)
             mode = gr.State("t2v")
@@ -332,7 +341,8 @@ class UI:
             dice.click(lambda: random.randrange(2**31), None, components["seed"])
             defaults = [components[n] for n in ("sampler", "steps", "guidance", "width", "height", "frames", "fps")]
             components["model"].change(self.on_model, components["model"], [*defaults, model_note])
-            model_lists = [components["model"], components["loras"], components["base_model"], error]
+            model_lists = [components["model"], components["loras"], components["loras_high"], components["base_model"],
+                           error]  # fmt: skip
             refresh.click(self.refresh_models, None, model_lists)
             page.load(self.refresh_models, None, model_lists).then(
                 self.on_model, components["model"], [*defaults, model_note]
@@ -341,7 +351,8 @@ class UI:
         return page
 
     def _mode_inputs(self, mode: str, reads: tuple[str, ...], components: dict, trajectories: dict) -> None:
-        """The input components of one mode's tab."""
+        """The input components of one mode's tab (the start-image tab offers example images)."""
+        examples: list = []
         with gr.Row():
             for name in reads:
                 key = f"{mode}.{name}"
@@ -349,6 +360,8 @@ class UI:
                 elem = f"vxf-{mode}-{name.replace('_', '-')}"
                 if name in IMAGE_INPUTS:
                     components[key] = gr.Image(type="filepath", label=label, elem_id=elem)
+                    if name == "image" and mode == "i2v":
+                        examples.append(components[key])
                 elif name == "camera":
                     components[f"{mode}.camera_preset"] = gr.Dropdown(sorted(trajectories), value="pan_left",
                                                                       label="Camera path")  # fmt: skip
@@ -357,6 +370,21 @@ class UI:
                     components[key] = gr.Video(label=label, elem_id=elem, sources=["upload"])
         if "video" in reads:
             components[f"{mode}.strength"] = gr.Slider(0.1, 1.0, value=0.7, step=0.05, label="Denoise strength")
+        if examples:
+            gr.Examples(self.example_images(), [examples[0], components["prompt"]], label="Example start images",
+                        elem_id="vxf-examples")  # fmt: skip
+
+    def example_images(self) -> list[list[str]]:
+        """Start frames of toy-world clips with their captions (rendered here: nothing is downloaded)."""
+        from ..io.video import write_video
+        from ..toyworld.render import render_clip
+
+        rows = []
+        for index, text in enumerate(EXAMPLE_CAPTIONS):
+            clip = render_clip(text, seed=index)
+            path = write_video(clip.frames[:1], self.cache / "examples" / f"{index}.png")
+            rows.append([str(path), clip.caption])
+        return rows
 
 
 assert set(LABELS) == set(INPUT_NAMES), "every input of the mode tables needs a label"
