@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ class FunModels:
 
     recognised: Recognised
     options: RuntimeOptions  # load options only (no per-job features)
-    loras: tuple[tuple[str, float], ...] = ()
+    loras: tuple[tuple[str, float], ...] = ()  # (path, strength): the low-noise expert's of a two-expert model
+    loras_high: tuple[tuple[str, float], ...] = ()  # the high-noise expert's (Wan2.2 A14B; LoadWan2_2Lora)
     step_cache: StepCache | None = None  # set by FunStepCache: overrides the sampler's TeaCache widgets
     compile_cache_size_limit: int | None = None
 
@@ -151,15 +153,19 @@ def load_fun_models(
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"  # the repository's config/ (VideoX-Fun's names)
 
 
+# VideoX-Fun's config names that the repository's config/ spells otherwise (kept so its workflows validate).
+CONFIG_ALIASES = {"wan2.2/wan_civitai_5b.yaml": "wan2.2/wan_civitai_ti2v_5b.yaml"}
+
+
 def config_choices() -> list[str]:
     """``auto`` and the model YAMLs under the repository's ``config/`` by VideoX-Fun's names (``wan2.1/...``)."""
     found = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.glob("*/*.yaml") if p.parent.name != "accelerate")
-    return ["auto", *found]
+    return ["auto", *found, *(alias for alias, name in CONFIG_ALIASES.items() if name in found)]
 
 
 def config_file(name: str) -> Path:
     """A config widget value as a file."""
-    path = CONFIG_DIR / name
+    path = CONFIG_DIR / CONFIG_ALIASES.get(name, name)
     if not path.is_file():
         raise FileNotFoundError(f"config {name}: no such file under {CONFIG_DIR}")
     return path
@@ -191,6 +197,10 @@ def release_pipeline() -> None:
 def job_options(models: FunModels, loaded: LoadedPipeline, step_cache: StepCache | None, riflex_k: int,
                 cfg_skip_ratio: float) -> RuntimeOptions:  # fmt: skip
     """The per-job options of one sampler run: the chain's LoRAs, a step cache, RIFLEx, CFG skip."""
+    loras_high = models.loras_high
+    if loras_high and len(loaded.pipe.transformers) == 1:  # as VideoX-Fun's nodes: no high-noise expert, no LoRA
+        logger.warning("high-noise LoRAs ignored: %s has one transformer, not two experts", loaded.folder.name)
+        loras_high = ()
     cache = models.step_cache or step_cache
     if cache is not None and cache.kind == "teacache" and not has_teacache_coefficients(loaded):
         logger.warning("TeaCache off: no coefficients for %s (run `videox-fun calibrate-cache`)", loaded.folder.name)
@@ -207,6 +217,8 @@ def job_options(models: FunModels, loaded: LoadedPipeline, step_cache: StepCache
         models.options,
         lora_path=[path for path, _ in models.loras],
         lora_weight=[weight for _, weight in models.loras] or None,
+        lora_high_path=[path for path, _ in loras_high],
+        lora_high_weight=[weight for _, weight in loras_high] or None,
         riflex_k=riflex_k if riflex_k > 0 else None,
         cfg_skip_ratio=cfg_skip_ratio,
         **cache_fields,
@@ -233,8 +245,12 @@ def generate(
     riflex_k: int = 0,
     cfg_skip_ratio: float = 0.0,
     on_step: Callable[[int, int], None] | None = None,
+    boundary: float | None = None,
 ) -> Any:
-    """One generation with the held pipeline and this run's per-job options; returns the library's result."""
+    """One generation with the held pipeline and this run's per-job options; returns the library's result.
+
+    ``boundary``: the Wan2.2 samplers' widget, where a two-expert model hands over to its low-noise expert.
+    """
     from videox_fun.models.attention import attention_backend
 
     with _HELD.lock:  # one run at a time on the held pipeline (ComfyUI runs one prompt at a time anyway)
@@ -242,5 +258,27 @@ def generate(
         loaded = held_pipeline(models)
         options = job_options(models, loaded, step_cache, riflex_k, cfg_skip_ratio)
         # The attention backend is process-wide in the library: set it for this run (FunAttention may change it).
-        with attention_backend(models.options.attention), loaded.job_options(options):
+        with (
+            attention_backend(models.options.attention),
+            loaded.job_options(options),
+            expert_boundary(loaded, boundary),
+        ):
             return loaded.generate(request, progress=False, on_step=on_step or host.step_reporter())
+
+
+@contextmanager
+def expert_boundary(loaded: LoadedPipeline, boundary: float | None) -> Iterator[None]:
+    """Run with the experts switching at ``boundary`` (a share of the 1000 train timesteps), then put back the
+    folder's own: the library reads it from the model config, VideoX-Fun's Wan2.2 samplers per run. A model
+    with one transformer has no boundary and ignores the widget, as VideoX-Fun's nodes do."""
+    pipe = loaded.pipe
+    if boundary is None or len(pipe.transformers) == 1:
+        yield
+        return
+    if not 0.0 <= boundary <= 1.0:
+        raise ValueError(f"boundary must be in [0, 1], got {boundary}")
+    folder_boundary, pipe.boundary = pipe.boundary, boundary
+    try:
+        yield
+    finally:
+        pipe.boundary = folder_boundary

@@ -1,4 +1,4 @@
-# ruff: noqa: N802, N803  (ComfyUI calls INPUT_TYPES; GPU_memory_mode is VideoX-Fun's widget name)
+# ruff: noqa: N801, N802, N803  (VideoX-Fun's node names (Wan2_2...), ComfyUI's INPUT_TYPES, its GPU_memory_mode widget)
 """The node classes, with VideoX-Fun's node names, sockets and widget order (so its workflows load).
 
 Every node is thin: loaders recognise a folder and return :class:`~.models.FunModels`, option
@@ -50,6 +50,10 @@ WAN_FUN_RELEASES = tuple(
     for kind in ("InP", "Control", *(("Control-Camera",) if v else ()))
 )
 WAN_RELEASES = ("Wan2.1-T2V-1.3B", "Wan2.1-T2V-14B", "Wan2.1-I2V-14B-480P", "Wan2.1-I2V-14B-720P")
+WAN22_RELEASES = ("Wan2.2-T2V-A14B", "Wan2.2-I2V-A14B", "Wan2.2-TI2V-5B")
+WAN22_FUN_RELEASES = tuple(
+    f"Wan2.2-Fun-{size}-{kind}" for size in ("A14B", "5B") for kind in ("InP", "Control", "Control-Camera")
+)
 COGVIDEOX_FUN_RELEASES = (
     "CogVideoX-Fun-2b-InP",
     "CogVideoX-Fun-5b-InP",
@@ -78,11 +82,18 @@ def family_samplers(family: str) -> list[str]:
 
 
 class LoadWanFunModel:
-    """Choose a Wan2.1-Fun model (InP, Control, Control-Camera): from ``models/Fun_Models/`` or a packaged tiny one."""
+    """Choose a Wan2.1-Fun model (InP, Control, Control-Camera): from ``models/Fun_Models/`` or a packaged tiny one.
+
+    The Wan loaders differ only in their class attributes: the release names offered, the widgets' defaults,
+    and whether they have a model_type widget (VideoX-Fun's Wan2.1 / Wan2.2 loaders have none).
+    """
 
     FAMILY = "wan"
     RELEASES: ClassVar[tuple[str, ...]] = WAN_FUN_RELEASES
     TINY_PREFIXES: ClassVar[tuple[str, ...]] = ("Wan2.1-Fun-Tiny",)
+    MODEL_TYPE = True
+    DEFAULT_CONFIG = "wan2.1/wan_civitai.yaml"
+    DEFAULT_PRECISION = "bf16"
     RETURN_TYPES = (FUN_MODELS,)
     RETURN_NAMES = ("funmodels",)
     FUNCTION = "loadmodel"
@@ -96,43 +107,45 @@ class LoadWanFunModel:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "model": cls.model_widget(),
-                "model_type": (list(MODEL_TYPES), {"default": "Inpaint"}),
-                "GPU_memory_mode": memory_modes(),
-                "config": (config_choices(), {"default": "wan2.1/wan_civitai.yaml"}),
-                "precision": (list(PRECISIONS), {"default": "bf16"}),
-            }
-        }
+        required: dict[str, tuple] = {"model": cls.model_widget()}
+        if cls.MODEL_TYPE:
+            required["model_type"] = (list(MODEL_TYPES), {"default": "Inpaint"})
+        required["GPU_memory_mode"] = memory_modes()
+        required["config"] = (config_choices(), {"default": cls.DEFAULT_CONFIG})
+        required["precision"] = (list(PRECISIONS), {"default": cls.DEFAULT_PRECISION})
+        return {"required": required}
 
-    def loadmodel(self, model: str, model_type: str, GPU_memory_mode: str, config: str, precision: str) -> tuple:
+    def loadmodel(self, model: str, GPU_memory_mode: str, config: str, precision: str,
+                  model_type: str | None = None) -> tuple:  # fmt: skip
         return (load_fun_models(model, self.FAMILY, GPU_memory_mode, precision, config, model_type),)
 
 
-class LoadWanModel:
+class LoadWan2_2FunModel(LoadWanFunModel):
+    """Choose a Wan2.2-Fun model (A14B: two experts, or 5B; InP, Control, Control-Camera) from
+    ``models/Fun_Models/`` or a packaged tiny one."""
+
+    RELEASES: ClassVar[tuple[str, ...]] = WAN22_FUN_RELEASES
+    DEFAULT_CONFIG = "wan2.2/wan_civitai_i2v.yaml"
+    DEFAULT_PRECISION = "fp16"  # VideoX-Fun's Wan2.2 loaders' default
+    CATEGORY = f"{CATEGORY}/Wan2.2-Fun"
+
+
+class LoadWanModel(LoadWanFunModel):
     """Choose a Wan2.1 model (T2V, I2V) from ``models/Fun_Models/`` (or ``Wan-AI/``), or a packaged tiny one."""
 
-    FAMILY = "wan"
-    RETURN_TYPES = (FUN_MODELS,)
-    RETURN_NAMES = ("funmodels",)
-    FUNCTION = "loadmodel"
+    RELEASES: ClassVar[tuple[str, ...]] = WAN_RELEASES
+    MODEL_TYPE = False
     CATEGORY = f"{CATEGORY}/Wan2.1"
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        names = model_choices(WAN_RELEASES, ("Wan2.1-Fun-Tiny",), cls.FAMILY)
-        return {
-            "required": {
-                "model": (names, {"default": names[0]}),
-                "GPU_memory_mode": memory_modes(),
-                "config": (config_choices(), {"default": "wan2.1/wan_civitai.yaml"}),
-                "precision": (list(PRECISIONS), {"default": "bf16"}),
-            }
-        }
 
-    def loadmodel(self, model: str, GPU_memory_mode: str, config: str, precision: str) -> tuple:
-        return (load_fun_models(model, self.FAMILY, GPU_memory_mode, precision, config),)
+class LoadWan2_2Model(LoadWanModel):
+    """Choose a Wan2.2 model (T2V-A14B, I2V-A14B: two experts; TI2V-5B) from ``models/Fun_Models/`` (or
+    ``Wan-AI/``), or a packaged tiny one."""
+
+    RELEASES: ClassVar[tuple[str, ...]] = WAN22_RELEASES
+    DEFAULT_CONFIG = "wan2.2/wan_civitai_t2v.yaml"
+    DEFAULT_PRECISION = "fp16"
+    CATEGORY = f"{CATEGORY}/Wan2.2"
 
 
 class LoadCogVideoXFunModel:
@@ -181,13 +194,44 @@ class LoadWanFunLora:
             }
         }
 
-    def load_lora(self, lora_name: str, strength_model: float, lora_cache: bool, **models: FunModels) -> tuple:
+    def load_lora(self, lora_name: str | None, strength_model: float, lora_cache: bool, **models: FunModels) -> tuple:
         fun_models = models[self.MODELS]
+        if not lora_name:  # an empty loras/ folder: the chain goes on unchanged, as in VideoX-Fun
+            return (fun_models,)
         return (fun_models.replace(loras=(*fun_models.loras, (host.lora_path(lora_name), strength_model))),)
 
 
 class LoadWanLora(LoadWanFunLora):
     """Add a LoRA to a Wan2.1 model (chainable)."""
+
+
+class LoadWan2_2Lora(LoadWanFunLora):
+    """Add a LoRA pair to a Wan2.2 model (chainable): lora_name for the low-noise expert (or the one transformer),
+    lora_high_name for the high-noise expert of a two-expert model, both at strength_model."""
+
+    CATEGORY = f"{CATEGORY}/Wan2.2"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        required = dict(super().INPUT_TYPES()["required"])
+        names = list(required)
+        names.insert(names.index("lora_name") + 1, "lora_high_name")  # VideoX-Fun's widget order
+        required["lora_high_name"] = (host.lora_names(), {"default": None})
+        return {"required": {name: required[name] for name in names}}
+
+    def load_lora(self, lora_name: str | None, strength_model: float, lora_cache: bool,
+                  lora_high_name: str | None = None, **models: FunModels) -> tuple:  # fmt: skip
+        (fun_models,) = super().load_lora(lora_name, strength_model, lora_cache, **models)
+        if lora_high_name:
+            high = (*fun_models.loras_high, (host.lora_path(lora_high_name), strength_model))
+            fun_models = fun_models.replace(loras_high=high)
+        return (fun_models,)
+
+
+class LoadWan2_2FunLora(LoadWan2_2Lora):
+    """Add a LoRA pair to a Wan2.2-Fun model (chainable): low-noise expert and high-noise expert."""
+
+    CATEGORY = f"{CATEGORY}/Wan2.2-Fun"
 
 
 class LoadCogVideoXFunLora(LoadWanFunLora):
@@ -329,6 +373,7 @@ class FunSampler:
     DEFAULT_SCHEDULER = "Flow"
     STRENGTH = False  # a denoise_strength widget (video to video)
     SHIFT = True
+    BOUNDARY: float | None = None  # the Wan2.2 samplers' boundary widget default (two-expert models)
     TEACACHE = True
     # Optional media sockets -> (library input name, kind: image / video / mask / camera).
     MEDIA: ClassVar[dict[str, tuple[str, str]]] = {}
@@ -356,6 +401,8 @@ class FunSampler:
         required["scheduler"] = (family_samplers(cls.FAMILY), {"default": cls.DEFAULT_SCHEDULER})
         if cls.SHIFT:
             required["shift"] = ("INT", {"default": 5, "min": 1, "max": 100, "step": 1})
+        if cls.BOUNDARY is not None:
+            required["boundary"] = ("FLOAT", {"default": cls.BOUNDARY, "min": 0.0, "max": 1.0, "step": 0.001})
         if cls.TEACACHE:
             required |= {
                 "teacache_threshold": ("FLOAT", {"default": 0.10, "min": 0.0, "max": 1.0, "step": 0.005}),
@@ -394,7 +441,8 @@ class FunSampler:
         if kwargs.get("enable_teacache"):
             cache = StepCache("teacache", kwargs["teacache_threshold"], kwargs["num_skip_start_steps"],
                               bool(kwargs["teacache_offload"]))  # fmt: skip
-        result = generate(models, request, cache, kwargs.get("riflex_k") or 0, kwargs.get("cfg_skip_ratio", 0.0))
+        result = generate(models, request, cache, kwargs.get("riflex_k") or 0, kwargs.get("cfg_skip_ratio", 0.0),
+                          boundary=kwargs.get("boundary"))  # fmt: skip
         return (media.frames_to_image(result.frames),)
 
     def media_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -478,6 +526,51 @@ class WanI2VSampler(FunSampler):
     SIZE = "base_resolution"
     MEDIA: ClassVar[dict[str, tuple[str, str]]] = {"start_img": ("image", "image")}
     CATEGORY = f"{CATEGORY}/Wan2.1"
+
+
+class Wan2_2T2VSampler(WanT2VSampler):
+    """Wan2.2 text to video; boundary: where a two-expert model (A14B) hands over to its low-noise expert."""
+
+    BOUNDARY = 0.875
+    CATEGORY = f"{CATEGORY}/Wan2.2"
+
+
+class Wan2_2I2VSampler(WanI2VSampler):
+    """Wan2.2 image to video from a start image (boundary as in Wan2_2T2VSampler)."""
+
+    BOUNDARY = 0.900
+    CATEGORY = f"{CATEGORY}/Wan2.2"
+
+
+class Wan2_2FunT2VSampler(WanFunT2VSampler):
+    """Wan2.2-Fun text to video (boundary as in Wan2_2T2VSampler)."""
+
+    BOUNDARY = 0.875
+    CATEGORY = f"{CATEGORY}/Wan2.2-Fun"
+
+
+class Wan2_2FunInpaintSampler(WanFunInpaintSampler):
+    """Wan2.2-Fun image to video: a start image, optionally an end image (boundary as in Wan2_2T2VSampler)."""
+
+    BOUNDARY = 0.900
+    CATEGORY = f"{CATEGORY}/Wan2.2-Fun"
+
+
+class Wan2_2FunV2VSampler(WanFunV2VSampler):
+    """Wan2.2-Fun video to video, control or camera, as WanFunV2VSampler, plus an end image (boundary as in
+    Wan2_2T2VSampler)."""
+
+    BOUNDARY = 0.900
+    MEDIA: ClassVar[dict[str, tuple[str, str]]] = {
+        "validation_video": ("video", "video"),
+        "control_video": ("control_video", "video"),
+        "start_image": ("image", "image"),
+        "end_image": ("end_image", "image"),
+        "ref_image": ("ref_image", "image"),
+        "camera_conditions": ("camera", "camera"),
+        "mask_video": ("mask", "mask"),  # ours, as in WanFunV2VSampler
+    }
+    CATEGORY = f"{CATEGORY}/Wan2.2-Fun"
 
 
 class CogVideoXFunT2VSampler(FunSampler):
@@ -700,6 +793,15 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
         LoadWanLora,
         WanT2VSampler,
         WanI2VSampler,
+        LoadWan2_2Model,
+        LoadWan2_2Lora,
+        Wan2_2T2VSampler,
+        Wan2_2I2VSampler,
+        LoadWan2_2FunModel,
+        LoadWan2_2FunLora,
+        Wan2_2FunT2VSampler,
+        Wan2_2FunInpaintSampler,
+        Wan2_2FunV2VSampler,
         LoadCogVideoXFunModel,
         LoadCogVideoXFunLora,
         CogVideoXFunT2VSampler,
@@ -725,6 +827,15 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "LoadWanLora": "Load Wan Lora",
     "WanT2VSampler": "Wan Sampler for Text to Video",
     "WanI2VSampler": "Wan Sampler for Image to Video",
+    "LoadWan2_2Model": "Load Wan2.2 Model",
+    "LoadWan2_2Lora": "Load Wan2.2 Lora",
+    "Wan2_2T2VSampler": "Wan2.2 Sampler for Text to Video",
+    "Wan2_2I2VSampler": "Wan2.2 Sampler for Image to Video",
+    "LoadWan2_2FunModel": "Load Wan2.2 Fun Model",
+    "LoadWan2_2FunLora": "Load Wan2.2 Fun Lora",
+    "Wan2_2FunT2VSampler": "Wan2.2 Fun Sampler for Text to Video",
+    "Wan2_2FunInpaintSampler": "Wan2.2 Fun Sampler for Image to Video",
+    "Wan2_2FunV2VSampler": "Wan2.2 Fun Sampler for Video to Video",
     "LoadCogVideoXFunModel": "Load CogVideoX-Fun Model",
     "LoadCogVideoXFunLora": "Load CogVideoX-Fun Lora",
     "CogVideoXFunT2VSampler": "CogVideoX-Fun Sampler for Text to Video",

@@ -23,6 +23,7 @@ if str(REPO) not in sys.path:  # the pack is the repository's top-level ``comfyu
 pack = importlib.import_module("comfyui.nodes")
 media = importlib.import_module("comfyui.media")
 camera = importlib.import_module("comfyui.camera")
+pack_models = importlib.import_module("comfyui.models")
 NODES = pack.NODE_CLASS_MAPPINGS
 LINK_TYPES = {"IMAGE", "MASK", "STRING_PROMPT", "FunModels", "RIFLEXT_ARGS", "CameraPose"}
 
@@ -62,6 +63,32 @@ VIDEOX_FUN_I2V = [
         [("images", "IMAGE")],
     ),
 ]
+
+# VideoX-Fun's Wan2.2 and Wan2.2-Fun nodes (aigc-apps/VideoX-Fun at 804a425, comfyui/wan2_2/nodes.py and
+# comfyui/wan2_2_fun/nodes.py), written down as facts: required inputs in order, optional inputs in order.
+_T2V_22 = ["funmodels", "prompt", "negative_prompt", "video_length", "width", "height", "is_image", "seed", "steps",
+           "cfg", "scheduler", "shift", "boundary"]  # fmt: skip
+_TEACACHE = ["teacache_threshold", "enable_teacache", "num_skip_start_steps", "teacache_offload", "cfg_skip_ratio"]
+_BASE_22 = ["funmodels", "prompt", "negative_prompt", "video_length", "base_resolution", "seed", "steps", "cfg"]
+_FLOW_22 = ["scheduler", "shift", "boundary", *_TEACACHE]
+_LORA_22 = ["funmodels", "lora_name", "lora_high_name", "strength_model", "lora_cache"]
+VIDEOX_FUN_WAN22 = {
+    "LoadWan2_2Model": (["model", "GPU_memory_mode", "config", "precision"], []),
+    "LoadWan2_2Lora": (_LORA_22, []),
+    "Wan2_2T2VSampler": ([*_T2V_22, *_TEACACHE], ["riflex_k"]),
+    "Wan2_2I2VSampler": ([*_BASE_22, *_FLOW_22], ["start_img", "riflex_k"]),
+    "LoadWan2_2FunModel": (["model", "model_type", "GPU_memory_mode", "config", "precision"], []),
+    "LoadWan2_2FunLora": (_LORA_22, []),
+    "Wan2_2FunT2VSampler": ([*_T2V_22, *_TEACACHE], ["riflex_k"]),
+    "Wan2_2FunInpaintSampler": ([*_BASE_22, *_FLOW_22], ["start_img", "end_img", "riflex_k"]),
+    "Wan2_2FunV2VSampler": (
+        [*_BASE_22, "denoise_strength", *_FLOW_22],
+        ["validation_video", "control_video", "start_image", "end_image", "ref_image", "camera_conditions", "riflex_k"],
+    ),
+}
+# Their boundary defaults (the released A14B values: 0.875 for T2V, 0.900 for I2V / Fun).
+WAN22_BOUNDARIES = {"Wan2_2T2VSampler": 0.875, "Wan2_2FunT2VSampler": 0.875, "Wan2_2I2VSampler": 0.9,
+                    "Wan2_2FunInpaintSampler": 0.9, "Wan2_2FunV2VSampler": 0.9}  # fmt: skip
 
 
 def all_inputs(cls: type) -> dict[str, tuple]:
@@ -270,9 +297,9 @@ def tiny_t2v(models: object, steps: int, frames: int) -> torch.Tensor:
 def test_real_tiny_generation_with_progress_and_interrupt(monkeypatch: pytest.MonkeyPatch) -> None:
     """The packaged tiny model through the node functions: 2 steps, 5 frames, a sane red video; the progress bar
     moves at every step; an interrupt stops the run after the step in progress."""
-    (models,) = pack.LoadWanFunModel().loadmodel("Wan2.1-Fun-Tiny-InP", "Inpaint", "model_full_load", "auto", "fp32")
+    (models,) = pack.LoadWanFunModel().loadmodel("Wan2.1-Fun-Tiny-InP", "model_full_load", "auto", "fp32", "Inpaint")
     with pytest.raises(ValueError, match="model_type Control"):
-        pack.LoadWanFunModel().loadmodel("Wan2.1-Fun-Tiny-InP", "Control", "model_full_load", "auto", "fp32")
+        pack.LoadWanFunModel().loadmodel("Wan2.1-Fun-Tiny-InP", "model_full_load", "auto", "fp32", "Control")
     seen = install_fake_comfy(monkeypatch, interrupt_after=None)
     images = tiny_t2v(models, steps=2, frames=5)
     assert images.shape == (5, 64, 64, 3) and images.dtype == torch.float32
@@ -285,3 +312,77 @@ def test_real_tiny_generation_with_progress_and_interrupt(monkeypatch: pytest.Mo
     with pytest.raises(sys.modules["comfy.model_management"].Interrupted):
         tiny_t2v(models, steps=10, frames=5)
     assert seen[-1] == (2, 10)  # stopped right after the step that saw the interrupt
+
+
+@pytest.mark.parametrize("name", sorted(VIDEOX_FUN_WAN22))
+def test_wan22_nodes_have_videox_funs_sockets(name: str) -> None:
+    required, optional = VIDEOX_FUN_WAN22[name]
+    spec = NODES[name].INPUT_TYPES()
+    assert list(spec["required"]) == required
+    ours = [socket for socket in spec.get("optional", {}) if socket in optional]  # ours may add sockets (mask_video)
+    assert ours == optional
+    if name in WAN22_BOUNDARIES:
+        assert spec["required"]["boundary"][1]["default"] == WAN22_BOUNDARIES[name]
+    # VideoX-Fun's config name for the 5B models validates (our config/ spells it wan_civitai_ti2v_5b.yaml).
+    if "config" in spec["required"]:
+        assert "wan2.2/wan_civitai_5b.yaml" in spec["required"]["config"][0]
+
+
+def trained_lora(model: torch.nn.Module, path: Path) -> Path:
+    """A LoRA file for ``model`` with random (non-zero) weights, in the library's format."""
+    import copy
+
+    from videox_fun.training.lora import add_lora, save_lora_file
+
+    adapted = copy.deepcopy(model)
+    add_lora(adapted, rank=4, alpha=8.0, targets=("q", "k", "v", "o"))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for param in adapted.parameters():
+            if param.requires_grad:
+                param.normal_(0, 0.1)
+    return save_lora_file(adapted.state_dict(), path, rank=4, alpha=8.0)
+
+
+def test_wan22_two_expert_tiny_run_with_boundary_and_high_noise_lora(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny two-expert (A14B-style) folder through the Wan2.2 nodes: it is offered by the loader, the boundary
+    widget chooses the experts for the run and the folder's own comes back after, a high-noise LoRA from
+    LoadWan2_2Lora changes the video and is taken out after the run."""
+    from videox_fun.models.wan.tiny import build_tiny_model_folder
+    from videox_fun.pipelines.wan import WanPipeline
+
+    models_dir = tmp_path / "models"
+    folder = build_tiny_model_folder(models_dir / "Wan2.2-Tiny-A14B", "t2v", boundary=0.875)
+    monkeypatch.setenv("VIDEOX_FUN_MODELS", str(models_dir))
+    assert "Wan2.2-Tiny-A14B" in pack.LoadWan2_2Model.INPUT_TYPES()["required"]["model"][0]
+    (models,) = pack.LoadWan2_2Model().loadmodel("Wan2.2-Tiny-A14B", "model_full_load", "auto", "fp32")
+    install_fake_comfy(monkeypatch, interrupt_after=None)
+
+    def run(fun_models: object, boundary: float) -> torch.Tensor:
+        (images,) = pack.Wan2_2T2VSampler().process(
+            funmodels=fun_models, prompt="a red circle moving right", negative_prompt="", video_length=5, width=32,
+            height=32, is_image=False, seed=43, steps=4, cfg=2.0, scheduler="Flow", shift=3, boundary=boundary,
+            teacache_threshold=0.1, enable_teacache=False, num_skip_start_steps=1, teacache_offload=False,
+            cfg_skip_ratio=0.0,
+        )  # fmt: skip
+        assert images.shape == (5, 32, 32, 3) and torch.isfinite(images).all()
+        return images
+
+    reference = run(models, 0.875)
+    pipe = pack_models._HELD.loaded.pipe
+    assert len(pipe.transformers) == 2 and pipe.boundary == 0.875
+    only_high, only_low = run(models, 0.0), run(models, 1.0)  # every step on one expert
+    assert pipe.boundary == 0.875  # the folder's own again
+    assert not torch.equal(only_high, only_low) and not torch.equal(only_high, reference)
+    assert torch.equal(run(models, 0.875), reference)
+
+    lora = trained_lora(WanPipeline.from_pretrained(folder).transformer, tmp_path / "high.safetensors")
+    (with_lora,) = pack.LoadWan2_2Lora().load_lora(
+        lora_name=None, lora_high_name=str(lora), strength_model=1.0, lora_cache=False, funmodels=models
+    )
+    assert with_lora.loras == () and with_lora.loras_high == ((str(lora), 1.0),)
+    assert not torch.equal(run(with_lora, 0.875), reference)
+    assert torch.equal(run(models, 0.875), reference)  # the LoRA is out again
+    pack_models.release_pipeline()
