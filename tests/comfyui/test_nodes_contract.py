@@ -8,6 +8,7 @@ import inspect
 import json
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ media = importlib.import_module("comfyui.media")
 camera = importlib.import_module("comfyui.camera")
 pack_models = importlib.import_module("comfyui.models")
 NODES = pack.NODE_CLASS_MAPPINGS
+TINY_A14B = "Wan2.2-Fun-Tiny-Random-A14B-InP"  # the Wan2.2 example workflows' model: two experts, random weights
 LINK_TYPES = {"IMAGE", "MASK", "STRING_PROMPT", "FunModels", "RIFLEXT_ARGS", "CameraPose"}
 
 # VideoX-Fun's shipped Wan2.1-Fun workflows (aigc-apps/VideoX-Fun at 804a425,
@@ -89,6 +91,18 @@ VIDEOX_FUN_WAN22 = {
 # Their boundary defaults (the released A14B values: 0.875 for T2V, 0.900 for I2V / Fun).
 WAN22_BOUNDARIES = {"Wan2_2T2VSampler": 0.875, "Wan2_2FunT2VSampler": 0.875, "Wan2_2I2VSampler": 0.9,
                     "Wan2_2FunInpaintSampler": 0.9, "Wan2_2FunV2VSampler": 0.9}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_a14b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The Wan2.2 example workflows' two-expert tiny model, built here and found through $VIDEOX_FUN_MODELS."""
+    from videox_fun.models.wan.tiny import build_tiny_model_folder
+
+    models_dir = tmp_path_factory.mktemp("models")
+    folder = build_tiny_model_folder(models_dir / TINY_A14B, "inp", boundary=0.9)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VIDEOX_FUN_MODELS", str(models_dir))
+        yield folder
 
 
 def all_inputs(cls: type) -> dict[str, tuple]:
@@ -190,7 +204,7 @@ def test_videox_fun_workflow_accepted(workflow: list) -> None:
         assert list(zip(cls.RETURN_NAMES, cls.RETURN_TYPES, strict=True)) == outputs
 
 
-def test_example_workflows_use_our_sockets() -> None:
+def test_example_workflows_use_our_sockets(tiny_a14b: Path) -> None:
     """Every input an example workflow sets is a socket of its node, and every widget value validates."""
     builtin = {"CreateVideo", "SaveVideo"}
     files = sorted((REPO / "comfyui" / "workflows").glob("*_api.json"))
@@ -345,19 +359,15 @@ def trained_lora(model: torch.nn.Module, path: Path) -> Path:
 
 
 def test_wan22_two_expert_tiny_run_with_boundary_and_high_noise_lora(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_a14b: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tiny two-expert (A14B-style) folder through the Wan2.2 nodes: it is offered by the loader, the boundary
     widget chooses the experts for the run and the folder's own comes back after, a high-noise LoRA from
     LoadWan2_2Lora changes the video and is taken out after the run."""
-    from videox_fun.models.wan.tiny import build_tiny_model_folder
     from videox_fun.pipelines.wan import WanPipeline
 
-    models_dir = tmp_path / "models"
-    folder = build_tiny_model_folder(models_dir / "Wan2.2-Tiny-A14B", "t2v", boundary=0.875)
-    monkeypatch.setenv("VIDEOX_FUN_MODELS", str(models_dir))
-    assert "Wan2.2-Tiny-A14B" in pack.LoadWan2_2Model.INPUT_TYPES()["required"]["model"][0]
-    (models,) = pack.LoadWan2_2Model().loadmodel("Wan2.2-Tiny-A14B", "model_full_load", "auto", "fp32")
+    assert TINY_A14B in pack.LoadWan2_2Model.INPUT_TYPES()["required"]["model"][0]
+    (models,) = pack.LoadWan2_2Model().loadmodel(TINY_A14B, "model_full_load", "auto", "fp32")
     install_fake_comfy(monkeypatch, interrupt_after=None)
 
     def run(fun_models: object, boundary: float) -> torch.Tensor:
@@ -370,19 +380,19 @@ def test_wan22_two_expert_tiny_run_with_boundary_and_high_noise_lora(
         assert images.shape == (5, 32, 32, 3) and torch.isfinite(images).all()
         return images
 
-    reference = run(models, 0.875)
+    reference = run(models, 0.9)
     pipe = pack_models._HELD.loaded.pipe
-    assert len(pipe.transformers) == 2 and pipe.boundary == 0.875
+    assert len(pipe.transformers) == 2 and pipe.boundary == 0.9
     only_high, only_low = run(models, 0.0), run(models, 1.0)  # every step on one expert
-    assert pipe.boundary == 0.875  # the folder's own again
+    assert pipe.boundary == 0.9  # the folder's own again
     assert not torch.equal(only_high, only_low) and not torch.equal(only_high, reference)
-    assert torch.equal(run(models, 0.875), reference)
+    assert torch.equal(run(models, 0.9), reference)
 
-    lora = trained_lora(WanPipeline.from_pretrained(folder).transformer, tmp_path / "high.safetensors")
+    lora = trained_lora(WanPipeline.from_pretrained(tiny_a14b).transformer, tmp_path / "high.safetensors")
     (with_lora,) = pack.LoadWan2_2Lora().load_lora(
         lora_name=None, lora_high_name=str(lora), strength_model=1.0, lora_cache=False, funmodels=models
     )
     assert with_lora.loras == () and with_lora.loras_high == ((str(lora), 1.0),)
-    assert not torch.equal(run(with_lora, 0.875), reference)
-    assert torch.equal(run(models, 0.875), reference)  # the LoRA is out again
+    assert not torch.equal(run(with_lora, 0.9), reference)
+    assert torch.equal(run(models, 0.9), reference)  # the LoRA is out again
     pack_models.release_pipeline()

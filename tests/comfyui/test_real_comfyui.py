@@ -33,6 +33,8 @@ T2V = REPO / "comfyui" / "workflows" / "wan2.1_fun_tiny_t2v_api.json"
 T2V_CAPTION = "a red square moving right"
 STEPS = 200  # the long run that is interrupted (the widget's maximum)
 ROOT = Path(os.environ.get("COMFY_ROOT", "")) if os.environ.get("COMFY_ROOT") else None
+# The Wan2.2 example workflows' model (two experts, random weights): built for the test, as docs/comfyui.md says.
+TINY_A14B = "Wan2.2-Fun-Tiny-Random-A14B-InP"
 
 
 def comfy_root() -> Path:
@@ -65,14 +67,14 @@ def free_port() -> int:
 class Comfy:
     """A ComfyUI server process on a free port, with its log and output folder."""
 
-    def __init__(self, root: Path, folder: Path) -> None:
+    def __init__(self, root: Path, folder: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.output = folder / "output"
         self.log = folder / "server.log"
         args = ["--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch"]
         args += ["--output-directory", str(self.output), "--temp-directory", str(folder)]
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})}
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
                 [root / "venv" / "bin" / "python", "main.py", *args],
@@ -131,9 +133,13 @@ class Comfy:
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
+    from videox_fun.models.wan.tiny import build_tiny_model_folder
+
     root = comfy_root()
     link_pack(root)
-    server = Comfy(root, tmp_path_factory.mktemp("comfyui"))
+    models_dir = tmp_path_factory.mktemp("models")  # found through $VIDEOX_FUN_MODELS, as the library's models
+    build_tiny_model_folder(models_dir / TINY_A14B, "inp", boundary=0.9)
+    server = Comfy(root, tmp_path_factory.mktemp("comfyui"), {"VIDEOX_FUN_MODELS": str(models_dir)})
     print(f"\nComfyUI ready after {server.ready_after:.1f} s on port {server.port}")
     try:
         yield server
@@ -179,6 +185,31 @@ def test_every_node_in_object_info(comfy: Comfy) -> None:
     sampler = info["WanFunT2VSampler"]["input"]["required"]
     assert "Wan2.1-Fun-Tiny-InP" in info["LoadWanFunModel"]["input"]["required"]["model"][0]
     assert list(sampler)[:4] == ["funmodels", "prompt", "negative_prompt", "video_length"]
+
+
+def test_ui_workflows_are_what_comfyuis_object_info_makes_of_their_api_twins(comfy: Comfy) -> None:
+    """Every UI workflow's node types are in /object_info, the facts the pack keeps about ComfyUI's own nodes
+    match it, and converting each API workflow with ComfyUI's own /object_info gives the UI file as shipped."""
+    import importlib
+    import sys
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    fmt = importlib.import_module("comfyui.workflow_format")
+    info = comfy.get("/object_info")
+    for name, facts in fmt.BUILTIN_INFO.items():
+        for section in ("required", "optional"):
+            theirs = info[name]["input"].get(section, {})
+            assert list(theirs) == list(facts["input"].get(section, {})), (name, section, list(theirs))
+            for input_name, spec in facts["input"].get(section, {}).items():
+                assert fmt.is_widget(theirs[input_name]) == fmt.is_widget(spec), (name, input_name, theirs[input_name])
+        assert info[name]["output"] == facts["output"], (name, info[name]["output"])
+    for path in WORKFLOWS:
+        ui = json.loads(fmt.ui_path(path).read_text())
+        missing = {node["type"] for node in ui["nodes"]} - set(info)
+        assert not missing, (path.name, missing)
+        assert fmt.api_to_ui(json.loads(path.read_text()), info) == ui, fmt.ui_path(path).name
+    print(f"\n{len(WORKFLOWS)} UI workflows: node types in /object_info, same as converted with ComfyUI's own")
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name.removesuffix("_api.json") for p in WORKFLOWS])
