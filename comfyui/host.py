@@ -6,6 +6,7 @@ lazily and optionally, so the node classes import (and the contract tests run) w
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import tempfile
@@ -88,6 +89,33 @@ def free_cache() -> None:
     mm = comfy_module("comfy.model_management")
     if mm is not None:
         mm.soft_empty_cache()
+
+
+def on_unload_all_models(release: Callable[[], None]) -> None:
+    """Call ``release`` whenever ComfyUI unloads all its models, so the pipeline the pack holds goes too.
+
+    That is ``POST /free`` with ``unload_models`` or ``free_memory`` (the page's "Unload Models" / "Free model
+    and node cache"), and any node that calls ``comfy.model_management.unload_all_models()``. ComfyUI offers no
+    hook for it, so that function is wrapped: ComfyUI's own runs first, unchanged, then ``release``. Wrapping
+    again (the pack imported twice) replaces the earlier wrapper instead of stacking a second one.
+    """
+    mm = comfy_module("comfy.model_management")
+    if mm is None:
+        return
+    original = mm.unload_all_models
+    original = getattr(original, "__videox_fun_original__", original)
+
+    @functools.wraps(original)
+    def unload_all_models(*args: object, **kwargs: object) -> object:
+        result = original(*args, **kwargs)
+        try:
+            release()
+        except Exception:  # ComfyUI's unload must not fail because of the pack
+            logger.exception("videox_fun: releasing the held pipeline failed")
+        return result
+
+    unload_all_models.__videox_fun_original__ = original  # type: ignore[attr-defined]
+    mm.unload_all_models = unload_all_models
 
 
 def step_reporter(node_id: str | None = None) -> Callable[[int, int], None]:

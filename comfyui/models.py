@@ -189,9 +189,16 @@ def held_pipeline(models: FunModels) -> LoadedPipeline:
 def release_pipeline() -> None:
     """Close the held pipeline (its hooks removed, its weights dropped) and let ComfyUI free the memory."""
     if _HELD.loaded is not None:
+        logger.info("videox_fun: released the held pipeline (%s)", _HELD.loaded.folder.name)
         _HELD.loaded.close()
     _HELD.key, _HELD.loaded = None, None
     host.free_cache()
+
+
+def drop_held_pipeline() -> None:
+    """Release the held pipeline once no run uses it (what ComfyUI's unload of all models calls)."""
+    with _HELD.lock:
+        release_pipeline()
 
 
 def job_options(models: FunModels, loaded: LoadedPipeline, step_cache: StepCache | None, riflex_k: int,

@@ -27,12 +27,14 @@ from .models import (
     FunModels,
     StepCache,
     config_choices,
+    drop_held_pipeline,
     generate,
     load_fun_models,
     model_choices,
 )
 
 host.register_model_folders()
+host.on_unload_all_models(drop_held_pipeline)  # ComfyUI's "unload models" drops the pack's pipeline too
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 FUN_MODELS = "FunModels"

@@ -396,3 +396,21 @@ def test_wan22_two_expert_tiny_run_with_boundary_and_high_noise_lora(
     assert not torch.equal(run(with_lora, 0.9), reference)
     assert torch.equal(run(models, 0.9), reference)  # the LoRA is out again
     pack_models.release_pipeline()
+
+
+def test_comfyuis_unload_of_all_models_drops_the_held_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ComfyUI's unload_all_models (POST /free) runs as before, then the pack's held pipeline is closed; hooking
+    twice (the pack imported again) still calls ComfyUI's once and ours once."""
+    host = importlib.import_module("comfyui.host")
+    install_fake_comfy(monkeypatch, interrupt_after=None)
+    mm = sys.modules["comfy.model_management"]
+    unloaded: list[bool] = []
+    mm.unload_all_models = lambda: unloaded.append(True)
+    host.on_unload_all_models(pack_models.drop_held_pipeline)
+    host.on_unload_all_models(pack_models.drop_held_pipeline)
+    (models,) = pack.LoadWanFunModel().loadmodel("Wan2.1-Fun-Tiny-InP", "model_full_load", "auto", "fp32", "Inpaint")
+    tiny_t2v(models, steps=1, frames=5)
+    held = pack_models._HELD.loaded
+    assert held is not None
+    mm.unload_all_models()
+    assert unloaded == [True] and pack_models._HELD.loaded is None

@@ -272,3 +272,21 @@ def test_interrupt_stops_within_a_step(comfy: Comfy) -> None:
     )  # the step in flight, and one whose message raced ours
     assert latency < 2 * step_time + 1.0
     assert comfy.wait(prompt_id)["status"]["status_str"] == "error"  # ComfyUI records an interrupted run so
+
+
+def test_free_drops_the_held_pipeline(comfy: Comfy) -> None:
+    """POST /free with unload_models (the page's "Unload Models"): ComfyUI unloads its models and the pack closes
+    the pipeline it holds."""
+    workflow = json.loads(T2V.read_text())
+    sampler = next(node for node in workflow.values() if node["class_type"] == "WanFunT2VSampler")
+    sampler["inputs"].update(steps=2, seed=int(time.time()))  # a new seed: ComfyUI would reuse a cached result
+    assert comfy.wait(comfy.submit(workflow))["status"]["status_str"] == "success"
+    released = "videox_fun: released the held pipeline"
+    before = comfy.log.read_text().count(released)
+    status, _ = comfy.request("POST", "/free", {"unload_models": True})
+    assert status == 200
+    end = time.monotonic() + 30  # the prompt worker takes the flag between prompts (it polls about once a second)
+    while comfy.log.read_text().count(released) == before and time.monotonic() < end:
+        time.sleep(0.2)
+    assert comfy.log.read_text().count(released) == before + 1, comfy.log.read_text()[-2000:]
+    print(f"\nPOST /free released the held pipeline after {30 - (end - time.monotonic()):.1f} s")
