@@ -88,10 +88,12 @@ def test_default_shifts_are_videox_funs():
 
 
 def test_packaged_models_state_their_own_shift():
-    """The packaged toy-world models keep shift 3 (what they were measured at), written in their folders."""
+    """The packaged toy-world Wan models keep shift 3 (what they were measured at), written in their folders;
+    the CogVideoX one samples with DDIM (no flow shift) and states 0."""
     for folder in sorted((REPO / "videox_fun" / "assets" / "models").iterdir()):
         written = yaml.safe_load((folder / "videox_fun.yaml").read_text())
-        assert written["defaults"]["shift"] == 3.0, folder.name
+        expected = 0.0 if written["pipeline"] == "CogVideoX" else 3.0
+        assert written["defaults"]["shift"] == expected, folder.name
 
 
 def videox_fun_yaml(transformer: str, shift: float) -> str:
