@@ -268,7 +268,7 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
 
     app = FastAPI(
         title="videox-fun",
-        summary="Video generation jobs (Wan, CogVideoX and their Fun variants) on a durable queue",
+        summary="Video generation jobs of every registered model family, on a durable queue",
         lifespan=lifespan,
     )
     app.state.service = service
