@@ -137,3 +137,19 @@ def test_evaluate_folder_with_a_prompts_file_and_bad_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no videos"):
         evaluate_folder(tmp_path / "empty")
+
+
+def test_a_triangle_the_border_clips_is_judged_on_the_frames_where_it_is_whole():
+    """A triangle moving up out of the frame: its clipped frames fill more of their box (a circle's ratio)."""
+    clip = render_clip("a green triangle moving up", seed=7)
+    frames = clip.frames.copy()  # (F, H, W, 3)
+    whole = judge_frames(frames)
+    assert whole["shape"] == "triangle"
+    clipped = frames.copy()
+    for index in range(5, len(frames)):  # most frames: the top 8 rows of the apex pushed past the top edge
+        top = int(np.nonzero(clip.coverage[index].any(axis=1))[0][0])  # first row the shape covers
+        clipped[index] = np.roll(frames[index], -(top + 8), axis=0)
+        clipped[index, -(top + 8) :] = 0
+    assert judge_frames(clipped)["shape"] == "triangle"
+    only_clipped = clipped[5:]
+    assert judge_frames(only_clipped)["shape"] != "triangle"  # nothing whole to judge: the clipped read is all there is

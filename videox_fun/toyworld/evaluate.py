@@ -7,7 +7,10 @@ stretch its bounding box.
 
 - colour: the palette entry nearest (RGB distance) to the shape's mean colour over all frames;
 - shape: the median over frames of the fill ratio of the shape in its bounding box (square
-  near 1, circle near pi/4, triangle near 1/2), cut between those values;
+  near 1, circle near pi/4, triangle near 1/2), cut between those values, taken over the frames
+  where the shape is fully inside (its bounding box off the frame's border: a shape the border
+  clips fills more of its box, so a clipped triangle reads as a circle); over every frame that
+  has the shape only when none is fully inside;
 - direction: the dominant axis and sign of the centroid's travel from the first frames to the
   last, ``none`` when it is below 8 px;
 - persistence: the share of frames in which the shape covers at least 30 px.
@@ -93,6 +96,17 @@ def fill_ratio(mask: np.ndarray) -> float:
     return len(xs) / float((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
 
 
+def touches_border(mask: np.ndarray) -> bool:
+    """Whether a boolean ``(H, W)`` mask has a pixel on the frame's outermost rows or columns."""
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def shape_fill_ratio(shapes: Sequence[np.ndarray]) -> float:
+    """Median fill ratio of the shape masks, over those fully inside the frame when there are any."""
+    inside = [m for m in shapes if not touches_border(m)]
+    return float(np.median([fill_ratio(m) for m in inside or shapes]))
+
+
 def nearest_colour(rgb: Sequence[float]) -> str:
     """The palette name nearest to an RGB triple."""
     names = list(PALETTE)
@@ -140,7 +154,7 @@ def judge_frames(frames: np.ndarray, rules: Rules = DEFAULT_RULES) -> dict:
         return result
     pixels = np.concatenate([f[m] for f, m, ok in zip(frames, shapes, present, strict=True) if ok])  # (N, 3)
     mean_rgb = pixels.astype(np.float64).mean(axis=0)
-    ratio = float(np.median([fill_ratio(m) for m, ok in zip(shapes, present, strict=True) if ok]))
+    ratio = shape_fill_ratio([m for m, ok in zip(shapes, present, strict=True) if ok])
     points = np.asarray([p for p in track if p is not None])  # (K, 2)
     k = max(1, min(rules.edge_frames, len(points) // 4))
     dx, dy = points[-k:].mean(axis=0) - points[:k].mean(axis=0)
