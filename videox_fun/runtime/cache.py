@@ -10,6 +10,9 @@ attached comes from the model's declared extension points (:mod:`videox_fun.runt
   ``forward`` of each block of its ``_block_lists`` replaced on the instance: the first block
   decides for the step; on a skipped step every block returns its inputs unchanged and the last
   one returns them plus the cached residuals (as diffusers' ``hooks/first_block_cache.py``).
+  Sequence-parallel hooks around those blocks keep working: each rank caches the residuals of its
+  own chunk, and the decision is the same on every rank (TeaCache's indicator is computed before
+  the blocks, whole; the first-block cache measures through :func:`stack_relative_l1`).
 
 Guidance passes keep separate state: the pass's branch when one is named with
 :func:`cache_branch` (``ClassifierFreeGuidance`` names "cond" / "uncond" around sequential passes),
@@ -55,6 +58,18 @@ CALIBRATION_FILE = "cache_calibration.json"
 def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
     """mean |a - b| / mean |b|."""
     return ((current.float() - previous.float()).abs().mean() / previous.float().abs().mean().clamp(min=1e-12)).item()
+
+
+# Set on a model by a sequence-parallel hook that splits the tokens inside the block stack (block hooks,
+# CogVideoX): relative L1 of two per-rank chunks over the whole sequence, the same number on every rank,
+# so a first-block cache decides alike on all of them.
+SHARDED_RELATIVE_L1 = "_sharded_relative_l1"
+
+
+def stack_relative_l1(model: nn.Module, current: torch.Tensor, previous: torch.Tensor) -> float:
+    """:func:`relative_l1` of a stream inside ``model``'s block stack, over the whole sequence when it is split."""
+    measure = getattr(model, SHARDED_RELATIVE_L1, None)
+    return measure(current, previous) if measure is not None else relative_l1(current, previous)
 
 
 def context_key(context: torch.Tensor) -> tuple:
@@ -414,7 +429,9 @@ class FirstBlockCache(StepCache):
     """Run block 0; skip the others while its residual moved less than ``threshold`` (relative L1).
 
     On the runner seam both parts go through the wrapped runner, so a hook under this one
-    (sequence parallelism) runs them too; its gather also gives every rank the same decision.
+    (sequence parallelism) runs them too; its gather also gives every rank the same decision. Under
+    block hooks the first block's residual is this rank's chunk: :func:`stack_relative_l1` measures
+    it over the whole sequence, so every rank decides alike there too.
     """
 
     decides_after_first_block = True
@@ -428,7 +445,7 @@ class FirstBlockCache(StepCache):
     def _decide(self, state: CacheState, first_residual: torch.Tensor | None) -> bool:
         compute = self.must_compute(state) or state.previous_first_residual is None
         if not compute:
-            compute = relative_l1(first_residual, state.previous_first_residual) >= self.threshold
+            compute = stack_relative_l1(self.model, first_residual, state.previous_first_residual) >= self.threshold
         state.calls += 1
         self._record(compute)
         if compute:

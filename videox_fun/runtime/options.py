@@ -203,7 +203,6 @@ def attach_step_features(
         )
         two_experts = len(pipe.transformers) > 1
         for transformer in pipe.transformers:  # each expert skips by its own accumulated change
-            refuse_cache_under_block_hook_parallelism(transformer)
             removers.append(attach_cache(transformer, options.cache, threshold, options, folder, two_experts).remove)
         applied.update(cache=options.cache, cache_threshold=threshold, num_skip_start_steps=skip_start_steps(options))
         if options.cache == "teacache":
@@ -214,21 +213,6 @@ def attach_step_features(
             removers.append(functools.partial(remove_riflex, transformer))
         applied["riflex_k"] = options.riflex_k
     return applied
-
-
-def refuse_cache_under_block_hook_parallelism(transformer: nn.Module) -> None:
-    """Step caches and sequence parallelism combine only through a model's block runner (Wan's ``run_blocks``):
-    on a model split by block hooks (CogVideoX) the caches' block wrappers would run on each rank's
-    shard and could decide differently per rank."""
-    from . import points
-
-    if getattr(transformer, "_attention_seam", None) is None or points.block_runner(transformer) is not None:
-        return
-    if any("attend" in vars(seam) for seam in points.attention_seams(transformer)):
-        raise ValueError(
-            f"--cache with --ulysses-degree / --ring-degree is not supported on {type(transformer).__name__} "
-            "(no block runner): use one of them"
-        )
 
 
 def run_settings(options: RuntimeOptions) -> dict:

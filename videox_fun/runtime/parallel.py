@@ -45,7 +45,7 @@ from torch import nn
 from ..models.attention import attention, attention_with_lse
 from ..pipelines.guidance import ClassifierFreeGuidance, Denoiser
 from . import points
-from .cache import RunBlocks, cache_branch
+from .cache import SHARDED_RELATIVE_L1, RunBlocks, cache_branch
 from .distributed import DistInfo, check_world_size, dist_info_from_env, init_distributed
 
 if TYPE_CHECKING:
@@ -390,6 +390,7 @@ class JointSequenceParallel(SequenceParallel):
         self._handles.append(blocks[-1].register_forward_hook(self._gather_outputs))
         for seam in seams:
             seam.attend = self.attend_joint  # type: ignore[attr-defined]
+        setattr(model, SHARDED_RELATIVE_L1, self.relative_l1)  # step caches measure chunks through it
         return self
 
     def remove(self) -> None:
@@ -398,6 +399,8 @@ class JointSequenceParallel(SequenceParallel):
             handle.remove()
         for seam in self._seams:
             del seam.attend  # type: ignore[attr-defined]
+        if self.model is not None:
+            self.model.__dict__.pop(SHARDED_RELATIVE_L1, None)
         self._handles, self._seams, self._blocks, self.model = [], [], [], None
 
     def _split_inputs(
@@ -438,6 +441,20 @@ class JointSequenceParallel(SequenceParallel):
             streams[index] = all_gather_cat(streams[index], self.groups.sp_group, dim=1)[:, :total]
         self._shard = None
         return tuple(streams)
+
+    def relative_l1(self, current: torch.Tensor, previous: torch.Tensor) -> float:
+        """mean |a - b| / mean |b| of two chunks ``(B, chunk, ...)`` of a split stream, over the whole sequence.
+
+        Each rank sums its real tokens (the padding at the end is left out) and the group adds the
+        sums, so every rank gets the one-process number (up to summation order).
+        """
+        if self._shard is None:
+            raise RuntimeError("a split stream measured outside the hooked blocks")
+        keep = _valid_length(self.groups.sp_rank, self._shard.total, self._shard.chunk)
+        a, b = current[:, :keep].float(), previous[:, :keep].float()
+        sums = torch.stack([(a - b).abs().sum(), b.abs().sum()])  # (2,)
+        dist.all_reduce(sums, group=self.groups.sp_group)
+        return (sums[0] / sums[1].clamp(min=1e-12)).item()
 
     def attend_joint(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int) -> torch.Tensor:
         """Local (B, L_text + chunk, H, D) q / k / v, text first -> attention over the whole sequence."""
