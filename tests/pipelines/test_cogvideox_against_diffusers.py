@@ -3,8 +3,9 @@
 Every diffusers component is loaded by diffusers / transformers from the same tiny folder ours loads. The
 tiny VAE's posterior is made sharp (log-variance -30, std 3e-7) so diffusers' posterior samples equal our
 posterior modes. Measured max abs differences of the final latents (fp32, 2 cores, 3 steps, CFG 6):
-t2v 0, t2v DPM_Cog with dynamic CFG 0, control 0 (identical to the bit), v2v 2.2e-6 and i2v (5b-I2V
-structure) 3.3e-6 (diffusers' posterior sample, std 3e-7, against our mode). ``pytest
+t2v 0, t2v DPM_Cog with dynamic CFG 0, control 0, CogVideoX 1.5 t2v (temporal patches of 2) 0 (identical
+to the bit), v2v 2.2e-6, i2v (5b-I2V structure) 3.7e-6 and CogVideoX1.5-I2V (with the ``ofs`` embedding)
+3.1e-6 (diffusers' posterior sample, std 3e-7, against our mode). ``pytest
 tests/pipelines/test_cogvideox_against_diffusers.py -s`` prints them; the bound asserted is 1e-5.
 """
 
@@ -58,7 +59,7 @@ def sharpen_vae_posterior(folder: Path) -> None:
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cogvideox_parity")
     built = {}
-    for variant in ("t2v", "i2v", "control"):
+    for variant in ("t2v", "i2v", "control", "t2v-1.5", "i2v-1.5"):
         built[variant] = build_tiny_cogvideox_folder(root / variant, variant, seed=3)
         sharpen_vae_posterior(built[variant])
     return built
@@ -91,8 +92,8 @@ def as_pil(frames: torch.Tensor) -> list[Image.Image]:
 
 def run_ours(pipe: CogVideoXPipeline, sampler: str = "DDIM_Cog", **inputs) -> torch.Tensor:
     """Our final latents in the transformer's layout (1, F', C, h, w)."""
-    settings = {"num_inference_steps": STEPS} | inputs
-    out = pipe(PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, num_frames=FRAMES,
+    settings = {"num_inference_steps": STEPS, "num_frames": FRAMES} | inputs
+    out = pipe(PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE,
                guidance_scale=GUIDANCE, sampler=sampler, seed=SEED, progress=False, **settings)  # fmt: skip
     return out.latents.permute(0, 2, 1, 3, 4)
 
@@ -157,6 +158,31 @@ def test_i2v_matches_diffusers(folders):
     image = random_video(1, seed=1)[0]
     expected = run_diffusers(theirs, image=as_pil(image[None])[0], num_frames=FRAMES, latents=noise_for(pipe))
     check("i2v", run_ours(pipe, image=image), expected)
+
+
+FRAMES_1_5 = 21  # 6 latent frames: a whole number of CogVideoX 1.5's temporal patches (patch_size_t 2)
+
+
+def test_cogvideox_1_5_t2v_matches_diffusers(folders):
+    """CogVideoX 1.5: temporal patches of 2 latent frames, RoPE over the patched frames ("slice" grid)."""
+    frames = FRAMES_1_5
+    pipe = ours(folders["t2v-1.5"])
+    theirs = DiffusersCogVideoXPipeline(**diffusers_components(folders["t2v-1.5"]))
+    frames_latent, height, width = pipe.vae.latent_shape(frames, SIZE, SIZE)
+    noise = seeded_noise((1, frames_latent, 16, height, width), SEED, "cpu")
+    expected = run_diffusers(theirs, num_frames=frames, latents=noise)
+    check("t2v 1.5", run_ours(pipe, num_frames=frames), expected)
+
+
+def test_cogvideox_1_5_i2v_with_ofs_matches_diffusers(folders):
+    """CogVideoX1.5-I2V: the image latent padded to the video's frames, and the ``ofs`` embedding."""
+    pipe = ours(folders["i2v-1.5"])
+    theirs = CogVideoXImageToVideoPipeline(**diffusers_components(folders["i2v-1.5"]))
+    image = random_video(1, seed=1)[0]
+    frames_latent, height, width = pipe.vae.latent_shape(FRAMES_1_5, SIZE, SIZE)
+    noise = seeded_noise((1, frames_latent, 16, height, width), SEED, "cpu")
+    expected = run_diffusers(theirs, image=as_pil(image[None])[0], num_frames=FRAMES_1_5, latents=noise)
+    check("i2v 1.5", run_ours(pipe, image=image, num_frames=FRAMES_1_5), expected)
 
 
 def test_control_matches_diffusers(folders):
