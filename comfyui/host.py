@@ -69,6 +69,34 @@ def lora_path(name: str) -> str:
     return found
 
 
+def model_file_names(*kinds: str) -> list[str]:
+    """The files in ComfyUI's model folders of ``kinds`` (``diffusion_models``, ``vae``...); none outside ComfyUI."""
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is None:
+        return []
+    names: list[str] = []
+    for kind in kinds:
+        try:
+            names += folder_paths.get_filename_list(kind)
+        except KeyError:  # a ComfyUI older than the folder kind (text_encoders was clip): it lists nothing
+            logger.warning("videox_fun: this ComfyUI has no %s model folder", kind)
+    return list(dict.fromkeys(names))
+
+
+def model_file_path(name: str, *kinds: str) -> Path:
+    """A file by its name in ComfyUI's model folders of ``kinds``, the first kind that has it (a path, outside
+    ComfyUI)."""
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is None:
+        return Path(name)
+    for kind in kinds:
+        found = folder_paths.get_full_path(kind, name)
+        if found is not None:
+            return Path(found)
+    folders = [folder for kind in kinds for folder in folder_paths.folder_names_and_paths.get(kind, ([],))[0]]
+    raise FileNotFoundError(f"{name!r} is not in ComfyUI's {' / '.join(kinds)} folders ({', '.join(folders)})")
+
+
 def temp_folder() -> Path:
     """A folder for files the nodes hand to the library (camera trajectories): ComfyUI's temp folder."""
     folder_paths = comfy_module("folder_paths")

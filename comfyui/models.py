@@ -1,9 +1,10 @@
 """Model choice, loading and generation for the nodes: thin over :mod:`videox_fun.api`.
 
 A loader node returns :class:`FunModels`: which folder, recognised by its family from its config
-files, and the load options. The option nodes (LoRA, compile, attention, step cache) return a
-changed copy. The pipeline itself is loaded by the first sampler that needs it and kept (one at a
-time, as ComfyUI keeps one model in memory) until a sampler asks for a different one.
+files (or, from CombineWanPipeline, which single files, recognised from their headers), and the load
+options. The option nodes (LoRA, compile, attention, step cache) return a changed copy. The pipeline
+itself is loaded by the first sampler that needs it and kept (one at a time, as ComfyUI keeps one
+model in memory) until a sampler asks for a different one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from videox_fun.families import Recognised, recognise
 from videox_fun.registry import BUILTIN_MODELS, resolve_model, shipped_models
 
 from . import host
+from .single_files import WanParts, recognise_parts
 
 logger = logging.getLogger("videox_fun.comfyui")
 
@@ -29,6 +31,8 @@ logger = logging.getLogger("videox_fun.comfyui")
 PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 # VideoX-Fun's model_type widget -> the modes a checkpoint of that type serves (any one of them).
 MODEL_TYPES = {"Inpaint": ("inpaint", "i2v"), "Control": ("control", "camera")}
+# CombineWanPipeline's model_type, as VideoX-Fun's: Inpaint joins any model without control (a T2V one too).
+COMBINE_MODEL_TYPES = {"Inpaint": ("t2v", "i2v", "inpaint"), "Control": ("control", "camera")}
 # VideoX-Fun's FunAttention choices -> the library's attention backends.
 ATTENTION_TYPES = {"flash": "flash_attn", "sage": "sage", "torch": "sdpa"}
 
@@ -70,7 +74,7 @@ class FunModels:
 
 @dataclass
 class _Held:
-    key: tuple[str, str] | None = None
+    key: tuple[str, ...] | None = None
     loaded: LoadedPipeline | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -137,15 +141,33 @@ def load_fun_models(
     recognised = recognise(folder, config_path)
     if recognised.family.name != family:
         raise ValueError(f"{name} is a {recognised.family.name} model: load it with that family's loader node")
-    if model_type is not None and not set(MODEL_TYPES[model_type]) & set(recognised.modes):
-        raise ValueError(
-            f"model_type {model_type}: {name} is of the {recognised.variant} variant, serving "
-            f"{', '.join(recognised.modes)}; choose model_type "
-            f"{next((t for t, modes in MODEL_TYPES.items() if set(modes) & set(recognised.modes)), 'Inpaint')}"
-        )
+    if model_type is not None:
+        check_model_type(name, recognised, model_type, MODEL_TYPES)
     options = RuntimeOptions(
         device=host.torch_device(), dtype=PRECISIONS[precision], gpu_memory_mode=memory_mode, config=config_path
     )
+    options.check()
+    return FunModels(recognised, options)
+
+
+def check_model_type(name: str, recognised: Recognised, model_type: str, types: dict[str, tuple[str, ...]]) -> None:
+    """Fail when a model serves none of the modes its ``model_type`` widget stands for (``types``), naming the
+    value that fits."""
+    if set(types[model_type]) & set(recognised.modes):
+        return
+    fitting = next((t for t, modes in types.items() if set(modes) & set(recognised.modes)), "Inpaint")
+    raise ValueError(
+        f"model_type {model_type}: {name} is of the {recognised.variant} variant, serving "
+        f"{', '.join(recognised.modes)}; choose model_type {fitting}"
+    )
+
+
+def load_single_file_models(parts: WanParts, memory_mode: str, model_type: str) -> FunModels:
+    """A Wan model joined from single files (CombineWanPipeline): recognised from the files' headers, loaded
+    by the first sampler that needs it, in the transformer's precision."""
+    recognised = recognise_parts(parts)
+    check_model_type(parts.transformer.path.name, recognised, model_type, COMBINE_MODEL_TYPES)
+    options = RuntimeOptions(device=host.torch_device(), dtype=parts.transformer.precision, gpu_memory_mode=memory_mode)
     options.check()
     return FunModels(recognised, options)
 
@@ -173,7 +195,8 @@ def config_file(name: str) -> Path:
 
 def held_pipeline(models: FunModels) -> LoadedPipeline:
     """The loaded pipeline for ``models``, loading it (and dropping the one held before) when it differs."""
-    key = (str(models.recognised.folder.resolve()), repr(models.options))
+    # The family's repr names the files of a model joined from single files (one folder may hold several).
+    key = (str(models.recognised.folder.resolve()), repr(models.options), repr(models.recognised.family))
     if _HELD.key == key and _HELD.loaded is not None:
         return _HELD.loaded
     release_pipeline()

@@ -10,6 +10,7 @@ from the family's mode table; a sampler's media sockets map onto the library's i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -19,9 +20,10 @@ from videox_fun.families import get_family
 from videox_fun.runtime.offload import MEMORY_MODES
 from videox_fun.runtime.options import CACHES, DEFAULT_SKIP_START_STEPS, DEFAULT_THRESHOLDS
 
-from . import camera, host, media
+from . import camera, host, media, single_files
 from .models import (
     ATTENTION_TYPES,
+    COMBINE_MODEL_TYPES,
     MODEL_TYPES,
     PRECISIONS,
     FunModels,
@@ -30,6 +32,7 @@ from .models import (
     drop_held_pipeline,
     generate,
     load_fun_models,
+    load_single_file_models,
     model_choices,
 )
 
@@ -41,6 +44,9 @@ FUN_MODELS = "FunModels"
 PROMPT = "STRING_PROMPT"
 RIFLEX = "RIFLEXT_ARGS"
 CAMERA_POSE = "CameraPose"
+# The chunked loaders' socket types (VideoX-Fun's names).
+TRANSFORMER_MODEL, VAE_MODEL, TEXT_ENCODER_MODEL = "TransformerModel", "VAEModel", "TextEncoderModel"
+TOKENIZER, CLIP_ENCODER_MODEL = "Tokenizer", "ClipEncoderModel"
 BOOL_CHOICE = [False, True]  # VideoX-Fun's boolean widgets are two-value combos; kept so its workflows validate
 # VideoX-Fun's base_resolution choices, with small ones first for the tiny models (64x64 toy world).
 BASE_RESOLUTIONS = [64, 128, 256, 512, 640, 768, 896, 960, 1024]
@@ -173,6 +179,114 @@ class LoadCogVideoXFunModel:
 
     def loadmodel(self, model: str, model_type: str, GPU_memory_mode: str, precision: str) -> tuple:
         return (load_fun_models(model, self.FAMILY, GPU_memory_mode, precision, None, model_type),)
+
+
+# ------------------------------------------------------------------------------------------
+# Chunked loaders: one component per file, from ComfyUI's own model folders
+# ------------------------------------------------------------------------------------------
+
+
+class LoadWanTransformerModel:
+    """Read a Wan transformer single file from ComfyUI's ``diffusion_models/`` (original Wan names or ComfyUI's,
+    ``*_fp8_scaled`` too). Its variant (T2V, InP, Control, Control-Camera, TI2V) and size are told from its tensor
+    shapes, and model_name says what was found; the weights load when a sampler first needs them.
+    """
+
+    FOLDERS: ClassVar[tuple[str, ...]] = ("diffusion_models",)
+    DEFAULT_PRECISION = "bf16"
+    RETURN_TYPES: tuple[str, ...] = (TRANSFORMER_MODEL, "STRING")
+    RETURN_NAMES: tuple[str, ...] = ("transformer", "model_name")
+    FUNCTION = "loadmodel"
+    CATEGORY = f"{CATEGORY}/Wan single files"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        names = host.model_file_names(*cls.FOLDERS)
+        return {
+            "required": {
+                "model_name": (names, {"default": names[0] if names else None}),
+                "precision": (list(PRECISIONS), {"default": cls.DEFAULT_PRECISION}),
+            }
+        }
+
+    def loadmodel(self, model_name: str, precision: str) -> tuple:
+        return self.read(host.model_file_path(model_name, *self.FOLDERS), PRECISIONS[precision])
+
+    def read(self, path: Path, dtype: str) -> tuple:
+        """The node's outputs for a file (read from its header)."""
+        found = single_files.read_transformer(path, dtype)
+        return found, found.label
+
+
+class LoadWanVAEModel(LoadWanTransformerModel):
+    """Read a Wan VAE single file from ComfyUI's ``vae/`` (``wan_2.1_vae.safetensors``, ``Wan2.1_VAE.pth``, the
+    Wan2.2 VAE)."""
+
+    FOLDERS: ClassVar[tuple[str, ...]] = ("vae",)
+    RETURN_TYPES: tuple[str, ...] = (VAE_MODEL,)
+    RETURN_NAMES: tuple[str, ...] = ("vae",)
+
+    def read(self, path: Path, dtype: str) -> tuple:
+        return (single_files.read_vae(path, dtype),)
+
+
+class LoadWanTextEncoderModel(LoadWanTransformerModel):
+    """Read a umT5 encoder single file from ComfyUI's ``text_encoders/`` (ComfyUI's ``umt5_xxl_*``, fp8_scaled
+    too, or Wan's ``models_t5_umt5-xxl-enc-bf16.pth``); the tokenizer is ``google/umt5-xxl`` (beside the file, or
+    in ``models/Fun_Models/`` as VideoX-Fun keeps it)."""
+
+    FOLDERS: ClassVar[tuple[str, ...]] = ("text_encoders",)
+    RETURN_TYPES: tuple[str, ...] = (TEXT_ENCODER_MODEL, TOKENIZER)
+    RETURN_NAMES: tuple[str, ...] = ("text_encoder", "tokenizer")
+
+    def read(self, path: Path, dtype: str) -> tuple:
+        return single_files.read_text_encoder(path, dtype), single_files.find_tokenizer(path)
+
+
+class LoadWanClipEncoderModel(LoadWanTransformerModel):
+    """Read a CLIP vision tower single file from ComfyUI's ``clip_vision/`` (``clip_vision_h.safetensors``) or
+    ``text_encoders/`` (Wan's ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``), for i2v models."""
+
+    FOLDERS: ClassVar[tuple[str, ...]] = ("clip_vision", "text_encoders")
+    RETURN_TYPES: tuple[str, ...] = (CLIP_ENCODER_MODEL,)
+    RETURN_NAMES: tuple[str, ...] = ("clip_encoder",)
+
+    def read(self, path: Path, dtype: str) -> tuple:
+        return (single_files.read_image_encoder(path, dtype),)
+
+
+class CombineWanPipeline:
+    """Join the single-file components into a model for the Wan samplers; model_type Inpaint takes any model
+    without control (T2V too), Control a Control or Control-Camera one. The pipeline loads at the first sampler
+    run, in the transformer's precision."""
+
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("funmodels",)
+    FUNCTION = "loadmodel"
+    CATEGORY = f"{CATEGORY}/Wan single files"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "transformer": (TRANSFORMER_MODEL,),
+                "vae": (VAE_MODEL,),
+                "text_encoder": (TEXT_ENCODER_MODEL,),
+                "tokenizer": (TOKENIZER,),
+                "model_name": ("STRING", {"default": ""}),  # VideoX-Fun's; linked from the transformer loader
+                "GPU_memory_mode": memory_modes(),
+                "model_type": (list(COMBINE_MODEL_TYPES), {"default": "Inpaint"}),
+            },
+            "optional": {"clip_encoder": (CLIP_ENCODER_MODEL,)},
+        }
+
+    def loadmodel(self, model_name: str, GPU_memory_mode: str, model_type: str,
+                  transformer: single_files.TransformerFile, vae: single_files.VAEFile,
+                  text_encoder: single_files.TextEncoderFile, tokenizer: Path,
+                  clip_encoder: single_files.ImageEncoderFile | None = None) -> tuple:  # fmt: skip
+        name = model_name or transformer.path.stem
+        parts = single_files.WanParts(transformer, vae, text_encoder, Path(tokenizer), clip_encoder, name)
+        return (load_single_file_models(parts, GPU_memory_mode, model_type),)
 
 
 class LoadWanFunLora:
@@ -804,6 +918,11 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
         Wan2_2FunT2VSampler,
         Wan2_2FunInpaintSampler,
         Wan2_2FunV2VSampler,
+        LoadWanTransformerModel,
+        LoadWanVAEModel,
+        LoadWanTextEncoderModel,
+        LoadWanClipEncoderModel,
+        CombineWanPipeline,
         LoadCogVideoXFunModel,
         LoadCogVideoXFunLora,
         CogVideoXFunT2VSampler,
@@ -838,6 +957,11 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "Wan2_2FunT2VSampler": "Wan2.2 Fun Sampler for Text to Video",
     "Wan2_2FunInpaintSampler": "Wan2.2 Fun Sampler for Image to Video",
     "Wan2_2FunV2VSampler": "Wan2.2 Fun Sampler for Video to Video",
+    "LoadWanTransformerModel": "Load Wan Transformer Model",
+    "LoadWanVAEModel": "Load Wan VAE Model",
+    "LoadWanTextEncoderModel": "Load Wan TextEncoder Model",
+    "LoadWanClipEncoderModel": "Load Wan ClipEncoder Model",
+    "CombineWanPipeline": "Combine Wan Pipeline",
     "LoadCogVideoXFunModel": "Load CogVideoX-Fun Model",
     "LoadCogVideoXFunLora": "Load CogVideoX-Fun Lora",
     "CogVideoXFunT2VSampler": "CogVideoX-Fun Sampler for Text to Video",

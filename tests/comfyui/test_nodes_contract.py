@@ -27,7 +27,8 @@ camera = importlib.import_module("comfyui.camera")
 pack_models = importlib.import_module("comfyui.models")
 NODES = pack.NODE_CLASS_MAPPINGS
 TINY_A14B = "Wan2.2-Fun-Tiny-Random-A14B-InP"  # the Wan2.2 example workflows' model: two experts, random weights
-LINK_TYPES = {"IMAGE", "MASK", "STRING_PROMPT", "FunModels", "RIFLEXT_ARGS", "CameraPose"}
+LINK_TYPES = {"IMAGE", "MASK", "STRING_PROMPT", "FunModels", "RIFLEXT_ARGS", "CameraPose", "TransformerModel",
+              "VAEModel", "TextEncoderModel", "Tokenizer", "ClipEncoderModel"}  # fmt: skip
 
 # VideoX-Fun's shipped Wan2.1-Fun workflows (aigc-apps/VideoX-Fun at 804a425,
 # comfyui/wan2_1_fun/v1/wan2.1_fun_workflow_{t2v,i2v}.json), written down as facts: per node, its type,
@@ -204,8 +205,9 @@ def test_videox_fun_workflow_accepted(workflow: list) -> None:
         assert list(zip(cls.RETURN_NAMES, cls.RETURN_TYPES, strict=True)) == outputs
 
 
-def test_example_workflows_use_our_sockets(tiny_a14b: Path) -> None:
-    """Every input an example workflow sets is a socket of its node, and every widget value validates."""
+def test_example_workflows_use_our_sockets(tiny_a14b: Path, comfy_folders: Path) -> None:
+    """Every input an example workflow sets is a socket of its node, and every widget value validates (the
+    single-file workflow's file names against ComfyUI's folders holding the tiny model's files)."""
     builtin = {"CreateVideo", "SaveVideo"}
     files = sorted((REPO / "comfyui" / "workflows").glob("*_api.json"))
     assert len(files) >= 6

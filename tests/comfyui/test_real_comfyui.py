@@ -30,11 +30,15 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "comfyui" / "workflows").glob("*_api.json"))
 T2V = REPO / "comfyui" / "workflows" / "wan2.1_fun_tiny_t2v_api.json"
+# The same t2v through the chunked loaders, from single files in ComfyUI's own folders (the fp8_scaled transformer).
+SINGLE_FILES_T2V = REPO / "comfyui" / "workflows" / "wan2.1_fun_tiny_single_files_t2v_api.json"
 T2V_CAPTION = "a red square moving right"
 STEPS = 200  # the long run that is interrupted (the widget's maximum)
 ROOT = Path(os.environ.get("COMFY_ROOT", "")) if os.environ.get("COMFY_ROOT") else None
 # The Wan2.2 example workflows' model (two experts, random weights): built for the test, as docs/comfyui.md says.
 TINY_A14B = "Wan2.2-Fun-Tiny-Random-A14B-InP"
+# The single-file workflow's files: the packaged tiny model as ComfyUI keeps components, as docs/comfyui.md says.
+TINY_STEM = "wan2.1_fun_tiny_inp"
 
 
 def comfy_root() -> Path:
@@ -67,13 +71,15 @@ def free_port() -> int:
 class Comfy:
     """A ComfyUI server process on a free port, with its log and output folder."""
 
-    def __init__(self, root: Path, folder: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, folder: Path, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.output = folder / "output"
         self.log = folder / "server.log"
         args = ["--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch"]
-        args += ["--output-directory", str(self.output), "--temp-directory", str(folder)]
+        args += ["--output-directory", str(self.output), "--temp-directory", str(folder), *extra]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})}
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
@@ -139,12 +145,29 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
     link_pack(root)
     models_dir = tmp_path_factory.mktemp("models")  # found through $VIDEOX_FUN_MODELS, as the library's models
     build_tiny_model_folder(models_dir / TINY_A14B, "inp", boundary=0.9)
-    server = Comfy(root, tmp_path_factory.mktemp("comfyui"), {"VIDEOX_FUN_MODELS": str(models_dir)})
+    paths = single_file_models(tmp_path_factory.mktemp("comfy_models"))
+    server = Comfy(root, tmp_path_factory.mktemp("comfyui"), {"VIDEOX_FUN_MODELS": str(models_dir)},
+                   ("--extra-model-paths-config", str(paths)))  # fmt: skip
     print(f"\nComfyUI ready after {server.ready_after:.1f} s on port {server.port}")
     try:
         yield server
     finally:
         server.stop()
+
+
+def single_file_models(folder: Path) -> Path:
+    """The tiny model's single files in a models tree, and the extra_model_paths.yaml that gives it to ComfyUI
+    (diffusion_models/, vae/, text_encoders/, clip_vision/ besides ComfyUI's own folders)."""
+    import importlib
+    import sys
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    importlib.import_module("comfyui.single_files").export_single_files("Wan2.1-Fun-Tiny-InP", folder, TINY_STEM, True)
+    kinds = "".join(f"    {kind}: {kind}\n" for kind in ("diffusion_models", "vae", "text_encoders", "clip_vision"))
+    config = folder / "extra_model_paths.yaml"
+    config.write_text(f"videox_fun_test:\n    base_path: {folder}\n{kinds}")
+    return config
 
 
 def error_of(entry: dict) -> str:
@@ -185,6 +208,8 @@ def test_every_node_in_object_info(comfy: Comfy) -> None:
     sampler = info["WanFunT2VSampler"]["input"]["required"]
     assert "Wan2.1-Fun-Tiny-InP" in info["LoadWanFunModel"]["input"]["required"]["model"][0]
     assert list(sampler)[:4] == ["funmodels", "prompt", "negative_prompt", "video_length"]
+    transformers = info["LoadWanTransformerModel"]["input"]["required"]["model_name"][0]
+    assert f"{TINY_STEM}_fp8_scaled.safetensors" in transformers, transformers  # ComfyUI's diffusion_models/ list
 
 
 def test_ui_workflows_are_what_comfyuis_object_info_makes_of_their_api_twins(comfy: Comfy) -> None:
@@ -224,7 +249,7 @@ def test_example_workflow_writes_its_video(comfy: Comfy, path: Path) -> None:
     sampler = next(node for node in workflow.values() if node["class_type"].endswith("Sampler"))
     assert frames.shape[0] > 1 and frames.shape[1:] == (64, 64, 3), frames.shape
     print(f"\n{path.name}: {files[0].name} {tuple(frames.shape)} in {time.monotonic() - started:.1f} s")
-    if path == T2V:
+    if path in (T2V, SINGLE_FILES_T2V):
         verdict = evaluate_video(files[0], T2V_CAPTION)
         print("t2v judged:", {k: verdict[k] for k in ("colour", "shape", "direction", "persistence")})
         assert verdict["colour_ok"], verdict

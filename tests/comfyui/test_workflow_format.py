@@ -16,7 +16,8 @@ fmt = importlib.import_module("comfyui.workflow_format")
 NODES = importlib.import_module("comfyui.nodes").NODE_CLASS_MAPPINGS
 API_FILES = sorted(fmt.WORKFLOWS.glob("*_api.json"))
 IDS = [p.name.removesuffix("_api.json") for p in API_FILES]
-LINK_TYPES = {"IMAGE", "MASK", "STRING_PROMPT", "FunModels", "RIFLEXT_ARGS", "CameraPose"}
+LINK_TYPES = {"IMAGE", "MASK", "STRING_PROMPT", "FunModels", "RIFLEXT_ARGS", "CameraPose", "TransformerModel",
+              "VAEModel", "TextEncoderModel", "Tokenizer", "ClipEncoderModel"}  # fmt: skip
 
 
 def load(path: Path) -> dict:
