@@ -58,6 +58,20 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+def assert_close_to_rounding(actual: torch.Tensor, expected: torch.Tensor, epsilons: float = 16.0) -> None:
+    """``actual`` equals ``expected`` up to float rounding: within ``epsilons`` machine epsilons of their dtype
+    times the largest magnitude in ``expected``.
+
+    For two computations of one result in different orders (a convolution over a whole clip against one
+    per frame): their rounding differs by a few epsilons of the largest term, whatever the element, so a
+    fixed absolute tolerance fails on small elements of a large tensor on one machine and passes on another.
+    """
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = expected.abs().max().item()
+    tolerance = epsilons * torch.finfo(expected.dtype).eps * max(scale, 1.0)
+    torch.testing.assert_close(actual, expected, rtol=0.0, atol=tolerance)
+
+
 def state_dict_max_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
     """Largest absolute difference over all tensors of two state dicts, which must have the same keys."""
     assert a.keys() == b.keys(), sorted(set(a.keys()) ^ set(b.keys()))
