@@ -7,6 +7,7 @@ trained ones are shipped.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -17,8 +18,9 @@ from ...io.files import reset_tree_modes
 from .image_encoder import WanImageEncoder, tiny_vision_config
 from .text_encoder import WanTextEncoder, build_word_tokenizer, tiny_umt5_config
 from .transformer import WanTransformer3DModel
+from .vace import transformer_class_for
 from .vae import tiny_vae_config, tiny_wan22_vae_config
-from .variants import tiny_config
+from .variants import VACE_DEFAULTS, tiny_config
 
 # The toy world's words (colours, shapes, motions and the caption phrasing).
 TOY_VOCABULARY = [
@@ -72,6 +74,8 @@ TINY_TEXT_DIM = 32
 TINY_DEFAULTS = GenerationDefaults(
     height=64, width=64, num_frames=17, fps=8, steps=10, guidance_scale=6.0, shift=3.0, sampler="Flow"
 )
+# The tiny VACE model samples as the Wan2.1-VACE release does (sizes and steps of the tiny ones).
+TINY_VACE_DEFAULTS = dataclasses.replace(TINY_DEFAULTS, **VACE_DEFAULTS["Wan2.1"])
 
 
 def write_folder_config(
@@ -109,8 +113,9 @@ def build_tiny_model_folder(
 ) -> Path:
     """Write a complete tiny model folder (transformer, VAE, text encoder, optional CLIP tower).
 
-    variant: ``t2v``, ``inp``, ``control``, ``control_ref``, ``camera`` or ``ti2v`` (Wan2.2 TI2V-5B's
-    structure, with a tiny Wan2.2-style VAE: 48 latent channels, 16x spatial); see :func:`tiny_config`.
+    variant: ``t2v``, ``inp``, ``control``, ``control_ref``, ``camera``, ``ti2v`` (Wan2.2 TI2V-5B's
+    structure, with a tiny Wan2.2-style VAE: 48 latent channels, 16x spatial) or ``vace`` (Wan2.1-VACE's:
+    a context stream hinting every 2nd layer); see :func:`tiny_config`.
     with_clip: give the transformer the i2v CLIP branch and ship a tiny vision tower.
     boundary: make it a Wan2.2 A14B-style two-expert folder (``high_noise_model/`` and
     ``low_noise_model/``, differently initialised) switching experts at this share of 1000.
@@ -123,11 +128,11 @@ def build_tiny_model_folder(
         overrides.update(model_type="i2v", image_dim=24)
     experts = None
     if boundary is None:
-        WanTransformer3DModel.from_config(tiny_config(variant, **overrides)).save_original(folder)
+        tiny_transformer(variant, **overrides).save_original(folder)
     else:
         experts = {**TWO_EXPERT_LAYOUT, "boundary": boundary}
         for subpath in TWO_EXPERT_LAYOUT.values():
-            WanTransformer3DModel.from_config(tiny_config(variant, **overrides)).save_original(folder / subpath)
+            tiny_transformer(variant, **overrides).save_original(folder / subpath)
 
     vae_config = tiny_wan22_vae_config() if variant == "ti2v" else tiny_vae_config()
     AutoencoderKLWan(**vae_config).save_pretrained(folder / "vae")
@@ -142,5 +147,20 @@ def build_tiny_model_folder(
         image_subpath = "image_encoder"
 
     # Written last: its presence marks the folder complete.
-    write_folder_config(folder, TINY_DEFAULTS, note, image_subpath, experts)
+    defaults = TINY_VACE_DEFAULTS if variant == "vace" else TINY_DEFAULTS
+    write_folder_config(folder, defaults, note, image_subpath, experts)
     return reset_tree_modes(folder)  # save_pretrained writes its safetensors 0600
+
+
+def tiny_transformer(variant: str, **overrides: object) -> WanTransformer3DModel:
+    """A seeded-random tiny transformer of ``variant`` (the global generator's draw).
+
+    VACE: its hint projections are drawn too. The release starts them at zero (a fresh stream
+    leaves the base model unchanged), which would make a random model deaf to its VACE inputs.
+    """
+    config = tiny_config(variant, **overrides)
+    model = transformer_class_for(config).from_config(config)
+    for name, module in model.named_modules():
+        if name.endswith(("before_proj", "after_proj")):
+            module.reset_parameters()  # torch's default Linear initialisation
+    return model

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .vace import is_vace_config
+
 _SIZES = {
     "1.3B": {"dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30},
     "14B": {"dim": 5120, "ffn_dim": 13824, "num_heads": 40, "num_layers": 40},
@@ -45,12 +47,27 @@ PRESETS: dict[str, dict] = {
     # ones condition on the start frame through the InP channels only, with no CLIP branch.
     "Wan2.2-T2V-A14B": _preset("14B", "t2v", 16),
     "Wan2.2-I2V-A14B": _preset("14B", "i2v", 36, image_dim=None),
+    # VACE: a T2V model with a context stream (96 channels in) whose blocks hint every 2nd (1.3B) or
+    # every 5th (14B) main layer. VACE-Fun A14B: two experts of this architecture each, on Wan2.2 T2V-A14B.
+    "Wan2.1-VACE-1.3B": _preset("1.3B", "vace", 16, vace_layers=list(range(0, 30, 2)), vace_in_dim=96),
+    "Wan2.1-VACE-14B": _preset("14B", "vace", 16, vace_layers=list(range(0, 40, 5)), vace_in_dim=96),
+    "Wan2.2-VACE-Fun-A14B": _preset("14B", "vace", 16, vace_layers=list(range(0, 40, 5)), vace_in_dim=96),
 }
 # Wan2.2 A14B: the high-noise expert runs while t >= boundary * 1000, the low-noise one below.
 EXPERT_BOUNDARIES = {"t2v": 0.875, "i2v": 0.900}
+# What the VACE releases sample with, by base: Wan2.1-VACE as Wan2.1's generate.py and VideoX-Fun's
+# wan2.1_vace scripts (UniPC, shift 16), Wan2.2-VACE-Fun-A14B as VideoX-Fun's wan2.2_vace_fun scripts
+# (Flow, shift 12); guidance 5 for both.
+VACE_DEFAULTS = {
+    "Wan2.1": {"sampler": "Flow_Unipc", "shift": 16.0, "guidance_scale": 5.0},
+    "Wan2.2": {"sampler": "Flow", "shift": 12.0, "guidance_scale": 5.0},
+}
 
 # Which generation modes each input layout can serve.
-MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera")
+MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera", "r2v", "vace")
+# VACE takes every task through its context stream: start / end frames and edits through the mask,
+# a control video as the reactive frames, subject images as reference frames, and their mixes (vace).
+VACE_MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "r2v", "vace")
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,8 @@ class WanVariant:
     camera: bool = False
     # Wan2.2 TI2V: an image conditions by replacing the first latent frame (timestep 0 on its tokens).
     first_frame: bool = False
+    # VACE: every condition goes through the VACE context stream (videox_fun.pipelines.vace).
+    vace: bool = False
 
     @property
     def channel_kinds(self) -> frozenset[str]:
@@ -83,6 +102,8 @@ class WanVariant:
     def modes(self) -> tuple[str, ...]:
         """Generation modes this variant serves (v2v works on any variant: it only changes the start)."""
         kinds = self.channel_kinds
+        if self.vace:
+            return VACE_MODES
         if "mask" in kinds and "control" in kinds:
             return ("control", "inpaint", "i2v", "t2v", "v2v")
         if "mask" in kinds:
@@ -111,6 +132,10 @@ def variant_of(config: Mapping[str, Any]) -> WanVariant:
     if in_dim not in layouts:
         raise ValueError(f"no known Wan variant takes in_dim={in_dim} with out_dim={z}")
     name, channels = layouts[in_dim]
+    if is_vace_config(config):
+        if channels:
+            raise ValueError(f"a VACE model's main input is the latent alone (in_dim {z}), got in_dim {in_dim}")
+        return WanVariant("VACE", (), vace=True)
     if ref:
         name += " V1.1 (reference image)"
     first_frame = config.get("model_type") == "ti2v" and not channels
@@ -125,18 +150,21 @@ def variant_for_mode(mode: str) -> str:
         "t2v": "a T2V or Fun InP model",
         "i2v": "a Fun InP, Wan I2V or Wan2.2 TI2V model",
         "flf2v": "a Fun InP model",
-        "inpaint": "a Fun InP model",
+        "inpaint": "a Fun InP or VACE model",
         "v2v": "any Wan model",
-        "control": "a Fun Control model",
+        "control": "a Fun Control or VACE model",
         "camera": "a Fun Control-Camera model",
+        "r2v": "a VACE model (Wan2.1-VACE, Wan2.2-VACE-Fun)",
+        "vace": "a VACE model (Wan2.1-VACE, Wan2.2-VACE-Fun)",
     }[mode]
 
 
 def tiny_config(variant: str = "t2v", **overrides: Any) -> dict:
-    """A tiny config of the real architecture for tests and the offline demo (2 layers, head dim 12)."""
-    in_dims = {"t2v": 16, "i2v": 36, "inp": 36, "control": 48, "control_ref": 48, "camera": 32, "ti2v": 48}
+    """A tiny config of the real architecture for tests and the offline demo (2 layers, head dim 12; VACE 4
+    layers, two of them hinted)."""
+    in_dims = {"t2v": 16, "i2v": 36, "inp": 36, "control": 48, "control_ref": 48, "camera": 32, "ti2v": 48, "vace": 16}
     config = {
-        "model_type": variant if variant in ("i2v", "ti2v") else "t2v",
+        "model_type": variant if variant in ("i2v", "ti2v", "vace") else "t2v",
         "patch_size": [1, 2, 2],
         "text_len": 32,
         "in_dim": in_dims[variant],
@@ -150,5 +178,7 @@ def tiny_config(variant: str = "t2v", **overrides: Any) -> dict:
         "add_ref_conv": variant == "control_ref",
         "add_control_adapter": variant == "camera",
     }
+    if variant == "vace":  # a hint after every 2nd layer, as Wan2.1-VACE-1.3B
+        config.update(num_layers=4, vace_layers=[0, 2], vace_in_dim=96)
     config.update(overrides)
     return config
