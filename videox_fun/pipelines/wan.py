@@ -1,8 +1,8 @@
-"""One Wan pipeline for every mode: t2v, i2v, flf2v, v2v, inpaint, control and camera.
+"""One Wan pipeline for every mode: t2v, i2v, flf2v, v2v, inpaint, control, camera, and VACE's r2v and vace.
 
-The mode only decides how the conditioning channels ``y`` (and CLIP tokens, the camera rays
-or the reference latent) are built; the denoising loop, guidance and decoding are shared.
-Which channels exist is read off the transformer's config (:func:`variant_of`).
+The mode only decides how the conditioning channels ``y`` (and CLIP tokens, the camera rays,
+the reference latent or the VACE context) are built; the denoising loop, guidance and decoding
+are shared. Which channels exist is read off the transformer's config (:func:`variant_of`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..families import INPUT_NAMES, Mode, SizeRules, infer_mode, require_inputs
 from ..families.wan import WAN_MODES
 from ..io.camera import camera_poses, plucker_embedding
 from ..io.files import check_input_file
-from ..io.video import tensor_to_frames
+from ..io.video import frames_to_tensor, read_image, tensor_to_frames
 from ..models.wan.keys import blank_clip_tokens
 from ..models.wan.variants import EXPERT_BOUNDARIES, variant_for_mode, variant_of
 from .common import (
@@ -36,6 +36,7 @@ from .common import (
 from .conditioning import first_frame_latent, frame_generate_mask, mask_channels, masked_video, pack_frames_in_time
 from .guidance import ClassifierFreeGuidance, Denoiser
 from .schedulers import NUM_TRAIN_TIMESTEPS, make_scheduler, start_index
+from .vace import compose_source, mask_from_video, reference_canvas, vace_context
 
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -243,7 +244,10 @@ class WanPipeline:
         return self._blank_latents[key]
 
     def build_conditions(self, mode: str, inputs: dict, num_frames: int, height: int, width: int) -> dict:
-        """The model inputs besides the latents for one mode: y, clip_fea, camera, ref_latent (and first_frame)."""
+        """The model inputs besides the latents for one mode: y, clip_fea, camera, ref_latent, vace_context (and
+        first_frame, reference_frames: what the sampling loop holds or drops)."""
+        if self.variant.vace:
+            return self._vace_conditions(mode, inputs, num_frames, height, width)
         image = self._optional_image(inputs.get("image"), height, width)
         conditions: dict[str, torch.Tensor] = {}
         if self.variant.first_frame and image is not None:
@@ -273,6 +277,39 @@ class WanPipeline:
             rays = plucker_embedding(poses, height, width, num_frames=num_frames)  # (F, 6, H, W)
             conditions["camera"] = pack_frames_in_time(rays.permute(1, 0, 2, 3)[None]).to(self.device, self.dtype)
         return conditions
+
+    def _vace_conditions(self, mode: str, inputs: dict, num_frames: int, height: int, width: int) -> dict:
+        """The VACE context (1, 96, R + F', h, w) of the inputs, and R, the reference frames in front of it."""
+        load_video = functools.partial(self._video_tensor, num_frames=num_frames, height=height, width=width)
+        video, mask, control = (inputs.get(name) for name in ("video", "mask", "control_video"))
+        if mode == "v2v":  # the video starts the latents (denoise strength): the context is text-to-video's
+            video = None
+        frames, generate = compose_source(
+            num_frames,
+            height,
+            width,
+            video=load_video(video) if video is not None else None,
+            mask=mask_from_video(load_video(mask)) if mask is not None else None,
+            control=load_video(control) if control is not None else None,
+            first=self._optional_image(inputs.get("image"), height, width),
+            last=self._optional_image(inputs.get("end_image"), height, width),
+        )
+        references = [reference_canvas(image, height, width) for image in self._reference_images(inputs)]
+        context = vace_context(self.vae, frames.to(self.device), generate.to(self.device), references)
+        return {"vace_context": context.to(self.dtype), "reference_frames": len(references)}
+
+    def _reference_images(self, inputs: dict) -> list[torch.Tensor]:
+        """The reference (subject) images, one or a list, each (1, 3, H0, W0) in [-1, 1] at its own size."""
+        given = inputs.get("ref_image")
+        if given is None:
+            return []
+        images = list(given) if isinstance(given, (list, tuple)) else [given]
+        tensors = []
+        for image in images:
+            check_input_file("ref_image", image)  # a list's files were not checked with the request
+            pixels = read_image(image) if isinstance(image, (str, Path)) else torch.as_tensor(image)  # (H0, W0, 3)
+            tensors.append(frames_to_tensor(pixels[None])[:, :, 0].to(self.device))  # (1, 3, H0, W0)
+        return tensors
 
     def _optional_image(self, source: ImageLike | None, height: int, width: int) -> torch.Tensor | None:
         """An input image as (1, 3, H, W) in [-1, 1], or None when not given."""
@@ -380,10 +417,13 @@ class WanPipeline:
         guidance: ClassifierFreeGuidance | None = None,
         callback: StepCallback | None = None,
         progress: bool = True,
+        vace_context_scale: float | list[float] | None = None,
     ) -> GenerationOutput:
         """Generate one video. ``mode`` is inferred from the inputs when not given.
 
         Settings left as None take the model config's defaults (what the model was trained for).
+        ``ref_image`` may be a list (VACE: several subjects); ``vace_context_scale`` (VACE only, default
+        1) scales the VACE hints, one number or one per VACE layer.
         """
         inputs = {
             "image": image,
@@ -409,6 +449,8 @@ class WanPipeline:
         cond_text, uncond_text = self._encode_prompts(prompt, settings.negative_prompt)
         conditions = self.build_conditions(settings.mode, inputs, settings.num_frames, settings.height, settings.width)
         first_frame = conditions.pop("first_frame", None)  # held by the loop below, not a transformer input
+        reference_frames = conditions.pop("reference_frames", 0)  # VACE: latent frames dropped after sampling
+        conditions.update(self._vace_scale(vace_context_scale))
         cond = {"context": cond_text, **conditions}
         uncond = {"context": uncond_text, **conditions}
 
@@ -416,18 +458,20 @@ class WanPipeline:
         scheduler.set_timesteps(settings.steps, device=self.device)
         first = start_index(settings.steps, strength) if settings.mode == "v2v" else 0
         scheduler.set_begin_index(first)
-        latents = self._initial_latents(settings, seed, scheduler, first, video)
+        latents = self._initial_latents(settings, seed, scheduler, first, video, reference_frames)
         denoise = self._first_frame_denoiser(first_frame) if first_frame is not None else self._denoise
         guidance = guidance or ClassifierFreeGuidance(scale=settings.guidance_scale)
         latents = self._sample(latents, scheduler.timesteps[first:], scheduler, denoise, guidance, cond, uncond,
                                settings, callback, progress)  # fmt: skip
         if first_frame is not None:
             latents = with_first_frame(latents, first_frame)
+        latents = latents[:, :, reference_frames:]
 
         decoded = self.vae.decode(latents.to(self.dtype)).float()  # (1, 3, F, H, W)
         record = {
             **settings.record(seed),
             **self._expert_settings(settings.guidance_scale_2),
+            **({"vace_context_scale": cond["vace_context_scale"]} if self.variant.vace else {}),
             "shift": settings.shift,
             "sampler": settings.sampler,
         }
@@ -481,11 +525,29 @@ class WanPipeline:
             sampler=sampler or defaults.sampler,
         )
 
+    def _vace_scale(self, scale: float | list[float] | None) -> dict:
+        """The transformer's ``vace_context_scale`` input (1 unless given); a clear error on a model without VACE."""
+        if not self.variant.vace:
+            if scale is not None:
+                raise ValueError(
+                    f"vace_context_scale is a VACE setting; the loaded model is of the {self.variant.name} variant"
+                )
+            return {}
+        return {"vace_context_scale": 1.0 if scale is None else scale}
+
     def _initial_latents(
-        self, settings: SamplingSettings, seed: int, scheduler: SchedulerMixin, first: int, video: ImageLike | None
+        self,
+        settings: SamplingSettings,
+        seed: int,
+        scheduler: SchedulerMixin,
+        first: int,
+        video: ImageLike | None,
+        reference_frames: int = 0,
     ) -> torch.Tensor:
-        """Seeded noise (1, z, F', h, w); for v2v the input video's latents noised to the first step's sigma."""
-        shape = (1, self.vae.z_dim, *self.vae.latent_shape(settings.num_frames, settings.height, settings.width))
+        """Seeded noise (1, z, R + F', h, w) with R VACE reference frames in front; for v2v the input video's
+        latents noised to the first step's sigma."""
+        frames, height, width = self.vae.latent_shape(settings.num_frames, settings.height, settings.width)
+        shape = (1, self.vae.z_dim, reference_frames + frames, height, width)
         latents = seeded_noise(shape, seed, self.device)
         if settings.mode != "v2v":
             return latents
