@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from diffusers import WanPipeline as DiffusersWanPipeline
 from diffusers import WanTransformer3DModel as DiffusersWan
+from diffusers import WanVACETransformer3DModel as DiffusersVace
 
 from videox_fun.models.wan.keys import original_config_to_diffusers
 from videox_fun.models.wan.transformer import WanTransformer3DModel
@@ -91,6 +92,23 @@ def diffusers_twin(model: WanTransformer3DModel, tmp_path: Path, name: str = "ou
     (config_dir / "config.json").write_text(json.dumps(config))
     single_file = folder / "diffusion_pytorch_model.safetensors"
     return DiffusersWan.from_single_file(str(single_file), config=str(config_dir), torch_dtype=torch.float32).eval()
+
+
+def diffusers_vace_twin(model: WanTransformer3DModel, folder: Path) -> DiffusersVace:
+    """diffusers' VACE transformer holding a VACE ``model``'s weights, read from our original-layout file by
+    diffusers' own single-file converter."""
+    model.save_original(folder)
+    config_dir = folder / "diffusers_config"
+    config_dir.mkdir()
+    config = {
+        "_class_name": "WanVACETransformer3DModel",
+        **original_config_to_diffusers(dict(model.config)),
+        "vace_layers": list(model.config.vace_layers),
+        "vace_in_channels": model.config.vace_in_dim,
+    }
+    (config_dir / "config.json").write_text(json.dumps(config))
+    single_file = str(folder / "diffusion_pytorch_model.safetensors")
+    return DiffusersVace.from_single_file(single_file, config=str(config_dir), torch_dtype=torch.float32).eval()
 
 
 def diffusers_pipeline(ours: WanPipeline, tmp_path: Path, **experts) -> DiffusersWanPipeline:
