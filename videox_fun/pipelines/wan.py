@@ -308,7 +308,7 @@ class WanPipeline:
         for image in images:
             check_input_file("ref_image", image)  # a list's files were not checked with the request
             pixels = read_image(image) if isinstance(image, (str, Path)) else torch.as_tensor(image)  # (H0, W0, 3)
-            tensors.append(frames_to_tensor(pixels[None])[:, :, 0].to(self.device))  # (1, 3, H0, W0)
+            tensors.append(frames_to_tensor(pixels[None]).transpose(0, 1).to(self.device))  # (1, 3, H0, W0)
         return tensors
 
     def _optional_image(self, source: ImageLike | None, height: int, width: int) -> torch.Tensor | None:
