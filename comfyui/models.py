@@ -20,10 +20,11 @@ from typing import Any
 
 from videox_fun.api import GenerationRequest, LoadedPipeline, RuntimeOptions, load_pipeline
 from videox_fun.families import Recognised, recognise
+from videox_fun.models.wan.single_files import WanParts
 from videox_fun.registry import BUILTIN_MODELS, resolve_model, shipped_models
 
 from . import host
-from .single_files import WanParts, recognise_parts
+from .single_files import recognise_parts
 
 logger = logging.getLogger("videox_fun.comfyui")
 

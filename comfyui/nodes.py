@@ -17,6 +17,7 @@ import torch
 
 from videox_fun.api import GenerationRequest
 from videox_fun.families import get_family
+from videox_fun.models.wan import single_files as wan_files
 from videox_fun.runtime.offload import MEMORY_MODES
 from videox_fun.runtime.options import CACHES, DEFAULT_SKIP_START_STEPS, DEFAULT_THRESHOLDS
 
@@ -214,7 +215,7 @@ class LoadWanTransformerModel:
 
     def read(self, path: Path, dtype: str) -> tuple:
         """The node's outputs for a file (read from its header)."""
-        found = single_files.read_transformer(path, dtype)
+        found = wan_files.read_transformer_file(path, dtype)
         return found, found.label
 
 
@@ -227,7 +228,7 @@ class LoadWanVAEModel(LoadWanTransformerModel):
     RETURN_NAMES: tuple[str, ...] = ("vae",)
 
     def read(self, path: Path, dtype: str) -> tuple:
-        return (single_files.read_vae(path, dtype),)
+        return (wan_files.read_vae_file(path, dtype),)
 
 
 class LoadWanTextEncoderModel(LoadWanTransformerModel):
@@ -240,7 +241,7 @@ class LoadWanTextEncoderModel(LoadWanTransformerModel):
     RETURN_NAMES: tuple[str, ...] = ("text_encoder", "tokenizer")
 
     def read(self, path: Path, dtype: str) -> tuple:
-        return single_files.read_text_encoder(path, dtype), single_files.find_tokenizer(path)
+        return wan_files.read_text_encoder_file(path, dtype), single_files.find_tokenizer(path)
 
 
 class LoadWanClipEncoderModel(LoadWanTransformerModel):
@@ -252,7 +253,7 @@ class LoadWanClipEncoderModel(LoadWanTransformerModel):
     RETURN_NAMES: tuple[str, ...] = ("clip_encoder",)
 
     def read(self, path: Path, dtype: str) -> tuple:
-        return (single_files.read_image_encoder(path, dtype),)
+        return (wan_files.read_image_encoder_file(path, dtype),)
 
 
 class CombineWanPipeline:
@@ -281,11 +282,11 @@ class CombineWanPipeline:
         }
 
     def loadmodel(self, model_name: str, GPU_memory_mode: str, model_type: str,
-                  transformer: single_files.TransformerFile, vae: single_files.VAEFile,
-                  text_encoder: single_files.TextEncoderFile, tokenizer: Path,
-                  clip_encoder: single_files.ImageEncoderFile | None = None) -> tuple:  # fmt: skip
+                  transformer: wan_files.TransformerFile, vae: wan_files.VAEFile,
+                  text_encoder: wan_files.TextEncoderFile, tokenizer: Path,
+                  clip_encoder: wan_files.ImageEncoderFile | None = None) -> tuple:  # fmt: skip
         name = model_name or transformer.path.stem
-        parts = single_files.WanParts(transformer, vae, text_encoder, Path(tokenizer), clip_encoder, name)
+        parts = wan_files.WanParts(transformer, vae, text_encoder, Path(tokenizer), clip_encoder, name)
         return (load_single_file_models(parts, GPU_memory_mode, model_type),)
 
 

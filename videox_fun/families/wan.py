@@ -4,10 +4,13 @@ Recognition reads config files and safetensors headers only: the original ("civi
 (``config.json`` with ``dim``, ``num_heads``, ``in_dim``...), the diffusers layout whose
 transformer is ``WanTransformer3DModel``, the Wan2.2 A14B expert folders, and our own folders
 (``videox_fun.yaml``). The variant, and so the modes, is read off the transformer config.
+A model joined from single files, one per component, is recognised from their headers
+(:func:`recognise_single_files`) and loaded by :class:`SingleFileWanFamily`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +20,7 @@ from . import Family, Mode, Recognised, SizeRules, register
 if TYPE_CHECKING:
     import torch
 
+    from ..models.wan.single_files import WanParts
     from ..pipelines.wan import WanPipeline
 
 # The modes, in the order inference prefers them; folders as VideoX-Fun names its sample folders.
@@ -108,8 +112,6 @@ class WanFamily(Family):
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
         """A Wan folder as its config files describe it (None for another family's layout)."""
-        from ..models.wan.variants import variant_of
-
         if is_other_family_folder(folder):
             return None
         config = config_for_folder(folder, config_path)
@@ -122,7 +124,14 @@ class WanFamily(Family):
                     "config.json"
                 )
             return None
-        transformer_config = with_extras_from_headers(transformer_folder, transformer_config)
+        return self.recognised(folder, config, with_extras_from_headers(transformer_folder, transformer_config))
+
+    def recognised(self, folder: Path, config: ModelConfig, transformer_config: Mapping[str, Any]) -> Recognised:
+        """What this family says of a model of ``config`` whose transformer has ``transformer_config`` (original
+        field names, Fun extras included): its variant and so its modes, its size rules, the config's defaults.
+        ``folder`` is where the model's files (and a cache calibration for it) are."""
+        from ..models.wan.variants import variant_of
+
         variant = variant_of(transformer_config)
         patch = transformer_config.get("patch_size", (1, 2, 2))[1]
         spatial = 16 if transformer_config["out_dim"] == 48 else 8  # the Wan2.2 VAE (48 channels) compresses 16x
@@ -149,6 +158,57 @@ class WanFamily(Family):
         from ..models.wan.variants import variant_for_mode
 
         return variant_for_mode(mode)
+
+
+class SingleFileWanFamily(WanFamily):
+    """The Wan family for a model joined from single files (one per component): Wan's modes, samplers and checks,
+    and a loader that reads the chosen files instead of a folder. Never registered: it recognises no folder."""
+
+    def __init__(self, parts: WanParts) -> None:
+        self.parts = parts
+
+    def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
+        """No folder is of this layout (the files were chosen one by one)."""
+        return None
+
+    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> WanPipeline:
+        """The pipeline, every component from its file: the transformer in ``dtype`` (fp8 linears kept), the
+        others in the precisions their files were read for; the vision tower only for a transformer that uses it."""
+        from ..models.wan.single_files import load_image_encoder, load_text_encoder, load_transformer, load_vae
+        from ..pipelines.wan import WanPipeline
+
+        parts = self.parts
+        transformer = load_transformer(parts.transformer, dtype)
+        image_encoder = None
+        if parts.image_encoder is not None and transformer.uses_clip:
+            image_encoder = load_image_encoder(parts.image_encoder)
+        pipe = WanPipeline(
+            transformer,
+            load_vae(parts.vae),
+            load_text_encoder(parts.text_encoder, parts.tokenizer),
+            image_encoder,
+            model_name=parts.name,
+            masked_fill=recognised.config.masked_fill,
+            device=device,
+            dtype=dtype,
+        )
+        pipe.config = recognised.config
+        return pipe.to(device)
+
+    def __repr__(self) -> str:  # a key for a held pipeline: every file and precision
+        return f"<family wan from single files {self.parts!r}>"
+
+
+def recognise_single_files(parts: WanParts) -> Recognised:
+    """What the Wan family says of a model joined from single files, as of a folder holding them: variant, modes,
+    sizes; the parts checked to fit together first. Unknown pixels' fill follows the transformer's file name
+    (:func:`~videox_fun.models.wan.single_files.masked_fill_for`)."""
+    from ..models.wan.single_files import masked_fill_for
+
+    parts.check()
+    config = ModelConfig(masked_fill=masked_fill_for(parts.transformer.path), image_encoder_subpath=None)
+    # The transformer's folder: where a cache_calibration.json for it would be.
+    return SingleFileWanFamily(parts).recognised(parts.transformer.path.parent, config, parts.transformer.config)
 
 
 WAN = register(WanFamily())

@@ -13,6 +13,7 @@ import os
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,15 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 # Keys of ComfyUI's fp8_scaled files that describe the format rather than hold weights; they carry
 # no wrapper prefix, unlike the weights beside them.
 FORMAT_MARKER_KEYS = ("scaled_fp8",)
+# A single file's safetensors metadata entry for what its shapes cannot say: a JSON object with one
+# config per component ({"transformer": {...}, "vae": {...}}), the convention ComfyUI reads (its LTXV files).
+CONFIG_METADATA_KEY = "config"
+# safetensors' dtype names -> torch's (for reading a header without the data).
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
 
 
 class CheckpointMismatchError(ValueError):
@@ -96,6 +106,71 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise CheckpointMismatchError(f"{path} does not hold a state dict (found {type(state).__name__})")
     return state
+
+
+@dataclass(frozen=True)
+class WeightsHeader:
+    """A weights file without its data: each tensor on the meta device (name, shape, dtype), and its metadata."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+    def config_entry(self, component: str) -> dict[str, Any] | None:
+        """The ``config`` metadata's entry for ``component`` (None when the file carries none)."""
+        text = self.metadata.get(CONFIG_METADATA_KEY)
+        if text is None:
+            return None
+        try:
+            entry = json.loads(text).get(component)
+        except (ValueError, AttributeError) as err:
+            raise ValueError(f"{self.path}: its '{CONFIG_METADATA_KEY}' metadata is not a JSON object ({err})") from err
+        return dict(entry) if entry is not None else None
+
+
+def read_header(path: str | os.PathLike) -> WeightsHeader:
+    """Tensor names, shapes and dtypes of one weights file, and its metadata, without reading the weights.
+
+    A safetensors file gives its header only (milliseconds for any size); a pickle is memory-mapped and
+    described the same way (its data is read only when touched; it has no metadata).
+    """
+    path = Path(path)
+    check_readable(path)
+    if path.suffix != ".safetensors":
+        return WeightsHeader(path, {k: v.to("meta") for k, v in read_state_dict(path).items()}, {})
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as reader:
+            tensors = {key: meta_tensor(reader.get_slice(key)) for key in reader.keys()}  # noqa: SIM118 (no dict)
+            metadata = dict(reader.metadata() or {})
+    except Exception as err:  # a truncated or foreign file: say which
+        raise unreadable_safetensors(path, err) from err
+    return WeightsHeader(path, tensors, metadata)
+
+
+def meta_tensor(tensor_slice: Any) -> torch.Tensor:
+    """A meta tensor of a safetensors slice's shape and dtype."""
+    return torch.empty(tensor_slice.get_shape(), dtype=SAFETENSORS_DTYPES[tensor_slice.get_dtype()], device="meta")
+
+
+def config_metadata(component: str, config: Mapping[str, Any]) -> dict[str, str]:
+    """The safetensors metadata that gives a loader ``component``'s config (:meth:`WeightsHeader.config_entry`)."""
+    return {CONFIG_METADATA_KEY: json.dumps({component: public_config(dict(config))})}
+
+
+def count_blocks(names: Iterable[str], prefix: str) -> int:
+    """How many numbered blocks ``{prefix}N.`` the names hold."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({match.group(1) for name in names if (match := pattern.match(name))})
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """A dtype by the library's name for it (``bfloat16``, ``float32``...)."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{name!r} is not a torch dtype name (bfloat16, float16, float32...)")
+    return dtype
 
 
 def find_weight_files(folder: str | os.PathLike, prefix: str = "diffusion_pytorch_model") -> list[Path]:

@@ -132,6 +132,8 @@ SPLIT_QKV = tuple(f"encoder.layers.{{i}}.self_attn.{name}_proj.{{p}}" for name i
 # Parts of the original CLIP file that Wan never runs: the text tower, the logit scale and the
 # image projection. They are dropped by name (and logged); anything else unknown fails.
 ORIGINAL_UNUSED = ("textual.", "log_scale", "visual.head")
+# The vision tower's names in a transformers CLIP file (ComfyUI's clip_vision_h.safetensors is one).
+HF_VISION_PREFIX = "vision_model."
 # The same parts in a transformers CLIPModel / CLIPVisionModelWithProjection folder.
 HF_UNUSED = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
 
@@ -286,7 +288,7 @@ class WanImageEncoder(OffloadableComponent, nn.Module):
             config = config or vit_h_14_config()
             state = convert_clip_original_to_hf(read_state_dict(path), str(path))
             to_original = clip_key_to_original
-        model = _build_and_load(config, cast_floating(state, dtype), str(path), to_original)
+        model = build_and_load(config, cast_floating(state, dtype), str(path), to_original)
         return cls(model).to(device).eval()
 
     @classmethod
@@ -382,20 +384,31 @@ class WanImageEncoder(OffloadableComponent, nn.Module):
 
 def _read_hf_folder(folder: Path) -> dict[str, torch.Tensor]:
     """Weights of a transformers CLIP folder, under vision-core names."""
-    state = read_folder_state_dict(folder, prefix="model")
-    drop_prefixed(state, HF_UNUSED, "text tower / projections, unused by Wan", str(folder), logger)
-    state.pop("vision_model.embeddings.position_ids", None)  # a buffer older versions saved
-    state.pop("embeddings.position_ids", None)
-    return strip_prefix(state, ["vision_model."])
+    return hf_vision_state(read_folder_state_dict(folder, prefix="model"), str(folder))
 
 
-def _build_and_load(
+def hf_vision_state(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIP state (a whole ``CLIPModel``'s or a ``CLIPVisionModel``'s) under vision-core names.
+
+    The text tower and projections, which Wan never runs, are dropped with a log line; so is the position-id
+    buffer some versions saved; the ``vision_model.`` prefix goes.
+    """
+    state = dict(state)
+    drop_prefixed(state, HF_UNUSED, "text tower / projections, unused by Wan", source, logger)
+    for key in (f"{HF_VISION_PREFIX}embeddings.position_ids", "embeddings.position_ids"):
+        state.pop(key, None)
+    return strip_prefix(state, [HF_VISION_PREFIX])
+
+
+def build_and_load(
     config: CLIPVisionConfig,
     state: Mapping[str, torch.Tensor],
     source: str,
     to_original: Callable[[str], str | None] | None,
 ) -> CLIPVisionModel:
-    """Build the tower without allocating it (meta device) and take the checkpoint's tensors."""
+    """Build the tower without allocating it (meta device) and take ``state``'s tensors (vision-core names)
+    strictly: a missing, unexpected or mis-shaped key fails, named in the original layout too when
+    ``to_original`` maps it. The one strict build of the tower, for folders and single files alike."""
     with torch.device("meta"):
         model = CLIPVisionModel(config)
     core = vision_core(model)

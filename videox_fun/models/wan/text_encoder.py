@@ -323,7 +323,7 @@ class WanTextEncoder(OffloadableComponent, nn.Module):
             tokenizer_candidates = [file.parent / ORIGINAL_TOKENIZER_DIR, file.parent]
             path = file
         tokenizer = load_tokenizer(tokenizer_path or _first_with_tokenizer(tokenizer_candidates))
-        model = _build_and_load(config, cast_floating(state, dtype), str(path), to_original)
+        model = build_and_load(config, cast_floating(state, dtype), str(path), to_original)
         return cls(model.to(device), tokenizer).eval()
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
@@ -436,13 +436,15 @@ def _read_hf_folder(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _build_and_load(
+def build_and_load(
     config: UMT5Config,
     state: Mapping[str, torch.Tensor],
     source: str,
     to_original: Callable[[str], str | None] | None,
 ) -> UMT5EncoderModel:
-    """Build the encoder without allocating it (meta device) and take the checkpoint's tensors."""
+    """Build the encoder without allocating it (meta device) and take ``state``'s tensors (``UMT5EncoderModel``
+    names) strictly: a missing, unexpected or mis-shaped key fails, named in the original layout too when
+    ``to_original`` maps it. The one strict build of the encoder, for folders and single files alike."""
     with torch.device("meta"):
         model = UMT5EncoderModel(config)
     load_into_naming_originals(model, state, source, to_original)

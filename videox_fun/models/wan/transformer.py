@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import math
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -56,20 +57,33 @@ DIFFUSERS_PREFIXES = ("transformer.",)
 
 
 def read_transformer_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A Wan transformer's weights from one file or a (sharded) folder, in the original key names.
+    """A Wan transformer's weights from one file or a (sharded) folder, in the original key names
+    (see :func:`transformer_state_to_original` for the layouts read)."""
+    path = Path(path)
+    return transformer_state_to_original(read_folder_state_dict(path) if path.is_dir() else read_state_dict(path))
+
+
+def transformer_state_to_original(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Wan transformer state (tensors, or meta tensors of a header) in the original key names.
 
     Reads the layouts people share: the original release (``blocks.N.self_attn.q``), ComfyUI
     single files (``model.diffusion_model.`` prefix, fp8 or not, with their format markers kept)
     and diffusers (``blocks.N.attn1.to_q``, with or without ``transformer.``), converted.
     """
-    path = Path(path)
-    state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
-    markers = {key: state.pop(key) for key in FORMAT_MARKER_KEYS if key in state}
-    if is_diffusers_state(state):
-        state = diffusers_to_original_keys(strip_prefix(state, DIFFUSERS_PREFIXES))
+    # The markers carry no wrapper prefix: set aside, they would stop the prefix from being found.
+    markers = {key: state[key] for key in FORMAT_MARKER_KEYS if key in state}
+    weights = {key: value for key, value in state.items() if key not in markers}
+    if is_diffusers_state(weights):
+        weights = diffusers_to_original_keys(strip_prefix(weights, DIFFUSERS_PREFIXES))
     else:
-        state = strip_prefix(state, CHECKPOINT_PREFIXES)
-    return {**state, **markers}
+        weights = strip_prefix(weights, CHECKPOINT_PREFIXES)
+    return {**weights, **markers}
+
+
+def config_to_original(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A transformer config (a config.json's or a file's metadata) in the original field names, without
+    private entries; the layout is read off the fields (diffusers' ``num_attention_heads``... or Wan's)."""
+    return diffusers_config_to_original(raw) if is_diffusers_config(raw) else public_config(raw)
 
 
 # ----------------------------------------------------------------------------------------
@@ -671,7 +685,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
             raise FileNotFoundError(f"no config.json in {folder}")
         raw = read_json_mapping(config_path, "transformer config")
         state = read_transformer_weights(folder)
-        config = diffusers_config_to_original(raw) if is_diffusers_config(raw) else public_config(raw)
+        config = config_to_original(raw)
         config.update(config_overrides)
         config.update(infer_fun_extras(state, config))
         with torch.device("meta"):

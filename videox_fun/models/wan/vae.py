@@ -397,10 +397,13 @@ def _find_original_file(folder: Path) -> Path:
     return candidates[0]
 
 
-def _build_checked(
+def build_checked(
     config: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str, dtype: torch.dtype
 ) -> AutoencoderKLWan:
-    """Convert ``state`` to diffusers names if needed, then load it strictly into a meta-built model."""
+    """A VAE of ``config`` with ``state``'s weights in ``dtype``: the state (original or diffusers names, a
+    ``vae.`` / ``first_stage_model.`` wrapper prefix off) converted to diffusers names if needed, then loaded
+    strictly into a model built on the meta device. The one strict build of the VAE, for folders and single
+    files alike."""
     state = strip_prefix(state, _WRAPPER_PREFIXES)
     if is_original_layout(state):
         if is_wan22_structure(config):
@@ -429,12 +432,12 @@ def _load_any(path: Path, dtype: torch.dtype) -> AutoencoderKLWan:
         config = _read_vae_config(path.parent / "config.json") or (
             dict(WAN22_VAE_CONFIG) if has_nested_levels(state) else {}
         )
-        return _build_checked(config, state, str(path), dtype)
+        return build_checked(config, state, str(path), dtype)
     config = _read_vae_config(path / "config.json")
     if config is not None and any(path.glob("diffusion_pytorch_model*")):
         # A diffusers folder. Not AutoencoderKLWan.from_pretrained: it only warns about unexpected
         # keys and randomly initialises missing ones, where we must fail and name them.
-        return _build_checked(config, read_folder_state_dict(path), str(path), dtype)
+        return build_checked(config, read_folder_state_dict(path), str(path), dtype)
     if config is None and (path / "vae").is_dir():
         return _load_any(path / "vae", dtype)  # a diffusers model root
     return _load_any(_find_original_file(path), dtype)
