@@ -432,6 +432,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
     }
     _fp8_skip_modules = ()
     _block_runner = "run_blocks"
+    original_class_name: ClassVar[str] = "WanModel"  # the release's class, written in config.json
 
     @register_to_config
     def __init__(
@@ -689,10 +690,20 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         config.update(config_overrides)
         config.update(infer_fun_extras(state, config))
         with torch.device("meta"):
-            model = cls.from_config(config)
+            model = cls.class_for_config(config).from_config(config)
         # Cast before loading: the meta-built model takes the tensors as they are (no second copy).
         load_into(model, cast_floating(state, torch_dtype), source=str(folder))
         return model.to(device).eval()
+
+    @classmethod
+    def class_for_config(cls, config: Mapping[str, Any]) -> type[WanTransformer3DModel]:
+        """The class that builds ``config``: this one, or from the plain Wan DiT the subclass a config calls
+        for (VACE, with ``vace_layers``), so a folder loads as what it is."""
+        if cls is not WanTransformer3DModel:
+            return cls
+        from .vace import transformer_class_for
+
+        return transformer_class_for(config)
 
     def save_original(self, folder: str | Path, max_shard_bytes: int = 10 * 2**30) -> None:
         """Write the original (Wan-AI / alibaba-pai) layout: config.json + (sharded) safetensors."""
@@ -701,15 +712,17 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = public_config(self.config)
-        config = {"_class_name": "WanModel", **config}
+        config = {"_class_name": self.original_class_name, **config}
         with open(folder / "config.json", "w") as f:
             json.dump(config, f, indent=2)
         save_sharded(self.state_dict(), folder, max_shard_bytes)
 
 
 def infer_fun_extras(state: dict[str, torch.Tensor], config: dict) -> dict:
-    """What the weights say and config.json does not: Fun extras (enabled, with a note), and a
-    CLIP-less i2v (Wan2.2 I2V-A14B keeps ``model_type: i2v`` but ships no ``img_emb``)."""
+    """What the weights say and config.json does not: Fun extras (enabled, with a note), a CLIP-less
+    i2v (Wan2.2 I2V-A14B keeps ``model_type: i2v`` but ships no ``img_emb``), and a VACE stream."""
+    from .vace import vace_config_from_weights
+
     found = {}
     clip_declared = has_clip_branch(config.get("model_type", "t2v"), config.get("image_dim", CLIP_DIM))
     if clip_declared and not any(key.startswith("img_emb.") for key in state):
@@ -722,4 +735,4 @@ def infer_fun_extras(state: dict[str, torch.Tensor], config: dict) -> dict:
         found["in_dim_control_adapter"] = state["control_adapter.conv.weight"].shape[1] // 64
     if found:
         logger.info("checkpoint carries Fun extras not named in config.json; enabling %s", found)
-    return found
+    return {**found, **vace_config_from_weights(state, config)}

@@ -143,6 +143,7 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
     (``vace_layers``, ``vace_in_dim`` besides Wan's); ``model_type`` is ``vace`` (Wan2.1) or ``t2v`` (VACE-Fun)."""
 
     _no_split_modules = ("WanAttentionBlock", "VaceBlock")
+    original_class_name = "VaceWanModel"
     # The VACE blocks run before the main ones in every pass: offload and block swap see them in that order.
     _block_lists = ("vace_blocks", "blocks")
 
