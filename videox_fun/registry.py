@@ -25,6 +25,7 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "Wan2.1-Fun-Tiny-Random-InP": (_WAN_TINY, "inp"),
     "Wan2.1-Fun-Tiny-Random-Control": (_WAN_TINY, "control"),
     "Wan2.1-Fun-Tiny-Random-Camera": (_WAN_TINY, "camera"),
+    "Wan2.1-VACE-Tiny-Random": (_WAN_TINY, "vace"),
     "CogVideoX-Fun-Tiny-Random-InP": (_COGVIDEOX_TINY, "inp"),
     "CogVideoX-Fun-Tiny-Random-Control": (_COGVIDEOX_TINY, "control"),
 }
@@ -51,6 +52,7 @@ DEFAULT_CONTROL_MODEL = (
     "Wan2.1-Fun-Tiny-Control" if packaged_model("Wan2.1-Fun-Tiny-Control") else "Wan2.1-Fun-Tiny-Random-Control"
 )
 DEFAULT_CAMERA_MODEL = "Wan2.1-Fun-Tiny-Random-Camera"
+DEFAULT_VACE_MODEL = "Wan2.1-VACE-Tiny-Random"  # reference images and task mixes: only VACE serves them
 
 
 def models_dir() -> Path:
@@ -70,6 +72,8 @@ def default_model_for_mode(mode: str | None) -> str:
         return DEFAULT_CONTROL_MODEL
     if mode == "camera":
         return DEFAULT_CAMERA_MODEL
+    if mode in ("r2v", "vace"):
+        return DEFAULT_VACE_MODEL
     return DEFAULT_MODEL
 
 

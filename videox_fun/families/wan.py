@@ -1,4 +1,4 @@
-"""The Wan family (Wan2.1, Wan2.2 and the alibaba-pai Fun variants) as the family layer reads it.
+"""The Wan family (Wan2.1, Wan2.2, the alibaba-pai Fun variants and VACE) as the family layer reads it.
 
 Recognition reads config files and safetensors headers only: the original ("civitai") layout
 (``config.json`` with ``dim``, ``num_heads``, ``in_dim``...), the diffusers layout whose
@@ -10,6 +10,7 @@ A model joined from single files, one per component, is recognised from their he
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,15 @@ WAN_MODES = {
         folder="videos_v2v_control",
         description="follow a camera path",
     ),
+    # VACE models also serve t2v, i2v, flf2v (known frames through the mask), inpaint and control (with
+    # --ref-image subjects); these two are theirs alone. ref_image may be a list (several subjects).
+    "r2v": Mode("r2v", needs=("ref_image",), folder="videos_r2v", description="reference (subject) images to video"),
+    "vace": Mode(
+        "vace",
+        allows=("ref_image", "control_video", "video", "mask", "image", "end_image"),
+        folder="videos_vace",
+        description="any mix of subject images, a control video or a video + mask, start / end frames",
+    ),
 }
 DIFFUSERS_CLASS = "WanTransformer3DModel"
 ORIGINAL_FIELDS = frozenset({"dim", "num_heads", "in_dim", "out_dim"})
@@ -67,9 +77,10 @@ def wan_transformer_config(path: Path) -> dict[str, Any] | None:
 
 
 def with_extras_from_headers(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The config plus what only the weights' names say: Fun V1.1 extras and a CLIP-less i2v expert."""
+    """The config plus what only the weights' names say: Fun V1.1 extras, a CLIP-less i2v expert, VACE layers."""
     from ..models.loading import weight_key_names
     from ..models.wan.keys import CLIP_DIM, has_clip_branch
+    from ..models.wan.vace import vace_config_from_weights
 
     names = weight_key_names(folder)
     found = dict(config)
@@ -81,7 +92,20 @@ def with_extras_from_headers(folder: Path, config: dict[str, Any]) -> dict[str, 
     image_keys = ("img_emb.", "condition_embedder.image_embedder.")
     if names and clip_declared and not any(name.startswith(image_keys) for name in names):
         found["image_dim"] = None
+    found.update(vace_config_from_weights(dict.fromkeys(names), found))
     return found
+
+
+def with_release_defaults(config: ModelConfig, transformer_config: Mapping[str, Any]) -> ModelConfig:
+    """A layout's config with the generation defaults its variant was released with, where they differ from
+    the layout's: VACE (shift 16, guidance 5, UniPC; VACE-Fun A14B shift 12, Flow)."""
+    from ..models.wan.vace import is_vace_config
+    from ..models.wan.variants import VACE_DEFAULTS
+
+    if not is_vace_config(transformer_config):
+        return config
+    release = VACE_DEFAULTS["Wan2.2" if config.transformer_2_subpath else "Wan2.1"]
+    return dataclasses.replace(config, defaults=dataclasses.replace(config.defaults, **release))
 
 
 def is_other_family_folder(folder: Path) -> bool:
@@ -96,12 +120,12 @@ def is_other_family_folder(folder: Path) -> bool:
 
 
 class WanFamily(Family):
-    """Wan2.1 / Wan2.2 and their Fun InP, Control and Control-Camera variants."""
+    """Wan2.1 / Wan2.2, their Fun InP, Control and Control-Camera variants, and VACE."""
 
     name = "wan"
     modes = WAN_MODES
     training_spec = "wan"
-    description = "Wan2.1 / Wan2.2 (T2V, I2V, TI2V, A14B experts) and Wan-Fun InP / Control / Camera"
+    description = "Wan2.1 / Wan2.2 (T2V, I2V, TI2V, A14B experts), Wan-Fun InP / Control / Camera, and VACE"
 
     @property
     def samplers(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -124,7 +148,10 @@ class WanFamily(Family):
                     "config.json"
                 )
             return None
-        return self.recognised(folder, config, with_extras_from_headers(transformer_folder, transformer_config))
+        transformer_config = with_extras_from_headers(transformer_folder, transformer_config)
+        if config_path is None and not (folder / FOLDER_CONFIG_NAME).is_file():  # the layout's defaults only
+            config = with_release_defaults(config, transformer_config)
+        return self.recognised(folder, config, transformer_config)
 
     def recognised(self, folder: Path, config: ModelConfig, transformer_config: Mapping[str, Any]) -> Recognised:
         """What this family says of a model of ``config`` whose transformer has ``transformer_config`` (original

@@ -20,14 +20,21 @@ start / end frames = known frames in the mask. They combine.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from ..models.wan.vae import WanVAE
-
 SPATIAL = 8  # pixels per latent pixel (Wan2.1 VAE): the mask's 8 x 8 pixel-unshuffle
 TEMPORAL = 4  # pixel frames per latent frame after the first
+
+
+class VideoEncoder(Protocol):
+    """What the context needs of a VAE (the Wan VAE's ``encode``): normalised latents of a video."""
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, F, H, W) in [-1, 1] -> (B, z, (F - 1) / 4 + 1, H / 8, W / 8)."""
+        ...
 
 
 def mask_from_video(mask_video: torch.Tensor) -> torch.Tensor:
@@ -100,7 +107,7 @@ def mask_channels(generate: torch.Tensor) -> torch.Tensor:
     return F.interpolate(blocks, size=size, mode="nearest-exact")
 
 
-def encode_source(vae: WanVAE, frames: torch.Tensor, generate: torch.Tensor) -> torch.Tensor:
+def encode_source(vae: VideoEncoder, frames: torch.Tensor, generate: torch.Tensor) -> torch.Tensor:
     """frames (1, 3, F, H, W), generate mask (1, 1, F, H, W) -> inactive + reactive latents (1, 2z, F', h, w)."""
     binary = (generate > 0.5).to(frames.dtype)
     inactive = vae.encode(frames * (1 - binary))  # (1, z, F', h, w) what is kept
@@ -108,7 +115,7 @@ def encode_source(vae: WanVAE, frames: torch.Tensor, generate: torch.Tensor) -> 
     return torch.cat([inactive, reactive], dim=1)
 
 
-def encode_references(vae: WanVAE, references: Sequence[torch.Tensor]) -> torch.Tensor:
+def encode_references(vae: VideoEncoder, references: Sequence[torch.Tensor]) -> torch.Tensor:
     """Reference canvases (1, 3, H, W) each -> (1, 2z, R, h, w): one latent frame each, zeros as its reactive half."""
     latents = [vae.encode(image[:, :, None]) for image in references]  # (1, z, 1, h, w) each
     stacked = torch.cat(latents, dim=2)  # (1, z, R, h, w)
@@ -116,7 +123,7 @@ def encode_references(vae: WanVAE, references: Sequence[torch.Tensor]) -> torch.
 
 
 def vace_context(
-    vae: WanVAE, frames: torch.Tensor, generate: torch.Tensor, references: Sequence[torch.Tensor] = ()
+    vae: VideoEncoder, frames: torch.Tensor, generate: torch.Tensor, references: Sequence[torch.Tensor] = ()
 ) -> torch.Tensor:
     """The VACE context (1, 2z + 64, R + F', h, w) of a source (see the module's docstring)."""
     latents = encode_source(vae, frames, generate)  # (1, 2z, F', h, w)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from ..config import ModelConfig, config_for_folder
+from ..config import FOLDER_CONFIG_NAME, ModelConfig, config_for_folder
 from ..families import INPUT_NAMES, Mode, SizeRules, infer_mode, require_inputs
-from ..families.wan import WAN_MODES
+from ..families.wan import WAN_MODES, with_release_defaults
 from ..io.camera import camera_poses, plucker_embedding
 from ..io.files import check_input_file
 from ..io.video import frames_to_tensor, read_image, tensor_to_frames
@@ -116,8 +116,11 @@ class WanPipeline:
 
             folder = resolve_model(folder)
         folder = Path(folder)
+        layout_only = config is None and not (folder / FOLDER_CONFIG_NAME).is_file()
         config = config or config_for_folder(folder)
         transformer = WanTransformer3DModel.from_pretrained(folder / config.transformer_subpath, torch_dtype=dtype)
+        if layout_only:  # no config names the defaults: the variant's released ones (VACE's)
+            config = with_release_defaults(config, transformer.config)
         transformer_2 = (
             WanTransformer3DModel.from_pretrained(folder / config.transformer_2_subpath, torch_dtype=dtype)
             if config.transformer_2_subpath
