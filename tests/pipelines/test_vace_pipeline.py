@@ -20,6 +20,8 @@ from videox_fun.models.wan.tiny import build_tiny_model_folder
 from videox_fun.pipelines.vace import compose_source, mask_channels, reference_canvas
 from videox_fun.pipelines.wan import WanPipeline
 from videox_fun.registry import resolve_model
+from videox_fun.runtime.cache import FirstBlockCache
+from videox_fun.runtime.offload import MEMORY_MODES, apply_memory_mode
 
 MODEL = "Wan2.1-VACE-Tiny-Random"
 FAST = ["--steps", "1", "--frames", "5", "--height", "32", "--width", "32", "--quiet"]
@@ -195,3 +197,35 @@ def test_two_vace_experts_run_and_both_count(tmp_path):
     assert both.settings["mode"] == "control" and both.settings["boundary"] == 0.5
     pipe.transformer_2 = None  # the high-noise expert alone
     assert (pipe("x", control_video=control, **settings).latents - both.latents).abs().max() > 1e-4
+
+
+@pytest.fixture(scope="module")
+def control_run(tmp_path_factory):
+    """A tiny VACE folder, a control video and the latents of a plain run on it."""
+    folder = build_tiny_model_folder(tmp_path_factory.mktemp("vace_runtime") / "vace", "vace")
+    control = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    settings = {**SMALL, "num_inference_steps": 4, "control_video": control, "seed": 5}
+    return folder, settings, WanPipeline.from_pretrained(folder)("x", **settings).latents
+
+
+@pytest.mark.parametrize("mode", MEMORY_MODES)
+def test_memory_modes_run_the_vace_stream(control_run, mode):
+    # Block swap and offload move the VACE blocks too (they are the first of the declared block lists).
+    folder, settings, reference = control_run
+    pipe = WanPipeline.from_pretrained(folder)
+    apply_memory_mode(pipe, mode, torch.device("cpu", 0), resident_blocks=1)
+    latents = pipe("x", **settings).latents
+    if "qfloat8" in mode:
+        assert torch.isfinite(latents).all() and (latents - reference).abs().max() < 0.5  # fp8 rounding
+    else:
+        assert torch.equal(latents, reference)
+
+
+def test_first_block_cache_on_vace(control_run):
+    folder, settings, reference = control_run
+    pipe = WanPipeline.from_pretrained(folder)
+    never = FirstBlockCache(pipe.transformer, threshold=0.0)
+    assert torch.allclose(pipe("x", **settings).latents, reference, atol=1e-6) and never.stats.skipped == 0
+    never.remove()
+    often = FirstBlockCache(pipe.transformer, threshold=10.0)
+    assert torch.isfinite(pipe("x", **settings).latents).all() and often.stats.skipped > 0

@@ -135,7 +135,7 @@ class _VaceCall:
 
     tokens: torch.Tensor  # (B, L, C) the patch-embedded VACE context
     scales: list[float]  # one per VACE layer
-    hints: list[torch.Tensor] = field(default_factory=list)  # (B, L, C) each, once the stack starts
+    hints: list[torch.Tensor | None] = field(default_factory=list)  # (B, L, C) each, once the stack starts
 
 
 class WanVACETransformer3DModel(WanTransformer3DModel):
@@ -284,6 +284,7 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
             slot = self.hint_slots.get(index)
             if slot is not None:
                 x = x + call.hints[slot] * call.scales[slot]
+                call.hints[slot] = None  # each hint serves one layer once: let it go as the stack moves on
         return x
 
     def forward(  # type: ignore[override]
