@@ -114,8 +114,9 @@ def build_tiny_model_folder(
     """Write a complete tiny model folder (transformer, VAE, text encoder, optional CLIP tower).
 
     variant: ``t2v``, ``inp``, ``control``, ``control_ref``, ``camera``, ``ti2v`` (Wan2.2 TI2V-5B's
-    structure, with a tiny Wan2.2-style VAE: 48 latent channels, 16x spatial) or ``vace`` (Wan2.1-VACE's:
-    a context stream hinting every 2nd layer); see :func:`tiny_config`.
+    structure, with a tiny Wan2.2-style VAE: 48 latent channels, 16x spatial), ``vace`` (Wan2.1-VACE's:
+    a context stream hinting every 2nd layer), or a Wan2.2-Fun layout (``a14b_control``, ``a14b_camera``,
+    ``5b_inp``, ``5b_control``, ``5b_camera``: the 5B ones with the Wan2.2-style VAE); see :func:`tiny_config`.
     with_clip: give the transformer the i2v CLIP branch and ship a tiny vision tower.
     boundary: make it a Wan2.2 A14B-style two-expert folder (``high_noise_model/`` and
     ``low_noise_model/``, differently initialised) switching experts at this share of 1000.
@@ -134,7 +135,8 @@ def build_tiny_model_folder(
         for subpath in TWO_EXPERT_LAYOUT.values():
             tiny_transformer(variant, **overrides).save_original(folder / subpath)
 
-    vae_config = tiny_wan22_vae_config() if variant == "ti2v" else tiny_vae_config()
+    wan22_vae = tiny_config(variant)["out_dim"] == 48  # TI2V and the Fun 5B layouts: Wan2.2's 48-channel VAE
+    vae_config = tiny_wan22_vae_config() if wan22_vae else tiny_vae_config()
     AutoencoderKLWan(**vae_config).save_pretrained(folder / "vae")
 
     tokenizer = build_word_tokenizer(TOY_VOCABULARY)

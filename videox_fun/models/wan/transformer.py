@@ -377,8 +377,16 @@ class CameraResidualBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(x)))
 
 
+def camera_downscale(out_dim: int) -> int:
+    """The Control-Camera adapter's pixel-unshuffle factor the releases use: their VAE's spatial compression
+    (16 for the Wan2.2 VAE's 48 latent channels, Wan2.2-Fun-5B; 8 for Wan2.1's 16), so the rays meet the
+    latent grid."""
+    return 16 if out_dim == 48 else 8
+
+
 class CameraAdapter(nn.Module):
-    """Pluecker rays (B, 24, F_lat, H, W) at pixel size -> (B, dim, F_lat, H/16, W/16) token features."""
+    """Pluecker rays (B, 24, F_lat, H, W) at pixel size -> (B, dim, F_lat, H/(downscale*2), W/(downscale*2))
+    token features."""
 
     def __init__(self, in_dim: int, dim: int, patch: tuple[int, int], downscale: int = 8, num_blocks: int = 1):
         super().__init__()
@@ -387,7 +395,7 @@ class CameraAdapter(nn.Module):
         self.residual_blocks = nn.Sequential(*[CameraResidualBlock(dim) for _ in range(num_blocks)])
 
     def forward(self, rays: torch.Tensor) -> torch.Tensor:
-        """rays (B, in_dim, F, H, W) -> (B, dim, F, H / (8 * patch), W / (8 * patch))."""
+        """rays (B, in_dim, F, H, W) -> (B, dim, F, H / (downscale * patch), W / (downscale * patch))."""
         b, c, f, h, w = rays.shape
         frames = rays.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (B*F, C, H, W)
         feats = self.residual_blocks(self.conv(self.unshuffle(frames)))  # (B*F, dim, h', w')
@@ -458,6 +466,7 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         in_dim_control_adapter: int = 24,
         rope_theta: float = 10000.0,
         image_dim: int | None = CLIP_DIM,
+        downscale_factor_control_adapter: int | None = None,
     ):
         super().__init__()
         if model_type not in ("t2v", "i2v", "ti2v", "flf2v"):
@@ -482,7 +491,9 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
         if add_ref_conv:
             self.ref_conv = nn.Conv2d(in_dim_ref_conv, dim, kernel_size=self.patch_size[1:], stride=self.patch_size[1:])
         if add_control_adapter:
-            self.control_adapter = CameraAdapter(in_dim_control_adapter, dim, self.patch_size[1:])
+            # VideoX-Fun's field; a config without it gets the releases' factor for its VAE (16 for Wan2.2-Fun-5B).
+            downscale = downscale_factor_control_adapter or camera_downscale(out_dim)
+            self.control_adapter = CameraAdapter(in_dim_control_adapter, dim, self.patch_size[1:], downscale)
         self.gradient_checkpointing = False
 
     # -- properties used by pipelines ---------------------------------------------------
@@ -732,7 +743,8 @@ def infer_fun_extras(state: dict[str, torch.Tensor], config: dict) -> dict:
         found["in_dim_ref_conv"] = state["ref_conv.weight"].shape[1]
     if "control_adapter.conv.weight" in state and not config.get("add_control_adapter"):
         found["add_control_adapter"] = True
-        found["in_dim_control_adapter"] = state["control_adapter.conv.weight"].shape[1] // 64
+        downscale = config.get("downscale_factor_control_adapter") or camera_downscale(config["out_dim"])
+        found["in_dim_control_adapter"] = state["control_adapter.conv.weight"].shape[1] // downscale**2
     if found:
         logger.info("checkpoint carries Fun extras not named in config.json; enabling %s", found)
     return {**found, **vace_config_from_weights(state, config)}

@@ -173,6 +173,7 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
         in_dim_control_adapter: int = 24,
         rope_theta: float = 10000.0,
         image_dim: int | None = CLIP_DIM,
+        downscale_factor_control_adapter: int | None = None,
     ):
         if model_type not in ("vace", "t2v"):
             raise ValueError(f"a VACE model is text-to-video based (model_type vace or t2v), got {model_type!r}")
@@ -180,7 +181,7 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
         super().__init__(
             "t2v", patch_size, text_len, in_dim, dim, ffn_dim, freq_dim, text_dim, out_dim, num_heads, num_layers,
             window_size, qk_norm, cross_attn_norm, eps, add_ref_conv, in_dim_ref_conv, add_control_adapter,
-            in_dim_control_adapter, rope_theta, image_dim,
+            in_dim_control_adapter, rope_theta, image_dim, downscale_factor_control_adapter,
         )  # fmt: skip
         # The base class's own registration just recorded model_type t2v: the config keeps the release's.
         self.register_to_config(model_type=model_type)

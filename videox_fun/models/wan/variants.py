@@ -52,6 +52,21 @@ PRESETS: dict[str, dict] = {
     "Wan2.1-VACE-1.3B": _preset("1.3B", "vace", 16, vace_layers=list(range(0, 30, 2)), vace_in_dim=96),
     "Wan2.1-VACE-14B": _preset("14B", "vace", 16, vace_layers=list(range(0, 40, 5)), vace_in_dim=96),
     "Wan2.2-VACE-Fun-A14B": _preset("14B", "vace", 16, vace_layers=list(range(0, 40, 5)), vace_in_dim=96),
+    # Wan2.2-Fun (alibaba-pai): A14B ones are two experts of this architecture each, on Wan2.2 I2V-A14B (no CLIP).
+    # InP: latent + 4 mask + masked-video latent channels; Control: control latent in front of those, and
+    # ref_conv for a reference image; Control-Camera: InP channels and the camera adapter, whose unshuffle
+    # matches the VAE (8 for the Wan2.1 VAE of A14B, 16 for the Wan2.2 VAE of 5B).
+    "Wan2.2-Fun-A14B-InP": _preset("14B", "i2v", 36, image_dim=None),
+    "Wan2.2-Fun-A14B-Control": _preset("14B", "i2v", 52, image_dim=None, add_ref_conv=True),
+    "Wan2.2-Fun-A14B-Control-Camera": _preset(
+        "14B", "i2v", 36, image_dim=None, add_control_adapter=True, downscale_factor_control_adapter=8
+    ),
+    # 5B: TI2V-5B's architecture with the channels of the Wan2.2 VAE's 48-channel latents (100 = 48 + 4 + 48).
+    "Wan2.2-Fun-5B-InP": _preset("5B", "ti2v", 100, out_dim=48),
+    "Wan2.2-Fun-5B-Control": _preset("5B", "ti2v", 148, out_dim=48, add_ref_conv=True, in_dim_ref_conv=48),
+    "Wan2.2-Fun-5B-Control-Camera": _preset(
+        "5B", "ti2v", 100, out_dim=48, add_control_adapter=True, downscale_factor_control_adapter=16
+    ),
 }
 # Wan2.2 A14B: the high-noise expert runs while t >= boundary * 1000, the low-noise one below.
 EXPERT_BOUNDARIES = {"t2v": 0.875, "i2v": 0.900}
@@ -78,7 +93,8 @@ class WanVariant:
     channels: tuple[tuple[str, int], ...]
     ref_image: bool = False
     camera: bool = False
-    # Wan2.2 TI2V: an image conditions by replacing the first latent frame (timestep 0 on its tokens).
+    # An image conditions by replacing the first latent frame (timestep 0 on its tokens): Wan2.2 TI2V, and the
+    # Wan2.2-Fun 5B models on top of their InP channels.
     first_frame: bool = False
     # VACE: every condition goes through the VACE context stream (videox_fun.pipelines.vace).
     vace: bool = False
@@ -104,6 +120,8 @@ class WanVariant:
         kinds = self.channel_kinds
         if self.vace:
             return VACE_MODES
+        if self.camera:  # Wan2.1 V1.1 with start-image channels, Wan2.2-Fun with InP ones: the start frame goes there
+            return ("camera", "v2v")
         if "mask" in kinds and "control" in kinds:
             return ("control", "inpaint", "i2v", "t2v", "v2v")
         if "mask" in kinds:
@@ -136,12 +154,25 @@ def variant_of(config: Mapping[str, Any]) -> WanVariant:
         if channels:
             raise ValueError(f"a VACE model's main input is the latent alone (in_dim {z}), got in_dim {in_dim}")
         return WanVariant("VACE", (), vace=True)
+    if camera:
+        name = "Control-Camera"
     if ref:
         name += " V1.1 (reference image)"
-    first_frame = config.get("model_type") == "ti2v" and not channels
-    if first_frame:
+    first_frame = holds_first_frame(config, channels)
+    if first_frame and not channels:
         name = "TI2V"
     return WanVariant(name, channels, ref_image=ref, camera=camera, first_frame=first_frame)
+
+
+def holds_first_frame(config: Mapping[str, Any], channels: tuple[tuple[str, int], ...]) -> bool:
+    """Whether a known start image is held as the first latent frame (its tokens at timestep 0) while sampling.
+
+    Wan2.2 TI2V-5B does it with no conditioning channels; VideoX-Fun's Wan2.2-Fun pipelines do it too whenever
+    the VAE compresses 16x (the Wan2.2 VAE: 48 latent channels), beside the InP channels that also carry the image.
+    """
+    if not channels:
+        return config.get("model_type") == "ti2v"
+    return config["out_dim"] == 48 and "mask" in dict(channels)
 
 
 def variant_for_mode(mode: str) -> str:
@@ -159,12 +190,26 @@ def variant_for_mode(mode: str) -> str:
     }[mode]
 
 
+# The Wan2.2-Fun layouts at tiny size (tiny_config's variants): the A14B experts' (a14b_*) and the 5B ones (5b_*,
+# 48 latent channels for the Wan2.2 VAE). A14B InP is the ``inp`` variant (its experts have no CLIP either way).
+TINY_WAN22_FUN: dict[str, dict[str, Any]] = {
+    "a14b_control": {"in_dim": 52, "add_ref_conv": True},
+    "a14b_camera": {"in_dim": 36, "add_control_adapter": True},
+    "5b_inp": {"in_dim": 100},
+    "5b_control": {"in_dim": 148, "add_ref_conv": True, "in_dim_ref_conv": 48},
+    "5b_camera": {"in_dim": 100, "add_control_adapter": True},
+}
+
+
 def tiny_config(variant: str = "t2v", **overrides: Any) -> dict:
     """A tiny config of the real architecture for tests and the offline demo (2 layers, head dim 12; VACE 4
-    layers, two of them hinted)."""
+    layers, two of them hinted). Variants: ``t2v``, ``i2v``, ``inp``, ``control``, ``control_ref``, ``camera``,
+    ``ti2v``, ``vace`` and the Wan2.2-Fun layouts of :data:`TINY_WAN22_FUN`."""
     in_dims = {"t2v": 16, "i2v": 36, "inp": 36, "control": 48, "control_ref": 48, "camera": 32, "ti2v": 48, "vace": 16}
+    in_dims.update({name: layout["in_dim"] for name, layout in TINY_WAN22_FUN.items()})
+    wan22_vae = variant == "ti2v" or variant.startswith("5b_")
     config = {
-        "model_type": variant if variant in ("i2v", "ti2v", "vace") else "t2v",
+        "model_type": "ti2v" if wan22_vae else variant if variant in ("i2v", "vace") else "t2v",
         "patch_size": [1, 2, 2],
         "text_len": 32,
         "in_dim": in_dims[variant],
@@ -172,12 +217,13 @@ def tiny_config(variant: str = "t2v", **overrides: Any) -> dict:
         "ffn_dim": 48,
         "freq_dim": 16,
         "text_dim": 32,
-        "out_dim": 48 if variant == "ti2v" else 16,  # Wan2.2 TI2V: the Wan2.2 VAE's 48 latent channels
+        "out_dim": 48 if wan22_vae else 16,  # Wan2.2 TI2V and Fun 5B: the Wan2.2 VAE's 48 latent channels
         "num_heads": 2,
         "num_layers": 2,
         "add_ref_conv": variant == "control_ref",
         "add_control_adapter": variant == "camera",
     }
+    config.update({k: v for k, v in TINY_WAN22_FUN.get(variant, {}).items() if k != "in_dim"})
     if variant == "vace":  # a hint after every 2nd layer, as Wan2.1-VACE-1.3B
         config.update(num_layers=4, vace_layers=[0, 2], vace_in_dim=96)
     config.update(overrides)
