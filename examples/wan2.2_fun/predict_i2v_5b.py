@@ -1,0 +1,9 @@
+"""Wan2.2-Fun-5B-InP image-to-video (--image, held as the first latent frame; --end-image).
+
+Same flags as ``videox-fun generate`` (run with --help); nothing to edit in this file.
+"""
+
+from videox_fun.cli import example_main
+
+if __name__ == "__main__":
+    example_main("i2v", "flf2v")

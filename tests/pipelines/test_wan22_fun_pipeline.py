@@ -1,0 +1,117 @@
+"""Wan2.2-Fun end to end: tiny folders of each release's layout (A14B Control / Control-Camera as two experts, 5B
+InP / Control / Control-Camera with the 48-channel, 16x VAE) run their modes through ``videox-fun generate`` and
+write videos; the 5B models hold a start image as the first latent frame, as VideoX-Fun's Wan2.2-Fun pipelines do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import frame_count_and_size
+
+from videox_fun.cli import main
+from videox_fun.families import recognise
+from videox_fun.io.video import write_video
+from videox_fun.models.wan.tiny import build_tiny_model_folder
+from videox_fun.pipelines.wan import WanPipeline
+
+FAST = ["--steps", "2", "--frames", "5", "--height", "32", "--width", "32", "--quiet"]
+# tiny layout -> (two experts, the modes its folder is recognised with)
+LAYOUTS = {
+    "a14b_control": (True, ("t2v", "i2v", "inpaint", "control", "v2v")),
+    "a14b_camera": (True, ("v2v", "camera")),
+    "5b_inp": (False, ("t2v", "i2v", "flf2v", "v2v", "inpaint")),
+    "5b_control": (False, ("t2v", "i2v", "inpaint", "control", "v2v")),
+    "5b_camera": (False, ("v2v", "camera")),
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny folder per layout (the A14B ones with high- and low-noise experts switching at 0.9)."""
+    root = tmp_path_factory.mktemp("wan22_fun")
+    return {
+        name: build_tiny_model_folder(root / f"Tiny-{name}", name, boundary=0.9 if experts else None)
+        for name, (experts, _) in LAYOUTS.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A start / end image, a reference image and a control video, 32 x 32, 5 frames."""
+    folder = tmp_path_factory.mktemp("wan22_fun_media")
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    return {
+        "image": write_video(video[:1], folder / "start.png"),
+        "end-image": write_video(video[-1:], folder / "end.png"),
+        "ref-image": write_video(rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), folder / "ref.png"),
+        "control-video": write_video(255 - video, folder / "control.mp4"),
+    }
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_folders_are_recognised_with_their_modes(folders: dict[str, Path], layout: str) -> None:
+    found = recognise(folders[layout])
+    assert set(found.modes) == set(LAYOUTS[layout][1])
+    assert found.sizes.multiple == (32 if layout.startswith("5b") else 16)  # Wan2.2 VAE 16x x patch 2
+
+
+RUNS = [
+    ("5b_inp", "t2v", ()),
+    ("5b_inp", "i2v", ("image",)),
+    ("5b_inp", "flf2v", ("image", "end-image")),
+    ("5b_control", "control", ("control-video",)),
+    ("5b_control", "control", ("control-video", "ref-image", "image")),
+    ("5b_camera", "camera", ("image",)),
+    ("a14b_control", "control", ("control-video", "ref-image")),
+    ("a14b_control", "i2v", ("image",)),
+    ("a14b_camera", "camera", ("image",)),
+]
+
+
+@pytest.mark.parametrize(("layout", "mode", "inputs"), RUNS, ids=[f"{r[0]}-{r[1]}-{len(r[2])}" for r in RUNS])
+def test_generate_writes_a_video(
+    folders: dict[str, Path], files: dict[str, Path], tmp_path: Path, layout: str, mode: str, inputs: tuple
+) -> None:
+    out = tmp_path / "clip.mp4"
+    given = [arg for name in inputs for arg in (f"--{name}", str(files[name]))]
+    camera = ["--camera", "pan_left"] if mode == "camera" else []
+    flags = ["--model", str(folders[layout]), "--mode", mode, *given, *camera, "--output", str(out), *FAST]
+    assert main(["generate", "--prompt", "a red circle moving right", *flags]) == 0
+    assert frame_count_and_size(out) == (5, (32, 32))
+    assert json.loads(out.with_suffix(".json").read_text())["mode"] == mode
+
+
+def test_a_camera_model_asked_for_another_mode_fails_in_one_line(
+    folders: dict[str, Path], files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    flags = ["--model", str(folders["5b_camera"]), "--mode", "i2v", "--image", str(files["image"]), *FAST]
+    assert main(["generate", "--prompt", "x", "--output", str(tmp_path / "x.mp4"), *flags]) != 0
+    message = capsys.readouterr().err.strip()
+    assert "i2v" in message and "Control-Camera" in message and len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("layout", ["5b_inp", "5b_camera"])
+def test_5b_holds_the_start_image_as_the_first_latent_frame(
+    folders: dict[str, Path], files: dict[str, Path], layout: str
+) -> None:
+    pipe = WanPipeline.from_pretrained(folders[layout])
+    settings = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2, "progress": False}
+    extra = {"camera": "pan_left"} if layout == "5b_camera" else {}
+    result = pipe("a red circle moving right", image=files["image"], **extra, **settings)
+    assert result.latents.shape == (1, 48, 2, 2, 2)  # 5 frames, 32 pixels: 2 latent frames of 2 x 2
+    held = pipe.vae.encode(pipe._image_tensor(files["image"], 32, 32)[:, :, None]).cpu()
+    torch.testing.assert_close(result.latents[:, :, :1], held)
+
+
+def test_a14b_does_not_hold_the_first_frame(folders: dict[str, Path], files: dict[str, Path]) -> None:
+    """The A14B releases see the start image through their InP channels only (the Wan2.1 VAE: no hold)."""
+    pipe = WanPipeline.from_pretrained(folders["a14b_control"])
+    settings = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2, "progress": False}
+    result = pipe("x", image=files["image"], **settings)
+    held = pipe.vae.encode(pipe._image_tensor(files["image"], 32, 32)[:, :, None]).cpu()
+    assert not torch.allclose(result.latents[:, :, :1], held, atol=1e-3)
