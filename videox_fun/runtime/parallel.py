@@ -10,7 +10,8 @@ node); ring groups stride by U; the CFG pair (s, s + U*R) exchanges one predicti
 
 Sequence parallelism (:class:`SequenceParallel`) wraps the model's declared block runner (its
 ``_block_runner``, Wan's ``run_blocks``): the tokens (B, L, C),
-the RoPE tables and per-token time projections are padded to a multiple of U*R and split, so each
+the RoPE tables, per-token time projections and the model's per-token side streams (VACE's context
+tokens, through ``_sequence_side_streams``) are padded to a multiple of U*R and split, so each
 rank keeps its true positions; after the blocks the chunks are all-gathered and the padding cut.
 Each block's self-attention is replaced by one that reuses its q/k/v/o weights:
 
@@ -319,14 +320,17 @@ class SequenceParallel:
         total, degree = x.shape[1], self.groups.sp_degree
         chunk = math.ceil(total / degree)
         mine = slice(self.groups.sp_rank * chunk, (self.groups.sp_rank + 1) * chunk)
-        x_local = pad_dim(x, 1, chunk * degree)[:, mine]  # (B, chunk, C)
+        x_local = local_chunk(x, 1, chunk, degree, self.groups.sp_rank)  # (B, chunk, C)
         # e0 is (B, 1, 6, C) for one timestep per sample, or per token (B, L, 6, C): then shard it too.
         e0_local = e0 if e0.shape[1] == 1 else pad_dim(e0, 1, chunk * degree)[:, mine]
         rope_local = pad_dim(rope, 0, chunk * degree)[mine]  # (chunk, D/2): the tokens' true positions
+        # Per-token tensors the runner reads besides its arguments (VACE's context) split like the tokens.
+        shard = functools.partial(_side_stream_chunk, total=total, chunk=chunk, degree=degree, rank=self.groups.sp_rank)
         self._shard = _Shard(total=total, chunk=chunk)
         try:
-            # this rank's chunk of the output: (B, chunk, C)
-            out = run_blocks(x_local, e0_local, context, context_img, rope_local, context_bias, blocks=blocks)
+            with points.sequence_side_streams(self.model, shard):
+                # this rank's chunk of the output: (B, chunk, C)
+                out = run_blocks(x_local, e0_local, context, context_img, rope_local, context_bias, blocks=blocks)
         finally:
             self._shard = None
         return all_gather_cat(out, self.groups.sp_group, dim=1)[:, :total]
@@ -350,6 +354,18 @@ class SequenceParallel:
         if groups.ulysses_degree > 1:
             out = heads_to_sequence(out, groups.ulysses_group)[:, :, :heads]  # (B, chunk, H, D)
         return out
+
+
+def local_chunk(t: torch.Tensor, dim: int, chunk: int, degree: int, rank: int) -> torch.Tensor:
+    """Rank ``rank``'s ``chunk`` tokens of ``t`` along ``dim``, zero-padded at the end to ``chunk * degree``."""
+    return pad_dim(t, dim, chunk * degree).narrow(dim, rank * chunk, chunk)
+
+
+def _side_stream_chunk(t: torch.Tensor, dim: int, total: int, chunk: int, degree: int, rank: int) -> torch.Tensor:
+    """A side stream's chunk; it must be per token, as long as the sequence being split."""
+    if t.shape[dim] != total:
+        raise ValueError(f"a per-token side stream has {t.shape[dim]} tokens on dim {dim}, the sequence {total}")
+    return local_chunk(t, dim, chunk, degree, rank)
 
 
 def _valid_length(index: int, total: int, segment: int) -> int:

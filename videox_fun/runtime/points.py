@@ -20,6 +20,10 @@ the step caches read those declarations here and never name a family's attribute
   runner): the per-token block arguments to split over the ranks (name -> the dimension of each
   tensor, a tuple's tensors each), and the dotted path, inside each block, of the object whose
   ``attend(q, k, v, text_len)`` runs its joint text + video attention.
+- ``_sequence_side_streams`` (optional, with a block runner): the name of a method
+  ``method(shard) -> context manager`` that, while the runner runs, swaps the per-token tensors the
+  runner reads besides its arguments (VACE's context tokens) for ``shard(tensor, dim)``, this rank's
+  chunk of them, split as the tokens are; sequence parallelism enters it around the runner.
 - ``_cache_context_argument`` (optional): the block argument that tells guidance passes apart
   when no :func:`videox_fun.runtime.cache.cache_branch` is active (default
   ``encoder_hidden_states``, diffusers' name for the text stream).
@@ -30,10 +34,12 @@ that needed it, instead of an ``AttributeError`` deep inside a hook.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 DEFAULT_CACHE_CONTEXT_ARGUMENT = "encoder_hidden_states"
@@ -152,6 +158,23 @@ def require_block_runner(model: nn.Module, feature: str) -> str:
     if name is None:
         raise _missing(model, "_block_runner", feature, '"run_blocks"')
     return name
+
+
+def sequence_side_streams(
+    model: nn.Module, shard: Callable[[torch.Tensor, int], torch.Tensor]
+) -> contextlib.AbstractContextManager:
+    """The model's ``_sequence_side_streams`` context, entered with ``shard`` (a tensor and its token dimension ->
+    this rank's chunk), or a context doing nothing when the model reads no per-token tensor besides its runner's
+    arguments."""
+    name = getattr(model, "_sequence_side_streams", None)
+    if name is None:
+        return contextlib.nullcontext()
+    method = getattr(model, name, None)
+    if not callable(method):
+        raise ExtensionPointError(
+            f"model {type(model).__name__} declares _sequence_side_streams {name!r}, but has no such method"
+        )
+    return method(shard)
 
 
 def block_streams(model: nn.Module, forward: Callable, count: int) -> tuple[str, ...]:

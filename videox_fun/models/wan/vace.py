@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +146,8 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
     original_class_name = "VaceWanModel"
     # The VACE blocks run before the main ones in every pass: offload and block swap see them in that order.
     _block_lists = ("vace_blocks", "blocks")
+    # The VACE context is per token, read by run_blocks beside its arguments: sequence parallelism splits it too.
+    _sequence_side_streams = "sharded_side_streams"
 
     @register_to_config
     def __init__(
@@ -232,6 +234,22 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
         finally:
             self._vace_call = None
 
+    @contextlib.contextmanager
+    def sharded_side_streams(self, shard: Callable[[torch.Tensor, int], torch.Tensor]) -> Iterator[None]:
+        """While the block runner runs on this rank's chunk of the tokens: the VACE context tokens (B, L, C) cut
+        by ``shard`` (a tensor and its token dimension -> the chunk) the same way, so the stream and its hints
+        line up with the video tokens they meet (sequence parallelism's seam)."""
+        call = self._vace_call
+        if call is None:  # no forward pass under way: nothing to split
+            yield
+            return
+        whole = call.tokens
+        call.tokens = shard(whole, 1)  # (B, chunk, C)
+        try:
+            yield
+        finally:
+            call.tokens = whole
+
     def vace_hints(
         self,
         stream: torch.Tensor,
@@ -273,9 +291,9 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
         if call is None:
             raise RuntimeError("a VACE model's blocks run inside its forward, which gives them the VACE context")
         if call.tokens.shape[:2] != x.shape[:2]:
-            raise NotImplementedError(
-                f"the VACE stream has {call.tokens.shape[1]} tokens, the video {x.shape[1]}: sequence parallelism "
-                "does not split the VACE stream yet"
+            raise ValueError(
+                f"the VACE stream has {call.tokens.shape[1]} tokens, the video {x.shape[1]}: a hook that splits the "
+                "tokens must split the VACE stream too (through sharded_side_streams)"
             )
         start, stop, _ = blocks.indices(len(self.blocks))
         if start == 0:
