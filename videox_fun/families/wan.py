@@ -2,8 +2,8 @@
 
 Recognition reads config files and safetensors headers only: the original ("civitai") layout
 (``config.json`` with ``dim``, ``num_heads``, ``in_dim``...), the diffusers layout whose
-transformer is ``WanTransformer3DModel``, the Wan2.2 A14B expert folders, and our own folders
-(``videox_fun.yaml``). The variant, and so the modes, is read off the transformer config.
+transformer is ``WanTransformer3DModel`` or ``WanVACETransformer3DModel``, the Wan2.2 A14B expert
+folders, and our own folders (``videox_fun.yaml``). The variant, and so the modes, is read off the transformer config.
 A model joined from single files, one per component, is recognised from their headers
 (:func:`recognise_single_files`) and loaded by :class:`SingleFileWanFamily`.
 """
@@ -55,7 +55,8 @@ WAN_MODES = {
         description="any mix of subject images, a control video or a video + mask, start / end frames",
     ),
 }
-DIFFUSERS_CLASS = "WanTransformer3DModel"
+# diffusers' Wan transformer classes a pipeline folder's transformer/config.json may name (VACE's too).
+DIFFUSERS_CLASSES = frozenset({"WanTransformer3DModel", "WanVACETransformer3DModel"})
 ORIGINAL_FIELDS = frozenset({"dim", "num_heads", "in_dim", "out_dim"})
 
 
@@ -114,7 +115,7 @@ def is_other_family_folder(folder: Path) -> bool:
         transformer = folder / "transformer" / "config.json"
         if not transformer.is_file():
             return True
-        return read_json_mapping(transformer, "transformer config").get("_class_name") != DIFFUSERS_CLASS
+        return read_json_mapping(transformer, "transformer config").get("_class_name") not in DIFFUSERS_CLASSES
     own = folder / FOLDER_CONFIG_NAME
     return own.is_file() and read_yaml_mapping(own, "model config").get("pipeline", "Wan") != "Wan"
 

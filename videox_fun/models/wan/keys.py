@@ -26,7 +26,7 @@ def blank_clip_tokens(
     return torch.zeros(batch, CLIP_TOKENS, image_dim, device=device, dtype=dtype)
 
 
-def _attention_pairs() -> list[tuple[str, str]]:
+def _attention_pairs(stack: str = "blocks") -> list[tuple[str, str]]:
     pairs = []
     projections = [
         ("q", "to_q"),
@@ -38,10 +38,22 @@ def _attention_pairs() -> list[tuple[str, str]]:
     ]
     for original, diffusers in (("self_attn", "attn1"), ("cross_attn", "attn2")):
         for ours, theirs in projections:
-            pairs.append((f"blocks.{{i}}.{original}.{ours}.{{p}}", f"blocks.{{i}}.{diffusers}.{theirs}.{{p}}"))
+            pairs.append((f"{stack}.{{i}}.{original}.{ours}.{{p}}", f"{stack}.{{i}}.{diffusers}.{theirs}.{{p}}"))
     for ours, theirs in (("k_img", "add_k_proj"), ("v_img", "add_v_proj"), ("norm_k_img", "norm_added_k")):
-        pairs.append((f"blocks.{{i}}.cross_attn.{ours}.{{p}}", f"blocks.{{i}}.attn2.{theirs}.{{p}}"))
+        pairs.append((f"{stack}.{{i}}.cross_attn.{ours}.{{p}}", f"{stack}.{{i}}.attn2.{theirs}.{{p}}"))
     return pairs
+
+
+def _block_pairs(stack: str) -> list[tuple[str, str]]:
+    """The pairs of one block of ``stack`` (``blocks``, or VACE's ``vace_blocks``: the same block, same names)."""
+    return [
+        (f"{stack}.{{i}}.modulation", f"{stack}.{{i}}.scale_shift_table"),
+        # diffusers names the (affine) cross-attention norm norm2; the original calls it norm3.
+        (f"{stack}.{{i}}.norm3.{{p}}", f"{stack}.{{i}}.norm2.{{p}}"),
+        (f"{stack}.{{i}}.ffn.0.{{p}}", f"{stack}.{{i}}.ffn.net.0.proj.{{p}}"),
+        (f"{stack}.{{i}}.ffn.2.{{p}}", f"{stack}.{{i}}.ffn.net.2.{{p}}"),
+        *_attention_pairs(stack),
+    ]
 
 
 KEY_PAIRS: list[tuple[str, str]] = [
@@ -55,14 +67,15 @@ KEY_PAIRS: list[tuple[str, str]] = [
     ("img_emb.proj.1.{p}", "condition_embedder.image_embedder.ff.net.0.proj.{p}"),
     ("img_emb.proj.3.{p}", "condition_embedder.image_embedder.ff.net.2.{p}"),
     ("img_emb.proj.4.{p}", "condition_embedder.image_embedder.norm2.{p}"),
-    ("blocks.{i}.modulation", "blocks.{i}.scale_shift_table"),
-    # diffusers names the (affine) cross-attention norm norm2; the original calls it norm3.
-    ("blocks.{i}.norm3.{p}", "blocks.{i}.norm2.{p}"),
-    ("blocks.{i}.ffn.0.{p}", "blocks.{i}.ffn.net.0.proj.{p}"),
-    ("blocks.{i}.ffn.2.{p}", "blocks.{i}.ffn.net.2.{p}"),
+    *_block_pairs("blocks"),
     ("head.head.{p}", "proj_out.{p}"),
     ("head.modulation", "scale_shift_table"),
-    *_attention_pairs(),
+    # VACE (diffusers' WanVACETransformer3DModel): the context's patch embedding, and its blocks, whose
+    # before_proj (first block) and after_proj are proj_in and proj_out there.
+    ("vace_patch_embedding.{p}", "vace_patch_embedding.{p}"),
+    ("vace_blocks.{i}.before_proj.{p}", "vace_blocks.{i}.proj_in.{p}"),
+    ("vace_blocks.{i}.after_proj.{p}", "vace_blocks.{i}.proj_out.{p}"),
+    *_block_pairs("vace_blocks"),
     # Fun extras have no diffusers counterpart; they keep their names in either layout.
     ("ref_conv.{p}", "ref_conv.{p}"),
     ("control_adapter.{tail}", "control_adapter.{tail}"),
@@ -137,6 +150,7 @@ def diffusers_config_to_original(config: Mapping) -> dict:
         raise ValueError(f"diffusers Wan config fields not supported yet: {unsupported}")
     return {
         "model_type": "i2v" if config.get("image_dim") else "t2v",
+        **_vace_fields_to_original(config),
         "patch_size": list(config.get("patch_size", (1, 2, 2))),
         "in_dim": config["in_channels"],
         "out_dim": config["out_channels"],
@@ -150,6 +164,14 @@ def diffusers_config_to_original(config: Mapping) -> dict:
         "cross_attn_norm": bool(config.get("cross_attn_norm", True)),
         "eps": config.get("eps", 1e-6),
     }
+
+
+def _vace_fields_to_original(config: Mapping) -> dict:
+    """The VACE fields of a diffusers ``WanVACETransformer3DModel`` config in the release's names ({} for another)."""
+    if not config.get("vace_layers"):
+        return {}
+    # Wan2.1-VACE's config.json says model_type vace; diffusers' class has the one (text-to-video) base.
+    return {"model_type": "vace", "vace_layers": list(config["vace_layers"]), "vace_in_dim": config["vace_in_channels"]}
 
 
 def original_config_to_diffusers(config: Mapping) -> dict:
@@ -170,6 +192,15 @@ def original_config_to_diffusers(config: Mapping) -> dict:
         "eps": config.get("eps", 1e-6),
         "image_dim": config.get("image_dim", CLIP_DIM) if clip else None,
         "added_kv_proj_dim": config["dim"] if clip else None,
+        # VACE: diffusers' WanVACETransformer3DModel's fields (its class takes them; WanTransformer3DModel does not).
+        **(
+            {
+                "vace_layers": list(config["vace_layers"]),
+                "vace_in_channels": config.get("vace_in_dim") or config["in_dim"],
+            }
+            if config.get("vace_layers")
+            else {}
+        ),
     }
 
 
