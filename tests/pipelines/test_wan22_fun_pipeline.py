@@ -13,6 +13,7 @@ import torch
 from helpers import frame_count_and_size
 
 from videox_fun.cli import main
+from videox_fun.config import config_for_folder
 from videox_fun.families import recognise
 from videox_fun.io.video import write_video
 from videox_fun.models.wan.tiny import build_tiny_model_folder
@@ -115,3 +116,30 @@ def test_a14b_does_not_hold_the_first_frame(folders: dict[str, Path], files: dic
     result = pipe("x", image=files["image"], **settings)
     held = pipe.vae.encode(pipe._image_tensor(files["image"], 32, 32)[:, :, None]).cpu()
     assert not torch.allclose(result.latents[:, :, :1], held, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("layout", "experts", "expected"),
+    [
+        ("5b_inp", False, ("Flow", 5.0, 6.0, None, 50)),
+        ("5b_camera", False, ("Flow", 5.0, 6.0, None, 50)),
+        ("a14b_control", True, ("Flow", 5.0, 6.0, 6.0, 50)),
+        ("a14b_camera", True, ("Flow", 5.0, 6.0, 6.0, 50)),
+        # Fun-A14B-InP is Wan2.2 I2V-A14B's architecture: nothing tells them apart, it keeps the layout's defaults.
+        ("inp", True, None),
+    ],
+)
+def test_a_release_layout_samples_with_the_release_defaults(
+    tmp_path: Path, layout: str, experts: bool, expected: tuple
+) -> None:
+    """Without a folder config of its own, a Wan2.2-Fun folder takes VideoX-Fun's wan2.2_fun settings."""
+    folder = build_tiny_model_folder(tmp_path / layout, layout, boundary=0.9 if experts else None)
+    (folder / "videox_fun.yaml").unlink()
+    defaults = recognise(folder).defaults
+    if expected is None:
+        assert defaults == config_for_folder(folder).defaults
+        return
+    found = (defaults.sampler, defaults.shift, defaults.guidance_scale, defaults.guidance_scale_2, defaults.steps)
+    assert found == expected
+    if experts:
+        assert (defaults.height, defaults.width, defaults.num_frames, defaults.fps) == (480, 832, 81, 16)

@@ -99,13 +99,18 @@ def with_extras_from_headers(folder: Path, config: dict[str, Any]) -> dict[str, 
 
 def with_release_defaults(config: ModelConfig, transformer_config: Mapping[str, Any]) -> ModelConfig:
     """A layout's config with the generation defaults its variant was released with, where they differ from
-    the layout's: VACE (shift 16, guidance 5, UniPC; VACE-Fun A14B shift 12, Flow)."""
+    the layout's: VACE (shift 16, guidance 5, UniPC; VACE-Fun A14B shift 12, Flow) and the Wan2.2-Fun releases
+    told apart from Wan-AI's by their architecture (Flow, shift 5, guidance 6, 50 steps)."""
     from ..models.wan.vace import is_vace_config
-    from ..models.wan.variants import VACE_DEFAULTS
+    from ..models.wan.variants import VACE_DEFAULTS, wan22_fun_defaults
 
-    if not is_vace_config(transformer_config):
+    two_experts = bool(config.transformer_2_subpath)
+    if is_vace_config(transformer_config):
+        release = VACE_DEFAULTS["Wan2.2" if two_experts else "Wan2.1"]
+    else:
+        release = wan22_fun_defaults(transformer_config, two_experts)
+    if not release:
         return config
-    release = VACE_DEFAULTS["Wan2.2" if config.transformer_2_subpath else "Wan2.1"]
     return dataclasses.replace(config, defaults=dataclasses.replace(config.defaults, **release))
 
 

@@ -78,6 +78,35 @@ VACE_DEFAULTS = {
     "Wan2.2": {"sampler": "Flow", "shift": 12.0, "guidance_scale": 5.0},
 }
 
+# What the Wan2.2-Fun releases sample with (VideoX-Fun's examples/wan2.2_fun scripts): Flow, shift 5, guidance 6
+# (one scale for both A14B experts), 50 steps; A14B at 832 x 480, 81 frames at 16 fps, 5B at TI2V-5B's sizes.
+FUN22_DEFAULTS = {"sampler": "Flow", "shift": 5.0, "guidance_scale": 6.0, "steps": 50}
+FUN22_A14B_DEFAULTS = {
+    **FUN22_DEFAULTS,
+    "guidance_scale_2": 6.0,
+    "height": 480,
+    "width": 832,
+    "num_frames": 81,
+    "fps": 16,
+}
+
+
+def wan22_fun_defaults(config: Mapping[str, Any], two_experts: bool) -> dict[str, Any]:
+    """The Wan2.2-Fun release defaults for a transformer config that can only be a Wan2.2-Fun release, else {}.
+
+    5B: conditioning channels on the 48-channel latents. A14B: two experts with control channels or a camera
+    adapter. Fun-A14B-InP has Wan2.2 I2V-A14B's very architecture, so it is not told apart (it keeps I2V-A14B's).
+    """
+    variant = variant_of(config)
+    if variant.vace or not variant.channels:
+        return {}
+    if config["out_dim"] == 48:
+        return dict(FUN22_DEFAULTS)
+    if two_experts and ("control" in variant.channel_kinds or variant.camera):
+        return dict(FUN22_A14B_DEFAULTS)
+    return {}
+
+
 # Which generation modes each input layout can serve.
 MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera", "r2v", "vace")
 # VACE takes every task through its context stream: start / end frames and edits through the mask,
