@@ -338,6 +338,29 @@ VARIANTS = {
         {"model_type": "ti2v", "in_dim": 100, "out_dim": 48, "add_ref_conv": True, "in_dim_ref_conv": 48},
         {"per_token": True, "ref": "random"},
     ),
+    # The Wan2.2-Fun releases' layouts (#19): A14B Control (52 in, ref_conv), Control-Camera with InP channels
+    # and the adapter's unshuffle at the VAE's compression (8 for A14B, 16 for 5B).
+    "wan2.2-fun-a14b-control-ref": (
+        "Wan2_2Transformer3DModel",
+        {"model_type": "i2v", "in_dim": 52, "out_dim": 16, "add_ref_conv": True},
+        {"ref": "random"},
+    ),
+    "wan2.2-fun-a14b-control-camera": (
+        "Wan2_2Transformer3DModel",
+        {"model_type": "i2v", "in_dim": 36, "out_dim": 16, "add_control_adapter": True},
+        {"camera": True},
+    ),
+    "wan2.2-fun-5b-control-camera-per-token": (
+        "Wan2_2Transformer3DModel",
+        {
+            "model_type": "ti2v",
+            "in_dim": 100,
+            "out_dim": 48,
+            "add_control_adapter": True,
+            "downscale_factor_control_adapter": 16,
+        },
+        {"per_token": True, "camera": True},
+    ),
 }
 
 
@@ -370,7 +393,8 @@ def compare_variant(vxf, name: str, folder: Path) -> float:
     else:
         t = torch.tensor([750.0, 250.0])
     clip = torch.randn(2, 257, 1280, generator=generator) if inputs.get("clip") else None
-    camera = torch.randn(2, 24, frames, 8 * h, 8 * w, generator=generator) if inputs.get("camera") else None
+    pixels = fields.get("downscale_factor_control_adapter", 8)  # rays at pixel size: the VAE's compression
+    camera = torch.randn(2, 24, frames, pixels * h, pixels * w, generator=generator) if inputs.get("camera") else None
     ref = None
     if inputs.get("ref") == "random":
         ref = torch.randn(2, fields.get("in_dim_ref_conv", 16), h, w, generator=generator)
