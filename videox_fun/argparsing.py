@@ -8,8 +8,10 @@ parser here accepts either spelling, in any letter case, wherever the other one 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 
 class FlagSpellingParser(argparse.ArgumentParser):
@@ -28,6 +30,13 @@ class FlagSpellingParser(argparse.ArgumentParser):
         """
         args = sys.argv[1:] if args is None else list(args)
         return super().parse_known_args([self.known_spelling(token) for token in args], namespace)
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line (argparse's message and where to read more) and exit with code 2.
+
+        argparse prints the whole usage block first, which buries the one thing that is wrong.
+        """
+        self.exit(2, f"{self.prog}: error: {single_line(message)} (see {self.prog} --help)\n")
 
     def known_spelling(self, token: str) -> str:
         """``token`` with its flag part respelled to a flag of this parser, if one matches; else unchanged."""
@@ -68,3 +77,20 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (NaN and infinities are refused; argparse names the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def single_line(text: str) -> str:
+    """``text`` on one line: its line breaks (those of ``str.splitlines``, which a value given by the user may
+    hold) become spaces, so an error stays one line on the terminal and in a log."""
+    return " ".join(text.splitlines())

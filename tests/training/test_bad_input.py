@@ -71,3 +71,49 @@ def test_a_corrupt_and_a_missing_file_are_skipped_warned_about_and_counted(make_
     warned = " ".join(str(w.message) for w in caught)
     assert "corrupt_00.mp4" in warned and "missing_00.mp4" in warned
     assert json.loads(meta.read_text())[-1]["file_path"].endswith("missing_00.mp4")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(max_train_steps=-5),
+        dict(max_train_steps=0),
+        dict(num_train_epochs=0),
+        dict(num_train_epochs=-1),
+        dict(train_batch_size=0),
+        dict(gradient_accumulation_steps=-2),
+        dict(learning_rate=float("nan")),
+    ],
+    ids=lambda changes: "-".join(f"{k}={v}" for k, v in changes.items()),
+)
+def test_counts_below_one_and_non_finite_numbers_are_refused_before_anything_is_written(
+    make_config, tmp_path, capsys, changes
+):
+    config = make_config()
+    capsys.readouterr()  # not what building the tiny model printed
+    err = run_cli(config, tmp_path, capsys, **changes)
+    name = next(iter(changes))
+    assert err.count("\n") == 1 and err.startswith("error: bad training config: ") and f"--{name}" in err, err
+    assert not (tmp_path / "out").exists()  # no train_config.yaml, no LoRA: the folder is no run
+
+
+@pytest.mark.parametrize("flag", ["--learning_rate", "--max_grad_norm", "--shift"])
+def test_float_flags_refuse_non_finite_values_in_one_line(make_config, tmp_path, capsys, flag):
+    config = write_train_yaml(make_config(), tmp_path / "train.yaml")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--config", str(config), flag, "inf"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and flag in err and "finite" in err, err
+
+
+def test_a_resumed_run_removes_the_half_saved_checkpoint_of_the_killed_one(make_config, tmp_path):
+    settings = dict(output_dir=str(tmp_path / "run"), checkpointing_steps=1, use_lora=True, rank=2)
+    train(make_config("t2v", max_train_steps=1, **settings))
+    # What a run killed while saving step 4 leaves; the resumed run stops before it saves step 4 again.
+    stale = tmp_path / "run" / ".checkpoint-4.tmp"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half a checkpoint")
+    result = train(make_config("t2v", max_train_steps=2, resume_from_checkpoint="latest", **settings))
+    assert result.global_step == 2 and not stale.exists()
+    assert sorted(p.name for p in (tmp_path / "run").glob("*checkpoint*")) == ["checkpoint-1", "checkpoint-2"]

@@ -93,6 +93,23 @@ def run_outputs(output_dir: str | os.PathLike) -> list[str]:
     return checkpoints + [name for name in (LORA_FILE, TRANSFORMER_DIR) if (folder / name).exists()]
 
 
+def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[str]:
+    """Delete the hidden ``.checkpoint-N.tmp`` folders a killed save left in ``output_dir``; returns their names.
+
+    Only one run writes a folder at a time (:func:`check_run_start`), so at its start any such
+    folder is a leftover: never a checkpoint (resume reads complete folders only), only garbage
+    the size of one.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(f".{CHECKPOINT_PREFIX}*.tmp") if p.is_dir() and not p.is_symlink()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("removed %s, left by a checkpoint save that did not finish", path)
+    return sorted(p.name for p in stale)
+
+
 def read_training_state(folder: Path) -> dict:
     """A checkpoint's ``training_state.json``."""
     return json.loads((folder / STATE_FILE).read_text())

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import types
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..argparsing import finite_float
 from ..config import read_yaml_mapping
 from ..io.files import atomic_path
 from .data.config import DataSettings, setting
@@ -172,8 +174,7 @@ class TrainConfig(DataSettings, ModelSettings):
             problems.append("--pretrained_model_name_or_path is required (a model folder or name)")
         if not self.use_cached_latents and not self.train_data_meta:
             problems.append("--train_data_meta is required (or train from a cache with --use_cached_latents)")
-        if self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            problems.append("--train_batch_size and --gradient_accumulation_steps must be at least 1")
+        problems += count_problems(self)
         if self.use_lora and self.trainable_modules:
             problems.append("--trainable_modules is for full fine-tuning; LoRA trains only its adapters")
         if self.validation_steps and not self.validation_prompts:
@@ -186,12 +187,39 @@ class TrainConfig(DataSettings, ModelSettings):
             problems.append(f"--mixed_precision must be one of {MIXED_PRECISIONS}")
         if self.shift is not None and not self.shift > 0:  # NaN too
             problems.append(f"--shift must be > 0 (got {self.shift:g}); leave it out for the model's own shift")
-        if problems:
-            raise ValueError("bad training config:\n  " + "\n  ".join(problems))
+        if problems:  # one line, however many: a message that fits a terminal line and a log record
+            raise ValueError("bad training config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping of every field, as written to YAML."""
         return dataclasses.asdict(self)
+
+
+# Counts that must be 1 or more: 0 or fewer would train nothing (and still write a run's files) or divide by 0.
+AT_LEAST_ONE = (
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_train_steps",
+    "checkpointing_steps",
+    "vae_mini_batch",
+)
+AT_LEAST_ZERO = ("dataloader_num_workers", "lr_warmup_steps")
+
+
+def count_problems(config: TrainConfig) -> list[str]:
+    """Counts out of range (:data:`AT_LEAST_ONE`, :data:`AT_LEAST_ZERO`) and numbers that are NaN or infinite."""
+    problems = []
+    for names, least in ((AT_LEAST_ONE, 1), (AT_LEAST_ZERO, 0)):
+        for name in names:
+            value = getattr(config, name)
+            if value is not None and value < least:
+                problems.append(f"--{name} must be at least {least}, got {value}")
+    for name, value in config.to_dict().items():
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            problems.append(f"--{name} must be a finite number, got {value}")
+    return problems
 
 
 # ----------------------------------------------------------------------------------------
@@ -243,7 +271,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(
                 f"--{name}",
-                type=kind,
+                type=finite_float if kind is float else kind,
                 nargs="+" if is_list else None,
                 default=argparse.SUPPRESS,
                 help=help_text,

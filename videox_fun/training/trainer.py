@@ -42,6 +42,7 @@ from .checkpoint import (
     load_sharded_state,
     read_training_state,
     register_trainable_hooks,
+    remove_stale_temporaries,
     save_checkpoint,
     save_sharded_state,
 )
@@ -260,6 +261,7 @@ class Trainer:
         set_seed(config.seed)
         if accelerator.is_main_process:
             Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(config.output_dir)  # a killed run's half-saved checkpoint
         self.weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
         models = self.models = self.spec.load_models(config, self.weight_dtype)
         params = self._setup_trainable(models.transformer, self.weight_dtype)
