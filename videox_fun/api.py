@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .families import INPUT_NAMES, Mode, Recognised, infer_mode, merged_mode_table, recognise, require_inputs
-from .io.files import check_input_file, check_output_location
+from .io.files import check_input_file, check_output_location, check_output_target, printable
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +43,26 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 class CancelledError(Exception):
     """A generation stopped at a step boundary because its cancel event was set."""
+
+
+class NonFiniteLatentsError(ValueError):
+    """The latents turned NaN or infinite during sampling: the video would be black, so none is written."""
+
+
+class OutputWriteError(Exception):
+    """The result could not be written (a full disk, a file-size limit, an I/O error); nothing half-written is left."""
+
+
+# Hard limits of what one generation may ask for, checked before anything is allocated. Far past every released
+# checkpoint's trained sizes (Wan2.2: 1280x720, 121 frames; CogVideoX1.5: 1360x768, 161 frames) and RIFLEx's
+# extension of them; a run past them would not finish in any useful time. Longer videos go in windows.
+MAX_SIDE = 8192  # pixels of height or width
+MAX_WINDOW_FRAMES = 1025  # frames generated at once (one window of --partial-video-length)
+MAX_STEPS = 1000  # the samplers' schedules have 1000 training timesteps: more steps would repeat them
+MAX_FPS = 1000  # the video's frame rate, as a container can store it
+# The flags of the request's float settings, for messages.
+FLOAT_FLAGS = {"guidance_scale": "--guidance", "guidance_scale_2": "--guidance-2", "shift": "--shift",
+               "strength": "--strength"}  # fmt: skip
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -91,6 +112,16 @@ class RuntimeOptions:
 
         if self.resident_blocks < 1:
             raise ValueError(f"--resident-blocks must be at least 1, got {self.resident_blocks}")
+        check_device_name(self.device)
+        for name in ("transformer_path", "transformer_high_path"):
+            path = getattr(self, name)
+            if path is not None and path.exists() and not (path.is_file() or path.is_dir()):
+                raise ValueError(f"--{name.replace('_', '-')} {printable(path)}: not a regular file (nor a folder)")
+        for name in ("lora_weight", "lora_high_weight", "cache_threshold", "cfg_skip_ratio"):
+            value = getattr(self, name)
+            for number in value if isinstance(value, list) else [value]:
+                if number is not None and not math.isfinite(number):
+                    raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {number}")
         check_runtime_options(self)
 
     def load_options(self) -> RuntimeOptions:
@@ -157,16 +188,21 @@ class GenerationRequest:
         return {name: getattr(self, name) for name in INPUT_NAMES}
 
     def check_values(self, prompts: int = 1) -> None:
-        """Fail on values that cannot work: below 1, a shift of 0, a strength or seed out of range, NaN."""
+        """Fail on values that cannot work: text that is not UTF-8, below 1, past the size limits, a shift of 0,
+        a strength or seed out of range, NaN."""
+        check_text("--prompt", self.prompt)
+        if self.negative_prompt is not None:
+            check_text("--negative-prompt", self.negative_prompt)
         for name in ("steps", "num_frames", "height", "width", "fps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 flag = {"num_frames": "frames"}.get(name, name)
                 raise ValueError(f"--{flag} must be at least 1, got {value}")
-        for name in ("guidance_scale", "guidance_scale_2", "shift", "strength"):
+        for name, flag in FLOAT_FLAGS.items():
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value}")
+                raise ValueError(f"{flag} must be a finite number, got {value}")
+        self.check_size_limits()
         if self.partial_video_length is not None and self.partial_video_length < 2:
             raise ValueError(f"--partial-video-length must be at least 2, got {self.partial_video_length}")
         if self.shift is not None and self.shift <= 0:
@@ -175,6 +211,43 @@ class GenerationRequest:
             raise ValueError(f"--strength must be in (0, 1], got {self.strength}")
         if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1] - (prompts - 1):
             raise ValueError(f"--seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] for every prompt, got {self.seed}")
+
+    def check_size_limits(self) -> None:
+        """Fail on sizes past :data:`MAX_SIDE`, frame counts past :data:`MAX_WINDOW_FRAMES` in one window, and
+        steps or a frame rate past :data:`MAX_STEPS` / :data:`MAX_FPS`."""
+        for name, limit in (("steps", MAX_STEPS), ("fps", MAX_FPS)):
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ValueError(f"--{name} {value}: at most {limit}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_SIDE:
+                raise ValueError(f"--{name} {value}: at most {MAX_SIDE} pixels (a run this size would not finish)")
+        window = self.partial_video_length if is_long(self) else self.num_frames
+        if window is not None and window > MAX_WINDOW_FRAMES:
+            flag = "--partial-video-length" if is_long(self) else "--frames"
+            raise ValueError(
+                f"{flag} {window}: at most {MAX_WINDOW_FRAMES} frames are generated at once; make a longer video "
+                "in windows (--partial-video-length) on a model that inpaints"
+            )
+
+
+def check_text(flag: str, text: object) -> None:
+    """``text`` is a str that UTF-8 can encode (a prompt the text encoder can read), else a one-line ValueError.
+
+    Arguments holding bytes that are not UTF-8 reach Python as lone surrogates (``\\udcff`` for byte
+    0xff), which the tokenizer cannot take.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"{flag} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(text[err.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"code point U+{code:04X}"
+        raise ValueError(
+            f"{flag} is not valid UTF-8 text ({what} at character {err.start + 1}): give it in UTF-8"
+        ) from None
 
 
 @dataclass
@@ -186,6 +259,17 @@ class GenerationResult:
     sidecar: dict[str, Any]
     mode: Mode
     fps: int
+
+
+def check_device_name(device: str) -> None:
+    """``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` with N a GPU this torch sees, else a ValueError."""
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", device):
+        raise ValueError(f"--device {printable(device)}: use cpu, cuda, cuda:N or auto")
+    index = int(device.partition(":")[2] or 0)
+    if device.startswith("cuda:") and torch.cuda.is_available() and index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 and up")
 
 
 def resolve_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -236,7 +320,8 @@ def check_request(recognised: Recognised, request: GenerationRequest, prompts: i
             f"({recognised.sizes.frame_rule()}); generate at most {limit}"
         )
     mode = choose_mode(recognised, request)
-    require_inputs(recognised.family.modes, mode, request.inputs(), check_file=check_input_file)
+    # The modes this model serves: a suggestion of another mode must be one that it can run.
+    require_inputs(recognised.mode_table(), mode, request.inputs(), check_file=check_input_file)
     return mode
 
 
@@ -263,6 +348,81 @@ def check_long_video(recognised: Recognised, request: GenerationRequest) -> str:
         if value is not None:
             check_input_file(name, value)
     return "i2v" if "image" in given else "t2v"
+
+
+# Bytes a generation needs besides the weights, per unit of its size: a lower bound, so what is refused surely
+# cannot run. The decoded video is float32 twice (the decoder's output and its clamped copy) and uint8 once; the
+# VAE decoder's full-resolution stage holds one chunk of frames (frame_factor of them) of at least 64 channels, in
+# input, output and residual; each token carries its latents, their guided velocities and a hidden state of at
+# least 128 channels in float32 through a block.
+BYTES_PER_DECODED_VALUE = 4 + 4 + 1
+BYTES_PER_DECODER_PIXEL = 64 * 4 * 3
+BYTES_PER_TOKEN = 128 * 4 * 8
+
+
+def resolved_size(recognised: Recognised, request: GenerationRequest) -> tuple[int, int, int]:
+    """(height, width, frames) a request generates: the model's defaults for what is None, size-corrected."""
+    defaults, sizes = recognised.defaults, recognised.sizes
+    height = sizes.valid_size(request.height if request.height is not None else defaults.height)
+    width = sizes.valid_size(request.width if request.width is not None else defaults.width)
+    frames = sizes.valid_frame_count(request.num_frames if request.num_frames is not None else defaults.num_frames)
+    return height, width, frames
+
+
+def estimate_memory(recognised: Recognised, request: GenerationRequest) -> tuple[int, int]:
+    """(bytes, tokens per step): a lower bound of the memory a request needs beside the weights.
+
+    From the latent token count of one window (``frames -> (frames-1)/frame_factor + 1`` latent
+    frames of ``(height/multiple) x (width/multiple)`` patches) and the pixels of the whole video.
+    """
+    height, width, frames = resolved_size(recognised, request)
+    sizes = recognised.sizes
+    window = min(frames, request.partial_video_length) if is_long(request) else frames
+    latent_frames = (window - 1) // sizes.frame_factor + 1
+    tokens = latent_frames * -(-height // sizes.multiple) * -(-width // sizes.multiple)
+    video = frames * height * width * 3 * BYTES_PER_DECODED_VALUE
+    decoder = min(sizes.frame_factor, window) * height * width * BYTES_PER_DECODER_PIXEL
+    return video + decoder + tokens * BYTES_PER_TOKEN, tokens
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a generation on ``device`` now: the GPU's free memory, or the RAM the OS can give; None if
+    unknown."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits_memory(recognised: Recognised, request: GenerationRequest, device: torch.device) -> None:
+    """Refuse a request whose :func:`estimate_memory` is more than ``device`` has free, before any allocation."""
+    needed, tokens = estimate_memory(recognised, request)
+    free = available_memory(device)
+    if free is None or needed <= free:
+        return
+    height, width, frames = resolved_size(recognised, request)
+    gib = 2**30
+    raise ValueError(
+        f"--height {height} --width {width} --frames {frames}: needs at least {needed / gib:.1f} GiB of memory "
+        f"beside the weights (estimated from {tokens:,} tokens a step and {frames}x{height}x{width} decoded pixels), "
+        f"more than the {free / gib:.1f} GiB free on {device}: generate a smaller size or fewer frames"
+    )
 
 
 def default_mode_for(request: GenerationRequest) -> str:
@@ -310,7 +470,14 @@ class LoadedPipeline:
             batched=not self.options.cfg_sequential,
         )
 
+        check_fits_memory(self.recognised, request, self.pipe.device)
+
         def step_done(step: int, total: int, latents: torch.Tensor) -> None:
+            if not bool(latents.isfinite().all()):  # one reduction a step: cheap beside the transformer
+                raise NonFiniteLatentsError(
+                    f"sampling went non-finite (NaN or inf) at step {step + 1} of {total}, so no video was written; "
+                    f"likely cause: {likely_non_finite_cause(request, self.options)}"
+                )
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"cancelled after step {step + 1} of {total}")
             if on_step is not None:
@@ -425,6 +592,23 @@ class LoadedPipeline:
         self.pipe = None  # type: ignore[assignment]
 
 
+def likely_non_finite_cause(request: GenerationRequest, options: RuntimeOptions) -> str:
+    """What most likely made the latents NaN or infinite, in words naming the flags to look at."""
+    causes = []
+    for name in ("guidance_scale", "guidance_scale_2"):
+        value = getattr(request, name)
+        if value is not None and abs(value) > 50:
+            causes.append(f"{FLOAT_FLAGS[name]} {value:g} (usual values are 1 to 10)")
+    if request.shift is not None and not 0.01 <= request.shift <= 100:
+        causes.append(f"--shift {request.shift:g} (usual values are 1 to 17)")
+    weights = [abs(w) for w in (options.lora_weight or []) + (options.lora_high_weight or [])]
+    if options.lora_path or options.lora_high_path:
+        causes.append("a LoRA (--lora-path) or its --lora-weight" + (f" (up to {max(weights):g})" if weights else ""))
+    if options.transformer_path or options.transformer_high_path:
+        causes.append("the --transformer-path weights")
+    return "; ".join(causes) or "the model's weights hold NaN or inf, or its dtype overflows (try --dtype float32)"
+
+
 def input_record(inputs: Mapping[str, Any]) -> dict[str, str]:
     """The given input files by name, as absolute paths (built-in camera paths by name), for the sidecar."""
     from .io.camera import is_trajectory_name
@@ -483,25 +667,62 @@ def _cpu() -> torch.device:
     return torch.device("cpu")
 
 
-def write_result(result: GenerationResult, target: Path) -> Path:
-    """Write the video (or image: one frame) and its strict-JSON sidecar beside it; returns the path."""
+def write_result(result: GenerationResult, target: Path, overwrite: bool = True) -> Path:
+    """Write the video (or image: one frame) and its strict-JSON sidecar beside it; returns the path.
+
+    Never through or over a symlink or a non-regular file; with ``overwrite`` False never over any
+    existing file either (``FileExistsError``, even for a file that appeared while generating).
+    Both files appear only complete; when one cannot be written (a full disk: :class:`OutputWriteError`)
+    neither is left.
+    """
     from .io.files import atomic_path
     from .io.video import write_video
 
-    path = write_video(result.frames, target, fps=result.fps)
-    text = json.dumps(result.sidecar, indent=2, allow_nan=False)  # strict JSON: readers reject NaN
-    with atomic_path(path.with_suffix(".json")) as temporary:  # the evaluator must never read half a sidecar
-        temporary.write_text(text)
+    text = json.dumps(result.sidecar, indent=2, allow_nan=False)  # strict JSON (readers reject NaN), before writing
+    sidecar = target.with_suffix(".json")
+    for path in (target, sidecar):
+        check_output_target(path, "cannot write", overwrite)
+    try:
+        path = write_video(result.frames, target, fps=result.fps, overwrite=overwrite)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        raise OutputWriteError(f"could not write {printable(target)}: {err.strerror or err}") from err
+    try:
+        with atomic_path(path.with_suffix(".json"), overwrite=overwrite) as temporary:  # never half a sidecar
+            temporary.write_text(text)
+    except BaseException as err:
+        path.unlink(missing_ok=True)  # this run's own video: without its sidecar it is half a result
+        if isinstance(err, OSError) and not isinstance(err, FileExistsError):
+            raise OutputWriteError(f"could not write {printable(sidecar)}: {err.strerror or err}") from err
+        raise
     count = result.frames.shape[0]
-    print(f"wrote {path} ({count} frame{'s' if count != 1 else ''}, {result.frames.shape[2]}x{result.frames.shape[1]})")
+    size = f"{result.frames.shape[2]}x{result.frames.shape[1]}"
+    print(f"wrote {printable(path)} ({count} frame{'s' if count != 1 else ''}, {size})")
     return path
 
 
 def next_output_path(folder: Path, suffix: str = ".mp4") -> Path:
-    """The next free numbered file name in ``folder`` (00000001.mp4, ...), as VideoX-Fun names them."""
+    """The next free numbered file name in ``folder`` (00000001.mp4, ...), as VideoX-Fun names them.
+
+    A number is taken when any file has it as its name's stem (a sidecar left without its video too).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     taken = [int(p.stem) for p in folder.iterdir() if p.stem.isdigit()]
     return folder / f"{max(taken, default=0) + 1:08d}{suffix}"
+
+
+def write_numbered(result: GenerationResult, folder: Path) -> Path:
+    """Write a result under the next free number in ``folder`` (:func:`next_output_path`), never over a file.
+
+    A name another process takes between the choice and the write is skipped for the next one.
+    """
+    for _ in range(100):
+        try:
+            return write_result(result, next_output_path(folder), overwrite=False)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{printable(folder)}: no free numbered name after 100 tries (other writers?)")
 
 
 def options_from(mapping: Mapping[str, Any], kind: type) -> Any:
@@ -515,10 +736,13 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "LoadedPipeline",
+    "NonFiniteLatentsError",
+    "OutputWriteError",
     "RuntimeOptions",
     "check_output_location",
     "check_request",
     "load_pipeline",
     "next_output_path",
+    "write_numbered",
     "write_result",
 ]

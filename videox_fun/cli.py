@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .argparsing import DefaultsHelpFormatter, FlagSpellingParser
+from .argparsing import DefaultsHelpFormatter, FlagSpellingParser, finite_float, single_line
 
 if TYPE_CHECKING:
-    from .api import GenerationRequest, RuntimeOptions
+    from .api import GenerationRequest, LoadedPipeline, RuntimeOptions
 
 logger = logging.getLogger("videox_fun")
 
@@ -63,7 +67,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="camera trajectory file, one pose per line, or a built-in one: static, pan_{left,right,up,down,...}, "
         "zoom_{in,out}, cw, acw, orbit_{left,right} (camera)",
     )
-    io.add_argument("--strength", type=float, default=0.7, help="denoise strength for v2v (default 0.7)")
+    io.add_argument("--strength", type=finite_float, default=0.7, help="denoise strength for v2v (default 0.7)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="model folder or name (default: the built-in tiny model for the mode)")
@@ -89,14 +93,14 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sampling.add_argument("--fps", type=int, help="frames per second of the written video")
     sampling.add_argument("--steps", "--num-inference-steps", type=int, help="denoising steps")
-    sampling.add_argument("--guidance", "--guidance-scale", type=float, help="classifier-free guidance scale")
+    sampling.add_argument("--guidance", "--guidance-scale", type=finite_float, help="classifier-free guidance scale")
     sampling.add_argument(
         "--guidance-2",
         "--guidance-scale-2",
-        type=float,
+        type=finite_float,
         help="Wan2.2 A14B: guidance of the low-noise expert (--guidance is the high-noise one's)",
     )
-    sampling.add_argument("--shift", type=float, help="flow shift of the sampler")
+    sampling.add_argument("--shift", type=finite_float, help="flow shift of the sampler")
     sampling.add_argument(
         "--sampler",
         "--sampler-name",
@@ -120,6 +124,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--output", type=Path, help="output file (.mp4; .png for one frame)")
     out.add_argument("--output-dir", type=Path, help="output folder (default samples/{model}-videos{_i2v,_v2v,...})")
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output file and its .json sidecar (never a symlink or a non-regular file); "
+        "without it a run refuses to start rather than replace a file it did not write",
+    )
     out.add_argument("--quiet", action="store_true", help="no progress bar")
 
     add_runtime_arguments(parser)
@@ -170,7 +180,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     lora.add_argument(
         "--lora-weight",
-        type=float,
+        type=finite_float,
         action="append",
         help="strength of each LoRA: one for all or one per --lora-path (default 1.0)",
     )
@@ -179,7 +189,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="Wan2.2 A14B: LoRA for the high-noise expert (--lora-path is then the low-noise one's)",
     )
-    lora.add_argument("--lora-high-weight", type=float, action="append", help="strength of each --lora-high-path")
+    lora.add_argument(
+        "--lora-high-weight", type=finite_float, action="append", help="strength of each --lora-high-path"
+    )
     group.add_argument("--cache", choices=CACHES, default="none", help="step cache (default none)")
     group.add_argument(
         "--enable-teacache", dest="cache", action="store_const", const="teacache", help="same as --cache teacache"
@@ -188,7 +200,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "--teacache-threshold",
         "--cache-threshold",
         dest="cache_threshold",
-        type=float,
+        type=finite_float,
         help="skip while the accumulated change stays below this (default 0.1 TeaCache, 0.05 first-block)",
     )
     group.add_argument(
@@ -205,7 +217,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-offload-residuals", action="store_true", help="keep cached residuals in CPU memory")
     group.add_argument(
         "--cfg-skip-ratio",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="share of the last steps run without the unconditional pass (default 0)",
     )
@@ -313,16 +325,39 @@ def generation_request(args: argparse.Namespace, prompt: str, seed: int) -> Gene
 
 
 def check_output_flags(args: argparse.Namespace, num_prompts: int) -> None:
-    """``--output`` names one file of a known kind, and every output location can be written."""
-    from .io.files import check_output_location
+    """``--output`` names one file of a known kind that the run may write (with its sidecar), and every output
+    location can be written."""
+    from .io.files import check_output_location, check_output_target, printable
     from .io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
     if args.output is not None:
         if num_prompts > 1:
             raise ValueError("--output names one file; with several prompts use --output-dir")
         if args.output.suffix.lower() not in (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES):
-            raise ValueError(f"--output {args.output}: use one of {', '.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)}")
+            raise ValueError(
+                f"--output {printable(args.output)}: use one of {', '.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)}"
+            )
     check_output_location(args.output, args.output_dir)
+    if args.output is not None:  # never replace a file the run did not write: the video's name or its sidecar's
+        check_output_target(args.output, "--output", args.overwrite)
+        check_output_target(args.output.with_suffix(".json"), "--output (its .json sidecar)", args.overwrite)
+    elif args.overwrite:
+        raise ValueError("--overwrite is for --output; numbered outputs always take a free name")
+
+
+def read_prompt_flags(args: argparse.Namespace) -> list[str]:
+    """The prompts to generate: ``--prompt`` or the lines of ``--prompts-file`` (exactly one of them, not blank)."""
+    from .io.files import read_prompts
+
+    if args.prompt is not None and args.prompts_file is not None:
+        raise ValueError("--prompt and --prompts-file together: give one (a prompts file holds one prompt a line)")
+    if args.prompts_file is not None:
+        return read_prompts(args.prompts_file)
+    if args.prompt is None:
+        raise ValueError("give --prompt or --prompts-file")
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty: give the text of the video to generate")
+    return [args.prompt]
 
 
 def run_generate(args: argparse.Namespace) -> list[Path]:
@@ -332,20 +367,17 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     inputs, output locations), so a mistake fails in seconds, not after a 14B load.
     """
     from .api import (
+        check_fits_memory,
         check_input_file,
         check_request,
         default_mode_for,
         load_pipeline,
-        next_output_path,
+        resolve_device_and_dtype,
         resolve_folder,
-        write_result,
     )
     from .families import recognise
-    from .io.files import read_prompts
 
-    if not args.prompt and not args.prompts_file:
-        raise ValueError("give --prompt or --prompts-file")
-    prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
+    prompts = read_prompt_flags(args)
     options = runtime_options(args)
     first = generation_request(args, prompts[0], args.seed)
     first.check_values(len(prompts))
@@ -356,19 +388,73 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
             check_input_file(name, value)  # an undecodable input fails before even the model is looked up
     recognised = recognise(resolve_folder(args.model, default_mode_for(first)), options.config)
     mode = check_request(recognised, first, len(prompts))
+    check_fits_memory(recognised, first, resolve_device_and_dtype(options.device, options.dtype)[0])
 
     started = time.perf_counter()
-    loaded = load_pipeline(None, options, recognised=recognised)
-    out_dir = args.output_dir or loaded.output_folder(mode)
+    with interrupt_event() as interrupted:
+        loaded = load_pipeline(None, options, recognised=recognised)
+        out_dir = args.output_dir or loaded.output_folder(mode)
+        return generate_all(args, loaded, prompts, out_dir, interrupted, started)
+
+
+def generate_all(
+    args: argparse.Namespace,
+    loaded: LoadedPipeline,
+    prompts: list[str],
+    out_dir: Path,
+    interrupted: threading.Event,
+    started: float,
+) -> list[Path]:
+    """Generate and write each prompt's video with the loaded pipeline; stop at a step once ``interrupted`` is set."""
+    from .api import write_numbered, write_result
+
     written = []
     for i, prompt in enumerate(prompts):
-        result = loaded.generate(generation_request(args, prompt, args.seed + i), progress=not args.quiet)
+        request = generation_request(args, prompt, args.seed + i)
+        result = loaded.generate(request, progress=not args.quiet, cancel=interrupted)
+        if interrupted.is_set():  # Ctrl-C came after the last step (and its KeyboardInterrupt was lost)
+            raise KeyboardInterrupt
         if not loaded.runtime.is_main:
             continue  # every rank generates (and holds the same video); rank 0 writes it
-        target = args.output if (args.output and len(prompts) == 1) else next_output_path(out_dir)
-        written.append(write_result(result, target))
+        if args.output is not None:
+            written.append(write_result(result, args.output, overwrite=args.overwrite))
+        else:
+            written.append(write_numbered(result, out_dir))
     logger.info("generated %d video(s) in %.1f s", len(written), time.perf_counter() - started)
     return written
+
+
+@contextlib.contextmanager
+def interrupt_event() -> Iterator[threading.Event]:
+    """An event that Ctrl-C (SIGINT) sets while the block runs, besides raising KeyboardInterrupt as usual.
+
+    Python drops a KeyboardInterrupt raised inside a finalizer (``__del__``, common while large
+    libraries import and load), and the run would go on to the end; the event outlives it, so the
+    generation stops at its next step (``cancel``) all the same. Such a dropped interrupt is not
+    reported either: the event stands for it. Outside the main thread (signals cannot be caught
+    there), or where SIGINT is ignored, the event is never set.
+    """
+    interrupted = threading.Event()
+    # A background job started with SIGINT ignored (nohup, `cmd &` in a script) stays so.
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield interrupted
+        return
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    def unraisable(report: sys.UnraisableHookArgs) -> None:
+        if not (interrupted.is_set() and isinstance(report.exc_value, KeyboardInterrupt)):
+            previous_hook(report)
+
+    previous_handler, previous_hook = signal.signal(signal.SIGINT, on_sigint), sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        sys.unraisablehook = previous_hook
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -404,11 +490,23 @@ def main(argv: list[str] | None = None) -> int:
 def run_parsed(args: argparse.Namespace) -> int:
     """Run a parsed command; user mistakes (missing files, bad values) print one line and return 2."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    from .api import CancelledError, OutputWriteError
+
     try:
         args.handler(args)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {single_line(str(err))}", file=sys.stderr)
         return 2
+    except OutputWriteError as err:  # the disk, not the arguments: exit 1
+        print(f"error: {single_line(str(err))}; nothing was left half-written", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, CancelledError):  # CancelledError: the step after a dropped KeyboardInterrupt
+        # A KeyboardInterrupt that ended a string exec (dataclasses build their methods so, while libraries
+        # import) sets CPython's "unhandled KeyboardInterrupt" flag even once caught, and `python -m` then
+        # ends by SIGINT instead of this exit code; a string exec that ends normally clears the flag.
+        exec("pass")
+        print("error: interrupted (Ctrl-C); nothing was left half-written", file=sys.stderr)
+        return 130  # what a shell reports for a process ended by SIGINT
     except (MemoryError, RuntimeError) as err:
         from .api import is_out_of_memory
 

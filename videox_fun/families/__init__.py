@@ -264,7 +264,15 @@ def require_inputs(
     unused = [name for name, value in given.items() if value is not None and name not in spec.reads]
     if unused:
         wanted = infer_mode(table, given)
-        raise ValueError(f"mode {mode!r} does not use {flag_names(unused)} (these inputs ask for mode {wanted!r})")
+        if wanted != mode:
+            raise ValueError(f"mode {mode!r} does not use {flag_names(unused)} (these inputs ask for mode {wanted!r})")
+        # No mode of the table reads all the inputs given: say which clash rather than suggest the same mode again.
+        together = " and ".join(flag_names([name]) for name in INPUT_NAMES if given.get(name) is not None)
+        reads = f"it reads {flag_names(spec.reads)}" if spec.reads else "it reads no input"
+        raise ValueError(
+            f"{together} together: none of the modes {', '.join(table)} takes them all; mode {mode!r} takes no "
+            f"{flag_names(unused)} ({reads}): leave {flag_names(unused)} out, or use a model with a mode that does"
+        )
     if check_file is not None:
         for name, value in given.items():
             if value is not None:

@@ -12,6 +12,7 @@ under the real name.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -63,22 +64,51 @@ def _hidden_sibling(path: Path, tag: str) -> Path:
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.{tag}{path.suffix}")
 
 
+def place_new_file(temporary: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move a finished ``temporary`` to ``path`` only if nothing has that name: else ``FileExistsError``.
+
+    A hard link is the atomic "create if absent" of a whole file (a check then a rename could
+    replace a file that appeared in between); where the file system has no hard links, a check
+    and a rename it is.
+    """
+    taken = f"{printable(path)} exists: this run does not replace a file it did not write"
+    os.chmod(temporary, 0o666 & ~current_umask())
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise FileExistsError(taken) from None
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(taken) from None
+        os.replace(temporary, path)
+        return Path(path)
+    os.unlink(temporary)
+    return Path(path)
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Write ``path`` so that it appears only complete: write to the yielded temporary path instead.
 
     ``with atomic_path(target) as temporary: write(temporary)`` replaces ``target`` with the
     temporary when the block ends normally (through :func:`replace_file`, so the result has the
-    mode a plain write gives: an existing target's, else ``0o666 & ~umask``). When the block
-    raises, the temporary is removed, the target (if any) is left as it was and the error goes
-    on. The temporary is a hidden name in the same folder that keeps the target's suffix. The
-    folder must exist.
+    mode a plain write gives: an existing target's, else ``0o666 & ~umask``). With ``overwrite``
+    False an existing ``target`` (a symlink too) is never replaced: the block's result is put in
+    place only if the name is still free (:func:`place_new_file`), else ``FileExistsError``. When
+    the block raises, the temporary is removed, the target (if any) is left as it was and the
+    error goes on. The temporary is a hidden name in the same folder that keeps the target's
+    suffix. The folder must exist.
     """
     path = Path(path)
     temporary = _hidden_sibling(path, "partial")
     try:
         yield temporary
-        replace_file(temporary, path)
+        if overwrite:
+            replace_file(temporary, path)
+        else:
+            place_new_file(temporary, path)
     except BaseException:  # KeyboardInterrupt too: never leave the temporary behind
         temporary.unlink(missing_ok=True)
         raise
@@ -154,14 +184,78 @@ def reset_tree_modes(folder: str | os.PathLike) -> Path:
     return root
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Non-empty lines of a prompts file."""
+def printable(path: str | os.PathLike) -> str:
+    """A path as text any terminal can print: bytes that are not UTF-8 shown as ``\\xff`` escapes.
+
+    Python hands such bytes of file names and arguments over as lone surrogates, which a strict
+    UTF-8 stdout refuses to print.
+    """
+    text = os.fspath(path)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (given as text, not from the OS)
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def why_missing(path: Path) -> str:
+    """Why ``path`` cannot be opened, in words: a symlink loop, a broken symlink, or no such file."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symlink loop (the link leads back to itself)"
+        if path.is_symlink():
+            return f"a broken symlink (to {printable(os.readlink(path))}, which does not exist)"
+        if err.errno == errno.ENOTDIR:
+            return "file not found (a part of the path is a file, not a folder)"
+        if err.errno == errno.EACCES:
+            return "no permission to look into its folder"
+    return "file not found"
+
+
+def read_text_file(path: Path, flag: str) -> str:
+    """The UTF-8 text of a file a flag names (a leading byte order mark dropped); fails naming the file."""
+    if path.exists() and not path.is_file():  # a folder, a FIFO (reading it would wait), a device
+        raise ValueError(f"{flag} {printable(path)}: not a regular file")
     if not path.is_file():
-        raise FileNotFoundError(f"--prompts-file: file not found: {path}")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        raise FileNotFoundError(f"{flag}: {printable(path)}: {why_missing(path)}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # editors on Windows start UTF-8 files with a BOM: not part of the text
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{flag} {printable(path)}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Non-empty lines of a prompts file (UTF-8; a byte order mark at its start is not part of the first prompt)."""
+    text = read_text_file(path, "--prompts-file")
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise ValueError(f"--prompts-file {path} holds no prompt")
+        raise ValueError(f"--prompts-file {printable(path)} holds no prompt")
     return prompts
+
+
+def check_output_target(path: Path, flag: str, overwrite: bool = False) -> None:
+    """Refuse to write ``path`` when that would replace something the run did not write.
+
+    A symbolic link or anything but a regular file is always refused (writing through a link to
+    ``/dev/full`` or replacing a device is never what was meant); an existing regular file only
+    when ``overwrite`` is False. ``flag`` starts the message (``--output clip.mp4``).
+    """
+    if path.is_symlink():
+        raise ValueError(
+            f"{flag}: {printable(path)} is a symbolic link: a run never writes through a link nor replaces one; "
+            "name the file itself"
+        )
+    if not os.path.lexists(path):
+        return
+    if not path.is_file():
+        raise ValueError(f"{flag}: {printable(path)} exists and is not a regular file: name a new file")
+    if not overwrite:
+        raise FileExistsError(f"{flag}: {printable(path)} exists: pass --overwrite to replace it, or name another file")
 
 
 def check_output_location(output: Path | None, output_dir: Path | None, flag: str = "--output") -> None:
@@ -196,13 +290,24 @@ def check_input_file(name: str, value: object) -> None:
         return  # tensors and arrays are the caller's
     if name == "camera" and is_trajectory_name(str(value)):
         return  # a built-in trajectory (pan_left, zoom_in...), not a file
-    path = Path(value)
+    flag, path = f"--{name.replace('_', '-')}", Path(value)
     if not path.exists():
-        raise FileNotFoundError(f"--{name.replace('_', '-')}: file not found: {value}")
+        if name == "camera" and not path.is_symlink():
+            from .camera import TRAJECTORIES
+
+            raise FileNotFoundError(
+                f"{flag} {printable(value)}: neither a trajectory file nor a built-in trajectory "
+                f"(built-in trajectories: {', '.join(TRAJECTORIES)})"
+            )
+        raise FileNotFoundError(f"{flag}: {printable(value)}: {why_missing(path)}")
+    if not (path.is_file() or path.is_dir()):  # reading a FIFO or a device would wait for ever
+        raise ValueError(f"{flag} {printable(value)}: not a regular file (nor a folder of images)")
     try:
         if name == "camera":
             read_camera_trajectory(path)
         else:
             read_video(path, num_frames=1)  # a medium's first frame: undecodable files fail before loading
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag} {printable(value)}: not UTF-8 text") from None
     except ValueError as err:  # VideoReadError and malformed trajectories
-        raise ValueError(f"--{name.replace('_', '-')}: {err}") from err
+        raise ValueError(f"{flag}: {err}") from err

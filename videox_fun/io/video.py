@@ -327,7 +327,9 @@ def _write_image(frame: np.ndarray, path: Path) -> None:
     Image.fromarray(frame).save(path)  # PIL picks the format from the suffix (kept by the temporary name)
 
 
-def write_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: float = 16, crf: int = 18) -> Path:
+def write_video(
+    frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: float = 16, crf: int = 18, overwrite: bool = True
+) -> Path:
     """Write uint8 frames ``(F, H, W, 3)`` and return the path actually written.
 
     The suffix picks the format: ``.mp4`` / ``.mkv`` / ``.mov`` / ``.avi`` are H.264 (libx264,
@@ -335,7 +337,8 @@ def write_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps:
     (``.png``, ``.jpg``...) takes a single frame. A single frame given a video suffix is written
     as a PNG next to it (the returned path says so). Odd sizes are padded to even ones for
     yuv420p with a warning. Parent folders are created; the file appears under its final name
-    only once complete.
+    only once complete, and with ``overwrite`` False only if no file has that name by then
+    (``FileExistsError`` otherwise).
     """
     array = _as_frames(frames)
     path = Path(path)
@@ -351,7 +354,8 @@ def write_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps:
         raise ValueError(f"fps must be positive, got {fps}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:  # keeps the suffix, by which the muxer / PIL pick the format
+    # The temporary keeps the suffix, by which the muxer / PIL pick the format.
+    with atomic_path(path, overwrite=overwrite) as temporary:
         if suffix in IMAGE_SUFFIXES:
             _write_image(array[0], temporary)
         elif suffix == ".gif":

@@ -61,7 +61,8 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
     """Tensors and metadata of a LoRA safetensors file.
 
     A missing file raises ``FileNotFoundError``; an unreadable one (permission denied, truncated,
-    not safetensors) raises :class:`~videox_fun.models.loading.WeightsReadError` naming it.
+    not safetensors) raises :class:`~videox_fun.models.loading.WeightsReadError` naming it; one
+    holding NaN or infinite values a ``ValueError`` naming it and the first such key.
     """
     path = Path(path)
     check_readable(path, "LoRA file")
@@ -71,6 +72,11 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except SafetensorError as err:
         raise unreadable_safetensors(path, err, "LoRA file") from err
+    for key, tensor in tensors.items():  # merged, NaN or inf would turn every video black
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise ValueError(
+                f"LoRA file {path}: tensor {key} holds non-finite values (NaN or inf); the file is damaged"
+            )
     return tensors, metadata
 
 
