@@ -321,7 +321,13 @@ def check_request(recognised: Recognised, request: GenerationRequest, prompts: i
         )
     mode = choose_mode(recognised, request)
     # The modes this model serves: a suggestion of another mode must be one that it can run.
-    require_inputs(recognised.mode_table(), mode, request.inputs(), check_file=check_input_file)
+    require_inputs(
+        recognised.mode_table(),
+        mode,
+        request.inputs(),
+        check_file=check_input_file,
+        family_table=recognised.family.modes,
+    )
     return mode
 
 

@@ -16,12 +16,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import config_for_folder
+from ..api import load_pipeline
+from ..families import Pipeline
 from ..io.video import write_video
 from ..metrics import psnr
-from ..pipelines.wan import WanPipeline
-from ..registry import resolve_model
-from ..runtime.cache import CALIBRATION_FILE, FirstBlockCache, TeaCache, coefficients_for
+from ..runtime.cache import CALIBRATION_FILE, FirstBlockCache, StepCache, TeaCache, coefficients_for
 
 TEACACHE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 # A cached video identical to the uncached one has infinite PSNR; it counts as this in the mean and
@@ -42,7 +41,7 @@ def toy_prompts(count: int) -> list[str]:
 TIMES = ("wall_s", "sampling_s", "denoising_s")
 
 
-def generate_one(pipe: WanPipeline, prompt: str, seed: int) -> tuple[np.ndarray, dict[str, float]]:
+def generate_one(pipe: Pipeline, prompt: str, seed: int) -> tuple[np.ndarray, dict[str, float]]:
     """One video with the model config's defaults: its frames and three times.
 
     wall_s: the whole call. sampling_s: until the last denoising step ends (text encoding,
@@ -57,7 +56,7 @@ def generate_one(pipe: WanPipeline, prompt: str, seed: int) -> tuple[np.ndarray,
     def step_done(*_) -> None:
         marks["last_step"] = time.perf_counter()
 
-    handle = pipe.transformer.register_forward_pre_hook(first_call)
+    handle = pipe.transformers[0].register_forward_pre_hook(first_call)  # the first expert runs the first step
     try:
         begin = time.perf_counter()
         out = pipe(prompt, seed=seed, progress=False, callback=step_done)
@@ -111,11 +110,10 @@ Setting = tuple[str, float | None]  # (cache kind, threshold); ("uncached", None
 
 
 def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluate: bool = True) -> dict:
-    """The curve for one model (default: the built-in tiny InP model)."""
-    folder = resolve_model(model)
-    config = config_for_folder(folder)
-    defaults = config.defaults
-    pipe = WanPipeline.from_pretrained(folder, config=config)
+    """The curve for one model of any family (default: the built-in tiny InP model)."""
+    loaded = load_pipeline(model)
+    pipe, folder = loaded.pipe, loaded.folder
+    defaults = loaded.recognised.defaults
     texts = toy_prompts(prompts)
     work = Path(tempfile.mkdtemp(prefix="cache-bench-"))
     runs = sweep(pipe, folder, texts, skip_start)
@@ -154,18 +152,25 @@ def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluat
     return result
 
 
-def sweep(pipe: WanPipeline, folder: Path, texts: list[str], skip_start: int) -> dict[Setting, dict]:
+def attach_caches(pipe: Pipeline, folder: Path, kind: str, threshold: float, skip_start: int) -> list[StepCache]:
+    """One cache of ``kind`` on each transformer (each expert of a two-expert model skips by its own change)."""
+    two_experts = len(pipe.transformers) > 1
+    if kind == "teacache":
+        return [
+            TeaCache(
+                t, coefficients_for(t, folder, two_experts=two_experts), threshold, num_skip_start_steps=skip_start
+            )
+            for t in pipe.transformers
+        ]
+    return [FirstBlockCache(t, threshold, num_skip_start_steps=skip_start) for t in pipe.transformers]
+
+
+def sweep(pipe: Pipeline, folder: Path, texts: list[str], skip_start: int) -> dict[Setting, dict]:
     """Every prompt uncached and at every cache threshold: videos, summed times and block counts by setting.
 
     One untimed video first (one-time set-up), then every setting in turn for each prompt: load
     from other processes then hits all settings alike instead of whichever ran during a spike.
     """
-    makers = {
-        "teacache": lambda th: TeaCache(
-            pipe.transformer, coefficients_for(pipe.transformer, folder), th, num_skip_start_steps=skip_start
-        ),
-        "first-block": lambda th: FirstBlockCache(pipe.transformer, th, num_skip_start_steps=skip_start),
-    }
     settings: list[Setting] = [("uncached", None)]
     settings += [("teacache", th) for th in TEACACHE_THRESHOLDS]
     settings += [("first-block", th) for th in FIRST_BLOCK_THRESHOLDS]
@@ -173,13 +178,13 @@ def sweep(pipe: WanPipeline, folder: Path, texts: list[str], skip_start: int) ->
     pipe(texts[0], seed=0, progress=False)
     for seed, prompt in enumerate(tqdm(texts, desc="cache bench (prompts x settings)")):
         for kind, threshold in settings:
-            cache = makers[kind](threshold) if threshold is not None else None
+            caches = attach_caches(pipe, folder, kind, threshold, skip_start) if threshold is not None else []
             frames, times = generate_one(pipe, prompt, seed)
             record = runs[(kind, threshold)]
             record["videos"].append(frames)
             for name, seconds in times.items():
                 record[name] += seconds
-            if cache is not None:
+            for cache in caches:
                 cache.remove()
                 record["computed"] += cache.stats.computed
                 record["skipped"] += cache.stats.skipped

@@ -240,6 +240,18 @@ def infer_mode(table: Mapping[str, Mode], inputs: Mapping[str, object]) -> str:
     return max(table.values(), key=lambda mode: (len(set(mode.needs) & given), -len(mode.needs))).name
 
 
+def _served_elsewhere(family_table: Mapping[str, Mode], given: Mapping[str, object], table: Mapping[str, Mode]) -> str:
+    """`` (these inputs ask for mode 'r2v', which this model does not serve)`` when a mode of the family
+    outside ``table`` reads them all, else nothing."""
+    if not family_table:
+        return ""
+    wanted = family_table[infer_mode(family_table, given)]
+    inputs = given_inputs(given)
+    if wanted.name in table or not (set(wanted.needs) <= inputs <= set(wanted.reads)):
+        return ""
+    return f" (these inputs ask for mode {wanted.name!r}, which this model does not serve)"
+
+
 def flag_names(names: Iterable[str]) -> str:
     """Input names as the flags that give them (``control_video`` -> ``--control-video``)."""
     return ", ".join("--" + name.replace("_", "-") for name in names)
@@ -250,10 +262,13 @@ def require_inputs(
     mode: str,
     given: Mapping[str, object],
     check_file: Callable[[str, object], None] | None = None,
+    family_table: Mapping[str, Mode] | None = None,
 ) -> None:
     """Fail clearly when ``mode`` is not in the table, or its inputs are missing or unused.
 
     ``check_file(name, value)`` then checks each given input (exists, decodes) when passed.
+    ``family_table``: every mode of the model's family, when ``table`` holds only the modes this model
+    serves, so inputs that only another model of the family takes can be pointed there.
     """
     if mode not in table:
         raise ValueError(f"unknown mode {mode!r}; this model serves {', '.join(table)}")
@@ -272,6 +287,7 @@ def require_inputs(
         raise ValueError(
             f"{together} together: none of the modes {', '.join(table)} takes them all; mode {mode!r} takes no "
             f"{flag_names(unused)} ({reads}): leave {flag_names(unused)} out, or use a model with a mode that does"
+            + _served_elsewhere(family_table or {}, given, table)
         )
     if check_file is not None:
         for name, value in given.items():
