@@ -61,7 +61,17 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--video", help="input video (v2v, inpaint)")
     io.add_argument("--mask", help="mask video or image, white = generate (inpaint)")
     io.add_argument("--control-video", help="control video, e.g. edges / depth / pose (control)")
-    io.add_argument("--ref-image", help="reference image (Fun V1.1 Control)")
+    io.add_argument(
+        "--ref-image",
+        nargs="+",
+        metavar="IMAGE",
+        help="reference image: Fun V1.1 Control's reference frame, or one or more VACE subject images",
+    )
+    io.add_argument(
+        "--vace-context-scale",
+        type=finite_float,
+        help="VACE models: how strongly the VACE hints steer the video (default 1)",
+    )
     io.add_argument(
         "--camera",
         help="camera trajectory file, one pose per line, or a built-in one: static, pan_{left,right,up,down,...}, "
@@ -320,6 +330,10 @@ def generation_request(args: argparse.Namespace, prompt: str, seed: int) -> Gene
     from .api import GenerationRequest, options_from
 
     renamed = {"num_frames": args.frames, "steps": args.steps, "guidance_scale": args.guidance}
+    references = args.ref_image
+    renamed["ref_image"] = references[0] if references and len(references) == 1 else references  # several: VACE
+    if args.vace_context_scale is not None:
+        renamed["extra"] = {"vace_context_scale": args.vace_context_scale}
     return options_from(vars(args) | renamed | {"prompt": prompt, "seed": seed, "guidance_scale_2": args.guidance_2},
                         GenerationRequest)  # fmt: skip
 

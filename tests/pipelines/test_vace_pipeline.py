@@ -229,3 +229,16 @@ def test_first_block_cache_on_vace(control_run):
     never.remove()
     often = FirstBlockCache(pipe.transformer, threshold=10.0)
     assert torch.isfinite(pipe("x", **settings).latents).all() and often.stats.skipped > 0
+
+
+def test_several_subject_images_and_the_hint_scale_from_the_command_line(cache, files, tmp_path):
+    """``--ref-image A B`` gives two subjects (two reference latent frames, dropped before decoding) and
+    ``--vace-context-scale`` reaches the transformer; a missing second image fails before loading."""
+    image = str(files["ref_image"])
+    args = ["generate", "--prompt", "a red circle", "--model", MODEL, *FAST]
+    out = tmp_path / "two.mp4"
+    assert main([*args, "--output", str(out), "--ref-image", image, image, "--vace-context-scale", "0.5"]) == 0
+    assert frame_count_and_size(out) == (5, (32, 32))
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["mode"] == "r2v" and settings["vace_context_scale"] == 0.5
+    assert main([*args, "--output", str(tmp_path / "missing.mp4"), "--ref-image", image, "nope.png"]) == 2

@@ -286,6 +286,10 @@ def check_input_file(name: str, value: object) -> None:
     from .camera import is_trajectory_name, read_camera_trajectory
     from .video import read_video
 
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, Path)) for v in value):
+        for one in value:  # several files of one input (VACE subject images)
+            check_input_file(name, one)
+        return
     if not isinstance(value, (str, Path)):
         return  # tensors and arrays are the caller's
     if name == "camera" and is_trajectory_name(str(value)):
