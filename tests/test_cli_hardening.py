@@ -135,11 +135,9 @@ def test_the_writer_never_replaces_a_file_that_appeared_during_the_run(tmp_path)
     ],
 )
 def test_sizes_that_cannot_finish_are_refused_before_loading(flags, message, capsys):
-    started = time.perf_counter()
     assert generate(*flags) == 2  # the packaged model: a refusal after loading would print its note first
     captured = capsys.readouterr()
     assert message in one_line(captured.err) and "note: model" not in captured.out
-    assert time.perf_counter() - started < 20
 
 
 # -- 3. non-finite numbers ------------------------------------------------------------------------------------------
