@@ -50,7 +50,8 @@ def test_a_long_video_continues_each_window_from_the_last_frames_of_the_one_befo
         calls.append(settings)
         return original(prompt, **settings)
 
-    loaded.pipe = type("Spy", (), {"__call__": staticmethod(spy), "transformers": loaded.pipe.transformers})()
+    members = {"__call__": staticmethod(spy), "transformers": loaded.pipe.transformers, "device": loaded.pipe.device}
+    loaded.pipe = type("Spy", (), members)()
     request = GenerationRequest(prompt="a red circle moving right", num_frames=25, steps=2, partial_video_length=13)
     result = loaded.generate(request, progress=False)
     assert result.frames.shape[0] == 25
