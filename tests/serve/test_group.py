@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -30,3 +31,19 @@ def test_a_two_process_ulysses_group_serves_jobs_as_torchrun_generate_makes_them
                    "--output", str(out)]  # fmt: skip
         subprocess.run(command, check=True, cwd=REPO, capture_output=True, env=server.env)
         assert client.get(f"/v1/generations/{job_id}/result").content == out.read_bytes()
+    server.stop()
+    assert not processes_naming(f"--port {server.port} "), "the torchrun group outlived its server"
+
+
+def processes_naming(text: str) -> list[int]:
+    """Pids of live processes whose command line holds ``text`` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue  # ended meanwhile
+            if text in command:
+                found.append(int(entry.name))
+    return found

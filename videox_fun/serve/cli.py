@@ -138,13 +138,17 @@ def follow_group(config: object, runtime: object) -> None:
 
 
 def relaunch_under_torchrun(nproc: int) -> None:
-    """Run this same command as ``nproc`` processes under torchrun (rank 0 serves HTTP)."""
-    import subprocess
+    """Become ``nproc`` processes under torchrun running this same command (rank 0 serves HTTP).
 
+    The process replaces itself with torchrun (exec), so a SIGTERM to the server's pid (a service manager,
+    :meth:`ServerProcess.stop`) reaches torchrun, which stops its workers; a child torchrun would be orphaned.
+    """
     argv = without_nproc(sys.argv[1:])  # torchrun's parser would take --nproc for its --nproc-per-node
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "videox_fun.cli", *argv]  # fmt: skip
-    sys.exit(subprocess.call(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def without_nproc(argv: list[str]) -> list[str]:
