@@ -96,12 +96,12 @@ def reference_canvas(image: torch.Tensor, height: int, width: int) -> torch.Tens
 
 
 def mask_channels(generate: torch.Tensor) -> torch.Tensor:
-    """Generate mask (1, 1, F, H, W) -> (1, 64, F', H/8, W/8): each 8 x 8 pixel block as 64 channels
+    """Generate mask (B, 1, F, H, W) -> (B, 64, F', H/8, W/8): each 8 x 8 pixel block as 64 channels
     (row-major within the block), resized to the latent frames F' = (F + 3) // 4 by nearest-exact."""
-    _, _, frames, height, width = generate.shape
-    per_frame = generate[0].transpose(0, 1)  # (F, 1, H, W)
-    blocks = F.pixel_unshuffle(per_frame.float(), SPATIAL)  # (F, 64, h, w)
-    blocks = blocks.transpose(0, 1)[None]  # (1, 64, F, h, w)
+    batch, _, frames, height, width = generate.shape
+    per_frame = generate.transpose(1, 2).reshape(batch * frames, 1, height, width)  # (B F, 1, H, W)
+    blocks = F.pixel_unshuffle(per_frame.float(), SPATIAL)  # (B F, 64, h, w)
+    blocks = blocks.view(batch, frames, *blocks.shape[1:]).transpose(1, 2)  # (B, 64, F, h, w)
     latent_frames = (frames + TEMPORAL - 1) // TEMPORAL
     size = (latent_frames, height // SPATIAL, width // SPATIAL)
     return F.interpolate(blocks, size=size, mode="nearest-exact")

@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -261,10 +261,11 @@ def train_transformer(out: Path, folder: Path, data: Path, recipe: Recipe) -> Pa
     return folder
 
 
-def train_on_cache(out: Path, folder: Path, data: Path, recipe: Recipe, mode: str) -> TrainResult:
+def train_on_cache(out: Path, folder: Path, data: Path, recipe: Recipe, mode: str, **settings: Any) -> TrainResult:
     """The latent cache of ``folder``'s model (built once), then the normal trainer on it in ``OUT/runs/NAME``.
 
-    Any family's folder: the trainer picks the family's spec from the folder. Returns the trainer's result.
+    Any family's folder: the trainer picks the family's spec from the folder. ``settings``: more
+    training settings (e.g. ``trainable_modules``). Returns the trainer's result.
     """
     from ..training.cache import build_cache
     from ..training.config import TrainConfig
@@ -295,6 +296,7 @@ def train_on_cache(out: Path, folder: Path, data: Path, recipe: Recipe, mode: st
         use_cached_latents=True,
         vae_mini_batch=8,
         text_drop_ratio=0.1,
+        **settings,
     )
     if not (config.resolved_cache_dir / "index.json").is_file():
         build_cache(config)

@@ -53,12 +53,16 @@ def test_spatial_kinds_are_the_same_region_in_every_frame() -> None:
     segment = _mask("box_segment", 5)
     run = [i for i, g in enumerate(_generated_frames(segment)) if g]
     assert run == list(range(run[0], run[-1] + 1))
+    # Continuation: the known frames end on a latent-frame boundary (1 + 4k).
+    assert _generated_frames(_mask("second_half", frames=17)) == [False] * 9 + [True] * 8
+    assert _generated_frames(_mask("second_half", frames=5)) == [False] + [True] * 4
 
 
 def test_random_masks_mix_the_kinds_by_weight_and_repeat_with_the_seed() -> None:
     generator = torch.Generator().manual_seed(0)
     drawn = Counter(choose_mask_kind(F, generator) for _ in range(4000))
-    assert set(drawn) == set(MASK_KINDS)
+    drawn_by_default = {kind for kind, (_, weight, _) in MASK_KINDS.items() if weight > 0}
+    assert set(drawn) == drawn_by_default and "second_half" not in drawn  # asked for by name only
     for kind, (_, weight, _) in MASK_KINDS.items():
         assert drawn[kind] / 4000 == pytest.approx(weight / sum(w for _, w, _ in MASK_KINDS.values()), abs=0.03)
     first = random_generate_mask(F, H, W, torch.Generator().manual_seed(11))

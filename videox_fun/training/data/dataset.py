@@ -4,7 +4,7 @@ A sample is a dict::
 
     pixel_values          float (3, F, H, W) in [-1, 1]   F = 1 for images, 4k+1 for videos
     control_pixel_values  float (3, F, H, W)               when the entry has a control file
-    mask                  float (1, F, H, W), 1 = generate  with train_mode "inpaint"
+    mask                  float (1, F, H, W), 1 = generate  with train_mode "inpaint" or "vace"
     text                  str ("" with probability text_drop_ratio)
     text_dropped          bool
     data_type             "video" | "image"
@@ -270,7 +270,7 @@ class VideoDataset(Dataset):
         }
         if entry.control_path is not None:
             sample["control_pixel_values"] = self._read(entry.control_path, entry, bucket, start)
-        if self.config.train_mode == "inpaint":
+        if self.config.train_mode in ("inpaint", "vace"):  # VACE's masked-editing samples use these masks
             generator = torch.Generator().manual_seed(int(mask_seed.generate_state(1)[0]))
             sample["mask"] = random_generate_mask(bucket.frames, bucket.height, bucket.width, generator)
         self._checked.add(entry)

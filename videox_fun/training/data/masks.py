@@ -69,6 +69,17 @@ def mask_first_last(num_frames: int, height: int, width: int, generator: torch.G
     return _known_frames(_full(num_frames, height, width), [0, num_frames - 1])
 
 
+def mask_second_half(num_frames: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """The first half known, the rest generated (continuing a video).
+
+    The known part ends on a latent-frame boundary of the Wan VAE (frame 0, then groups of 4), so
+    its encoding holds whole known latent frames: 17 frames -> 9 known, 8 generated.
+    """
+    latent_frames = (num_frames - 1) // 4 + 1
+    known = 1 + 4 * ((latent_frames - 1) // 2)
+    return _known_frames(_full(num_frames, height, width), slice(0, min(known, num_frames - 1)))
+
+
 def mask_temporal(num_frames: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
     """A random run of frames generated, the others known (interpolation / extension)."""
     first = _randint(0, num_frames - 1, generator)
@@ -142,6 +153,8 @@ MASK_KINDS: dict[str, tuple[MaskFn, float, int]] = {
     "outpaint": (mask_outpaint, 0.05, 1),
     "ellipse": (mask_ellipse, 0.05, 1),
     "brush": (mask_brush, 0.10, 1),
+    # Not drawn by default (weight 0): asked for by name, as VACE training from a latent cache does.
+    "second_half": (mask_second_half, 0.0, 2),
 }
 
 

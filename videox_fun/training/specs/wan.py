@@ -11,6 +11,9 @@ so a model is trained on exactly the inputs it is sampled with. Modes:
   model also works without one) and, for half the samples, the first frame as start image.
 - ``control_ref``: Fun V1.1 Control; as ``control`` plus the latent of a random frame of the
   clip as the reference image (``ref_latent``), zeroed for 10% of samples.
+- ``vace``: VACE models; each sample's VACE context from a drawn task (text only, masked editing,
+  control video) and, for some micro-batches, a subject frame in front (:mod:`.wan_vace`).
+  ``--trainable_modules vace`` trains the VACE stream alone, as the releases were trained.
 
 Text dropout and inpaint masks come with the decoded samples (the dataset draws them); the
 other random choices are drawn from one generator per sample (see :func:`sample_generators`).
@@ -18,6 +21,7 @@ other random choices are drawn from one generator per sample (see :func:`sample_
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,10 +36,13 @@ from ...models.wan.keys import blank_clip_tokens
 from ...models.wan.transformer import WanTransformer3DModel
 from ...models.wan.variants import variant_for_mode, variant_of
 from ...pipelines.conditioning import first_frame_latent, mask_channels, masked_video
+from ...pipelines.vace import SPATIAL
 from ...pipelines.wan import default_boundary
 from ..config import TrainConfig
 from ..objectives import FlowMatching
 from . import Device, FamilyModels, TrainInputs, choose, on_device, register_spec, uniform
+from .wan_vace import VACE_FILL, vace_inputs
+from .wan_vace import cache_records as vace_cache_records
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +51,7 @@ CONDITION_DROP = 0.1
 # Control modes: share of samples given their first frame as the start image.
 START_IMAGE_SHARE = 0.5
 # Generation mode each training mode must be able to serve.
-MODE_NEEDS = {"normal": "t2v", "inpaint": "inpaint", "control": "control", "control_ref": "control"}
+MODE_NEEDS = {"normal": "t2v", "inpaint": "inpaint", "control": "control", "control_ref": "control", "vace": "vace"}
 # Mask kinds (of data.masks) trainable from cached latents: their masked videos are encoded into the cache.
 # Spatial and random-segment masks need the pixels, so inpaint training from a cache uses these three only.
 CACHED_MASK_KINDS = ("t2v", "i2v", "first_last")
@@ -184,6 +191,20 @@ class PixelSource:
         kept = masked_video(self.pixels, masks.to(self.pixels), self.spec.masked_fill(self.models))
         return masks, self.encode(kept)
 
+    def empty_latents(self) -> torch.Tensor:
+        """Latents (B, z, F', h, w) of an all-grey video: one encode for the batch."""
+        grey = torch.full_like(self.pixels[:1], VACE_FILL)  # (1, 3, F, H, W)
+        return self.encode(grey).expand(self.pixels.shape[0], -1, -1, -1, -1)
+
+    def vace_masked(
+        self, rows: Sequence[int], generators: Sequence[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dataset's masks of samples ``rows`` (N, 1, F, H, W) and their videos greyed out under them, encoded."""
+        if "mask" not in self.batch:
+            raise ValueError("VACE masked editing needs the dataset's masks: build it with train_mode='vace'")
+        masks = self.batch["mask"][list(rows)]  # (N, 1, F, H, W)
+        return masks, self.encode(masked_video(self.pixels[list(rows)], masks.to(self.pixels), VACE_FILL))
+
     def control_latents(self) -> torch.Tensor:
         """The control videos (B, 3, F, H, W) encoded to latents (B, z, F', h, w)."""
         if "control_pixel_values" not in self.batch:
@@ -263,15 +284,43 @@ class CachedSource:
         return self._get("control_latents", "control videos")
 
     def frame_latents(self, frames: Sequence[int]) -> torch.Tensor:
-        """Latent frame 0 (B, z, h, w): the cache holds no other frame alone, so ``frames`` must be all 0."""
-        if any(frames):
+        """Latents (B, z, h, w) of pixel frame ``frames[b]`` of each sample: frame 0 is latent frame 0 (causal
+        VAE); a VACE cache holds a few more (``ref_latents``)."""
+        if not any(frames):
+            return self.latents()[:, :, 0]
+        if "ref_latents" not in self.batch:
             raise ValueError("the cache holds latents of the first frame only")
-        return self.latents()[:, :, 0]
+        indices = self.batch["ref_frame_index"].tolist()  # (B, K)
+        cached = self._get("ref_latents", "reference frames")  # (B, K, z, h, w)
+        return torch.stack([cached[row, indices[row].index(frame)] for row, frame in enumerate(frames)])
 
     def ref_frames(self, generators: Sequence[torch.Generator]) -> list[int]:
-        """Frame 0 for every sample (no draw)."""
-        # Latent frame 0 is exactly the encoding of pixel frame 0 (causal VAE); other frames are not cached.
-        return [0] * len(generators)
+        """A cached frame per sample drawn from its generator (VACE caches), else frame 0 for every sample (no draw)."""
+        if "ref_frame_index" not in self.batch:
+            return [0] * len(generators)
+        indices = self.batch["ref_frame_index"].tolist()
+        return [row[choose(g, len(row))] for row, g in zip(indices, generators, strict=True)]
+
+    def empty_latents(self) -> torch.Tensor:
+        """The cached latents of an all-grey video (B, z, F', h, w)."""
+        return self._get("vace_empty", "VACE's empty source")
+
+    def vace_masked(
+        self, rows: Sequence[int], generators: Sequence[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A cached whole-frame mask kind per sample of ``rows``: masks (N, 1, F, H, W) at pixel resolution and
+        the cached latents of the videos greyed out under them."""
+        from ..data.masks import choose_mask_kind, generate_mask
+        from .wan_vace import CACHED_MASK_KINDS
+
+        _, _, _, h, w = self.latents().shape
+        masks, masked = [], []
+        for row, g in zip(rows, generators, strict=True):
+            frames = int(self.batch["num_frames"][row])
+            kind = choose_mask_kind(frames, g, CACHED_MASK_KINDS)
+            masks.append(generate_mask(kind, frames, h * SPATIAL, w * SPATIAL, g))  # (1, F, H, W)
+            masked.append(self._get(f"vace_masked_{kind}", f"masked video of {kind} masks")[row])
+        return torch.stack(masks).to(self.device), torch.stack(masked)
 
     def clip(self, frames: Sequence[int | None]) -> torch.Tensor:
         """The cached first-frame CLIP tokens (B, 257, image_dim), zeros where None (all zeros when not cached)."""
@@ -355,6 +404,13 @@ class WanSpec:
         if mode not in MODE_NEEDS:
             raise ValueError(f"--train_mode {mode!r} is unknown; choose one of {', '.join(MODE_NEEDS)}")
         variant = variant_of(models.transformer.config)
+        if variant.vace or mode == "vace":
+            if variant.vace and mode == "vace":
+                return
+            raise ValueError(
+                "--train_mode vace trains Wan VACE models, and a VACE model trains with --train_mode vace (its "
+                f"tasks come through the VACE context); {models.folder} is of the {variant.name} variant"
+            )
         need = MODE_NEEDS[mode]
         if need in variant.modes and (mode != "control_ref" or variant.ref_image):
             return
@@ -423,6 +479,8 @@ class WanSpec:
             clip_frames = [0 if g else None for g in given]
         if variant.channels:
             conditions["y"] = variant.assemble_y(channels)
+        if mode == "vace":
+            latents, conditions["vace_context"] = vace_inputs(source, latents, generators)
         if mode == "control_ref":
             frames = source.ref_frames(generators)
             keep = torch.tensor([uniform(g) >= CONDITION_DROP for g in generators], device=latents.device)
@@ -467,8 +525,10 @@ class WanSpec:
                     records[f"masked_latents_{kind}"] = source.encode(kept[:1]).expand(b, -1, -1, -1, -1)
                 else:
                     records[f"masked_latents_{kind}"] = source.encode(kept)
-        if "control" in kinds and "control_pixel_values" in batch:
+        if ("control" in kinds or mode == "vace") and "control_pixel_values" in batch:
             records["control_latents"] = source.control_latents()
+        if mode == "vace":
+            records.update(vace_cache_records(source, f, functools.partial(self._greyed_latents, source, f, h, w)))
         if models.transformer.uses_clip:
             records["clip_first"] = source.clip([0] * b)
         rows = []
@@ -477,6 +537,14 @@ class WanSpec:
             record["context"] = record["context"][: int(token_mask[row].sum())].contiguous()  # drop zero padding
             rows.append(record)
         return rows
+
+    @staticmethod
+    def _greyed_latents(source: PixelSource, frames: int, height: int, width: int, kind: str) -> torch.Tensor:
+        """Latents (B, z, F', h, w) of the batch's videos greyed out (VACE's fill) under whole-frame mask ``kind``."""
+        from ..data.masks import generate_mask
+
+        mask = generate_mask(kind, frames, height, width, torch.Generator())[None]  # (1, 1, F, H, W): no draw
+        return source.encode(masked_video(source.pixels, mask.to(source.pixels), VACE_FILL))
 
     def empty_context(self, models: FamilyModels, device: Device) -> torch.Tensor:
         """The text context of the empty prompt (L, C), trimmed like cached contexts."""
@@ -492,7 +560,9 @@ class WanSpec:
         from ...models.loading import load_into
 
         with torch.device("meta"):
-            clean = WanTransformer3DModel.from_config(dict(transformer.config))
+            clean = WanTransformer3DModel.class_for_config(transformer.config).from_config(
+                public_config(transformer.config)
+            )
         load_into(clean, state, source="trained weights")
         clean.save_original(folder)
 
@@ -520,7 +590,7 @@ class WanSpec:
         out = pipe(
             prompt,
             negative_prompt=defaults.negative_prompt,
-            mode="t2v" if config.train_mode in ("normal", "inpaint") else "control",
+            mode="t2v" if config.train_mode in ("normal", "inpaint", "vace") else "control",
             control_video=config.validation_control_video,
             ref_image=config.validation_image if config.train_mode == "control_ref" else None,
             height=size[0],
