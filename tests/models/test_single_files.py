@@ -26,8 +26,9 @@ from videox_fun.pipelines.wan import WanPipeline
 from videox_fun.runtime.fp8 import FP8, Float8Linear, dequantize_fp8_state
 
 TINY, STEM = "Wan2.1-Fun-Tiny-InP", "wan2.1_fun_tiny_inp"
-# VACE's context stream (vace_blocks) is not read from single files yet: the other releases are.
-RELEASES = sorted(name for name, preset in PRESETS.items() if preset["model_type"] != "vace")
+# VACE's context stream (vace_blocks) and Animate's face modules are not read from single files yet: the other
+# releases are.
+RELEASES = sorted(name for name, preset in PRESETS.items() if preset["model_type"] not in ("vace", "animate"))
 TINY_VARIANTS = {"t2v": "T2V", "inp": "InP", "control": "Control", "control_ref": "Control V1.1 (reference image)",
                  "camera": "Control-Camera", "ti2v": "TI2V"}  # fmt: skip
 

@@ -731,7 +731,8 @@ class WanTransformer3DModel(ModelMixin, ConfigMixin):
 
 def infer_fun_extras(state: dict[str, torch.Tensor], config: dict) -> dict:
     """What the weights say and config.json does not: Fun extras (enabled, with a note), a CLIP-less
-    i2v (Wan2.2 I2V-A14B keeps ``model_type: i2v`` but ships no ``img_emb``), and a VACE stream."""
+    i2v (Wan2.2 I2V-A14B keeps ``model_type: i2v`` but ships no ``img_emb``), a VACE stream, and Animate."""
+    from .animate import animate_config_from_weights
     from .vace import vace_config_from_weights
 
     found = {}
@@ -747,4 +748,4 @@ def infer_fun_extras(state: dict[str, torch.Tensor], config: dict) -> dict:
         found["in_dim_control_adapter"] = state["control_adapter.conv.weight"].shape[1] // downscale**2
     if found:
         logger.info("checkpoint carries Fun extras not named in config.json; enabling %s", found)
-    return {**found, **vace_config_from_weights(state, config)}
+    return {**found, **vace_config_from_weights(state, config), **animate_config_from_weights(state, config)}

@@ -339,7 +339,12 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
 
 
 def transformer_class_for(config: Mapping[str, Any]) -> type[WanTransformer3DModel]:
-    """The class that builds a transformer config: the VACE model for a VACE config, else the plain Wan DiT."""
+    """The class that builds a transformer config: the VACE model for a VACE config, the Animate model for an
+    Animate one (``model_type: animate``), else the plain Wan DiT."""
+    from .animate import WanAnimateTransformer3DModel, is_animate_config
+
+    if is_animate_config(config):
+        return WanAnimateTransformer3DModel
     return WanVACETransformer3DModel if is_vace_config(config) else WanTransformer3DModel
 
 

@@ -67,6 +67,10 @@ PRESETS: dict[str, dict] = {
     "Wan2.2-Fun-5B-Control-Camera": _preset(
         "5B", "ti2v", 100, out_dim=48, add_control_adapter=True, downscale_factor_control_adapter=16
     ),
+    # Animate: Wan2.1 I2V-14B's stack (CLIP branch, 16 latent + 4 mask + 16 conditioning channels) with the pose
+    # embedding, the LIA motion encoder, the face encoder and a face block after every 5th layer
+    # (videox_fun.models.wan.animate; its constructor's defaults are the release's widths).
+    "Wan2.2-Animate-14B": _preset("14B", "animate", 36, motion_encoder_dim=512, use_img_emb=True),
 }
 # Wan2.2 A14B: the high-noise expert runs while t >= boundary * 1000, the low-noise one below.
 EXPERT_BOUNDARIES = {"t2v": 0.875, "i2v": 0.900}
@@ -230,15 +234,32 @@ TINY_WAN22_FUN: dict[str, dict[str, Any]] = {
 }
 
 
+# Animate at tiny size: the released 512 x 512 face crops (diffusers' reader of the release expects its 7
+# downsampling blocks) through 4-channel convolutions, small motion and face widths, a face block every 2nd layer.
+TINY_ANIMATE: dict[str, Any] = {
+    "num_layers": 4,
+    "face_adapter_interval": 2,
+    "motion_encoder_size": 512,
+    "motion_encoder_channels": {str(2**i): 4 for i in range(2, 10)},
+    "motion_style_dim": 16,
+    "motion_dim": 4,
+    "motion_encoder_dim": 16,
+    "face_encoder_hidden_dim": 8,
+    "face_encoder_num_heads": 2,
+}
+
+
 def tiny_config(variant: str = "t2v", **overrides: Any) -> dict:
     """A tiny config of the real architecture for tests and the offline demo (2 layers, head dim 12; VACE 4
-    layers, two of them hinted). Variants: ``t2v``, ``i2v``, ``inp``, ``control``, ``control_ref``, ``camera``,
-    ``ti2v``, ``vace`` and the Wan2.2-Fun layouts of :data:`TINY_WAN22_FUN`."""
+    layers, two of them hinted; Animate 4 layers, a face block after every 2nd). Variants: ``t2v``, ``i2v``,
+    ``inp``, ``control``, ``control_ref``, ``camera``, ``ti2v``, ``vace``, ``animate`` and the Wan2.2-Fun layouts
+    of :data:`TINY_WAN22_FUN`."""
     in_dims = {"t2v": 16, "i2v": 36, "inp": 36, "control": 48, "control_ref": 48, "camera": 32, "ti2v": 48, "vace": 16}
+    in_dims["animate"] = 36
     in_dims.update({name: layout["in_dim"] for name, layout in TINY_WAN22_FUN.items()})
     wan22_vae = variant == "ti2v" or variant.startswith("5b_")
     config = {
-        "model_type": "ti2v" if wan22_vae else variant if variant in ("i2v", "vace") else "t2v",
+        "model_type": "ti2v" if wan22_vae else variant if variant in ("i2v", "vace", "animate") else "t2v",
         "patch_size": [1, 2, 2],
         "text_len": 32,
         "in_dim": in_dims[variant],
@@ -255,5 +276,8 @@ def tiny_config(variant: str = "t2v", **overrides: Any) -> dict:
     config.update({k: v for k, v in TINY_WAN22_FUN.get(variant, {}).items() if k != "in_dim"})
     if variant == "vace":  # a hint after every 2nd layer, as Wan2.1-VACE-1.3B
         config.update(num_layers=4, vace_layers=[0, 2], vace_in_dim=96)
+    if variant == "animate":  # its constructor has no Fun extras
+        del config["add_ref_conv"], config["add_control_adapter"]
+        config.update(TINY_ANIMATE)
     config.update(overrides)
     return config
