@@ -1,0 +1,257 @@
+"""Wan2.2-Animate's animation and replacement modes, from the folder its released preprocessing writes.
+
+Wan-AI's preprocessing (``wan/modules/animate/preprocess``) leaves ``src_pose.mp4`` (pose skeletons at the output
+size), ``src_face.mp4`` (one 512 x 512 face crop per frame) and ``src_ref.png`` (the character); replacement mode
+adds ``src_bg.mp4`` (the video with the person removed) and ``src_mask.mp4`` (white where the person is).
+
+A video runs in segments of ``clip_len`` (4n + 1) frames, as the released ``wan/animate.py`` does: the inputs are
+extended by playing them back and forth to a whole number of segments, each segment after the first starts from
+the last ``refert_num`` (1 or 5) frames the previous one generated (known frames of its conditioning), and drops
+them from its output. Per segment the transformer sees the reference image as latent frame 0 (mask 1), the
+carried frames (mask 1) and either nothing (animation) or the background outside the person (replacement), the
+pose video's latents, the face crops and the reference's CLIP tokens. Guidance (off at the released scale 1)
+contrasts the negative prompt with faces of -1. Components, guidance and the denoising loop are
+:class:`~videox_fun.pipelines.wan.WanPipeline`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..io.video import frames_to_tensor, read_image, read_video, tensor_to_frames
+from ..models.wan.animate import WanAnimateTransformer3DModel
+from .common import GenerationOutput, SamplingSettings, StepCallback, seeded_noise
+from .conditioning import pack_frames_in_time
+from .guidance import ClassifierFreeGuidance
+from .schedulers import make_scheduler
+from .wan import WanPipeline
+
+logger = logging.getLogger(__name__)
+
+ANIMATE_FILES = ("src_pose.mp4", "src_face.mp4", "src_ref.png")
+REPLACE_FILES = ("src_bg.mp4", "src_mask.mp4")
+REFERT_NUMS = (1, 5)  # the carried-over frame counts the release supports
+# The released generate.py's defaults for Animate: 77-frame segments, DPM++ with shift 5, 20 steps, no guidance.
+ANIMATE_DEFAULTS = {"clip_len": 77, "refert_num": 1, "steps": 20, "shift": 5.0, "guidance_scale": 1.0, "fps": 30}
+ANIMATE_SAMPLER = "Flow_DPM++"
+
+
+@dataclass
+class AnimateSources:
+    """The preprocessing outputs as tensors, every video at the length of the pose video."""
+
+    pose: torch.Tensor  # (T, H, W, 3) uint8 pose skeletons
+    face: torch.Tensor  # (T, S, S, 3) uint8 face crops
+    reference: torch.Tensor  # (H, W, 3) uint8 character, letterboxed to the pose size
+    background: torch.Tensor | None = None  # (T, H, W, 3) uint8, replacement only
+    person: torch.Tensor | None = None  # (T, H, W) float, 1 where the person is, replacement only
+
+
+def missing_sources(folder: Path, replace: bool) -> list[str]:
+    """The preprocessing outputs a mode needs that ``folder`` lacks."""
+    needed = ANIMATE_FILES + (REPLACE_FILES if replace else ())
+    return [name for name in needed if not (folder / name).is_file()]
+
+
+def letterbox(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 (h, w, 3) -> (height, width, 3): resized to fit, keeping its aspect ratio, centred on black (as the
+    release's ``padding_resize``)."""
+    h, w = image.shape[:2]
+    size = (height, int(height / h * w)) if h / w > height / width else (int(width / w * h), width)
+    pixels = image.permute(2, 0, 1)[None].float()  # (1, 3, h, w)
+    resized = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+    canvas = torch.zeros(height, width, 3, dtype=torch.uint8)
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    canvas[top : top + size[0], left : left + size[1]] = resized[0].permute(1, 2, 0).to(torch.uint8)
+    return canvas
+
+
+def read_sources(folder: str | Path, replace: bool = False, face_size: int = 512) -> AnimateSources:
+    """Read a preprocessing folder; a missing file fails with one line naming it."""
+    folder = Path(folder)
+    missing = missing_sources(folder, replace)
+    if missing:
+        mode = "replacement" if replace else "animation"
+        raise FileNotFoundError(f"{folder} has no {', '.join(missing)} (Wan-Animate {mode} reads its preprocessing)")
+    pose = read_video(folder / "src_pose.mp4")
+    height, width = pose.shape[1:3]
+    face = read_video(folder / "src_face.mp4", size=(face_size, face_size))
+    reference = letterbox(read_image(folder / "src_ref.png"), height, width)
+    if not replace:
+        return AnimateSources(pose, face, reference)
+    background = read_video(folder / "src_bg.mp4", size=(height, width))
+    person = read_video(folder / "src_mask.mp4", size=(height, width))[..., 0].float() / 255.0
+    return AnimateSources(pose, face, reference, background, person)
+
+
+def ping_pong(frames: torch.Tensor, length: int) -> torch.Tensor:
+    """``frames`` (T, ...) played forwards, backwards, forwards... to ``length`` (the release's inputs_padding)."""
+    count = frames.shape[0]
+    if count == 1:
+        return frames.expand(length, *frames.shape[1:])
+    period = 2 * (count - 1)
+    index = [i % period if i % period < count else period - i % period for i in range(length)]
+    return frames[index]
+
+
+def padded_length(frames: int, clip_len: int, refert_num: int) -> int:
+    """The frame count that fills whole segments of ``clip_len`` overlapping by ``refert_num`` (get_valid_len)."""
+    step = clip_len - refert_num
+    left = (frames - refert_num) % step
+    return frames + (step - left if left else 0)
+
+
+def segment_starts(length: int, clip_len: int, refert_num: int) -> list[int]:
+    """First frames of the segments over ``length`` padded frames: every ``clip_len - refert_num`` frames."""
+    return list(range(0, max(length - refert_num, 0), clip_len - refert_num))
+
+
+class WanAnimatePipeline:
+    """Wan2.2-Animate generation over a :class:`WanPipeline` whose transformer is a Wan-Animate one."""
+
+    def __init__(self, pipe: WanPipeline):
+        if not isinstance(pipe.transformer, WanAnimateTransformer3DModel):
+            raise ValueError(f"{pipe.model_name} is not a Wan-Animate model (its transformer has no face modules)")
+        if pipe.image_encoder is None:
+            raise ValueError(f"{pipe.model_name} ships no CLIP image encoder: Wan-Animate conditions on the reference")
+        self.pipe = pipe
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **options: object) -> WanAnimatePipeline:
+        """Load a model folder as :meth:`WanPipeline.from_pretrained` does (``options``: config, device, dtype)."""
+        return cls(WanPipeline.from_pretrained(folder, **options))
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        sources: str | Path | AnimateSources,
+        prompt: str = "",
+        negative_prompt: str = "",
+        replace: bool = False,
+        clip_len: int = ANIMATE_DEFAULTS["clip_len"],
+        refert_num: int = ANIMATE_DEFAULTS["refert_num"],
+        num_inference_steps: int = ANIMATE_DEFAULTS["steps"],
+        guidance_scale: float = ANIMATE_DEFAULTS["guidance_scale"],
+        shift: float = ANIMATE_DEFAULTS["shift"],
+        sampler: str = ANIMATE_SAMPLER,
+        seed: int = 43,
+        callback: StepCallback | None = None,
+        progress: bool = True,
+    ) -> GenerationOutput:
+        """Animate the reference character with the pose and face videos of ``sources`` (a preprocessing folder);
+        ``replace`` puts it into the background video instead. Returns the pose video's frame count."""
+        if refert_num not in REFERT_NUMS:
+            raise ValueError(
+                f"refert_num must be 1 or 5 (the carried-over frames the release supports), got {refert_num}"
+            )
+        if clip_len % 4 != 1 or clip_len <= refert_num:
+            raise ValueError(f"clip_len must be of the form 4n + 1 and above refert_num {refert_num}, got {clip_len}")
+        if not isinstance(sources, AnimateSources):
+            sources = read_sources(sources, replace, self.pipe.transformer.config.motion_encoder_size)
+        elif replace and sources.background is None:
+            raise ValueError("replacement needs the background video and the person mask (src_bg.mp4, src_mask.mp4)")
+        frames, height, width = sources.pose.shape[:3]
+        multiple = self.pipe.size_multiple
+        if height % multiple or width % multiple:
+            raise ValueError(f"the pose video is {height}x{width}; this model takes multiples of {multiple}")
+        length = padded_length(frames, clip_len, refert_num)
+        logger.info(
+            "%d frames, padded to %d for segments of %d overlapping by %d", frames, length, clip_len, refert_num
+        )
+        settings = SamplingSettings(
+            "replace" if replace else "animate", negative_prompt, height, width, clip_len,
+            num_inference_steps, guidance_scale, guidance_scale, shift, sampler,
+        )  # fmt: skip
+        shared = self._shared_inputs(sources.reference, prompt, negative_prompt)
+        videos = {
+            "pose": sources.pose,
+            "face": sources.face,
+            "background": sources.background,
+            "person": sources.person,
+        }
+        padded = {name: ping_pong(video, length) for name, video in videos.items() if video is not None}
+        outputs, carried, latents = [], None, None
+        for index, start in enumerate(segment_starts(length, clip_len, refert_num)):
+            clip = {name: video[start : start + clip_len] for name, video in padded.items()}
+            latents, video = self._segment(clip, shared, carried, settings, seed + index, callback, progress)
+            carried = video[:, :, -refert_num:]  # (1, 3, refert_num, H, W): the next segment's known start
+            outputs.append(video if start == 0 else video[:, :, refert_num:])
+        video = torch.cat(outputs, dim=2)[0, :, :frames]  # (3, T, H, W)
+        record = {
+            **settings.record(seed),
+            "clip_len": clip_len,
+            "refert_num": refert_num,
+            "num_frames": frames,
+            "shift": shift,
+            "sampler": sampler,
+        }
+        return GenerationOutput(frames=tensor_to_frames(video.cpu()), latents=latents.cpu(), settings=record)
+
+    def _shared_inputs(self, reference: torch.Tensor, prompt: str, negative_prompt: str) -> dict[str, torch.Tensor]:
+        """What every segment shares: both prompts' embeddings, the reference's CLIP tokens and its conditioning
+        frame y_ref (1, 4 + z, 1, h, w): mask 1 (known) and its latent."""
+        pipe = self.pipe
+        image = frames_to_tensor(reference[None])[:, 0][None].to(pipe.device, pipe.dtype)  # (1, 3, H, W)
+        latent = pipe.vae.encode(image[:, :, None]).to(pipe.dtype)  # (1, z, 1, h, w)
+        cond_text, uncond_text = pipe._encode_prompts(prompt, negative_prompt)
+        return {
+            "context": cond_text,
+            "negative_context": uncond_text,
+            "clip_fea": pipe._clip_tokens(image),
+            "y_ref": torch.cat([torch.ones_like(latent[:, :4]), latent], dim=1),
+        }
+
+    def _conditioning(self, clip: dict[str, torch.Tensor], carried: torch.Tensor | None) -> torch.Tensor:
+        """y for one segment's frames after the reference (1, 4 + z, F', h, w): the known-mask channels and the
+        latent of the carried frames followed by zeros (animation) or by the background (replacement)."""
+        pipe = self.pipe
+        count = clip["pose"].shape[0]
+        known = 0 if carried is None else carried.shape[2]
+        if "background" in clip:
+            pixels = frames_to_tensor(clip["background"])[None].to(pipe.device, pipe.dtype)  # (1, 3, T, H, W)
+        else:
+            pixels = torch.zeros(1, 3, count, *clip["pose"].shape[1:3], device=pipe.device, dtype=pipe.dtype)
+        if carried is not None:
+            pixels = torch.cat([carried.to(pixels), pixels[:, :, known:]], dim=2)
+        latent = pipe.vae.encode(pixels).to(pipe.dtype)  # (1, z, F', h, w)
+        # Known pixels at latent size: the carried frames, and in replacement everything outside the person
+        # (animation knows nothing else: as if the person filled the frame).
+        person = clip.get("person", torch.ones(count, *clip["pose"].shape[1:3]))
+        known_pixels = F.interpolate(1.0 - person[None], size=latent.shape[-2:], mode="nearest")  # (1, T, h, w)
+        known_pixels[:, :known] = 1.0
+        mask = pack_frames_in_time(known_pixels[:, None]).to(pipe.device, pipe.dtype)  # (1, 4, F', h, w)
+        return torch.cat([mask, latent], dim=1)
+
+    def _segment(
+        self,
+        clip: dict[str, torch.Tensor],
+        shared: dict[str, torch.Tensor],
+        carried: torch.Tensor | None,
+        settings: SamplingSettings,
+        seed: int,
+        callback: StepCallback | None,
+        progress: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample one segment: its final latents (1, z, 1 + F', h, w) and decoded frames (1, 3, T, H, W)."""
+        pipe = self.pipe
+        pose = pipe.vae.encode(frames_to_tensor(clip["pose"])[None].to(pipe.device, pipe.dtype)).to(pipe.dtype)
+        face = frames_to_tensor(clip["face"])[None].to(pipe.device, pipe.dtype)  # (1, 3, T, S, S)
+        y = torch.cat([shared["y_ref"], self._conditioning(clip, carried)], dim=2)  # (1, 4 + z, 1 + F', h, w)
+        common = {"clip_fea": shared["clip_fea"], "y": y, "pose_latents": pose}
+        cond = {"context": shared["context"], "face_pixel_values": face, **common}
+        # The release's guidance pass: the negative prompt and no face (every crop pixel at -1).
+        uncond = {"context": shared["negative_context"], "face_pixel_values": torch.full_like(face, -1.0), **common}
+        scheduler = make_scheduler(settings.sampler, settings.shift)
+        scheduler.set_timesteps(settings.steps, device=pipe.device)
+        noise = seeded_noise((1, pipe.vae.z_dim, *y.shape[2:]), seed, pipe.device)
+        guidance = ClassifierFreeGuidance(scale=settings.guidance_scale)
+        latents = pipe._sample(
+            noise, scheduler.timesteps, scheduler, pipe._denoise, guidance, cond, uncond, settings, callback, progress
+        )
+        video = pipe.vae.decode(latents[:, :, 1:].to(pipe.dtype)).float()  # the reference frame is not output
+        return latents, video
