@@ -20,8 +20,8 @@ def run_cli(config, tmp_path, capsys, **changes) -> str:
 
 
 def test_unknown_train_mode(make_config, tmp_path, capsys):
-    err = run_cli(make_config(), tmp_path, capsys, train_mode="i2v")
-    assert "--train_mode 'i2v' is unknown; choose one of normal, inpaint, control, control_ref" in err
+    err = run_cli(make_config(), tmp_path, capsys, train_mode="img2vid")
+    assert "--train_mode 'img2vid' is unknown; choose one of normal, inpaint, i2v, ti2v, control, control_ref" in err
 
 
 def test_metadata_that_does_not_parse(make_config, tmp_path, capsys):

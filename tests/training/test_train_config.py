@@ -75,8 +75,8 @@ def test_unknown_yaml_field_and_bad_settings_fail_at_start(tmp_path):
     path.write_text(yaml.safe_dump({"train_batchsize": 3}))
     with pytest.raises(ValueError, match=r"unknown training config fields \['train_batchsize'\]"):
         parse(["--config", str(path)])
-    bad = TrainConfig(pretrained_model_name_or_path="m", train_data_meta="m.json", train_mode="i2v")
-    with pytest.raises(ValueError, match="--train_mode 'i2v' is unknown; choose one of normal, inpaint"):
+    bad = TrainConfig(pretrained_model_name_or_path="m", train_data_meta="m.json", train_mode="img2vid")
+    with pytest.raises(ValueError, match="--train_mode 'img2vid' is unknown; choose one of normal, inpaint"):
         bad.validate()
     with pytest.raises(ValueError, match="must be 4k\\+1"):
         TrainConfig(pretrained_model_name_or_path="m", train_data_meta="m.json", video_sample_n_frames=16).validate()
@@ -88,7 +88,7 @@ def test_unknown_yaml_field_and_bad_settings_fail_at_start(tmp_path):
     assert "--video_sample_stride must be at least 1" in str(raised.value)
     assert "--text_drop_ratio must be between 0 and 1" in str(raised.value)
     with pytest.raises(SystemExit):  # argparse names the choices
-        parse(["--train_mode", "i2v"])
+        parse(["--train_mode", "img2vid"])
 
 
 @pytest.mark.parametrize("shift", [0.0, -2.0, float("nan")])

@@ -57,9 +57,17 @@ class Objective(Protocol):
         ...
 
     def loss(
-        self, prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+        self,
+        prediction: torch.Tensor,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        counted: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The (weighted) MSE of ``prediction`` to :meth:`target`, averaged over samples: a scalar (fp32)."""
+        """The (weighted) MSE of ``prediction`` to :meth:`target`, averaged over samples: a scalar (fp32).
+
+        ``counted`` (broadcastable to the latents, 1 = counted): the elements each sample's mean is over.
+        """
         ...
 
 
@@ -67,6 +75,15 @@ def noise_like(latents: torch.Tensor, generators: Sequence[torch.Generator]) -> 
     """Gaussian noise (B, ...) drawn per sample from its generator (on the CPU, so any device agrees)."""
     shape = latents.shape[1:]
     return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(latents.device)
+
+
+def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error per sample (B,) in fp32, over the ``counted`` elements only when given (1 = counted)."""
+    error = (prediction.float() - target.float()).pow(2)
+    if counted is None:
+        return error.flatten(1).mean(dim=1)
+    weights = counted.float().expand_as(error)
+    return (error * weights).flatten(1).sum(dim=1) / weights.flatten(1).sum(dim=1).clamp_min(1.0)
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -153,13 +170,17 @@ class FlowMatching:
         return noise - latents
 
     def loss(
-        self, prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
+        self,
+        prediction: torch.Tensor,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        sigmas: torch.Tensor,
+        counted: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Weighted MSE to the velocity target noise - x0, averaged over samples (fp32)."""
+        """Weighted MSE to the velocity target noise - x0 (over the ``counted`` elements), averaged over samples."""
         from diffusers.training_utils import compute_loss_weighting_for_sd3
 
-        target = self.target(latents, noise, sigmas).float()
-        per_sample = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)  # (B,)
+        per_sample = per_sample_mse(prediction, self.target(latents, noise, sigmas), counted)  # (B,)
         weights = compute_loss_weighting_for_sd3(self.weighting, sigmas.float().to(per_sample.device))
         return (weights * per_sample).mean()
 
@@ -247,11 +268,16 @@ class VPrediction:
         return signal * noise - sigma * latents
 
     def loss(
-        self, prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+        self,
+        prediction: torch.Tensor,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        counted: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """MSE to the velocity v, per sample then averaged over samples (fp32)."""
+        """MSE to the velocity v (over the ``counted`` elements), per sample then averaged over samples (fp32)."""
         target = self.target(latents.float(), noise.float(), timesteps)
-        return (prediction.float() - target).pow(2).flatten(1).mean(dim=1).mean()
+        return per_sample_mse(prediction, target, counted).mean()
 
 
 def make_ddpm_scheduler(config: Mapping[str, Any]):  # -> CogVideoXDDIMScheduler
@@ -281,7 +307,8 @@ def objective_loss(
     """The loss (a scalar) of one (micro-)batch, as every training step computes it.
 
     ``spec`` builds the inputs (clean latents x0 and conditions); then per sample the objective
-    draws a noise level and the noise, makes x_t, ``spec.predict`` runs ``transformer`` on it
+    draws a noise level and the noise, makes x_t (latent frames the inputs mark as known stay
+    clean and are left out of the loss, as Wan2.2 TI2V's image frame), ``spec.predict`` runs ``transformer`` on it
     (inside ``autocast()``, e.g. ``accelerator.autocast``) and the objective compares the prediction
     with its target. All draws come from ``generators`` (one per sample), in this order.
     """
@@ -289,6 +316,11 @@ def objective_loss(
     timesteps = objective.sample_timesteps(generators).to(device)  # (B,)
     noise = objective.noise_like(inputs.latents, generators)
     noisy = objective.noisy(inputs.latents, noise, timesteps)
+    counted = None
+    if inputs.known_frames is not None:  # latent frames given clean (an image to start from): not noised, not counted
+        known = inputs.known_frames.to(noisy.device)[:, None, :, None, None]  # (B, 1, F, 1, 1)
+        noisy = torch.where(known, inputs.latents, noisy)
+        counted = ~known
     with autocast():
         prediction = spec.predict(transformer, noisy, objective.model_timesteps(timesteps), inputs)
-    return objective.loss(prediction, inputs.latents, noise, timesteps)
+    return objective.loss(prediction, inputs.latents, noise, timesteps, counted)

@@ -146,7 +146,7 @@ def test_config_refuses_what_cannot_work_and_says_what_to_change() -> None:
     with pytest.raises(ValueError) as raised:
         DataConfig(train_mode="t2v", video_sample_n_frames=16, video_sample_stride=0, text_drop_ratio=1.5)
     message = str(raised.value)
-    assert "train_mode 't2v' is unknown; choose one of normal, inpaint, control, control_ref" in message
+    assert "train_mode 't2v' is unknown; choose one of normal, inpaint, i2v, ti2v, control, control_ref" in message
     assert "video_sample_n_frames 16 must be 4k+1" in message
     assert "video_sample_stride must be at least 1" in message and "text_drop_ratio must be between 0 and 1" in message
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 SIZE_MULTIPLE = 16  # VAE 8x spatial compression x patch 2: every trained side is a multiple of 16
-TRAIN_MODES = ("normal", "inpaint", "control", "control_ref", "vace")
+TRAIN_MODES = ("normal", "inpaint", "i2v", "ti2v", "control", "control_ref", "vace")
 CONTROL_MODES = ("control", "control_ref")  # modes that need a control video per entry
 
 SettingsT = TypeVar("SettingsT", bound="DataSettings")
@@ -101,7 +101,7 @@ class DataSettings:
     text_drop_ratio: float = setting(0.1, "share of samples trained with an empty prompt (for CFG)")
     max_bad_share: float = setting(0.05, "stop when more than this share of the files seen are corrupt or missing")
     # The data layer cuts inpaint masks for inpaint and needs a control_file_path per entry for control*.
-    train_mode: str = setting("normal", "normal (t2v), inpaint, control, control_ref or vace", choices=TRAIN_MODES)
+    train_mode: str = setting("normal", "what the model learns to do (see the modes)", choices=TRAIN_MODES)
     # The data layer seeds the data order, text dropout, clip starts, random sizes and masks with it.
     seed: int = setting(42, "seed of data order, noise, timesteps and masks")
 

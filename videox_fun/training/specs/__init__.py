@@ -66,6 +66,9 @@ class TrainInputs:
 
     latents: torch.Tensor  # (B, z, F, h, w)
     conditions: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (B, F) bool: latent frames given clean (not noised, not in the loss); the spec's predict gives their
+    # tokens timestep 0. None: every frame is noised.
+    known_frames: torch.Tensor | None = None
 
 
 class FamilySpec(Protocol):

@@ -11,6 +11,12 @@ so a model is trained on exactly the inputs it is sampled with. Modes:
   model also works without one) and, for half the samples, the first frame as start image.
 - ``control_ref``: Fun V1.1 Control; as ``control`` plus the latent of a random frame of the
   clip as the reference image (``ref_latent``), zeroed for 10% of samples.
+- ``i2v``: image-to-video models that take the start image through mask + image channels (Wan2.1 /
+  Wan2.2 I2V, Fun InP): every sample's first frame known.
+- ``ti2v``: Wan2.2 TI2V-5B: for half the samples the first latent frame is the clean image latent
+  (timestep 0 on its tokens, left out of the loss), the others text-to-video. Models that sample
+  this way (:attr:`WanVariant.first_frame`, Wan2.2-Fun 5B too) hold it in ``inpaint`` / ``i2v``
+  training as well, whenever a sample's first frame is known.
 - ``vace``: VACE models; each sample's VACE context from a drawn task (text only, masked editing,
   control video) and, for some micro-batches, a subject frame in front (:mod:`.wan_vace`).
   ``--trainable_modules vace`` trains the VACE stream alone, as the releases were trained.
@@ -51,7 +57,17 @@ CONDITION_DROP = 0.1
 # Control modes: share of samples given their first frame as the start image.
 START_IMAGE_SHARE = 0.5
 # Generation mode each training mode must be able to serve.
-MODE_NEEDS = {"normal": "t2v", "inpaint": "inpaint", "control": "control", "control_ref": "control", "vace": "vace"}
+MODE_NEEDS = {
+    "normal": "t2v",
+    "inpaint": "inpaint",
+    "i2v": "i2v",
+    "ti2v": "i2v",
+    "control": "control",
+    "control_ref": "control",
+    "vace": "vace",
+}
+# Generation mode of the validation samples by training mode (the control modes sample "control").
+VALIDATION_MODES = {"normal": "t2v", "inpaint": "t2v", "i2v": "t2v", "ti2v": "t2v", "vace": "t2v"}
 # Mask kinds (of data.masks) trainable from cached latents: their masked videos are encoded into the cache.
 # Spatial and random-segment masks need the pixels, so inpaint training from a cache uses these three only.
 CACHED_MASK_KINDS = ("t2v", "i2v", "first_last")
@@ -108,6 +124,17 @@ def init_from_t2v(model: WanTransformer3DModel, mode: str) -> WanTransformer3DMo
         expanded.ref_conv.reset_parameters()
     logger.info("initialised a %s model from T2V weights (in_dim %d -> %d)", mode, weight.shape[1], config["in_dim"])
     return expanded if weight.dtype == torch.float32 else expanded.to(weight.dtype)  # ref_conv is built in fp32
+
+
+def per_token_timesteps(
+    timesteps: torch.Tensor, known_frames: torch.Tensor, latent_size: Sequence[int], transformer: nn.Module
+) -> torch.Tensor:
+    """Timesteps (B,) -> per token (B, L): 0 on the tokens of known latent frames (B, F'), else the sample's."""
+    config = getattr(transformer, "module", transformer).config  # DDP wraps the model
+    _, patch_h, patch_w = config.patch_size
+    per_frame = (latent_size[0] // patch_h) * (latent_size[1] // patch_w)
+    noisy = (~known_frames).repeat_interleave(per_frame, dim=1)  # (B, L)
+    return timesteps[:, None] * noisy.to(timesteps.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,6 +215,8 @@ class PixelSource:
             masks = self.batch["mask"]  # (B, 1, F, H, W)
         else:
             masks = torch.ones(len(generators), 1, f, h, w)
+            if mode == "i2v":
+                masks[:, :, 0] = 0.0  # the first frame known
         kept = masked_video(self.pixels, masks.to(self.pixels), self.spec.masked_fill(self.models))
         return masks, self.encode(kept)
 
@@ -270,7 +299,9 @@ class CachedSource:
 
         latents = self.latents()
         _, _, _, h, w = latents.shape
-        weights = {k: MASK_KINDS[k][1] for k in CACHED_MASK_KINDS} if mode == "inpaint" else {"t2v": 1.0}
+        weights = {"inpaint": {k: MASK_KINDS[k][1] for k in CACHED_MASK_KINDS}, "i2v": {"i2v": 1.0}}.get(
+            mode, {"t2v": 1.0}
+        )
         masks, masked = [], []
         for row, (frames, g) in enumerate(zip(self.batch["num_frames"].tolist(), generators, strict=True)):
             kind = choose_mask_kind(frames, g, weights)
@@ -411,6 +442,18 @@ class WanSpec:
                 "--train_mode vace trains Wan VACE models, and a VACE model trains with --train_mode vace (its "
                 f"tasks come through the VACE context); {models.folder} is of the {variant.name} variant"
             )
+        if mode == "ti2v" and (variant.channels or not variant.first_frame):
+            raise ValueError(
+                f"--train_mode ti2v trains Wan2.2 TI2V-5B-style models (the image held as the clean first latent "
+                f"frame, no conditioning channels); {models.folder} is of the {variant.name} variant: "
+                "use --train_mode i2v or inpaint for models with mask + image channels"
+            )
+        if mode == "i2v" and "mask" not in variant.channel_kinds:
+            hint = "--train_mode ti2v" if variant.first_frame else "a Wan I2V or Fun InP model"
+            raise ValueError(
+                f"--train_mode i2v trains models that take the start image through mask + image channels; "
+                f"{models.folder} is of the {variant.name} variant: use {hint}"
+            )
         need = MODE_NEEDS[mode]
         if need in variant.modes and (mode != "control_ref" or variant.ref_image):
             return
@@ -463,12 +506,16 @@ class WanSpec:
         clip_frames: list[int | None] = [None] * b
 
         channels: dict[str, torch.Tensor] = {}
+        first_known: list[bool] | None = None  # samples whose first frame is given (held clean where the variant does)
         if "mask" in kinds:
             masks, masked = source.inpaint(mode, generators)
             channels["mask"] = mask_channels(masks.to(latents), (h, w))
             channels["masked_video"] = masked
             # i2v-style samples (first frame known) show CLIP the first frame, as the pipeline does.
-            clip_frames = [0 if bool((m[:, 0] < 0.5).all()) else None for m in masks]
+            first_known = [bool((m[:, 0] < 0.5).all()) for m in masks]
+            clip_frames = [0 if known else None for known in first_known]
+        elif mode == "ti2v":
+            first_known = [uniform(g) < START_IMAGE_SHARE for g in generators]
         if "control" in kinds:
             keep = torch.tensor([uniform(g) >= CONDITION_DROP for g in generators], device=latents.device)
             channels["control"] = source.control_latents() * keep.view(-1, 1, 1, 1, 1)
@@ -491,12 +538,21 @@ class WanSpec:
                 i if uniform(g) >= CONDITION_DROP else None for i, g in zip(clip_frames, generators, strict=True)
             ]
             conditions["clip_fea"] = source.clip(clip_frames)
-        return TrainInputs(latents=latents, conditions=conditions)
+        known_frames = None
+        if variant.first_frame and first_known is not None and any(first_known):
+            known_frames = torch.zeros(b, latents.shape[2], dtype=torch.bool, device=latents.device)  # (B, F')
+            known_frames[:, 0] = torch.tensor(first_known, device=latents.device)
+        return TrainInputs(latents=latents, conditions=conditions, known_frames=known_frames)
 
     def predict(
         self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: TrainInputs
     ) -> torch.Tensor:
-        """Velocity prediction (B, z, F', h, w) for noisy latents (B, z, F', h, w) at timesteps (B,)."""
+        """Velocity prediction (B, z, F', h, w) for noisy latents (B, z, F', h, w) at timesteps (B,).
+
+        Known (clean) latent frames give their tokens timestep 0, as the pipeline samples them.
+        """
+        if inputs.known_frames is not None:
+            timesteps = per_token_timesteps(timesteps, inputs.known_frames, noisy.shape[3:], transformer)
         return transformer(noisy, timesteps, **inputs.conditions)
 
     # -- latent cache --------------------------------------------------------------------------
@@ -590,7 +646,7 @@ class WanSpec:
         out = pipe(
             prompt,
             negative_prompt=defaults.negative_prompt,
-            mode="t2v" if config.train_mode in ("normal", "inpaint", "vace") else "control",
+            mode=VALIDATION_MODES.get(config.train_mode, "control"),
             control_video=config.validation_control_video,
             ref_image=config.validation_image if config.train_mode == "control_ref" else None,
             height=size[0],

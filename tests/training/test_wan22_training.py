@@ -1,0 +1,139 @@
+"""Wan2.2 training modes: ``ti2v`` (TI2V-5B: the image as the clean first latent frame), ``i2v`` (start image
+through mask + image channels), and the Wan2.2-Fun layouts in their modes.
+
+A known first latent frame is held clean in the transformer's input, gets timestep 0 on its tokens and is
+left out of the loss: what the pipeline does when it samples image-to-video with these models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from training_helpers import fixed_noise_loss
+
+from videox_fun.models.wan.tiny import build_tiny_model_folder
+from videox_fun.models.wan.transformer import WanTransformer3DModel
+from videox_fun.training.data import BucketBatchSampler, DataConfig, VideoDataset, collate
+from videox_fun.training.objectives import FlowMatching, objective_loss
+from videox_fun.training.specs import get_spec, sample_generators
+from videox_fun.training.trainer import train
+
+
+@pytest.fixture(scope="module")
+def wan22_folders(tmp_path_factory) -> dict[str, Path]:
+    """Tiny folders of Wan2.2 layouts: TI2V-5B and the Fun 5B InP / Control, A14B Control."""
+    root = tmp_path_factory.mktemp("wan22")
+    return {
+        name: build_tiny_model_folder(root / name, name) for name in ("ti2v", "5b_inp", "5b_control", "a14b_control")
+    }
+
+
+def first_batch(config) -> dict:
+    dataset = VideoDataset(DataConfig.from_mapping(config.to_dict()), progress=False)
+    requests = next(iter(BucketBatchSampler(dataset, batch_size=len(dataset), shuffle=False)))
+    return collate([dataset[r] for r in requests])
+
+
+def captured_call(config, step: int = 0) -> tuple[torch.Tensor, dict, list]:
+    """One loss of the first batch through the real tiny model; what its forward received: x, t, and the inputs."""
+    spec = get_spec(config)
+    models = spec.load_models(config, torch.float32)
+    seen: dict = {}
+    models.transformer.register_forward_pre_hook(lambda module, args: seen.update(x=args[0], t=args[1]))
+    generators = sample_generators(3, step, 0, range(3))
+    inputs = spec.build_inputs(models, first_batch(config), config.train_mode, generators, "cpu")
+    generators = sample_generators(3, step, 0, range(3))
+    objective = FlowMatching(sampling="uniform")
+    loss = objective_loss(
+        spec, models, models.transformer, objective, first_batch(config), config.train_mode, generators, "cpu"
+    )
+    return loss, seen, inputs
+
+
+def test_ti2v_holds_the_first_latent_frame_clean_at_timestep_zero(make_config, wan22_folders):
+    config = make_config(pretrained_model_name_or_path=str(wan22_folders["ti2v"]), train_mode="ti2v")
+    held = []
+    for step in range(6):
+        _, seen, inputs = captured_call(config, step)
+        assert inputs.known_frames is None or inputs.known_frames[:, 1:].sum() == 0
+        known = inputs.known_frames[:, 0] if inputs.known_frames is not None else torch.zeros(3, dtype=torch.bool)
+        tokens_per_frame = seen["t"].shape[1] // inputs.latents.shape[2] if seen["t"].dim() == 2 else 0
+        for row in range(3):
+            if known[row]:
+                torch.testing.assert_close(seen["x"][row, :, 0], inputs.latents[row, :, 0])  # clean image latent
+                assert not seen["t"][row, :tokens_per_frame].any() and seen["t"][row, tokens_per_frame:].gt(0).all()
+            else:
+                assert not torch.equal(seen["x"][row, :, 0], inputs.latents[row, :, 0])
+            held.append(bool(known[row]))
+    assert 0 < sum(held) < len(held)  # both image-to-video and text-to-video samples
+
+
+def test_known_frames_are_left_out_of_the_loss():
+    objective = FlowMatching()
+    latents, noise = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)
+    sigmas = torch.tensor([0.3, 0.7])
+    target = noise - latents
+    prediction = target.clone()
+    prediction[:, :, 0] += 5.0  # wrong on the first frame only
+    counted = torch.tensor([[False, True, True]] * 2)[:, None, :, None, None]
+    assert objective.loss(prediction, latents, noise, sigmas, counted).item() == 0.0
+    assert objective.loss(prediction, latents, noise, sigmas).item() == pytest.approx(25.0 / 3)
+
+
+@pytest.mark.parametrize(
+    ("folder", "mode"),
+    [
+        ("ti2v", "ti2v"),
+        ("5b_inp", "i2v"),
+        ("5b_inp", "inpaint"),
+        ("5b_control", "control"),
+        ("a14b_control", "control_ref"),
+    ],
+)
+def test_wan22_modes_lower_the_loss(make_config, wan22_folders, tmp_path, folder, mode):
+    config = make_config(
+        pretrained_model_name_or_path=str(wan22_folders[folder]),
+        train_mode=mode,
+        max_train_steps=25,
+        learning_rate=2e-3,
+        output_dir=str(tmp_path / "out"),
+    )
+    before = fixed_noise_loss(config, WanTransformer3DModel.from_pretrained(wan22_folders[folder]))
+    train(config)
+    after = fixed_noise_loss(config, WanTransformer3DModel.from_pretrained(tmp_path / "out" / "transformer"))
+    print(f"{folder} --train_mode {mode}: fixed-noise loss {before:.4f} -> {after:.4f}")
+    assert after < 0.9 * before
+
+
+def test_fun_5b_inp_holds_a_known_first_frame_as_its_pipeline_does(make_config, wan22_folders):
+    config = make_config(pretrained_model_name_or_path=str(wan22_folders["5b_inp"]), train_mode="i2v")
+    _, seen, inputs = captured_call(config)
+    assert inputs.known_frames[:, 0].all() and not inputs.known_frames[:, 1:].any()
+    torch.testing.assert_close(seen["x"][:, :, 0], inputs.latents[:, :, 0])
+
+
+def test_ti2v_resumes_exactly(make_config, tmp_path, wan22_folders):
+    def run(folder: str, steps: int, **more):
+        settings = dict(pretrained_model_name_or_path=str(wan22_folders["ti2v"]), train_mode="ti2v")
+        return train(make_config(output_dir=str(tmp_path / folder), max_train_steps=steps, **settings, **more))
+
+    whole = run("whole", 4)
+    first = run("split", 2)
+    rest = run("split", 4, resume_from_checkpoint="latest")
+    assert first.losses + rest.losses == whole.losses
+
+
+@pytest.mark.parametrize(
+    ("folder", "mode", "message"),
+    [
+        ("5b_inp", "ti2v", "--train_mode ti2v trains Wan2.2 TI2V-5B-style models"),
+        ("ti2v", "i2v", "use --train_mode ti2v"),
+    ],
+)
+def test_a_mode_the_model_cannot_train_is_refused_in_one_line(make_config, wan22_folders, folder, mode, message):
+    config = make_config(pretrained_model_name_or_path=str(wan22_folders[folder]), train_mode=mode, max_train_steps=1)
+    with pytest.raises(ValueError, match=message) as error:
+        train(config)
+    assert "\n" not in str(error.value)
