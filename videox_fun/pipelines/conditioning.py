@@ -8,8 +8,12 @@ InP releases expect.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+
+from ..io.camera import CameraPose, plucker_embedding
 
 
 def pack_frames_in_time(x: torch.Tensor, factor: int = 4) -> torch.Tensor:
@@ -33,6 +37,13 @@ def frame_generate_mask(num_frames: int, height: int, width: int, known_frames: 
     for index in known_frames:
         mask[:, :, index] = 0.0
     return mask
+
+
+def camera_condition(poses: Sequence[CameraPose], height: int, width: int) -> torch.Tensor:
+    """The Control-Camera models' ``camera`` input (1, 24, F', H, W): Plücker rays of one pose per frame,
+    packed in time like the mask channels (F = 4k + 1 frames)."""
+    rays = plucker_embedding(poses, height, width, num_frames=len(poses))  # (F, 6, H, W)
+    return pack_frames_in_time(rays.permute(1, 0, 2, 3)[None])
 
 
 def mask_channels(generate_mask: torch.Tensor, latent_size: tuple[int, int], factor: int = 4) -> torch.Tensor:

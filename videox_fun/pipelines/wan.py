@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..config import FOLDER_CONFIG_NAME, ModelConfig, config_for_folder
 from ..families import INPUT_NAMES, Mode, SizeRules, infer_mode, require_inputs
 from ..families.wan import WAN_MODES, with_release_defaults
-from ..io.camera import camera_poses, plucker_embedding
+from ..io.camera import camera_poses, fit_num_frames
 from ..io.files import check_input_file
 from ..io.video import frames_to_tensor, read_image, tensor_to_frames
 from ..models.wan.keys import blank_clip_tokens
@@ -33,7 +33,7 @@ from .common import (
     seeded_noise,
     video_tensor,
 )
-from .conditioning import first_frame_latent, frame_generate_mask, mask_channels, masked_video, pack_frames_in_time
+from .conditioning import camera_condition, first_frame_latent, frame_generate_mask, mask_channels, masked_video
 from .guidance import ClassifierFreeGuidance, Denoiser
 from .schedulers import NUM_TRAIN_TIMESTEPS, make_scheduler, start_index
 from .vace import compose_source, mask_from_video, reference_canvas, vace_context
@@ -276,9 +276,8 @@ class WanPipeline:
                 1, self.vae.z_dim, latent_height, latent_width, device=self.device, dtype=self.dtype
             )
         if mode == "camera":
-            poses = camera_poses(inputs["camera"], num_frames)
-            rays = plucker_embedding(poses, height, width, num_frames=num_frames)  # (F, 6, H, W)
-            conditions["camera"] = pack_frames_in_time(rays.permute(1, 0, 2, 3)[None]).to(self.device, self.dtype)
+            poses = fit_num_frames(camera_poses(inputs["camera"], num_frames), num_frames)
+            conditions["camera"] = camera_condition(poses, height, width).to(self.device, self.dtype)
         return conditions
 
     def _vace_conditions(self, mode: str, inputs: dict, num_frames: int, height: int, width: int) -> dict:

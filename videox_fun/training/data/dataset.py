@@ -3,7 +3,8 @@
 A sample is a dict::
 
     pixel_values          float (3, F, H, W) in [-1, 1]   F = 1 for images, 4k+1 for videos
-    control_pixel_values  float (3, F, H, W)               when the entry has a control file
+    control_pixel_values  float (3, F, H, W)               when the entry has a control video
+    camera_poses          float64 (F, 19)                  when its control file is a camera trajectory (.txt)
     mask                  float (1, F, H, W), 1 = generate  with train_mode "inpaint" or "vace"
     text                  str ("" with probability text_drop_ratio)
     text_dropped          bool
@@ -39,6 +40,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ...io.camera import read_camera_trajectory
 from ...io.video import VideoReadError, frames_to_tensor, read_image, read_video, video_info
 from .buckets import Bucket, BucketKey, entry_key, plan_batch
 from .config import DataConfig
@@ -110,6 +112,11 @@ def _image_header(path: Path) -> EntryInfo:
     return EntryInfo(height, width, 1)
 
 
+def is_camera_file(path: Path) -> bool:
+    """Whether a control file is a camera trajectory (RealEstate10K-style lines in a .txt), not a video."""
+    return path.suffix.lower() == ".txt"
+
+
 def _probe(entry: MetaEntry) -> EntryInfo:
     """Check that an entry's files exist and open; raise :class:`BadFileError` naming the one that does not."""
     if entry.is_video:
@@ -124,7 +131,9 @@ def _probe(entry: MetaEntry) -> EntryInfo:
     if control is not None:
         if not control.is_file():
             raise BadFileError(control, "control file not found")
-        if entry.is_video:  # a clip must fit in both videos
+        if is_camera_file(control):  # a camera trajectory: one pose per frame, any count (the last one repeats)
+            _guarded(control, lambda: read_camera_trajectory(control))
+        elif entry.is_video:  # a clip must fit in both videos
             control_info = _guarded(control, lambda: _video_header(control))
             info = EntryInfo(info.height, info.width, min(info.num_frames, control_info.num_frames))
     return info
@@ -254,6 +263,14 @@ class VideoDataset(Dataset):
                 )
         return frames_to_tensor(frames)  # (3, F, H, W)
 
+    def _camera(self, path: Path, bucket: Bucket, start: int) -> torch.Tensor:
+        """The poses (F, 19) of the clip's frames (from ``start``, every ``video_sample_stride``-th) as trajectory
+        lines; a trajectory shorter than the video repeats its last pose (as sampling does)."""
+        poses = _guarded(path, lambda: read_camera_trajectory(path))
+        stride = self.config.video_sample_stride
+        chosen = [poses[min(start + i * stride, len(poses) - 1)] for i in range(bucket.frames)]
+        return torch.tensor([pose.to_values() for pose in chosen], dtype=torch.float64)
+
     def load(self, index: int, bucket: Bucket, epoch: int) -> dict[str, Any]:
         """Decode entry ``index`` at ``bucket``; raises :class:`BadFileError` for a bad file."""
         entry = self.entries[index]
@@ -268,7 +285,9 @@ class VideoDataset(Dataset):
             "file_path": str(entry.path),
             "index": index,
         }
-        if entry.control_path is not None:
+        if entry.control_path is not None and is_camera_file(entry.control_path):
+            sample["camera_poses"] = self._camera(entry.control_path, bucket, start)
+        elif entry.control_path is not None:
             sample["control_pixel_values"] = self._read(entry.control_path, entry, bucket, start)
         if self.config.train_mode in ("inpaint", "vace"):  # VACE's masked-editing samples use these masks
             generator = torch.Generator().manual_seed(int(mask_seed.generate_state(1)[0]))
@@ -325,7 +344,7 @@ class VideoDataset(Dataset):
 # Batching
 # --------------------------------------------------------------------------------------------
 
-_STACKED = ("pixel_values", "control_pixel_values", "mask")
+_STACKED = ("pixel_values", "control_pixel_values", "mask", "camera_poses")
 _LISTED = ("text", "data_type", "file_path")
 
 

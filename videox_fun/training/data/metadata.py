@@ -235,7 +235,8 @@ def load_metadata(
         lacking = [e for e in entries if e.control_path is None]
         if lacking:
             raise MetadataError(
-                f"control training needs a 'control_file_path' (e.g. a Canny edge video) in every entry of {path}; "
+                "control training needs a 'control_file_path' (a control video such as Canny edges, or a camera "
+                f"trajectory .txt for control_camera_ref) in every entry of {path}; "
                 f"{len(lacking)} of {len(entries)} have none:\n  {_listing(lacking)}\n"
                 "Add the control videos, or train with train_mode 'normal' or 'inpaint'."
             )

@@ -17,6 +17,9 @@ so a model is trained on exactly the inputs it is sampled with. Modes:
   (timestep 0 on its tokens, left out of the loss), the others text-to-video. Models that sample
   this way (:attr:`WanVariant.first_frame`, Wan2.2-Fun 5B too) hold it in ``inpaint`` / ``i2v``
   training as well, whenever a sample's first frame is known.
+- ``control_camera_ref``: Control-Camera models; the camera trajectory of each clip (the entry's
+  ``control_file_path`` is a RealEstate10K-style .txt, one pose per frame) as Plücker rays, and the
+  first frame as the start image (through the start-image or InP channels) for 90% of the samples.
 - ``vace``: VACE models; each sample's VACE context from a drawn task (text only, masked editing,
   control video) and, for some micro-batches, a subject frame in front (:mod:`.wan_vace`).
   ``--trainable_modules vace`` trains the VACE stream alone, as the releases were trained.
@@ -41,7 +44,7 @@ from ...models.loading import public_config
 from ...models.wan.keys import blank_clip_tokens
 from ...models.wan.transformer import WanTransformer3DModel
 from ...models.wan.variants import variant_for_mode, variant_of
-from ...pipelines.conditioning import first_frame_latent, mask_channels, masked_video
+from ...pipelines.conditioning import camera_condition, first_frame_latent, mask_channels, masked_video
 from ...pipelines.vace import SPATIAL
 from ...pipelines.wan import default_boundary
 from ..config import TrainConfig
@@ -64,10 +67,24 @@ MODE_NEEDS = {
     "ti2v": "i2v",
     "control": "control",
     "control_ref": "control",
+    "control_camera_ref": "camera",
     "vace": "vace",
 }
+# Whole-frame mask kinds (of data.masks, with weights) drawn per sample by the modes that take no dataset
+# masks: i2v knows the first frame; control_camera_ref too, but for CONDITION_DROP of the samples.
+MODE_MASK_KINDS = {
+    "i2v": {"i2v": 1.0},
+    "control_camera_ref": {"i2v": 1.0 - CONDITION_DROP, "t2v": CONDITION_DROP},
+}
 # Generation mode of the validation samples by training mode (the control modes sample "control").
-VALIDATION_MODES = {"normal": "t2v", "inpaint": "t2v", "i2v": "t2v", "ti2v": "t2v", "vace": "t2v"}
+VALIDATION_MODES = {
+    "normal": "t2v",
+    "inpaint": "t2v",
+    "i2v": "t2v",
+    "ti2v": "t2v",
+    "vace": "t2v",
+    "control_camera_ref": "camera",
+}
 # Mask kinds (of data.masks) trainable from cached latents: their masked videos are encoded into the cache.
 # Spatial and random-segment masks need the pixels, so inpaint training from a cache uses these three only.
 CACHED_MASK_KINDS = ("t2v", "i2v", "first_last")
@@ -176,6 +193,10 @@ class ConditionSource(Protocol):
         """CLIP tokens (B, 257, image_dim) of one frame per sample, zeros where the frame is None."""
         ...
 
+    def camera(self) -> torch.Tensor:
+        """The Control-Camera input (B, 24, F', H, W) of the clips' camera trajectories."""
+        ...
+
 
 class PixelSource:
     """Conditioning pieces computed from a collated pixel batch with the frozen encoders."""
@@ -213,10 +234,13 @@ class PixelSource:
             if "mask" not in self.batch:
                 raise ValueError("inpaint training needs the dataset's masks: build it with train_mode='inpaint'")
             masks = self.batch["mask"]  # (B, 1, F, H, W)
+        elif mode in MODE_MASK_KINDS:
+            from ..data.masks import choose_mask_kind, generate_mask
+
+            kinds = [choose_mask_kind(f, g, MODE_MASK_KINDS[mode]) for g in generators]
+            masks = torch.stack([generate_mask(k, f, h, w, g) for k, g in zip(kinds, generators, strict=True)])
         else:
             masks = torch.ones(len(generators), 1, f, h, w)
-            if mode == "i2v":
-                masks[:, :, 0] = 0.0  # the first frame known
         kept = masked_video(self.pixels, masks.to(self.pixels), self.spec.masked_fill(self.models))
         return masks, self.encode(kept)
 
@@ -269,6 +293,26 @@ class PixelSource:
         out[[row for row, _ in chosen]] = tokens
         return out
 
+    def camera(self) -> torch.Tensor:
+        """Plücker rays of the batch's camera poses at the pixel size, packed in time (B, 24, F', H, W)."""
+        return camera_input(self.batch, self.pixels.shape[-2:], self.device)
+
+
+def camera_input(batch: dict, pixel_size: Sequence[int], device: torch.device) -> torch.Tensor:
+    """The ``camera`` condition (B, 24, F', H, W) of a batch's ``camera_poses`` (B, F, 19) at ``pixel_size``."""
+    if "camera_poses" not in batch:
+        raise ValueError(
+            "control_camera_ref needs a camera trajectory per clip: give a .txt of poses as control_file_path"
+        )
+    from ...io.camera import CameraPose
+
+    rows = []
+    for poses in batch["camera_poses"].tolist():  # F lines of 19 numbers each
+        rows.append(
+            camera_condition([CameraPose.from_values(v) for v in poses], int(pixel_size[0]), int(pixel_size[1]))
+        )
+    return torch.cat(rows).to(device)
+
 
 class CachedSource:
     """The same pieces read from latent-cache records (see :mod:`videox_fun.training.cache`)."""
@@ -299,7 +343,7 @@ class CachedSource:
 
         latents = self.latents()
         _, _, _, h, w = latents.shape
-        weights = {"inpaint": {k: MASK_KINDS[k][1] for k in CACHED_MASK_KINDS}, "i2v": {"i2v": 1.0}}.get(
+        weights = {"inpaint": {k: MASK_KINDS[k][1] for k in CACHED_MASK_KINDS}, **MODE_MASK_KINDS}.get(
             mode, {"t2v": 1.0}
         )
         masks, masked = [], []
@@ -331,6 +375,12 @@ class CachedSource:
             return [0] * len(generators)
         indices = self.batch["ref_frame_index"].tolist()
         return [row[choose(g, len(row))] for row, g in zip(indices, generators, strict=True)]
+
+    def camera(self) -> torch.Tensor:
+        """Plücker rays of the cached camera poses at the cached pixel size (B, 24, F', H, W)."""
+        if "pixel_size" not in self.batch:
+            raise ValueError("the latent cache has no camera poses; rebuild it with `videox-fun cache`")
+        return camera_input(self.batch, self.batch["pixel_size"][0].tolist(), self.device)
 
     def empty_latents(self) -> torch.Tensor:
         """The cached latents of an all-grey video (B, z, F', h, w)."""
@@ -528,6 +578,8 @@ class WanSpec:
             conditions["y"] = variant.assemble_y(channels)
         if mode == "vace":
             latents, conditions["vace_context"] = vace_inputs(source, latents, generators)
+        if mode == "control_camera_ref":
+            conditions["camera"] = source.camera()
         if mode == "control_ref":
             frames = source.ref_frames(generators)
             keep = torch.tensor([uniform(g) >= CONDITION_DROP for g in generators], device=latents.device)
@@ -583,6 +635,9 @@ class WanSpec:
                     records[f"masked_latents_{kind}"] = source.encode(kept)
         if ("control" in kinds or mode == "vace") and "control_pixel_values" in batch:
             records["control_latents"] = source.control_latents()
+        if "camera_poses" in batch:
+            records["camera_poses"] = batch["camera_poses"]
+            records["pixel_size"] = torch.tensor([h, w]).expand(b, 2)
         if mode == "vace":
             records.update(vace_cache_records(source, f, functools.partial(self._greyed_latents, source, f, h, w)))
         if models.transformer.uses_clip:
@@ -647,7 +702,8 @@ class WanSpec:
             prompt,
             negative_prompt=defaults.negative_prompt,
             mode=VALIDATION_MODES.get(config.train_mode, "control"),
-            control_video=config.validation_control_video,
+            control_video=config.validation_control_video if config.train_mode != "control_camera_ref" else None,
+            camera=config.validation_control_video if config.train_mode == "control_camera_ref" else None,
             ref_image=config.validation_image if config.train_mode == "control_ref" else None,
             height=size[0],
             width=size[-1],
