@@ -17,6 +17,7 @@ from videox_fun.config import config_for_folder
 from videox_fun.families import recognise
 from videox_fun.io.video import write_video
 from videox_fun.models.wan.tiny import build_tiny_model_folder
+from videox_fun.pipelines.conditioning import held_timestep_scale
 from videox_fun.pipelines.wan import WanPipeline
 
 FAST = ["--steps", "2", "--frames", "5", "--height", "32", "--width", "32", "--quiet"]
@@ -107,6 +108,37 @@ def test_5b_holds_the_start_image_as_the_first_latent_frame(
     assert result.latents.shape == (1, 48, 2, 2, 2)  # 5 frames, 32 pixels: 2 latent frames of 2 x 2
     held = pipe.vae.encode(pipe._image_tensor(files["image"], 32, 32)[:, :, None]).cpu()
     torch.testing.assert_close(result.latents[:, :, :1], held)
+
+
+def test_5b_inpaint_holds_a_whole_known_first_frame_and_scales_timesteps_by_a_spatial_mask(
+    folders: dict[str, Path], files: dict[str, Path], tmp_path: Path
+) -> None:
+    """As VideoX-Fun's 5B pipelines: a mask keeping the first frame whole holds it (timestep 0 on its tokens);
+    a spatial mask gives each token t x the mask resized to the latent grid (its patch's first latent pixel)."""
+    pipe = WanPipeline.from_pretrained(folders["5b_inp"])
+    settings = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2, "progress": False}
+    seen: list[torch.Tensor] = []
+    pipe.transformer.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+    masks = np.full((5, 32, 32, 3), 255, dtype=np.uint8)
+    masks[0] = 0  # the first frame known whole
+    first_known = write_video(masks, tmp_path / "first_known.mp4")
+    result = pipe("x", mode="inpaint", video=files["control-video"], mask=first_known, **settings)
+    held = pipe.vae.encode(pipe._video_tensor(files["control-video"], 5, 32, 32)[:, :, :1]).cpu()
+    torch.testing.assert_close(result.latents[:, :, :1], held)
+    assert all(t.dim() == 2 and not t[:, :1].any() and t[:, 1:].gt(0).all() for t in seen)  # (B, L): 1 token a frame
+
+    seen.clear()
+    box = np.zeros((5, 64, 64, 3), dtype=np.uint8)
+    box[:, :, :32] = 255  # the left half of every frame to generate
+    mask = write_video(box, tmp_path / "box.mp4")
+    pipe("x", mode="inpaint", video=files["control-video"], mask=mask, **{**settings, "height": 64, "width": 64})
+    generate = torch.zeros(1, 1, 5, 64, 64)
+    generate[..., :32] = 1.0
+    scale = held_timestep_scale(generate, (2, 4, 4))  # (1, F', h, w): trilinear, corners aligned
+    expected = scale[:, :, ::2, ::2].flatten(1)  # each 2 x 2 patch's top-left latent pixel
+    assert expected.max() == 1 and expected.min() == 0  # generated and kept tokens both present
+    for t in seen:  # (B, L) per step: t where the mask generates, 0 where it keeps
+        torch.testing.assert_close(t, t.max() * expected.expand_as(t).to(t))
 
 
 def test_a14b_does_not_hold_the_first_frame(folders: dict[str, Path], files: dict[str, Path]) -> None:

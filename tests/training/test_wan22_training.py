@@ -17,7 +17,7 @@ from training_helpers import fixed_noise_loss
 from videox_fun.io.camera import make_trajectory, read_camera_trajectory, write_camera_trajectory
 from videox_fun.models.wan.tiny import build_tiny_model_folder
 from videox_fun.models.wan.transformer import WanTransformer3DModel
-from videox_fun.pipelines.conditioning import camera_condition
+from videox_fun.pipelines.conditioning import camera_condition, held_timestep_scale
 from videox_fun.training.cache import build_cache
 from videox_fun.training.data import BucketBatchSampler, DataConfig, VideoDataset, collate, write_test_dataset
 from videox_fun.training.objectives import FlowMatching, objective_loss
@@ -116,6 +116,36 @@ def test_fun_5b_inp_holds_a_known_first_frame_as_its_pipeline_does(make_config, 
     _, seen, inputs = captured_call(config)
     assert inputs.known_frames[:, 0].all() and not inputs.known_frames[:, 1:].any()
     torch.testing.assert_close(seen["x"][:, :, 0], inputs.latents[:, :, 0])
+
+
+def test_fun_5b_inpaint_trains_with_its_pipelines_per_token_timesteps(make_config, wan22_folders):
+    """A spatial mask scales each token's timestep by the resized mask; a whole known first frame is held."""
+    config = make_config(
+        pretrained_model_name_or_path=str(wan22_folders["5b_inp"]), train_mode="inpaint",
+        video_sample_size=[64], text_drop_ratio=0.0,
+    )  # fmt: skip
+    spec = get_spec(config)
+    models = spec.load_models(config, torch.float32)
+    seen: dict = {}
+    models.transformer.register_forward_pre_hook(lambda module, args: seen.update(x=args[0], t=args[1]))
+    batch = first_batch(config)
+    masks = torch.ones(3, 1, 5, 64, 64)
+    masks[0, :, :, :, 32:] = 0.0  # a box: the right half kept in every frame
+    masks[1, :, 0] = 0.0  # the first frame known whole (image to video)
+    batch["mask"] = masks  # sample 2: everything generated
+    generators = sample_generators(0, 0, 0, range(3))
+    inputs = spec.build_inputs(models, batch, "inpaint", generators, "cpu")
+    expected = held_timestep_scale(masks, inputs.latents.shape[2:])  # (B, F', h, w) = (3, 2, 4, 4)
+    torch.testing.assert_close(inputs.timestep_scale, expected)
+    assert inputs.known_frames[:, 0].tolist() == [False, True, False]
+
+    objective = FlowMatching(sampling="uniform")
+    objective_loss(spec, models, models.transformer, objective, batch, "inpaint", generators, "cpu")
+    tokens = expected[:, :, ::2, ::2].flatten(1)  # (B, L): each 2 x 2 patch's first latent pixel
+    assert 0 < tokens[0].mean() < 1 and not tokens[1, :4].any() and tokens[2].eq(1).all()
+    per_sample = seen["t"].amax(dim=1, keepdim=True)  # the sample's t, on its generated tokens
+    torch.testing.assert_close(seen["t"], per_sample * tokens)
+    torch.testing.assert_close(seen["x"][1, :, 0], inputs.latents[1, :, 0])  # held clean
 
 
 def test_ti2v_resumes_exactly(make_config, tmp_path, wan22_folders):

@@ -46,6 +46,29 @@ def camera_condition(poses: Sequence[CameraPose], height: int, width: int) -> to
     return pack_frames_in_time(rays.permute(1, 0, 2, 3)[None])
 
 
+def held_timestep_scale(generate_mask: torch.Tensor, latent_size: Sequence[int]) -> torch.Tensor:
+    """Per-latent-pixel timestep scale (B, F', h, w) of the models that hold what is known (16x-VAE Wan2.2 5B).
+
+    generate_mask: (B, 1, F, H, W), 1 = generate. As VideoX-Fun's Wan2.2-Fun 5B pipelines: the mask resized
+    trilinearly (corners aligned) to the latent grid; a sample whose first frame is fully known gets 0 on
+    that frame (held clean) and 1 on the others, whatever else is known. Tokens take the scale of their
+    patch's first latent pixel (:func:`token_timesteps`).
+    """
+    scale = F.interpolate(generate_mask.float(), size=tuple(latent_size), mode="trilinear", align_corners=True)[:, 0]
+    first_known = ~scale[:, 0].flatten(1).gt(0).any(dim=1)  # (B,)
+    scale[first_known] = 1.0
+    scale[first_known, 0] = 0.0
+    return scale
+
+
+def token_timesteps(timesteps: torch.Tensor, scale: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+    """Timesteps (B,) x a per-latent-pixel scale (B|1, F', h, w) -> per-token timesteps (B, L), each token the
+    scale of its patch's first latent pixel (Wan2.2's ``mask[:, ::2, ::2] * t``)."""
+    _, patch_h, patch_w = patch_size
+    per_token = scale[:, :, ::patch_h, ::patch_w].flatten(1).to(timesteps)  # (B|1, L)
+    return timesteps[:, None] * per_token
+
+
 def mask_channels(generate_mask: torch.Tensor, latent_size: tuple[int, int], factor: int = 4) -> torch.Tensor:
     """Generate mask (B, 1, F, H, W) -> the transformer's known-mask channels (B, factor, F_lat, h, w)."""
     known = pack_frames_in_time(1.0 - generate_mask.float(), factor)  # (B, factor, F_lat, H, W)

@@ -33,7 +33,15 @@ from .common import (
     seeded_noise,
     video_tensor,
 )
-from .conditioning import camera_condition, first_frame_latent, frame_generate_mask, mask_channels, masked_video
+from .conditioning import (
+    camera_condition,
+    first_frame_latent,
+    frame_generate_mask,
+    held_timestep_scale,
+    mask_channels,
+    masked_video,
+    token_timesteps,
+)
 from .guidance import ClassifierFreeGuidance, Denoiser
 from .schedulers import NUM_TRAIN_TIMESTEPS, make_scheduler, start_index
 from .vace import compose_source, mask_from_video, reference_canvas, vace_context
@@ -255,6 +263,8 @@ class WanPipeline:
         conditions: dict[str, torch.Tensor] = {}
         if self.variant.first_frame and image is not None:
             conditions["first_frame"] = self.vae.encode(image[:, :, None]).float()  # (1, z, 1, h, w)
+        elif self.variant.first_frame and mode == "inpaint":
+            conditions.update(self._held_inpaint(inputs, num_frames, height, width))
         if self.variant.channels:
             channels = self._y_channels(mode, inputs, image, num_frames, height, width)
             conditions["y"] = self.variant.assemble_y(channels)
@@ -279,6 +289,15 @@ class WanPipeline:
             poses = fit_num_frames(camera_poses(inputs["camera"], num_frames), num_frames)
             conditions["camera"] = camera_condition(poses, height, width).to(self.device, self.dtype)
         return conditions
+
+    def _held_inpaint(self, inputs: dict, num_frames: int, height: int, width: int) -> dict:
+        """What a 16x-VAE model (Wan2.2-Fun 5B) holds in inpaint mode: the video's first frame when the mask
+        keeps it whole (``first_frame``), else the mask's per-token ``timestep_scale`` (1, F', h, w)."""
+        video, generate = self._inpaint_video(inputs, num_frames, height, width)
+        scale = held_timestep_scale(generate, self.vae.latent_shape(num_frames, height, width))
+        if not scale[:, 0].any():  # the first frame is known whole: held clean, as i2v holds its image
+            return {"first_frame": self.vae.encode(video[:, :, :1]).float()}  # (1, z, 1, h, w)
+        return {"timestep_scale": scale}
 
     def _vace_conditions(self, mode: str, inputs: dict, num_frames: int, height: int, width: int) -> dict:
         """The VACE context (1, 96, R + F', h, w) of the inputs, and R, the reference frames in front of it."""
@@ -345,6 +364,14 @@ class WanPipeline:
             channels["start_image"] = first_frame_latent(start, num_latent_frames)
         return channels
 
+    def _inpaint_video(
+        self, inputs: dict, num_frames: int, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inpaint mode's video (1, 3, F, H, W) and its generate mask (1, 1, F, H, W) from the mask video."""
+        video = self._video_tensor(inputs["video"], num_frames, height, width)
+        mask = self._video_tensor(inputs["mask"], num_frames, height, width)
+        return video, (mask.mean(dim=1, keepdim=True) > 0).float()  # white (> 0 in [-1, 1]) = generate
+
     def _inpaint_source(
         self, mode: str, inputs: dict, image: torch.Tensor | None, num_frames: int, height: int, width: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,9 +381,7 @@ class WanPipeline:
         placed, and those frames known.
         """
         if mode == "inpaint":
-            video = self._video_tensor(inputs["video"], num_frames, height, width)
-            mask = self._video_tensor(inputs["mask"], num_frames, height, width)
-            return video, (mask.mean(dim=1, keepdim=True) > 0).float()  # white (>0 in [-1, 1]) = generate
+            return self._inpaint_video(inputs, num_frames, height, width)
         video = torch.zeros(1, 3, num_frames, height, width, device=self.device, dtype=self.dtype)
         known = []
         if image is not None:
@@ -377,19 +402,21 @@ class WanPipeline:
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
         return self.expert_for(t)(latents.to(self.dtype), t, **inputs).float()
 
-    def _first_frame_denoiser(self, condition: torch.Tensor) -> Denoiser:
-        """A denoiser that holds the first latent frame at ``condition`` (1, z, 1, h, w): Wan2.2 TI2V's i2v.
+    def _held_denoiser(self, first: torch.Tensor | None, scale: torch.Tensor | None) -> Denoiser:
+        """A denoiser with per-token timesteps, as Wan2.2 TI2V and VideoX-Fun's 5B pipelines sample.
 
-        That frame's tokens are given timestep 0 (clean), the others the step's t, as per-token timesteps.
+        ``first`` (1, z, 1, h, w): the first latent frame is held at it, its tokens at timestep 0 (i2v);
+        else ``scale`` (1, F', h, w) scales each token's timestep (a spatial inpaint mask).
         """
-        _, patch_h, patch_w = self.transformer.config.patch_size
+        patch_size = self.transformer.config.patch_size
 
         def denoise(latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
-            held = with_first_frame(latents, condition)
-            noisy_tokens = torch.ones_like(latents[0, 0, :, ::patch_h, ::patch_w])  # (F, h/p, w/p)
-            noisy_tokens[0] = 0
-            per_token_t = t[:, None] * noisy_tokens.flatten()[None]  # (B, L)
-            return self._denoise(held, per_token_t, inputs)
+            weights = scale
+            if first is not None:
+                latents = with_first_frame(latents, first)
+                weights = torch.ones_like(latents[:1, 0])  # (1, F', h, w)
+                weights[:, 0] = 0
+            return self._denoise(latents, token_timesteps(t, weights, patch_size), inputs)
 
         return denoise
 
@@ -451,6 +478,7 @@ class WanPipeline:
         cond_text, uncond_text = self._encode_prompts(prompt, settings.negative_prompt)
         conditions = self.build_conditions(settings.mode, inputs, settings.num_frames, settings.height, settings.width)
         first_frame = conditions.pop("first_frame", None)  # held by the loop below, not a transformer input
+        scale = conditions.pop("timestep_scale", None)  # a spatial inpaint mask's, per token (16x-VAE models)
         reference_frames = conditions.pop("reference_frames", 0)  # VACE: latent frames dropped after sampling
         conditions.update(self._vace_scale(vace_context_scale))
         cond = {"context": cond_text, **conditions}
@@ -461,7 +489,8 @@ class WanPipeline:
         first = start_index(settings.steps, strength) if settings.mode == "v2v" else 0
         scheduler.set_begin_index(first)
         latents = self._initial_latents(settings, seed, scheduler, first, video, reference_frames)
-        denoise = self._first_frame_denoiser(first_frame) if first_frame is not None else self._denoise
+        held = first_frame is not None or scale is not None
+        denoise = self._held_denoiser(first_frame, scale) if held else self._denoise
         guidance = guidance or ClassifierFreeGuidance(scale=settings.guidance_scale)
         latents = self._sample(latents, scheduler.timesteps[first:], scheduler, denoise, guidance, cond, uncond,
                                settings, callback, progress)  # fmt: skip

@@ -66,9 +66,11 @@ class TrainInputs:
 
     latents: torch.Tensor  # (B, z, F, h, w)
     conditions: dict[str, torch.Tensor] = field(default_factory=dict)
-    # (B, F) bool: latent frames given clean (not noised, not in the loss); the spec's predict gives their
-    # tokens timestep 0. None: every frame is noised.
+    # (B, F) bool: latent frames given clean (not noised, not in the loss). None: every frame is noised.
     known_frames: torch.Tensor | None = None
+    # (B, F, h, w): per-latent-pixel scale of the timestep, for specs that give tokens their own timesteps
+    # (0 on held frames). None: one timestep per sample.
+    timestep_scale: torch.Tensor | None = None
 
 
 class FamilySpec(Protocol):

@@ -44,7 +44,14 @@ from ...models.loading import public_config
 from ...models.wan.keys import blank_clip_tokens
 from ...models.wan.transformer import WanTransformer3DModel
 from ...models.wan.variants import variant_for_mode, variant_of
-from ...pipelines.conditioning import camera_condition, first_frame_latent, mask_channels, masked_video
+from ...pipelines.conditioning import (
+    camera_condition,
+    first_frame_latent,
+    held_timestep_scale,
+    mask_channels,
+    masked_video,
+    token_timesteps,
+)
 from ...pipelines.vace import SPATIAL
 from ...pipelines.wan import default_boundary
 from ..config import TrainConfig
@@ -143,15 +150,27 @@ def init_from_t2v(model: WanTransformer3DModel, mode: str) -> WanTransformer3DMo
     return expanded if weight.dtype == torch.float32 else expanded.to(weight.dtype)  # ref_conv is built in fp32
 
 
-def per_token_timesteps(
-    timesteps: torch.Tensor, known_frames: torch.Tensor, latent_size: Sequence[int], transformer: nn.Module
-) -> torch.Tensor:
-    """Timesteps (B,) -> per token (B, L): 0 on the tokens of known latent frames (B, F'), else the sample's."""
-    config = getattr(transformer, "module", transformer).config  # DDP wraps the model
-    _, patch_h, patch_w = config.patch_size
-    per_frame = (latent_size[0] // patch_h) * (latent_size[1] // patch_w)
-    noisy = (~known_frames).repeat_interleave(per_frame, dim=1)  # (B, L)
-    return timesteps[:, None] * noisy.to(timesteps.dtype)
+def held_inputs(
+    masks: torch.Tensor | None, first_known: Sequence[bool] | None, latent_shape: Sequence[int]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """What a model that holds known latents (Wan2.2 5B: TI2V, Fun-5B) trains with, as its pipeline samples:
+    (known latent frames (B, F') held clean, per-latent-pixel timestep scale (B, F', h, w)), or (None, None).
+
+    masks: generate masks (B, 1, F, H, W) of an InP model's samples (the scale is their resized mask, a whole
+    known first frame held); else ``first_known`` per sample (TI2V: that frame held, the rest at t).
+    latent_shape: (B, z, F', h, w).
+    """
+    b, _, frames, h, w = latent_shape
+    if masks is not None:
+        scale = held_timestep_scale(masks, (frames, h, w))
+    elif first_known is not None and any(first_known):
+        scale = torch.ones(b, frames, h, w)
+        scale[torch.tensor(list(first_known)), 0] = 0.0
+    else:
+        return None, None
+    known = torch.zeros(b, frames, dtype=torch.bool)
+    known[:, 0] = ~scale[:, 0].flatten(1).gt(0).any(dim=1)  # a first frame known whole is held
+    return (known if known.any() else None), scale
 
 
 # ----------------------------------------------------------------------------------------
@@ -557,6 +576,7 @@ class WanSpec:
 
         channels: dict[str, torch.Tensor] = {}
         first_known: list[bool] | None = None  # samples whose first frame is given (held clean where the variant does)
+        masks: torch.Tensor | None = None  # generate masks (B, 1, F, H, W) of InP-channel models
         if "mask" in kinds:
             masks, masked = source.inpaint(mode, generators)
             channels["mask"] = mask_channels(masks.to(latents), (h, w))
@@ -590,21 +610,23 @@ class WanSpec:
                 i if uniform(g) >= CONDITION_DROP else None for i, g in zip(clip_frames, generators, strict=True)
             ]
             conditions["clip_fea"] = source.clip(clip_frames)
-        known_frames = None
-        if variant.first_frame and first_known is not None and any(first_known):
-            known_frames = torch.zeros(b, latents.shape[2], dtype=torch.bool, device=latents.device)  # (B, F')
-            known_frames[:, 0] = torch.tensor(first_known, device=latents.device)
-        return TrainInputs(latents=latents, conditions=conditions, known_frames=known_frames)
+        known_frames, timestep_scale = None, None
+        if variant.first_frame:
+            held_masks = masks.to(latents) if masks is not None else None
+            known_frames, timestep_scale = held_inputs(held_masks, first_known, latents.shape)
+        return TrainInputs(latents, conditions, known_frames=known_frames, timestep_scale=timestep_scale)
 
     def predict(
         self, transformer: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: TrainInputs
     ) -> torch.Tensor:
         """Velocity prediction (B, z, F', h, w) for noisy latents (B, z, F', h, w) at timesteps (B,).
 
-        Known (clean) latent frames give their tokens timestep 0, as the pipeline samples them.
+        With a timestep scale (models that hold known latents) each token gets t x its scale, as the pipeline
+        samples them (0 on a held first frame).
         """
-        if inputs.known_frames is not None:
-            timesteps = per_token_timesteps(timesteps, inputs.known_frames, noisy.shape[3:], transformer)
+        if inputs.timestep_scale is not None:
+            config = getattr(transformer, "module", transformer).config  # DDP wraps the model
+            timesteps = token_timesteps(timesteps, inputs.timestep_scale.to(noisy.device), config.patch_size)
         return transformer(noisy, timesteps, **inputs.conditions)
 
     # -- latent cache --------------------------------------------------------------------------
