@@ -84,6 +84,10 @@ def test_published_coefficients_are_chosen_by_architecture():
     assert preset_of(PRESETS["Wan2.1-T2V-14B"]) == "Wan2.1-T2V-14B"
     assert published_coefficients(PRESETS["Wan2.1-T2V-1.3B"])[0] == pytest.approx(2.39676752e03)
     assert published_coefficients(PRESETS["Wan2.1-T2V-1.3B"], "time_projection")[0] == pytest.approx(-5.21862437e04)
+    # VACE models: VideoX-Fun's sets by architecture (time_projection only; none published for time_embedding).
+    assert published_coefficients(PRESETS["Wan2.1-VACE-1.3B"], "time_projection")[0] == pytest.approx(-5.21862437e04)
+    assert published_coefficients(PRESETS["Wan2.1-VACE-14B"], "time_projection")[0] == pytest.approx(8.10705460e03)
+    assert published_coefficients(PRESETS["Wan2.1-VACE-1.3B"]) is None
 
 
 def test_wan22_experts_get_their_own_published_set_not_wan21s(tmp_path):

@@ -23,6 +23,10 @@ TEACACHE_COEFFICIENTS: dict[str, dict[str, list[float]]] = {
         "Wan2.1-T2V-14B": [-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01],
         "Wan2.1-I2V-14B-480P": [2.57151496e05, -3.54229917e04, 1.40286849e03, -1.35890334e01, 1.32517977e-01],
         "Wan2.1-I2V-14B-720P": [8.10705460e03, 2.13393892e03, -3.72934672e02, 1.66203073e01, -4.17769401e-02],
+        # VACE: VideoX-Fun's sets, fitted on the main (T2V) stack's modulated input: 1.3B's for VACE-1.3B,
+        # the 720P / A14B one for VACE-14B (and for VACE-Fun-A14B's experts, through the two-expert set).
+        "Wan2.1-VACE-1.3B": [-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02],
+        "Wan2.1-VACE-14B": [8.10705460e03, 2.13393892e03, -3.72934672e02, 1.66203073e01, -4.17769401e-02],
     },
 }
 # Wan2.2 A14B: VideoX-Fun's one set for both experts, fitted on the modulated input. Its experts
