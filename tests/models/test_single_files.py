@@ -26,11 +26,9 @@ from videox_fun.pipelines.wan import WanPipeline
 from videox_fun.runtime.fp8 import FP8, Float8Linear, dequantize_fp8_state
 
 TINY, STEM = "Wan2.1-Fun-Tiny-InP", "wan2.1_fun_tiny_inp"
-# VACE's context stream (vace_blocks) and Animate's face modules are not read from single files yet: the other
-# releases are.
-RELEASES = sorted(name for name, preset in PRESETS.items() if preset["model_type"] not in ("vace", "animate"))
+RELEASES = sorted(PRESETS)
 TINY_VARIANTS = {"t2v": "T2V", "inp": "InP", "control": "Control", "control_ref": "Control V1.1 (reference image)",
-                 "camera": "Control-Camera", "ti2v": "TI2V"}  # fmt: skip
+                 "camera": "Control-Camera", "ti2v": "TI2V", "vace": "VACE", "animate": "Animate"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +48,12 @@ def tiny_files(tiny_pipe: WanPipeline, tmp_path_factory: pytest.TempPathFactory)
 def meta_state(config: dict) -> dict[str, torch.Tensor]:
     """The names and shapes of a transformer of ``config`` (built on the meta device: no memory)."""
     with torch.device("meta"):
-        return dict(WanTransformer3DModel.from_config(config).state_dict())
+        return dict(WanTransformer3DModel.class_for_config(config).from_config(config).state_dict())
 
 
 def write_transformer(config: dict, path: Path, with_config: bool = True) -> Path:
     """A seeded transformer of ``config`` as a single file, its config in the metadata (``with_config``)."""
-    model = WanTransformer3DModel.from_config(config)
+    model = WanTransformer3DModel.class_for_config(config).from_config(config)
     return save_safetensors(
         model.state_dict(), path, config_metadata("transformer", model.config) if with_config else None
     )
@@ -95,6 +93,8 @@ def test_variant_and_release_from_the_shapes_of_every_release(release: str) -> N
     # ComfyUI's prefix and diffusers' names read the same.
     prefixed = {f"model.diffusion_model.{k}": v for k, v in state.items()}
     assert sf.transformer_config(transformer_state_to_original(prefixed), None, Path(release)) == found
+    if preset["model_type"] == "animate":
+        return  # diffusers' Wan-Animate names are not converted (its own converter reads the original names)
     diffusers = {f"transformer.{k}": v for k, v in original_to_diffusers_keys(state).items()}
     assert sf.transformer_config(transformer_state_to_original(diffusers), None, Path(release)) == found
 
@@ -243,3 +243,16 @@ def test_parts_that_do_not_fit_and_files_of_another_kind(tiny_files: Path, tmp_p
 def test_masked_fill_from_the_file_name(name: str, fill: float) -> None:
     """Wan-AI's I2V and Fun's InP transformers share their shapes: the name tells their fill of unknown pixels."""
     assert sf.masked_fill_for(Path(name)) == fill
+
+
+@pytest.mark.parametrize("variant", ["vace", "animate"])
+def test_stream_models_load_from_single_files_as_their_class(variant: str, tmp_path: Path) -> None:
+    """A VACE / Animate transformer file (ComfyUI's prefix too) loads as its own class with every weight."""
+    config = tiny_config(variant)
+    torch.manual_seed(0)
+    model = WanTransformer3DModel.class_for_config(config).from_config(config)
+    prefixed = {f"model.diffusion_model.{k}": v for k, v in model.state_dict().items()}
+    path = save_safetensors(prefixed, tmp_path / f"{variant}.safetensors", config_metadata("transformer", model.config))
+    loaded = sf.load_transformer(sf.read_transformer_file(path, "float32"), torch.float32)
+    assert type(loaded) is type(model) and variant_of(loaded.config).name == TINY_VARIANTS[variant]
+    assert_same_weights(loaded, model)

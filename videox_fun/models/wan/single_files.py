@@ -96,7 +96,7 @@ def config_from_shapes(state: Mapping[str, torch.Tensor], source: Path) -> dict[
     Widths, depth, patch and channel layout are in the shapes; the head count is not (the q / k norms span the
     whole width), so it is ``dim / 128`` as in every release; ``text_len`` is the releases' 512. ``model_type``:
     ``i2v`` with a CLIP branch (``img_emb``) or extra input channels, ``ti2v`` for the Wan2.2 VAE's 48 latent
-    channels, else ``t2v``.
+    channels, ``vace`` with a VACE stream, else ``t2v``; Animate's face modules set theirs (with the Fun extras).
     """
     dim, in_dim, *patch = shape_of(state, "patch_embedding.weight", source)
     out_dim = shape_of(state, "head.head.weight", source)[0] // math.prod(patch)
@@ -108,6 +108,8 @@ def config_from_shapes(state: Mapping[str, torch.Tensor], source: Path) -> dict[
         )
     image = "img_emb.proj.0.weight" in state
     model_type = "i2v" if image else "ti2v" if out_dim == 48 else "i2v" if in_dim != out_dim else "t2v"
+    if "vace_patch_embedding.weight" in state:  # Wan2.1-VACE's config name (its layers come with the Fun extras)
+        model_type = "vace"
     return {
         "model_type": model_type,
         "patch_size": list(patch),
@@ -146,7 +148,7 @@ def build_on_meta(
     from .transformer import WanTransformer3DModel
 
     with torch.device("meta"):
-        model = WanTransformer3DModel.from_config(dict(config))
+        model = WanTransformer3DModel.class_for_config(config).from_config(dict(config))
         return model, prepare_for_fp8_state(model, dict(state))
 
 
@@ -158,10 +160,13 @@ def check_transformer(config: Mapping[str, Any], state: Mapping[str, torch.Tenso
 
 
 def release_key(config: Mapping[str, Any]) -> tuple:
-    """What tells released transformers apart by their shapes."""
+    """What tells released transformers apart by their shapes (a VACE stream or Animate's face modules too)."""
+    from .transformer import WanTransformer3DModel
+
     clip = has_clip_branch(config.get("model_type", "t2v"), config.get("image_dim", CLIP_DIM))
     sizes = tuple(config[k] for k in ("in_dim", "out_dim", "dim", "ffn_dim", "num_layers"))
-    return (*sizes, bool(config.get("add_ref_conv")), bool(config.get("add_control_adapter")), clip)
+    stream = WanTransformer3DModel.class_for_config(config).__name__  # the plain DiT, VACE or Animate
+    return (*sizes, bool(config.get("add_ref_conv")), bool(config.get("add_control_adapter")), clip, stream)
 
 
 def matching_releases(config: Mapping[str, Any]) -> tuple[str, ...]:
