@@ -10,16 +10,13 @@ Every flag is listed by ``--help``; ``--config FILE`` reads the same fields from
 edit in this file.
 """
 
-import logging
 import sys
 from pathlib import Path
 
 # Run from a checkout: use its package even when another copy is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from videox_fun.training.config import parse_train_args
-from videox_fun.training.trainer import train
+from videox_fun.training.cli import run_train_script
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    train(parse_train_args())
+    run_train_script()

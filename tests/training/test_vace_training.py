@@ -6,13 +6,16 @@ The context a sample trains with is the one the pipeline builds for that task at
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import state_dict_max_diff
 from safetensors.torch import load_file
-from training_helpers import fixed_noise_loss
+from training_helpers import REPO, fixed_noise_loss, subprocess_env
 
 from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.pipelines.vace import compose_source, vace_context
@@ -134,3 +137,39 @@ def test_vace_training_from_a_latent_cache(make_config, tmp_path):
 
     result = train(TrainConfig(**{**config.to_dict(), "use_cached_latents": True}))
     assert result.global_step == 6 and torch.isfinite(torch.tensor(result.losses)).all()
+
+
+def test_the_vace_fun_train_script_trains_vace_by_default(make_config, tmp_path):
+    """``scripts/wan2.2_vace_fun/train.py`` is train.py with ``--train_mode vace`` (VideoX-Fun's flags)."""
+    config = vace_config(make_config, tmp_path, max_train_steps=2)
+    flags = [f"--{name}={value}" for name, value in (
+        ("pretrained_model_name_or_path", config.pretrained_model_name_or_path),
+        ("train_data_meta", config.train_data_meta), ("output_dir", config.output_dir),
+        ("video_sample_size", 32), ("video_sample_n_frames", 5), ("max_train_steps", 2),
+        ("report_to", "none"), ("trainable_modules", "vace"),
+    )]  # fmt: skip
+    script = REPO / "scripts" / "wan2.2_vace_fun" / "train.py"
+    done = subprocess.run([sys.executable, str(script), *flags], env=subprocess_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = yaml.safe_load((Path(config.output_dir) / "train_config.yaml").read_text())
+    assert record["train_mode"] == "vace" and record["trainable_modules"] == ["vace"]
+
+
+@pytest.mark.parametrize(
+    ("script", "mode", "lora"),
+    [
+        ("wan2.2/train.py", "normal", False),
+        ("wan2.2/train_lora.py", "normal", True),
+        ("wan2.2_fun/train.py", "normal", False),
+        ("wan2.2_fun/train_control.py", "control", False),
+        ("wan2.2_vace_fun/train_lora.py", "vace", True),
+    ],
+)
+def test_each_train_script_has_its_own_defaults(script, mode, lora):
+    """The scripts are one entry (run_train_script) with different presets; their --help shows the defaults."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), "--help"], env=subprocess_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (REPO / "scripts" / script).read_text()
+    assert (f'train_mode="{mode}"' in text) == (mode != "normal") and ("use_lora=True" in text) == lora

@@ -9,9 +9,21 @@ entry point ``scripts/wan2.1_fun/train.py`` with the same flags.
 from __future__ import annotations
 
 import argparse
+import logging
+from typing import Any
 
 from ..argparsing import DefaultsHelpFormatter
 from .config import add_train_arguments, config_from_args
+
+
+def run_train_script(**presets: Any) -> None:
+    """The body of every ``scripts/<family>/train*.py``: VideoX-Fun's flags, with the script's own defaults
+    (``train_mode="control"``, ``use_lora=True``...) under what YAML and flags say."""
+    from .config import parse_train_args
+    from .trainer import train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    train(parse_train_args(**presets))
 
 
 def run_train(args: argparse.Namespace) -> None:

@@ -1,0 +1,21 @@
+"""Train a Wan2.2 model (TI2V-5B, one A14B expert): full fine-tune or LoRA, VideoX-Fun's flags.
+
+    accelerate launch --mixed_precision="bf16" scripts/wan2.2/train.py \\
+      --pretrained_model_name_or_path=models/Diffusion_Transformer/Wan2.2-TI2V-5B \\
+      --train_data_dir=datasets/internal_datasets/ --train_data_meta=datasets/internal_datasets/metadata.json \\
+      --train_mode=ti2v ...
+
+Every flag is listed by ``--help``; ``--config FILE`` reads the same fields from YAML. Nothing to
+edit in this file.
+"""
+
+import sys
+from pathlib import Path
+
+# Run from a checkout: use its package even when another copy is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from videox_fun.training.cli import run_train_script
+
+if __name__ == "__main__":
+    run_train_script()
