@@ -1,5 +1,5 @@
-"""Helpers shared by tests in several folders: a PyAV decode, a free port, a seeded tiny transformer, max
-differences, and diffusers' own model and pipeline holding the weights of ours.
+"""Helpers shared by tests in several folders: a PyAV decode, a Wan-Animate preprocessing folder, a free port, a
+seeded tiny transformer, max differences, and diffusers' own model and pipeline holding the weights of ours.
 
 Importable as ``helpers`` from every test module: ``tests/conftest.py`` puts this folder on ``sys.path``.
 Helpers used by one folder only stay there (``runtime/parallel_harness.py``, ``training/training_helpers.py``,
@@ -21,6 +21,7 @@ from diffusers import WanPipeline as DiffusersWanPipeline
 from diffusers import WanTransformer3DModel as DiffusersWan
 from diffusers import WanVACETransformer3DModel as DiffusersVace
 
+from videox_fun.io.video import write_video
 from videox_fun.models.wan.keys import original_config_to_diffusers
 from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.pipelines.schedulers import make_scheduler
@@ -37,6 +38,21 @@ def frame_count_and_size(path: str | Path) -> tuple[int, tuple[int, int]]:
     """Frame count and (height, width) of a video file, from :func:`decode_video`."""
     frames = decode_video(path)
     return len(frames), frames.shape[1:3]
+
+
+def write_animate_sources(folder: Path, frames: int, size: int) -> Path:
+    """A preprocessing folder as Wan-Animate's writes it (replacement files too), random pixels: ``frames`` pose,
+    background and mask frames of ``size`` x ``size``, 512 x 512 face crops, a 24 x 40 reference; the person (white in
+    the mask) is the square of pixels 6 to 21 (a 4 x 4 latent grid of 32 x 32 samples pixels 0, 8, 16, 24)."""
+    rng = np.random.default_rng(0)
+    write_video(rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8), folder / "src_pose.mp4")
+    write_video(rng.integers(0, 256, (frames, 512, 512, 3), dtype=np.uint8), folder / "src_face.mp4")
+    write_video(rng.integers(0, 256, (1, 24, 40, 3), dtype=np.uint8), folder / "src_ref.png")
+    write_video(rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8), folder / "src_bg.mp4")
+    mask = np.zeros((frames, size, size, 3), dtype=np.uint8)
+    mask[:, 6:22, 6:22] = 255
+    write_video(mask, folder / "src_mask.mp4")
+    return folder
 
 
 def free_port() -> int:

@@ -27,7 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .families import INPUT_NAMES, Mode, Recognised, infer_mode, merged_mode_table, recognise, require_inputs
+from .families import (
+    INPUT_NAMES,
+    Mode,
+    Recognised,
+    infer_mode,
+    merged_mode_table,
+    mode_for_settings,
+    recognise,
+    require_inputs,
+)
 from .io.files import check_input_file, check_output_location, check_output_target, printable
 
 if TYPE_CHECKING:
@@ -153,7 +162,8 @@ class GenerationRequest:
     """What to generate: the prompt, the input media by name, and the sampling settings.
 
     Settings left as None take the model's defaults; ``mode`` None is inferred from the inputs.
-    ``extra`` carries settings only some families read (passed to the pipeline by keyword).
+    ``extra`` carries settings only some modes read, as the family declares them (``Family.settings``: checked
+    before loading, passed to its pipeline by keyword), e.g. ``{"src_root_path": folder}`` for Wan2.2-Animate.
     """
 
     prompt: str
@@ -295,9 +305,9 @@ def resolve_folder(model: str | Path | None, mode: str | None = None) -> Path:
 
 
 def choose_mode(recognised: Recognised, request: GenerationRequest) -> str:
-    """The request's mode (inferred from its inputs when None), checked against what the model serves."""
+    """The request's mode (inferred from its settings or inputs when None), checked against what the model serves."""
     table = recognised.family.modes
-    mode = request.mode or infer_mode(recognised.mode_table(), request.inputs())
+    mode = request.mode or mode_for_settings(request.extra) or infer_mode(recognised.mode_table(), request.inputs())
     if mode not in table:
         raise ValueError(f"mode {mode!r} is not one of the {recognised.family.name} family's ({', '.join(table)})")
     if mode not in recognised.modes:
@@ -309,10 +319,16 @@ def choose_mode(recognised: Recognised, request: GenerationRequest) -> str:
 
 
 def check_request(recognised: Recognised, request: GenerationRequest, prompts: int = 1) -> str:
-    """Every check of a request that needs no weights: values, mode, inputs (exist and decode); returns the mode."""
+    """Every check of a request that needs no weights: values, mode, inputs (exist and decode), the family's own
+    settings (``extra``); returns the mode."""
     request.check_values(prompts)
-    if is_long(request):
-        return check_long_video(recognised, request)
+    mode = check_long_video(recognised, request) if is_long(request) else check_mode_and_inputs(recognised, request)
+    recognised.family.check_settings(mode, request.extra)
+    return mode
+
+
+def check_mode_and_inputs(recognised: Recognised, request: GenerationRequest) -> str:
+    """The frame limit, the mode and its inputs of a request of one window; returns the mode."""
     limit = recognised.sizes.max_frames
     if request.num_frames is not None and limit is not None and request.num_frames > limit:
         raise ValueError(
@@ -432,8 +448,9 @@ def check_fits_memory(recognised: Recognised, request: GenerationRequest, device
 
 
 def default_mode_for(request: GenerationRequest) -> str:
-    """The mode of a request before its model is known (to choose the built-in model that serves it)."""
-    return request.mode or infer_mode(merged_mode_table(), request.inputs())
+    """The mode of a request before its model is known (to choose the built-in model that serves it): its own, or
+    the one its settings ask for, or the one its inputs do."""
+    return request.mode or mode_for_settings(request.extra) or infer_mode(merged_mode_table(), request.inputs())
 
 
 @dataclass

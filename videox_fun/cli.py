@@ -48,7 +48,7 @@ def add_device_arguments(group: argparse._ActionsContainer) -> None:
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """The generation flags, shared by ``videox-fun generate`` and the examples/ entry points."""
-    from .families import all_mode_names, families
+    from .families import all_mode_names, all_settings, families
 
     samplers = tuple(dict.fromkeys(name for family in families().values() for name in family.samplers))
     io = parser.add_argument_group("what to generate")
@@ -67,11 +67,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="IMAGE",
         help="reference image: Fun V1.1 Control's reference frame, or one or more VACE subject images",
     )
-    io.add_argument(
-        "--vace-context-scale",
-        type=finite_float,
-        help="VACE models: how strongly the VACE hints steer the video (default 1)",
-    )
+    for setting in all_settings().values():  # what only some modes of a family read (GenerationRequest.extra)
+        io.add_argument(setting.flag, *setting.aliases, type=setting.type, choices=setting.choices, help=setting.help)
     io.add_argument(
         "--camera",
         help="camera trajectory file, one pose per line, or a built-in one: static, pan_{left,right,up,down,...}, "
@@ -328,12 +325,12 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
 def generation_request(args: argparse.Namespace, prompt: str, seed: int) -> GenerationRequest:
     """The :class:`~videox_fun.api.GenerationRequest` of one prompt with the flags' inputs and settings."""
     from .api import GenerationRequest, options_from
+    from .families import all_settings
 
     renamed = {"num_frames": args.frames, "steps": args.steps, "guidance_scale": args.guidance}
     references = args.ref_image
     renamed["ref_image"] = references[0] if references and len(references) == 1 else references  # several: VACE
-    if args.vace_context_scale is not None:
-        renamed["extra"] = {"vace_context_scale": args.vace_context_scale}
+    renamed["extra"] = {name: getattr(args, name) for name in all_settings() if getattr(args, name, None) is not None}
     return options_from(vars(args) | renamed | {"prompt": prompt, "seed": seed, "guidance_scale_2": args.guidance_2},
                         GenerationRequest)  # fmt: skip
 

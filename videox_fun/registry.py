@@ -26,6 +26,7 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "Wan2.1-Fun-Tiny-Random-Control": (_WAN_TINY, "control"),
     "Wan2.1-Fun-Tiny-Random-Camera": (_WAN_TINY, "camera"),
     "Wan2.1-VACE-Tiny-Random": (_WAN_TINY, "vace"),
+    "Wan2.2-Animate-Tiny-Random": (_WAN_TINY, "animate"),
     "CogVideoX-Fun-Tiny-Random-InP": (_COGVIDEOX_TINY, "inp"),
     "CogVideoX-Fun-Tiny-Random-Control": (_COGVIDEOX_TINY, "control"),
 }
@@ -53,6 +54,7 @@ DEFAULT_CONTROL_MODEL = (
 )
 DEFAULT_CAMERA_MODEL = "Wan2.1-Fun-Tiny-Random-Camera"
 DEFAULT_VACE_MODEL = "Wan2.1-VACE-Tiny-Random"  # reference images and task mixes: only VACE serves them
+DEFAULT_ANIMATE_MODEL = "Wan2.2-Animate-Tiny-Random"  # a preprocessing folder: only Wan2.2-Animate reads it
 
 
 def models_dir() -> Path:
@@ -74,6 +76,8 @@ def default_model_for_mode(mode: str | None) -> str:
         return DEFAULT_CAMERA_MODEL
     if mode in ("r2v", "vace"):
         return DEFAULT_VACE_MODEL
+    if mode in ("animate", "replace"):
+        return DEFAULT_ANIMATE_MODEL
     return DEFAULT_MODEL
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 import torch
-from helpers import frame_count_and_size
+from helpers import frame_count_and_size, write_animate_sources
 
 from videox_fun.io.video import write_video
 from videox_fun.models.wan.animate import WanAnimateTransformer3DModel
@@ -33,17 +32,9 @@ def pipe(tmp_path_factory) -> WanAnimatePipeline:
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """A preprocessing folder as Wan-Animate's writes it, at 32 x 32 with 11 frames (replacement files too)."""
-    folder = tmp_path_factory.mktemp("animate_sources")
-    rng = np.random.default_rng(0)
-    write_video(rng.integers(0, 256, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8), folder / "src_pose.mp4")
-    write_video(rng.integers(0, 256, (FRAMES, 512, 512, 3), dtype=np.uint8), folder / "src_face.mp4")
-    write_video(rng.integers(0, 256, (1, 24, 40, 3), dtype=np.uint8), folder / "src_ref.png")
-    write_video(rng.integers(0, 256, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8), folder / "src_bg.mp4")
-    mask = np.zeros((FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
-    mask[:, 6:22, 6:22] = 255  # the person; the 4 x 4 latent grid samples pixels 0, 8, 16, 24
-    write_video(mask, folder / "src_mask.mp4")
-    return folder
+    """A preprocessing folder as Wan-Animate's writes it, at 32 x 32 with 11 frames (replacement files too); the
+    person is pixels 6 to 21, so the 4 x 4 latent grid sees it at 1 and 2 (pixels 8 and 16)."""
+    return write_animate_sources(tmp_path_factory.mktemp("animate_sources"), FRAMES, SIZE)
 
 
 def spy_segments(pipe: WanAnimatePipeline, monkeypatch) -> list[dict]:

@@ -67,6 +67,30 @@ class Mode:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """A per-request setting that only some modes of a family read (``GenerationRequest.extra``, passed to the
+    family's pipeline by keyword): the CLI makes a flag of each, the programmatic entry checks it before loading.
+
+    ``modes`` read it (every mode of the family when empty); ``needed_by`` cannot run without it; ``check(value,
+    mode)`` raises a one-line error on a value that cannot work (a folder missing a file), before any weight loads.
+    """
+
+    name: str
+    help: str = ""
+    type: Callable[[str], Any] = str
+    choices: tuple[Any, ...] | None = None
+    aliases: tuple[str, ...] = ()  # more flag spellings (VideoX-Fun's, the release's)
+    modes: tuple[str, ...] = ()
+    needed_by: tuple[str, ...] = ()
+    check: Callable[[Any, str], None] | None = None
+
+    @property
+    def flag(self) -> str:
+        """The flag that gives it (``src_root_path`` -> ``--src-root-path``)."""
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
 class SizeRules:
     """What sizes a checkpoint can take: heights and widths are multiples of ``multiple``; frame
     counts are ``frame_factor * k + 1`` (1 for image models), at most ``max_frames`` when set."""
@@ -134,6 +158,7 @@ class Family:
     samplers: tuple[str, ...] = ()
     training_spec: str = ""  # the name its training spec registers under (videox_fun.training.specs)
     description: str = ""
+    settings: tuple[Setting, ...] = ()  # what its modes read besides the media (GenerationRequest.extra)
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
         """The folder as this family reads it, or None when it is not of this family's layout.
@@ -149,6 +174,22 @@ class Family:
     def needs_for_mode(self, mode: str) -> str:
         """The kind of checkpoint a user needs for ``mode``, for error messages."""
         return f"a {self.name} model that serves {mode}"
+
+    def check_settings(self, mode: str, extra: Mapping[str, Any]) -> None:
+        """Fail with one line on ``extra`` settings this family does not declare or ``mode`` does not read, on one
+        ``mode`` needs and lacks, and on values their own check refuses."""
+        declared = {setting.name: setting for setting in self.settings}
+        for name in (name for name, value in extra.items() if value is not None):
+            setting = declared.get(name)
+            if setting is None:
+                raise ValueError(f"setting {name!r} is not one the {self.name} family reads ({', '.join(declared)})")
+            if setting.modes and mode not in setting.modes:
+                raise ValueError(f"mode {mode!r} does not use {setting.flag} (modes {', '.join(setting.modes)} do)")
+        for setting in self.settings:
+            if mode in setting.needed_by and extra.get(setting.name) is None:
+                raise ValueError(f"mode {mode!r} needs {setting.flag}" + (f" ({setting.help})" if setting.help else ""))
+            if setting.check is not None and extra.get(setting.name) is not None:
+                setting.check(extra[setting.name], mode)
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
@@ -213,6 +254,24 @@ def all_mode_names() -> tuple[str, ...]:
     for family in families().values():
         names.update(dict.fromkeys(family.modes))
     return tuple(names)
+
+
+def all_settings() -> dict[str, Setting]:
+    """Every family's per-request settings by name, first-seen (for the CLI's flags)."""
+    found: dict[str, Setting] = {}
+    for family in families().values():
+        for setting in family.settings:
+            found.setdefault(setting.name, setting)
+    return found
+
+
+def mode_for_settings(extra: Mapping[str, object]) -> str | None:
+    """The first mode that needs one of the given settings (``src_root_path`` asks for ``animate``), else None."""
+    settings = all_settings()
+    for name, value in extra.items():
+        if value is not None and name in settings and settings[name].needed_by:
+            return settings[name].needed_by[0]
+    return None
 
 
 def merged_mode_table() -> dict[str, Mode]:

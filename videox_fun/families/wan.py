@@ -1,4 +1,5 @@
-"""The Wan family (Wan2.1, Wan2.2, the alibaba-pai Fun variants and VACE) as the family layer reads it.
+"""The Wan family (Wan2.1, Wan2.2, the alibaba-pai Fun variants, VACE and Wan2.2-Animate) as the family layer
+reads it.
 
 Recognition reads config files and safetensors headers only: the original ("civitai") layout
 (``config.json`` with ``dim``, ``num_heads``, ``in_dim``...), the diffusers layout whose
@@ -15,13 +16,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..argparsing import finite_float
 from ..config import FOLDER_CONFIG_NAME, ModelConfig, config_for_folder, read_json_mapping, read_yaml_mapping
-from . import Family, Mode, Recognised, SizeRules, register
+from . import Family, Mode, Recognised, Setting, SizeRules, register
 
 if TYPE_CHECKING:
     import torch
 
     from ..models.wan.single_files import WanParts
+    from ..pipelines.animate import AnimateRequests
     from ..pipelines.wan import WanPipeline
 
 # The modes, in the order inference prefers them; folders as VideoX-Fun names its sample folders.
@@ -54,7 +57,67 @@ WAN_MODES = {
         folder="videos_vace",
         description="any mix of subject images, a control video or a video + mask, start / end frames",
     ),
+    # Wan2.2-Animate's, from the folder its released preprocessing writes (--src-root-path), no other input.
+    "animate": Mode(
+        "animate",
+        folder="videos_animate",
+        description="animate the reference character (src_ref.png) with the pose and face videos",
+    ),
+    "replace": Mode(
+        "replace",
+        folder="videos_animate",
+        description="put the reference character into the video (src_bg.mp4) in place of its person (src_mask.mp4)",
+    ),
 }
+ANIMATE_MODES = ("animate", "replace")
+
+
+def check_animate_folder(folder: object, mode: str) -> None:
+    """The preprocessing folder holds every file ``mode`` reads (one line naming the missing ones)."""
+    from ..pipelines.animate import check_sources
+
+    check_sources(str(folder), replace=mode == "replace")
+
+
+def check_clip_len(frames: int, mode: str) -> None:
+    """A segment length Wan-Animate can take: 4n + 1 frames, at least 5 (above the frames it carries over, which the
+    pipeline checks against --refert-num)."""
+    if frames % 4 != 1 or frames < 5:
+        raise ValueError(f"--clip-len must be of the form 4n + 1, at least 5 (the release's: 77), got {frames}")
+
+
+# What only some modes read besides the media (GenerationRequest.extra, by the pipelines' keyword names).
+WAN_SETTINGS = (
+    Setting(
+        "vace_context_scale",
+        help="VACE models: how strongly the VACE hints steer the video (default 1)",
+        type=finite_float,
+        modes=tuple(name for name in WAN_MODES if name not in ANIMATE_MODES),
+    ),
+    Setting(
+        "src_root_path",
+        help="Wan2.2-Animate (animate / replace): the folder its preprocessing wrote: src_pose.mp4, src_face.mp4, "
+        "src_ref.png; src_bg.mp4 and src_mask.mp4 too to replace",
+        modes=ANIMATE_MODES,
+        needed_by=ANIMATE_MODES,
+        check=check_animate_folder,
+    ),
+    Setting(
+        "refert_num",
+        help="Wan2.2-Animate: frames each segment carries over from the last (default 1)",
+        type=int,
+        choices=(1, 5),
+        modes=ANIMATE_MODES,
+    ),
+    Setting(
+        "clip_len",
+        help="Wan2.2-Animate: frames generated per segment, 4n+1 (default 77; VideoX-Fun's segment_frame_length)",
+        type=int,
+        aliases=("--segment-frame-length",),
+        modes=ANIMATE_MODES,
+        check=check_clip_len,
+    ),
+)
 # diffusers' Wan transformer classes a pipeline folder's transformer/config.json may name (VACE's too).
 DIFFUSERS_CLASSES = frozenset({"WanTransformer3DModel", "WanVACETransformer3DModel"})
 ORIGINAL_FIELDS = frozenset({"dim", "num_heads", "in_dim", "out_dim"})
@@ -99,13 +162,17 @@ def with_extras_from_headers(folder: Path, config: dict[str, Any]) -> dict[str, 
 
 def with_release_defaults(config: ModelConfig, transformer_config: Mapping[str, Any]) -> ModelConfig:
     """A layout's config with the generation defaults its variant was released with, where they differ from
-    the layout's: VACE (shift 16, guidance 5, UniPC; VACE-Fun A14B shift 12, Flow) and the Wan2.2-Fun releases
-    told apart from Wan-AI's by their architecture (Flow, shift 5, guidance 6, 50 steps)."""
+    the layout's: VACE (shift 16, guidance 5, UniPC; VACE-Fun A14B shift 12, Flow), Wan2.2-Animate (DPM++, shift 5,
+    20 steps, no guidance, 30 fps) and the Wan2.2-Fun releases told apart from Wan-AI's by their architecture (Flow,
+    shift 5, guidance 6, 50 steps)."""
+    from ..models.wan.animate import is_animate_config
     from ..models.wan.vace import is_vace_config
-    from ..models.wan.variants import VACE_DEFAULTS, wan22_fun_defaults
+    from ..models.wan.variants import ANIMATE_RELEASE_DEFAULTS, VACE_DEFAULTS, wan22_fun_defaults
 
     two_experts = bool(config.transformer_2_subpath)
-    if is_vace_config(transformer_config):
+    if is_animate_config(transformer_config):
+        release = ANIMATE_RELEASE_DEFAULTS
+    elif is_vace_config(transformer_config):
         release = VACE_DEFAULTS["Wan2.2" if two_experts else "Wan2.1"]
     else:
         release = wan22_fun_defaults(transformer_config, two_experts)
@@ -126,12 +193,15 @@ def is_other_family_folder(folder: Path) -> bool:
 
 
 class WanFamily(Family):
-    """Wan2.1 / Wan2.2, their Fun InP, Control and Control-Camera variants, and VACE."""
+    """Wan2.1 / Wan2.2, their Fun InP, Control and Control-Camera variants, VACE and Wan2.2-Animate."""
 
     name = "wan"
     modes = WAN_MODES
+    settings = WAN_SETTINGS
     training_spec = "wan"
-    description = "Wan2.1 / Wan2.2 (T2V, I2V, TI2V, A14B experts), Wan-Fun InP / Control / Camera, and VACE"
+    description = (
+        "Wan2.1 / Wan2.2 (T2V, I2V, TI2V, A14B experts), Wan-Fun InP / Control / Camera, VACE and Wan2.2-Animate"
+    )
 
     @property
     def samplers(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -179,12 +249,21 @@ class WanFamily(Family):
             note=config.note,
         )
 
-    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> WanPipeline:
-        """Every component of the folder, as :meth:`WanPipeline.from_pretrained` loads it."""
+    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> WanPipeline | AnimateRequests:
+        """Every component of the folder, as :meth:`WanPipeline.from_pretrained` loads it (for an Animate model,
+        seen through its own pipeline)."""
         from ..pipelines.wan import WanPipeline
 
         config: ModelConfig = recognised.config
-        return WanPipeline.from_pretrained(recognised.folder, config=config, device=device, dtype=dtype)
+        pipe = WanPipeline.from_pretrained(recognised.folder, config=config, device=device, dtype=dtype)
+        return pipeline_for_variant(pipe)
+
+    def check_settings(self, mode: str, extra: Mapping[str, Any]) -> None:
+        """Each setting as declared, then Animate's segments: longer than the frames they carry over."""
+        super().check_settings(mode, extra)
+        clip_len, refert_num = extra.get("clip_len"), extra.get("refert_num")
+        if clip_len is not None and refert_num is not None and clip_len <= refert_num:
+            raise ValueError(f"--clip-len {clip_len} must be above --refert-num {refert_num} (the frames carried over)")
 
     def needs_for_mode(self, mode: str) -> str:
         """The kind of released Wan model that serves ``mode``."""
@@ -204,7 +283,7 @@ class SingleFileWanFamily(WanFamily):
         """No folder is of this layout (the files were chosen one by one)."""
         return None
 
-    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> WanPipeline:
+    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> WanPipeline | AnimateRequests:
         """The pipeline, every component from its file: the transformer in ``dtype`` (fp8 linears kept), the
         others in the precisions their files were read for; the vision tower only for a transformer that uses it."""
         from ..models.wan.single_files import load_image_encoder, load_text_encoder, load_transformer, load_vae
@@ -226,10 +305,19 @@ class SingleFileWanFamily(WanFamily):
             dtype=dtype,
         )
         pipe.config = recognised.config
-        return pipe.to(device)
+        return pipeline_for_variant(pipe.to(device))
 
     def __repr__(self) -> str:  # a key for a held pipeline: every file and precision
         return f"<family wan from single files {self.parts!r}>"
+
+
+def pipeline_for_variant(pipe: WanPipeline) -> WanPipeline | AnimateRequests:
+    """The pipeline that serves ``pipe``'s modes: Wan2.2-Animate's over its components, else ``pipe`` itself."""
+    if not pipe.variant.animate:
+        return pipe
+    from ..pipelines.animate import AnimateRequests, WanAnimatePipeline
+
+    return AnimateRequests(WanAnimatePipeline(pipe))
 
 
 def recognise_single_files(parts: WanParts) -> Recognised:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..io.video import frames_to_tensor, read_image, read_video, tensor_to_frames
 from ..models.wan.animate import WanAnimateTransformer3DModel
+from ..models.wan.variants import ANIMATE_RELEASE_DEFAULTS
 from .common import GenerationOutput, SamplingSettings, StepCallback, seeded_noise
 from .conditioning import pack_frames_in_time
 from .guidance import ClassifierFreeGuidance
@@ -37,8 +38,8 @@ ANIMATE_FILES = ("src_pose.mp4", "src_face.mp4", "src_ref.png")
 REPLACE_FILES = ("src_bg.mp4", "src_mask.mp4")
 REFERT_NUMS = (1, 5)  # the carried-over frame counts the release supports
 # The released generate.py's defaults for Animate: 77-frame segments, DPM++ with shift 5, 20 steps, no guidance.
-ANIMATE_DEFAULTS = {"clip_len": 77, "refert_num": 1, "steps": 20, "shift": 5.0, "guidance_scale": 1.0, "fps": 30}
-ANIMATE_SAMPLER = "Flow_DPM++"
+ANIMATE_DEFAULTS = {"clip_len": 77, "refert_num": 1, **ANIMATE_RELEASE_DEFAULTS}
+ANIMATE_SAMPLER = ANIMATE_RELEASE_DEFAULTS["sampler"]
 
 
 @dataclass
@@ -71,21 +72,34 @@ def letterbox(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return canvas
 
 
-def read_sources(folder: str | Path, replace: bool = False, face_size: int = 512) -> AnimateSources:
-    """Read a preprocessing folder; a missing file fails with one line naming it."""
+def check_sources(folder: str | Path, replace: bool = False) -> Path:
+    """``folder`` as a Path when it holds every file the mode reads, else one line naming what it lacks."""
     folder = Path(folder)
     missing = missing_sources(folder, replace)
     if missing:
         mode = "replacement" if replace else "animation"
         raise FileNotFoundError(f"{folder} has no {', '.join(missing)} (Wan-Animate {mode} reads its preprocessing)")
-    pose = read_video(folder / "src_pose.mp4")
+    return folder
+
+
+def read_sources(
+    folder: str | Path,
+    replace: bool = False,
+    face_size: int = 512,
+    size: tuple[int, int] | None = None,
+    num_frames: int | None = None,
+) -> AnimateSources:
+    """Read a preprocessing folder; a missing file fails with one line naming it. ``size`` (height, width) resizes
+    the pose video (the others follow it); ``num_frames`` keeps the first frames only (VideoX-Fun's video_length)."""
+    folder = check_sources(folder, replace)
+    pose = read_video(folder / "src_pose.mp4", num_frames=num_frames, size=size)
     height, width = pose.shape[1:3]
-    face = read_video(folder / "src_face.mp4", size=(face_size, face_size))
+    face = read_video(folder / "src_face.mp4", num_frames=num_frames, size=(face_size, face_size))
     reference = letterbox(read_image(folder / "src_ref.png"), height, width)
     if not replace:
         return AnimateSources(pose, face, reference)
-    background = read_video(folder / "src_bg.mp4", size=(height, width))
-    person = read_video(folder / "src_mask.mp4", size=(height, width))[..., 0].float() / 255.0
+    background = read_video(folder / "src_bg.mp4", num_frames=num_frames, size=(height, width))
+    person = read_video(folder / "src_mask.mp4", num_frames=num_frames, size=(height, width))[..., 0].float() / 255.0
     return AnimateSources(pose, face, reference, background, person)
 
 
@@ -142,9 +156,14 @@ class WanAnimatePipeline:
         seed: int = 43,
         callback: StepCallback | None = None,
         progress: bool = True,
+        guidance: ClassifierFreeGuidance | None = None,
+        size: tuple[int, int] | None = None,
+        num_frames: int | None = None,
     ) -> GenerationOutput:
         """Animate the reference character with the pose and face videos of ``sources`` (a preprocessing folder);
-        ``replace`` puts it into the background video instead. Returns the pose video's frame count."""
+        ``replace`` puts it into the background video instead. Returns the pose video's frame count (its first
+        ``num_frames`` when given), at its size unless ``size`` (height, width) resizes it. ``guidance`` replaces
+        plain classifier-free guidance at ``guidance_scale`` (the runtime's CFG-skip / CFG-parallel one)."""
         if refert_num not in REFERT_NUMS:
             raise ValueError(
                 f"refert_num must be 1 or 5 (the carried-over frames the release supports), got {refert_num}"
@@ -152,7 +171,8 @@ class WanAnimatePipeline:
         if clip_len % 4 != 1 or clip_len <= refert_num:
             raise ValueError(f"clip_len must be of the form 4n + 1 and above refert_num {refert_num}, got {clip_len}")
         if not isinstance(sources, AnimateSources):
-            sources = read_sources(sources, replace, self.pipe.transformer.config.motion_encoder_size)
+            face_size = self.pipe.transformer.config.motion_encoder_size
+            sources = read_sources(sources, replace, face_size, size, num_frames)
         elif replace and sources.background is None:
             raise ValueError("replacement needs the background video and the person mask (src_bg.mp4, src_mask.mp4)")
         frames, height, width = sources.pose.shape[:3]
@@ -167,6 +187,7 @@ class WanAnimatePipeline:
             "replace" if replace else "animate", negative_prompt, height, width, clip_len,
             num_inference_steps, guidance_scale, guidance_scale, shift, sampler,
         )  # fmt: skip
+        guidance = guidance or ClassifierFreeGuidance(scale=guidance_scale)
         shared = self._shared_inputs(sources.reference, prompt, negative_prompt)
         videos = {
             "pose": sources.pose,
@@ -178,7 +199,7 @@ class WanAnimatePipeline:
         outputs, carried, latents = [], None, None
         for index, start in enumerate(segment_starts(length, clip_len, refert_num)):
             clip = {name: video[start : start + clip_len] for name, video in padded.items()}
-            latents, video = self._segment(clip, shared, carried, settings, seed + index, callback, progress)
+            latents, video = self._segment(clip, shared, carried, settings, seed + index, guidance, callback, progress)
             carried = video[:, :, -refert_num:]  # (1, 3, refert_num, H, W): the next segment's known start
             outputs.append(video if start == 0 else video[:, :, refert_num:])
         video = torch.cat(outputs, dim=2)[0, :, :frames]  # (3, T, H, W)
@@ -234,6 +255,7 @@ class WanAnimatePipeline:
         carried: torch.Tensor | None,
         settings: SamplingSettings,
         seed: int,
+        guidance: ClassifierFreeGuidance,
         callback: StepCallback | None,
         progress: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,9 +271,99 @@ class WanAnimatePipeline:
         scheduler = make_scheduler(settings.sampler, settings.shift)
         scheduler.set_timesteps(settings.steps, device=pipe.device)
         noise = seeded_noise((1, pipe.vae.z_dim, *y.shape[2:]), seed, pipe.device)
-        guidance = ClassifierFreeGuidance(scale=settings.guidance_scale)
         latents = pipe._sample(
             noise, scheduler.timesteps, scheduler, pipe._denoise, guidance, cond, uncond, settings, callback, progress
         )
         video = pipe.vae.decode(latents[:, :, 1:].to(pipe.dtype)).float()  # the reference frame is not output
         return latents, video
+
+
+class AnimateRequests:
+    """:class:`WanAnimatePipeline` as the programmatic entry calls a family's pipeline (``families.Pipeline``): a
+    prompt and keyword settings, ``mode`` ``animate`` or ``replace``, the preprocessing folder as ``src_root_path``.
+
+    Settings left as None take the model config's defaults, and the release's segment settings. Runtime features
+    (offload, fp8, step caches, parallelism) reach the models through the wrapped WanPipeline's components.
+    """
+
+    def __init__(self, animate: WanAnimatePipeline):
+        self.animate = animate
+
+    @property
+    def pipe(self) -> WanPipeline:
+        """The components and sampling loop."""
+        return self.animate.pipe
+
+    @property
+    def device(self) -> torch.device:
+        """Where the pipeline runs."""
+        return self.pipe.device
+
+    @device.setter
+    def device(self, device: torch.device) -> None:  # the entry sets it after an offloaded load
+        self.pipe.device = device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype."""
+        return self.pipe.dtype
+
+    @property
+    def transformers(self) -> tuple:
+        """The one Animate transformer."""
+        return self.pipe.transformers
+
+    def components(self) -> dict[str, tuple[torch.nn.Module, tuple[str, ...]]]:
+        """The wrapped pipeline's models and the methods through which they are called."""
+        return self.pipe.components()
+
+    def __call__(
+        self,
+        prompt: str,
+        src_root_path: str | Path,
+        mode: str = "animate",
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_scale_2: float | None = None,
+        shift: float | None = None,
+        sampler: str | None = None,
+        seed: int = 43,
+        strength: float | None = None,  # v2v's: every request carries it, no Animate mode reads it
+        refert_num: int | None = None,
+        clip_len: int | None = None,
+        guidance: ClassifierFreeGuidance | None = None,
+        callback: StepCallback | None = None,
+        progress: bool = True,
+    ) -> GenerationOutput:
+        """One video of ``mode`` from the folder ``src_root_path``; its record names the folder."""
+        if mode not in ("animate", "replace"):
+            raise ValueError(f"a Wan-Animate model serves animate and replace, not {mode!r}")
+        if guidance_scale_2 is not None:
+            raise ValueError("guidance_scale_2 is the low-noise expert's; a Wan-Animate model has one transformer")
+        if (height is None) != (width is None):
+            raise ValueError("give height and width together (without them the pose video's size is used)")
+        defaults = self.pipe.config.defaults
+        output = self.animate(
+            src_root_path,
+            prompt,
+            negative_prompt=defaults.negative_prompt if negative_prompt is None else negative_prompt,
+            replace=mode == "replace",
+            clip_len=ANIMATE_DEFAULTS["clip_len"] if clip_len is None else clip_len,
+            refert_num=ANIMATE_DEFAULTS["refert_num"] if refert_num is None else refert_num,
+            num_inference_steps=num_inference_steps or defaults.steps,
+            guidance_scale=defaults.guidance_scale if guidance_scale is None else guidance_scale,
+            shift=defaults.shift if shift is None else shift,
+            sampler=sampler or defaults.sampler,
+            seed=seed,
+            callback=callback,
+            progress=progress,
+            guidance=guidance,
+            size=None if height is None else (height, width),
+            num_frames=num_frames,
+        )
+        output.settings["src_root_path"] = str(Path(src_root_path).resolve())
+        return output

@@ -20,7 +20,7 @@ from .text_encoder import WanTextEncoder, build_word_tokenizer, tiny_umt5_config
 from .transformer import WanTransformer3DModel
 from .vace import transformer_class_for
 from .vae import tiny_vae_config, tiny_wan22_vae_config
-from .variants import VACE_DEFAULTS, tiny_config
+from .variants import ANIMATE_RELEASE_DEFAULTS, VACE_DEFAULTS, tiny_config
 
 # The toy world's words (colours, shapes, motions and the caption phrasing).
 TOY_VOCABULARY = [
@@ -76,6 +76,8 @@ TINY_DEFAULTS = GenerationDefaults(
 )
 # The tiny VACE model samples as the Wan2.1-VACE release does (sizes and steps of the tiny ones).
 TINY_VACE_DEFAULTS = dataclasses.replace(TINY_DEFAULTS, **VACE_DEFAULTS["Wan2.1"])
+# The tiny Animate model as Wan2.2-Animate-14B (DPM++, shift 5, 20 steps, no guidance).
+TINY_ANIMATE_DEFAULTS = dataclasses.replace(TINY_DEFAULTS, **ANIMATE_RELEASE_DEFAULTS)
 
 
 def write_folder_config(
@@ -115,7 +117,8 @@ def build_tiny_model_folder(
 
     variant: ``t2v``, ``inp``, ``control``, ``control_ref``, ``camera``, ``ti2v`` (Wan2.2 TI2V-5B's
     structure, with a tiny Wan2.2-style VAE: 48 latent channels, 16x spatial), ``vace`` (Wan2.1-VACE's:
-    a context stream hinting every 2nd layer), or a Wan2.2-Fun layout (``a14b_control``, ``a14b_camera``,
+    a context stream hinting every 2nd layer), ``animate`` (Wan2.2-Animate's: pose, motion and face modules; always
+    with the CLIP tower, which it conditions on), or a Wan2.2-Fun layout (``a14b_control``, ``a14b_camera``,
     ``5b_inp``, ``5b_control``, ``5b_camera``: the 5B ones with the Wan2.2-style VAE); see :func:`tiny_config`.
     with_clip: give the transformer the i2v CLIP branch and ship a tiny vision tower.
     boundary: make it a Wan2.2 A14B-style two-expert folder (``high_noise_model/`` and
@@ -124,9 +127,10 @@ def build_tiny_model_folder(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    overrides = {"text_dim": TINY_TEXT_DIM}
-    if with_clip:
-        overrides.update(model_type="i2v", image_dim=24)
+    overrides: dict[str, object] = {"text_dim": TINY_TEXT_DIM}
+    with_clip = with_clip or variant == "animate"
+    if with_clip:  # Animate keeps its own model_type (its CLIP branch is always on)
+        overrides.update(image_dim=24, **({} if variant == "animate" else {"model_type": "i2v"}))
     experts = None
     if boundary is None:
         tiny_transformer(variant, **overrides).save_original(folder)
@@ -149,7 +153,7 @@ def build_tiny_model_folder(
         image_subpath = "image_encoder"
 
     # Written last: its presence marks the folder complete.
-    defaults = TINY_VACE_DEFAULTS if variant == "vace" else TINY_DEFAULTS
+    defaults = {"vace": TINY_VACE_DEFAULTS, "animate": TINY_ANIMATE_DEFAULTS}.get(variant, TINY_DEFAULTS)
     write_folder_config(folder, defaults, note, image_subpath, experts)
     return reset_tree_modes(folder)  # save_pretrained writes its safetensors 0600
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .animate import is_animate_config
 from .vace import is_vace_config
 
 _SIZES = {
@@ -81,6 +82,8 @@ VACE_DEFAULTS = {
     "Wan2.1": {"sampler": "Flow_Unipc", "shift": 16.0, "guidance_scale": 5.0},
     "Wan2.2": {"sampler": "Flow", "shift": 12.0, "guidance_scale": 5.0},
 }
+# What Wan2.2-Animate-14B samples with (the released generate.py): DPM++ at shift 5, 20 steps, no guidance, 30 fps.
+ANIMATE_RELEASE_DEFAULTS = {"sampler": "Flow_DPM++", "shift": 5.0, "guidance_scale": 1.0, "steps": 20, "fps": 30}
 
 # What the Wan2.2-Fun releases sample with (VideoX-Fun's examples/wan2.2_fun scripts): Flow, shift 5, guidance 6
 # (one scale for both A14B experts), 50 steps; A14B at 832 x 480, 81 frames at 16 fps, 5B at TI2V-5B's sizes.
@@ -112,10 +115,13 @@ def wan22_fun_defaults(config: Mapping[str, Any], two_experts: bool) -> dict[str
 
 
 # Which generation modes each input layout can serve.
-MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera", "r2v", "vace")
+MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "camera", "r2v", "vace", "animate", "replace")
 # VACE takes every task through its context stream: start / end frames and edits through the mask,
 # a control video as the reactive frames, subject images as reference frames, and their mixes (vace).
 VACE_MODES = ("t2v", "i2v", "flf2v", "v2v", "inpaint", "control", "r2v", "vace")
+# Wan2.2-Animate takes its preprocessing folder (pose, face crops, reference; background and mask to replace) and
+# nothing else: the character animated by the pose (animate), or put into the video in place of its person (replace).
+ANIMATE_MODES = ("animate", "replace")
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,8 @@ class WanVariant:
     first_frame: bool = False
     # VACE: every condition goes through the VACE context stream (videox_fun.pipelines.vace).
     vace: bool = False
+    # Wan2.2-Animate: InP-shaped channels built from a preprocessing folder (videox_fun.pipelines.animate).
+    animate: bool = False
 
     @property
     def channel_kinds(self) -> frozenset[str]:
@@ -153,6 +161,8 @@ class WanVariant:
         kinds = self.channel_kinds
         if self.vace:
             return VACE_MODES
+        if self.animate:
+            return ANIMATE_MODES
         if self.camera:  # Wan2.1 V1.1 with start-image channels, Wan2.2-Fun with InP ones: the start frame goes there
             return ("camera", "v2v")
         if "mask" in kinds and "control" in kinds:
@@ -183,6 +193,8 @@ def variant_of(config: Mapping[str, Any]) -> WanVariant:
     if in_dim not in layouts:
         raise ValueError(f"no known Wan variant takes in_dim={in_dim} with out_dim={z}")
     name, channels = layouts[in_dim]
+    if is_animate_config(config):  # InP's channel layout, but its own inputs: the reference, pose and face videos
+        return WanVariant("Animate", channels, animate=True)
     if is_vace_config(config):
         if channels:
             raise ValueError(f"a VACE model's main input is the latent alone (in_dim {z}), got in_dim {in_dim}")
@@ -220,6 +232,8 @@ def variant_for_mode(mode: str) -> str:
         "camera": "a Fun Control-Camera model",
         "r2v": "a VACE model (Wan2.1-VACE, Wan2.2-VACE-Fun)",
         "vace": "a VACE model (Wan2.1-VACE, Wan2.2-VACE-Fun)",
+        "animate": "a Wan2.2-Animate model",
+        "replace": "a Wan2.2-Animate model",
     }[mode]
 
 
