@@ -137,6 +137,25 @@ def run_train_all(args: argparse.Namespace) -> dict:
     return train_all(args.out, recipe, vae=args.vae)
 
 
+def run_train_vace(args: argparse.Namespace) -> Path:
+    """The VACE recipe (recipe_vace.py): a VACE stream over the folded packaged InP model, trained on the toy world."""
+    from .recipe_vace import VaceRecipe, train_vace
+
+    recipe = VaceRecipe(seed=args.seed, steps=args.steps)
+    folder = train_vace(args.out, args.inp_model, args.data, recipe)
+    print(f"VACE model written to {folder}")
+    return folder
+
+
+def run_vace_report(args: argparse.Namespace) -> dict:
+    """Reference-to-video and masked completion of a VACE model; print the summary."""
+    from .report_vace import run_vace_report as report_vace
+
+    report = report_vace(args.out, args.model, args.repeats, progress=not args.quiet)
+    print(json.dumps(report, indent=2))
+    return report
+
+
 def _run_train_all_cogvideox(args: argparse.Namespace) -> dict:
     """The CogVideoX-Fun recipe (recipe_cogvideox.py)."""
     from .recipe_cogvideox import MODELS, CogVideoXRecipe, train_all
@@ -222,6 +241,25 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     )
     report.add_argument("--quiet", action="store_true", help="no progress bars")
     report.set_defaults(handler=run_toy_report)
+
+    train_vace = actions.add_parser(
+        "train-vace", help="train the tiny VACE model over a trained InP model", formatter_class=defaults
+    )
+    train_vace.add_argument("out", type=Path, help="working folder; the model folder appears inside it")
+    train_vace.add_argument("data", type=Path, help="a toy-world dataset folder (write-dataset, with control videos)")
+    train_vace.add_argument("--inp-model", default="Wan2.1-Fun-Tiny-InP", help="the trained InP model to build on")
+    train_vace.add_argument("--steps", type=int, default=6000, help="training steps")
+    train_vace.add_argument("--seed", type=int, default=0, help="seed of the new weights and of training")
+    train_vace.set_defaults(handler=run_train_vace)
+
+    report_vace = actions.add_parser(
+        "report-vace", help="measure a VACE model: reference-to-video and masked completion", formatter_class=defaults
+    )
+    report_vace.add_argument("out", type=Path, help="folder for the videos and report_vace.json")
+    report_vace.add_argument("--model", default="Wan2.1-VACE-Tiny", help="the VACE model (folder or name)")
+    report_vace.add_argument("--repeats", type=int, default=2, help="videos per combination and task")
+    report_vace.add_argument("--quiet", action="store_true", help="no progress bars")
+    report_vace.set_defaults(handler=run_vace_report)
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:

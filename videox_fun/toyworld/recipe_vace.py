@@ -122,8 +122,10 @@ def train_vace(out: str | Path, inp_folder: str | Path, data: str | Path, recipe
     Resumable: the folder and the latent cache are kept, the trainer resumes from its latest checkpoint.
     """
     recipe = recipe or VaceRecipe()
+    from ..registry import resolve_model
+
     out, data = Path(out), Path(data)
-    folder = base_folder(out, Path(inp_folder), recipe)
+    folder = base_folder(out, resolve_model(inp_folder), recipe)
     steps = Recipe(
         seed=recipe.seed,
         transformer_batch=recipe.batch,

@@ -5,7 +5,8 @@ clip used), then for each:
 
 - **reference-to-video**: a still of the clip's shape (its middle frame) as ``--ref-image`` and
   the clip's caption; the video should show the reference's colour and shape moving as the prompt
-  says (colour, shape and direction judged by the model-free evaluator);
+  says (colour, shape and direction judged by the model-free evaluator); again with a prompt that
+  names the motion alone ("moving right"), so colour and shape can only come from the reference;
 - **masked completion**: the clip with its second half masked out (whole frames, ending on a
   latent-frame boundary: 9 of 17 frames known); the completed frames should continue the
   shape's path: the mean distance between the generated and the true centroid over them (px),
@@ -71,15 +72,26 @@ def _clips(folder: Path, repeats: int, seed: int, section: str, progress: bool) 
         yield index, render_clip(spec, seed=seed + index)
 
 
-def reference_to_video(pipe: LoadedPipeline, folder: Path, repeats: int, seed: int, progress: bool) -> list[dict]:
-    """Every combination ``repeats`` times: a still of the shape as the reference, judged against the clip."""
+def direction_only(clip: Clip) -> str:
+    """A prompt naming the motion alone (the colour and shape must come from the reference): "moving right"."""
+    return f"moving {clip.spec.direction}"
+
+
+def reference_to_video(
+    pipe: LoadedPipeline, folder: Path, repeats: int, seed: int, progress: bool, prompt_of=None
+) -> list[dict]:
+    """Every combination ``repeats`` times: a still of the shape as the reference, judged against the clip.
+
+    ``prompt_of(clip)``: the prompt (default the clip's caption; :func:`direction_only` names the motion alone).
+    """
     results = []
-    for index, clip in _clips(folder, repeats, seed, "r2v", progress):
+    for index, clip in _clips(folder, repeats, seed, folder.name, progress):
         middle = len(clip.frames) // 2
         still = write_video(clip.frames[middle : middle + 1], folder / f"ref_{index:04d}.png")
         video = folder / f"{index:08d}.mp4"
-        _run(pipe, GenerationRequest(prompt=clip.caption, mode="r2v", ref_image=str(still), seed=index), video)
-        results.append({**evaluate_video(video, clip.spec), "prompt": clip.caption})
+        prompt = prompt_of(clip) if prompt_of else clip.caption
+        _run(pipe, GenerationRequest(prompt=prompt, mode="r2v", ref_image=str(still), seed=index), video)
+        results.append({**evaluate_video(video, clip.spec), "prompt": prompt})
     return results
 
 
@@ -108,12 +120,14 @@ def run_vace_report(out: str | Path, model: str, repeats: int = 2, seed: int = 3
     pipe = load_pipeline(resolve_model(model, "r2v"))
     try:
         r2v = reference_to_video(pipe, out / "r2v", repeats, seed, progress)
+        motion_only = reference_to_video(pipe, out / "r2v_direction_only", repeats, seed, progress, direction_only)
         completion = masked_completion(pipe, out / "completion", repeats, seed + 10_000, progress)
     finally:
         pipe.close()
     report = {
         "model": pipe.folder.name,
         "r2v": {"seen": _accuracy(r2v, False), "held_out": _accuracy(r2v, True)},
+        "r2v_direction_only": {"seen": _accuracy(motion_only, False), "held_out": _accuracy(motion_only, True)},
         "completion": {"seen": _accuracy(completion, False), "held_out": _accuracy(completion, True)},
         "settings": {"repeats": repeats, "seed": seed, "known_frames": "first 1 + 4k (9 of 17)"},
     }
