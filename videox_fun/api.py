@@ -742,7 +742,8 @@ def write_numbered(result: GenerationResult, folder: Path) -> Path:
     """
     for _ in range(100):
         try:
-            return write_result(result, next_output_path(folder), overwrite=False)
+            suffix = ".png" if result.mode.output == "image" else ".mp4"  # one frame of an image mode: a PNG
+            return write_result(result, next_output_path(folder, suffix), overwrite=False)
         except FileExistsError:
             continue
     raise FileExistsError(f"{printable(folder)}: no free numbered name after 100 tries (other writers?)")

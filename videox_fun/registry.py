@@ -21,6 +21,7 @@ RANDOM_NOTE = "random weights (tiny config of the real architecture): the video 
 # name -> (the builder of its tiny folder, "module:function" taking (folder, variant, seed=, note=); the variant)
 _WAN_TINY = "videox_fun.models.wan.tiny:build_tiny_model_folder"
 _COGVIDEOX_TINY = "videox_fun.models.cogvideox.tiny:build_tiny_cogvideox_folder"
+_FLUX_TINY = "videox_fun.models.flux.tiny:build_tiny_flux_folder"
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "Wan2.1-Fun-Tiny-Random-InP": (_WAN_TINY, "inp"),
     "Wan2.1-Fun-Tiny-Random-Control": (_WAN_TINY, "control"),
@@ -29,6 +30,8 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "Wan2.2-Animate-Tiny-Random": (_WAN_TINY, "animate"),
     "CogVideoX-Fun-Tiny-Random-InP": (_COGVIDEOX_TINY, "inp"),
     "CogVideoX-Fun-Tiny-Random-Control": (_COGVIDEOX_TINY, "control"),
+    "Flux-Tiny-Random": (_FLUX_TINY, "dev"),
+    "Flux-Schnell-Tiny-Random": (_FLUX_TINY, "schnell"),
 }
 # Trained on the toy world by `videox-fun toyworld train-all` (the CogVideoX one: `--family cogvideox`)
 # and shipped inside the package; a name is found once its folder is in assets/models/.
@@ -55,6 +58,7 @@ DEFAULT_CONTROL_MODEL = (
 DEFAULT_CAMERA_MODEL = "Wan2.1-Fun-Tiny-Random-Camera"
 DEFAULT_VACE_MODEL = "Wan2.1-VACE-Tiny-Random"  # reference images and task mixes: only VACE serves them
 DEFAULT_ANIMATE_MODEL = "Wan2.2-Animate-Tiny-Random"  # a preprocessing folder: only Wan2.2-Animate reads it
+DEFAULT_IMAGE_MODEL = "Flux-Tiny-Random"  # the image modes: only an image model serves them
 
 
 def models_dir() -> Path:
@@ -78,6 +82,8 @@ def default_model_for_mode(mode: str | None) -> str:
         return DEFAULT_VACE_MODEL
     if mode in ("animate", "replace"):
         return DEFAULT_ANIMATE_MODEL
+    if mode in ("t2i", "i2i"):
+        return DEFAULT_IMAGE_MODEL
     return DEFAULT_MODEL
 
 

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 INPUT_NAMES = ("image", "end_image", "video", "mask", "control_video", "ref_image", "camera")
 
 # The built-in families: each module registers its Family on import.
-FAMILY_MODULES = ("videox_fun.families.wan", "videox_fun.families.cogvideox")
+FAMILY_MODULES = ("videox_fun.families.wan", "videox_fun.families.cogvideox", "videox_fun.families.flux")
 ENTRY_POINT_GROUP = "videox_fun.families"
 
 
@@ -110,6 +110,22 @@ class SizeRules:
     def valid_frame_count(self, frames: int) -> int:
         """The nearest count of the form ``frame_factor * k + 1``."""
         return max(1, round((frames - 1) / self.frame_factor) * self.frame_factor + 1)
+
+
+@dataclass(frozen=True)
+class ImageSizeRules(SizeRules):
+    """Size rules of an image model: heights and widths as :class:`SizeRules`, always one frame."""
+
+    frame_factor: int = 1
+    max_frames: int | None = 1
+
+    def frame_rule(self) -> str:
+        """The rule in words, for messages."""
+        return "one frame: an image model"
+
+    def valid_frame_count(self, frames: int) -> int:
+        """Always one frame."""
+        return 1
 
 
 @dataclass
