@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import state_dict_max_diff
-from safetensors.torch import load_file
-from training_helpers import REPO, fixed_noise_loss, subprocess_env
+from training_helpers import REPO, check_resume_matches_uninterrupted, fixed_noise_loss, subprocess_env
 
 from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.pipelines.vace import compose_source, vace_context
@@ -104,16 +102,7 @@ def test_vace_run_stopped_and_resumed_matches_an_uninterrupted_one(make_config, 
     def run(folder: str, steps: int, **more):
         return train(vace_config(make_config, tmp_path / folder, max_train_steps=steps, **settings, **more))
 
-    whole = run("whole", 4)
-    first = run("split", 2)
-    rest = run("split", 4, resume_from_checkpoint="latest")
-    assert first.losses + rest.losses == whole.losses
-    name = "lora.safetensors" if settings.get("use_lora") else "transformer/diffusion_pytorch_model.safetensors"
-    difference = state_dict_max_diff(
-        load_file(str(tmp_path / "whole" / "out" / name)), load_file(str(tmp_path / "split" / "out" / name))
-    )
-    print(f"VACE resumed vs uninterrupted max abs diff {difference:.2e}")
-    assert difference <= 1e-6
+    check_resume_matches_uninterrupted(run, tmp_path, bool(settings.get("use_lora")), "VACE")
 
 
 def test_vace_training_from_a_latent_cache(make_config, tmp_path):

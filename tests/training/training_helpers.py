@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
+from helpers import state_dict_max_diff
+from safetensors.torch import load_file
 
 from videox_fun.training.config import TrainConfig
 from videox_fun.training.data import BucketBatchSampler, DataConfig, VideoDataset, collate
@@ -62,3 +65,19 @@ def write_train_yaml(config: TrainConfig, path: Path, **changes: object) -> Path
     values = {**{k: v for k, v in config.to_dict().items() if v is not None}, **changes}
     path.write_text(yaml.safe_dump(values))
     return path
+
+
+def check_resume_matches_uninterrupted(run: Callable[..., object], folder: Path, lora: bool, label: str) -> None:
+    """A run stopped after 2 steps and resumed to 4 equals one that ran 4: the same losses exactly, the same
+    weights within 1e-6. ``run(name, steps, **more)`` trains into ``folder / name / "out"`` (``more`` holds
+    ``resume_from_checkpoint``) and returns the training result."""
+    whole = run("whole", 4)
+    first = run("split", 2)
+    rest = run("split", 4, resume_from_checkpoint="latest")
+    assert first.losses + rest.losses == whole.losses
+    name = "lora.safetensors" if lora else "transformer/diffusion_pytorch_model.safetensors"
+    difference = state_dict_max_diff(
+        load_file(str(folder / "whole" / "out" / name)), load_file(str(folder / "split" / "out" / name))
+    )
+    print(f"{label} resumed vs uninterrupted max abs diff {difference:.2e}")
+    assert difference <= 1e-6

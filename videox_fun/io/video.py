@@ -152,6 +152,20 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None, cro
     return torch.from_numpy(_resize(_open_image_rgb(path), size, crop).copy())
 
 
+def letterbox(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 (h, w, 3) -> (height, width, 3): resized to fit, keeping its aspect ratio, centred on black (as
+    Wan-Animate's ``padding_resize`` places its reference image)."""
+    h, w = image.shape[:2]
+    size = (height, int(height / h * w)) if h / w > height / width else (int(width / w * h), width)
+    pixels = image.permute(2, 0, 1)[None].float()  # (1, 3, h, w)
+    resized = torch.nn.functional.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+    resized = resized.round().clamp(0, 255)
+    canvas = torch.zeros(height, width, 3, dtype=torch.uint8)
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    canvas[top : top + size[0], left : left + size[1]] = resized[0].permute(1, 2, 0).to(torch.uint8)
+    return canvas
+
+
 def _image_files(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     return sorted(files, key=lambda p: _natural_key(p.name))

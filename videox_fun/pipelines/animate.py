@@ -17,13 +17,14 @@ contrasts the negative prompt with faces of -1. Components, guidance and the den
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..io.video import frames_to_tensor, read_image, read_video, tensor_to_frames
+from ..io.video import frames_to_tensor, letterbox, read_image, read_video, tensor_to_frames
 from ..models.wan.animate import WanAnimateTransformer3DModel
 from ..models.wan.variants import ANIMATE_RELEASE_DEFAULTS
 from .common import GenerationOutput, SamplingSettings, StepCallback, seeded_noise
@@ -57,19 +58,6 @@ def missing_sources(folder: Path, replace: bool) -> list[str]:
     """The preprocessing outputs a mode needs that ``folder`` lacks."""
     needed = ANIMATE_FILES + (REPLACE_FILES if replace else ())
     return [name for name in needed if not (folder / name).is_file()]
-
-
-def letterbox(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """uint8 (h, w, 3) -> (height, width, 3): resized to fit, keeping its aspect ratio, centred on black (as the
-    release's ``padding_resize``)."""
-    h, w = image.shape[:2]
-    size = (height, int(height / h * w)) if h / w > height / width else (int(width / w * h), width)
-    pixels = image.permute(2, 0, 1)[None].float()  # (1, 3, h, w)
-    resized = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
-    canvas = torch.zeros(height, width, 3, dtype=torch.uint8)
-    top, left = (height - size[0]) // 2, (width - size[1]) // 2
-    canvas[top : top + size[0], left : left + size[1]] = resized[0].permute(1, 2, 0).to(torch.uint8)
-    return canvas
 
 
 def check_sources(folder: str | Path, replace: bool = False) -> Path:
@@ -123,6 +111,41 @@ def padded_length(frames: int, clip_len: int, refert_num: int) -> int:
 def segment_starts(length: int, clip_len: int, refert_num: int) -> list[int]:
     """First frames of the segments over ``length`` padded frames: every ``clip_len - refert_num`` frames."""
     return list(range(0, max(length - refert_num, 0), clip_len - refert_num))
+
+
+def reference_condition(latent: torch.Tensor) -> torch.Tensor:
+    """The reference image's conditioning frame y_ref (B, 4 + z, 1, h, w): mask 1 (known) and its latent
+    (B, z, 1, h, w), encoded as a single image."""
+    return torch.cat([torch.ones_like(latent[:, :4]), latent], dim=1)
+
+
+def segment_condition(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    background: torch.Tensor,
+    person: torch.Tensor,
+    carried: torch.Tensor | None,
+    known: Sequence[int],
+) -> torch.Tensor:
+    """y for the frames of a segment after the reference (B, 4 + z, F', h, w): known-mask channels, then the latent
+    of the segment's conditioning video.
+
+    background: (B, 3, T, H, W) in [-1, 1], the video outside the person (replacement) or zeros (animation);
+    person: (B, T, H, W), 1 where the person is (to generate), all ones in animation (as if the person filled the
+    frame); carried: (B, 3, >= max(known), H, W) frames carried over (the previous segment's last ones at inference,
+    the clip's own first ones in training); known[b]: how many of them start sample b, known whole.
+    encode: pixels (B, 3, T, H, W) -> latents (B, z, F', h, w).
+    """
+    pixels = background.clone()
+    for row, count in enumerate(known):
+        if count:
+            pixels[row, :, :count] = carried[row, :, :count].to(pixels)
+    latent = encode(pixels)  # (B, z, F', h, w)
+    # Known pixels at latent size: everything outside the person, and the carried frames whole.
+    known_pixels = F.interpolate(1.0 - person.float(), size=latent.shape[-2:], mode="nearest")  # (B, T, h, w)
+    for row, count in enumerate(known):
+        known_pixels[row, :count] = 1.0
+    mask = pack_frames_in_time(known_pixels[:, None]).to(latent)  # (B, 4, F', h, w)
+    return torch.cat([mask, latent], dim=1)
 
 
 class WanAnimatePipeline:
@@ -224,29 +247,23 @@ class WanAnimatePipeline:
             "context": cond_text,
             "negative_context": uncond_text,
             "clip_fea": pipe._clip_tokens(image),
-            "y_ref": torch.cat([torch.ones_like(latent[:, :4]), latent], dim=1),
+            "y_ref": reference_condition(latent),
         }
 
     def _conditioning(self, clip: dict[str, torch.Tensor], carried: torch.Tensor | None) -> torch.Tensor:
-        """y for one segment's frames after the reference (1, 4 + z, F', h, w): the known-mask channels and the
-        latent of the carried frames followed by zeros (animation) or by the background (replacement)."""
+        """y for one segment's frames after the reference (1, 4 + z, F', h, w) (:func:`segment_condition`): the
+        carried frames known, then zeros (animation) or the background outside the person (replacement)."""
         pipe = self.pipe
-        count = clip["pose"].shape[0]
-        known = 0 if carried is None else carried.shape[2]
+        count, size = clip["pose"].shape[0], clip["pose"].shape[1:3]
         if "background" in clip:
-            pixels = frames_to_tensor(clip["background"])[None].to(pipe.device, pipe.dtype)  # (1, 3, T, H, W)
+            background = frames_to_tensor(clip["background"])[None].to(pipe.device, pipe.dtype)  # (1, 3, T, H, W)
         else:
-            pixels = torch.zeros(1, 3, count, *clip["pose"].shape[1:3], device=pipe.device, dtype=pipe.dtype)
-        if carried is not None:
-            pixels = torch.cat([carried.to(pixels), pixels[:, :, known:]], dim=2)
-        latent = pipe.vae.encode(pixels).to(pipe.dtype)  # (1, z, F', h, w)
-        # Known pixels at latent size: the carried frames, and in replacement everything outside the person
-        # (animation knows nothing else: as if the person filled the frame).
-        person = clip.get("person", torch.ones(count, *clip["pose"].shape[1:3]))
-        known_pixels = F.interpolate(1.0 - person[None], size=latent.shape[-2:], mode="nearest")  # (1, T, h, w)
-        known_pixels[:, :known] = 1.0
-        mask = pack_frames_in_time(known_pixels[:, None]).to(pipe.device, pipe.dtype)  # (1, 4, F', h, w)
-        return torch.cat([mask, latent], dim=1)
+            background = torch.zeros(1, 3, count, *size, device=pipe.device, dtype=pipe.dtype)
+        person = clip.get("person", torch.ones(count, *size))[None]  # (1, T, H, W)
+        known = [0 if carried is None else carried.shape[2]]
+        return segment_condition(
+            lambda pixels: pipe.vae.encode(pixels).to(pipe.dtype), background, person, carried, known
+        )
 
     def _segment(
         self,

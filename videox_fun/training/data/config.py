@@ -29,9 +29,24 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 SIZE_MULTIPLE = 16  # VAE 8x spatial compression x patch 2: every trained side is a multiple of 16
-TRAIN_MODES = ("normal", "inpaint", "i2v", "ti2v", "control", "control_ref", "control_camera_ref", "vace")
+TRAIN_MODES = (
+    "normal", "inpaint", "i2v", "ti2v", "control", "control_ref", "control_camera_ref", "vace", "animate", "replace",
+)  # fmt: skip
 # Modes that need a control file per entry: a control video, or a camera trajectory for control_camera_ref.
 CONTROL_MODES = ("control", "control_ref", "control_camera_ref")
+# Wan2.2-Animate's modes: the files each needs in every entry (field -> what it holds). ``animate`` trains
+# replacement on the entries that also give background_file_path and mask_file_path (as VideoX-Fun's train_animate);
+# ``replace`` needs them everywhere. ref_file_path is optional: without it a frame of the clip is the reference.
+ANIMATE_REQUIRED_FIELDS = {
+    "animate": {"control_file_path": "the pose video", "face_file_path": "the face-crop video"},
+    "replace": {
+        "control_file_path": "the pose video",
+        "face_file_path": "the face-crop video",
+        "background_file_path": "the video without the person",
+        "mask_file_path": "the person mask video",
+    },
+}
+ANIMATE_MODES = tuple(ANIMATE_REQUIRED_FIELDS)
 
 SettingsT = TypeVar("SettingsT", bound="DataSettings")
 
@@ -190,3 +205,8 @@ class DataConfig(DataSettings):
     def needs_control(self) -> bool:
         """Whether every entry must name a control video."""
         return self.train_mode in CONTROL_MODES
+
+    @property
+    def required_fields(self) -> dict[str, str]:
+        """File fields every entry must give in this mode besides file_path (field -> what it holds)."""
+        return ANIMATE_REQUIRED_FIELDS.get(self.train_mode, {})

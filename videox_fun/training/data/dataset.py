@@ -6,6 +6,11 @@ A sample is a dict::
     control_pixel_values  float (3, F, H, W)               when the entry has a control video
     camera_poses          float64 (F, 19)                  when its control file is a camera trajectory (.txt)
     mask                  float (1, F, H, W), 1 = generate  with train_mode "inpaint" or "vace"
+    face_pixel_values     float (3, F, 512, 512)           Animate modes: the face crops (face_file_path)
+    ref_pixel_values      float (3, H, W)                  Animate modes: ref_file_path letterboxed to the
+                                                           clip's size, else a frame of the clip drawn per sample
+    background_pixel_values  float (3, F, H, W)            Animate modes: background_file_path (zeros without)
+    person_mask           float (1, F, H, W), 1 = person   Animate modes: mask_file_path (ones without)
     text                  str ("" with probability text_drop_ratio)
     text_dropped          bool
     data_type             "video" | "image"
@@ -26,6 +31,7 @@ checked are bad (judged once at least 20 files, or all, have been checked), load
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterator
@@ -41,9 +47,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ...io.camera import read_camera_trajectory
-from ...io.video import VideoReadError, frames_to_tensor, read_image, read_video, video_info
+from ...io.video import VideoReadError, frames_to_tensor, letterbox, read_image, read_video, video_info
 from .buckets import Bucket, BucketKey, entry_key, plan_batch
-from .config import DataConfig
+from .config import ANIMATE_MODES, DataConfig
 from .masks import random_generate_mask
 from .metadata import MetaEntry, load_metadata
 
@@ -51,6 +57,7 @@ MIN_JUDGED = 20  # files checked before the bad share is judged (or all of them,
 MAX_SUBSTITUTES = 3  # other entries tried when a file fails while decoding
 WARN_EACH = 20  # bad files warned about one by one; later ones are only counted
 SHOWN_IN_ERROR = 20  # bad files listed in TooManyBadFilesError
+FACE_SIZE = 512  # side of the face crops Wan2.2-Animate's motion encoder takes (its preprocessing writes them so)
 
 
 class BadFileWarning(UserWarning):
@@ -136,6 +143,12 @@ def _probe(entry: MetaEntry) -> EntryInfo:
         elif entry.is_video:  # a clip must fit in both videos
             control_info = _guarded(control, lambda: _video_header(control))
             info = EntryInfo(info.height, info.width, min(info.num_frames, control_info.num_frames))
+    for name, path in entry.extra_paths:
+        if not path.is_file():
+            raise BadFileError(path, f"{name} not found")
+        if entry.is_video and name != "ref_file_path":  # the clip must fit in the Animate videos too
+            frames = _guarded(path, functools.partial(_video_header, path)).num_frames
+            info = EntryInfo(info.height, info.width, min(info.num_frames, frames))
     return info
 
 
@@ -152,7 +165,9 @@ class VideoDataset(Dataset):
         if entries is None:
             if config.train_data_meta is None:
                 raise ValueError("train_data_meta is not set: give the metadata file (.json or .csv) of the data")
-            entries = load_metadata(config.train_data_meta, config.train_data_dir, require_control=config.needs_control)
+            entries = load_metadata(
+                config.train_data_meta, config.train_data_dir, config.needs_control, config.required_fields
+            )
         if config.video_repeat > 0:  # VideoX-Fun: images once, then the videos video_repeat times
             entries = [e for e in entries if not e.is_video] + [e for e in entries if e.is_video] * config.video_repeat
         self.config = config
@@ -249,19 +264,53 @@ class VideoDataset(Dataset):
         span = (bucket.frames - 1) * self.config.video_sample_stride + 1
         return int(rng.integers(0, info.num_frames - span + 1)) if info.num_frames > span else 0
 
+    def _frames(
+        self, path: Path, entry: MetaEntry, bucket: Bucket, start: int, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Decode one file's clip, uint8 ``(F, H, W, 3)``: at the bucket's size (resize + centre crop), or resized
+        to ``size``."""
+        crop, size = size is None, size or (bucket.height, bucket.width)
+        if not entry.is_video:
+            return _guarded(path, lambda: read_image(path, size=size, crop=crop))[None]  # (1, H, W, 3)
+        stride = self.config.video_sample_stride
+        frames = _guarded(path, lambda: read_video(path, bucket.frames, stride, size, crop=crop, start=start))
+        if len(frames) < bucket.frames:
+            raise BadFileError(
+                path, f"only {len(frames)} of {bucket.frames} frames decoded (from frame {start}, stride {stride})"
+            )
+        return frames
+
     def _read(self, path: Path, entry: MetaEntry, bucket: Bucket, start: int) -> torch.Tensor:
         """Decode one file at the bucket's size (resize + centre crop): ``(3, F, H, W)`` in [-1, 1]."""
-        size = (bucket.height, bucket.width)
-        if not entry.is_video:
-            frames = _guarded(path, lambda: read_image(path, size=size, crop=True))[None]  # (1, H, W, 3)
+        return frames_to_tensor(self._frames(path, entry, bucket, start))  # (3, F, H, W)
+
+    def _animate_inputs(
+        self, entry: MetaEntry, bucket: Bucket, start: int, video: torch.Tensor, seed: np.random.SeedSequence
+    ) -> dict[str, torch.Tensor]:
+        """The Animate inputs of a clip (see the module docstring), read at the video's frames. ``video``
+        (3, F, H, W) gives the reference frame when the entry names no reference image."""
+        face = frames_to_tensor(self._frames(entry.path_of("face_file_path"), entry, bucket, start, (FACE_SIZE,) * 2))
+        reference = entry.path_of("ref_file_path")
+        if reference is not None:
+            image = _guarded(reference, lambda: read_image(reference))
+            ref = frames_to_tensor(letterbox(image, bucket.height, bucket.width)[None])[:, 0]  # (3, H, W)
         else:
-            stride = self.config.video_sample_stride
-            frames = _guarded(path, lambda: read_video(path, bucket.frames, stride, size, crop=True, start=start))
-            if len(frames) < bucket.frames:
-                raise BadFileError(
-                    path, f"only {len(frames)} of {bucket.frames} frames decoded (from frame {start}, stride {stride})"
-                )
-        return frames_to_tensor(frames)  # (3, F, H, W)
+            ref = video[:, int(np.random.default_rng(seed).integers(video.shape[1]))]
+        background, person = entry.path_of("background_file_path"), entry.path_of("mask_file_path")
+        if background is None or person is None:  # an animation sample: nothing known outside the person
+            return {
+                "face_pixel_values": face,
+                "ref_pixel_values": ref,
+                "background_pixel_values": torch.zeros_like(video),
+                "person_mask": torch.ones_like(video[:1]),
+            }
+        mask = self._frames(person, entry, bucket, start)[..., 0].float() / 255.0  # (F, H, W), as the pipeline reads
+        return {
+            "face_pixel_values": face,
+            "ref_pixel_values": ref,
+            "background_pixel_values": self._read(background, entry, bucket, start),
+            "person_mask": mask[None],
+        }
 
     def _camera(self, path: Path, bucket: Bucket, start: int) -> torch.Tensor:
         """The poses (F, 19) of the clip's frames (from ``start``, every ``video_sample_stride``-th) as trajectory
@@ -274,7 +323,8 @@ class VideoDataset(Dataset):
     def load(self, index: int, bucket: Bucket, epoch: int) -> dict[str, Any]:
         """Decode entry ``index`` at ``bucket``; raises :class:`BadFileError` for a bad file."""
         entry = self.entries[index]
-        text_seed, start_seed, mask_seed = np.random.SeedSequence([self.config.seed, epoch, index]).spawn(3)
+        seeds = np.random.SeedSequence([self.config.seed, epoch, index]).spawn(4)
+        text_seed, start_seed, mask_seed, ref_seed = seeds  # spawned children depend on their index only
         dropped = bool(np.random.default_rng(text_seed).random() < self.config.text_drop_ratio)
         start = self._clip_start(entry, bucket, np.random.default_rng(start_seed))
         sample: dict[str, Any] = {
@@ -292,6 +342,8 @@ class VideoDataset(Dataset):
         if self.config.train_mode in ("inpaint", "vace"):  # VACE's masked-editing samples use these masks
             generator = torch.Generator().manual_seed(int(mask_seed.generate_state(1)[0]))
             sample["mask"] = random_generate_mask(bucket.frames, bucket.height, bucket.width, generator)
+        if self.config.train_mode in ANIMATE_MODES:
+            sample.update(self._animate_inputs(entry, bucket, start, sample["pixel_values"], ref_seed))
         self._checked.add(entry)
         return sample
 
@@ -345,6 +397,7 @@ class VideoDataset(Dataset):
 # --------------------------------------------------------------------------------------------
 
 _STACKED = ("pixel_values", "control_pixel_values", "mask", "camera_poses")
+_STACKED += ("face_pixel_values", "ref_pixel_values", "background_pixel_values", "person_mask")  # Animate modes
 _LISTED = ("text", "data_type", "file_path")
 
 

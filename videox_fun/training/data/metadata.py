@@ -6,9 +6,11 @@ An entry::
      "control_file_path": "control/00000001.mp4", "width": 832, "height": 480}
 
 ``file_path`` and ``text`` are required; ``type`` is ``video`` or ``image`` (told from the file
-suffix when missing); ``control_file_path``, ``width`` and ``height`` are optional. Relative
-paths are relative to the data folder. Anything that does not parse fails at once, naming the
-file and the line (and entry) at fault.
+suffix when missing); ``control_file_path``, ``width`` and ``height`` are optional, and so are the
+Wan2.2-Animate inputs as VideoX-Fun's ``train_animate`` names them (:data:`ANIMATE_FILE_FIELDS`:
+``face_file_path``, ``ref_file_path``, ``background_file_path``, ``mask_file_path``; the pose video is
+the ``control_file_path``). Relative paths are relative to the data folder. Anything that does
+not parse fails at once, naming the file and the line (and entry) at fault.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from typing import Any
 from ...io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 DATA_TYPES = ("video", "image")
+# Wan2.2-Animate's per-entry files beside the pose video (control_file_path), VideoX-Fun's train_animate field names:
+# the face crops video, the character image, and for replacement the video without the person and the person mask.
+ANIMATE_FILE_FIELDS = ("face_file_path", "ref_file_path", "background_file_path", "mask_file_path")
 EXAMPLE_ENTRY = '{"file_path": "train/00000001.mp4", "text": "a red circle moving right", "type": "video"}'
 _SHOWN = 10  # entries listed in an error before "... and N more"
 
@@ -45,11 +50,19 @@ class MetaEntry:
     width: int | None = None
     height: int | None = None
     where: str = ""  # "entry 3 (line 12)": for messages
+    # The given ANIMATE_FILE_FIELDS as (field, resolved path) pairs (a tuple: entries are hashed).
+    extra_paths: tuple[tuple[str, Path], ...] = ()
 
     @property
     def is_video(self) -> bool:
         """Whether the entry is a video (else an image)."""
         return self.data_type == "video"
+
+    def path_of(self, name: str) -> Path | None:
+        """The resolved path of a file field (``control_file_path`` or one of :data:`ANIMATE_FILE_FIELDS`)."""
+        if name == "control_file_path":
+            return self.control_path
+        return dict(self.extra_paths).get(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +187,7 @@ def _entry(record: Any, where: str, data_dir: Path) -> MetaEntry:
     if control is not None and not isinstance(control, str):
         raise MetadataError(f"{where}: 'control_file_path' must be a string, got {type(control).__name__}")
     control = control or None
+    extra = [(name, _optional_path(record, name, where)) for name in ANIMATE_FILE_FIELDS]
     return MetaEntry(
         file_path=file_path,
         path=_resolve(file_path, data_dir),
@@ -184,7 +198,16 @@ def _entry(record: Any, where: str, data_dir: Path) -> MetaEntry:
         width=_dimension(record, "width", where),
         height=_dimension(record, "height", where),
         where=where,
+        extra_paths=tuple((name, _resolve(value, data_dir)) for name, value in extra if value),
     )
+
+
+def _optional_path(record: Mapping[str, Any], name: str, where: str) -> str | None:
+    """An optional path field: a string when given (empty means not given)."""
+    value = record.get(name)
+    if value is not None and not isinstance(value, str):
+        raise MetadataError(f"{where}: {name!r} must be a string, got {type(value).__name__}")
+    return value or None
 
 
 def _listing(entries: list[MetaEntry]) -> str:
@@ -200,7 +223,10 @@ def _listing(entries: list[MetaEntry]) -> str:
 
 
 def load_metadata(
-    path: str | os.PathLike, data_dir: str | os.PathLike | None = None, require_control: bool = False
+    path: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    require_control: bool = False,
+    require: Mapping[str, str] | None = None,
 ) -> list[MetaEntry]:
     """Read a metadata file (``.json`` list, ``.jsonl`` or ``.csv``) into checked entries.
 
@@ -208,7 +234,8 @@ def load_metadata(
     paths stay as they are. Files are not opened here: a missing or unreadable file is the
     dataset's business (skipped and counted). Fails with :class:`MetadataError` naming the
     file and line for a file that does not parse or an entry that is malformed, for an empty
-    list, and, with ``require_control``, for entries without a ``control_file_path``.
+    list, with ``require_control``, for entries without a ``control_file_path``, and for entries without
+    a file field of ``require`` (field -> what the mode reads from it, for the message).
     """
     path = Path(path)
     if not path.is_file():
@@ -239,5 +266,12 @@ def load_metadata(
                 f"trajectory .txt for control_camera_ref) in every entry of {path}; "
                 f"{len(lacking)} of {len(entries)} have none:\n  {_listing(lacking)}\n"
                 "Add the control videos, or train with train_mode 'normal' or 'inpaint'."
+            )
+    for name, what in (require or {}).items():
+        lacking = [e for e in entries if e.path_of(name) is None]
+        if lacking:
+            raise MetadataError(
+                f"this train_mode reads {what} from {name!r} in every entry of {path}; "
+                f"{len(lacking)} of {len(entries)} have none:\n  {_listing(lacking)}"
             )
     return entries

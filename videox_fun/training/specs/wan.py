@@ -23,6 +23,8 @@ so a model is trained on exactly the inputs it is sampled with. Modes:
 - ``vace``: VACE models; each sample's VACE context from a drawn task (text only, masked editing,
   control video) and, for some micro-batches, a subject frame in front (:mod:`.wan_vace`).
   ``--trainable_modules vace`` trains the VACE stream alone, as the releases were trained.
+- ``animate`` / ``replace``: Wan2.2-Animate; the reference image as latent frame 0, pose latents, face crops,
+  and for some samples the clip's first frames carried over as known, as the pipeline's segments (:mod:`.wan_animate`).
 
 Text dropout and inpaint masks come with the decoded samples (the dataset draws them); the
 other random choices are drawn from one generator per sample (see :func:`sample_generators`).
@@ -57,6 +59,7 @@ from ...pipelines.wan import default_boundary
 from ..config import TrainConfig
 from ..objectives import FlowMatching
 from . import Device, FamilyModels, TrainInputs, choose, on_device, register_spec, uniform
+from .wan_animate import NO_CACHE, animate_inputs, check_animate_mode, check_animate_settings
 from .wan_vace import VACE_FILL, vace_inputs
 from .wan_vace import cache_records as vace_cache_records
 
@@ -76,6 +79,8 @@ MODE_NEEDS = {
     "control_ref": "control",
     "control_camera_ref": "camera",
     "vace": "vace",
+    "animate": "animate",
+    "replace": "replace",
 }
 # Whole-frame mask kinds (of data.masks, with weights) drawn per sample by the modes that take no dataset
 # masks: i2v knows the first frame; control_camera_ref too, but for CONDITION_DROP of the samples.
@@ -294,23 +299,25 @@ class PixelSource:
 
     def clip(self, frames: Sequence[int | None]) -> torch.Tensor:
         """CLIP tokens of one frame per sample (zeros where None)."""
-        encoder = self.models.frozen.get("image_encoder")
         b = len(frames)
         dim = self.models.transformer.config.image_dim
-        out = blank_clip_tokens(b, dim, self.device)
         chosen = [(row, i) for row, i in enumerate(frames) if i is not None]
         if not chosen:
-            return out
+            return blank_clip_tokens(b, dim, self.device)
+        tokens = self.clip_images(torch.stack([self.pixels[row, :, i] for row, i in chosen]))  # (N, T, dim)
+        out = torch.zeros(b, tokens.shape[1], dim, device=self.device)
+        out[[row for row, _ in chosen]] = tokens
+        return out
+
+    def clip_images(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP tokens (N, T, image_dim) of images (N, 3, H, W) in [-1, 1]."""
+        encoder = self.models.frozen.get("image_encoder")
         if encoder is None:
             from ...models.wan.image_encoder import missing_image_encoder_error
 
             raise missing_image_encoder_error()
-        images = torch.stack([self.pixels[row, :, i] for row, i in chosen])  # (N, 3, H, W)
         with on_device(encoder, self.device, self.models.low_vram):
-            tokens = encoder.encode(images, device=self.device).float()  # (N, T, dim)
-        out = torch.zeros(b, tokens.shape[1], dim, device=self.device)
-        out[[row for row, _ in chosen]] = tokens
-        return out
+            return encoder.encode(images, device=self.device).float()
 
     def camera(self) -> torch.Tensor:
         """Plücker rays of the batch's camera poses at the pixel size, packed in time (B, 24, F', H, W)."""
@@ -467,6 +474,8 @@ class WanSpec:
             transformer = init_from_t2v(transformer, config.train_mode)
         models = FamilyModels(transformer, {}, folder, settings, low_vram=config.low_vram, sigma_range=sigma_range)
         self.check_mode(models, config.train_mode)
+        if variant_of(transformer.config).animate:
+            check_animate_settings(config)
 
         needs_encoders = not config.use_cached_latents or bool(config.validation_steps)
         if needs_encoders:
@@ -504,6 +513,9 @@ class WanSpec:
         if mode not in MODE_NEEDS:
             raise ValueError(f"--train_mode {mode!r} is unknown; choose one of {', '.join(MODE_NEEDS)}")
         variant = variant_of(models.transformer.config)
+        if variant.animate or mode in ("animate", "replace"):
+            check_animate_mode(variant, mode, models.folder)
+            return
         if variant.vace or mode == "vace":
             if variant.vace and mode == "vace":
                 return
@@ -570,6 +582,8 @@ class WanSpec:
         kinds = variant.channel_kinds
 
         conditions: dict[str, torch.Tensor] = {"context": source.context(generators)}
+        if variant.animate:  # its own inputs: reference, pose, face crops, carried-over frames
+            return animate_inputs(source, conditions["context"], generators)
         latents = source.latents()  # (B, z, F', h, w)
         b, _, f_lat, h, w = latents.shape
         clip_frames: list[int | None] = [None] * b
@@ -636,6 +650,8 @@ class WanSpec:
         """Per-sample records: latents, trimmed text context, and what the mode's conditions need."""
         source = PixelSource(self, models, batch, torch.device(device))
         variant = variant_of(models.transformer.config)
+        if variant.animate:
+            raise ValueError(NO_CACHE.format(mode=mode))
         kinds = variant.channel_kinds
         b, _, f, h, w = source.pixels.shape
         records: dict[str, torch.Tensor] = {
