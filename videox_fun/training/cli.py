@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from ..argparsing import DefaultsHelpFormatter
@@ -19,11 +20,17 @@ from .config import add_train_arguments, config_from_args
 def run_train_script(**presets: Any) -> None:
     """The body of every ``scripts/<family>/train*.py``: VideoX-Fun's flags, with the script's own defaults
     (``train_mode="control"``, ``use_lora=True``...) under what YAML and flags say."""
+    from ..argparsing import single_line
+    from ..cli import USER_ERRORS
     from .config import parse_train_args
     from .trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    train(parse_train_args(**presets))
+    try:
+        train(parse_train_args(**presets))
+    except USER_ERRORS as err:  # a mistake in what was asked: one line and exit code 2, as `videox-fun train`
+        print(f"error: {single_line(str(err))}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run_train(args: argparse.Namespace) -> None:

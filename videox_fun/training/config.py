@@ -38,6 +38,8 @@ from ..argparsing import finite_float
 from ..config import read_yaml_mapping
 from ..io.files import atomic_path
 from .data.config import DataSettings, setting
+from .reward import BACKPROP_STRATEGIES
+from .reward_models import REWARD_NAMES, canonical_reward_name, parse_reward_kwargs, unknown_reward_message
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ UNUSED_VIDEOX_FUN_FLAGS = {
     "enable_text_encoder_in_dataloader": "the text encoder runs in the training process",
     "keep_all_node_same_token_length": "buckets already give every process the same token count per step",
     "tokenizer_max_length": "the text length is the model's (text_len in its config)",
+    "backprop": "reward training (--train_mode reward) always backpropagates through the --backprop_strategy steps",
 }
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform", "mode")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -135,6 +138,39 @@ class TrainConfig(DataSettings, ModelSettings):
         "Wan2.2 A14B: train the high-noise expert on t >= boundary*1000 (high) or the low-noise one below (low)",
         choices=BOUNDARY_TYPES,
     )
+    # -- reward fine-tuning (--train_mode reward: prompts only, videos sampled with gradients) --------
+    prompt_path: str | None = setting(
+        None, "reward: the prompts, a .txt (one per line) or a .json / .jsonl list (instead of --train_data_meta)"
+    )
+    reward_fn: str | None = setting(None, f"reward: the differentiable reward, one of {', '.join(REWARD_NAMES)}")
+    reward_fn_kwargs: str | None = setting(
+        None, 'reward: its keyword arguments as JSON, e.g. its local weights \'{"model_path": "PATH"}\''
+    )
+    num_sampling_steps: int = setting(
+        50, "reward: denoising steps of each sampled video", aliases=("num_inference_steps",)
+    )
+    guidance_scale: float | None = setting(None, "reward: CFG scale of the sampling (default: the model's; 1 = off)")
+    backprop_strategy: str = setting(
+        "last", "reward: the steps whose transformer call keeps gradients", choices=BACKPROP_STRATEGIES
+    )
+    backprop_num_steps: int = setting(5, "reward: how many steps tail / uniform / random keep")
+    backprop_step_list: list[int] | None = setting(
+        None, "reward: explicit steps (0-based) that keep gradients; overrides --backprop_strategy"
+    )
+    detach_input: bool = setting(
+        False,
+        "reward: cut the kept steps' transformer inputs from the latent chain (DRTune)",
+        aliases=("stop_latent_model_input_gradient",),
+    )
+    num_decoded_latents: int = setting(3, "reward: latent frames decoded (from the first) for the reward")
+    num_sampled_frames: int | None = setting(
+        None, "reward: frames, evenly spaced among the decoded ones, that the reward judges (default: all)"
+    )
+    max_reward: float | None = setting(
+        None, "reward: the loss is mean(|r - max_reward| * loss_scale) (default: the reward's own)"
+    )
+    loss_scale: float | None = setting(None, "reward: scale of the loss (default: the reward's own)")
+    vae_gradient_checkpointing: bool = setting(True, "reward: recompute the VAE decode in backward to save memory")
     # -- checkpoints and logs ----------------------------------------------------------------
     checkpointing_steps: int = setting(500, "save a resumable checkpoint every n steps")
     checkpoints_total_limit: int | None = setting(None, "keep at most this many checkpoints")
@@ -172,9 +208,10 @@ class TrainConfig(DataSettings, ModelSettings):
         problems = ["--" + problem for problem in DataSettings.from_mapping(self.to_dict()).data_problems()]
         if not self.pretrained_model_name_or_path:
             problems.append("--pretrained_model_name_or_path is required (a model folder or name)")
-        if not self.use_cached_latents and not self.train_data_meta:
+        if not self.use_cached_latents and not self.train_data_meta and self.train_mode != "reward":
             problems.append("--train_data_meta is required (or train from a cache with --use_cached_latents)")
         problems += count_problems(self)
+        problems += reward_problems(self)
         if self.use_lora and self.trainable_modules:
             problems.append("--trainable_modules is for full fine-tuning; LoRA trains only its adapters")
         if self.validation_steps and not self.validation_prompts:
@@ -203,6 +240,10 @@ AT_LEAST_ONE = (
     "max_train_steps",
     "checkpointing_steps",
     "vae_mini_batch",
+    "num_sampling_steps",
+    "backprop_num_steps",
+    "num_decoded_latents",
+    "num_sampled_frames",
 )
 AT_LEAST_ZERO = ("dataloader_num_workers", "lr_warmup_steps")
 
@@ -220,6 +261,63 @@ def count_problems(config: TrainConfig) -> list[str]:
         if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
             problems.append(f"--{name} must be a finite number, got {value}")
     return problems
+
+
+# Settings that only reward training reads, None when not given: another mode refuses them (they would be ignored).
+REWARD_ONLY = ("prompt_path", "reward_fn", "reward_fn_kwargs", "backprop_step_list", "num_sampled_frames",
+               "guidance_scale", "max_reward", "loss_scale")  # fmt: skip
+
+
+def reward_problems(config: TrainConfig) -> list[str]:
+    """What stops ``--train_mode reward`` (or reward settings given to another mode), one entry per problem."""
+    if config.train_mode != "reward":
+        given = [f"--{name}" for name in REWARD_ONLY if getattr(config, name) is not None]
+        return (
+            [f"{', '.join(given)}: reward-training settings; add --train_mode reward or leave them out"]
+            if given
+            else []
+        )
+    problems = []
+    if not config.prompt_path:
+        problems.append("--train_mode reward needs --prompt_path (a .txt, one prompt per line, or a .json list)")
+    elif not Path(config.prompt_path).is_file():
+        problems.append(f"--prompt_path {config.prompt_path} is not a file")
+    if config.train_data_meta or config.use_cached_latents:
+        problems.append("--train_mode reward samples its videos from --prompt_path; leave out --train_data_meta / "
+                        "--use_cached_latents")  # fmt: skip
+    if not config.reward_fn:
+        problems.append(f"--train_mode reward needs --reward_fn, one of {', '.join(REWARD_NAMES)}")
+    elif canonical_reward_name(config.reward_fn) is None:
+        problems.append(unknown_reward_message(config.reward_fn))
+    try:
+        parse_reward_kwargs(config.reward_fn_kwargs)
+    except ValueError as err:
+        problems.append(str(err))
+    problems += backprop_problems(config)
+    if config.guidance_scale is not None and config.guidance_scale < 1.0:
+        problems.append(f"--guidance_scale must be at least 1 (1 = no CFG), got {config.guidance_scale:g}")
+    if config.loss_scale is not None and not config.loss_scale > 0:
+        problems.append(f"--loss_scale must be above 0, got {config.loss_scale:g}")
+    if config.boundary_type != "full":
+        problems.append("--train_mode reward samples whole videos: it trains single-transformer models, not one "
+                        "Wan2.2 A14B expert (--boundary_type)")  # fmt: skip
+    return problems
+
+
+def backprop_problems(config: TrainConfig) -> list[str]:
+    """The chosen backprop steps must lie in the rollout of ``num_sampling_steps`` steps."""
+    steps = config.num_sampling_steps
+    if steps < 1:
+        return []  # count_problems says it
+    if config.backprop_step_list is not None:
+        if not config.backprop_step_list or not all(0 <= s < steps for s in config.backprop_step_list):
+            return [f"--backprop_step_list {config.backprop_step_list} must name steps in [0, {steps - 1}]"]
+        return []
+    if config.backprop_strategy not in BACKPROP_STRATEGIES:
+        return [f"--backprop_strategy {config.backprop_strategy!r} is unknown; choose {', '.join(BACKPROP_STRATEGIES)}"]
+    if config.backprop_strategy != "last" and config.backprop_num_steps > steps:
+        return [f"--backprop_num_steps {config.backprop_num_steps} exceeds --num_sampling_steps {steps}"]
+    return []
 
 
 # ----------------------------------------------------------------------------------------
@@ -261,16 +359,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         kind, is_list = _base_type(hints[name])
         meta = dict(f.metadata)
         help_text = meta.pop("help")
+        flags = [f"--{name}", *(f"--{alias}" for alias in meta.pop("aliases", ()))]  # VideoX-Fun's other spellings
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if "default" not in help_text:
             help_text = f"{help_text} (default: {default})"
         if kind is bool:
             parser.add_argument(
-                f"--{name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+                *flags, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
             )
         else:
             parser.add_argument(
-                f"--{name}",
+                *flags,
+                dest=name,
                 type=finite_float if kind is float else kind,
                 nargs="+" if is_list else None,
                 default=argparse.SUPPRESS,
@@ -356,6 +456,7 @@ RESUME_MAY_CHANGE = frozenset(
         "gradient_checkpointing",
         "low_vram",
         "vae_mini_batch",
+        "vae_gradient_checkpointing",
         "uniform_sampling",  # folded into timestep_sampling, which is compared
     }
 )

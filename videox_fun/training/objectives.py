@@ -311,7 +311,13 @@ def objective_loss(
     clean and are left out of the loss, as Wan2.2 TI2V's image frame), ``spec.predict`` runs ``transformer`` on it
     (inside ``autocast()``, e.g. ``accelerator.autocast``) and the objective compares the prediction
     with its target. All draws come from ``generators`` (one per sample), in this order.
+
+    An objective with its own ``batch_loss`` (reward fine-tuning, which samples its videos from
+    prompts) computes the micro-batch's loss itself, with the same arguments.
     """
+    batch_loss = getattr(objective, "batch_loss", None)
+    if batch_loss is not None:
+        return batch_loss(spec, models, transformer, batch, mode, generators, device, autocast)
     inputs = spec.build_inputs(models, batch, mode, generators, device)
     timesteps = objective.sample_timesteps(generators).to(device)  # (B,)
     noise = objective.noise_like(inputs.latents, generators)
@@ -324,3 +330,13 @@ def objective_loss(
     with autocast():
         prediction = spec.predict(transformer, noisy, objective.model_timesteps(timesteps), inputs)
     return objective.loss(prediction, inputs.latents, noise, timesteps, counted)
+
+
+def training_objective(spec: FamilySpec, models: FamilyModels, config: TrainConfig) -> Objective:
+    """The objective the trainer steps: the family's own (``spec.objective``), or for ``--train_mode reward``
+    the reward objective, which samples through the spec's reward hooks (:mod:`videox_fun.training.reward`)."""
+    if config.train_mode == "reward":
+        from .reward import RewardObjective
+
+        return RewardObjective.from_config(spec, models, config)  # type: ignore[return-value]
+    return spec.objective(models, config)

@@ -48,7 +48,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, run_settings, save_train_yaml
 from .lora import add_lora, save_lora_file
-from .objectives import Objective, objective_loss
+from .objectives import Objective, objective_loss, training_objective
 from .specs import get_spec, on_device, sample_generators, spec_name
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
     from .cache import CachedLatentDataset
     from .data import BucketBatchSampler, VideoDataset
+    from .data.prompts import PromptDataset
 
 logger = logging.getLogger(__name__)
 
@@ -192,18 +193,25 @@ class Trainer:
             eps=config.adam_epsilon,
         )
 
-    def _data(self, rank: int, world: int) -> tuple[VideoDataset | CachedLatentDataset, BucketBatchSampler, DataLoader]:
+    def _data(
+        self, rank: int, world: int
+    ) -> tuple[VideoDataset | CachedLatentDataset | PromptDataset, BucketBatchSampler, DataLoader]:
         """Dataset, global-batch sampler and this process's loader."""
         from .data import BucketBatchSampler, DataConfig, VideoDataset, collate
 
         config = self.config
-        if config.use_cached_latents:
+        sampler_class = BucketBatchSampler
+        if config.train_mode == "reward":  # prompts only: the videos are sampled in the step
+            from .data.prompts import PromptBatchSampler, PromptDataset, collate_prompts
+
+            dataset, collate_fn, sampler_class = PromptDataset(config.prompt_path), collate_prompts, PromptBatchSampler
+        elif config.use_cached_latents:
             from .cache import CachedLatentDataset, collate_cached
 
             dataset, collate_fn = CachedLatentDataset(config.resolved_cache_dir, config), collate_cached
         else:
             dataset, collate_fn = VideoDataset(DataConfig.from_mapping(config.to_dict())), collate
-        sampler = BucketBatchSampler(dataset, config.train_batch_size * world, seed=config.seed, shuffle=True)
+        sampler = sampler_class(dataset, config.train_batch_size * world, seed=config.seed, shuffle=True)
         if len(sampler) == 0:
             raise ValueError(
                 f"no usable sample in {config.train_data_meta}: every file is missing or unreadable "
@@ -273,7 +281,7 @@ class Trainer:
         if not config.low_vram:
             for module in models.frozen.values():
                 module.to(accelerator.device)
-        self.objective: Objective = self.spec.objective(models, config)
+        self.objective: Objective = training_objective(self.spec, models, config)
         if accelerator.is_main_process:
             self._start_logging()
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, TypeVar
 SIZE_MULTIPLE = 16  # VAE 8x spatial compression x patch 2: every trained side is a multiple of 16
 TRAIN_MODES = (
     "normal", "inpaint", "i2v", "ti2v", "control", "control_ref", "control_camera_ref", "vace", "animate", "replace",
+    "reward",
 )  # fmt: skip
 # Modes that need a control file per entry: a control video, or a camera trajectory for control_camera_ref.
 CONTROL_MODES = ("control", "control_ref", "control_camera_ref")

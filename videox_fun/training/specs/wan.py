@@ -60,6 +60,7 @@ from ..config import TrainConfig
 from ..objectives import FlowMatching
 from . import Device, FamilyModels, TrainInputs, choose, on_device, register_spec, uniform
 from .wan_animate import NO_CACHE, animate_inputs, check_animate_mode, check_animate_settings
+from .wan_reward import WanRewardHooks
 from .wan_vace import VACE_FILL, vace_inputs
 from .wan_vace import cache_records as vace_cache_records
 
@@ -81,6 +82,7 @@ MODE_NEEDS = {
     "vace": "vace",
     "animate": "animate",
     "replace": "replace",
+    "reward": "t2v",  # prompts only: videos sampled text-to-video (:mod:`.wan_reward`)
 }
 # Whole-frame mask kinds (of data.masks, with weights) drawn per sample by the modes that take no dataset
 # masks: i2v knows the first frame; control_camera_ref too, but for CONDITION_DROP of the samples.
@@ -96,6 +98,7 @@ VALIDATION_MODES = {
     "ti2v": "t2v",
     "vace": "t2v",
     "control_camera_ref": "camera",
+    "reward": "t2v",
 }
 # Mask kinds (of data.masks) trainable from cached latents: their masked videos are encoded into the cache.
 # Spatial and random-segment masks need the pixels, so inpaint training from a cache uses these three only.
@@ -443,7 +446,7 @@ class CachedSource:
 # The spec
 # ----------------------------------------------------------------------------------------
 @register_spec("wan")
-class WanSpec:
+class WanSpec(WanRewardHooks):
     """Wan2.1 / Wan2.2 and the alibaba-pai Fun variants."""
 
     name = "wan"
