@@ -130,8 +130,14 @@ def test_the_sidecar_is_strict_json(tmp_path):
 
 
 def test_every_registered_family_declares_its_table_samplers_and_training_spec():
+    from videox_fun.training.specs import SPECS, _load_specs
+
+    _load_specs()
     for family in families().values():
-        assert family.modes and family.samplers and family.training_spec
+        assert family.modes and family.samplers
+        # A family that cannot train yet declares no spec (training its folder is refused in one line); a name
+        # it declares is a registered spec.
+        assert family.training_spec in ("", *SPECS), family
         for name, mode in family.modes.items():
             assert mode.name == name and mode.folder
 
