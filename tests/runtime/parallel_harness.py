@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-from helpers import free_port, seeded_transformer
+from helpers import free_port, max_diff, seeded_transformer
 
 from videox_fun.io.video import write_video
 from videox_fun.models.wan.tiny import build_tiny_model_folder
@@ -224,3 +224,17 @@ def run_cases(
 def load_ranks(out_dir: Path, world: int) -> list[dict]:
     """The result dicts saved by each rank."""
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(world)]
+
+
+def assert_ranks_match(name: str, parallel_results: list[dict], references: dict) -> None:
+    """Every rank's result ``name`` equals one process's within :data:`TOLERANCE` (each difference printed)."""
+    for rank, results in enumerate(parallel_results):
+        diff = max_diff(results[name], references[name])
+        print(f"{name} rank {rank}: max |parallel - one process| = {diff:.2e}")
+        assert diff <= TOLERANCE, f"{name} rank {rank}: max abs diff {diff:.2e}"
+
+
+def assert_same_skips(name: str, parallel_results: list[dict], references: dict) -> None:
+    """A step cache skipped (``name``: the count) some steps in one process, and as many on every rank."""
+    assert references[name] > 0  # the threshold makes the cache act
+    assert [results[name] for results in parallel_results] == [references[name]] * len(parallel_results)

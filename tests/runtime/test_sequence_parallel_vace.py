@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import max_diff
-from parallel_harness import TOLERANCE, spawn
+from parallel_harness import assert_ranks_match, assert_same_skips, spawn
 
 from videox_fun.io.video import write_video
 from videox_fun.models.wan.tiny import build_tiny_model_folder
@@ -138,18 +137,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
 def test_two_ranks_match_one_process(case: VaceCase, runs: tuple[list[dict], dict]) -> None:
     expected_parity = 0 if case.name.endswith(("18tok", "36tok")) else 1
     assert case.tokens % 2 == expected_parity  # both the even split and the padded one
-    parallel_results, references = runs
-    for rank, results in enumerate(parallel_results):
-        diff = max_diff(results[case.name], references[case.name])
-        print(f"{case.name} rank {rank}: max |parallel - one process| = {diff:.2e}")
-        assert diff <= TOLERANCE, f"{case.name} rank {rank}: max abs diff {diff:.2e}"
+    assert_ranks_match(case.name, *runs)
 
 
 def test_first_block_cache_skips_the_same_steps_as_one_process(runs: tuple[list[dict], dict]) -> None:
-    parallel_results, references = runs
-    name = "first-block+ulysses2-27tok:skipped"
-    assert references[name] > 0  # the threshold makes the cache act
-    assert [results[name] for results in parallel_results] == [references[name]] * WORLD
+    assert_same_skips("first-block+ulysses2-27tok:skipped", *runs)
 
 
 def test_hooks_are_removed(runs: tuple[list[dict], dict]) -> None:

@@ -16,6 +16,8 @@ in the released key names:
 The main blocks, head, embeddings and rope are :class:`WanTransformer3DModel`'s. The pose is added in
 ``embed_video``, the face adapter runs in the block-runner seam (``run_blocks``), as VACE's hints do, so step
 caches and memory modes attach as to any Wan model; a cached step skips the face adapter with the blocks.
+Under sequence parallelism each rank's face blocks take its chunk of the video tokens (placed in the clip through
+``sharded_side_streams``) and every frame's face tokens.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,16 +304,33 @@ class FaceBlock(nn.Module):
         self.pre_norm_feat = WanLayerNorm(dim, eps, elementwise_affine=False)
         self.pre_norm_motion = WanLayerNorm(dim, eps, elementwise_affine=False)
 
-    def forward(self, x: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
-        """x (B, L, C) video tokens, frame-major; face (B, T, N, C) tokens of the T latent frames -> (B, L, C)."""
+    def forward(
+        self, x: torch.Tensor, face: torch.Tensor, first_token: int = 0, frame_tokens: int | None = None
+    ) -> torch.Tensor:
+        """x (B, L, C) video tokens ``first_token`` to ``first_token + L - 1`` of the clip, frame-major with
+        ``frame_tokens`` per latent frame (default: the whole clip, L / T each); face (B, T, N, C) tokens of the
+        clip's T latent frames -> (B, L, C). Tokens past the clip's end (a sequence split's padding) get zeros.
+
+        A chunk of the clip (sequence parallelism) may start and end inside a frame: its queries are padded to
+        whole frames so each frame is still one attention to its own face tokens, then the padding is cut.
+        """
         frames = face.shape[1]
-        k, v = self.linear1_kv(self.pre_norm_motion(face)).unflatten(-1, (2, self.num_heads, -1)).unbind(-3)
-        q = self.q_norm(self.linear1_q(self.pre_norm_feat(x)).unflatten(-1, (self.num_heads, -1)))  # (B, L, H, D)
-        k = self.k_norm(k)  # (B, T, N, H, D)
-        # One attention per latent frame: its L / T tokens to its N face tokens.
-        q = q.unflatten(1, (frames, -1)).flatten(0, 1)  # (B * T, L / T, H, D)
-        out = attention(q, k.flatten(0, 1).to(q.dtype), v.flatten(0, 1).to(q.dtype))  # (B * T, L / T, H, D)
-        return self.linear2(out.flatten(2).unflatten(0, (-1, frames)).flatten(1, 2))  # (B, L, C)
+        frame_tokens = frame_tokens or x.shape[1] // frames
+        inside = max(0, min(x.shape[1], frames * frame_tokens - first_token))  # tokens of the clip, not padding
+        if inside == 0:
+            return torch.zeros_like(x)
+        first_frame, lead = divmod(first_token, frame_tokens)  # lead: tokens of the first frame before the chunk
+        span = (lead + inside - 1) // frame_tokens + 1  # latent frames the chunk touches
+        kv = self.linear1_kv(self.pre_norm_motion(face[:, first_frame : first_frame + span]))  # (B, span, N, 2C)
+        k, v = kv.unflatten(-1, (2, self.num_heads, -1)).unbind(-3)  # (B, span, N, H, D) each
+        k = self.k_norm(k)
+        q = self.q_norm(self.linear1_q(self.pre_norm_feat(x[:, :inside])).unflatten(-1, (self.num_heads, -1)))
+        q = F.pad(q, (0, 0, 0, 0, lead, span * frame_tokens - lead - inside))  # (B, span * frame_tokens, H, D)
+        # One attention per latent frame: its frame_tokens tokens to its N face tokens.
+        q = q.unflatten(1, (span, frame_tokens)).flatten(0, 1)  # (B * span, frame_tokens, H, D)
+        out = attention(q, k.flatten(0, 1).to(q.dtype), v.flatten(0, 1).to(q.dtype))  # (B * span, frame_tokens, H, D)
+        out = out.flatten(2).unflatten(0, (-1, span)).flatten(1, 2)[:, lead : lead + inside]  # (B, inside, C)
+        return F.pad(self.linear2(out), (0, 0, 0, x.shape[1] - inside))  # (B, L, C)
 
 
 class FaceAdapter(nn.Module):
@@ -332,6 +351,9 @@ class _AnimateCall:
     pose: torch.Tensor  # (B, 16, F - 1, H, W) pose latents for the frames after the reference
     face: torch.Tensor  # (B, F, N + 1, C) face tokens per latent frame (zeros for the reference frame)
     num_tokens: int = 0  # video tokens of the whole clip, set once the video is embedded
+    # The clip index of the block runner's first token while it holds a chunk of them (sequence parallelism),
+    # else None (the runner holds the whole clip).
+    first_token: int | None = None
 
 
 class WanAnimateTransformer3DModel(WanTransformer3DModel):
@@ -340,6 +362,11 @@ class WanAnimateTransformer3DModel(WanTransformer3DModel):
     widths the release hard-codes (``motion_*``, ``face_*``), so tests can build it small."""
 
     _no_split_modules = ("WanAttentionBlock", "FaceBlock", "DownResBlock")
+    # Regional compile compiles the face blocks too (one graph for all of them, as for the main blocks).
+    _repeated_blocks = ("WanAttentionBlock", "FaceBlock")
+    # The face blocks group the runner's tokens by latent frame: under sequence parallelism they must learn
+    # where the rank's chunk sits in the clip (the face tokens themselves are few: every rank keeps them whole).
+    _sequence_side_streams = "sharded_side_streams"
     original_class_name = "WanAnimateModel"
     # The base constructor registers these Fun fields too: an Animate config carries none of them.
     ignore_for_config = (
@@ -436,6 +463,27 @@ class WanAnimateTransformer3DModel(WanTransformer3DModel):
         finally:
             self._animate_call = None
 
+    @contextlib.contextmanager
+    def sharded_side_streams(self, shard: Callable[[torch.Tensor, int], torch.Tensor]) -> Iterator[None]:
+        """While the block runner runs on this rank's chunk of the video tokens: tell the face blocks which clip
+        token the chunk starts at (sequence parallelism's seam; ``shard`` cuts a tensor along its token dimension
+        as the tokens are cut). The clip's token numbers are cut that way; the split pads with zeros, so they
+        count from 1 and a 0 is padding."""
+        call = self._animate_call
+        if call is None:  # no forward pass under way: nothing to place
+            yield
+            return
+        numbers = shard(torch.arange(1, call.num_tokens + 1)[None], 1)[0]  # (chunk,) 1-based clip positions
+        real = numbers[numbers > 0]
+        first = int(real[0]) - 1 if real.numel() else call.num_tokens  # all padding: it starts past the end
+        if not torch.equal(real, torch.arange(first + 1, first + 1 + real.numel())):
+            raise ValueError("Wan-Animate's face blocks take a contiguous chunk of the clip's tokens per rank")
+        call.first_token = first
+        try:
+            yield
+        finally:
+            call.first_token = None
+
     def _call(self) -> _AnimateCall:
         if self._animate_call is None:
             raise RuntimeError("a Wan-Animate model's blocks run inside its forward, which gives them pose and face")
@@ -470,12 +518,13 @@ class WanAnimateTransformer3DModel(WanTransformer3DModel):
         """The main stack (B, L, C) -> (B, L, C), or its ``blocks`` slice, each face layer followed by its face
         block's residual."""
         call = self._call()
-        if x.shape[1] != call.num_tokens:
-            # The face blocks group the query tokens by latent frame: they need the whole clip on each rank.
-            raise NotImplementedError(
-                f"the block runner got {x.shape[1]} of the clip's {call.num_tokens} tokens: Wan-Animate's face "
-                "adapter does not run under sequence parallelism"
+        if call.first_token is None and x.shape[1] != call.num_tokens:
+            raise ValueError(
+                f"the block runner got {x.shape[1]} of the clip's {call.num_tokens} tokens: a hook that splits the "
+                "tokens must say where its chunk starts (through sharded_side_streams)"
             )
+        # The face blocks' place of these tokens in the clip: their first token's index, tokens per latent frame.
+        place = (call.first_token or 0, call.num_tokens // call.face.shape[1])
         interval = self.config.face_adapter_interval
         start, stop, _ = blocks.indices(len(self.blocks))
         for index in range(start, stop):
@@ -484,9 +533,9 @@ class WanAnimateTransformer3DModel(WanTransformer3DModel):
                 continue
             face_block = self.face_adapter.fuser_blocks[index // interval]
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = x + self._gradient_checkpointing_func(face_block, x, call.face)
+                x = x + self._gradient_checkpointing_func(face_block, x, call.face, *place)
             else:
-                x = x + face_block(x, call.face)
+                x = x + face_block(x, call.face, *place)
         return x
 
     def forward(  # type: ignore[override]
