@@ -37,7 +37,8 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
 # and shipped inside the package; a name is found once its folder is in assets/models/.
 PACKAGED_DIR = Path(__file__).parent / "assets" / "models"
 PACKAGED_COGVIDEOX_MODEL = "CogVideoX-Fun-Tiny-InP"
-PACKAGED_MODELS = ("Wan2.1-Fun-Tiny-InP", "Wan2.1-Fun-Tiny-Control", PACKAGED_COGVIDEOX_MODEL)
+PACKAGED_VACE_MODEL = "Wan2.1-VACE-Tiny"  # shares Wan2.1-Fun-Tiny-InP's VAE and text encoder
+PACKAGED_MODELS = ("Wan2.1-Fun-Tiny-InP", "Wan2.1-Fun-Tiny-Control", PACKAGED_COGVIDEOX_MODEL, PACKAGED_VACE_MODEL)
 
 
 def packaged_model(name: str) -> Path | None:
@@ -56,7 +57,8 @@ DEFAULT_CONTROL_MODEL = (
     "Wan2.1-Fun-Tiny-Control" if packaged_model("Wan2.1-Fun-Tiny-Control") else "Wan2.1-Fun-Tiny-Random-Control"
 )
 DEFAULT_CAMERA_MODEL = "Wan2.1-Fun-Tiny-Random-Camera"
-DEFAULT_VACE_MODEL = "Wan2.1-VACE-Tiny-Random"  # reference images and task mixes: only VACE serves them
+# Reference images and task mixes: only VACE serves them (the trained toy model when packaged).
+DEFAULT_VACE_MODEL = PACKAGED_VACE_MODEL if packaged_model(PACKAGED_VACE_MODEL) else "Wan2.1-VACE-Tiny-Random"
 DEFAULT_ANIMATE_MODEL = "Wan2.2-Animate-Tiny-Random"  # a preprocessing folder: only Wan2.2-Animate reads it
 DEFAULT_IMAGE_MODEL = "Flux-Tiny-Random"  # the image modes: only an image model serves them
 

@@ -275,7 +275,8 @@ def train_on_cache(out: Path, folder: Path, data: Path, recipe: Recipe, mode: st
     config = TrainConfig(
         pretrained_model_name_or_path=str(folder),
         train_data_dir=str(data),
-        train_data_meta=str(transformer_metadata(data, recipe.model_clips.get(folder.name, recipe.transformer_clips))),
+        train_data_meta=settings.pop("train_data_meta", None)
+        or str(transformer_metadata(data, recipe.model_clips.get(folder.name, recipe.transformer_clips))),
         video_sample_size=[64],
         image_sample_size=[64],
         video_sample_n_frames=17,

@@ -48,6 +48,9 @@ class VaceRecipe:
     # Everything: the fold leaves an error that depends on the position (the black clip's latent varies over
     # the frame, 0.31 std against 0.22 mean magnitude), which only the blocks can undo.
     trainable_modules: tuple[str, ...] | None = None
+    # Share of clips whose caption names the motion alone ("moving right"): with a subject frame in front
+    # the model must take colour and shape from it (the captions otherwise name them, and it need not look).
+    motion_only_share: float = 0.0
 
 
 def black_clip_latent(vae: WanVAE, num_frames: int, height: int, width: int) -> torch.Tensor:
@@ -116,6 +119,26 @@ def base_folder(out: Path, inp_folder: Path, recipe: VaceRecipe) -> Path:
     return folder
 
 
+def motion_only_metadata(data: Path, clips: int, share: float, seed: int) -> Path:
+    """The first ``clips`` training entries with ``share`` of them (drawn with ``seed``) captioned by their motion
+    alone ("moving right"); written once beside the data's metadata."""
+    import numpy as np
+
+    from .recipe import transformer_metadata
+    from .world import parse_caption
+
+    path = data / f"metadata_train_{clips}_motion_only_{round(share * 100)}.json"
+    if path.is_file():
+        return path
+    entries = json.loads(transformer_metadata(data, clips).read_text())
+    chosen = np.random.default_rng(seed).random(len(entries)) < share
+    for entry, motion_only in zip(entries, chosen, strict=True):
+        if motion_only:
+            entry["text"] = f"moving {parse_caption(entry['text']).direction}"
+    path.write_text(json.dumps(entries, indent=2))
+    return path
+
+
 def train_vace(out: str | Path, inp_folder: str | Path, data: str | Path, recipe: VaceRecipe | None = None) -> Path:
     """Build the VACE folder over ``inp_folder``, train its stream on ``data``'s clips; returns the folder.
 
@@ -134,7 +157,10 @@ def train_vace(out: str | Path, inp_folder: str | Path, data: str | Path, recipe
         model_clips={NAME: recipe.clips},
     )
     modules = list(recipe.trainable_modules) if recipe.trainable_modules else None
-    result = train_on_cache(out, folder, data, steps, "vace", trainable_modules=modules)
+    extra = {}
+    if recipe.motion_only_share > 0:
+        extra["train_data_meta"] = str(motion_only_metadata(data, recipe.clips, recipe.motion_only_share, recipe.seed))
+    result = train_on_cache(out, folder, data, steps, "vace", trainable_modules=modules, **extra)
     WanTransformer3DModel.from_pretrained(result.transformer_dir).save_original(folder)
     record = {"recipe": asdict(recipe), "base": BASE, "final_loss": result.losses[-1] if result.losses else None}
     (folder / "recipe.json").write_text(json.dumps(record, indent=1))
