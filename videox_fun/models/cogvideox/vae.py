@@ -8,20 +8,12 @@ in the (B, F, C, H, W) layout the CogVideoX transformer takes (the VAE itself wo
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKLCogVideoX
-from torch import nn
 
-from ...config import read_json_mapping
-from ..component import OffloadableComponent
-from ..loading import cast_floating, load_into, read_folder_state_dict
-
-VAE_CLASS_NAME = "AutoencoderKLCogVideoX"
+from ..component import DiffusersVAE
 
 
 def tiny_vae_config(latent_channels: int = 16, scaling_factor: float = 0.7) -> dict[str, Any]:
@@ -40,39 +32,15 @@ def tiny_vae_config(latent_channels: int = 16, scaling_factor: float = 0.7) -> d
     }
 
 
-class CogVideoXVAE(OffloadableComponent, nn.Module):
+class CogVideoXVAE(DiffusersVAE):
     """``encode``: video (B, 3, F, H, W) -> scaled latents (B, F', C, h, w); ``decode`` the reverse.
 
     ``encode`` takes the posterior's mode (mean), as VideoX-Fun encodes its conditioning videos, so
     the same inputs give the same latents on every run.
     """
 
-    def __init__(self, model: AutoencoderKLCogVideoX) -> None:
-        super().__init__()
-        self.model = model
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> CogVideoXVAE:
-        """A randomly initialised VAE of ``config`` (see :func:`tiny_vae_config`)."""
-        return cls(AutoencoderKLCogVideoX.from_config(dict(config)))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> CogVideoXVAE:
-        """Load a ``vae/`` folder strictly (every missing / unexpected / mis-shaped key is named)."""
-        folder = Path(folder)
-        config = read_json_mapping(folder / "config.json", "VAE config")
-        name = config.get("_class_name")
-        if name is not None and name != VAE_CLASS_NAME:
-            raise ValueError(f"{folder}: a {name} VAE, not a CogVideoX one ({VAE_CLASS_NAME})")
-        state = cast_floating(read_folder_state_dict(folder), dtype)
-        with torch.device("meta"):
-            model = AutoencoderKLCogVideoX.from_config(config)
-        return cls(load_into(model, state, str(folder))).eval()
-
-    @property
-    def config(self) -> Any:
-        """The diffusers config of the wrapped model."""
-        return self.model.config
+    model_class = AutoencoderKLCogVideoX
+    family = "CogVideoX"
 
     @property
     def scaling_factor(self) -> float:

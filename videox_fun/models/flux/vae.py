@@ -6,18 +6,12 @@ Images are (B, 3, H, W) in [-1, 1]; latents (B, 16, H/8, W/8) are ``(mean - shif
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL
-from torch import nn
 
-from ...config import read_json_mapping
-from ..component import OffloadableComponent
-from ..loading import cast_floating, load_into, read_folder_state_dict
+from ..component import DiffusersVAE
 
 VAE_CLASS_NAME = "AutoencoderKL"
 
@@ -43,35 +37,11 @@ def tiny_vae_config(latent_channels: int = 16) -> dict[str, Any]:
     }
 
 
-class FluxVAE(OffloadableComponent, nn.Module):
+class FluxVAE(DiffusersVAE):
     """``encode``: image (B, 3, H, W) -> normalised latents (B, 16, h, w); ``decode`` the reverse."""
 
-    def __init__(self, model: AutoencoderKL) -> None:
-        super().__init__()
-        self.model = model
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> FluxVAE:
-        """A randomly initialised VAE of ``config`` (see :func:`tiny_vae_config`)."""
-        return cls(AutoencoderKL.from_config(dict(config)))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> FluxVAE:
-        """Load a ``vae/`` folder strictly (every missing / unexpected / mis-shaped key is named)."""
-        folder = Path(folder)
-        config = read_json_mapping(folder / "config.json", "VAE config")
-        name = config.get("_class_name")
-        if name is not None and name != VAE_CLASS_NAME:
-            raise ValueError(f"{folder}: a {name} VAE, not a FLUX.1 one ({VAE_CLASS_NAME})")
-        state = cast_floating(read_folder_state_dict(folder), dtype)
-        with torch.device("meta"):
-            model = AutoencoderKL.from_config(config)
-        return cls(load_into(model, state, str(folder))).eval()
-
-    @property
-    def config(self) -> Any:
-        """The diffusers config of the wrapped model."""
-        return self.model.config
+    model_class = AutoencoderKL
+    family = "FLUX.1"
 
     @property
     def latent_channels(self) -> int:
