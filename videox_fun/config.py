@@ -257,3 +257,31 @@ def save_model_config(config: ModelConfig, path: str | Path) -> None:
     """Write a model config as YAML."""
     with open(path, "w") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+
+
+def load_folder_config(path: str | Path | None, config_class: type, base: GenerationDefaults, pipeline: str) -> Any:
+    """A diffusers-layout folder's typed config (``config_class``, a dataclass with ``pipeline`` and ``defaults``
+    fields) from its YAML (None: the layout's defaults); its ``defaults`` entries override ``base``.
+
+    Unknown fields, unknown generation defaults and another family's ``pipeline`` are one-line errors.
+    """
+    data = dict(read_yaml_mapping(path, f"{pipeline} config")) if path is not None else {}
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(data) - known)
+    if unknown or data.get("pipeline", pipeline) != pipeline:
+        raise ValueError(f"{path}: not a {pipeline} config (unknown fields {unknown}, pipeline {data.get('pipeline')})")
+    try:
+        defaults = dataclasses.replace(base, **(data.pop("defaults", None) or {}))
+    except TypeError as err:
+        raise ValueError(f"{path}: unknown generation defaults ({err})") from None
+    return config_class(**data, defaults=defaults)
+
+
+def write_folder_config(folder: Path, pipeline: str, defaults: GenerationDefaults, note: str) -> Path:
+    """A diffusers-layout folder's ``videox_fun.yaml``: its ``pipeline``, generation ``defaults`` and a ``note``
+    (shown when it loads), as the tiny built-in folders carry them."""
+    path = Path(folder) / FOLDER_CONFIG_NAME
+    fields = {k: v for k, v in dataclasses.asdict(defaults).items() if v is not None}
+    data = {"format": "diffusers", "pipeline": pipeline, "defaults": fields, "note": note}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

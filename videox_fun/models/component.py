@@ -75,3 +75,77 @@ class DiffusersVAE(OffloadableComponent, nn.Module):
     def config(self) -> Any:
         """The diffusers config of the wrapped model."""
         return self.model.config
+
+
+class StrictDiffusersModel:
+    """Strict loading for a family's subclass of a diffusers model class (put it first among the bases).
+
+    ``released_class_name`` is the diffusers class the released ``config.json`` names (``_class_name``), which a
+    folder's config must name when it names one, and which :meth:`save_as_released` writes (so diffusers loads the
+    folder too). Loading builds on the meta device and assigns the checkpoint's tensors, failing with every
+    missing, unexpected or mis-shaped key named (diffusers' own loader only warns about unexpected keys).
+    """
+
+    released_class_name: ClassVar[str]
+
+    @classmethod
+    def from_model_config(cls, config: Mapping[str, Any]):
+        """A randomly initialised model of a config mapping (private entries allowed)."""
+        from .loading import public_config
+
+        return cls.from_config(public_config(config))  # type: ignore[attr-defined]
+
+    @classmethod
+    def read_model_config(cls, folder: str | os.PathLike) -> dict[str, Any]:
+        """The config.json of a folder, checked to name this model's released class."""
+        from ..config import read_json_mapping
+
+        path = Path(folder) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config.json in {folder}")
+        config = read_json_mapping(path, "transformer config")
+        name = config.get("_class_name")
+        if name is not None and name != cls.released_class_name:
+            raise ValueError(f"{path}: a {name} config, not a {cls.released_class_name}")
+        return config
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    ):
+        """Load a released folder (config.json + single or sharded weights) strictly."""
+        from .loading import read_folder_state_dict
+
+        folder = Path(folder)
+        state = read_folder_state_dict(folder)
+        return cls.from_state(cls.read_model_config(folder), state, str(folder), torch_dtype, device)
+
+    @classmethod
+    def from_state(
+        cls,
+        config: Mapping[str, Any],
+        state: Mapping[str, torch.Tensor],
+        source: str,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        """Build ``config`` on the meta device and assign ``state`` to it, every key and shape checked."""
+        from .loading import assert_materialised, cast_floating, load_into
+
+        with torch.device("meta"):  # no wasted random init: load_into assigns the checkpoint tensors
+            model = cls.from_model_config(config)
+        load_into(model, cast_floating(state, torch_dtype), source=source)
+        assert_materialised(model, source)
+        return model.to(device).eval()
+
+    def save_as_released(self, target: str | os.PathLike) -> Path:
+        """``target``: config.json naming the released class (which diffusers loads too) and the weights."""
+        import json
+
+        target = Path(target)
+        self.save_pretrained(str(target))  # type: ignore[attr-defined]
+        config_path = target / "config.json"
+        config = json.loads(config_path.read_text())
+        config["_class_name"] = self.released_class_name
+        config_path.write_text(json.dumps(config, indent=2))
+        return target

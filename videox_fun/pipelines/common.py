@@ -4,13 +4,15 @@ the settings a call resolves to, and the correction of sizes a model cannot take
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ..io.video import frames_to_tensor, read_image, read_video
 
@@ -88,3 +90,67 @@ def image_tensor(source: ImageLike, height: int, width: int, device: torch.devic
     """An image (path or uint8 (H, W, 3)) -> (1, 3, H, W) in [-1, 1]."""
     pixels = read_image(source, size=(height, width)) if isinstance(source, (str, Path)) else torch.as_tensor(source)
     return video_tensor(pixels[None], 1, height, width, device, dtype)[:, :, 0]
+
+
+# -- flow-matching image pipelines (FLUX.1, Z-Image): diffusers' shared recipe of schedule, strength and mask ------
+
+
+def calculate_shift(seq_len: int, config: Mapping[str, Any]) -> float:
+    """mu of the resolution-dependent shift: linear in the token count from (base_image_seq_len, base_shift) to
+    (max_image_seq_len, max_shift), as diffusers' ``calculate_shift`` with the scheduler config's values."""
+    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    slope = (max_shift - base_shift) / (max_len - base_len)
+    return seq_len * slope + base_shift - slope * base_len
+
+
+def strength_start(num_steps: int, strength: float) -> int:
+    """The first step an image-to-image run of ``strength`` takes (diffusers' ``get_timesteps``)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"denoise strength must be in (0, 1], got {strength}")
+    start = int(max(num_steps - min(num_steps * strength, num_steps), 0))
+    if start >= num_steps:
+        raise ValueError(f"strength {strength} x {num_steps} steps leaves no step to run: raise either")
+    return start
+
+
+def flow_scheduler(config: Mapping[str, Any], shift: float | None) -> FlowMatchEulerDiscreteScheduler:
+    """A folder's flow-matching Euler scheduler; a static ``shift`` replaces the config's (dynamic or static) one."""
+    config = dict(config)
+    if shift is not None:
+        config.update(use_dynamic_shifting=False, shift=shift)
+    return FlowMatchEulerDiscreteScheduler.from_config(config)
+
+
+def flow_timesteps(
+    scheduler: FlowMatchEulerDiscreteScheduler, steps: int, seq_len: int, start: int, device: torch.device
+) -> tuple[torch.Tensor, float]:
+    """The timesteps from step ``start`` on of sigmas ``linspace(1, 1/steps, steps)``, and mu (the shift of
+    ``seq_len`` image tokens, used when the scheduler shifts dynamically), as diffusers' image pipelines set them."""
+    mu = calculate_shift(seq_len, scheduler.config)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device=device, mu=mu)
+    scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:], mu
+
+
+def generate_mask(source: ImageLike, height: int, width: int, latent_size: tuple[int, int]) -> torch.Tensor:
+    """(1, 1, h, w) mask of the latents to generate: the image mask binarised at mid-grey (white = generate) and
+    resized to the latent grid by nearest pixel, as diffusers' inpaint pipelines do."""
+    mask = image_tensor(source, height, width, torch.device("cpu"), torch.float32)  # (1, 3, H, W)
+    mask = (mask.mean(dim=1, keepdim=True) >= 0).float()  # [-1, 1] -> {0, 1}
+    return F.interpolate(mask, size=latent_size)  # (1, 1, h, w)
+
+
+def keep_known(
+    latents: torch.Tensor,
+    known: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    timesteps: torch.Tensor,
+    step: int,
+) -> torch.Tensor:
+    """Inpainting after step ``step``: outside the mask the latents are put back to the image's, noised to the next
+    step's level (clean after the last). ``known`` = (clean latents, noise, generate mask), shaped as ``latents``."""
+    clean, noise, generate = known
+    if step < len(timesteps) - 1:  # the image at the next step's noise level
+        clean = scheduler.scale_noise(clean, timesteps[step + 1 : step + 2], noise)
+    return (1 - generate) * clean + generate * latents

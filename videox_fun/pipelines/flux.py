@@ -19,9 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
@@ -35,19 +33,23 @@ from ..models.flux.tiny import SCHEDULER_CONFIGS
 from ..models.flux.transformer import FluxTransformer
 from ..models.flux.vae import FluxVAE
 from ..models.flux.variants import PACK, SIZE_RULES, FluxConfig, variant_of
-from .common import GenerationOutput, ImageLike, SamplingSettings, StepCallback, corrected, image_tensor, seeded_noise
+from .common import (
+    GenerationOutput,
+    ImageLike,
+    SamplingSettings,
+    StepCallback,
+    corrected,
+    flow_scheduler,
+    flow_timesteps,
+    generate_mask,
+    image_tensor,
+    keep_known,
+    seeded_noise,
+    strength_start,
+)
 from .guidance import ClassifierFreeGuidance
 
 logger = logging.getLogger(__name__)
-
-
-def calculate_shift(seq_len: int, config: Mapping[str, Any]) -> float:
-    """mu of the resolution-dependent shift: linear in the token count from (base_image_seq_len, base_shift) to
-    (max_image_seq_len, max_shift), as diffusers' ``calculate_shift`` with the scheduler config's values."""
-    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-    slope = (max_shift - base_shift) / (max_len - base_len)
-    return seq_len * slope + base_shift - slope * base_len
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -70,16 +72,6 @@ def image_ids(height: int, width: int, device: torch.device) -> torch.Tensor:
     ids[..., 1] = torch.arange(height // PACK)[:, None]
     ids[..., 2] = torch.arange(width // PACK)[None, :]
     return ids.reshape(-1, 3).to(device)
-
-
-def strength_start(num_steps: int, strength: float) -> int:
-    """The first step an image-to-image run of ``strength`` takes (diffusers' ``get_timesteps``)."""
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"denoise strength must be in (0, 1], got {strength}")
-    start = int(max(num_steps - min(num_steps * strength, num_steps), 0))
-    if start >= num_steps:
-        raise ValueError(f"strength {strength} x {num_steps} steps leaves no step to run: raise either")
-    return start
 
 
 def valid_side(name: str, value: int) -> int:
@@ -218,31 +210,12 @@ class FluxPipeline:
         return self.vae.encode(image).float()
 
     def generate_mask(self, source: ImageLike, settings: SamplingSettings) -> torch.Tensor:
-        """The packed mask (1, h/2 * w/2, 64) of latents to generate: the image mask binarised at mid-grey
-        (white = generate) and resized to the latent grid by nearest pixel, as diffusers' inpaint pipeline."""
-        mask = image_tensor(source, settings.height, settings.width, self.device, torch.float32)  # (1, 3, H, W)
-        mask = (mask.mean(dim=1, keepdim=True) >= 0).float()  # [-1, 1] -> {0, 1}
-        mask = F.interpolate(mask, size=self.latent_size(settings))  # (1, 1, h, w)
-        return pack_latents(mask.repeat(1, self.vae.latent_channels, 1, 1))
+        """The packed mask (1, h/2 * w/2, 64) of latents to generate (white = generate), as diffusers' inpaint
+        pipeline makes it."""
+        mask = generate_mask(source, settings.height, settings.width, self.latent_size(settings)).to(self.device)
+        return pack_latents(mask.repeat(1, self.vae.latent_channels, 1, 1))  # (1, h, w) -> (1, N, 64)
 
     # -- sampling ------------------------------------------------------------------------------
-    def make_scheduler(self, shift: float | None) -> FlowMatchEulerDiscreteScheduler:
-        """The folder's flow-matching Euler scheduler; a static ``shift`` replaces the resolution-dependent one."""
-        config = dict(self.scheduler_config)
-        if shift is not None:
-            config.update(use_dynamic_shifting=False, shift=shift)
-        return FlowMatchEulerDiscreteScheduler.from_config(config)
-
-    def timesteps(
-        self, scheduler: FlowMatchEulerDiscreteScheduler, settings: SamplingSettings, seq_len: int, start: int
-    ) -> tuple[torch.Tensor, float]:
-        """The timesteps from step ``start`` on, and mu (the shift of ``seq_len`` tokens)."""
-        steps = settings.steps
-        mu = calculate_shift(seq_len, self.scheduler_config)
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device=self.device, mu=mu)
-        scheduler.set_begin_index(start)
-        return scheduler.timesteps[start:], mu
-
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
         """Flow velocity (B, N, 64) of packed latents (B, N, 64) at timesteps ``t`` (B,) in [0, 1000]."""
         return self.transformer(
@@ -298,9 +271,9 @@ class FluxPipeline:
         if self.variant.guidance_embeds:
             cond["guidance"] = torch.full((1,), settings.guidance_scale, device=self.device, dtype=torch.float32)
 
-        scheduler = self.make_scheduler(shift)
+        scheduler = flow_scheduler(self.scheduler_config, shift)
         start = 0 if settings.mode == "t2i" else strength_start(settings.steps, strength)
-        timesteps, mu = self.timesteps(scheduler, settings, (h // PACK) * (w // PACK), start)
+        timesteps, mu = flow_timesteps(scheduler, settings.steps, (h // PACK) * (w // PACK), start, self.device)
         noise = seeded_noise((1, self.vae.latent_channels, h, w), seed, self.device)  # (1, 16, h, w)
         known = None
         if settings.mode == "t2i":
@@ -343,10 +316,7 @@ class FluxPipeline:
             velocity = guidance(self._denoise, latents, t.expand(1), cond, cond, step, num_steps, scale=1.0)
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0].float()
             if known is not None:
-                clean, noise, generate = known
-                if step < num_steps - 1:  # the image at the next step's noise level
-                    clean = scheduler.scale_noise(clean, timesteps[step + 1 : step + 2], noise)
-                latents = (1 - generate) * clean + generate * latents
+                latents = keep_known(latents, known, scheduler, timesteps, step)
             if callback is not None:
                 callback(step, num_steps, latents)
         return latents

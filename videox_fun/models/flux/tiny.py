@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase, T5EncoderModel
 
-from ...config import FOLDER_CONFIG_NAME, GenerationDefaults
+from ...config import GenerationDefaults, write_folder_config
 from ...io.files import reset_tree_modes
 from ..cogvideox.text_encoder import tiny_t5_config
 from ..wan.text_encoder import build_word_tokenizer
@@ -102,7 +100,7 @@ def build_tiny_flux_folder(folder: str | Path, variant: str = "dev", seed: int =
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     config = tiny_transformer_config(variant)
-    save_transformer_folder(FluxTransformer.from_model_config(config), folder)
+    FluxTransformer.from_model_config(config).save_as_released(folder / "transformer")
     FluxVAE.from_config(tiny_vae_config()).model.save_pretrained(str(folder / "vae"))
     clip_tokenizer = build_clip_tokenizer([word.lower() for word in TOY_VOCABULARY])
     CLIPTextModel(tiny_clip_config(len(clip_tokenizer), TINY_TEXT_DIM)).save_pretrained(str(folder / "text_encoder"))
@@ -114,19 +112,8 @@ def build_tiny_flux_folder(folder: str | Path, variant: str = "dev", seed: int =
     if note is not None:
         steps, guidance = (4, 3.5) if variant == "dev" else (4, 0.0)
         defaults = GenerationDefaults(**TINY_DEFAULTS, steps=steps, guidance_scale=guidance)
-        write_folder_config(folder, defaults, note)
+        write_folder_config(folder, "Flux", defaults, note)
     return reset_tree_modes(folder)
-
-
-def save_transformer_folder(transformer: FluxTransformer, folder: Path) -> Path:
-    """``folder/transformer``: config.json (with the released class name, which diffusers loads too) and weights."""
-    target = folder / "transformer"
-    transformer.save_pretrained(str(target))
-    config_path = target / "config.json"
-    config = json.loads(config_path.read_text())
-    config["_class_name"] = TRANSFORMER_CLASS_NAME
-    config_path.write_text(json.dumps(config, indent=2))
-    return target
 
 
 def write_scheduler_and_index(folder: Path, variant_name: str) -> None:
@@ -144,12 +131,3 @@ def write_scheduler_and_index(folder: Path, variant_name: str) -> None:
         "vae": ["diffusers", "AutoencoderKL"],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-
-
-def write_folder_config(folder: Path, defaults: GenerationDefaults, note: str) -> Path:
-    """The folder's ``videox_fun.yaml``: the diffusers layout, its generation ``defaults`` and a ``note``."""
-    path = folder / FOLDER_CONFIG_NAME
-    fields = {k: v for k, v in asdict(defaults).items() if v is not None}
-    data = {"format": "diffusers", "pipeline": "Flux", "defaults": fields, "note": note}
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path

@@ -24,17 +24,8 @@ import torch
 from diffusers import FluxTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
-from ...config import read_json_mapping
-from ..loading import (
-    assert_materialised,
-    cast_floating,
-    count_blocks,
-    load_into,
-    public_config,
-    read_folder_state_dict,
-    read_state_dict,
-    strip_prefix,
-)
+from ..component import StrictDiffusersModel
+from ..loading import count_blocks, read_folder_state_dict, read_state_dict, strip_prefix
 
 TRANSFORMER_CLASS_NAME = "FluxTransformer2DModel"
 # The prefix ComfyUI / original checkpoints put before BFL keys (diffusers' converter strips it too).
@@ -51,13 +42,14 @@ SINGLE_LINEAR1 = re.compile(r"^single_blocks\.\d+\.linear1\.(weight|bias)$")
 SINGLE_SPLIT = re.compile(r"^single_transformer_blocks\.\d+\.(attn\.to_[qkv]|proj_mlp)\.(weight|bias)$")
 
 
-class FluxTransformer(FluxTransformer2DModel):
+class FluxTransformer(StrictDiffusersModel, FluxTransformer2DModel):
     """diffusers' FLUX.1 transformer (same keys, same config) with strict loading.
 
     Input ``hidden_states`` is (B, h/2 * w/2, 64): the 16 latent channels packed 2x2; output the same shape,
     the flow velocity. ``guidance`` (dev only) is the embedded distilled guidance scale, (B,).
     """
 
+    released_class_name = TRANSFORMER_CLASS_NAME
     # Where runtime features attach (read by videox_fun.runtime, never by attribute names of one family).
     _block_lists = ("transformer_blocks", "single_transformer_blocks")
     _repeated_blocks = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
@@ -74,11 +66,6 @@ class FluxTransformer(FluxTransformer2DModel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
 
-    @classmethod
-    def from_model_config(cls, config: Mapping[str, Any]) -> FluxTransformer:
-        """A randomly initialised model of a config mapping (private entries allowed)."""
-        return cls.from_config(public_config(config))
-
     @staticmethod
     def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         """Weights with diffusers' names from a diffusers file or (sharded) folder, with or without the
@@ -88,18 +75,6 @@ class FluxTransformer(FluxTransformer2DModel):
         if is_bfl_state(state):
             return bfl_to_diffusers(state, source=str(path))
         return strip_prefix(state, ("transformer.",))
-
-    @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls,
-        folder: str | os.PathLike,
-        torch_dtype: torch.dtype | None = None,
-        device: str | torch.device = "cpu",
-    ) -> FluxTransformer:
-        """Load a released ``transformer/`` folder (config.json + single or sharded weights) strictly."""
-        folder = Path(folder)
-        return cls.from_state(read_transformer_config(folder), read_folder_state_dict(folder), str(folder),
-                              torch_dtype, device)  # fmt: skip
 
     @classmethod
     def from_single_file(  # type: ignore[override]
@@ -112,34 +87,6 @@ class FluxTransformer(FluxTransformer2DModel):
         """Load a BFL (or diffusers-named) single file; ``config`` None reads it off the shapes (released heads)."""
         state = cls.read_weights(path)
         return cls.from_state(config or config_from_state(state), state, str(path), torch_dtype, device)
-
-    @classmethod
-    def from_state(
-        cls,
-        config: Mapping[str, Any],
-        state: Mapping[str, torch.Tensor],
-        source: str,
-        torch_dtype: torch.dtype | None = None,
-        device: str | torch.device = "cpu",
-    ) -> FluxTransformer:
-        """Build ``config`` on the meta device and assign ``state`` to it, every key and shape checked."""
-        with torch.device("meta"):  # no wasted random init: load_into assigns the checkpoint tensors
-            model = cls.from_model_config(config)
-        load_into(model, cast_floating(state, torch_dtype), source=source)
-        assert_materialised(model, source)
-        return model.to(device).eval()
-
-
-def read_transformer_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """The transformer config.json of a folder, checked to be a FLUX.1 one."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {folder}")
-    config = read_json_mapping(path, "transformer config")
-    name = config.get("_class_name")
-    if name is not None and name != TRANSFORMER_CLASS_NAME:
-        raise ValueError(f"{path}: a {name} config, not a FLUX.1 transformer ({TRANSFORMER_CLASS_NAME})")
-    return config
 
 
 # -- BFL single files ----------------------------------------------------------------------------------------

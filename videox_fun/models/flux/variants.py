@@ -11,13 +11,12 @@ the packed image's token count, 0.5 at 256 tokens to 1.15 at 4096), unless a sta
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...config import GenerationDefaults, read_yaml_mapping
+from ...config import GenerationDefaults, load_folder_config
 from ...families import ImageSizeRules
 
 # The packed latent token: 2x2 latent pixels of 8x8 image pixels.
@@ -74,13 +73,4 @@ class FluxConfig:
 
 def load_config(path: str | Path | None, base: GenerationDefaults) -> FluxConfig:
     """A folder's FLUX config from its YAML (None: the layout's defaults); ``defaults`` entries override ``base``."""
-    data = dict(read_yaml_mapping(path, "FLUX config")) if path is not None else {}
-    known = {f.name for f in dataclasses.fields(FluxConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown or data.get("pipeline", "Flux") != "Flux":
-        raise ValueError(f"{path}: not a FLUX config (unknown fields {unknown}, pipeline {data.get('pipeline')})")
-    try:
-        defaults = dataclasses.replace(base, **(data.pop("defaults", None) or {}))
-    except TypeError as err:
-        raise ValueError(f"{path}: unknown generation defaults ({err})") from None
-    return FluxConfig(**data, defaults=defaults)
+    return load_folder_config(path, FluxConfig, base, "Flux")
