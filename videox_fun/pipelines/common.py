@@ -154,3 +154,18 @@ def keep_known(
     if step < len(timesteps) - 1:  # the image at the next step's noise level
         clean = scheduler.scale_noise(clean, timesteps[step + 1 : step + 2], noise)
     return (1 - generate) * clean + generate * latents
+
+
+def pack_latents(latents: torch.Tensor, pack: int = 2) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h/2 * w/2, C * 4): each 2x2 patch one token, channels then the patch's pixels (FLUX.1's
+    and Qwen-Image's token layout)."""
+    b, c, h, w = latents.shape
+    patches = latents.view(b, c, h // pack, pack, w // pack, pack).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(b, (h // pack) * (w // pack), c * pack * pack)
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int, pack: int = 2) -> torch.Tensor:
+    """(B, h/2 * w/2, C * 4) -> (B, C, h, w) for latents of ``height x width``: :func:`pack_latents` undone."""
+    b, _, channels = tokens.shape
+    patches = tokens.view(b, height // pack, width // pack, channels // pack**2, pack, pack)
+    return patches.permute(0, 3, 1, 4, 2, 5).reshape(b, channels // pack**2, height, width)

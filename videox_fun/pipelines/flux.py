@@ -44,26 +44,14 @@ from .common import (
     generate_mask,
     image_tensor,
     keep_known,
+    pack_latents,
     seeded_noise,
     strength_start,
+    unpack_latents,
 )
 from .guidance import ClassifierFreeGuidance
 
 logger = logging.getLogger(__name__)
-
-
-def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h/2 * w/2, C * 4): each 2x2 patch one token, channels then the patch's pixels."""
-    b, c, h, w = latents.shape
-    patches = latents.view(b, c, h // PACK, PACK, w // PACK, PACK).permute(0, 2, 4, 1, 3, 5)
-    return patches.reshape(b, (h // PACK) * (w // PACK), c * PACK * PACK)
-
-
-def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, h/2 * w/2, C * 4) -> (B, C, h, w) for latents of ``height x width``: :func:`pack_latents` undone."""
-    b, _, channels = tokens.shape
-    patches = tokens.view(b, height // PACK, width // PACK, channels // 4, PACK, PACK).permute(0, 3, 1, 4, 2, 5)
-    return patches.reshape(b, channels // 4, height, width)
 
 
 def image_ids(height: int, width: int, device: torch.device) -> torch.Tensor:

@@ -50,11 +50,14 @@ class ClassifierFreeGuidance:
         step: int,
         num_steps: int,
         scale: float | None = None,
+        renorm_dim: int | None = None,
     ) -> torch.Tensor:
         """The guided prediction for ``latents`` (B, C, F, H, W) at timestep ``t`` (B,).
 
         scale: this step's guidance scale instead of ``self.scale`` (Wan2.2 A14B experts each have
         their own), so a guidance object the caller passed in is never changed.
+        renorm_dim: rescale the guided prediction to the conditional one's norm along this axis
+        (Qwen-Image's true CFG: per token, over its channels), as :func:`renormalised`.
         """
         scale = self.scale if scale is None else scale
         self.passes["cond"] += 1
@@ -63,7 +66,8 @@ class ClassifierFreeGuidance:
                 return denoise(latents, t, cond)
         self.passes["uncond"] += 1
         pred_cond, pred_uncond = self.predict_both(denoise, latents, t, cond, uncond)
-        return pred_uncond + scale * (pred_cond - pred_uncond)
+        guided = pred_uncond + scale * (pred_cond - pred_uncond)
+        return guided if renorm_dim is None else renormalised(guided, pred_cond, renorm_dim)
 
     def predict_both(
         self, denoise: Denoiser, latents: torch.Tensor, t: torch.Tensor, cond: dict, uncond: dict
@@ -82,3 +86,10 @@ class ClassifierFreeGuidance:
         with cache_branch("uncond"):
             pred_uncond = denoise(latents, t, uncond)
         return pred_cond, pred_uncond
+
+
+def renormalised(guided: torch.Tensor, pred_cond: torch.Tensor, dim: int) -> torch.Tensor:
+    """``guided`` rescaled to the norm of ``pred_cond`` along ``dim``: the guidance keeps its direction but not its
+    larger magnitude, which at high scales over-saturates (diffusers' Qwen-Image pipelines do this)."""
+    cond_norm = torch.norm(pred_cond, dim=dim, keepdim=True)
+    return guided * (cond_norm / torch.norm(guided, dim=dim, keepdim=True))
