@@ -165,3 +165,16 @@ def diffusers_pipeline(ours: WanPipeline, tmp_path: Path, **experts) -> Diffuser
         transformer=diffusers_twin(ours.transformer, tmp_path, "high" if experts else "ours"),
         **experts,
     )
+
+
+def sharpen_vae_posterior(folder: Path) -> None:
+    """Make a diffusers-layout folder's ``AutoencoderKL`` posterior deterministic: log-variance channels = -30
+    (diffusers clamps there, std 3e-7), so diffusers' posterior samples equal our posterior modes."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    half = state["encoder.conv_out.bias"].shape[0] // 2
+    state["encoder.conv_out.weight"][half:] = 0.0
+    state["encoder.conv_out.bias"][half:] = -30.0
+    save_file(state, str(path))

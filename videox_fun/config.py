@@ -277,11 +277,11 @@ def load_folder_config(path: str | Path | None, config_class: type, base: Genera
     return config_class(**data, defaults=defaults)
 
 
-def write_folder_config(folder: Path, pipeline: str, defaults: GenerationDefaults, note: str) -> Path:
-    """A diffusers-layout folder's ``videox_fun.yaml``: its ``pipeline``, generation ``defaults`` and a ``note``
-    (shown when it loads), as the tiny built-in folders carry them."""
+def write_folder_config(folder: Path, pipeline: str, defaults: GenerationDefaults, note: str, **extra: Any) -> Path:
+    """A diffusers-layout folder's ``videox_fun.yaml``: its ``pipeline``, ``extra`` fields of the family's config,
+    generation ``defaults`` and a ``note`` (shown when it loads), as the tiny built-in folders carry them."""
     path = Path(folder) / FOLDER_CONFIG_NAME
     fields = {k: v for k, v in dataclasses.asdict(defaults).items() if v is not None}
-    data = {"format": "diffusers", "pipeline": pipeline, "defaults": fields, "note": note}
+    data = {"format": "diffusers", "pipeline": pipeline, **extra, "defaults": fields, "note": note}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

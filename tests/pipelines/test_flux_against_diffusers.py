@@ -23,9 +23,8 @@ from diffusers import (
     FluxTransformer2DModel,
 )
 from diffusers import FluxPipeline as DiffusersFluxPipeline
-from helpers import max_diff
+from helpers import max_diff, sharpen_vae_posterior
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerFast, T5EncoderModel
 
 from videox_fun.families import recognise
@@ -36,16 +35,6 @@ from videox_fun.pipelines.flux import FluxPipeline, pack_latents
 PROMPT = "a red circle moving left"
 SIZE, STEPS, SEED = 32, 3, 7
 TOLERANCE = 1e-4
-
-
-def sharpen_vae_posterior(folder: Path) -> None:
-    """Make the VAE's posterior deterministic: log-variance channels = -30 (diffusers clamps there)."""
-    path = folder / "vae" / "diffusion_pytorch_model.safetensors"
-    state = load_file(str(path))
-    half = state["encoder.conv_out.bias"].shape[0] // 2
-    state["encoder.conv_out.weight"][half:] = 0.0
-    state["encoder.conv_out.bias"][half:] = -30.0
-    save_file(state, str(path))
 
 
 @pytest.fixture(scope="module")

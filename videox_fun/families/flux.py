@@ -73,15 +73,16 @@ class FluxFamily(Family):
         return FluxPipeline.from_pretrained(recognised, device=device, dtype=dtype)
 
 
-def check_vae(folder: Path, subpath: str) -> None:
-    """Fail in one line when the folder's VAE is not FLUX.1's kind (a Wan VAE beside a FLUX transformer)."""
+def check_vae(folder: Path, subpath: str, family: str = "FLUX.1", transformer: str = TRANSFORMER_CLASS) -> None:
+    """Fail in one line when the folder's VAE is not the ``AutoencoderKL`` that FLUX.1 (and Z-Image, which reuses
+    it) needs: a Wan VAE beside the ``transformer`` class of ``family``."""
     path = folder / subpath / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no VAE config at {path} (a FLUX.1 folder needs an {VAE_CLASS})")
+        raise FileNotFoundError(f"{folder}: no VAE config at {path} (a {family} folder needs an {VAE_CLASS})")
     found = read_json_mapping(path, "VAE config").get("_class_name")
     if found != VAE_CLASS:
-        raise ValueError(f"{folder}: the transformer is a {TRANSFORMER_CLASS} but the VAE is a {found} ({path}); "
-                         f"a FLUX.1 model needs an {VAE_CLASS}")  # fmt: skip
+        raise ValueError(f"{folder}: the transformer is a {transformer} but the VAE is a {found} ({path}); "
+                         f"a {family} model needs an {VAE_CLASS}")  # fmt: skip
 
 
 FLUX = register(FluxFamily())

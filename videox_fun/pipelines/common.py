@@ -4,7 +4,7 @@ the settings a call resolves to, and the correction of sizes a model cannot take
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,12 +123,19 @@ def flow_scheduler(config: Mapping[str, Any], shift: float | None) -> FlowMatchE
 
 
 def flow_timesteps(
-    scheduler: FlowMatchEulerDiscreteScheduler, steps: int, seq_len: int, start: int, device: torch.device
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    steps: int,
+    seq_len: int,
+    start: int,
+    device: torch.device,
+    sigmas: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """The timesteps from step ``start`` on of sigmas ``linspace(1, 1/steps, steps)``, and mu (the shift of
-    ``seq_len`` image tokens, used when the scheduler shifts dynamically), as diffusers' image pipelines set them."""
+    """The timesteps from step ``start`` on of ``sigmas`` (default ``linspace(1, 1/steps, steps)`` in float64, as
+    diffusers' FLUX pipelines), and mu (the shift of ``seq_len`` image tokens, used when the scheduler shifts
+    dynamically), as diffusers' image pipelines set them."""
     mu = calculate_shift(seq_len, scheduler.config)
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device=device, mu=mu)
+    sigmas = np.linspace(1.0, 1 / steps, steps) if sigmas is None else sigmas
+    scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
     scheduler.set_begin_index(start)
     return scheduler.timesteps[start:], mu
 
