@@ -41,7 +41,12 @@ logger = logging.getLogger(__name__)
 INPUT_NAMES = ("image", "end_image", "video", "mask", "control_video", "ref_image", "camera")
 
 # The built-in families: each module registers its Family on import.
-FAMILY_MODULES = ("videox_fun.families.wan", "videox_fun.families.cogvideox", "videox_fun.families.flux")
+FAMILY_MODULES = (
+    "videox_fun.families.wan",
+    "videox_fun.families.cogvideox",
+    "videox_fun.families.flux",
+    "videox_fun.families.zimage",
+)
 ENTRY_POINT_GROUP = "videox_fun.families"
 
 
