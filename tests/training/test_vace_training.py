@@ -46,6 +46,14 @@ def test_task_draws_cover_every_task_and_the_reference_share():
     assert "control" not in draw_source_tasks(generators, control=False)
     references = [draws_reference(sample_generators(0, step, 0, [0])) for step in range(400)]
     assert abs(sum(references) / 400 - REFERENCE_SHARE) < 0.08
+    raised = [draws_reference(sample_generators(0, step, 0, [0]), 0.85) for step in range(400)]
+    assert abs(sum(raised) / 400 - 0.85) < 0.08
+    assert all(r for r, s in zip(references, raised, strict=True) if r)  # the same draw, a higher bar
+
+
+def test_reference_share_outside_zero_one_is_refused(make_config, tmp_path):
+    with pytest.raises(ValueError, match="--vace_reference_share must be within"):
+        vace_config(make_config, tmp_path, vace_reference_share=1.5).validate()
 
 
 def test_each_sample_trains_on_the_context_the_pipeline_builds(make_config, tmp_path):

@@ -51,6 +51,9 @@ class VaceRecipe:
     # Share of clips whose caption names the motion alone ("moving right"): with a subject frame in front
     # the model must take colour and shape from it (the captions otherwise name them, and it need not look).
     motion_only_share: float = 0.0
+    # Share of micro-batches with a subject frame in front; raised with motion-only captions, which without a
+    # reference leave colour and shape to a guess.
+    reference_share: float = 0.35
 
 
 def black_clip_latent(vae: WanVAE, num_frames: int, height: int, width: int) -> torch.Tensor:
@@ -149,18 +152,21 @@ def train_vace(out: str | Path, inp_folder: str | Path, data: str | Path, recipe
 
     out, data = Path(out), Path(data)
     folder = base_folder(out, resolve_model(inp_folder), recipe)
-    steps = Recipe(
-        seed=recipe.seed,
-        transformer_batch=recipe.batch,
-        model_steps={NAME: recipe.steps},
-        model_learning_rates={NAME: recipe.learning_rate},
-        model_clips={NAME: recipe.clips},
-    )
+    steps = Recipe.one_model(NAME, recipe.seed, recipe.batch, recipe.steps, recipe.learning_rate, recipe.clips)
     modules = list(recipe.trainable_modules) if recipe.trainable_modules else None
     extra = {}
     if recipe.motion_only_share > 0:
         extra["train_data_meta"] = str(motion_only_metadata(data, recipe.clips, recipe.motion_only_share, recipe.seed))
-    result = train_on_cache(out, folder, data, steps, "vace", trainable_modules=modules, **extra)
+    result = train_on_cache(
+        out,
+        folder,
+        data,
+        steps,
+        "vace",
+        trainable_modules=modules,
+        vace_reference_share=recipe.reference_share,
+        **extra,
+    )
     WanTransformer3DModel.from_pretrained(result.transformer_dir).save_original(folder)
     record = {"recipe": asdict(recipe), "base": BASE, "final_loss": result.losses[-1] if result.losses else None}
     (folder / "recipe.json").write_text(json.dumps(record, indent=1))

@@ -32,7 +32,7 @@ from . import uniform
 VACE_FILL = 0.0
 # Share of samples of each source task; control is left out (and the others renormalised) without control videos.
 SOURCE_TASKS = {"t2v": 0.25, "mask": 0.45, "control": 0.30}
-# Share of micro-batches given a reference frame (a subject image) in front.
+# Share of micro-batches given a reference frame (a subject image) in front (``--vace_reference_share``).
 REFERENCE_SHARE = 0.35
 # Whole-frame mask kinds a latent cache holds the masked-video latents of (their masks need no pixels).
 CACHED_MASK_KINDS = ("i2v", "first_last", "second_half")
@@ -89,18 +89,21 @@ def draw_source_tasks(generators: Sequence[torch.Generator], control: bool) -> l
     return tasks
 
 
-def draws_reference(generators: Sequence[torch.Generator]) -> bool:
-    """Whether this micro-batch carries reference frames: one draw from a generator derived from the first
-    sample's, so no sample's own sequence of draws moves."""
+def draws_reference(generators: Sequence[torch.Generator], share: float = REFERENCE_SHARE) -> bool:
+    """Whether this micro-batch carries reference frames (with probability ``share``): one draw from a
+    generator derived from the first sample's, so no sample's own sequence of draws moves."""
     batch_generator = torch.Generator().manual_seed(generators[0].initial_seed() ^ 0x5ACE)
-    return uniform(batch_generator) < REFERENCE_SHARE
+    return uniform(batch_generator) < share
 
 
 def vace_inputs(
-    source: VaceSource, latents: torch.Tensor, generators: Sequence[torch.Generator]
+    source: VaceSource,
+    latents: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    reference_share: float = REFERENCE_SHARE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean latents (B, z, F', h, w) -> (the latents with any reference frame in front (B, z, R + F', h, w),
-    the VACE context (B, 2z + 64, R + F', h, w))."""
+    the VACE context (B, 2z + 64, R + F', h, w)); a reference for ``reference_share`` of micro-batches."""
     b, _, _, h, w = latents.shape
     tasks = draw_source_tasks(generators, has_control(source.batch))
     empty = source.empty_latents()  # (B, z, F', h, w)
@@ -118,7 +121,7 @@ def vace_inputs(
         chosen = rows["control"]
         reactive[chosen] = source.control_latents()[chosen].to(reactive)
     context = torch.cat([inactive, reactive, mask_channels(generate).to(inactive)], dim=1)  # (B, 96, F', h, w)
-    if not draws_reference(generators):
+    if not draws_reference(generators, reference_share):
         return latents, context
     reference = source.frame_latents(source.ref_frames(generators))[:, :, None].to(latents)  # (B, z, 1, h, w)
     ref_context = torch.cat([reference, torch.zeros_like(context[:, reference.shape[1] :, :1])], dim=1)
