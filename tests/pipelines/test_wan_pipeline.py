@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 
@@ -178,13 +179,13 @@ def test_batched_and_sequential_guidance_agree(folders):
     assert torch.allclose(batched, sequential, atol=1e-5)
 
 
-SAMPLERS = ("Flow", "Flow_Unipc", "Flow_DPM++")
+SAMPLERS = ("Flow", "Flow_Unipc", "Flow_DPM++", "Flow_Distill")
 SHIFT = 5.0
 
 
 def diffusers_scheduler(sampler: str, shift: float):
     """diffusers' own scheduler for a VideoX-Fun sampler name, configured here (not by make_scheduler)."""
-    if sampler == "Flow":  # VideoX-Fun's FlowMatchEulerDiscreteScheduler
+    if sampler in ("Flow", "Flow_Distill"):  # VideoX-Fun's FlowMatchEulerDiscreteScheduler (Euler)
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     # Wan's FlowUniPC / FlowDPMSolver (VideoX-Fun's Flow_Unipc / Flow_DPM++) in diffusers' terms
     flow = {"num_train_timesteps": 1000, "prediction_type": "flow_prediction", "use_flow_sigmas": True}
@@ -195,15 +196,18 @@ def diffusers_scheduler(sampler: str, shift: float):
 
 def set_videox_fun_grid(scheduler, sampler: str, steps: int, shift: float) -> None:
     """diffusers' scheduler on VideoX-Fun's sigma grid, written out here: Flow_Unipc
-    linspace(0.999, 0) (its float32 training sigma_max), Flow_DPM++ linspace(1, 0) (get_sampling_sigmas),
-    each shifted, then a final 0; integer timesteps sigma * 1000. Flow: diffusers' own grid."""
+    linspace(0.999, 0) (its float32 training sigma_max), Flow_DPM++ and Flow_Distill linspace(1, 0)
+    (get_sampling_sigmas), each shifted, then a final 0; timesteps sigma * 1000 (integers but for the Euler
+    Flow_Distill). Flow: diffusers' own grid."""
     type(scheduler).set_timesteps(scheduler, steps)  # the class's own (an instance may replace it)
     if sampler == "Flow":
         return
     start = float(np.float32(0.999)) if sampler == "Flow_Unipc" else 1.0
     sigmas = np.linspace(start, 0.0, steps + 1)[:steps]
     sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
-    scheduler.timesteps = torch.from_numpy(sigmas * 1000).to(torch.int64)
+    scheduler.timesteps = torch.from_numpy(sigmas * 1000).to(
+        torch.float32 if sampler == "Flow_Distill" else torch.int64
+    )
     scheduler.sigmas = torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32))
 
 
@@ -244,7 +248,7 @@ def test_samplers_give_different_latents(folders):
     pipe = WanPipeline.from_pretrained(folders["inp"])
     settings = {"height": HEIGHT, "width": WIDTH, "num_frames": 5, "num_inference_steps": 3, "progress": False}
     latents = {sampler: pipe("x", sampler=sampler, shift=SHIFT, **settings).latents for sampler in SAMPLERS}
-    for first, second in [("Flow", "Flow_Unipc"), ("Flow", "Flow_DPM++"), ("Flow_Unipc", "Flow_DPM++")]:
+    for first, second in itertools.combinations(SAMPLERS, 2):
         assert (latents[first] - latents[second]).abs().max() > 1e-3, (first, second)
 
 

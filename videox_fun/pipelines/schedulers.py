@@ -9,6 +9,8 @@ VideoX-Fun's, so the same steps and shift give the same timesteps as there:
   diffusers' own flow grid would start at 1 and end at 0.001.
 - ``Flow_DPM++``: VideoX-Fun's ``get_sampling_sigmas(steps, shift)``:
   ``linspace(1, 0, steps + 1)[:-1]`` shifted, then 0. diffusers' own would start at 0.999.
+- ``Flow_Distill``: flow-match Euler on that same grid: at 4 steps the timesteps 1000, 750, 500, 250
+  under the shift, where a distilled student (``train_distill.py``, DMD) was trained to denoise.
 
 Timesteps are ``sigma * 1000`` rounded down to integers for the two multistep solvers (both
 libraries do that); ``Flow`` keeps float timesteps.
@@ -21,7 +23,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-SAMPLERS = ("Flow", "Flow_Unipc", "Flow_DPM++")
+SAMPLERS = ("Flow", "Flow_Unipc", "Flow_DPM++", "Flow_Distill")
 # The flow schedulers' timestep scale: timestep = sigma x NUM_TRAIN_TIMESTEPS, sigma in [0, 1].
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -72,14 +74,26 @@ class FlowDPMSolverScheduler(DPMSolverMultistepScheduler):
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
 
 
+class FlowDistillScheduler(FlowMatchEulerDiscreteScheduler):
+    """diffusers' flow-match Euler on the ``linspace(1, 0, steps + 1)[:-1]`` grid (shifted by the scheduler):
+    the grid a DMD student's rollout runs in training (:mod:`videox_fun.training.distill`)."""
+
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
+        if sigmas is None and timesteps is None:  # diffusers applies the shift to the sigmas it is given
+            sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:num_inference_steps].copy()
+        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
+
+
 def make_scheduler(
     name: str = "Flow", shift: float = 5.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
 ) -> SchedulerMixin:
-    """``Flow`` (flow-match Euler), ``Flow_Unipc`` or ``Flow_DPM++`` with the flow ``shift`` (> 0)."""
+    """``Flow`` (flow-match Euler), ``Flow_Unipc``, ``Flow_DPM++`` or ``Flow_Distill`` with the flow ``shift`` (> 0)."""
     if not shift > 0:  # 0 puts every sigma at 0 (a black video), a negative one outside [0, 1]
         raise ValueError(f"flow shift must be above 0, got {shift}")
     if name == "Flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
+    if name == "Flow_Distill":
+        return FlowDistillScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
     flow = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": shift}
     if name == "Flow_Unipc":
         return FlowUniPCScheduler(num_train_timesteps=num_train_timesteps, **flow)

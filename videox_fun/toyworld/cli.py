@@ -147,6 +147,16 @@ def run_train_vace(args: argparse.Namespace) -> Path:
     return folder
 
 
+def run_train_distill(args: argparse.Namespace) -> Path:
+    """The distillation recipe (recipe_distill.py): a 4-step DMD student of a packaged tiny model."""
+    from .recipe_distill import DistillRecipe, train_distill
+
+    recipe = DistillRecipe(seed=args.seed, steps=args.steps)
+    folder = train_distill(args.out, args.data, args.teacher, recipe, cache_dir=args.cache_dir)
+    print(f"student written to {folder}")
+    return folder
+
+
 def run_vace_report(args: argparse.Namespace) -> dict:
     """Reference-to-video and masked completion of a VACE model; print the summary."""
     from .report_vace import run_vace_report as report_vace
@@ -251,6 +261,21 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     train_vace.add_argument("--steps", type=int, default=6000, help="training steps")
     train_vace.add_argument("--seed", type=int, default=0, help="seed of the new weights and of training")
     train_vace.set_defaults(handler=run_train_vace)
+
+    distill = actions.add_parser(
+        "train-distill", help="distil a packaged tiny model into a 4-step student (DMD)", formatter_class=defaults
+    )
+    distill.add_argument("out", type=Path, help="working folder; the student's folder appears inside it")
+    distill.add_argument("data", type=Path, help="a toy-world dataset folder (write-dataset, with control videos)")
+    distill.add_argument(
+        "--teacher", default="Wan2.1-Fun-Tiny-InP", help="the packaged model to distil (InP or Control)"
+    )
+    distill.add_argument(
+        "--steps", type=int, default=2000, help="training steps (the critic's; the student's are 1 in 5)"
+    )
+    distill.add_argument("--cache-dir", type=Path, help="an existing latent cache of the teacher on these clips")
+    distill.add_argument("--seed", type=int, default=0, help="seed of training")
+    distill.set_defaults(handler=run_train_distill)
 
     report_vace = actions.add_parser(
         "report-vace", help="measure a VACE model: reference-to-video and masked completion", formatter_class=defaults

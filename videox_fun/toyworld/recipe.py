@@ -110,6 +110,17 @@ class Recipe:
     models: list[str] = field(default_factory=lambda: list(MODELS))
 
     @classmethod
+    def one_model(cls, name: str, seed: int, batch: int, steps: int, learning_rate: float, clips: int) -> Recipe:
+        """The transformer settings of one model folder ``name`` (a later recipe's, e.g. VACE or a student)."""
+        return cls(
+            seed=seed,
+            transformer_batch=batch,
+            model_steps={name: steps},
+            model_learning_rates={name: learning_rate},
+            model_clips={name: clips},
+        )
+
+    @classmethod
     def smoke(cls, seed: int = 0, models: list[str] | None = None) -> Recipe:
         """Every stage of the recipe on 8 clips for one or two steps each: checks the whole chain in minutes."""
         return cls(
@@ -265,14 +276,14 @@ def train_on_cache(out: Path, folder: Path, data: Path, recipe: Recipe, mode: st
     """The latent cache of ``folder``'s model (built once), then the normal trainer on it in ``OUT/runs/NAME``.
 
     Any family's folder: the trainer picks the family's spec from the folder. ``settings``: more
-    training settings (e.g. ``trainable_modules``). Returns the trainer's result.
+    training settings (e.g. ``trainable_modules``), or other values of these. Returns the trainer's result.
     """
     from ..training.cache import build_cache
     from ..training.config import TrainConfig
     from ..training.trainer import train
 
     run = out / "runs" / folder.name
-    config = TrainConfig(
+    values: dict[str, Any] = dict(
         pretrained_model_name_or_path=str(folder),
         train_data_dir=str(data),
         train_data_meta=settings.pop("train_data_meta", None)
@@ -297,8 +308,8 @@ def train_on_cache(out: Path, folder: Path, data: Path, recipe: Recipe, mode: st
         use_cached_latents=True,
         vae_mini_batch=8,
         text_drop_ratio=0.1,
-        **settings,
     )
+    config = TrainConfig(**{**values, **settings})
     if not (config.resolved_cache_dir / "index.json").is_file():
         build_cache(config)
     return train(config)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -138,6 +139,9 @@ class TrainConfig(DataSettings, ModelSettings):
         "Wan2.2 A14B: train the high-noise expert on t >= boundary*1000 (high) or the low-noise one below (low)",
         choices=BOUNDARY_TYPES,
     )
+    vace_reference_share: float = setting(
+        0.35, "--train_mode vace: share of micro-batches given a subject frame in front (reference-to-video)"
+    )
     # -- reward fine-tuning (--train_mode reward: prompts only, videos sampled with gradients) --------
     prompt_path: str | None = setting(
         None, "reward: the prompts, a .txt (one per line) or a .json / .jsonl list (instead of --train_data_meta)"
@@ -171,6 +175,22 @@ class TrainConfig(DataSettings, ModelSettings):
     )
     loss_scale: float | None = setting(None, "reward: scale of the loss (default: the reward's own)")
     vae_gradient_checkpointing: bool = setting(True, "reward: recompute the VAE decode in backward to save memory")
+    # -- step distillation (DMD: scripts/wan2.1_fun/train_distill.py) -----------------------------
+    distill: bool = setting(
+        False, "train a few-step student by distribution matching (DMD): generator, frozen teacher, critic"
+    )
+    denoising_step_list: list[int] | None = setting(
+        None, "distill: the student's timesteps, decreasing within (0, 1000] (default 1000 750 500 250)"
+    )
+    generator_update_ratio: int | None = setting(
+        None,
+        "distill: update the generator every n steps, the critic every step (default 5)",
+        aliases=("dfake_gen_update_ratio",),
+    )
+    critic_learning_rate: float | None = setting(
+        None, "distill: learning rate of the critic (fake score) (default: --learning_rate)"
+    )
+    real_guidance_scale: float | None = setting(None, "distill: CFG scale of the teacher (default: the model's)")
     # -- checkpoints and logs ----------------------------------------------------------------
     checkpointing_steps: int = setting(500, "save a resumable checkpoint every n steps")
     checkpoints_total_limit: int | None = setting(None, "keep at most this many checkpoints")
@@ -212,6 +232,7 @@ class TrainConfig(DataSettings, ModelSettings):
             problems.append("--train_data_meta is required (or train from a cache with --use_cached_latents)")
         problems += count_problems(self)
         problems += reward_problems(self)
+        problems += distill_problems(self)
         if self.use_lora and self.trainable_modules:
             problems.append("--trainable_modules is for full fine-tuning; LoRA trains only its adapters")
         if self.validation_steps and not self.validation_prompts:
@@ -222,6 +243,8 @@ class TrainConfig(DataSettings, ModelSettings):
             problems.append("--validation_steps with --boundary_type high/low (one expert) is not supported yet")
         if self.mixed_precision not in (None, *MIXED_PRECISIONS):
             problems.append(f"--mixed_precision must be one of {MIXED_PRECISIONS}")
+        if not 0.0 <= self.vace_reference_share <= 1.0:  # NaN too
+            problems.append(f"--vace_reference_share must be within [0, 1] (got {self.vace_reference_share:g})")
         if self.shift is not None and not self.shift > 0:  # NaN too
             problems.append(f"--shift must be > 0 (got {self.shift:g}); leave it out for the model's own shift")
         if problems:  # one line, however many: a message that fits a terminal line and a log record
@@ -260,6 +283,38 @@ def count_problems(config: TrainConfig) -> list[str]:
         numbers = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
             problems.append(f"--{name} must be a finite number, got {value}")
+    return problems
+
+
+# Settings that only distillation reads, None when not given: without --distill they are refused.
+DISTILL_ONLY = ("denoising_step_list", "generator_update_ratio", "critic_learning_rate", "real_guidance_scale")
+DEFAULT_GENERATOR_UPDATE_RATIO = 5
+
+
+def distill_problems(config: TrainConfig) -> list[str]:
+    """What stops ``--distill`` (or distillation settings given without it), one entry per problem."""
+    if not config.distill:
+        given = [f"--{name}" for name in DISTILL_ONLY if getattr(config, name) is not None]
+        return [f"{', '.join(given)}: distillation settings; add --distill or leave them out"] if given else []
+    problems = []
+    if config.train_mode == "reward":
+        problems.append("--distill and --train_mode reward are two objectives; choose one")
+    steps = config.denoising_step_list
+    if steps is not None and (
+        not steps or any(not 0 < t <= 1000 for t in steps) or any(a <= b for a, b in itertools.pairwise(steps))
+    ):
+        problems.append(f"--denoising_step_list {steps} must be decreasing timesteps within (0, 1000]")
+    if config.generator_update_ratio is not None and config.generator_update_ratio < 1:
+        problems.append(f"--generator_update_ratio must be 1 or more (got {config.generator_update_ratio})")
+    for name in ("critic_learning_rate", "real_guidance_scale"):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            problems.append(f"--{name} must be a finite number above 0 (got {value:g})")
+    if config.text_drop_ratio:
+        problems.append(
+            f"--distill trains the student on its prompts: set --text_drop_ratio 0 (got {config.text_drop_ratio:g}); "
+            "the teacher's guidance brings in the empty prompt"
+        )
     return problems
 
 

@@ -30,7 +30,7 @@ from ..pipelines.schedulers import NUM_TRAIN_TIMESTEPS
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-    from .specs import Device, FamilyModels, FamilySpec
+    from .specs import Device, FamilyModels, FamilySpec, TrainInputs
 
 
 class Objective(Protocol):
@@ -184,6 +184,20 @@ class FlowMatching:
         weights = compute_loss_weighting_for_sd3(self.weighting, sigmas.float().to(per_sample.device))
         return (weights * per_sample).mean()
 
+    @staticmethod
+    def split_prediction(
+        noisy: torch.Tensor, prediction: torch.Tensor, sigmas: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, noise) that the velocity ``prediction`` implies for x_t at ``sigmas`` (B,): x0 = x_t - s v,
+        noise = x_t + (1 - s) v. ``noisy(x0, noise, s')`` is then the Euler step from s to s'."""
+        s = _per_sample(sigmas, noisy).to(prediction.dtype)
+        return noisy - s * prediction, noisy + (1.0 - s) * prediction
+
+    def rollout_timesteps(self, steps: Sequence[int]) -> torch.Tensor:
+        """A few-step student's noise levels (K,) for training timesteps ``steps`` in (0, 1000] (e.g. 1000, 750,
+        500, 250): sigma = t / 1000 under the flow shift, the grid ``Flow_Distill`` samples (x0 after the last)."""
+        return shift_sigmas(torch.tensor([float(t) for t in steps]) / NUM_TRAIN_TIMESTEPS, self.shift)
+
 
 # ----------------------------------------------------------------------------------------
 # v-prediction on a DDPM schedule (CogVideoX)
@@ -279,6 +293,18 @@ class VPrediction:
         target = self.target(latents.float(), noise.float(), timesteps)
         return per_sample_mse(prediction, target, counted).mean()
 
+    def split_prediction(
+        self, noisy: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, noise) that ``prediction`` v implies for x_t at ``timesteps``: x0 = sqrt(a) x_t - sqrt(1 - a) v,
+        noise = sqrt(1 - a) x_t + sqrt(a) v. ``noisy(x0, noise, t')`` is then the deterministic DDIM step."""
+        signal, sigma = self._coefficients(prediction, timesteps)
+        return signal * noisy - sigma * prediction, sigma * noisy + signal * prediction
+
+    def rollout_timesteps(self, steps: Sequence[int]) -> torch.Tensor:
+        """A few-step student's DDPM timesteps (K,) for training timesteps ``steps`` in (0, 1000]: t - 1."""
+        return torch.tensor([max(0, int(t) - 1) for t in steps], dtype=torch.int64)
+
 
 def make_ddpm_scheduler(config: Mapping[str, Any]):  # -> CogVideoXDDIMScheduler
     """diffusers' ``CogVideoXDDIMScheduler`` from a scheduler config (entries it does not take are left out)."""
@@ -319,17 +345,45 @@ def objective_loss(
     if batch_loss is not None:
         return batch_loss(spec, models, transformer, batch, mode, generators, device, autocast)
     inputs = spec.build_inputs(models, batch, mode, generators, device)
+    return denoising_loss(spec, transformer, objective, inputs, generators, autocast)
+
+
+def denoising_loss(
+    spec: FamilySpec,
+    transformer: nn.Module,
+    objective: Objective,
+    inputs: TrainInputs,
+    generators: Sequence[torch.Generator],
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> torch.Tensor:
+    """The objective's loss (a scalar) of ``transformer`` denoising ``inputs.latents``: per sample a noise level
+    and the noise (drawn in that order), x_t (known frames kept clean and left out), the prediction, the loss."""
+    device = inputs.latents.device
     timesteps = objective.sample_timesteps(generators).to(device)  # (B,)
     noise = objective.noise_like(inputs.latents, generators)
-    noisy = objective.noisy(inputs.latents, noise, timesteps)
-    counted = None
-    if inputs.known_frames is not None:  # latent frames given clean (an image to start from): not noised, not counted
-        known = inputs.known_frames.to(noisy.device)[:, None, :, None, None]  # (B, 1, F, 1, 1)
-        noisy = torch.where(known, inputs.latents, noisy)
-        counted = ~known
+    noisy = keep_known(objective.noisy(inputs.latents, noise, timesteps), inputs)
     with autocast():
         prediction = spec.predict(transformer, noisy, objective.model_timesteps(timesteps), inputs)
-    return objective.loss(prediction, inputs.latents, noise, timesteps, counted)
+    return objective.loss(prediction, inputs.latents, noise, timesteps, counted_elements(inputs))
+
+
+def known_mask(inputs: TrainInputs) -> torch.Tensor | None:
+    """(B, 1, F, 1, 1) bool: the latent frames the inputs give clean (an image to start from), or None."""
+    if inputs.known_frames is None:
+        return None
+    return inputs.known_frames.to(inputs.latents.device)[:, None, :, None, None]
+
+
+def keep_known(noisy: torch.Tensor, inputs: TrainInputs) -> torch.Tensor:
+    """``noisy`` (B, z, F, h, w) with the known latent frames put back to the clean latents (not noised)."""
+    known = known_mask(inputs)
+    return noisy if known is None else torch.where(known, inputs.latents, noisy)
+
+
+def counted_elements(inputs: TrainInputs) -> torch.Tensor | None:
+    """What the loss counts (1 = counted): every element but the known frames' (None: all)."""
+    known = known_mask(inputs)
+    return None if known is None else ~known
 
 
 def training_objective(spec: FamilySpec, models: FamilyModels, config: TrainConfig) -> Objective:
@@ -339,4 +393,8 @@ def training_objective(spec: FamilySpec, models: FamilyModels, config: TrainConf
         from .reward import RewardObjective
 
         return RewardObjective.from_config(spec, models, config)  # type: ignore[return-value]
+    if config.distill:
+        from .distill import DistillObjective
+
+        return DistillObjective.from_config(spec, models, config)  # type: ignore[return-value]
     return spec.objective(models, config)

@@ -47,6 +47,7 @@ from .checkpoint import (
     save_sharded_state,
 )
 from .config import TrainConfig, run_settings, save_train_yaml
+from .distill import draw_exit_step
 from .lora import add_lora, save_lora_file
 from .objectives import Objective, objective_loss, training_objective
 from .specs import get_spec, on_device, sample_generators, spec_name
@@ -114,6 +115,8 @@ class TrainResult:
     lora_path: Path | None = None
     transformer_dir: Path | None = None
     bad_files: dict[str, str] = field(default_factory=dict)
+    # --distill: the student's DMD loss by step (1-based) on the steps it was updated; ``losses`` are the critic's
+    generator_losses: dict[int, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -126,6 +129,7 @@ class Trainer:
         self.config = config
         self.spec = get_spec(config)
         self.bad_files: dict[str, str] = {}
+        self.generator_losses: dict[int, float] = {}  # --distill: the student's DMD loss on the steps it learns
 
     # -- set-up ----------------------------------------------------------------------------
     def _accelerator(self) -> Accelerator:
@@ -174,7 +178,7 @@ class Trainer:
         transformer.train()
         return params
 
-    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    def _optimizer(self, params: list[nn.Parameter], learning_rate: float | None = None) -> torch.optim.Optimizer:
         config = self.config
         optimizer_class = torch.optim.AdamW
         if config.use_8bit_adam:
@@ -187,7 +191,7 @@ class Trainer:
             optimizer_class = bitsandbytes.optim.AdamW8bit
         return optimizer_class(
             params,
-            lr=config.learning_rate,
+            lr=learning_rate if learning_rate is not None else config.learning_rate,
             betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.adam_weight_decay,
             eps=config.adam_epsilon,
@@ -243,8 +247,11 @@ class Trainer:
             result.losses.append(loss)
             lr = self.lr_scheduler.get_last_lr()[0]
             progress.update(1)
+            logged = {"train/loss": loss, "train/lr": lr}
+            if step in self.generator_losses:  # --distill: loss is the critic's, this the student's
+                logged["train/generator_loss"] = self.generator_losses[step]
             progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            accelerator.log({"train/loss": loss, "train/lr": lr}, step=step)
+            accelerator.log(logged, step=step)
             if step % config.checkpointing_steps == 0 or step == self.max_steps:
                 self._checkpoint(step)
             if config.validation_steps and step % config.validation_steps == 0:
@@ -252,6 +259,7 @@ class Trainer:
         progress.close()
 
         result.global_step = step
+        result.generator_losses = dict(self.generator_losses)
         self._export(result)
         result.bad_files = {**getattr(self.dataset, "bad_files", {}), **self.bad_files}
         if result.bad_files and accelerator.is_main_process:
@@ -272,11 +280,15 @@ class Trainer:
             remove_stale_temporaries(config.output_dir)  # a killed run's half-saved checkpoint
         self.weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
         models = self.models = self.spec.load_models(config, self.weight_dtype)
+        # Distillation's critic and (full student) teacher start as the model itself, before it is adapted.
+        critic, self.teacher = self._distill_copies(models.transformer) if config.distill else (None, None)
         params = self._setup_trainable(models.transformer, self.weight_dtype)
         self.dataset, self.sampler, self.loader = self._data(accelerator.process_index, accelerator.num_processes)
         steps_per_epoch = math.ceil(len(self.sampler) / config.gradient_accumulation_steps)
         self.max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
         self._prepare(params)
+        if critic is not None:
+            self._prepare_critic(critic)
         register_trainable_hooks(accelerator)
         if not config.low_vram:
             for module in models.frozen.values():
@@ -319,6 +331,37 @@ class Trainer:
             DistributedType.DEEPSPEED,
         )
 
+    def _distill_copies(self, transformer: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+        """(the critic, the frozen teacher) for ``--distill``, copies of the loaded model; a LoRA student's
+        teacher is the student with its adapters off (None here: no third copy)."""
+        import copy
+
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) or (
+            os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        ):
+            raise ValueError("--distill runs on one process or under DDP; FSDP / DeepSpeed sharding is not supported")
+        teacher = None
+        if not self.config.use_lora:
+            teacher = copy.deepcopy(transformer).requires_grad_(False).eval()
+            if not self.config.low_vram:
+                teacher.to(self.accelerator.device)
+        return copy.deepcopy(transformer), teacher
+
+    def _prepare_critic(self, critic: nn.Module) -> None:
+        """The critic trained as the student is (LoRA or the same modules), with its own optimizer, learning
+        rate (``--critic_learning_rate``) and schedule; prepared with the rest, so checkpoints hold it."""
+        from diffusers.optimization import get_scheduler
+
+        config, accelerator = self.config, self.accelerator
+        self.critic_params = self._setup_trainable(critic, self.weight_dtype)
+        optimizer = self._optimizer(self.critic_params, config.critic_learning_rate or config.learning_rate)
+        scheduler = get_scheduler(
+            config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=self.max_steps
+        )
+        self.critic, self.critic_optimizer, self.critic_lr_scheduler = accelerator.prepare(critic, optimizer, scheduler)
+
     def _start_logging(self) -> None:
         """Main process: write the run's settings, start the trackers and log what is trained on what."""
         config, accelerator = self.config, self.accelerator
@@ -359,6 +402,8 @@ class Trainer:
 
     def _step(self, stream: Iterator[dict], step: int) -> float:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches; the loss averaged over processes."""
+        if self.config.distill:
+            return self._distill_step(stream, step)
         config, accelerator, spec, objective = self.config, self.accelerator, self.spec, self.objective
         device = accelerator.device
         first = accelerator.process_index * config.train_batch_size  # this slice's place in the global batch
@@ -381,13 +426,48 @@ class Trainer:
                 )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    if config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(self.params, config.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self._optimizer_step(self.params, self.optimizer)
             losses.append(loss.detach())
         self.lr_scheduler.step()
         return accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
+
+    def _optimizer_step(self, params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+        """Clip (``max_grad_norm``), step and clear the gradients of one trained model."""
+        if self.config.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _distill_step(self, stream: Iterator[dict], step: int) -> float:
+        """One DMD step (:mod:`videox_fun.training.distill`): the critic learns every step, the student every
+        ``generator_update_ratio``-th; returns the critic's loss (the student's goes to ``self.generator_losses``)."""
+        config, accelerator, objective = self.config, self.accelerator, self.objective
+        first = accelerator.process_index * config.train_batch_size
+        update_generator = objective.updates_generator(step)
+        losses: dict[str, list[torch.Tensor]] = {"critic": [], "generator": []}
+        for micro in range(config.gradient_accumulation_steps):
+            batch = next(stream)
+            positions = range(first, first + len(batch["index"]))
+            generators = sample_generators(config.seed, step, micro, positions)
+            exit_step = draw_exit_step(config.seed, step, micro, objective.num_steps)
+            with accelerator.accumulate(self.transformer, self.critic):
+                parts = objective.batch_losses(
+                    self.spec, self.models, self.transformer, self.critic, self.teacher, batch, config.train_mode,
+                    generators, accelerator.device, exit_step, update_generator, autocast=accelerator.autocast,
+                )  # fmt: skip
+                accelerator.backward(sum(parts.values()))
+                if accelerator.sync_gradients:
+                    self._optimizer_step(self.critic_params, self.critic_optimizer)
+                    if update_generator:
+                        self._optimizer_step(self.params, self.optimizer)
+            for name, loss in parts.items():
+                losses[name].append(loss.detach())
+        self.lr_scheduler.step()
+        self.critic_lr_scheduler.step()
+        means = {name: accelerator.gather(torch.stack(v).mean()[None]).mean().item() for name, v in losses.items() if v}
+        if "generator" in means:
+            self.generator_losses[step + 1] = means["generator"]
+        return means["critic"]
 
     def _stream(self, loader: DataLoader, sampler: BucketBatchSampler, epoch: int) -> Iterator[dict]:
         """Batches forever, epoch after epoch; keeps ``self.data_state`` at the batches trained on."""

@@ -614,7 +614,9 @@ class WanSpec(WanRewardHooks):
         if variant.channels:
             conditions["y"] = variant.assemble_y(channels)
         if mode == "vace":
-            latents, conditions["vace_context"] = vace_inputs(source, latents, generators)
+            latents, conditions["vace_context"] = vace_inputs(
+                source, latents, generators, self.config.vace_reference_share
+            )
         if mode == "control_camera_ref":
             conditions["camera"] = source.camera()
         if mode == "control_ref":

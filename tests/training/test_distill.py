@@ -1,0 +1,248 @@
+"""Step distillation (DMD, ``--distill``) through the generic trainer on tiny Wan configs.
+
+The student's rollout keeps gradients on exactly its exit step; the generator is updated on the steps its
+schedule names and the critic on every step (counted from the weights each checkpoint holds); a resumed run
+is the uninterrupted one; every variant keeps its conditions; the student samples with the ``Flow_Distill``
+grid it was trained on; bad settings are one line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import free_port, state_dict_max_diff
+from safetensors.torch import load_file
+from training_helpers import REPO, check_resume_matches_uninterrupted, subprocess_env
+
+from videox_fun.pipelines.schedulers import make_scheduler
+from videox_fun.training.checkpoint import TRAINABLE_FILE
+from videox_fun.training.distill import (
+    DEFAULT_DENOISING_STEPS,
+    adapters_disabled,
+    dmd_gradient,
+    dmd_loss,
+    draw_exit_step,
+    fit_context,
+    student_rollout,
+)
+from videox_fun.training.lora import add_lora
+from videox_fun.training.objectives import FlowMatching, VPrediction
+from videox_fun.training.specs import TrainInputs
+from videox_fun.training.trainer import train
+
+SCRIPT = REPO / "scripts" / "wan2.1_fun" / "train_distill.py"
+DISTILL = dict(distill=True, text_drop_ratio=0.0)
+
+
+def distill_config(make_config, tmp_path: Path, variant: str = "t2v", mode: str = "normal", **overrides):
+    """A --distill config on a tiny folder of ``variant`` and the small dataset."""
+    return make_config(variant, train_mode=mode, output_dir=str(tmp_path / "out"), **{**DISTILL, **overrides})
+
+
+# -- the rollout and the loss ------------------------------------------------------------------
+def test_the_rollout_keeps_gradients_on_the_exit_step_alone():
+    flow = FlowMatching(shift=3.0)
+    timesteps = flow.rollout_timesteps(DEFAULT_DENOISING_STEPS)
+    weight = torch.nn.Parameter(torch.tensor(0.5))
+    noise = torch.randn(2, 4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    inputs = TrainInputs(noise)
+    calls: list[tuple[float, bool]] = []
+
+    def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append((float(t[0]), torch.is_grad_enabled()))
+        return weight * latents
+
+    for exit_step in range(len(timesteps)):
+        calls.clear()
+        sample = student_rollout(predict, noise, timesteps, flow, inputs, exit_step)
+        assert [grad for _, grad in calls] == [False] * exit_step + [True]
+        assert [t for t, _ in calls] == pytest.approx((timesteps[: exit_step + 1] * 1000).tolist())
+        (grad,) = torch.autograd.grad(sample.sum(), weight)
+        assert grad.abs() > 0
+
+
+def test_the_rollout_is_the_flow_distill_sampler():
+    """Euler on the Flow_Distill grid (what ``generate --steps 4 --sampler Flow_Distill`` runs) ends where the
+    rollout's last x0 is, for the same velocity."""
+    flow = FlowMatching(shift=3.0)
+    timesteps = flow.rollout_timesteps(DEFAULT_DENOISING_STEPS)
+    scheduler = make_scheduler("Flow_Distill", 3.0)
+    scheduler.set_timesteps(4)
+    assert scheduler.sigmas[:-1].tolist() == pytest.approx(timesteps.tolist())
+
+    def velocity(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(latents) * (t.view(-1, 1, 1, 1, 1) / 1000)
+
+    noise = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    rolled = student_rollout(velocity, noise, timesteps, flow, TrainInputs(noise), 3)
+    latents = noise.clone()
+    for t in scheduler.timesteps:
+        latents = scheduler.step(velocity(latents, t.expand(1)), t, latents).prev_sample
+    assert (rolled - latents).abs().max() < 1e-5
+
+
+def test_v_prediction_rollout_steps_are_ddim():
+    """For a v-prediction family the implied (x0, noise) re-noised at the next level is the DDIM step."""
+    from videox_fun.training.objectives import make_ddpm_scheduler
+
+    betas = make_ddpm_scheduler({"prediction_type": "v_prediction", "beta_schedule": "scaled_linear"})
+    objective = VPrediction(alphas_cumprod=betas.alphas_cumprod.clone())
+    x0 = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([700, 300])
+    noisy = objective.noisy(x0, noise, t)
+    clean, implied = objective.split_prediction(noisy, objective.target(x0, noise, t), t)
+    assert (clean - x0).abs().max() < 1e-5 and (implied - noise).abs().max() < 1e-5
+    assert objective.rollout_timesteps(DEFAULT_DENOISING_STEPS).tolist() == [999, 749, 499, 249]
+
+
+def test_the_dmd_gradient_and_loss():
+    sample = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0]], requires_grad=True)
+    real = torch.tensor([[0.0, 2.0, 3.0, 5.0], [0.0, 1.0, 1.0, 1.0]])
+    fake = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    gradient = dmd_gradient(sample.detach(), fake, real, None)
+    expected = (fake - real) / torch.tensor([[0.5], [0.25]])  # mean |x0 - real| per sample
+    assert torch.equal(gradient, expected)
+    dmd_loss(sample, gradient, None).backward()
+    assert torch.allclose(sample.grad, gradient / sample[0].numel() / 2)  # 0.5 MSE, mean over samples
+    counted = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    only = dmd_gradient(sample.detach(), fake, real, counted)
+    assert only[0].tolist() == pytest.approx(((fake[0] - real[0]) / 0.5).tolist())
+
+
+def test_draws_and_contexts():
+    assert draw_exit_step(0, 3, 0, 4) == draw_exit_step(0, 3, 0, 4)
+    assert {draw_exit_step(0, step, 0, 4) for step in range(40)} == {0, 1, 2, 3}
+    assert fit_context(torch.ones(1, 3, 2), 5)[0, 3:].abs().sum() == 0
+    assert fit_context(torch.ones(1, 6, 2), 4).shape == (1, 4, 2)
+
+
+def test_a_lora_students_teacher_is_the_base_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4))
+    x = torch.randn(3, 4)
+    base = model(x)
+    add_lora(model, 2, 2.0, ["0", "2"])
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_()
+    assert (model(x) - base).abs().max() > 1e-3
+    with adapters_disabled(model):
+        assert torch.equal(model(x), base)
+    assert (model(x) - base).abs().max() > 1e-3
+
+
+# -- through the trainer -------------------------------------------------------------------------
+def changed_per_step(folder: Path, steps: int, pattern: str) -> list[bool]:
+    """Whether the trainable weights in ``checkpoint-N/<pattern>`` changed from step N-1 to N (N = 2..steps)."""
+    states = [load_file(str(folder / f"checkpoint-{n}" / pattern)) for n in range(1, steps + 1)]
+    return [state_dict_max_diff(a, b) > 0 for a, b in itertools.pairwise(states)]
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_generator_and_critic_updates_follow_their_schedule(make_config, tmp_path, lora):
+    steps, ratio = 7, 3
+    config = distill_config(
+        make_config, tmp_path, use_lora=lora, max_train_steps=steps, generator_update_ratio=ratio,
+        checkpointing_steps=1, learning_rate=1e-2,
+    )  # fmt: skip
+    result = train(config)
+    out = Path(config.output_dir)
+    generator = changed_per_step(out, steps, TRAINABLE_FILE.format(0))
+    critic = changed_per_step(out, steps, TRAINABLE_FILE.format(1))
+    # step n (1-based) is optimizer step n - 1: the generator learns on 0, 3, 6 -> checkpoints 1, 4, 7
+    assert generator == [(n - 1) % ratio == 0 for n in range(2, steps + 1)], generator
+    assert critic == [True] * (steps - 1)
+    assert sorted(result.generator_losses) == [1, 4, 7]
+    assert len(result.losses) == steps and all(torch.isfinite(torch.tensor(result.losses)))
+    print(f"distill lora={lora}: generator updated at {sorted(result.generator_losses)}, critic every step")
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_a_resumed_distillation_is_the_uninterrupted_one(make_config, tmp_path, lora):
+    results = []
+
+    def run(name: str, steps: int, **more):
+        config = make_config(
+            "inp", train_mode="inpaint", output_dir=str(tmp_path / name / "out"), use_lora=lora,
+            max_train_steps=steps, checkpointing_steps=2, generator_update_ratio=2, **DISTILL, **more,
+        )  # fmt: skip
+        results.append(train(config))
+        return results[-1]
+
+    check_resume_matches_uninterrupted(run, tmp_path, lora, f"distill lora={lora}")
+    whole, first, rest = results
+    assert sorted(whole.generator_losses) == [1, 3]
+    assert {**first.generator_losses, **rest.generator_losses} == whole.generator_losses
+
+
+@pytest.mark.parametrize(("variant", "mode"), [("inp", "inpaint"), ("control", "control")])
+def test_every_variant_keeps_its_conditions(make_config, tmp_path, variant, mode):
+    """The student, critic and teacher are called with the variant's y (mask + masked video / control latents)."""
+    config = distill_config(make_config, tmp_path, variant=variant, mode=mode, max_train_steps=8, learning_rate=2e-3)
+    seen: list[set[str]] = []
+    from videox_fun.models.wan.transformer import WanTransformer3DModel
+
+    original = WanTransformer3DModel.forward
+
+    def spy(self, x, t, **conditions):
+        seen.append({name for name, value in conditions.items() if value is not None})
+        return original(self, x, t, **conditions)
+
+    WanTransformer3DModel.forward = spy
+    try:
+        result = train(config)
+    finally:
+        WanTransformer3DModel.forward = original
+    # per step: the rollout, the critic's score and the teacher's two halves on generator steps, the critic's loss
+    assert len(seen) >= 8 * 2 and all("y" in names and "context" in names for names in seen)
+    assert len(result.losses) == 8
+
+
+def test_bad_distillation_settings_are_one_line(make_config, tmp_path):
+    cases = {
+        "--denoising_step_list": dict(denoising_step_list=[250, 500]),
+        "--distill trains the student on its prompts": dict(text_drop_ratio=0.1),
+        "--generator_update_ratio must be 1 or more": dict(generator_update_ratio=0),
+        "--critic_learning_rate must be a finite number": dict(critic_learning_rate=float("nan")),
+    }
+    for expected, overrides in cases.items():
+        with pytest.raises(ValueError, match=expected):
+            distill_config(make_config, tmp_path, **overrides).validate()
+    with pytest.raises(ValueError, match="distillation settings; add --distill"):
+        make_config("t2v", generator_update_ratio=3).validate()
+
+
+@pytest.mark.slow
+def test_two_processes_distil_as_one_with_the_doubled_batch(make_config, tmp_path):
+    """DDP over 2 gloo processes (batch 1 each) ends where one process with batch 2 ends (student and critic)."""
+    config = distill_config(
+        make_config, tmp_path, variant="inp", mode="inpaint", train_batch_size=2, max_train_steps=3,
+        generator_update_ratio=2,
+    )  # fmt: skip
+    one = train(config)
+    output = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "config" / "accelerate" / "ddp.yaml"), "--num_processes=2",
+        "--mixed_precision=no", f"--main_process_port={free_port()}", str(SCRIPT),
+        f"--pretrained_model_name_or_path={config.pretrained_model_name_or_path}",
+        f"--train_data_meta={config.train_data_meta}", f"--output_dir={output}", "--train_mode=inpaint",
+        "--train_batch_size=1", "--max_train_steps=3", f"--learning_rate={config.learning_rate}",
+        "--generator_update_ratio=2", "--video_sample_size=32", "--video_sample_n_frames=5",
+        "--video_sample_stride=1", "--report_to=none",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    reference = load_file(str(one.output_dir / weights))
+    difference = state_dict_max_diff(load_file(str(output / weights)), reference)
+    start = load_file(str(Path(config.pretrained_model_name_or_path) / "diffusion_pytorch_model.safetensors"))
+    moved = state_dict_max_diff(reference, start)
+    print(f"distill DDP (2 x batch 1) vs 1 process x batch 2: max abs diff {difference:.2e} (moved {moved:.2e})")
+    assert moved > 1e-4 and difference <= 2e-5

@@ -1,0 +1,89 @@
+"""The recipe of the distilled tiny students (``videox-fun toyworld train-distill``): DMD on the toy world.
+
+A packaged model is the teacher (``Wan2.1-Fun-Tiny-InP`` or ``-Control``: 20 steps with guidance 1.5 by
+default); its student, ``<teacher>-Distill``, samples in 4 steps without guidance (``Flow_Distill``, written
+in its folder's defaults). Training is the generic trainer's ``--distill`` in the teacher's own mode
+(``inpaint``, ``control``) on a latent cache, so the student keeps the variant's tasks (text-to-video, start
+image, first and last frames...; control videos).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ..io.files import reset_tree_modes
+from ..models.wan.tiny import write_folder_config
+from ..models.wan.transformer import WanTransformer3DModel
+from .recipe import DEFAULTS, MODELS, Recipe, train_on_cache
+
+TEACHER = "Wan2.1-Fun-Tiny-InP"
+SUFFIX = "-Distill"
+STUDENT_DEFAULTS = replace(DEFAULTS, steps=4, guidance_scale=1.0, sampler="Flow_Distill")
+
+
+@dataclass
+class DistillRecipe:
+    """Every number of the distillation; written to recipe.json beside the student's weights."""
+
+    seed: int = 0
+    steps: int = 2000
+    learning_rate: float = 1e-4  # the student's
+    critic_learning_rate: float = 1e-4
+    batch: int = 16
+    clips: int = 1200
+    generator_update_ratio: int = 5
+    denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
+
+
+def student_folder(out: Path, teacher: Path) -> Path:
+    """The student's folder: the teacher's files, with the few-step defaults (weights replaced after training)."""
+    folder = out / (teacher.name + SUFFIX)
+    if (folder / "config.json").is_file():
+        return folder
+    shutil.copytree(teacher, folder, ignore=shutil.ignore_patterns("recipe.json", "cache_calibration.json"))
+    reset_tree_modes(folder)
+    write_folder_config(
+        folder, STUDENT_DEFAULTS, f"the 4-step DMD student of {teacher.name} (videox-fun toyworld train-distill)"
+    )
+    return folder
+
+
+def train_distill(
+    out: str | Path, data: str | Path, teacher: str | Path = TEACHER, recipe: DistillRecipe | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:  # fmt: skip
+    """Distil ``teacher`` (a packaged tiny model, by name or folder) on ``data``'s clips into
+    OUT/<teacher>-Distill; resumable (the trainer's checkpoints). Returns the student's folder.
+
+    cache_dir: an existing latent cache of the teacher's VAE and text encoder on the same clips (else built).
+    """
+    from ..registry import resolve_model
+
+    recipe = recipe or DistillRecipe()
+    out, data, teacher_folder = Path(out), Path(data), resolve_model(teacher)
+    if teacher_folder.name not in MODELS:
+        raise ValueError(f"{teacher}: the toy-world students are of {', '.join(MODELS)}")
+    mode, _ = MODELS[teacher_folder.name]
+    folder = student_folder(out, teacher_folder)
+    name = folder.name
+    steps = Recipe.one_model(name, recipe.seed, recipe.batch, recipe.steps, recipe.learning_rate, recipe.clips)
+    extra = {"cache_dir": str(cache_dir)} if cache_dir else {}
+    result = train_on_cache(
+        out, folder, data, steps, mode,
+        distill=True, text_drop_ratio=0.0, lr_warmup_steps=0, lr_scheduler="constant",
+        critic_learning_rate=recipe.critic_learning_rate, generator_update_ratio=recipe.generator_update_ratio,
+        denoising_step_list=list(recipe.denoising_steps), **extra,
+    )  # fmt: skip
+    WanTransformer3DModel.from_pretrained(result.transformer_dir).save_original(folder)
+    generator_losses = list(result.generator_losses.values())
+    record = {
+        "recipe": asdict(recipe),
+        "teacher": teacher_folder.name,
+        "final_critic_loss": result.losses[-1] if result.losses else None,
+        "final_generator_loss": generator_losses[-1] if generator_losses else None,
+    }
+    (folder / "recipe.json").write_text(json.dumps(record, indent=1))
+    return folder

@@ -1,0 +1,262 @@
+"""Step distillation by distribution matching (DMD), VideoX-Fun's ``train_distill.py`` (issue #21).
+
+Three copies of one transformer take part:
+
+- the **generator** (the student, full or LoRA: the model the trainer steps) denoises in a few steps
+  (by default at the training timesteps 1000, 750, 500, 250, under the model's flow shift: the grid of
+  the ``Flow_Distill`` sampler) and keeps gradients only on a random *exit step*, whose clean estimate
+  x0 is its sample (:func:`student_rollout`);
+- the **teacher** ("real score", frozen, classifier-free guidance baked in) and the **critic** ("fake
+  score", trained with its own learning rate to denoise the generator's samples) judge a re-noised x0:
+  the generator's loss ``0.5 * |x0 - stopgrad(x0 - g)|^2`` has the gradient
+  ``g = (x0_fake - x0_teacher) / mean |x0 - x0_teacher|`` (:func:`dmd_loss`), which moves the
+  generator's distribution towards the teacher's;
+- the generator is updated every ``--generator_update_ratio`` steps, the critic every step, by the
+  family's own training objective on the generator's samples (:func:`~.objectives.denoising_loss`).
+
+The conditions are the family spec's for the training mode (``--train_mode inpaint`` gives an InP
+student its first / last frames, ``control`` its control video): the student, the critic and the
+teacher see the same ones; only the teacher's unconditional half swaps the text for the empty
+prompt's. A LoRA student's teacher is the same model with its adapters switched off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .config import DEFAULT_GENERATOR_UPDATE_RATIO
+from .objectives import counted_elements, denoising_loss, keep_known, per_sample_mse
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .objectives import Objective
+    from .specs import Device, FamilyModels, FamilySpec, TrainInputs
+
+DEFAULT_DENOISING_STEPS = (1000, 750, 500, 250)
+# The student's sampler in ``videox-fun generate``: Euler on the grid the rollout runs (see pipelines/schedulers).
+STUDENT_SAMPLER = "Flow_Distill"
+
+Predict = Callable[[nn.Module, torch.Tensor, torch.Tensor, "TrainInputs"], torch.Tensor]
+
+
+def draw_exit_step(seed: int, step: int, micro: int, num_steps: int) -> int:
+    """The rollout step whose x0 keeps gradients, one per micro-batch: drawn from (seed, step, micro) alone, so
+    every process (and a resumed run) draws the same one."""
+    from .specs import choose, sample_generators
+
+    return choose(sample_generators(seed, step, micro, [-1])[0], num_steps)
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with its peft LoRA adapters switched off (the base model: a LoRA student's teacher)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def student_rollout(
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    objective: Objective,
+    inputs: TrainInputs,
+    exit_step: int,
+) -> torch.Tensor:
+    """The generator's sample: x0 (B, z, F', h, w) estimated at step ``exit_step`` of the rollout from ``noise``.
+
+    predict(x_t, model timesteps (B,)) -> the prediction; timesteps: (K,) noise levels in the objective's
+    units. Steps before the exit run without gradients and move on deterministically (Euler for flow
+    matching, DDIM for v-prediction: x0 and the implied noise re-noised to the next level), the way the
+    student samples at inference; known latent frames stay clean.
+    """
+    latents = keep_known(noise, inputs)
+    b = noise.shape[0]
+    for step in range(exit_step + 1):
+        level = timesteps[step].expand(b).to(noise.device)  # (B,)
+        with torch.set_grad_enabled(step == exit_step and torch.is_grad_enabled()):
+            prediction = predict(latents, objective.model_timesteps(level)).float()
+            clean, implied_noise = objective.split_prediction(latents, prediction, level)
+        if step == exit_step:
+            return clean
+        following = timesteps[step + 1].expand(b).to(noise.device)
+        latents = keep_known(objective.noisy(clean, implied_noise, following), inputs)
+    raise ValueError(f"exit step {exit_step} lies beyond the {len(timesteps)} rollout steps")
+
+
+def dmd_gradient(
+    sample: torch.Tensor, fake: torch.Tensor, real: torch.Tensor, counted: torch.Tensor | None
+) -> torch.Tensor:
+    """(x0_fake - x0_teacher) / mean |x0 - x0_teacher| per sample (over the counted elements), finite."""
+    distance = (sample - real).abs()
+    if counted is None:
+        normaliser = distance.flatten(1).mean(dim=1)
+    else:
+        weights = counted.float().expand_as(distance)
+        normaliser = (distance * weights).flatten(1).sum(dim=1) / weights.flatten(1).sum(dim=1).clamp_min(1.0)
+    normaliser = normaliser.clamp_min(1e-6).view(-1, *([1] * (sample.dim() - 1)))  # (B, 1, ..., 1)
+    return torch.nan_to_num((fake - real) / normaliser)
+
+
+def dmd_loss(sample: torch.Tensor, gradient: torch.Tensor, counted: torch.Tensor | None) -> torch.Tensor:
+    """0.5 * MSE(x0, stopgrad(x0 - g)): a loss whose gradient in x0 is g / (elements), averaged over samples."""
+    target = (sample - gradient).detach()
+    return 0.5 * per_sample_mse(sample, target, counted).mean()
+
+
+def fit_context(context: torch.Tensor, length: int) -> torch.Tensor:
+    """A text context (..., L, C) cut or zero-padded to ``length`` tokens (the empty prompt's beside a batch's)."""
+    if context.shape[-2] >= length:
+        return context[..., :length, :]
+    pad = context.new_zeros(*context.shape[:-2], length - context.shape[-2], context.shape[-1])
+    return torch.cat([context, pad], dim=-2)
+
+
+@dataclass
+class DistillObjective:
+    """DMD's losses of one micro-batch (the trainer owns the three models and their optimizers).
+
+    flow: the family's objective (noise levels, re-noising, the critic's loss); timesteps: (K,) the rollout's
+    noise levels; guidance_scale: the teacher's CFG; empty_context: the empty prompt's text (L, C) for the
+    teacher's unconditional half, made once when batches do not carry it (cached batches do).
+    """
+
+    flow: Objective
+    timesteps: torch.Tensor
+    generator_update_ratio: int
+    guidance_scale: float
+    empty_context: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(cls, spec: FamilySpec, models: FamilyModels, config: TrainConfig) -> DistillObjective:
+        """The objective ``config`` asks for; the teacher's guidance defaults to the model's own."""
+        flow = spec.objective(models, config)
+        steps = config.denoising_step_list or list(DEFAULT_DENOISING_STEPS)
+        guidance = config.real_guidance_scale
+        if guidance is None:
+            guidance = float(models.settings.defaults.guidance_scale)
+        ratio = config.generator_update_ratio or DEFAULT_GENERATOR_UPDATE_RATIO
+        return cls(flow, flow.rollout_timesteps(steps), ratio, guidance)
+
+    @property
+    def num_steps(self) -> int:
+        """Denoising steps of the student."""
+        return len(self.timesteps)
+
+    def updates_generator(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (0-based) updates the generator (every ``generator_update_ratio``)."""
+        return step % self.generator_update_ratio == 0
+
+    def unconditional(
+        self, spec: FamilySpec, models: FamilyModels, inputs: TrainInputs, batch: dict, device: Device
+    ) -> TrainInputs:
+        """The inputs with the text swapped for the empty prompt's (the teacher's unconditional half): a cached
+        batch carries it; otherwise the text encoder makes it once."""
+        context = inputs.conditions["context"]  # (B, L, C)
+        empty = batch.get("empty_context")
+        if empty is None:
+            if self.empty_context is None:
+                self.empty_context = spec.empty_context(models, device)  # (L, C)
+            empty = self.empty_context.expand(context.shape[0], -1, -1)
+        empty = fit_context(empty.to(context), context.shape[1])
+        return replace(inputs, conditions={**inputs.conditions, "context": empty})
+
+    def batch_losses(
+        self,
+        spec: FamilySpec,
+        models: FamilyModels,
+        generator: nn.Module,
+        critic: nn.Module,
+        teacher: nn.Module | None,
+        batch: dict,
+        mode: str,
+        generators: Sequence[torch.Generator],
+        device: Device,
+        exit_step: int,
+        update_generator: bool,
+        autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> dict[str, torch.Tensor]:
+        """{"critic": its denoising loss on the generator's samples} and, when ``update_generator``,
+        {"generator": the DMD loss}; scalars (fp32) whose gradients reach only their own model.
+
+        teacher: None means the generator with its LoRA adapters off. Draws, in order: the spec's inputs, the
+        rollout noise, then (generator step) the DMD noise level and noise, then the critic's.
+        """
+        inputs = spec.build_inputs(models, batch, mode, generators, device)
+        counted = counted_elements(inputs)
+        noise = self.flow.noise_like(inputs.latents, generators)
+
+        def run(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+            def predict(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+                with autocast():
+                    return spec.predict(model, latents, timesteps, replace(inputs, latents=latents))
+
+            return predict
+
+        with torch.set_grad_enabled(update_generator):
+            sample = student_rollout(run(generator), noise, self.timesteps, self.flow, inputs, exit_step)
+            sample = keep_known(sample, inputs)  # the given frames are the data's, not the student's estimate
+        losses = {}
+        if update_generator:
+            unconditional = self.unconditional(spec, models, inputs, batch, device)
+            losses["generator"] = self._generator_loss(
+                spec, sample, inputs, unconditional, generator, critic, teacher, generators, counted, autocast
+            )
+        generated = replace(inputs, latents=sample.detach().to(inputs.latents.dtype))
+        losses["critic"] = denoising_loss(spec, critic, self.flow, generated, generators, autocast)
+        return losses
+
+    def _generator_loss(
+        self,
+        spec: FamilySpec,
+        sample: torch.Tensor,
+        inputs: TrainInputs,
+        unconditional: TrainInputs,
+        generator: nn.Module,
+        critic: nn.Module,
+        teacher: nn.Module | None,
+        generators: Sequence[torch.Generator],
+        counted: torch.Tensor | None,
+        autocast: Callable[[], AbstractContextManager[Any]],
+    ) -> torch.Tensor:
+        """DMD: re-noise the sample to a drawn level, compare the critic's and the (guided) teacher's x0."""
+        flow = self.flow
+        with torch.no_grad():
+            levels = flow.sample_timesteps(generators).to(sample.device)  # (B,)
+            noise = flow.noise_like(sample, generators)
+            noisy = replace(inputs, latents=keep_known(flow.noisy(sample.detach(), noise, levels), inputs))
+            model_t = flow.model_timesteps(levels)
+            unconditional = replace(unconditional, latents=noisy.latents)
+            with autocast():
+                fake = spec.predict(critic, noisy.latents, model_t, noisy).float()
+                with self._teacher(generator, teacher) as real_model:
+                    real_cond = spec.predict(real_model, noisy.latents, model_t, noisy).float()
+                    real_uncond = spec.predict(real_model, noisy.latents, model_t, unconditional).float()
+            real = real_uncond + self.guidance_scale * (real_cond - real_uncond)
+            fake_x0 = flow.split_prediction(noisy.latents, fake, levels)[0]
+            real_x0 = flow.split_prediction(noisy.latents, real, levels)[0]
+            gradient = dmd_gradient(sample.detach().float(), fake_x0, real_x0, counted)
+        return dmd_loss(sample.float(), gradient, counted)
+
+    @staticmethod
+    @contextmanager
+    def _teacher(generator: nn.Module, teacher: nn.Module | None) -> Iterator[nn.Module]:
+        """The frozen teacher, or the (unwrapped) LoRA generator with its adapters off."""
+        if teacher is not None:
+            yield teacher
+            return
+        with adapters_disabled(getattr(generator, "module", generator)) as base:
+            yield base
