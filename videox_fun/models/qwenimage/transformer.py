@@ -1,0 +1,63 @@
+"""The Qwen-Image transformer: diffusers' ``QwenImageTransformer2DModel`` with strict loading and the extension
+points our runtime features read.
+
+Released folders are in the diffusers layout only (diffusers' single-file mapping for Qwen-Image is the identity),
+so the network, its keys and its config are diffusers' (principle 6). Qwen-Image and every Edit release share one
+config (60 dual-stream blocks, 24 heads of 128, text 3584, rotary split (16, 56, 56)): 20,430,401,088 parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from diffusers import QwenImageTransformer2DModel
+
+from ..component import StrictDiffusersModel
+
+TRANSFORMER_CLASS_NAME = "QwenImageTransformer2DModel"
+
+
+class QwenImageTransformer(StrictDiffusersModel, QwenImageTransformer2DModel):
+    """diffusers' Qwen-Image MMDiT (same keys, same config) with strict loading.
+
+    ``hidden_states`` is (B, N, 64): 16 latent channels packed 2x2 per token (Edit: the noisy tokens followed by
+    the edit image's tokens); ``img_shapes`` gives each image's (frames, rows, columns) of tokens for the rotary
+    positions; the output (B, N, 64) is the flow velocity of every token.
+    """
+
+    released_class_name = TRANSFORMER_CLASS_NAME
+    # Where runtime features attach (read by videox_fun.runtime, never by attribute names of one family).
+    _block_lists = ("transformer_blocks",)
+    _repeated_blocks = ("QwenImageTransformerBlock",)
+    # A block returns (encoder_hidden_states, hidden_states): text first, unlike its arguments.
+    _block_streams = ("encoder_hidden_states", "hidden_states")
+    # The module whose output a step cache compares between steps: the timestep embedding.
+    _cache_indicators: ClassVar[dict[str, str]] = {"time_embedding": "time_text_embed"}
+    # The modulation and norm layers stay in high precision under fp8 storage, as diffusers'
+    # _skip_layerwise_casting_patterns ("pos_embed", "norm") keeps them.
+    _fp8_skip_modules = ("norm", "mod")
+
+    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
+    @functools.wraps(QwenImageTransformer2DModel.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def from_state(
+        cls,
+        config: Mapping[str, Any],
+        state: Mapping[str, torch.Tensor],
+        source: str,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+    ) -> QwenImageTransformer:
+        """The strict meta-device load, then the rotary tables rebuilt: they are plain tensors of ``pos_embed``
+        (neither parameters nor buffers, so not in the checkpoint), left without data by the meta build."""
+        model = super().from_state(config, state, source, torch_dtype, device)
+        rope = model.pos_embed
+        with torch.device(device):
+            model.pos_embed = type(rope)(theta=rope.theta, axes_dim=list(rope.axes_dim), scale_rope=rope.scale_rope)
+        return model
