@@ -124,7 +124,7 @@ def test_i2i_matches_diffusers(folders, monkeypatch):
     pipe = ours(folders["dev"])
     theirs = FluxImg2ImgPipeline(**diffusers_components(folders["dev"]))
     image = random_image()
-    monkeypatch.setattr("videox_fun.pipelines.flux.seeded_noise", lambda *_: noise(draws=2))
+    monkeypatch.setattr("videox_fun.pipelines.image.seeded_noise", lambda *_: noise(draws=2))
     expected = run_diffusers(theirs, 512, image=Image.fromarray(image.numpy()), strength=0.7, guidance_scale=3.5,
                              generator=torch.Generator().manual_seed(SEED))  # fmt: skip
     check("i2i", run_ours(pipe, image=image, strength=0.7, guidance_scale=3.5), expected)
@@ -136,7 +136,7 @@ def test_inpaint_matches_diffusers(folders, monkeypatch):
     image = random_image()
     mask = torch.zeros(SIZE, SIZE, 3, dtype=torch.uint8)
     mask[8:24, 4:20] = 255  # white = regenerate
-    monkeypatch.setattr("videox_fun.pipelines.flux.seeded_noise", lambda *_: noise(draws=2))
+    monkeypatch.setattr("videox_fun.pipelines.image.seeded_noise", lambda *_: noise(draws=2))
     expected = run_diffusers(theirs, 512, image=Image.fromarray(image.numpy()),
                              mask_image=Image.fromarray(mask[..., 0].numpy()), strength=0.9, guidance_scale=3.5,
                              generator=torch.Generator().manual_seed(SEED))  # fmt: skip

@@ -113,7 +113,7 @@ def random_image() -> torch.Tensor:
 def test_i2i_matches_diffusers(folder, monkeypatch):
     theirs = ZImageImg2ImgPipeline(**diffusers_components(folder))
     image = random_image()
-    monkeypatch.setattr("videox_fun.pipelines.zimage.seeded_noise", lambda *_: second_draw())
+    monkeypatch.setattr("videox_fun.pipelines.image.seeded_noise", lambda *_: second_draw())
     expected = run_diffusers(theirs, image=Image.fromarray(image.numpy()), strength=0.7, guidance_scale=0.0,
                              generator=torch.Generator().manual_seed(SEED))  # fmt: skip
     check("i2i", run_ours(folder, image=image, strength=0.7, guidance_scale=0.0), expected)
@@ -124,7 +124,7 @@ def test_inpaint_matches_diffusers(folder, monkeypatch):
     image = random_image()
     mask = torch.zeros(SIZE, SIZE, 3, dtype=torch.uint8)
     mask[8:24, 4:20] = 255  # white = regenerate
-    monkeypatch.setattr("videox_fun.pipelines.zimage.seeded_noise", lambda *_: second_draw())
+    monkeypatch.setattr("videox_fun.pipelines.image.seeded_noise", lambda *_: second_draw())
     mask_image = Image.fromarray(mask[..., 0].numpy())
     expected = run_diffusers(theirs, image=Image.fromarray(image.numpy()), mask_image=mask_image, strength=0.9,
                              guidance_scale=4.0, generator=torch.Generator().manual_seed(SEED))  # fmt: skip

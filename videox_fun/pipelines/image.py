@@ -1,0 +1,258 @@
+"""What the flow-matching image pipelines (FLUX.1, Z-Image) share: one ``__call__`` for t2i, i2i and inpaint,
+as diffusers' image pipelines run them (same latents for the same weights and noise).
+
+A family's pipeline subclasses :class:`FlowImagePipeline` and supplies the model-specific parts: its text
+inputs and guidance passes (:meth:`~FlowImagePipeline.guidance_passes`), the denoiser (``_denoise``), the token
+layout of its latents (:meth:`~FlowImagePipeline.pack` / :meth:`~FlowImagePipeline.unpack`), its sigmas and what
+its guidance scale means (:meth:`~FlowImagePipeline.checked_guidance`).
+
+* t2i: pure noise;
+* i2i: the image's latents noised to the first of the steps that ``strength`` leaves;
+* inpaint: as i2i, and after every step the latents outside the (binarised, white = generate) mask are put
+  back to the image's latents noised to the next step's level.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from tqdm.auto import tqdm
+
+from ..families import ImageSizeRules, Mode, infer_mode, require_inputs
+from ..io.files import check_input_file
+from ..io.video import tensor_to_frames
+from .common import (
+    GenerationOutput,
+    ImageLike,
+    SamplingSettings,
+    StepCallback,
+    corrected,
+    flow_scheduler,
+    flow_timesteps,
+    generate_mask,
+    image_tensor,
+    keep_known,
+    seeded_noise,
+    strength_start,
+)
+from .guidance import ClassifierFreeGuidance
+
+logger = logging.getLogger(__name__)
+PATCH = 2  # image tokens of both families: 2x2 latent pixels each
+# (cond inputs, uncond inputs, CFG scale): what the guidance runs every step.
+Passes = tuple[dict, dict, float]
+
+
+class FlowImagePipeline:
+    """The shared sampling of a flow-matching image pipeline; subclasses fill the class attributes and hooks.
+
+    Subclasses set ``transformer``, ``vae``, ``config`` (with ``defaults``), ``scheduler_config``, ``device`` and
+    ``dtype`` in ``__init__``.
+    """
+
+    label: ClassVar[str]  # the family's name in messages ("FLUX.1")
+    modes: ClassVar[Mapping[str, Mode]]
+    samplers: ClassVar[tuple[str, ...]]
+    sizes: ClassVar[ImageSizeRules]
+    component_methods: ClassVar[dict[str, tuple[str, ...]]]  # attribute -> the methods the pipeline calls
+    transformer: torch.nn.Module
+    vae: Any
+    config: Any
+    scheduler_config: dict[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+
+    # -- hooks ---------------------------------------------------------------------------------
+    @property
+    def variant_name(self) -> str:
+        """The checkpoint's variant, for the sidecar."""
+        raise NotImplementedError
+
+    def checked_guidance(self, scale: float) -> float:
+        """The guidance scale this call runs with (checked; corrected with a message where it cannot apply)."""
+        raise NotImplementedError
+
+    def guidance_passes(self, prompt: str, settings: SamplingSettings, latent_size: tuple[int, int]) -> Passes:
+        """The conditional and unconditional transformer inputs and the CFG scale of one call."""
+        raise NotImplementedError
+
+    def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """Flow velocity of (packed) latents at scheduler timesteps ``t`` (B,) in [0, 1000]."""
+        raise NotImplementedError
+
+    def sigmas(self, steps: int) -> Sequence[float] | None:
+        """The sigmas of ``steps`` steps (None: ``flow_timesteps``' float64 linspace)."""
+        return None
+
+    def pack(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents in the layout the transformer reads (unchanged by default)."""
+        return latents
+
+    def unpack(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """:meth:`pack` undone: (B, C, h, w) latents of ``height x width``."""
+        return tokens
+
+    # -- components ----------------------------------------------------------------------------
+    def to(self, device: str | torch.device) -> FlowImagePipeline:
+        """Move every component to ``device``."""
+        self.device = torch.device(device)
+        for name in self.component_methods:
+            getattr(self, name).to(self.device)
+        return self
+
+    @property
+    def transformers(self) -> tuple[torch.nn.Module]:
+        """The denoising transformer (one)."""
+        return (self.transformer,)
+
+    def components(self) -> dict[str, tuple[torch.nn.Module, tuple[str, ...]]]:
+        """Every model by name, with the methods through which the pipeline calls it (offload hooks wrap these)."""
+        return {name: (getattr(self, name), methods) for name, methods in self.component_methods.items()}
+
+    # -- settings ------------------------------------------------------------------------------
+    def valid_side(self, name: str, value: int) -> int:
+        """A height or width as a multiple of the size rule's (8x VAE, 2x2 tokens), told when corrected."""
+        return corrected(name, value, self.sizes.valid_size(value), f"a multiple of {self.sizes.multiple}")
+
+    def resolve_settings(self, mode: str, inputs: Mapping[str, Any], **given: Any) -> SamplingSettings:
+        """The settings of one call: the config's defaults for what is None, checked and size-corrected."""
+        defaults = self.config.defaults
+        values = {name: getattr(defaults, name) if given.get(name) is None else given[name]
+                  for name in ("height", "width", "num_frames", "steps", "guidance_scale", "sampler",
+                               "negative_prompt")}  # fmt: skip
+        if values["sampler"] not in self.samplers:
+            raise ValueError(f"unknown sampler {values['sampler']!r}; {self.label} takes {', '.join(self.samplers)}")
+        if values["steps"] < 1:
+            raise ValueError(f"steps must be at least 1, got {values['steps']}")
+        require_inputs(self.modes, mode, inputs, check_input_file)
+        if values["num_frames"] != 1:
+            corrected("frame count", values["num_frames"], 1, f"1 ({self.label} makes images)")
+        return SamplingSettings(
+            mode=mode,
+            negative_prompt=values["negative_prompt"] or "",
+            height=self.valid_side("height", values["height"]),
+            width=self.valid_side("width", values["width"]),
+            num_frames=1,
+            steps=values["steps"],
+            guidance_scale=self.checked_guidance(float(values["guidance_scale"])),
+            guidance_scale_2=None,  # type: ignore[arg-type]  # one transformer
+            shift=given.get("shift"),  # type: ignore[arg-type]  # None: the scheduler config's shift
+            sampler=values["sampler"],
+        )
+
+    def latent_size(self, settings: SamplingSettings) -> tuple[int, int]:
+        """(h, w) of the latents: the image over the VAE's compression (8)."""
+        s = self.vae.spatial_compression
+        return settings.height // s, settings.width // s
+
+    def image_latents(self, source: ImageLike, settings: SamplingSettings) -> torch.Tensor:
+        """An input image's normalised latents (1, C, h, w)."""
+        image = image_tensor(source, settings.height, settings.width, self.device, self.dtype)  # (1, 3, H, W)
+        return self.vae.encode(image).float()
+
+    # -- sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        mode: str | None = None,
+        image: ImageLike | None = None,
+        mask: ImageLike | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_scale_2: float | None = None,
+        shift: float | None = None,
+        sampler: str | None = None,
+        seed: int = 43,
+        strength: float = 0.7,
+        guidance: ClassifierFreeGuidance | None = None,
+        callback: StepCallback | None = None,
+        progress: bool = True,
+    ) -> GenerationOutput:
+        """Generate one image. ``mode`` is inferred from the inputs when not given; ``guidance`` carries the
+        runtime's guidance settings (batched or sequential passes, CFG skip), run at the family's scale."""
+        if guidance_scale_2:
+            logger.info("guidance_scale_2=%s does not apply to %s (one transformer); ignored", guidance_scale_2,
+                        self.label)  # fmt: skip
+        inputs = {"image": image, "mask": mask}
+        settings = self.resolve_settings(
+            mode or infer_mode(self.modes, inputs), inputs, height=height, width=width, num_frames=num_frames,
+            steps=num_inference_steps, guidance_scale=guidance_scale, shift=shift, sampler=sampler,
+            negative_prompt=negative_prompt,
+        )  # fmt: skip
+        h, w = self.latent_size(settings)
+        passes = self.guidance_passes(prompt, settings, (h, w))
+        scheduler = flow_scheduler(self.scheduler_config, shift)
+        start = 0 if settings.mode == "t2i" else strength_start(settings.steps, strength)
+        timesteps, mu = flow_timesteps(scheduler, settings.steps, (h // PATCH) * (w // PATCH), start, self.device,
+                                       self.sigmas(settings.steps))  # fmt: skip
+        noise = seeded_noise((1, self.vae.latent_channels, h, w), seed, self.device)  # (1, C, h, w)
+        latents, known = self.start_latents(settings, noise, scheduler, timesteps[:1], image, mask)
+        latents = self.unpack(self._sample(latents, timesteps, scheduler, guidance, passes, known, callback, progress),
+                              h, w)  # fmt: skip  # (1, C, h, w)
+
+        decoded = self.vae.decode(latents.to(self.dtype)).float()  # (1, 3, H, W)
+        record = {**settings.record(seed), "shift": shift, "mu": None if shift is not None else mu,
+                  "sampler": settings.sampler, "variant": self.variant_name}  # fmt: skip
+        if passes[2] != 1.0:
+            record["negative_prompt"] = settings.negative_prompt
+        if settings.mode != "t2i":
+            record["strength"] = strength
+        frames = tensor_to_frames(decoded[:, :, None][0].cpu())  # (1, H, W, 3)
+        return GenerationOutput(frames=frames, latents=latents[:, :, None].cpu(), settings=record)
+
+    def start_latents(
+        self,
+        settings: SamplingSettings,
+        noise: torch.Tensor,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        first: torch.Tensor,
+        image: ImageLike | None,
+        mask: ImageLike | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        """The packed latents the loop starts from (noise; i2i / inpaint: the image noised to timestep ``first``),
+        and for inpaint the packed (clean latents, noise, generate mask) the loop keeps outside the mask."""
+        if settings.mode == "t2i":
+            return self.pack(noise), None
+        clean = self.image_latents(image, settings)  # (1, C, h, w)
+        latents = self.pack(scheduler.scale_noise(clean, first, noise))
+        if settings.mode != "inpaint":
+            return latents, None
+        generate = generate_mask(mask, settings.height, settings.width, tuple(clean.shape[-2:])).to(self.device)
+        return latents, (self.pack(clean), self.pack(noise), self.pack(generate.repeat(1, clean.shape[1], 1, 1)))
+
+    def _sample(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        guidance: ClassifierFreeGuidance | None,
+        passes: Passes,
+        known: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        callback: StepCallback | None,
+        progress: bool,
+    ) -> torch.Tensor:
+        """The denoising loop over ``passes``; ``known`` (inpaint) re-imposes the image outside the mask after each
+        step. Returns the final (packed) latents."""
+        for hook in getattr(self.transformer, "generation_hooks", ()):
+            hook.begin(len(timesteps))  # step caches start fresh for every image
+        guidance = guidance or ClassifierFreeGuidance()
+        cond, uncond, scale = passes
+        num_steps = len(timesteps)
+        for step, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
+            # Scale 1 is one conditional pass (inside its cache branch), whatever scale the runtime set.
+            velocity = guidance(self._denoise, latents, t.expand(1), cond, uncond, step, num_steps, scale=scale)
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0].float()
+            if known is not None:
+                latents = keep_known(latents, known, scheduler, timesteps, step)
+            if callback is not None:
+                callback(step, num_steps, latents)
+        return latents
