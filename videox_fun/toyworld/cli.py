@@ -157,6 +157,17 @@ def run_train_distill(args: argparse.Namespace) -> Path:
     return folder
 
 
+def run_distill_report(args: argparse.Namespace) -> dict:
+    """A student beside its teacher: headline at their defaults, t2v accuracy against steps; print the summary."""
+    from .report_distill import run_distill_report as report_distill
+
+    report = report_distill(args.out, args.student, args.teacher, args.repeats, tuple(args.steps), not args.quiet)
+    print(
+        json.dumps({role: {k: v for k, v in report[role].items() if k != "sweep"} for role in ("teacher", "student")})
+    )
+    return report
+
+
 def run_vace_report(args: argparse.Namespace) -> dict:
     """Reference-to-video and masked completion of a VACE model; print the summary."""
     from .report_vace import run_vace_report as report_vace
@@ -276,6 +287,19 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     distill.add_argument("--cache-dir", type=Path, help="an existing latent cache of the teacher on these clips")
     distill.add_argument("--seed", type=int, default=0, help="seed of training")
     distill.set_defaults(handler=run_train_distill)
+
+    report_distill = actions.add_parser(
+        "report-distill",
+        help="a distilled student beside its teacher (accuracy, PSNR, steps)",
+        formatter_class=defaults,
+    )
+    report_distill.add_argument("out", type=Path, help="folder for the videos, report_distill.json and the plot")
+    report_distill.add_argument("--student", required=True, help="the student (folder or name)")
+    report_distill.add_argument("--teacher", help="the teacher (default: the one the student's recipe.json names)")
+    report_distill.add_argument("--repeats", type=int, default=2, help="t2v videos per combination (headline)")
+    report_distill.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 20], help="t2v sweep step counts")
+    report_distill.add_argument("--quiet", action="store_true", help="no progress bars")
+    report_distill.set_defaults(handler=run_distill_report)
 
     report_vace = actions.add_parser(
         "report-vace", help="measure a VACE model: reference-to-video and masked completion", formatter_class=defaults

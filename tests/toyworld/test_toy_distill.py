@@ -1,0 +1,44 @@
+"""The distilled tiny students' recipe and report: a student folder with its few-step defaults, trained by the
+generic trainer's --distill, sampled by ``videox-fun generate`` with them, and measured against steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from videox_fun.api import load_pipeline
+from videox_fun.cli import main
+from videox_fun.toyworld.dataset import write_dataset
+from videox_fun.toyworld.recipe_distill import DistillRecipe, train_distill
+from videox_fun.toyworld.report_distill import evaluations_per_video, plot_sweep, sweep
+
+
+@pytest.mark.slow
+def test_train_distill_writes_a_student_that_generate_samples_in_four_steps(tmp_path: Path):
+    data = tmp_path / "data"
+    write_dataset(data, 8, seed=0, progress=False)
+    recipe = DistillRecipe(steps=2, batch=2, clips=8, generator_update_ratio=1)
+    folder = train_distill(tmp_path / "out", data, "Wan2.1-Fun-Tiny-InP", recipe)
+    assert folder.name == "Wan2.1-Fun-Tiny-InP-Distill"
+    record = json.loads((folder / "recipe.json").read_text())
+    assert record["teacher"] == "Wan2.1-Fun-Tiny-InP" and record["final_generator_loss"] is not None
+
+    pipe = load_pipeline(folder)
+    defaults = pipe.recognised.defaults
+    assert (defaults.steps, defaults.guidance_scale, defaults.sampler) == (4, 1.0, "Flow_Distill")
+    assert evaluations_per_video(pipe) == 4  # no guidance: one evaluation a step
+    points = sweep(pipe, tmp_path / "sweep", (1, 4), progress=False, prompts=["a red circle moving right"])
+    assert [p["steps"] for p in points] == [1, 4] and points[1]["all"]["count"] == 1
+    pipe.close()
+    report = {role: {"model": role, "settings": {"guidance": 1.0}, "sweep": points} for role in ("teacher", "student")}
+    plot = plot_sweep(report, tmp_path / "plot.png")
+    assert plot is None or plot.stat().st_size > 0
+
+    video = tmp_path / "student.mp4"
+    assert main(
+        ["generate", "--model", str(folder), "--prompt", "a red circle moving right", "--output", str(video)]
+    ) in (0, None)
+    sidecar = json.loads(video.with_suffix(".json").read_text())
+    assert (sidecar["steps"], sidecar["guidance_scale"], sidecar["sampler"]) == (4, 1.0, "Flow_Distill")
