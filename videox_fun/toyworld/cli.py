@@ -168,6 +168,25 @@ def run_distill_report(args: argparse.Namespace) -> dict:
     return report
 
 
+def run_train_reward(args: argparse.Namespace) -> Path:
+    """A reward LoRA on the packaged InP model with a built-in toy reward (report_reward.py)."""
+    from .report_reward import RewardRecipe, train_reward_lora
+
+    lora = train_reward_lora(args.out, RewardRecipe(reward=args.reward, steps=args.steps, seed=args.seed))
+    print(f"reward LoRA written to {lora}")
+    return lora
+
+
+def run_reward_report(args: argparse.Namespace) -> dict:
+    """t2v with and without a reward LoRA: accuracy and reward, seen and held-out; print the changes."""
+    from .report_reward import run_reward_report as report_reward
+
+    report = report_reward(args.out, args.lora, args.reward, args.repeats)
+    print(json.dumps({"accuracy_change_points": report["accuracy_change_points"],
+                      "reward": {role: report[role]["reward"] for role in ("base", "lora")}}))  # fmt: skip
+    return report
+
+
 def run_vace_report(args: argparse.Namespace) -> dict:
     """Reference-to-video and masked completion of a VACE model; print the summary."""
     from .report_vace import run_vace_report as report_vace
@@ -300,6 +319,25 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     report_distill.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 20], help="t2v sweep step counts")
     report_distill.add_argument("--quiet", action="store_true", help="no progress bars")
     report_distill.set_defaults(handler=run_distill_report)
+
+    rewards = ("toy_colour", "toy_motion")
+    train_reward = actions.add_parser(
+        "train-reward", help="a reward LoRA on the packaged InP model (built-in toy reward)", formatter_class=defaults
+    )
+    train_reward.add_argument("out", type=Path, help="working folder (prompts, run/, run/lora.safetensors)")
+    train_reward.add_argument("--reward", choices=rewards, default="toy_colour", help="the differentiable reward")
+    train_reward.add_argument("--steps", type=int, default=60, help="training steps")
+    train_reward.add_argument("--seed", type=int, default=0, help="seed of training")
+    train_reward.set_defaults(handler=run_train_reward)
+
+    report_reward = actions.add_parser(
+        "report-reward", help="t2v accuracy and reward with and without a reward LoRA", formatter_class=defaults
+    )
+    report_reward.add_argument("out", type=Path, help="folder for the videos and report_reward.json")
+    report_reward.add_argument("--lora", type=Path, required=True, help="the reward LoRA file")
+    report_reward.add_argument("--reward", choices=rewards, default="toy_colour", help="the reward to measure")
+    report_reward.add_argument("--repeats", type=int, default=2, help="t2v videos per combination")
+    report_reward.set_defaults(handler=run_reward_report)
 
     report_vace = actions.add_parser(
         "report-vace", help="measure a VACE model: reference-to-video and masked completion", formatter_class=defaults
