@@ -284,3 +284,24 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, read_extra: Callable
     if read_extra is not None:
         read_extra(folder)
     return read_training_state(folder)
+
+
+def save_transformer_folder(
+    model_class: Any, class_name: str, transformer: nn.Module, state: dict[str, torch.Tensor], folder: Path
+) -> None:
+    """A fully trained transformer in the diffusers layout of a release: ``config.json`` naming ``class_name`` (the
+    diffusers class, so diffusers' ``from_pretrained`` reads it too) + safetensors, written atomically.
+
+    ``state`` (the whole model, gathered when sharded) is checked key by key against a clean ``model_class`` built
+    on the meta device from ``transformer``'s config, so nothing is written that our strict loader would refuse.
+    """
+    from ..io.files import atomic_dir
+    from ..models.loading import check_state_dict, public_config, save_sharded
+
+    config = {"_class_name": class_name, **public_config(transformer.config)}
+    with torch.device("meta"):
+        clean = model_class.from_model_config(config)
+    check_state_dict(clean, state, "trained weights")
+    with atomic_dir(folder) as staging:
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        save_sharded({k: state[k] for k in clean.state_dict()}, staging)

@@ -85,24 +85,50 @@ def to_file_format(state: Mapping[str, torch.Tensor], alpha: float) -> dict[str,
     return out
 
 
-def save_lora_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike, rank: int, alpha: float) -> Path:
-    """Write the LoRA tensors of ``state`` (a model state dict) atomically, with rank / alpha metadata."""
+def write_lora_tensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, prefix: str, metadata: Mapping[str, str]
+) -> Path:
+    """Write LoRA tensors keyed ``<prefix><module>.lora_A.weight``... atomically, with ``metadata`` and the adapted
+    modules (``target_modules``) in the safetensors metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = to_file_format(state, alpha)
-    modules = sorted({k[len(PREFIX) :].rsplit(".", 2)[0] for k in tensors if k.endswith(".lora_A.weight")})
+    modules = sorted({k[len(prefix) :].rsplit(".", 2)[0] for k in tensors if k.endswith(".lora_A.weight")})
+    with atomic_path(path) as temporary:
+        save_file(dict(tensors), str(temporary), metadata={"format": "pt", **metadata,
+                                                           "target_modules": json.dumps(modules)})  # fmt: skip
+    return path
+
+
+def save_lora_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike, rank: int, alpha: float) -> Path:
+    """Write the LoRA tensors of ``state`` (a model state dict) atomically, with rank / alpha metadata."""
     metadata = {
-        "format": "pt",
         "lora_format": "wan-original/diffusion_model",
         "rank": str(rank),
         "network_alpha": str(alpha),
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(alpha),
-        "target_modules": json.dumps(modules),
     }
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
-    return path
+    return write_lora_tensors(to_file_format(state, alpha), path, PREFIX, metadata)
+
+
+def save_diffusers_lora_file(
+    state: Mapping[str, torch.Tensor], path: str | os.PathLike, rank: int, alpha: float, prefix: str = "transformer."
+) -> Path:
+    """Write the LoRA tensors of ``state`` as diffusers' ``load_lora_weights`` reads them for a diffusers-named
+    transformer: ``<prefix><module>.lora_A.weight`` / ``lora_B.weight``, atomically.
+
+    diffusers reads no per-module alpha in this layout (it applies B @ A as stored), so alpha / rank is folded
+    into ``lora_B``; our loaders (``models.lora``, :func:`load_lora`) read the file the same way. Metadata keeps
+    rank and alpha.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for key, tensor in to_file_format(state, alpha).items():
+        if key.endswith(".alpha"):
+            continue
+        tensors[prefix + key[len(PREFIX) :]] = tensor * (alpha / rank) if ".lora_B." in key else tensor
+    metadata = {"lora_format": "diffusers/transformer", "rank": str(rank), "network_alpha": str(alpha),
+                "alpha_folded_into_lora_B": "true"}  # fmt: skip
+    return write_lora_tensors(tensors, path, prefix, metadata)
 
 
 def load_lora(model: nn.Module, path: str | os.PathLike, scale: float = 1.0) -> list[str]:

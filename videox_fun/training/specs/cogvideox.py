@@ -22,7 +22,6 @@ permutes to the transformer's layout and back.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,9 @@ from ...models.cogvideox.transformer import CogVideoXTransformer
 from ...models.cogvideox.variants import KIND_NAMES, variant_of
 from ...pipelines.cogvideox import CogVideoXPipeline, add_reference_noise, resize_mask
 from ...pipelines.common import SamplingSettings
+from ..checkpoint import save_transformer_folder
 from ..config import TrainConfig
+from ..lora import save_diffusers_lora_file
 from ..objectives import VPrediction, refuse_flow_settings
 from . import Device, FamilyModels, TrainInputs, on_device, register_spec, uniform
 
@@ -408,49 +409,12 @@ class CogVideoXSpec:
     # -- outputs -------------------------------------------------------------------------------
     def save_full(self, transformer: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
         """The diffusers layout of a release (``config.json`` + safetensors), read by our loader and diffusers'."""
-        from ...io.files import atomic_dir
-        from ...models.loading import check_state_dict, public_config, save_sharded
-
-        config = {"_class_name": TRANSFORMER_CLASS, **public_config(transformer.config)}
-        with torch.device("meta"):
-            clean = CogVideoXTransformer.from_model_config(config)
-        check_state_dict(clean, state, "trained weights")
-        with atomic_dir(folder) as staging:
-            (staging / "config.json").write_text(json.dumps(config, indent=2))
-            save_sharded({k: state[k] for k in clean.state_dict()}, staging)
+        save_transformer_folder(CogVideoXTransformer, TRANSFORMER_CLASS, transformer, state, folder)
 
     def save_lora(self, state: dict[str, torch.Tensor], path: Path, rank: int, alpha: float) -> Path:
-        """A LoRA file for diffusers' ``CogVideoXPipeline.load_lora_weights`` (``transformer.<module>.lora_A.weight``).
-
-        diffusers reads no per-module alpha for CogVideoX (it applies B @ A as stored), so alpha / rank
-        is folded into ``lora_B``; our loaders (``models.lora``, ``training.lora.load_lora``) read the
-        file the same way. Metadata keeps rank and alpha.
-        """
-        from safetensors.torch import save_file
-
-        from ...io.files import atomic_path
-        from ..lora import PREFIX, to_file_format
-
-        tensors: dict[str, torch.Tensor] = {}
-        for key, tensor in to_file_format(state, alpha).items():
-            if key.endswith(".alpha"):
-                continue
-            module_key = LORA_PREFIX + key[len(PREFIX) :]
-            tensors[module_key] = tensor * (alpha / rank) if ".lora_B." in key else tensor
-        modules = sorted({k[len(LORA_PREFIX) :].rsplit(".", 2)[0] for k in tensors if k.endswith(".lora_A.weight")})
-        metadata = {
-            "format": "pt",
-            "lora_format": "diffusers/transformer",
-            "rank": str(rank),
-            "network_alpha": str(alpha),
-            "alpha_folded_into_lora_B": "true",
-            "target_modules": json.dumps(modules),
-        }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as temporary:
-            save_file(tensors, str(temporary), metadata=metadata)
-        return path
+        """A LoRA file for diffusers' ``CogVideoXPipeline.load_lora_weights`` (``transformer.<module>.lora_A.weight``,
+        alpha / rank folded into ``lora_B``: :func:`~videox_fun.training.lora.save_diffusers_lora_file`)."""
+        return save_diffusers_lora_file(state, path, rank, alpha, LORA_PREFIX)
 
     def sample(
         self, models: FamilyModels, transformer: nn.Module, prompt: str, seed: int, device: Device
