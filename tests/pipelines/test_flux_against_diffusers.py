@@ -29,8 +29,8 @@ from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerFast, 
 
 from videox_fun.families import recognise
 from videox_fun.models.flux.tiny import build_tiny_flux_folder
-from videox_fun.pipelines.common import seeded_noise
-from videox_fun.pipelines.flux import FluxPipeline, pack_latents
+from videox_fun.pipelines.common import pack_latents, seeded_noise
+from videox_fun.pipelines.flux import FluxPipeline
 
 PROMPT = "a red circle moving left"
 SIZE, STEPS, SEED = 32, 3, 7

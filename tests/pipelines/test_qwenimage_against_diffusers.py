@@ -116,7 +116,7 @@ def test_i2i_matches_diffusers(folders, monkeypatch):
     theirs = QwenImageImg2ImgPipeline.from_pretrained(str(folders["t2i"]))
     expected = run_diffusers(theirs, image=Image.fromarray(image), height=SIZE, width=SIZE, strength=0.7,
                              generator=torch.Generator().manual_seed(SEED))  # fmt: skip
-    monkeypatch.setattr("videox_fun.pipelines.qwenimage.seeded_noise", lambda *_: noise(draws=2))
+    monkeypatch.setattr("videox_fun.pipelines.image.seeded_noise", lambda *_: noise(draws=2))
     check("i2i", run_ours(ours(folders["t2i"]), image=image, height=SIZE, width=SIZE, strength=0.7), expected)
 
 
@@ -128,7 +128,7 @@ def test_inpaint_matches_diffusers(folders, monkeypatch):
     expected = run_diffusers(theirs, image=Image.fromarray(image), mask_image=Image.fromarray(mask[..., 0].numpy()),
                              height=SIZE, width=SIZE, strength=0.9,
                              generator=torch.Generator().manual_seed(SEED))  # fmt: skip
-    monkeypatch.setattr("videox_fun.pipelines.qwenimage.seeded_noise", lambda *_: noise(draws=2))
+    monkeypatch.setattr("videox_fun.pipelines.image.seeded_noise", lambda *_: noise(draws=2))
     result = run_ours(ours(folders["t2i"]), image=image, mask=mask, height=SIZE, width=SIZE, strength=0.9)
     check("inpaint", result, expected)
 

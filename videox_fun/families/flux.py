@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import FOLDER_CONFIG_NAME, read_json_mapping
 from . import Family, Mode, Recognised, register
+from .diffusers_layout import check_vae, own_config_path, recognised, transformer_config
 
 if TYPE_CHECKING:
     import torch
@@ -40,49 +40,25 @@ class FluxFamily(Family):
     modes = FLUX_MODES
     samplers = FLUX_SAMPLERS
     description = "FLUX.1-dev / schnell text-to-image, image-to-image and inpainting (diffusers layout)"
+    training_spec = "flux"
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
         """A FLUX.1 folder as its config files describe it (None for another family's layout)."""
         from ..models.flux.variants import SIZE_RULES, default_settings, load_config, variant_of
 
-        transformer_path = folder / "transformer" / "config.json"
-        if not (folder / "model_index.json").is_file() or not transformer_path.is_file():
+        transformer = transformer_config(folder, TRANSFORMER_CLASS)
+        if transformer is None:
             return None
-        transformer_config = read_json_mapping(transformer_path, "transformer config")
-        if transformer_config.get("_class_name") != TRANSFORMER_CLASS:
-            return None
-        variant = variant_of(transformer_config)
-        own = config_path or (folder / FOLDER_CONFIG_NAME if (folder / FOLDER_CONFIG_NAME).is_file() else None)
-        config = load_config(own, default_settings(variant))
-        check_vae(folder, config.vae_subpath)
-        return Recognised(
-            family=self,
-            folder=folder,
-            config=config,
-            variant=variant.name,
-            modes=tuple(self.modes),
-            defaults=config.defaults,
-            sizes=SIZE_RULES,
-            note=config.note,
-        )
+        variant = variant_of(transformer)
+        config = load_config(own_config_path(folder, config_path), default_settings(variant))
+        check_vae(folder, config.vae_subpath, "FLUX.1", TRANSFORMER_CLASS, VAE_CLASS)
+        return recognised(self, folder, config, variant.name, tuple(self.modes), SIZE_RULES)
 
     def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> FluxPipeline:
         """Every component of the folder, as :meth:`FluxPipeline.from_pretrained` loads it."""
         from ..pipelines.flux import FluxPipeline
 
         return FluxPipeline.from_pretrained(recognised, device=device, dtype=dtype)
-
-
-def check_vae(folder: Path, subpath: str, family: str = "FLUX.1", transformer: str = TRANSFORMER_CLASS) -> None:
-    """Fail in one line when the folder's VAE is not the ``AutoencoderKL`` that FLUX.1 (and Z-Image, which reuses
-    it) needs: a Wan VAE beside the ``transformer`` class of ``family``."""
-    path = folder / subpath / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no VAE config at {path} (a {family} folder needs an {VAE_CLASS})")
-    found = read_json_mapping(path, "VAE config").get("_class_name")
-    if found != VAE_CLASS:
-        raise ValueError(f"{folder}: the transformer is a {transformer} but the VAE is a {found} ({path}); "
-                         f"a {family} model needs an {VAE_CLASS}")  # fmt: skip
 
 
 FLUX = register(FluxFamily())

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import FOLDER_CONFIG_NAME, read_json_mapping
+from ..config import read_json_mapping
 from . import Family, Mode, Recognised, register
+from .diffusers_layout import check_vae, own_config_path, recognised, transformer_config
 
 if TYPE_CHECKING:
     import torch
@@ -42,30 +43,18 @@ class QwenImageFamily(Family):
     modes = QWENIMAGE_MODES
     samplers = QWENIMAGE_SAMPLERS
     description = "Qwen-Image text-to-image, image-to-image, inpainting and Qwen-Image-Edit (diffusers layout)"
+    training_spec = "qwenimage"
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
         """A Qwen-Image folder as its config files describe it (None for another family's layout)."""
         from ..models.qwenimage.variants import SIZE_RULES, default_settings, load_config, variant_of
 
-        transformer_path = folder / "transformer" / "config.json"
-        if not (folder / "model_index.json").is_file() or not transformer_path.is_file():
-            return None
-        if read_json_mapping(transformer_path, "transformer config").get("_class_name") != TRANSFORMER_CLASS:
+        if transformer_config(folder, TRANSFORMER_CLASS) is None:
             return None
         variant = variant_of(read_json_mapping(folder / "model_index.json", "model index"), folder)
-        own = config_path or (folder / FOLDER_CONFIG_NAME if (folder / FOLDER_CONFIG_NAME).is_file() else None)
-        config = load_config(own, default_settings(variant))
-        check_vae(folder, config.vae_subpath)
-        return Recognised(
-            family=self,
-            folder=folder,
-            config=config,
-            variant=variant.name,
-            modes=variant.modes,
-            defaults=config.defaults,
-            sizes=SIZE_RULES,
-            note=config.note,
-        )
+        config = load_config(own_config_path(folder, config_path), default_settings(variant))
+        check_vae(folder, config.vae_subpath, "Qwen-Image", TRANSFORMER_CLASS, VAE_CLASS)
+        return recognised(self, folder, config, variant.name, variant.modes, SIZE_RULES)
 
     def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> QwenImagePipeline:
         """Every component of the folder, as :meth:`QwenImagePipeline.from_pretrained` loads it."""
@@ -76,17 +65,6 @@ class QwenImageFamily(Family):
     def needs_for_mode(self, mode: str) -> str:
         """The kind of checkpoint a user needs for ``mode``, for error messages."""
         return "a Qwen-Image-Edit model" if mode == "edit" else "a Qwen-Image (text-to-image) model"
-
-
-def check_vae(folder: Path, subpath: str) -> None:
-    """Fail in one line when the folder's VAE is not Qwen-Image's kind (a FLUX VAE beside a Qwen transformer)."""
-    path = folder / subpath / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no VAE config at {path} (a Qwen-Image folder needs an {VAE_CLASS})")
-    found = read_json_mapping(path, "VAE config").get("_class_name")
-    if found != VAE_CLASS:
-        raise ValueError(f"{folder}: the transformer is a {TRANSFORMER_CLASS} but the VAE is a {found} ({path}); "
-                         f"a Qwen-Image model needs an {VAE_CLASS}")  # fmt: skip
 
 
 QWENIMAGE = register(QwenImageFamily())

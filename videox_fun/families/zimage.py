@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import FOLDER_CONFIG_NAME, read_json_mapping
 from . import Family, Recognised, register
-from .flux import FLUX_MODES, FLUX_SAMPLERS, check_vae
+from .diffusers_layout import check_vae, own_config_path, recognised, transformer_config
+from .flux import FLUX_MODES, FLUX_SAMPLERS
+from .flux import VAE_CLASS as FLUX_VAE_CLASS
 
 if TYPE_CHECKING:
     import torch
@@ -34,29 +35,17 @@ class ZImageFamily(Family):
     modes = ZIMAGE_MODES
     samplers = ZIMAGE_SAMPLERS
     description = "Z-Image / Z-Image-Turbo text-to-image, image-to-image and inpainting (diffusers layout)"
+    training_spec = "zimage"
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
         """A Z-Image folder as its config files describe it (None for another family's layout)."""
         from ..models.zimage.variants import SIZE_RULES, load_config, variant_of
 
-        transformer_path = folder / "transformer" / "config.json"
-        if not (folder / "model_index.json").is_file() or not transformer_path.is_file():
+        if transformer_config(folder, TRANSFORMER_CLASS) is None:
             return None
-        if read_json_mapping(transformer_path, "transformer config").get("_class_name") != TRANSFORMER_CLASS:
-            return None
-        own = config_path or (folder / FOLDER_CONFIG_NAME if (folder / FOLDER_CONFIG_NAME).is_file() else None)
-        config = load_config(own, folder)
-        check_vae(folder, config.vae_subpath, "Z-Image", TRANSFORMER_CLASS)
-        return Recognised(
-            family=self,
-            folder=folder,
-            config=config,
-            variant=variant_of(folder, config.variant).name,
-            modes=tuple(self.modes),
-            defaults=config.defaults,
-            sizes=SIZE_RULES,
-            note=config.note,
-        )
+        config = load_config(own_config_path(folder, config_path), folder)
+        check_vae(folder, config.vae_subpath, "Z-Image", TRANSFORMER_CLASS, FLUX_VAE_CLASS)
+        return recognised(self, folder, config, variant_of(folder, config.variant).name, tuple(self.modes), SIZE_RULES)
 
     def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> ZImagePipeline:
         """Every component of the folder, as :meth:`ZImagePipeline.from_pretrained` loads it."""

@@ -25,8 +25,9 @@ from ..models.flux.tiny import SCHEDULER_CONFIGS
 from ..models.flux.transformer import FluxTransformer
 from ..models.flux.vae import FluxVAE
 from ..models.flux.variants import PACK, SIZE_RULES, FluxConfig, variant_of
-from .common import SamplingSettings, pack_latents, unpack_latents
-from .image import FlowImagePipeline, Passes
+from .common import SamplingSettings
+from .guidance import ClassifierFreeGuidance
+from .image import PackedFlowImagePipeline, Passes
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def read_scheduler_config(root: Path, config: FluxConfig) -> dict[str, Any]:
     return SCHEDULER_CONFIGS[variant_of(transformer).name]
 
 
-class FluxPipeline(FlowImagePipeline):
+class FluxPipeline(PackedFlowImagePipeline):
     """Text-to-image, image-to-image and inpainting with a FLUX.1 transformer, VAE, CLIP and T5."""
 
     label = "FLUX.1"
@@ -123,14 +124,6 @@ class FluxPipeline(FlowImagePipeline):
             logger.warning("%s has no guidance embedding: guidance %s is ignored", self.variant.name, scale)
         return scale if self.variant.guidance_embeds else 0.0
 
-    def pack(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) -> (B, h/2 * w/2, C * 4) tokens."""
-        return pack_latents(latents)
-
-    def unpack(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(B, h/2 * w/2, C * 4) tokens -> (B, C, h, w)."""
-        return unpack_latents(tokens, height, width)
-
     def encode_prompt(self, prompt: str) -> dict[str, torch.Tensor]:
         """The transformer's text inputs: T5 ``encoder_hidden_states`` (1, L, 4096), CLIP ``pooled_projections``
         (1, 768) and ``txt_ids`` (L, 3) of zeros."""
@@ -139,7 +132,14 @@ class FluxPipeline(FlowImagePipeline):
         txt_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled, "txt_ids": txt_ids}
 
-    def guidance_passes(self, prompt: str, settings: SamplingSettings, latent_size: tuple[int, int]) -> Passes:
+    def guidance_passes(
+        self,
+        prompt: str,
+        settings: SamplingSettings,
+        latent_size: tuple[int, int],
+        guidance: ClassifierFreeGuidance,
+        inputs: Mapping[str, Any],
+    ) -> Passes:
         """One conditional pass a step (scale 1): the prompt's inputs, the image tokens' ids and dev's guidance.
         A negative prompt does not apply (no classifier-free guidance): one given is logged."""
         if settings.negative_prompt:

@@ -1,12 +1,13 @@
-"""What the flow-matching image pipelines (FLUX.1, Z-Image) share: one ``__call__`` for t2i, i2i and inpaint,
-as diffusers' image pipelines run them (same latents for the same weights and noise).
+"""What the flow-matching image pipelines (FLUX.1, Qwen-Image, Z-Image) share: one ``__call__`` for t2i, i2i and
+inpaint, as diffusers' image pipelines run them (same latents for the same weights and noise).
 
 A family's pipeline subclasses :class:`FlowImagePipeline` and supplies the model-specific parts: its text
 inputs and guidance passes (:meth:`~FlowImagePipeline.guidance_passes`), the denoiser (``_denoise``), the token
-layout of its latents (:meth:`~FlowImagePipeline.pack` / :meth:`~FlowImagePipeline.unpack`), its sigmas and what
-its guidance scale means (:meth:`~FlowImagePipeline.checked_guidance`).
+layout of its latents (:meth:`~FlowImagePipeline.pack` / :meth:`~FlowImagePipeline.unpack`, or the 2x2 tokens of
+:class:`PackedFlowImagePipeline`), its sigmas and what its guidance scale means
+(:meth:`~FlowImagePipeline.checked_guidance`).
 
-* t2i: pure noise;
+* t2i (and every mode in ``noise_modes``, such as Qwen-Image's edit): pure noise;
 * i2i: the image's latents noised to the first of the steps that ``strength`` leaves;
 * inpaint: as i2i, and after every step the latents outside the (binarised, white = generate) mask are put
   back to the image's latents noised to the next step's level.
@@ -36,8 +37,10 @@ from .common import (
     generate_mask,
     image_tensor,
     keep_known,
+    pack_latents,
     seeded_noise,
     strength_start,
+    unpack_latents,
 )
 from .guidance import ClassifierFreeGuidance
 
@@ -59,6 +62,8 @@ class FlowImagePipeline:
     samplers: ClassVar[tuple[str, ...]]
     sizes: ClassVar[ImageSizeRules]
     component_methods: ClassVar[dict[str, tuple[str, ...]]]  # attribute -> the methods the pipeline calls
+    noise_modes: ClassVar[tuple[str, ...]] = ("t2i",)  # modes that start from pure noise (no strength)
+    renorm_dim: ClassVar[int | None] = None  # axis the guided prediction is renormalised along (None: not)
     transformer: torch.nn.Module
     vae: Any
     config: Any
@@ -76,9 +81,30 @@ class FlowImagePipeline:
         """The guidance scale this call runs with (checked; corrected with a message where it cannot apply)."""
         raise NotImplementedError
 
-    def guidance_passes(self, prompt: str, settings: SamplingSettings, latent_size: tuple[int, int]) -> Passes:
-        """The conditional and unconditional transformer inputs and the CFG scale of one call."""
+    def guidance_passes(
+        self,
+        prompt: str,
+        settings: SamplingSettings,
+        latent_size: tuple[int, int],
+        guidance: ClassifierFreeGuidance,
+        inputs: Mapping[str, Any],
+    ) -> Passes:
+        """The conditional and unconditional transformer inputs and the CFG scale of one call (``guidance``: how
+        the passes run; ``inputs``: the call's media by name, for families whose transformer reads them)."""
         raise NotImplementedError
+
+    def default_guidance(self, settings: SamplingSettings) -> ClassifierFreeGuidance:
+        """The guidance a call runs when the runtime gives none (batched passes)."""
+        return ClassifierFreeGuidance()
+
+    @property
+    def mode_table(self) -> Mapping[str, Mode]:
+        """The modes this checkpoint serves (every mode of the family unless a variant serves fewer)."""
+        return self.modes
+
+    def default_size(self, mode: str, inputs: Mapping[str, Any]) -> tuple[int, int]:
+        """(height, width) of a call that gives neither: the config's defaults."""
+        return self.config.defaults.height, self.config.defaults.width
 
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
         """Flow velocity of (packed) latents at scheduler timesteps ``t`` (B,) in [0, 1000]."""
@@ -121,14 +147,19 @@ class FlowImagePipeline:
     def resolve_settings(self, mode: str, inputs: Mapping[str, Any], **given: Any) -> SamplingSettings:
         """The settings of one call: the config's defaults for what is None, checked and size-corrected."""
         defaults = self.config.defaults
+        require_inputs(self.mode_table, mode, inputs, check_input_file, family_table=self.modes)
+        if given.get("height") is None and given.get("width") is None:
+            given["height"], given["width"] = self.default_size(mode, inputs)
         values = {name: getattr(defaults, name) if given.get(name) is None else given[name]
                   for name in ("height", "width", "num_frames", "steps", "guidance_scale", "sampler",
                                "negative_prompt")}  # fmt: skip
         if values["sampler"] not in self.samplers:
             raise ValueError(f"unknown sampler {values['sampler']!r}; {self.label} takes {', '.join(self.samplers)}")
-        if values["steps"] < 1:
-            raise ValueError(f"steps must be at least 1, got {values['steps']}")
-        require_inputs(self.modes, mode, inputs, check_input_file)
+        # A terminal shift stretches the sigmas so the last is shift_terminal: one step (sigma 1 alone) divides 0 by 0.
+        fewest = 2 if self.scheduler_config.get("shift_terminal") else 1
+        if values["steps"] < fewest:
+            why = " (the scheduler's terminal shift)" if fewest > 1 else ""
+            raise ValueError(f"steps must be at least {fewest}{why}, got {values['steps']}")
         if values["num_frames"] != 1:
             corrected("frame count", values["num_frames"], 1, f"1 ({self.label} makes images)")
         return SamplingSettings(
@@ -149,9 +180,9 @@ class FlowImagePipeline:
         s = self.vae.spatial_compression
         return settings.height // s, settings.width // s
 
-    def image_latents(self, source: ImageLike, settings: SamplingSettings) -> torch.Tensor:
-        """An input image's normalised latents (1, C, h, w)."""
-        image = image_tensor(source, settings.height, settings.width, self.device, self.dtype)  # (1, 3, H, W)
+    def image_latents(self, source: ImageLike, height: int, width: int) -> torch.Tensor:
+        """An input image's normalised latents (1, C, h, w), read at ``height x width``."""
+        image = image_tensor(source, height, width, self.device, self.dtype)  # (1, 3, H, W)
         return self.vae.encode(image).float()
 
     # -- sampling ------------------------------------------------------------------------------
@@ -184,14 +215,15 @@ class FlowImagePipeline:
                         self.label)  # fmt: skip
         inputs = {"image": image, "mask": mask}
         settings = self.resolve_settings(
-            mode or infer_mode(self.modes, inputs), inputs, height=height, width=width, num_frames=num_frames,
+            mode or infer_mode(self.mode_table, inputs), inputs, height=height, width=width, num_frames=num_frames,
             steps=num_inference_steps, guidance_scale=guidance_scale, shift=shift, sampler=sampler,
             negative_prompt=negative_prompt,
         )  # fmt: skip
         h, w = self.latent_size(settings)
-        passes = self.guidance_passes(prompt, settings, (h, w))
+        guidance = guidance or self.default_guidance(settings)
+        passes = self.guidance_passes(prompt, settings, (h, w), guidance, inputs)
         scheduler = flow_scheduler(self.scheduler_config, shift)
-        start = 0 if settings.mode == "t2i" else strength_start(settings.steps, strength)
+        start = 0 if settings.mode in self.noise_modes else strength_start(settings.steps, strength)
         timesteps, mu = flow_timesteps(scheduler, settings.steps, (h // PATCH) * (w // PATCH), start, self.device,
                                        self.sigmas(settings.steps))  # fmt: skip
         noise = seeded_noise((1, self.vae.latent_channels, h, w), seed, self.device)  # (1, C, h, w)
@@ -204,7 +236,7 @@ class FlowImagePipeline:
                   "sampler": settings.sampler, "variant": self.variant_name}  # fmt: skip
         if passes[2] != 1.0:
             record["negative_prompt"] = settings.negative_prompt
-        if settings.mode != "t2i":
+        if settings.mode not in self.noise_modes:
             record["strength"] = strength
         frames = tensor_to_frames(decoded[:, :, None][0].cpu())  # (1, H, W, 3)
         return GenerationOutput(frames=frames, latents=latents[:, :, None].cpu(), settings=record)
@@ -220,9 +252,9 @@ class FlowImagePipeline:
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
         """The packed latents the loop starts from (noise; i2i / inpaint: the image noised to timestep ``first``),
         and for inpaint the packed (clean latents, noise, generate mask) the loop keeps outside the mask."""
-        if settings.mode == "t2i":
+        if settings.mode in self.noise_modes:
             return self.pack(noise), None
-        clean = self.image_latents(image, settings)  # (1, C, h, w)
+        clean = self.image_latents(image, settings.height, settings.width)  # (1, C, h, w)
         latents = self.pack(scheduler.scale_noise(clean, first, noise))
         if settings.mode != "inpaint":
             return latents, None
@@ -234,7 +266,7 @@ class FlowImagePipeline:
         latents: torch.Tensor,
         timesteps: torch.Tensor,
         scheduler: FlowMatchEulerDiscreteScheduler,
-        guidance: ClassifierFreeGuidance | None,
+        guidance: ClassifierFreeGuidance,
         passes: Passes,
         known: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
         callback: StepCallback | None,
@@ -244,15 +276,27 @@ class FlowImagePipeline:
         step. Returns the final (packed) latents."""
         for hook in getattr(self.transformer, "generation_hooks", ()):
             hook.begin(len(timesteps))  # step caches start fresh for every image
-        guidance = guidance or ClassifierFreeGuidance()
         cond, uncond, scale = passes
         num_steps = len(timesteps)
         for step, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
             # Scale 1 is one conditional pass (inside its cache branch), whatever scale the runtime set.
-            velocity = guidance(self._denoise, latents, t.expand(1), cond, uncond, step, num_steps, scale=scale)
+            velocity = guidance(self._denoise, latents, t.expand(1), cond, uncond, step, num_steps, scale=scale,
+                                renorm_dim=self.renorm_dim)  # fmt: skip
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0].float()
             if known is not None:
                 latents = keep_known(latents, known, scheduler, timesteps, step)
             if callback is not None:
                 callback(step, num_steps, latents)
         return latents
+
+
+class PackedFlowImagePipeline(FlowImagePipeline):
+    """A flow image pipeline whose transformer reads the latents as 2x2 tokens (FLUX.1, Qwen-Image)."""
+
+    def pack(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, h/2 * w/2, C * 4) tokens."""
+        return pack_latents(latents)
+
+    def unpack(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, h/2 * w/2, C * 4) tokens -> (B, C, h, w)."""
+        return unpack_latents(tokens, height, width)

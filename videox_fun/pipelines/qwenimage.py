@@ -8,10 +8,8 @@ folder's flow-matching Euler scheduler, shifted by mu from the token count unles
 Guidance is true classifier-free guidance (a second pass on the negative prompt, " " when none is given) with the
 guided prediction rescaled to the conditional one's norm per token, as the release does; scale 1 runs one pass.
 
-* t2i: pure noise;
-* i2i: the image's latents noised to the first of the steps that ``strength`` leaves;
-* inpaint: as i2i, and after every step the latents outside the (binarised, white = generate) mask are put back
-  to the image's latents noised to the next step's level;
+t2i, i2i (``strength``), inpaint (a mask) and the loop are :class:`~.image.FlowImagePipeline`'s; Qwen-Image adds
+
 * edit: pure noise; the edit image, resized to the config's ``edit_area`` at its aspect ratio, is read by the VL
   text encoder and its latent tokens follow the noisy ones in every transformer pass (their output is dropped).
   Without a size the output takes the edit image's aspect ratio at the area of the default size.
@@ -23,20 +21,17 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..config import read_json_mapping
-from ..families import Recognised, infer_mode, require_inputs
+from ..families import Mode, Recognised
 from ..families.qwenimage import QWENIMAGE_MODES, QWENIMAGE_SAMPLERS
-from ..io.files import check_input_file
-from ..io.video import read_image, tensor_to_frames
+from ..io.video import read_image
 from ..models.qwenimage.text_encoder import QwenVLTextEncoder
 from ..models.qwenimage.transformer import QwenImageTransformer
 from ..models.qwenimage.vae import QwenImageVAE
@@ -48,32 +43,11 @@ from ..models.qwenimage.variants import (
     QwenImageVariant,
     variant_of,
 )
-from .common import (
-    GenerationOutput,
-    ImageLike,
-    SamplingSettings,
-    StepCallback,
-    corrected,
-    flow_scheduler,
-    flow_timesteps,
-    generate_mask,
-    image_tensor,
-    keep_known,
-    pack_latents,
-    seeded_noise,
-    strength_start,
-    unpack_latents,
-)
+from .common import ImageLike, SamplingSettings, pack_latents
 from .guidance import ClassifierFreeGuidance
+from .image import PATCH, PackedFlowImagePipeline, Passes
 
 logger = logging.getLogger(__name__)
-# The guided prediction is renormalised per token: over the last axis of (B, N, 64).
-TOKEN_CHANNELS = -1
-
-
-def valid_side(name: str, value: int) -> int:
-    """A height or width as a multiple of 16 (8x VAE, 2x2 packing), told to the user when corrected."""
-    return corrected(name, value, SIZE_RULES.valid_size(value), f"a multiple of {SIZE_RULES.multiple}")
 
 
 def edit_size(width: int, height: int, area: int) -> tuple[int, int]:
@@ -106,8 +80,20 @@ def pad_text(inputs: dict, length: int) -> dict:
             F.pad(mask, (0, extra))}  # fmt: skip
 
 
-class QwenImagePipeline:
+class QwenImagePipeline(PackedFlowImagePipeline):
     """Text-to-image, image-to-image, inpainting (Qwen-Image) and editing (Qwen-Image-Edit)."""
+
+    label = "Qwen-Image"
+    modes = QWENIMAGE_MODES
+    samplers = QWENIMAGE_SAMPLERS
+    sizes = SIZE_RULES
+    component_methods: ClassVar[dict[str, tuple[str, ...]]] = {
+        "text_encoder": ("encode",),
+        "transformer": ("forward",),
+        "vae": ("encode", "decode"),
+    }
+    noise_modes = ("t2i", "edit")
+    renorm_dim = -1  # true CFG renormalised per token: over the channels of (B, N, 64)
 
     def __init__(
         self,
@@ -158,79 +144,37 @@ class QwenImagePipeline:
         )
         return pipe.to(device)
 
-    def to(self, device: str | torch.device) -> QwenImagePipeline:
-        """Move every component to ``device``."""
-        self.device = torch.device(device)
-        for module in (self.transformer, self.vae, self.text_encoder):
-            module.to(self.device)
-        return self
+    # -- the family's parts of the shared sampling -----------------------------------------------
+    @property
+    def variant_name(self) -> str:
+        """Qwen-Image or Qwen-Image-Edit."""
+        return self.variant.name
 
     @property
-    def mode_table(self) -> dict[str, Any]:
-        """The family's modes this folder's variant serves."""
+    def mode_table(self) -> dict[str, Mode]:
+        """The family's modes this folder's variant serves (t2i / i2i / inpaint, or edit)."""
         return {name: QWENIMAGE_MODES[name] for name in self.variant.modes}
 
-    @property
-    def transformers(self) -> tuple[QwenImageTransformer]:
-        """The denoising transformer (one)."""
-        return (self.transformer,)
+    def checked_guidance(self, scale: float) -> float:
+        """The true CFG scale (the release's ``true_cfg_scale``; 1 turns the negative pass off), as given."""
+        return scale
 
-    def components(self) -> dict[str, tuple[torch.nn.Module, tuple[str, ...]]]:
-        """Every model by name, with the methods through which the pipeline calls it (offload hooks wrap these)."""
-        return {
-            "text_encoder": (self.text_encoder, ("encode",)),
-            "transformer": (self.transformer, ("forward",)),
-            "vae": (self.vae, ("encode", "decode")),
-        }
-
-    # -- settings ------------------------------------------------------------------------------
-    def resolve_settings(self, mode: str, inputs: Mapping[str, Any], **given: Any) -> SamplingSettings:
-        """The settings of one call: the config's defaults for what is None, checked and size-corrected; an edit
-        without a size takes the edit image's aspect ratio at the default size's area."""
+    def default_size(self, mode: str, inputs: Mapping[str, Any]) -> tuple[int, int]:
+        """An edit takes the edit image's aspect ratio at the default size's area; other modes the default size."""
         defaults = self.config.defaults
-        require_inputs(self.mode_table, mode, inputs, check_input_file, family_table=QWENIMAGE_MODES)
-        if mode == "edit" and given.get("height") is None and given.get("width") is None:
-            image = pil_image(inputs["image"])
-            given["height"], given["width"] = edit_size(*image.size, defaults.height * defaults.width)
-        values = {name: getattr(defaults, name) if given.get(name) is None else given[name]
-                  for name in ("height", "width", "num_frames", "steps", "guidance_scale", "sampler")}  # fmt: skip
-        if values["sampler"] not in QWENIMAGE_SAMPLERS:
-            raise ValueError(f"unknown sampler {values['sampler']!r}; Qwen-Image takes {', '.join(QWENIMAGE_SAMPLERS)}")
-        # A terminal shift stretches the sigmas so the last is shift_terminal: one step (sigma 1 alone) divides 0 by 0.
-        fewest = 2 if self.scheduler_config.get("shift_terminal") else 1
-        if values["steps"] < fewest:
-            raise ValueError(f"steps must be at least {fewest} (the scheduler's terminal shift), got {values['steps']}")
-        if values["num_frames"] != 1:
-            corrected("frame count", values["num_frames"], 1, "1 (Qwen-Image makes images)")
-        negative = given.get("negative_prompt")
-        return SamplingSettings(
-            mode=mode,
-            negative_prompt=defaults.negative_prompt if negative is None else negative,
-            height=valid_side("height", values["height"]),
-            width=valid_side("width", values["width"]),
-            num_frames=1,
-            steps=values["steps"],
-            guidance_scale=values["guidance_scale"],
-            guidance_scale_2=None,  # type: ignore[arg-type]  # one transformer
-            shift=given.get("shift"),  # type: ignore[arg-type]  # None: the resolution-dependent shift
-            sampler=values["sampler"],
-        )
+        if mode != "edit":
+            return defaults.height, defaults.width
+        return edit_size(*pil_image(inputs["image"]).size, defaults.height * defaults.width)
 
-    def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) of the unpacked latents of an image: its size over 8."""
-        s = self.vae.spatial_compression
-        return height // s, width // s
+    def default_guidance(self, settings: SamplingSettings) -> ClassifierFreeGuidance:
+        """Sequential passes, as diffusers runs true CFG (the batched pass pads the texts: within 1.2e-6)."""
+        return ClassifierFreeGuidance(scale=settings.guidance_scale, batched=False)
 
     # -- inputs --------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, image: Image.Image | None = None) -> dict[str, torch.Tensor | None]:
         """The transformer's text inputs: ``encoder_hidden_states`` (1, L, D) and its mask (None: no padding)."""
         embeds, mask = self.text_encoder.encode([prompt], self.variant.template, image, self.config.text_len)
         return {"encoder_hidden_states": embeds.to(self.device, self.dtype), "encoder_hidden_states_mask": mask}
-
-    def image_latents(self, source: ImageLike, height: int, width: int) -> torch.Tensor:
-        """An input image's normalised latents (1, 16, h, w)."""
-        image = image_tensor(source, height, width, self.device, self.dtype)  # (1, 3, H, W)
-        return self.vae.encode(image).float()
 
     def edit_condition(self, source: ImageLike) -> tuple[Image.Image, torch.Tensor, tuple[int, int]]:
         """The edit image resized (Lanczos) to ``edit_area`` pixels at its aspect ratio, as the VL model reads it, its
@@ -240,13 +184,33 @@ class QwenImagePipeline:
         image = image.resize((width, height), Image.Resampling.LANCZOS)
         pixels = torch.from_numpy(np.asarray(image).copy())  # (H, W, 3) uint8
         latents = self.image_latents(pixels, height, width)  # (1, 16, h, w)
-        return image, pack_latents(latents), (latents.shape[2] // 2, latents.shape[3] // 2)
+        return image, pack_latents(latents), (latents.shape[2] // PATCH, latents.shape[3] // PATCH)
 
-    def generate_mask(self, source: ImageLike, settings: SamplingSettings) -> torch.Tensor:
-        """The packed mask (1, N, 64) of latents to generate (white = generate)."""
-        latent_size = self.latent_size(settings.height, settings.width)
-        mask = generate_mask(source, settings.height, settings.width, latent_size).to(self.device)  # (1, 1, h, w)
-        return pack_latents(mask.repeat(1, self.vae.latent_channels, 1, 1))
+    def guidance_passes(
+        self,
+        prompt: str,
+        settings: SamplingSettings,
+        latent_size: tuple[int, int],
+        guidance: ClassifierFreeGuidance,
+        inputs: Mapping[str, Any],
+    ) -> Passes:
+        """The prompt's inputs with each image's token grid (``img_shapes``) and, for edit, the edit image (read by
+        the VL model, and as latent tokens); with the negative pass active the negative prompt's, padded to one
+        length when the passes are batched. The scale is the true CFG scale."""
+        h, w = latent_size
+        shapes: list[tuple[int, int, int]] = [(1, h // PATCH, w // PATCH)]
+        vision, condition = None, None
+        if settings.mode == "edit":
+            vision, condition, grid = self.edit_condition(inputs["image"])
+            shapes.append((1, *grid))
+        cond = {**self.encode_prompt(prompt, vision), "img_shapes": shapes, "condition": condition}
+        uncond = cond
+        if guidance.active(0, settings.steps, settings.guidance_scale):
+            uncond = {**cond, **self.encode_prompt(settings.negative_prompt, vision)}
+            if guidance.batched:  # one pass of both: the two texts padded to one length, masked
+                length = max(cond["encoder_hidden_states"].shape[1], uncond["encoder_hidden_states"].shape[1])
+                cond, uncond = pad_text(cond, length), pad_text(uncond, length)
+        return cond, uncond, settings.guidance_scale
 
     # -- sampling ------------------------------------------------------------------------------
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
@@ -262,106 +226,3 @@ class QwenImagePipeline:
             img_shapes=[inputs["img_shapes"]] * len(latents),
             return_dict=False,
         )[0][:, : latents.shape[1]].float()
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str,
-        negative_prompt: str | None = None,
-        mode: str | None = None,
-        image: ImageLike | None = None,
-        mask: ImageLike | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_frames: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        guidance_scale_2: float | None = None,
-        shift: float | None = None,
-        sampler: str | None = None,
-        seed: int = 43,
-        strength: float = 0.7,
-        guidance: ClassifierFreeGuidance | None = None,
-        callback: StepCallback | None = None,
-        progress: bool = True,
-    ) -> GenerationOutput:
-        """Generate one image. ``mode`` is inferred from the inputs when not given.
-
-        ``guidance_scale`` is the true CFG scale (the release's ``true_cfg_scale``; 1 turns the negative pass off);
-        ``guidance`` carries the runtime's guidance (batched or sequential passes, CFG skip, CFG parallel).
-        """
-        if guidance_scale_2:
-            logger.info("guidance_scale_2=%s does not apply to Qwen-Image (one transformer); ignored", guidance_scale_2)
-        inputs = {"image": image, "mask": mask}
-        settings = self.resolve_settings(
-            mode or infer_mode(self.mode_table, inputs), inputs, height=height, width=width, num_frames=num_frames,
-            steps=num_inference_steps, guidance_scale=guidance_scale, shift=shift, sampler=sampler,
-            negative_prompt=negative_prompt,
-        )  # fmt: skip
-        h, w = self.latent_size(settings.height, settings.width)
-        shapes: list[tuple[int, int, int]] = [(1, h // 2, w // 2)]
-        vision, condition = None, None
-        if settings.mode == "edit":
-            vision, condition, grid = self.edit_condition(image)
-            shapes.append((1, *grid))
-        guidance = guidance or ClassifierFreeGuidance(scale=settings.guidance_scale, batched=False)
-        cond = {**self.encode_prompt(prompt, vision), "img_shapes": shapes, "condition": condition}
-        uncond = cond
-        if guidance.active(0, settings.steps, settings.guidance_scale):
-            uncond = {**cond, **self.encode_prompt(settings.negative_prompt, vision)}
-            if guidance.batched:  # one pass of both: the two texts padded to one length, masked
-                length = max(cond["encoder_hidden_states"].shape[1], uncond["encoder_hidden_states"].shape[1])
-                cond, uncond = pad_text(cond, length), pad_text(uncond, length)
-
-        scheduler = flow_scheduler(self.scheduler_config, shift)
-        start = strength_start(settings.steps, strength) if settings.mode in ("i2i", "inpaint") else 0
-        timesteps, mu = flow_timesteps(scheduler, settings.steps, (h // 2) * (w // 2), start, self.device)
-        noise = seeded_noise((1, self.vae.latent_channels, h, w), seed, self.device)  # (1, 16, h, w)
-        known = None
-        if settings.mode in ("t2i", "edit"):
-            latents = pack_latents(noise)  # (1, N, 64)
-        else:
-            clean = self.image_latents(image, settings.height, settings.width)  # (1, 16, h, w)
-            latents = pack_latents(scheduler.scale_noise(clean, timesteps[:1], noise))
-            if settings.mode == "inpaint":
-                known = (pack_latents(clean), pack_latents(noise), self.generate_mask(mask, settings))
-        latents = self._sample(latents, timesteps, scheduler, guidance, settings, (cond, uncond), known, callback,
-                               progress)  # fmt: skip
-
-        unpacked = unpack_latents(latents, h, w)  # (1, 16, h, w)
-        decoded = self.vae.decode(unpacked.to(self.dtype)).float()  # (1, 3, H, W)
-        record = {**settings.record(seed), "negative_prompt": settings.negative_prompt, "shift": shift,
-                  "mu": None if shift is not None else mu, "sampler": settings.sampler,
-                  "variant": self.variant.name}  # fmt: skip
-        if settings.mode in ("i2i", "inpaint"):
-            record["strength"] = strength
-        frames = tensor_to_frames(decoded[:, :, None][0].cpu())  # (1, H, W, 3)
-        return GenerationOutput(frames=frames, latents=unpacked[:, :, None].cpu(), settings=record)
-
-    def _sample(
-        self,
-        latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        scheduler: FlowMatchEulerDiscreteScheduler,
-        guidance: ClassifierFreeGuidance,
-        settings: SamplingSettings,
-        texts: tuple[dict, dict],
-        known: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-        callback: StepCallback | None,
-        progress: bool,
-    ) -> torch.Tensor:
-        """The denoising loop with true CFG renormalised per token; ``known`` (inpaint: clean and noise tokens, the
-        generate mask) re-imposes the image outside the mask after each step. Returns packed latents (1, N, 64)."""
-        for hook in getattr(self.transformer, "generation_hooks", ()):
-            hook.begin(len(timesteps))  # step caches start fresh for every image
-        cond, uncond = texts
-        num_steps = len(timesteps)
-        for step, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
-            velocity = guidance(self._denoise, latents, t.expand(1), cond, uncond, step, num_steps,
-                                scale=settings.guidance_scale, renorm_dim=TOKEN_CHANNELS)  # fmt: skip
-            latents = scheduler.step(velocity, t, latents, return_dict=False)[0].float()
-            if known is not None:
-                latents = keep_known(latents, known, scheduler, timesteps, step)
-            if callback is not None:
-                callback(step, num_steps, latents)
-        return latents

@@ -29,6 +29,7 @@ from ..models.zimage.transformer import ZImageTransformer
 from ..models.zimage.vae import ZImageVAE
 from ..models.zimage.variants import SCHEDULER_CONFIG, SIZE_RULES, ZImageConfig, variant_of
 from .common import SamplingSettings
+from .guidance import ClassifierFreeGuidance
 from .image import FlowImagePipeline, Passes
 
 
@@ -125,7 +126,14 @@ class ZImagePipeline(FlowImagePipeline):
         lens = torch.tensor([feats.shape[0] for feats in features], device=self.device)
         return {"cap_feats": pad_features(features, length).to(self.device, self.dtype), "cap_lens": lens}
 
-    def guidance_passes(self, prompt: str, settings: SamplingSettings, latent_size: tuple[int, int]) -> Passes:
+    def guidance_passes(
+        self,
+        prompt: str,
+        settings: SamplingSettings,
+        latent_size: tuple[int, int],
+        guidance: ClassifierFreeGuidance,
+        inputs: Mapping[str, Any],
+    ) -> Passes:
         """The prompt's inputs, and with guidance g > 0 the negative prompt's (both padded to one length so that
         one batched pass takes them) at CFG scale g + 1 (diffusers' ``cond + g (cond - uncond)``)."""
         guided = settings.guidance_scale > 0

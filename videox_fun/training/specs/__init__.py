@@ -186,7 +186,11 @@ def register_spec(name: str) -> Callable:
 
 
 # The modules of the built-in specs: each registers its spec on import.
-SPEC_MODULES = ("videox_fun.training.specs.wan", "videox_fun.training.specs.cogvideox")
+SPEC_MODULES = (
+    "videox_fun.training.specs.wan",
+    "videox_fun.training.specs.cogvideox",
+    "videox_fun.training.specs.image",
+)
 
 
 def _load_specs() -> None:

@@ -1,0 +1,57 @@
+"""How the diffusers-layout image families (FLUX.1, Qwen-Image, Z-Image) read a folder, from config files only: the
+transformer class that claims it, the folder's own YAML, the VAE class checked before any weight is read, and the
+:class:`~videox_fun.families.Recognised` they all build the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import FOLDER_CONFIG_NAME, read_json_mapping
+from . import Family, Recognised, SizeRules
+
+
+def transformer_config(folder: Path, transformer_class: str) -> Mapping[str, Any] | None:
+    """The folder's ``transformer/config.json`` when the folder is in diffusers layout (``model_index.json``) and
+    its transformer is a ``transformer_class``; None for any other layout or class (another family's folder)."""
+    path = folder / "transformer" / "config.json"
+    if not (folder / "model_index.json").is_file() or not path.is_file():
+        return None
+    config = read_json_mapping(path, "transformer config")
+    return config if config.get("_class_name") == transformer_class else None
+
+
+def own_config_path(folder: Path, config_path: Path | None) -> Path | None:
+    """The YAML the user named, else the folder's own ``videox_fun.yaml`` when it has one."""
+    if config_path is not None:
+        return config_path
+    return folder / FOLDER_CONFIG_NAME if (folder / FOLDER_CONFIG_NAME).is_file() else None
+
+
+def check_vae(folder: Path, subpath: str, family: str, transformer_class: str, vae_class: str) -> None:
+    """Fail in one line when the folder's VAE is not the ``vae_class`` that ``family`` needs (a Wan or FLUX VAE
+    beside a Qwen-Image transformer), before any weight is read."""
+    path = folder / subpath / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no VAE config at {path} (a {family} folder needs an {vae_class})")
+    found = read_json_mapping(path, "VAE config").get("_class_name")
+    if found != vae_class:
+        raise ValueError(f"{folder}: the transformer is a {transformer_class} but the VAE is a {found} ({path}); "
+                         f"a {family} model needs an {vae_class}")  # fmt: skip
+
+
+def recognised(
+    family: Family, folder: Path, config: Any, variant: str, modes: tuple[str, ...], sizes: SizeRules
+) -> Recognised:
+    """A recognised image folder: its typed ``config`` gives the defaults and the note shown on load."""
+    return Recognised(
+        family=family,
+        folder=folder,
+        config=config,
+        variant=variant,
+        modes=modes,
+        defaults=config.defaults,
+        sizes=sizes,
+        note=config.note,
+    )
