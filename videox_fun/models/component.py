@@ -77,6 +77,16 @@ class DiffusersVAE(OffloadableComponent, nn.Module):
         return self.model.config
 
 
+class TokenizedTextEncoder(OffloadableComponent, nn.Module):
+    """A wrapper around a transformers text model and its tokenizer; subclasses add ``from_pretrained`` and
+    ``encode``."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+
+
 class StrictDiffusersModel:
     """Strict loading for a family's subclass of a diffusers model class (put it first among the bases).
 
@@ -138,6 +148,24 @@ class StrictDiffusersModel:
         assert_materialised(model, source)
         return model.to(device).eval()
 
+    @staticmethod
+    def config_from_weights(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The model config read off a (diffusers-named) state's shapes, for single files without a config."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_single_file(  # type: ignore[override]
+        cls,
+        path: str | os.PathLike,
+        config: Mapping[str, Any] | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        """Load a single file in any layout ``read_weights`` takes (the family's original one converted); ``config``
+        None reads it off the shapes (:meth:`config_from_weights`)."""
+        state = cls.read_weights(path)  # type: ignore[attr-defined]
+        return cls.from_state(config or cls.config_from_weights(state), state, str(path), torch_dtype, device)
+
     def save_as_released(self, target: str | os.PathLike) -> Path:
         """``target``: config.json naming the released class (which diffusers loads too) and the weights."""
         import json
@@ -149,3 +177,21 @@ class StrictDiffusersModel:
         config["_class_name"] = self.released_class_name
         config_path.write_text(json.dumps(config, indent=2))
         return target
+
+
+def load_transformers_strict(model_class: type, folder: str | os.PathLike, dtype: torch.dtype, name: str) -> nn.Module:
+    """A transformers model folder through transformers' own loader (which maps the checkpoint names of every
+    transformers version), refused when any key is missing, unexpected or mis-shaped (transformers only warns).
+    ``name`` says what the folder should hold, in errors."""
+    from .loading import CheckpointMismatchError
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no {name} in {folder}: expected config.json and weights")
+    model, info = model_class.from_pretrained(str(folder), dtype=dtype, output_loading_info=True)
+    problems = [f"{kind.replace('_', ' ')}: {sorted(map(str, keys))[:12]}" for kind, keys in info.items()
+                if kind in ("missing_keys", "unexpected_keys", "mismatched_keys") and keys]  # fmt: skip
+    if problems:
+        details = "; ".join(problems)
+        raise CheckpointMismatchError(f"checkpoint {folder} does not match {model_class.__name__}: {details}")
+    return model.eval()
