@@ -26,7 +26,6 @@ from ..models.flux.transformer import FluxTransformer
 from ..models.flux.vae import FluxVAE
 from ..models.flux.variants import PACK, SIZE_RULES, FluxConfig, variant_of
 from .common import SamplingSettings
-from .guidance import ClassifierFreeGuidance
 from .image import PackedFlowImagePipeline, Passes
 
 logger = logging.getLogger(__name__)
@@ -132,14 +131,7 @@ class FluxPipeline(PackedFlowImagePipeline):
         txt_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled, "txt_ids": txt_ids}
 
-    def guidance_passes(
-        self,
-        prompt: str,
-        settings: SamplingSettings,
-        latent_size: tuple[int, int],
-        guidance: ClassifierFreeGuidance,
-        inputs: Mapping[str, Any],
-    ) -> Passes:
+    def guidance_passes(self, prompt: str, settings: SamplingSettings, latent_size: tuple[int, int], *_: Any) -> Passes:
         """One conditional pass a step (scale 1): the prompt's inputs, the image tokens' ids and dev's guidance.
         A negative prompt does not apply (no classifier-free guidance): one given is logged."""
         if settings.negative_prompt:

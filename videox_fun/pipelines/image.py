@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
+from ..config import read_json_mapping
 from ..families import ImageSizeRules, Mode, infer_mode, require_inputs
 from ..io.files import check_input_file
 from ..io.video import tensor_to_frames
@@ -50,6 +52,12 @@ PATCH = 2  # image tokens of both families: 2x2 latent pixels each
 Passes = tuple[dict, dict, float]
 
 
+def folder_scheduler_config(root: Path, subpath: str, release: Mapping[str, Any]) -> dict[str, Any]:
+    """The folder's ``{subpath}/scheduler_config.json``, else the ``release``'s scheduler config."""
+    path = root / subpath / "scheduler_config.json"
+    return read_json_mapping(path, "scheduler config") if path.is_file() else dict(release)
+
+
 class FlowImagePipeline:
     """The shared sampling of a flow-matching image pipeline; subclasses fill the class attributes and hooks.
 
@@ -61,7 +69,12 @@ class FlowImagePipeline:
     modes: ClassVar[Mapping[str, Mode]]
     samplers: ClassVar[tuple[str, ...]]
     sizes: ClassVar[ImageSizeRules]
-    component_methods: ClassVar[dict[str, tuple[str, ...]]]  # attribute -> the methods the pipeline calls
+    # attribute -> the methods the pipeline calls (offload hooks wrap these); by default one text encoder
+    component_methods: ClassVar[dict[str, tuple[str, ...]]] = {
+        "text_encoder": ("encode",),
+        "transformer": ("forward",),
+        "vae": ("encode", "decode"),
+    }
     noise_modes: ClassVar[tuple[str, ...]] = ("t2i",)  # modes that start from pure noise (no strength)
     renorm_dim: ClassVar[int | None] = None  # axis the guided prediction is renormalised along (None: not)
     transformer: torch.nn.Module

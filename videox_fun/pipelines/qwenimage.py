@@ -21,7 +21,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from ..models.qwenimage.variants import (
 )
 from .common import ImageLike, SamplingSettings, pack_latents
 from .guidance import ClassifierFreeGuidance
-from .image import PATCH, PackedFlowImagePipeline, Passes
+from .image import PATCH, PackedFlowImagePipeline, Passes, folder_scheduler_config
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,6 @@ def pil_image(source: ImageLike) -> Image.Image:
     """An image path, or uint8 (H, W, 3), as an RGB PIL image."""
     pixels = read_image(source) if isinstance(source, (str, Path)) else torch.as_tensor(np.asarray(source))
     return Image.fromarray(pixels.to(torch.uint8).numpy()).convert("RGB")
-
-
-def read_scheduler_config(root: Path, config: QwenImageConfig) -> dict[str, Any]:
-    """The folder's ``scheduler/scheduler_config.json``, else the release's."""
-    path = root / config.scheduler_subpath / "scheduler_config.json"
-    return read_json_mapping(path, "scheduler config") if path.is_file() else dict(SCHEDULER_CONFIG)
 
 
 def pad_text(inputs: dict, length: int) -> dict:
@@ -87,11 +81,6 @@ class QwenImagePipeline(PackedFlowImagePipeline):
     modes = QWENIMAGE_MODES
     samplers = QWENIMAGE_SAMPLERS
     sizes = SIZE_RULES
-    component_methods: ClassVar[dict[str, tuple[str, ...]]] = {
-        "text_encoder": ("encode",),
-        "transformer": ("forward",),
-        "vae": ("encode", "decode"),
-    }
     noise_modes = ("t2i", "edit")
     renorm_dim = -1  # true CFG renormalised per token: over the channels of (B, N, 64)
 
@@ -136,7 +125,7 @@ class QwenImagePipeline(PackedFlowImagePipeline):
             QwenVLTextEncoder.from_pretrained(
                 root / config.text_encoder_subpath, root / config.tokenizer_subpath, processor, dtype
             ),
-            read_scheduler_config(root, config),
+            folder_scheduler_config(root, config.scheduler_subpath, SCHEDULER_CONFIG),
             variant,
             config,
             device,

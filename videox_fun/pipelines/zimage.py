@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..config import read_json_mapping
 from ..families import Recognised
 from ..families.zimage import ZIMAGE_MODES, ZIMAGE_SAMPLERS
 from ..models.zimage.text_encoder import ZImageTextEncoder
@@ -29,14 +28,7 @@ from ..models.zimage.transformer import ZImageTransformer
 from ..models.zimage.vae import ZImageVAE
 from ..models.zimage.variants import SCHEDULER_CONFIG, SIZE_RULES, ZImageConfig, variant_of
 from .common import SamplingSettings
-from .guidance import ClassifierFreeGuidance
-from .image import FlowImagePipeline, Passes
-
-
-def read_scheduler_config(root: Path, config: ZImageConfig) -> dict[str, Any]:
-    """The folder's ``scheduler/scheduler_config.json``, else the release's (shift 3, static)."""
-    path = root / config.scheduler_subpath / "scheduler_config.json"
-    return read_json_mapping(path, "scheduler config") if path.is_file() else dict(SCHEDULER_CONFIG)
+from .image import FlowImagePipeline, Passes, folder_scheduler_config
 
 
 def pad_features(features: list[torch.Tensor], length: int) -> torch.Tensor:
@@ -52,11 +44,6 @@ class ZImagePipeline(FlowImagePipeline):
     modes = ZIMAGE_MODES
     samplers = ZIMAGE_SAMPLERS
     sizes = SIZE_RULES
-    component_methods: ClassVar[dict[str, tuple[str, ...]]] = {
-        "text_encoder": ("encode",),
-        "transformer": ("forward",),
-        "vae": ("encode", "decode"),
-    }
 
     def __init__(
         self,
@@ -96,7 +83,7 @@ class ZImagePipeline(FlowImagePipeline):
             ZImageTextEncoder.from_pretrained(
                 root / config.text_encoder_subpath, root / config.tokenizer_subpath, dtype
             ),
-            read_scheduler_config(root, config),
+            folder_scheduler_config(root, config.scheduler_subpath, SCHEDULER_CONFIG),
             config,
             device,
             dtype,
@@ -126,14 +113,7 @@ class ZImagePipeline(FlowImagePipeline):
         lens = torch.tensor([feats.shape[0] for feats in features], device=self.device)
         return {"cap_feats": pad_features(features, length).to(self.device, self.dtype), "cap_lens": lens}
 
-    def guidance_passes(
-        self,
-        prompt: str,
-        settings: SamplingSettings,
-        latent_size: tuple[int, int],
-        guidance: ClassifierFreeGuidance,
-        inputs: Mapping[str, Any],
-    ) -> Passes:
+    def guidance_passes(self, prompt: str, settings: SamplingSettings, latent_size: tuple[int, int], *_: Any) -> Passes:
         """The prompt's inputs, and with guidance g > 0 the negative prompt's (both padded to one length so that
         one batched pass takes them) at CFG scale g + 1 (diffusers' ``cond + g (cond - uncond)``)."""
         guided = settings.guidance_scale > 0
