@@ -179,6 +179,20 @@ class StrictDiffusersModel:
         return target
 
 
+def quiet_transformers_load(model_class: type, folder: Path, dtype: torch.dtype) -> tuple[nn.Module, dict]:
+    """``model_class.from_pretrained`` with its loading info, without transformers' progress bar (a bar on stderr
+    would break the one-line errors that follow a load)."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        return model_class.from_pretrained(str(folder), dtype=dtype, output_loading_info=True)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
 def load_transformers_strict(model_class: type, folder: str | os.PathLike, dtype: torch.dtype, name: str) -> nn.Module:
     """A transformers model folder through transformers' own loader (which maps the checkpoint names of every
     transformers version), refused when any key is missing, unexpected or mis-shaped (transformers only warns).
@@ -188,7 +202,7 @@ def load_transformers_strict(model_class: type, folder: str | os.PathLike, dtype
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no {name} in {folder}: expected config.json and weights")
-    model, info = model_class.from_pretrained(str(folder), dtype=dtype, output_loading_info=True)
+    model, info = quiet_transformers_load(model_class, folder, dtype)
     problems = [f"{kind.replace('_', ' ')}: {sorted(map(str, keys))[:12]}" for kind, keys in info.items()
                 if kind in ("missing_keys", "unexpected_keys", "mismatched_keys") and keys]  # fmt: skip
     if problems:

@@ -59,6 +59,27 @@ class SamplingSettings:
         }
 
 
+def recognised_as(folder: str | Path | Any, family: str, label: str) -> Any:
+    """A model folder as the family named ``family`` recognises it (a ``Recognised`` given passes through); another
+    family's folder is a one-line error naming ``label``."""
+    from ..families import Recognised, recognise
+
+    if isinstance(folder, Recognised):
+        return folder
+    found = recognise(folder)
+    if found.family.name != family:
+        raise ValueError(f"{found.folder} is a {found.family.name} model folder, not a {label} one")
+    return found
+
+
+def folder_scheduler_config(root: Path, subpath: str, release: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers-layout folder's ``<subpath>/scheduler_config.json``, else the ``release``'s config."""
+    from ..config import read_json_mapping
+
+    path = root / subpath / "scheduler_config.json"
+    return read_json_mapping(path, "scheduler config") if path.is_file() else dict(release)
+
+
 def corrected(name: str, value: int, fixed: int, why: str) -> int:
     """Return ``fixed`` and tell the user when it differs from what they asked."""
     if fixed != value:
@@ -129,11 +150,12 @@ def flow_timesteps(
     start: int,
     device: torch.device,
     sigmas: Sequence[float] | None = None,
+    mu: float | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The timesteps from step ``start`` on of ``sigmas`` (default ``linspace(1, 1/steps, steps)`` in float64, as
-    diffusers' FLUX pipelines), and mu (the shift of ``seq_len`` image tokens, used when the scheduler shifts
-    dynamically), as diffusers' image pipelines set them."""
-    mu = calculate_shift(seq_len, scheduler.config)
+    diffusers' FLUX pipelines), and mu (the shift used when the scheduler shifts dynamically: the given one, else
+    that of ``seq_len`` image tokens), as diffusers' image pipelines set them."""
+    mu = calculate_shift(seq_len, scheduler.config) if mu is None else mu
     sigmas = np.linspace(1.0, 1 / steps, steps) if sigmas is None else sigmas
     scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
     scheduler.set_begin_index(start)

@@ -127,6 +127,14 @@ class FlowImagePipeline:
         """The sigmas of ``steps`` steps (None: ``flow_timesteps``' float64 linspace)."""
         return None
 
+    def token_count(self, height: int, width: int) -> int:
+        """Image tokens of (h, w) latents (2x2 latent pixels each by default), which the shift depends on."""
+        return (height // PATCH) * (width // PATCH)
+
+    def shift_mu(self, tokens: int, steps: int) -> float | None:
+        """mu of the dynamic shift (None: the scheduler config's resolution-dependent one, ``calculate_shift``)."""
+        return None
+
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents in the layout the transformer reads (unchanged by default)."""
         return latents
@@ -237,8 +245,9 @@ class FlowImagePipeline:
         passes = self.guidance_passes(prompt, settings, (h, w), guidance, inputs)
         scheduler = flow_scheduler(self.scheduler_config, shift)
         start = 0 if settings.mode in self.noise_modes else strength_start(settings.steps, strength)
-        timesteps, mu = flow_timesteps(scheduler, settings.steps, (h // PATCH) * (w // PATCH), start, self.device,
-                                       self.sigmas(settings.steps))  # fmt: skip
+        tokens = self.token_count(h, w)
+        timesteps, mu = flow_timesteps(scheduler, settings.steps, tokens, start, self.device,
+                                       self.sigmas(settings.steps), self.shift_mu(tokens, settings.steps))  # fmt: skip
         noise = seeded_noise((1, self.vae.latent_channels, h, w), seed, self.device)  # (1, C, h, w)
         latents, known = self.start_latents(settings, noise, scheduler, timesteps[:1], image, mask)
         latents = self.unpack(self._sample(latents, timesteps, scheduler, guidance, passes, known, callback, progress),
