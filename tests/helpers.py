@@ -178,3 +178,28 @@ def sharpen_vae_posterior(folder: Path) -> None:
     state["encoder.conv_out.weight"][half:] = 0.0
     state["encoder.conv_out.bias"][half:] = -30.0
     save_file(state, str(path))
+
+
+# -- image CLIs (PNG outputs with a JSON sidecar) --------------------------------------------------------------
+
+
+def read_png(path: Path) -> np.ndarray:
+    """An image file's RGB pixels (H, W, 3) uint8, checked to be a PNG."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def read_sidecar(path: Path) -> dict:
+    """The JSON sidecar written beside an output."""
+    return json.loads(Path(path).with_suffix(".json").read_text())
+
+
+def assert_one_line_refusal(main, capsys, args: list[str], message: str) -> None:
+    """``main(args)`` exits 2 with ``message`` as the only line on stderr (what ran before it is dropped)."""
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

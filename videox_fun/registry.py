@@ -22,6 +22,7 @@ RANDOM_NOTE = "random weights (tiny config of the real architecture): the video 
 _WAN_TINY = "videox_fun.models.wan.tiny:build_tiny_model_folder"
 _COGVIDEOX_TINY = "videox_fun.models.cogvideox.tiny:build_tiny_cogvideox_folder"
 _FLUX_TINY = "videox_fun.models.flux.tiny:build_tiny_flux_folder"
+_FLUX2_TINY = "videox_fun.models.flux2.tiny:build_tiny_flux2_folder"
 _QWENIMAGE_TINY = "videox_fun.models.qwenimage.tiny:build_tiny_qwenimage_folder"
 _ZIMAGE_TINY = "videox_fun.models.zimage.tiny:build_tiny_zimage_folder"
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
@@ -34,6 +35,7 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "CogVideoX-Fun-Tiny-Random-Control": (_COGVIDEOX_TINY, "control"),
     "Flux-Tiny-Random": (_FLUX_TINY, "dev"),
     "Flux-Schnell-Tiny-Random": (_FLUX_TINY, "schnell"),
+    "Flux2-Tiny-Random": (_FLUX2_TINY, "dev"),
     "Qwen-Image-Tiny-Random": (_QWENIMAGE_TINY, "t2i"),
     "Qwen-Image-Edit-Tiny-Random": (_QWENIMAGE_TINY, "edit"),
     "Z-Image-Tiny-Random": (_ZIMAGE_TINY, "base"),

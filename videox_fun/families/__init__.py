@@ -45,6 +45,7 @@ FAMILY_MODULES = (
     "videox_fun.families.wan",
     "videox_fun.families.cogvideox",
     "videox_fun.families.flux",
+    "videox_fun.families.flux2",
     "videox_fun.families.qwenimage",
     "videox_fun.families.zimage",
 )

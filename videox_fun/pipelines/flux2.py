@@ -1,0 +1,150 @@
+"""One FLUX.2 pipeline for every mode: t2i as diffusers' ``Flux2Pipeline`` computes it (same latents for the same
+weights and noise), i2i and inpaint by the shared formulas of :class:`~.image.FlowImagePipeline`.
+
+The VAE's 32-channel latents are patchified 2x2 and normalised with its BatchNorm statistics, so the latent grid
+is (B, 128, H/16, W/16) and every latent pixel is one token: (B, h * w, 128), with (t, h, w, l) position ids
+(0, row, column, 0); the text tokens' ids are (0, 0, 0, index). The sigmas run ``linspace(1, 1/steps, steps)``
+through the folder's flow-matching Euler scheduler, shifted by BFL's empirical mu (a function of the token count
+and the number of steps) unless a static ``shift`` is given. FLUX.2-dev embeds the guidance scale: one pass a step,
+no classifier-free guidance and no negative prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+
+from ..families import Recognised
+from ..families.flux2 import FLUX2_MODES, FLUX2_SAMPLERS
+from ..models.flux2.text_encoder import Flux2TextEncoder
+from ..models.flux2.transformer import Flux2Transformer
+from ..models.flux2.vae import Flux2VAE
+from ..models.flux2.variants import SCHEDULER_CONFIG, SIZE_RULES, VARIANT, Flux2Config
+from .common import SamplingSettings, folder_scheduler_config, recognised_as
+from .guidance import ClassifierFreeGuidance
+from .image import FlowImagePipeline, Passes
+
+logger = logging.getLogger(__name__)
+
+
+def image_ids(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(h * w, 4) position ids of the latent tokens, row-major: (0, row, column, 0)."""
+    return torch.cartesian_prod(torch.arange(1), torch.arange(height), torch.arange(width), torch.arange(1)).to(device)
+
+
+def text_ids(length: int, device: torch.device) -> torch.Tensor:
+    """(L, 4) position ids of the text tokens: (0, 0, 0, index)."""
+    return torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(length)).to(device)
+
+
+class Flux2Pipeline(FlowImagePipeline):
+    """Text-to-image, image-to-image and inpainting with a FLUX.2 transformer, its VAE and Mistral3."""
+
+    label = "FLUX.2"
+    modes = FLUX2_MODES
+    samplers = FLUX2_SAMPLERS
+    sizes = SIZE_RULES  # the base's components: text_encoder, transformer, vae
+
+    def __init__(
+        self,
+        transformer: Flux2Transformer,
+        vae: Flux2VAE,
+        text_encoder: Flux2TextEncoder,
+        scheduler_config: Mapping[str, Any],
+        config: Flux2Config | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+        self.config = config or Flux2Config()
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path | Recognised, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Flux2Pipeline:
+        """Load every component of a FLUX.2 folder (or one the family already recognised), strictly."""
+        folder = recognised_as(folder, "flux2", "FLUX.2")
+        root, config = folder.folder, folder.config
+        pipe = cls(
+            Flux2Transformer.from_pretrained(root / config.transformer_subpath, torch_dtype=dtype),
+            Flux2VAE.from_pretrained(root / config.vae_subpath, dtype=dtype),
+            Flux2TextEncoder.from_pretrained(
+                root / config.text_encoder_subpath, root / config.tokenizer_subpath, dtype
+            ),
+            folder_scheduler_config(root, config.scheduler_subpath, SCHEDULER_CONFIG),
+            config,
+            device,
+            dtype,
+        )
+        return pipe.to(device)
+
+    # -- the family's parts of the shared sampling -----------------------------------------------
+    @property
+    def variant_name(self) -> str:
+        """FLUX.2-dev."""
+        return VARIANT
+
+    def checked_guidance(self, scale: float) -> float:
+        """The embedded guidance scale (no second pass); negative values are refused."""
+        if scale < 0:
+            raise ValueError(f"guidance scale must be at least 0, got {scale}")
+        return scale
+
+    def token_count(self, height: int, width: int) -> int:
+        """One token per latent pixel of the patchified (B, 128, h, w) grid."""
+        return height * width
+
+    def shift_mu(self, tokens: int, steps: int) -> float:
+        """BFL's empirical mu of ``tokens`` image tokens over ``steps`` steps (diffusers' ``compute_empirical_mu``)."""
+        return compute_empirical_mu(tokens, steps)
+
+    def pack(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, h * w, C) tokens, row-major."""
+        return latents.flatten(2).transpose(1, 2)
+
+    def unpack(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, h * w, C) tokens -> (B, C, h, w)."""
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+    def guidance_passes(
+        self,
+        prompt: str,
+        settings: SamplingSettings,
+        latent_size: tuple[int, int],
+        guidance: ClassifierFreeGuidance | None = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> Passes:
+        """One conditional pass a step (scale 1): the prompt's Mistral features, the token ids and the embedded
+        guidance. A negative prompt does not apply (no classifier-free guidance): one given is logged."""
+        if settings.negative_prompt:
+            logger.info("negative_prompt does not apply to FLUX.2-dev (embedded guidance, no CFG); ignored")
+        embeds = self.text_encoder.encode([prompt], self.config.text_len, self.config.text_layers)  # (1, L, 3 D)
+        cond = {
+            "encoder_hidden_states": embeds.to(self.device, self.dtype),
+            "txt_ids": text_ids(embeds.shape[1], self.device),
+            "img_ids": image_ids(*latent_size, self.device),
+            "guidance": torch.full((1,), settings.guidance_scale, device=self.device, dtype=torch.float32),
+        }
+        return cond, cond, 1.0
+
+    def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """Flow velocity (B, N, 128) of latent tokens (B, N, 128) at timesteps ``t`` (B,) in [0, 1000]."""
+        return self.transformer(
+            hidden_states=latents.to(self.dtype),
+            timestep=(t / 1000).to(self.dtype),
+            guidance=inputs["guidance"],
+            encoder_hidden_states=inputs["encoder_hidden_states"],
+            txt_ids=inputs["txt_ids"],
+            img_ids=inputs["img_ids"],
+            return_dict=False,
+        )[0].float()
