@@ -19,8 +19,9 @@ from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerBase, Qwen2Tokenizer, Qwen3Config, Qwen3Model
 
 from ...config import GenerationDefaults, write_folder_config
-from ...io.files import reset_tree_modes
+from ...io.files import reset_tree_modes, save_safetensors
 from ..wan.tiny import TOY_VOCABULARY
+from .control import LATENT_CHANNELS, ControlRelease, ZImageControl, control_config
 from .transformer import TRANSFORMER_CLASS_NAME, ZImageTransformer
 from .vae import VAE_CLASS_NAME, ZImageVAE, tiny_vae_config
 from .variants import SCHEDULER_CONFIG, TURBO, VARIANTS, ZImageVariant
@@ -28,6 +29,9 @@ from .variants import SCHEDULER_CONFIG, TURBO, VARIANTS, ZImageVariant
 TINY_TEXT_DIM = 32
 # Sizes the tiny random folders run at in seconds on a CPU (when built as a named built-in model).
 TINY_DEFAULTS = {"height": 64, "width": 64, "num_frames": 1, "fps": 1, "sampler": "Flow", "shift": 0.0}
+# A built-in variant with a Fun control file beside the transformer: "<variant>-control" (2.1's layout).
+CONTROL_SUFFIX = "-control"
+TINY_CONTROL_FILE = "Z-Image-Turbo-Fun-Controlnet-Union-Tiny.safetensors"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # The part of Qwen3's chat template a prompt goes through: user turns, then the assistant's generation prompt
 # (an empty think block only when thinking is disabled; Z-Image enables it).
@@ -105,13 +109,15 @@ def build_qwen_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerBase:
 def build_tiny_zimage_folder(
     folder: str | Path, variant: str = "turbo", seed: int = 0, note: str | None = None
 ) -> Path:
-    """Write a complete tiny Z-Image folder of ``variant`` (base / turbo) with weights seeded by ``seed``.
+    """Write a complete tiny Z-Image folder of ``variant`` (base / turbo, or ``turbo-control``: with a tiny 2.1
+    Fun control file named by the folder config) with weights seeded by ``seed``.
 
     With a ``note`` (a built-in model's), the folder also gets a ``videox_fun.yaml`` naming the variant, with tiny
     generation defaults (64x64, 4 steps; guidance 4 for base, 0 for Turbo) and that note, shown when it loads.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown tiny Z-Image variant {variant!r}; choose one of {VARIANTS}")
+    base = variant.removesuffix(CONTROL_SUFFIX)
+    if base not in VARIANTS:
+        raise ValueError(f"unknown tiny Z-Image variant {variant!r}; choose one of {VARIANTS} (+ {CONTROL_SUFFIX!r})")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -121,11 +127,43 @@ def build_tiny_zimage_folder(
     Qwen3Model(tiny_qwen3_config(len(tokenizer))).save_pretrained(str(folder / "text_encoder"))
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     write_scheduler_and_index(folder)
-    if note is not None:
-        chosen: ZImageVariant = TURBO if variant == "turbo" else ZImageVariant("Z-Image", 4, 4.0)
+    control = {}
+    if variant != base:
+        build_tiny_control_file(folder / TINY_CONTROL_FILE, "2.1", seed=seed + 1)
+        control = {"control_path": TINY_CONTROL_FILE}
+    if note is not None or control:  # a control file is named by the folder config
+        chosen: ZImageVariant = TURBO if base == "turbo" else ZImageVariant("Z-Image", 4, 4.0)
         defaults = GenerationDefaults(**TINY_DEFAULTS, steps=4, guidance_scale=chosen.guidance_scale)
-        write_folder_config(folder, "ZImage", defaults, note, variant=variant)
+        write_folder_config(folder, "ZImage", defaults, note or "", variant=base, **control)
     return reset_tree_modes(folder)
+
+
+def tiny_control_release(version: str = "2.1", blocks: int = 2) -> ControlRelease:
+    """A control release at the tiny transformer's width: ``blocks`` copies (of its 2 main blocks)."""
+    channels = LATENT_CHANNELS if version == "1.0" else 2 * LATENT_CHANNELS + 1
+    return ControlRelease(version, channels, blocks, tiny_transformer_config()["dim"])
+
+
+def tiny_control_state(version: str = "2.1", seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny control model's tensors in the released keys, every projection random (released ones are trained;
+    zero ones would steer nothing). 2.0 carries the unused refiner with ``before_proj`` zero, as its file does."""
+    torch.manual_seed(seed)
+    config = control_config(tiny_control_release("2.1" if version == "2.0" else version), tiny_transformer_config(),
+                            "tiny")  # fmt: skip
+    model = ZImageControl.from_model_config(config)
+    for name, module in model.named_modules():
+        if name.endswith(("before_proj", "after_proj")):
+            module.reset_parameters()  # diffusers zero-initialises them
+    state = model.state_dict()
+    if version == "2.0":
+        state["control_noise_refiner.0.before_proj.weight"].zero_()
+        state["control_noise_refiner.0.before_proj.bias"].zero_()
+    return state
+
+
+def build_tiny_control_file(path: str | Path, version: str = "2.1", seed: int = 0) -> Path:
+    """A tiny Fun control file (``1.0``, ``2.0`` or ``2.1``) for the tiny transformer, as the releases ship one."""
+    return save_safetensors(tiny_control_state(version, seed), path)
 
 
 def write_scheduler_and_index(folder: Path) -> None:

@@ -7,6 +7,9 @@ config's ``variant`` when set, else read off the folder name (``Z-Image-Turbo``)
   (Tongyi's README passes ``num_inference_steps=9``); 1024x1024.
 * **base**: 25 steps with guidance 4 (VideoX-Fun's defaults; diffusers' pipeline defaults to 50 and 5).
 
+A folder config may name a Fun control file (``control_path``, with ``control_context_scale``): the folder then
+serves control (and, with a 2.x file, control_inpaint) too.
+
 Guidance is diffusers' Z-Image form ``cond + scale * (cond - uncond)``: 0 runs one pass a step. Both take the
 folder's static flow shift (3, ``use_dynamic_shifting`` false) unless ``--shift`` is given.
 """
@@ -73,6 +76,10 @@ class ZImageConfig:
     tokenizer_subpath: str = "tokenizer"
     scheduler_subpath: str = "scheduler"
     text_len: int = 512  # Qwen3 tokens a prompt is padded / truncated to
+    # A Fun control file (Z-Image-Turbo-Fun-Controlnet-Union), relative to the folder or absolute ("": none;
+    # --control-path gives one per request), and how strongly its hints steer (VideoX-Fun: 0.75-0.9 Turbo, 0.9 base).
+    control_path: str = ""
+    control_context_scale: float = 0.75
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     note: str = ""
 
