@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...families import Recognised
+from ...models.qwenimage.variants import EDIT
 from ...pipelines.common import calculate_shift, pack_latents, unpack_latents
 from ...pipelines.flux import FluxPipeline, image_ids
 from ...pipelines.image import PATCH
@@ -136,8 +138,9 @@ class FlowImageSpec:
         """The transformer's inputs that depend on the latent size (positions, guidance), none by default."""
         return {}
 
-    def check_variant(self, pipe: Any) -> None:
-        """Raise ValueError (one line) when the folder's variant cannot be trained; every variant can by default."""
+    def check_variant(self, recognised: Recognised) -> None:
+        """Raise ValueError (one line) when the folder's variant cannot be trained (read off its config files, before
+        any weight loads); every variant can by default."""
 
     # -- loading -------------------------------------------------------------------------------
     def refuse_settings(self, config: TrainConfig) -> None:
@@ -169,8 +172,8 @@ class FlowImageSpec:
         if recognised.family.name != self.name:
             raise ValueError(f"{recognised.folder} is a {recognised.family.name} model; --family {self.name} "
                              f"trains {self.label} folders: leave --family out for the folder's own")  # fmt: skip
+        self.check_variant(recognised)
         pipe = self.pipeline_class.from_pretrained(recognised, dtype=torch.float32)
-        self.check_variant(pipe)
         transformer = pipe.transformer
         if config.transformer_path:
             load_trained_weights(transformer, Path(config.transformer_path))
@@ -347,10 +350,10 @@ class QwenImageSpec(FlowImageSpec):
     pipeline_class = QwenImagePipeline
     packed = True
 
-    def check_variant(self, pipe: Any) -> None:
+    def check_variant(self, recognised: Recognised) -> None:
         """Qwen-Image-Edit (an edit image beside each sample) is not trained yet."""
-        if pipe.variant.edit:
-            raise ValueError(f"training {pipe.variant.name} (edit pairs) is not supported yet; train a Qwen-Image "
+        if recognised.variant == EDIT.name:
+            raise ValueError(f"training {EDIT.name} (edit pairs) is not supported yet; train a Qwen-Image "
                              "(text-to-image) folder")  # fmt: skip
 
     def text_inputs(self, pipe: Any, texts: list[str]) -> dict[str, Any]:
