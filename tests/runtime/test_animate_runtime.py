@@ -19,6 +19,7 @@ from videox_fun.api import GenerationRequest, RuntimeOptions, load_pipeline
 from videox_fun.models.wan.tiny import build_tiny_model_folder
 from videox_fun.pipelines.animate import AnimateRequests, WanAnimatePipeline
 from videox_fun.runtime.cache import FirstBlockCache, StepCache, TeaCache, coefficients_for
+from videox_fun.runtime.fp8 import FP8, Float8Linear
 from videox_fun.runtime.offload import MEMORY_MODES, apply_memory_mode
 
 FRAMES, SIZE = 9, 32
@@ -56,6 +57,23 @@ def test_memory_modes_run_animate(animate_run, mode):
     assert torch.isfinite(latents).all() and diff < (FP8_TOLERANCE if "qfloat8" in mode else MOVED_TOLERANCE)
     if mode.startswith(("model_cpu_offload", "sequential", "model_group")):
         assert log.onloads > 0  # the hooks did move weights
+
+
+def test_fp8_stores_the_face_adapter_linears_like_the_blocks(animate_run):
+    """model_full_load_and_qfloat8: every linear of the face blocks holds fp8 weights, as the main blocks' do; the
+    two-segment latents stay within the fp8 tolerance of the full-precision run."""
+    folder, sources, reference = animate_run
+    pipe = load(folder)
+    apply_memory_mode(pipe, "model_full_load_and_qfloat8", "cpu")
+    adapter = pipe.transformers[0].face_adapter
+    linears = [m for m in adapter.modules() if isinstance(m, (torch.nn.Linear, Float8Linear))]
+    assert len(linears) == 3 * len(adapter.fuser_blocks)  # linear1_kv, linear1_q, linear2 of each
+    assert all(isinstance(m, Float8Linear) and m.weight.dtype == FP8 for m in linears)
+    assert pipe.transformers[0].blocks[0].self_attn.q.weight.dtype == FP8
+    latents = pipe("x", sources, **SETTINGS).latents
+    diff = (latents - reference).abs().max().item()
+    print(f"fp8 blocks and face adapter: max |latents - plain| = {diff:.3f}")
+    assert torch.isfinite(latents).all() and diff < FP8_TOLERANCE
 
 
 def skip_run(folder: Path, sources: Path, make_cache) -> tuple[torch.Tensor, StepCache]:

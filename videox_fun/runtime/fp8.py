@@ -1,7 +1,7 @@
 """float8 weight storage for the transformer blocks' linear layers, plain or scaled.
 
-Which layers: the linears inside the model's declared ``_block_lists`` less its ``_fp8_skip_modules``
-(:mod:`videox_fun.runtime.points`).
+Which layers: the linears inside the model's declared ``_block_lists`` and ``_fp8_side_modules`` less its
+``_fp8_skip_modules`` (:mod:`videox_fun.runtime.points`).
 
 Weights are stored as ``float8_e4m3fn`` (1 byte) and widened to the input's dtype for the
 matmul; biases, embeddings, norms and modulation stay in high precision. The *scaled* variant
@@ -85,14 +85,16 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def block_linears(model: nn.Module) -> list[str]:
-    """Names of the linear layers inside the model's declared ``_block_lists`` (what fp8 storage applies to),
-    less those matching its ``_fp8_skip_modules``.
+    """Names of the linear layers inside the model's declared ``_block_lists`` and ``_fp8_side_modules`` (what
+    fp8 storage applies to), less those matching its ``_fp8_skip_modules``.
 
-    Only the repeated blocks hold most of the weights; embeddings, heads and whatever the model
-    skips stay in high precision, where rounding would shift every token.
+    Only the repeated blocks (and block-like modules running between them, as Animate's face blocks) hold most
+    of the weights; embeddings, heads and whatever the model skips stay in high precision, where rounding would
+    shift every token.
     """
     feature = "fp8 storage (*_and_qfloat8)"
-    inside = {id(m) for blocks in points.block_lists(model, feature) for m in blocks.modules()}
+    stored = [*points.block_lists(model, feature), *points.fp8_side_modules(model, feature)]
+    inside = {id(m) for module in stored for m in module.modules()}
     skip = points.fp8_skip(model, feature)
     return [
         name

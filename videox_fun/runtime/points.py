@@ -11,6 +11,9 @@ the step caches read those declarations here and never name a family's attribute
   compares across steps (e.g. ``{"time_embedding": "time_embedding"}``).
 - ``_fp8_skip_modules``: regular expressions (``re.search`` on the dotted module name) of the
   layers inside the blocks that fp8 storage leaves in high precision; ``()`` when none.
+- ``_fp8_side_modules`` (optional): names (dotted paths allowed) of modules outside the block lists
+  whose linears fp8 storage stores too, less ``_fp8_skip_modules`` (Wan2.2-Animate's face adapter,
+  whose blocks run between the main ones); ``()`` or undeclared: none.
 - ``_block_runner`` (optional): the name of a method that runs the whole stack (or a slice of
   it), ``run(x, ..., blocks=slice)`` -> x. Step caches and sequence parallelism wrap it where
   present; without one, step caches hook the blocks of ``_block_lists`` themselves.
@@ -135,6 +138,16 @@ def fp8_skip(model: nn.Module, feature: str = "fp8 storage") -> tuple[str, ...]:
             f"model {type(model).__name__}: _fp8_skip_modules must be a tuple of patterns, got {patterns!r}"
         )
     return tuple(patterns)
+
+
+def fp8_side_modules(model: nn.Module, feature: str = "fp8 storage") -> list[nn.Module]:
+    """The modules outside the block lists whose linears fp8 storage stores too (``_fp8_side_modules``)."""
+    names = getattr(model, "_fp8_side_modules", None) or ()
+    if isinstance(names, str):
+        raise ExtensionPointError(
+            f"model {type(model).__name__}: _fp8_side_modules must be a tuple of names, got {names!r}"
+        )
+    return [_submodule(model, name, "_fp8_side_modules", feature) for name in names]
 
 
 def fp8_skipped(name: str, patterns: tuple[str, ...]) -> bool:

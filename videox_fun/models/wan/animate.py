@@ -367,6 +367,10 @@ class WanAnimateTransformer3DModel(WanTransformer3DModel):
     # The face blocks group the runner's tokens by latent frame: under sequence parallelism they must learn
     # where the rank's chunk sits in the clip (the face tokens themselves are few: every rank keeps them whole).
     _sequence_side_streams = "sharded_side_streams"
+    # fp8 stores the face blocks' linears too: like the main blocks' attention they act on every video token and
+    # add to the residual stream, and they hold 839M of the release's 17.3B weights. The motion and face encoders
+    # (40M, convolutions and equalised layers that run once per video) stay in high precision.
+    _fp8_side_modules = ("face_adapter",)
     original_class_name = "WanAnimateModel"
     # The base constructor registers these Fun fields too: an Animate config carries none of them.
     ignore_for_config = (
