@@ -128,6 +128,7 @@ class FlowImageSpec:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.pipe: Any = None  # the family's pipeline around the loaded models (load_models sets it)
+        self.transformer_class: Any = None  # the loaded transformer's class (diffusers' with strict loading)
 
     # -- hooks ---------------------------------------------------------------------------------
     def text_inputs(self, pipe: Any, texts: list[str]) -> dict[str, Any]:
@@ -175,6 +176,7 @@ class FlowImageSpec:
         self.check_variant(recognised)
         pipe = self.pipeline_class.from_pretrained(recognised, dtype=torch.float32)
         transformer = pipe.transformer
+        self.transformer_class = type(transformer)
         if config.transformer_path:
             load_trained_weights(transformer, Path(config.transformer_path))
         frozen = {name: module for name, (module, _) in pipe.components().items() if module is not transformer}
@@ -257,7 +259,8 @@ class FlowImageSpec:
     # -- outputs -------------------------------------------------------------------------------
     def save_full(self, transformer: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
         """The diffusers layout of a release (``config.json`` naming diffusers' class + safetensors)."""
-        save_transformer_folder(type(transformer), transformer.released_class_name, transformer, state, folder)
+        model_class = self.transformer_class  # as loaded: sharding (FSDP) swaps the module's class for a wrapper
+        save_transformer_folder(model_class, model_class.released_class_name, transformer, state, folder)
 
     def save_lora(self, state: dict[str, torch.Tensor], path: Path, rank: int, alpha: float) -> Path:
         """The LoRA file in diffusers' layout for this family's pipeline (``transformer.<module>.lora_A.weight``)."""
