@@ -40,6 +40,7 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "Qwen-Image-Edit-Tiny-Random": (_QWENIMAGE_TINY, "edit"),
     "Z-Image-Tiny-Random": (_ZIMAGE_TINY, "base"),
     "Z-Image-Turbo-Tiny-Random": (_ZIMAGE_TINY, "turbo"),
+    "Z-Image-Turbo-Fun-Control-Tiny-Random": (_ZIMAGE_TINY, "turbo-control"),
 }
 # Trained on the toy world by `videox-fun toyworld train-all` (the CogVideoX one: `--family cogvideox`)
 # and shipped inside the package; a name is found once its folder is in assets/models/.

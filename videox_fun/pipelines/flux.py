@@ -25,7 +25,7 @@ from ..models.flux.tiny import SCHEDULER_CONFIGS
 from ..models.flux.transformer import FluxTransformer
 from ..models.flux.vae import FluxVAE
 from ..models.flux.variants import PACK, SIZE_RULES, FluxConfig, variant_of
-from .common import SamplingSettings
+from .common import SamplingSettings, recognised_as
 from .image import PackedFlowImagePipeline, Passes
 
 logger = logging.getLogger(__name__)
@@ -90,12 +90,7 @@ class FluxPipeline(PackedFlowImagePipeline):
         cls, folder: str | Path | Recognised, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> FluxPipeline:
         """Load every component of a FLUX.1 folder (or one the family already recognised), strictly."""
-        if not isinstance(folder, Recognised):
-            from ..families import recognise
-
-            folder = recognise(folder)
-            if folder.family.name != "flux":
-                raise ValueError(f"{folder.folder} is a {folder.family.name} model folder, not a FLUX.1 one")
+        folder = recognised_as(folder, "flux", "FLUX.1")
         root, config = folder.folder, folder.config
         pipe = cls(
             FluxTransformer.from_pretrained(root / config.transformer_subpath, torch_dtype=dtype),

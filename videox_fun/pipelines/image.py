@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
-from ..config import read_json_mapping
 from ..families import ImageSizeRules, Mode, infer_mode, require_inputs
 from ..io.files import check_input_file
 from ..io.video import tensor_to_frames
@@ -52,12 +50,6 @@ PATCH = 2  # image tokens of both families: 2x2 latent pixels each
 Passes = tuple[dict, dict, float]
 
 
-def folder_scheduler_config(root: Path, subpath: str, release: Mapping[str, Any]) -> dict[str, Any]:
-    """The folder's ``{subpath}/scheduler_config.json``, else the ``release``'s scheduler config."""
-    path = root / subpath / "scheduler_config.json"
-    return read_json_mapping(path, "scheduler config") if path.is_file() else dict(release)
-
-
 class FlowImagePipeline:
     """The shared sampling of a flow-matching image pipeline; subclasses fill the class attributes and hooks.
 
@@ -77,6 +69,7 @@ class FlowImagePipeline:
     }
     noise_modes: ClassVar[tuple[str, ...]] = ("t2i",)  # modes that start from pure noise (no strength)
     renorm_dim: ClassVar[int | None] = None  # axis the guided prediction is renormalised along (None: not)
+    call_settings: ClassVar[tuple[str, ...]] = ()  # family settings a call takes by keyword (Family.settings)
     transformer: torch.nn.Module
     vae: Any
     config: Any
@@ -103,8 +96,13 @@ class FlowImagePipeline:
         inputs: Mapping[str, Any],
     ) -> Passes:
         """The conditional and unconditional transformer inputs and the CFG scale of one call (``guidance``: how
-        the passes run; ``inputs``: the call's media by name, for families whose transformer reads them)."""
+        the passes run; ``inputs``: the call's media and :attr:`call_settings` by name, for families whose
+        transformer reads them)."""
         raise NotImplementedError
+
+    def call_record(self, settings: SamplingSettings, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """What the sidecar records of a call besides the shared settings (nothing by default)."""
+        return {}
 
     def default_guidance(self, settings: SamplingSettings) -> ClassifierFreeGuidance:
         """The guidance a call runs when the runtime gives none (batched passes)."""
@@ -147,8 +145,8 @@ class FlowImagePipeline:
     def to(self, device: str | torch.device) -> FlowImagePipeline:
         """Move every component to ``device``."""
         self.device = torch.device(device)
-        for name in self.component_methods:
-            getattr(self, name).to(self.device)
+        for module, _ in self.components().values():
+            module.to(self.device)
         return self
 
     @property
@@ -215,6 +213,7 @@ class FlowImagePipeline:
         mode: str | None = None,
         image: ImageLike | None = None,
         mask: ImageLike | None = None,
+        control_video: ImageLike | None = None,
         height: int | None = None,
         width: int | None = None,
         num_frames: int | None = None,
@@ -228,13 +227,19 @@ class FlowImagePipeline:
         guidance: ClassifierFreeGuidance | None = None,
         callback: StepCallback | None = None,
         progress: bool = True,
+        **extra: Any,
     ) -> GenerationOutput:
         """Generate one image. ``mode`` is inferred from the inputs when not given; ``guidance`` carries the
-        runtime's guidance settings (batched or sequential passes, CFG skip), run at the family's scale."""
+        runtime's guidance settings (batched or sequential passes, CFG skip), run at the family's scale;
+        ``control_video`` is a control image (the control modes of families with a control model); ``extra`` the
+        family's :attr:`call_settings`."""
+        unknown = sorted(set(extra) - set(self.call_settings))
+        if unknown:
+            raise TypeError(f"{self.label} takes no setting {', '.join(unknown)}")
         if guidance_scale_2:
             logger.info("guidance_scale_2=%s does not apply to %s (one transformer); ignored", guidance_scale_2,
                         self.label)  # fmt: skip
-        inputs = {"image": image, "mask": mask}
+        inputs = {"image": image, "mask": mask, "control_video": control_video}
         settings = self.resolve_settings(
             mode or infer_mode(self.mode_table, inputs), inputs, height=height, width=width, num_frames=num_frames,
             steps=num_inference_steps, guidance_scale=guidance_scale, shift=shift, sampler=sampler,
@@ -242,7 +247,7 @@ class FlowImagePipeline:
         )  # fmt: skip
         h, w = self.latent_size(settings)
         guidance = guidance or self.default_guidance(settings)
-        passes = self.guidance_passes(prompt, settings, (h, w), guidance, inputs)
+        passes = self.guidance_passes(prompt, settings, (h, w), guidance, {**inputs, **extra})
         scheduler = flow_scheduler(self.scheduler_config, shift)
         start = 0 if settings.mode in self.noise_modes else strength_start(settings.steps, strength)
         tokens = self.token_count(h, w)
@@ -260,6 +265,7 @@ class FlowImagePipeline:
             record["negative_prompt"] = settings.negative_prompt
         if settings.mode not in self.noise_modes:
             record["strength"] = strength
+        record.update(self.call_record(settings, {**inputs, **extra}))
         frames = tensor_to_frames(decoded[:, :, None][0].cpu())  # (1, H, W, 3)
         return GenerationOutput(frames=frames, latents=latents[:, :, None].cpu(), settings=record)
 

@@ -43,9 +43,9 @@ from ..models.qwenimage.variants import (
     QwenImageVariant,
     variant_of,
 )
-from .common import ImageLike, SamplingSettings, pack_latents
+from .common import ImageLike, SamplingSettings, folder_scheduler_config, pack_latents, recognised_as
 from .guidance import ClassifierFreeGuidance
-from .image import PATCH, PackedFlowImagePipeline, Passes, folder_scheduler_config
+from .image import PATCH, PackedFlowImagePipeline, Passes
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +110,7 @@ class QwenImagePipeline(PackedFlowImagePipeline):
         cls, folder: str | Path | Recognised, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> QwenImagePipeline:
         """Load every component of a Qwen-Image folder (or one the family already recognised), strictly."""
-        if not isinstance(folder, Recognised):
-            from ..families import recognise
-
-            folder = recognise(folder)
-            if folder.family.name != "qwenimage":
-                raise ValueError(f"{folder.folder} is a {folder.family.name} model folder, not a Qwen-Image one")
+        folder = recognised_as(folder, "qwenimage", "Qwen-Image")
         root, config = folder.folder, folder.config
         variant = variant_of(read_json_mapping(root / "model_index.json", "model index"), root)
         processor = root / config.processor_subpath if variant.edit else None
