@@ -80,6 +80,9 @@ class Setting:
 
     ``modes`` read it (every mode of the family when empty); ``needed_by`` cannot run without it; ``check(value,
     mode)`` raises a one-line error on a value that cannot work (a folder missing a file), before any weight loads.
+    ``kind`` says what the value is: a ``value`` the flag's ``type`` parses, or the path of an input ``file`` or of
+    a ``folder`` of input files (``files``: the names it may hold). Faces that take no paths from their users (the
+    REST API, the web UI) take the file or the folder's files as uploads for the last two.
     """
 
     name: str
@@ -90,6 +93,8 @@ class Setting:
     modes: tuple[str, ...] = ()
     needed_by: tuple[str, ...] = ()
     check: Callable[[Any, str], None] | None = None
+    kind: str = "value"  # value | file | folder
+    files: tuple[str, ...] = ()  # a folder's file names
 
     @property
     def flag(self) -> str:
@@ -212,10 +217,22 @@ class Family:
             if mode in setting.needed_by and extra.get(setting.name) is None:
                 raise ValueError(f"mode {mode!r} needs {setting.flag}" + (f" ({setting.help})" if setting.help else ""))
             if setting.check is not None and extra.get(setting.name) is not None:
-                setting.check(extra[setting.name], mode)
+                check_setting(setting, extra[setting.name], mode)
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
+
+
+def check_setting(setting: Setting, value: Any, mode: str) -> None:
+    """The setting's own check of ``value``; its one-line error names the flag when the check's own does not (so a
+    face can tell which setting was refused)."""
+    assert setting.check is not None
+    try:
+        setting.check(value, mode)
+    except (ValueError, FileNotFoundError) as err:
+        if setting.flag in str(err):
+            raise
+        raise type(err)(f"{setting.flag}: {err}") from err
 
 
 _FAMILIES: dict[str, Family] = {}

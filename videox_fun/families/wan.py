@@ -70,6 +70,9 @@ WAN_MODES = {
     ),
 }
 ANIMATE_MODES = ("animate", "replace")
+# What Wan-Animate's preprocessing writes: animation reads the first three, replacement all five.
+ANIMATE_FILES = ("src_pose.mp4", "src_face.mp4", "src_ref.png")
+REPLACE_FILES = ("src_bg.mp4", "src_mask.mp4")
 
 
 def check_animate_folder(folder: object, mode: str) -> None:
@@ -101,6 +104,8 @@ WAN_SETTINGS = (
         modes=ANIMATE_MODES,
         needed_by=ANIMATE_MODES,
         check=check_animate_folder,
+        kind="folder",
+        files=ANIMATE_FILES + REPLACE_FILES,
     ),
     Setting(
         "refert_num",

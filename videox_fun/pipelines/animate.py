@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..families.wan import ANIMATE_FILES, REPLACE_FILES
 from ..io.video import frames_to_tensor, letterbox, read_image, read_video, tensor_to_frames
 from ..models.wan.animate import WanAnimateTransformer3DModel
 from ..models.wan.variants import ANIMATE_RELEASE_DEFAULTS
@@ -35,8 +36,6 @@ from .wan import WanPipeline
 
 logger = logging.getLogger(__name__)
 
-ANIMATE_FILES = ("src_pose.mp4", "src_face.mp4", "src_ref.png")
-REPLACE_FILES = ("src_bg.mp4", "src_mask.mp4")
 REFERT_NUMS = (1, 5)  # the carried-over frame counts the release supports
 # The released generate.py's defaults for Animate: 77-frame segments, DPM++ with shift 5, 20 steps, no guidance.
 ANIMATE_DEFAULTS = {"clip_len": 77, "refert_num": 1, **ANIMATE_RELEASE_DEFAULTS}

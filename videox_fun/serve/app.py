@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from ..api import RuntimeOptions
 from .jobs import Catalog, GenerationIn, Limits, RequestError, Upload, check_job, store_inputs
+from .settings import describe, split_uploads, store_settings
 from .store import DONE, STATUSES, Job, JobStore, new_job_id
 from .worker import Worker
 
@@ -115,17 +116,26 @@ class Service:
         """Check a job fully, store its inputs and its row (committed), and return it (status queued)."""
         job_id = new_job_id()
         folder = self.inputs / job_id
+        limits = self.config.limits
         try:
-            inputs = store_inputs(spec, uploads, folder, self.config.limits)
-            recognised, mode = check_job(spec, inputs, self.catalog, self.config.options, self.config.limits)
+            family = self.catalog.recognise(self.catalog.model_folder(spec.model)).family
+            media, setting_files = split_uploads(uploads, family)
+            inputs = store_inputs(spec, media, folder, limits)
+            extra = store_settings(spec.extra, setting_files, folder, limits, family)
+            recognised, mode = check_job(spec, inputs, self.catalog, self.config.options, limits, extra)
             record = {
-                "generation": spec.model_dump(mode="json"),
+                # The settings' files are stored: the record keeps their paths (in "extra"), not their bytes.
+                "generation": spec.model_dump(mode="json", exclude={"extra"}),
                 "inputs": inputs,
+                "extra": extra,
                 "model": recognised.folder.name,
                 "family": recognised.family.name,
                 "mode": mode,
             }
             job = self.store.submit(record, job_id)
+        except RequestError as err:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise without_folder(err, folder) from None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -186,9 +196,17 @@ class Service:
                         "fps": recognised.defaults.fps,
                     },
                     "max_frames": recognised.sizes.max_frames,
+                    "settings": [describe(setting) for setting in recognised.family.settings],
                 }
             )
         return {"models": models, "loras": self.catalog.lora_names(), "default_model": self.catalog.default_model}
+
+
+def without_folder(err: RequestError, folder: Path) -> RequestError:
+    """``err`` with the job's input folder left out of its message (``image.png``, ``src_root_path/src_pose.mp4``):
+    the client sent those files and needs no paths of this server."""
+    message = str(err).replace(f"{folder.resolve()}/", "").replace(str(folder.resolve()), "the job's inputs")
+    return RequestError(err.field, message, err.status)
 
 
 def worker_devices(config: ServiceConfig) -> tuple[str, ...]:
@@ -210,8 +228,8 @@ def _on_device(options: RuntimeOptions, device: str) -> RuntimeOptions:
 
 
 def error_response(err: RequestError) -> JSONResponse:
-    """A 4xx naming the field, in FastAPI's validation-error shape."""
-    detail = [{"loc": ["body", err.field], "msg": str(err), "type": "value_error"}]
+    """A 4xx naming the field (``extra.NAME``: the path to it), in FastAPI's validation-error shape."""
+    detail = [{"loc": ["body", *err.field.split(".")], "msg": str(err), "type": "value_error"}]
     return JSONResponse({"detail": detail}, status_code=err.status)
 
 
@@ -239,7 +257,7 @@ async def read_generation(request: Request, limits: Limits) -> tuple[GenerationI
             raise RequestError("request", "a multipart job needs a 'request' field holding the JSON settings")
         for name, value in form.multi_items():
             if name != "request" and not isinstance(value, str):
-                uploads.append(Upload(name, await value.read(limits.max_upload_bytes + 1)))
+                uploads.append(Upload(name, await value.read(limits.max_upload_bytes + 1), value.filename))
     elif kind.startswith("application/json") or not kind:
         raw = await request.body()
     else:
@@ -330,6 +348,7 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
                                         "camera",
                                     )
                                 },
+                                **setting_upload_fields(),
                             },
                         }
                     },
@@ -403,6 +422,21 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
 
     add_videox_fun_routes(app, service)
     return app
+
+
+def setting_upload_fields() -> dict[str, Any]:
+    """The multipart fields of the families' file and folder settings (a folder's files: several parts, each under
+    the setting's name with its file name), for the OpenAPI schema."""
+    from ..families import all_settings
+
+    binary = {"type": "string", "format": "binary"}
+    fields: dict[str, Any] = {}
+    for setting in all_settings().values():
+        if setting.kind == "file":
+            fields[setting.name] = {**binary, "description": setting.help}
+        elif setting.kind == "folder":
+            fields[setting.name] = {"type": "array", "items": binary, "description": setting.help}
+    return fields
 
 
 def key_matches(request: Request, key: str) -> bool:

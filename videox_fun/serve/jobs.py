@@ -17,9 +17,9 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from ..api import SEED_RANGE, GenerationRequest, RuntimeOptions, check_request
 from ..families import INPUT_NAMES, Recognised, recognise
@@ -52,13 +52,35 @@ def _float(default: float | None = None, **limits: float) -> Any:
     return Field(default, allow_inf_nan=False, **limits)
 
 
+SettingName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# A family setting's value: a number or text (a value setting), base64 / a URL (a file setting), or a folder
+# setting's files by name. Any JSON passes the schema: serve.settings checks it against the model's family when the
+# job is submitted, so a wrong one is one line naming the setting (a union here would list every member it missed).
+SettingValue = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string"},
+                {"type": "boolean"},
+                {"type": "object", "additionalProperties": {"type": "string"}},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+
+
 class GenerationIn(BaseModel):
     """A generation job: the model, LoRAs, mode, inputs and every generation setting the CLI has.
 
     Settings left out take the model's defaults; ``mode`` left out is inferred from the inputs.
     Media fields take base64 (or a ``data:`` URI), an ``http(s)`` URL of an allowed host, or, in a
     multipart request, the file uploaded under the field's name. ``camera`` also takes a built-in
-    trajectory name (``pan_left``, ``zoom_in``...).
+    trajectory name (``pan_left``, ``zoom_in``...). ``extra`` holds the settings of the model's family by name
+    (``GET /v1/models`` lists them): numbers or text, and file / folder settings as their files (multipart uploads
+    under the setting's name, or base64 / URLs: one for a file, ``{file name: ...}`` for a folder).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -106,6 +128,12 @@ class GenerationIn(BaseModel):
         None, description="default: the server's; another one reloads the model"
     )
     compile: bool | None = Field(None, description="torch.compile the blocks (default: the server's)")
+    extra: dict[SettingName, SettingValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="settings of the model's family by name (GET /v1/models lists them), e.g. Wan2.2-Animate's "
+        "src_root_path (its files), refert_num, clip_len; VACE's vace_context_scale",
+    )
 
 
 @dataclass
@@ -197,10 +225,11 @@ def confined(folder: Path, name: str, field_name: str) -> Path | None:
 
 @dataclass
 class Upload:
-    """An uploaded file of a multipart request: its field name and bytes."""
+    """An uploaded file of a multipart request: its field name, bytes and the file name it was sent with."""
 
     field: str
     data: bytes
+    filename: str | None = None
 
 
 def store_inputs(spec: GenerationIn, uploads: list[Upload], folder: Path, limits: Limits) -> dict[str, str]:
@@ -220,11 +249,16 @@ def store_inputs(spec: GenerationIn, uploads: list[Upload], folder: Path, limits
             continue
         if name == "camera" and is_camera_preset(value):
             given[name] = value
-        elif value.startswith(("http://", "https://")):
-            given[name] = _write_input(folder, name, fetch_url(name, value, limits), limits)
         else:
-            given[name] = _write_input(folder, name, decode_base64(name, value), limits)
+            given[name] = _write_input(folder, name, media_bytes(name, value, limits), limits)
     return given
+
+
+def media_bytes(name: str, value: str, limits: Limits) -> bytes:
+    """The bytes of a medium given in the JSON: fetched from an allowed ``http(s)`` URL, else base64."""
+    if value.startswith(("http://", "https://")):
+        return fetch_url(name, value, limits)
+    return decode_base64(name, value)
 
 
 def is_camera_preset(value: str) -> bool:
@@ -235,14 +269,18 @@ def is_camera_preset(value: str) -> bool:
 
 
 def _write_input(folder: Path, name: str, data: bytes, limits: Limits) -> str:
+    return write_input_file(folder / f"{name}{INPUT_SUFFIX.get(name, '.mp4')}", name, data, limits)
+
+
+def write_input_file(path: Path, name: str, data: bytes, limits: Limits) -> str:
+    """Write one input's bytes at ``path`` (refused when empty or above the upload limit); its absolute path."""
     from ..io.files import atomic_path
 
     if len(data) > limits.max_upload_bytes:
         raise RequestError(name, f"{name}: {len(data)} bytes, above the limit of {limits.max_upload_bytes}", 413)
     if not data:
         raise RequestError(name, f"{name} is empty")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}{INPUT_SUFFIX.get(name, '.mp4')}"
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
     return str(path.resolve())
@@ -296,8 +334,11 @@ def runtime_options(spec: GenerationIn, base: RuntimeOptions, catalog: Catalog) 
     )
 
 
-def generation_request(spec: GenerationIn, inputs: dict[str, str]) -> GenerationRequest:
-    """The :class:`~videox_fun.api.GenerationRequest` of a job whose media are stored at ``inputs``."""
+def generation_request(
+    spec: GenerationIn, inputs: dict[str, str], extra: dict[str, Any] | None = None
+) -> GenerationRequest:
+    """The :class:`~videox_fun.api.GenerationRequest` of a job whose media are stored at ``inputs``, with its family
+    settings ``extra`` as :func:`~videox_fun.serve.settings.store_settings` made them (files as stored paths)."""
     return GenerationRequest(
         prompt=spec.prompt,
         negative_prompt=spec.negative_prompt,
@@ -315,6 +356,7 @@ def generation_request(spec: GenerationIn, inputs: dict[str, str]) -> Generation
         fps=spec.fps,
         partial_video_length=spec.partial_video_length,
         overlap_video_length=spec.overlap_video_length,
+        extra=dict(extra or {}),
         **inputs,
     )
 
@@ -324,22 +366,31 @@ _FLAG_FIELDS = {"guidance-scale": "guidance", "guidance-2": "guidance_2", "lora-
 
 
 def field_of(message: str) -> str:
-    """The request field a check's message is about (its first ``--flag``), else ``body``."""
+    """The request field a check's message is about (its first ``--flag``; ``extra.NAME`` for a family setting's),
+    else ``body``."""
+    from ..families import all_settings
+
     match = re.search(r"--([a-z0-9-]+)", message)
     if match is None:
         return "mode" if message.startswith("mode ") else "body"
     flag = match.group(1)
-    return _FLAG_FIELDS.get(flag, flag.replace("-", "_"))
+    name = _FLAG_FIELDS.get(flag, flag.replace("-", "_"))
+    return f"extra.{name}" if name in all_settings() else name
 
 
 def check_job(
-    spec: GenerationIn, inputs: dict[str, str], catalog: Catalog, base: RuntimeOptions, limits: Limits
+    spec: GenerationIn,
+    inputs: dict[str, str],
+    catalog: Catalog,
+    base: RuntimeOptions,
+    limits: Limits,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Recognised, str]:
     """Every check a job can have before it is queued (no weights loaded); returns the model and the mode."""
     folder = catalog.model_folder(spec.model)
     recognised = catalog.recognise(folder)
     options = runtime_options(spec, base, catalog)
-    request = generation_request(spec, inputs)
+    request = generation_request(spec, inputs, extra)
     try:
         options.check()
         mode = check_request(recognised, request)

@@ -126,7 +126,7 @@ class Worker:
         options = runtime_options(generation, self.base, self.catalog)
         self._report(job, "loading")
         loaded = self.load(folder, options.load_options())
-        request = generation_request(generation, spec["inputs"])
+        request = generation_request(generation, spec["inputs"], spec.get("extra"))
         cancel = threading.Event()
 
         written = [0.0]  # when progress was last written
