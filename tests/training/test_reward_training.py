@@ -204,8 +204,8 @@ def test_a_missing_reward_weight_file_is_one_line_and_exit_2(reward_config, tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "PickScore model is not on disk" in err and "PickScore_v1" in err, err
     assert not (tmp_path / "out" / "lora.safetensors").exists()
-    # VideoX-Fun's other rewards say what they need: hpsv2 is no dependency here.
-    with pytest.raises(ValueError, match=r"^--reward_fn HPSReward needs the hpsv2 package") as raised:
+    # VideoX-Fun's other rewards say which file they need (tests/training/test_reward_models.py has them all).
+    with pytest.raises(ValueError, match=r"^--reward_fn HPSReward: model_path=None is no file on disk") as raised:
         load_reward("HPSReward", '{"version": "v2.1"}')
     assert "\n" not in str(raised.value)
 
