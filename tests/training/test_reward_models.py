@@ -21,6 +21,7 @@ from test_reward_training import reward_config  # noqa: F401 (a fixture)
 from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
 from videox_fun.models.wan.text_encoder import build_word_tokenizer
+from videox_fun.training.mps_head import MPSHead
 from videox_fun.training.open_clip_layout import open_clip_to_transformers
 from videox_fun.training.reward_models import clip_pixels, condition_mask, load_reward, projected
 from videox_fun.training.trainer import train
@@ -291,6 +292,64 @@ def test_mps_loads_videox_funs_state_dict_and_scores_every_frame(tmp_path):
     print(f"MPS (tiny): {rewards.tolist()}")
     assert (rewards.abs() <= 1).all()
     assert load_reward("mps", json.dumps({**kwargs, "condition": "red"})).condition == "red"
+
+
+def kolors_cross_model(state: dict, layers: int, heads: int, queries, context, mask) -> torch.Tensor:
+    """Kolors' ``Cross_model.forward`` transcribed from ``cross_modeling.py`` (its einsums, its order), functional."""
+
+    def swiglu(x: torch.Tensor) -> torch.Tensor:
+        x, gate = x.chunk(2, dim=-1)
+        return F.silu(gate) * x
+
+    def rotate_half(x: torch.Tensor) -> torch.Tensor:  # rearrange "... (j d) -> ... j d", j=2
+        x1, x2 = x.unflatten(-1, (2, -1)).unbind(dim=-2)
+        return torch.cat((-x2, x1), dim=-1)
+
+    def heads_first(t: torch.Tensor) -> torch.Tensor:  # "b n (h d) -> b h n d"
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, add: torch.Tensor | float) -> torch.Tensor:
+        sim = torch.einsum("b h i d, b j d -> b h i j", q, k) + add
+        attn = (sim - sim.amax(dim=-1, keepdim=True)).softmax(dim=-1)
+        return torch.einsum("b h i j, b j d -> b h i d", attn, v).transpose(1, 2).flatten(2)  # b n (h d)
+
+    for i in range(layers):
+        c, p = (
+            {k.split(".fn.")[1]: v for k, v in state.items() if k.startswith(f"layers.{i}.{j}.fn.")} for j in (0, 1)
+        )
+        x = F.layer_norm(queries, queries.shape[-1:], c["norm.weight"], c["norm.bias"])
+        q = heads_first(x @ c["to_q.weight"].T)
+        q = q * q.shape[-1] ** -0.5
+        k, v = (context @ c["to_kv.weight"].T).chunk(2, dim=-1)
+        out = attend(q, k, v, mask.unsqueeze(1).repeat(1, heads, 1, 1)) @ c["to_out.weight"].T
+        queries = out + swiglu(x @ c["ff.0.weight"].T) @ c["ff.2.weight"].T + queries
+        x = F.layer_norm(queries, queries.shape[-1:], p["norm.weight"], p["norm.bias"])
+        dim_head, ff_inner = p["rotary_emb.inv_freq"].shape[0] * 2, p["ff_out.1.weight"].shape[1]
+        fused = x @ p["fused_attn_ff_proj.weight"].T
+        q, k, v, ff = fused.split((fused.shape[-1] - 2 * dim_head - 2 * ff_inner, dim_head, dim_head, 2 * ff_inner), -1)
+        freqs = torch.einsum("i , j -> i j", torch.arange(x.shape[1]).float(), p["rotary_emb.inv_freq"])
+        pos = torch.cat((freqs, freqs), dim=-1)
+        q, k = (t * pos.cos() + rotate_half(t) * pos.sin() for t in (heads_first(q), k))
+        out = attend(q * dim_head**-0.5, k, v, 0.0) @ p["attn_out.weight"].T
+        queries = out + swiglu(ff) @ p["ff_out.1.weight"].T + queries
+    return queries
+
+
+def test_the_mps_head_is_kolors_cross_model():
+    state = mps_head_state()
+    head = MPSHead.from_state(state)
+    head.load_state_dict(state)
+    generator = torch.Generator().manual_seed(4)
+    queries, context = (
+        torch.randn(3, 5, PROJECTION, generator=generator),
+        torch.randn(3, 6, PROJECTION, generator=generator),
+    )
+    mask = torch.zeros(3, 5, 6)
+    mask[:, :, 4:] = float("-inf")  # the last context tokens do not resemble the condition
+    with torch.no_grad():
+        error = (head(queries, context, mask) - kolors_cross_model(state, 2, 2, queries, context, mask)).abs().max()
+    print(f"MPS head vs Kolors' Cross_model transcribed: max abs diff {error:.1e}")
+    assert error < 1e-5
 
 
 def test_mps_attends_to_the_prompt_tokens_that_resemble_the_condition():
