@@ -88,7 +88,8 @@ def test_an_edit_plus_folder_is_refused_in_one_line(tiny, tmp_path):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize(("variant", "modes", "name"), [("t2i", ("t2i", "i2i", "inpaint"), "Qwen-Image"),
+@pytest.mark.parametrize(("variant", "modes", "name"), [("t2i", ("t2i", "i2i", "inpaint", "control", "control_inpaint"),
+                                                         "Qwen-Image"),
                                                         ("edit", ("edit",), "Qwen-Image-Edit")])  # fmt: skip
 def test_the_variant_and_its_modes_are_read_off_model_index(tmp_path, variant, modes, name):
     found = recognise(build_tiny_qwenimage_folder(tmp_path / variant, variant))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from control_helpers import control_images, write_pngs
 from diffusers import ZImageControlNetInpaintPipeline, ZImageControlNetModel, ZImageControlNetPipeline
 from helpers import max_diff
 from PIL import Image
@@ -57,14 +58,8 @@ def with_zero(path: Path, prefix: str, target: Path) -> Path:
 
 
 def shapes() -> dict[str, np.ndarray]:
-    """Control images as users give them (any RGB image): canny-like edges, a depth-like ramp, a pose-like figure."""
-    canny = np.zeros((SIZE, SIZE, 3), np.uint8)
-    canny[8, 4:28] = canny[24, 4:28] = canny[8:25, 4] = canny[8:25, 27] = 255
-    depth = np.repeat(np.linspace(0, 255, SIZE, dtype=np.uint8)[None, :, None], SIZE, 0).repeat(3, 2)
-    pose = np.zeros((SIZE, SIZE, 3), np.uint8)
-    pose[4:28, 15:17] = (255, 0, 0)
-    pose[10:12, 6:26] = (0, 255, 0)
-    return {"canny": canny, "depth": np.ascontiguousarray(depth), "pose": pose}
+    """Canny-, depth- and pose-like control images."""
+    return control_images(SIZE)
 
 
 def ours(folder: Path, control: Path | None, **inputs) -> torch.Tensor:
@@ -173,11 +168,7 @@ def images(tmp_path, monkeypatch) -> dict[str, Path]:
     from videox_fun.registry import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    files = {}
-    for name, pixels in {**shapes(), "mask": shapes()["canny"][..., :1].repeat(3, 2)}.items():
-        files[name] = tmp_path / f"{name}.png"
-        Image.fromarray(pixels).save(files[name])
-    return files
+    return write_pngs(tmp_path, {**shapes(), "mask": shapes()["canny"][..., :1].repeat(3, 2)})
 
 
 def test_generate_control_and_control_inpaint_write_pngs(images, tmp_path):

@@ -4,6 +4,11 @@ Recognition reads config files only: a diffusers-layout folder (``model_index.js
 ``transformer/config.json`` is a ``QwenImageTransformer2DModel``. T2I or Edit is read off ``model_index.json``
 (the pipeline class it names); the VAE must be an ``AutoencoderKLQwenImage``, checked before any weight is read.
 Qwen-Image serves t2i, i2i and inpaint; an Edit folder serves edit, which needs the image to change.
+
+VideoX-Fun's Fun control file (Qwen-Image-2512-Fun-Controlnet-Union) adds to Qwen-Image the modes ``control`` (a
+control image) and, with a file that reads a mask (the release's 132 channels), ``control_inpaint``: the file
+comes per request (``--control-path``) or from the folder config (``control_path``); its header is checked
+(another base's control file is one line) before any weight is read.
 """
 
 from __future__ import annotations
@@ -14,6 +19,15 @@ from typing import TYPE_CHECKING
 from ..config import read_json_mapping
 from . import Family, Mode, Recognised, register
 from .diffusers_layout import check_vae, own_config_path, recognised, transformer_config
+from .fun_control import (
+    CONTROL_MODE_TABLE,
+    CONTROL_MODES,
+    CONTROL_SOURCE,
+    control_file_check,
+    control_settings,
+    control_variant,
+    side_release_reader,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -29,11 +43,13 @@ QWENIMAGE_MODES = {
                     description="regenerate the white of --mask in --image (denoise --strength)"),
     "edit": Mode("edit", needs=("image",), folder="images_edit", output="image",
                  description="change --image as the prompt says (Qwen-Image-Edit)"),
+    **CONTROL_MODE_TABLE,
 }  # fmt: skip
 # Flow-matching Euler, diffusers' FlowMatchEulerDiscreteScheduler from the folder's scheduler config.
 QWENIMAGE_SAMPLERS = ("Flow",)
 TRANSFORMER_CLASS = "QwenImageTransformer2DModel"
 VAE_CLASS = "AutoencoderKLQwenImage"
+READ_CONTROL = side_release_reader("videox_fun.models.qwenimage.control", "QwenImageControl")
 
 
 class QwenImageFamily(Family):
@@ -42,7 +58,9 @@ class QwenImageFamily(Family):
     name = "qwenimage"
     modes = QWENIMAGE_MODES
     samplers = QWENIMAGE_SAMPLERS
-    description = "Qwen-Image text-to-image, image-to-image, inpainting and Qwen-Image-Edit (diffusers layout)"
+    description = ("Qwen-Image text-to-image, image-to-image, inpainting, Fun control and Qwen-Image-Edit "
+                   "(diffusers layout)")  # fmt: skip
+    settings = control_settings(control_file_check(READ_CONTROL, "a file of 132 channels (control, mask, image)"))
     training_spec = "qwenimage"
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
@@ -54,7 +72,8 @@ class QwenImageFamily(Family):
         variant = variant_of(read_json_mapping(folder / "model_index.json", "model index"), folder)
         config = load_config(own_config_path(folder, config_path), default_settings(variant))
         check_vae(folder, config.vae_subpath, "Qwen-Image", TRANSFORMER_CLASS, VAE_CLASS)
-        return recognised(self, folder, config, variant.name, variant.modes, SIZE_RULES)
+        name = control_variant(variant.name, folder, config, READ_CONTROL)
+        return recognised(self, folder, config, name, variant.modes, SIZE_RULES)
 
     def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> QwenImagePipeline:
         """Every component of the folder, as :meth:`QwenImagePipeline.from_pretrained` loads it."""
@@ -64,6 +83,8 @@ class QwenImageFamily(Family):
 
     def needs_for_mode(self, mode: str) -> str:
         """The kind of checkpoint a user needs for ``mode``, for error messages."""
+        if mode in CONTROL_MODES:
+            return f"a Qwen-Image (text-to-image) model with a Fun control file ({CONTROL_SOURCE})"
         return "a Qwen-Image-Edit model" if mode == "edit" else "a Qwen-Image (text-to-image) model"
 
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..argparsing import finite_float
-from . import Family, Mode, Recognised, Setting, register
+from . import Family, Recognised, register
 from .diffusers_layout import check_vae, own_config_path, recognised, transformer_config
 from .flux import FLUX_MODES, FLUX_SAMPLERS
 from .flux import VAE_CLASS as FLUX_VAE_CLASS
+from .fun_control import CONTROL_MODE_TABLE, CONTROL_MODES, CONTROL_SOURCE, control_file_check, control_settings
 
 if TYPE_CHECKING:
     import torch
@@ -28,46 +28,22 @@ if TYPE_CHECKING:
     from ..pipelines.zimage import ZImagePipeline
 
 # FLUX.1's modes (t2i, i2i with --strength, inpaint with --mask) and the Fun control ones, each one PNG image.
-CONTROL_MODES = ("control", "control_inpaint")
-ZIMAGE_MODES = {
-    **FLUX_MODES,
-    "control": Mode("control", needs=("control_video",), folder="images_control", output="image",
-                    description="follow a control image (canny / depth / pose) with a Fun control file"),
-    "control_inpaint": Mode("control_inpaint", needs=("image", "mask"), allows=("control_video",),
-                            folder="images_inpaint_control", output="image",
-                            description="regenerate the white of --mask in --image with a 2.x Fun control file "
-                                        "(following --control-video when given)"),
-}  # fmt: skip
+ZIMAGE_MODES = {**FLUX_MODES, **CONTROL_MODE_TABLE}
 # Flow-matching Euler, diffusers' FlowMatchEulerDiscreteScheduler from the folder's scheduler config.
 ZIMAGE_SAMPLERS = FLUX_SAMPLERS
 TRANSFORMER_CLASS = "ZImageTransformer2DModel"
-CONTROL_SOURCE = "--control-path, or control_path in the folder's videox_fun.yaml"
 
 
-def check_control_file(value: object, mode: str) -> None:
-    """Fail in one line, from the file's header alone, on a control file that is missing, another model's, or a
-    1.0 file (control only) asked to inpaint."""
+def read_control_file(path: Path) -> tuple[str, bool]:
+    """A Z-Image control file's release name and whether it inpaints (2.x), from its header."""
     from ..models.zimage.control import read_control_release
 
-    release = read_control_release(Path(str(value)))
-    if mode == "control_inpaint" and not release.inpaint:
-        raise ValueError(f"--control-path {value}: {release.name} reads a control image only; control_inpaint needs "
-                         "a 2.x file (control, mask and masked image in 33 channels)")  # fmt: skip
+    release = read_control_release(path)
+    return release.name, release.inpaint
 
 
-CONTROL_SETTINGS = (
-    Setting(
-        "control_path",
-        help="a Fun control file (VideoX-Fun's *-Fun-Controlnet-Union .safetensors) loaded into the control model",
-        modes=CONTROL_MODES,
-        check=check_control_file,
-    ),
-    Setting(
-        "control_context_scale",
-        help="Fun control models: how strongly the control hints steer (default: the folder config's, 0.75)",
-        type=finite_float,
-        modes=CONTROL_MODES,
-    ),
+CONTROL_SETTINGS = control_settings(
+    control_file_check(read_control_file, "a 2.x file (control, mask and masked image in 33 channels)")
 )
 
 

@@ -7,6 +7,12 @@ is (B, 128, H/16, W/16) and every latent pixel is one token: (B, h * w, 128), wi
 through the folder's flow-matching Euler scheduler, shifted by BFL's empirical mu (a function of the token count
 and the number of steps) unless a static ``shift`` is given. FLUX.2-dev embeds the guidance scale: one pass a step,
 no classifier-free guidance and no negative prompt.
+
+With a Fun control file (:mod:`~videox_fun.models.flux2.control`) two more modes start from noise, as VideoX-Fun's
+``Flux2ControlPipeline`` does (:mod:`~.fun_control`): ``control`` and ``control_inpaint``. The control context
+per token is the control image's patchified normalised latents (128), the known-pixels mask taken at the VAE's
+resolution and patchified 2x2 (4) and the masked image's latents (128); the side stream's hints, times
+``control_context_scale``, join the double blocks' image stream.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 
 from ..families import Recognised
 from ..families.flux2 import FLUX2_MODES, FLUX2_SAMPLERS
+from ..families.fun_control import CONTROL_MODES
+from ..models.flux2.control import Flux2Control
 from ..models.flux2.text_encoder import Flux2TextEncoder
 from ..models.flux2.transformer import Flux2Transformer
-from ..models.flux2.vae import Flux2VAE
+from ..models.flux2.vae import Flux2VAE, patchify
 from ..models.flux2.variants import SCHEDULER_CONFIG, SIZE_RULES, VARIANT, Flux2Config
-from .common import SamplingSettings, folder_scheduler_config, recognised_as
+from .common import ImageLike, SamplingSettings, folder_scheduler_config, generate_mask, recognised_as
+from .fun_control import SideStreamControlPipeline
 from .guidance import ClassifierFreeGuidance
 from .image import FlowImagePipeline, Passes
 
@@ -42,13 +51,17 @@ def text_ids(length: int, device: torch.device) -> torch.Tensor:
     return torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(length)).to(device)
 
 
-class Flux2Pipeline(FlowImagePipeline):
-    """Text-to-image, image-to-image and inpainting with a FLUX.2 transformer, its VAE and Mistral3."""
+class Flux2Pipeline(SideStreamControlPipeline, FlowImagePipeline):
+    """Text-to-image, image-to-image and inpainting with a FLUX.2 transformer, its VAE and Mistral3; control and
+    control inpainting with a Fun control side stream beside the transformer (:attr:`control`)."""
 
     label = "FLUX.2"
     modes = FLUX2_MODES
     samplers = FLUX2_SAMPLERS
     sizes = SIZE_RULES  # the base's components: text_encoder, transformer, vae
+    noise_modes = ("t2i", *CONTROL_MODES)
+    control_class = Flux2Control
+    mask_channels = 4  # the known-pixels mask at the VAE's resolution, patchified 2x2 as the latents
 
     def __init__(
         self,
@@ -86,6 +99,7 @@ class Flux2Pipeline(FlowImagePipeline):
             device,
             dtype,
         )
+        pipe.control_from_config(root)
         return pipe.to(device)
 
     # -- the family's parts of the shared sampling -----------------------------------------------
@@ -135,16 +149,26 @@ class Flux2Pipeline(FlowImagePipeline):
             "img_ids": image_ids(*latent_size, self.device),
             "guidance": torch.full((1,), settings.guidance_scale, device=self.device, dtype=torch.float32),
         }
+        (cond,) = self.with_control(settings, inputs or {}, cond)
         return cond, cond, 1.0
 
+    def keep_mask(self, mask: ImageLike, settings: SamplingSettings) -> torch.Tensor:
+        """The known-pixels mask (1, 4, h, w): taken at the VAE's resolution (2h, 2w), then patchified 2x2 as the
+        latents are (VideoX-Fun's ``Flux2ControlPipeline``)."""
+        h, w = self.latent_size(settings)
+        generate = generate_mask(mask, settings.height, settings.width, (2 * h, 2 * w))  # (1, 1, 2h, 2w)
+        return patchify(1 - generate).to(self.device)
+
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
-        """Flow velocity (B, N, 128) of latent tokens (B, N, 128) at timesteps ``t`` (B,) in [0, 1000]."""
-        return self.transformer(
-            hidden_states=latents.to(self.dtype),
-            timestep=(t / 1000).to(self.dtype),
-            guidance=inputs["guidance"],
-            encoder_hidden_states=inputs["encoder_hidden_states"],
-            txt_ids=inputs["txt_ids"],
-            img_ids=inputs["img_ids"],
-            return_dict=False,
-        )[0].float()
+        """Flow velocity (B, N, 128) of latent tokens (B, N, 128) at timesteps ``t`` (B,) in [0, 1000]; with a
+        ``control_context`` (1, N, 260 | 128) the side stream's hints steer the double blocks."""
+        with self.controlled(inputs):
+            return self.transformer(
+                hidden_states=latents.to(self.dtype),
+                timestep=(t / 1000).to(self.dtype),
+                guidance=inputs["guidance"],
+                encoder_hidden_states=inputs["encoder_hidden_states"],
+                txt_ids=inputs["txt_ids"],
+                img_ids=inputs["img_ids"],
+                return_dict=False,
+            )[0].float()

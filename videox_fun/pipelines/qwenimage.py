@@ -13,6 +13,10 @@ t2i, i2i (``strength``), inpaint (a mask) and the loop are :class:`~.image.FlowI
 * edit: pure noise; the edit image, resized to the config's ``edit_area`` at its aspect ratio, is read by the VL
   text encoder and its latent tokens follow the noisy ones in every transformer pass (their output is dropped).
   Without a size the output takes the edit image's aspect ratio at the area of the default size.
+* control and control_inpaint (Qwen-Image with a Fun control file, :mod:`~videox_fun.models.qwenimage.control`):
+  pure noise, as VideoX-Fun's ``QwenImageControlPipeline``; the context (control latents, known-pixels mask, masked
+  image's latents, 16 + 1 + 16 channels a latent pixel) is packed 2x2 as the latents (132 a token), and the side
+  stream's hints, times ``control_context_scale``, join the blocks' image stream in both guidance passes.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from PIL import Image
 
 from ..config import read_json_mapping
 from ..families import Mode, Recognised
+from ..families.fun_control import CONTROL_MODES
 from ..families.qwenimage import QWENIMAGE_MODES, QWENIMAGE_SAMPLERS
 from ..io.video import read_image
+from ..models.qwenimage.control import QwenImageControl
 from ..models.qwenimage.text_encoder import QwenVLTextEncoder
 from ..models.qwenimage.transformer import QwenImageTransformer
 from ..models.qwenimage.vae import QwenImageVAE
@@ -44,6 +50,7 @@ from ..models.qwenimage.variants import (
     variant_of,
 )
 from .common import ImageLike, SamplingSettings, folder_scheduler_config, pack_latents, recognised_as
+from .fun_control import SideStreamControlPipeline
 from .guidance import ClassifierFreeGuidance
 from .image import PATCH, PackedFlowImagePipeline, Passes
 
@@ -74,14 +81,16 @@ def pad_text(inputs: dict, length: int) -> dict:
             F.pad(mask, (0, extra))}  # fmt: skip
 
 
-class QwenImagePipeline(PackedFlowImagePipeline):
-    """Text-to-image, image-to-image, inpainting (Qwen-Image) and editing (Qwen-Image-Edit)."""
+class QwenImagePipeline(SideStreamControlPipeline, PackedFlowImagePipeline):
+    """Text-to-image, image-to-image, inpainting (Qwen-Image), editing (Qwen-Image-Edit); control and control
+    inpainting with a Fun control side stream beside the transformer (:attr:`control`)."""
 
     label = "Qwen-Image"
     modes = QWENIMAGE_MODES
     samplers = QWENIMAGE_SAMPLERS
     sizes = SIZE_RULES
-    noise_modes = ("t2i", "edit")
+    noise_modes = ("t2i", "edit", *CONTROL_MODES)
+    control_class = QwenImageControl
     renorm_dim = -1  # true CFG renormalised per token: over the channels of (B, N, 64)
 
     def __init__(
@@ -126,6 +135,7 @@ class QwenImagePipeline(PackedFlowImagePipeline):
             device,
             dtype,
         )
+        pipe.control_from_config(root)
         return pipe.to(device)
 
     # -- the family's parts of the shared sampling -----------------------------------------------
@@ -194,19 +204,22 @@ class QwenImagePipeline(PackedFlowImagePipeline):
             if guidance.batched:  # one pass of both: the two texts padded to one length, masked
                 length = max(cond["encoder_hidden_states"].shape[1], uncond["encoder_hidden_states"].shape[1])
                 cond, uncond = pad_text(cond, length), pad_text(uncond, length)
+        cond, uncond = self.with_control(settings, inputs, cond, uncond)
         return cond, uncond, settings.guidance_scale
 
     # -- sampling ------------------------------------------------------------------------------
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
         """Flow velocity (B, N, 64) of packed latents (B, N, 64) at timesteps ``t`` (B,) in [0, 1000]; the edit
-        image's tokens (B, n, 64), when given, ride along after the noisy ones."""
+        image's tokens (B, n, 64), when given, ride along after the noisy ones; a ``control_context`` (1, N, 132 |
+        64) steers the blocks through the side stream."""
         condition = inputs.get("condition")
         hidden = latents if condition is None else torch.cat([latents, condition.expand(len(latents), -1, -1)], 1)
-        return self.transformer(
-            hidden_states=hidden.to(self.dtype),
-            timestep=(t / 1000).to(self.dtype),
-            encoder_hidden_states=inputs["encoder_hidden_states"],
-            encoder_hidden_states_mask=inputs["encoder_hidden_states_mask"],
-            img_shapes=[inputs["img_shapes"]] * len(latents),
-            return_dict=False,
-        )[0][:, : latents.shape[1]].float()
+        with self.controlled(inputs):
+            return self.transformer(
+                hidden_states=hidden.to(self.dtype),
+                timestep=(t / 1000).to(self.dtype),
+                encoder_hidden_states=inputs["encoder_hidden_states"],
+                encoder_hidden_states_mask=inputs["encoder_hidden_states_mask"],
+                img_shapes=[inputs["img_shapes"]] * len(latents),
+                return_dict=False,
+            )[0][:, : latents.shape[1]].float()

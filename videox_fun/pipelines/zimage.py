@@ -29,21 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from ..families import Recognised
-from ..families.zimage import CONTROL_MODES, CONTROL_SOURCE, ZIMAGE_MODES, ZIMAGE_SAMPLERS
+from ..families.fun_control import CONTROL_MODES
+from ..families.zimage import ZIMAGE_MODES, ZIMAGE_SAMPLERS
 from ..models.zimage.control import ZImageControl, refiner_hints_added
 from ..models.zimage.text_encoder import ZImageTextEncoder
 from ..models.zimage.transformer import ZImageTransformer
 from ..models.zimage.vae import ZImageVAE
 from ..models.zimage.variants import SCHEDULER_CONFIG, SIZE_RULES, ZImageConfig, variant_of
-from .common import (
-    GenerationOutput,
-    ImageLike,
-    SamplingSettings,
-    folder_scheduler_config,
-    generate_mask,
-    image_tensor,
-    recognised_as,
-)
+from .common import SamplingSettings, folder_scheduler_config, recognised_as
+from .fun_control import FunControlPipeline
 from .guidance import ClassifierFreeGuidance
 from .image import FlowImagePipeline, Passes
 
@@ -54,7 +48,7 @@ def pad_features(features: list[torch.Tensor], length: int) -> torch.Tensor:
     return torch.stack([F.pad(feats, (0, 0, 0, length - feats.shape[0])) for feats in features])
 
 
-class ZImagePipeline(FlowImagePipeline):
+class ZImagePipeline(FunControlPipeline, FlowImagePipeline):
     """Text-to-image, image-to-image and inpainting with a Z-Image transformer, FLUX.1's VAE and Qwen3; control
     and control inpainting with a Fun control model beside the transformer (:attr:`control`)."""
 
@@ -63,9 +57,8 @@ class ZImagePipeline(FlowImagePipeline):
     samplers = ZIMAGE_SAMPLERS
     sizes = SIZE_RULES
     noise_modes = ("t2i", *CONTROL_MODES)
-    call_settings = ("control_context_scale",)
+    inpaint_file = "a 2.x Fun control file"
     control: ZImageControl | None = None
-    control_path: Path | None = None
 
     def __init__(
         self,
@@ -106,44 +99,12 @@ class ZImagePipeline(FlowImagePipeline):
             dtype,
             variant_of(root, config.variant).name,
         )
-        if config.control_path:
-            pipe.use_control(root / config.control_path)
+        pipe.control_from_config(root)
         return pipe.to(device)
 
-    def use_control(self, path: str | Path) -> ZImageControl:
-        """Load a Fun control file into the control model beside the transformer (kept while the path stays)."""
-        path = Path(path)
-        if self.control is None or self.control_path != path:
-            self.control = ZImageControl.from_file(path, self.transformer, self.dtype, self.device)
-            self.control_path = path
-        return self.control
-
-    def components(self) -> dict[str, tuple[torch.nn.Module, tuple[str, ...]]]:
-        """Every model by name with the methods the pipeline calls (the control model's when one is loaded)."""
-        found = super().components()
-        if self.control is not None:
-            found["control"] = (self.control, ("forward",))
-        return found
-
-    @torch.no_grad()
-    def __call__(
-        self, prompt: str, *args: Any, control_path: str | Path | None = None, **kwargs: Any
-    ) -> GenerationOutput:
-        """:meth:`FlowImagePipeline.__call__`; ``control_path`` loads a Fun control file for this call and the
-        next ones (else the folder config's serves), ``control_context_scale`` scales its hints (default the
-        folder config's)."""
-        if control_path is not None:
-            self.use_control(control_path)
-        return super().__call__(prompt, *args, **kwargs)
-
-    def resolve_settings(self, mode: str, inputs: Mapping[str, Any], **given: Any) -> SamplingSettings:
-        """The shared settings; a control mode needs a control file (2.x for control_inpaint)."""
-        if mode in CONTROL_MODES and self.control is None:
-            raise ValueError(f"mode {mode!r} needs a Z-Image Fun control file ({CONTROL_SOURCE})")
-        if mode == "control_inpaint" and not self.control.release.inpaint:
-            raise ValueError(f"mode 'control_inpaint' needs a 2.x Fun control file; {self.control_path} is "
-                             f"{self.control.release.name}, which reads a control image only")  # fmt: skip
-        return super().resolve_settings(mode, inputs, **given)
+    def load_control(self, path: Path) -> ZImageControl:
+        """The Z-Image control model of a Fun control file, linked to the transformer."""
+        return ZImageControl.from_file(path, self.transformer, self.dtype, self.device)
 
     # -- the family's parts of the shared sampling -----------------------------------------------
     @property
@@ -183,51 +144,12 @@ class ZImagePipeline(FlowImagePipeline):
         length = max(feats.shape[0] for feats in features)
         cond = self.caption_inputs(features[:1], length)
         uncond = self.caption_inputs(features[1:], length) if guided else cond
-        if settings.mode in CONTROL_MODES:  # the same control context steers both passes
-            control = {"control_context": self.control_context(settings, inputs),
-                       "control_scale": self.control_scale(inputs)}  # fmt: skip
-            cond, uncond = {**cond, **control}, {**uncond, **control}
+        cond, uncond = self.with_control(settings, inputs, cond, uncond)
         return cond, uncond, settings.guidance_scale + 1.0 if guided else 1.0
 
-    # -- Fun control ---------------------------------------------------------------------------------
-    def control_scale(self, inputs: Mapping[str, Any]) -> float:
-        """The call's ``control_context_scale``, else the folder config's."""
-        given = inputs.get("control_context_scale")
-        return float(self.config.control_context_scale if given is None else given)
-
-    def control_context(self, settings: SamplingSettings, inputs: Mapping[str, Any]) -> torch.Tensor:
-        """The control model's input (1, control_in_dim, 1, h, w): the control image's latents (zeros without one),
-        then for a 2.x file the known-pixels mask (1 = keep) and the latents of the image with its masked pixels
-        zeroed (both zero outside control_inpaint)."""
-        assert self.control is not None and self.control.release is not None
-        h, w = self.latent_size(settings)
-        control = inputs.get("control_video")
-        latents = (self.image_latents(control, settings.height, settings.width) if control is not None
-                   else torch.zeros(1, self.vae.latent_channels, h, w, device=self.device))  # fmt: skip
-        if not self.control.release.inpaint:
-            return latents[:, :, None]
-        keep, masked = torch.zeros(1, 1, h, w, device=self.device), torch.zeros_like(latents)
-        if settings.mode == "control_inpaint":
-            keep, masked = self.masked_image(inputs["image"], inputs["mask"], settings)
-        return torch.cat([latents, keep, masked], dim=1)[:, :, None]  # (1, 16 + 1 + 16, 1, h, w)
-
-    def masked_image(
-        self, image: ImageLike, mask: ImageLike, settings: SamplingSettings
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(known-pixels mask (1, 1, h, w), latents (1, 16, h, w) of ``image`` with the white of ``mask`` zeroed),
-        as diffusers' Z-Image control inpaint pipeline builds them."""
-        size = (settings.height, settings.width)
-        generate = generate_mask(mask, *size, size).to(self.device)  # (1, 1, H, W), 1 = regenerate
-        pixels = image_tensor(image, *size, self.device, self.dtype) * (generate < 0.5)  # (1, 3, H, W)
-        keep = 1 - generate_mask(mask, *size, self.latent_size(settings)).to(self.device)  # (1, 1, h, w)
-        return keep, self.vae.encode(pixels).float()
-
-    def call_record(self, settings: SamplingSettings, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """The control file, its release and scale of a control call."""
-        if settings.mode not in CONTROL_MODES or self.control is None or self.control.release is None:
-            return {}
-        return {"control_path": str(self.control_path), "control": self.control.release.name,
-                "control_context_scale": self.control_scale(inputs)}  # fmt: skip
+    def pack_control(self, grid: torch.Tensor) -> torch.Tensor:
+        """The control grid (1, C, h, w) as the control model reads it: (1, C, 1, h, w), one frame."""
+        return grid[:, :, None]
 
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
         """Flow velocity (B, 16, h, w) of latents (B, 16, h, w) at scheduler timesteps ``t`` (B,) in [0, 1000];

@@ -5,7 +5,8 @@
 release, and a 1-block Pixtral tower) + ``tokenizer/`` (a byte-level BPE trained in code on BFL's system message and
 the toy vocabulary, Mistral's special tokens in their ids, a Mistral-Small-shaped chat template), ``scheduler/`` and
 ``model_index.json``, with seeded random weights: tests load them exactly as a downloaded model, and diffusers'
-``Flux2Pipeline`` loads the same components for parity checks.
+``Flux2Pipeline`` loads the same components for parity checks. The ``dev-control`` variant adds a tiny Fun control
+file (2 copies of the 2 double blocks, the release's 260-channel context) named by the folder config.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from transformers import (
 )
 
 from ...config import GenerationDefaults, write_folder_config
-from ...io.files import reset_tree_modes
+from ...io.files import reset_tree_modes, save_safetensors
 from ..wan.tiny import TOY_VOCABULARY
+from .control import Flux2Control
 from .text_encoder import TEXT_ENCODER_CLASS_NAME
 from .transformer import TRANSFORMER_CLASS_NAME, Flux2Transformer
 from .vae import VAE_CLASS_NAME, Flux2VAE, tiny_vae_config
@@ -53,6 +55,7 @@ CHAT_TEMPLATE = (
     "{%- elif message['role'] == 'user' %}{{- '[/INST]' }}{%- else %}{{- eos_token }}{%- endif %}"
     "{%- endfor %}"
 )
+TINY_CONTROL_FILE = "FLUX.2-dev-Fun-Controlnet-Union-Tiny.safetensors"
 TINY_DEFAULTS = {"height": 64, "width": 64, "num_frames": 1, "fps": 1, "sampler": "Flow", "shift": 0.0, "steps": 4,
                  "guidance_scale": 4.0}  # fmt: skip
 
@@ -92,13 +95,14 @@ def tiny_text_encoder_config(vocab_size: int, hidden_size: int = TINY_TEXT_DIM) 
 
 
 def build_tiny_flux2_folder(folder: str | Path, variant: str = "dev", seed: int = 0, note: str | None = None) -> Path:
-    """Write a complete tiny FLUX.2-dev folder with weights seeded by ``seed`` (``variant``: dev, the only one).
+    """Write a complete tiny FLUX.2-dev folder with weights seeded by ``seed`` (``variant``: dev, or dev-control
+    with a tiny Fun control file named by the folder config).
 
     With a ``note`` (a built-in model's), the folder also gets a ``videox_fun.yaml`` with tiny generation defaults
     (64x64, 4 steps, guidance 4) and that note, shown when it loads.
     """
-    if variant != "dev":
-        raise ValueError(f"unknown tiny FLUX.2 variant {variant!r}; choose dev")
+    if variant not in ("dev", "dev-control"):
+        raise ValueError(f"unknown tiny FLUX.2 variant {variant!r}; choose dev or dev-control")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -112,9 +116,20 @@ def build_tiny_flux2_folder(folder: str | Path, variant: str = "dev", seed: int 
     encoder.save_pretrained(str(folder / "text_encoder"))
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     write_scheduler_and_index(folder)
-    if note is not None:
-        write_folder_config(folder, "Flux2", GenerationDefaults(**TINY_DEFAULTS), note)
+    control = {}
+    if variant == "dev-control":
+        build_tiny_control_file(folder / TINY_CONTROL_FILE, seed=seed + 1)
+        control = {"control_path": TINY_CONTROL_FILE}
+    if note is not None or control:  # a control file is named by the folder config
+        write_folder_config(folder, "Flux2", GenerationDefaults(**TINY_DEFAULTS), note or "", **control)
     return reset_tree_modes(folder)
+
+
+def build_tiny_control_file(path: str | Path, inpaint: bool = True, seed: int = 0) -> Path:
+    """A tiny FLUX.2 Fun control file for the tiny transformer (2 copies; 260 context channels, 128 without
+    ``inpaint``), every projection random, as the release ships one."""
+    state = Flux2Control.random_state(tiny_transformer_config(), blocks=2, inpaint=inpaint, seed=seed)
+    return save_safetensors(state, path)
 
 
 def write_scheduler_and_index(folder: Path) -> None:

@@ -5,6 +5,9 @@ default 4 over 50 steps (diffusers' ``Flux2Pipeline``; model-facts). The flow sh
 function of the image token count and the step count (``compute_empirical_mu``), unless a static ``--shift`` is
 given. The text encoder is Mistral-Small-3.2-24B; the transformer reads its hidden states of layers 10, 20 and 30
 stacked (3 x 5120 = 15,360 channels) over 512 tokens.
+
+A folder config may name a Fun control file (``control_path``, with ``control_context_scale``): the folder then
+serves control (and, with a file that reads a mask, control_inpaint) too.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class Flux2Config:
     scheduler_subpath: str = "scheduler"
     text_len: int = TEXT_LEN
     text_layers: tuple[int, ...] = TEXT_LAYERS
+    # A Fun control file (FLUX.2-dev-Fun-Controlnet-Union), relative to the folder or absolute ("": none;
+    # --control-path gives one per request), and how strongly its hints steer (VideoX-Fun's default 0.75).
+    control_path: str = ""
+    control_context_scale: float = 0.75
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     note: str = ""
 

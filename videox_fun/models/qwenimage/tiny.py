@@ -7,7 +7,8 @@ with seeded random weights: tests load them exactly as a downloaded model, and d
 
 The tokenizer is a byte-level BPE of Qwen2's pre-tokenizer trained in code on the release's two templates and the
 toy vocabulary, so every template word is one token as in the released vocabulary: the dropped template prefixes
-are 34 (T2I) and 64 (Edit) tokens long, as the release's.
+are 34 (T2I) and 64 (Edit) tokens long, as the release's. The ``t2i-control`` variant adds a tiny Fun control file
+(2 copies of the 2 blocks, the release's 132-channel context) named by the folder config.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ from transformers import (
 )
 
 from ...config import FOLDER_CONFIG_NAME, GenerationDefaults, write_folder_config
-from ...io.files import reset_tree_modes
+from ...io.files import reset_tree_modes, save_safetensors
 from ..wan.tiny import TOY_VOCABULARY
+from .control import QwenImageControl
 from .text_encoder import EDIT_TEMPLATE, T2I_TEMPLATE
 from .transformer import TRANSFORMER_CLASS_NAME, QwenImageTransformer
 from .vae import VAE_CLASS_NAME, QwenImageVAE, tiny_vae_config
 from .variants import EDIT, SCHEDULER_CONFIG, T2I
 
 TINY_TEXT_DIM = 32
-VARIANTS = {"t2i": T2I, "edit": EDIT}
+VARIANTS = {"t2i": T2I, "edit": EDIT, "t2i-control": T2I}  # t2i-control: T2I with a Fun control file
+TINY_CONTROL_FILE = "Qwen-Image-2512-Fun-Controlnet-Union-Tiny.safetensors"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>")  # fmt: skip
 # The edit image as the tiny VL model and VAE read it (the release: 1024 x 1024 pixels' area), and the vision
@@ -100,7 +103,8 @@ def tiny_image_processor() -> Qwen2VLImageProcessor:
 def build_tiny_qwenimage_folder(
     folder: str | Path, variant: str = "t2i", seed: int = 0, note: str | None = None
 ) -> Path:
-    """Write a complete tiny Qwen-Image folder of ``variant`` (t2i / edit) with weights seeded by ``seed``.
+    """Write a complete tiny Qwen-Image folder of ``variant`` (t2i / edit, or t2i-control: T2I with a tiny Fun control
+    file named by the folder config) with weights seeded by ``seed``.
 
     With a ``note`` (a built-in model's), the folder also gets a ``videox_fun.yaml`` with tiny generation defaults
     (64x64, 4 steps, true CFG 4), the tiny edit-image area and that note, shown when it loads.
@@ -122,11 +126,22 @@ def build_tiny_qwenimage_folder(
         tiny_image_processor().save_pretrained(str(folder / "processor"))
         tokenizer.save_pretrained(str(folder / "processor"))
     write_scheduler_and_index(folder, VARIANTS[variant].pipeline_class, VARIANTS[variant].edit)
-    if note is not None:
-        write_folder_config(folder, "QwenImage", GenerationDefaults(**TINY_DEFAULTS), note)
+    control = {}
+    if variant == "t2i-control":
+        build_tiny_control_file(folder / TINY_CONTROL_FILE, seed=seed + 1)
+        control = {"control_path": TINY_CONTROL_FILE}
+    if note is not None or control:  # a control file is named by the folder config
+        write_folder_config(folder, "QwenImage", GenerationDefaults(**TINY_DEFAULTS), note or "", **control)
         path = folder / FOLDER_CONFIG_NAME
         path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "edit_area": TINY_EDIT_AREA}))
     return reset_tree_modes(folder)
+
+
+def build_tiny_control_file(path: str | Path, inpaint: bool = True, seed: int = 0) -> Path:
+    """A tiny Qwen-Image Fun control file for the tiny transformer (2 copies; 132 context channels, 64 without
+    ``inpaint``), every projection random, as the release ships one."""
+    state = QwenImageControl.random_state(tiny_transformer_config(), blocks=2, inpaint=inpaint, seed=seed)
+    return save_safetensors(state, path)
 
 
 def write_scheduler_and_index(folder: Path, pipeline_class: str, edit: bool) -> None:

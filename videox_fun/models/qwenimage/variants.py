@@ -6,6 +6,9 @@ the typed folder config.
 * **Qwen-Image-Edit** (``QwenImageEditPipeline``): the same transformer; the edit image goes to Qwen2.5-VL and, as
   latent tokens, after the noisy tokens; output sized from the image's aspect ratio at 1024x1024 pixels' area.
 
+A Qwen-Image folder config may name a Fun control file (``control_path``, with ``control_context_scale``): the
+folder then serves control (and, with a file that reads a mask, control_inpaint) too.
+
 Both take the resolution-dependent shift of the folder's scheduler config unless a static ``--shift`` is given.
 """
 
@@ -51,8 +54,9 @@ class QwenImageVariant:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        """The family's modes this variant serves: edit, or t2i / i2i / inpaint."""
-        return ("edit",) if self.edit else ("t2i", "i2i", "inpaint")
+        """The family's modes this variant serves: edit, or t2i / i2i / inpaint and the Fun control modes (with a
+        control file)."""
+        return ("edit",) if self.edit else ("t2i", "i2i", "inpaint", "control", "control_inpaint")
 
 
 T2I = QwenImageVariant("Qwen-Image", "QwenImagePipeline", T2I_TEMPLATE, False)
@@ -100,6 +104,10 @@ class QwenImageConfig:
     scheduler_subpath: str = "scheduler"
     text_len: int = 512  # diffusers' max_sequence_length
     edit_area: int = 1024 * 1024  # pixels of the edit image as the VL model and the VAE read it
+    # A Fun control file (Qwen-Image-2512-Fun-Controlnet-Union), relative to the folder or absolute ("": none;
+    # --control-path gives one per request), and how strongly its hints steer (VideoX-Fun's default 0.8).
+    control_path: str = ""
+    control_context_scale: float = 0.8
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     note: str = ""
 

@@ -27,7 +27,6 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -36,20 +35,14 @@ from diffusers.loaders.single_file_utils import convert_z_image_controlnet_check
 from torch import nn
 
 from ..component import StrictDiffusersModel
-from ..loading import count_blocks, drop_prefixed, read_folder_state_dict, read_header, read_state_dict
+from ..fun_control import ControlFileKind, spaced_places
+from ..loading import count_blocks
 from .transformer import F_PATCH, PATCH, ZImageTransformer
 
 CONTROL_CLASS_NAME = "ZImageControlNetModel"
 MARKER = f"control_all_x_embedder.{PATCH}-{F_PATCH}.weight"  # (dim, 2 * 2 * control_in_dim): every release has it
 CONTROL_PREFIXES = ("control_layers.", "control_all_x_embedder.", "control_noise_refiner.")
-# Keys of other models' control files, to name what was given instead (model-facts: the VideoX-Fun releases).
-FOREIGN_MARKERS = {
-    "control_transformer_blocks.": "a FLUX.2 Fun control file",
-    "control_blocks.": "a Qwen-Image Fun control file",
-    "control_img_in.": "a FLUX.2 / Qwen-Image Fun control file",
-    "vace_blocks.": "a Wan VACE file",
-    "controlnet_blocks.": "another model's ControlNet",
-}
+KIND = ControlFileKind("Z-Image", MARKER, CONTROL_PREFIXES)
 # What the base transformer lends the control model (diffusers' ZImageControlNetModel.from_transformer).
 SHARED_MODULES = ("t_embedder", "all_x_embedder", "cap_embedder", "rope_embedder", "noise_refiner",
                   "context_refiner", "x_pad_token", "cap_pad_token", "t_scale")  # fmt: skip
@@ -79,13 +72,7 @@ class ControlRelease:
 def check_is_zimage_control(names: set[str] | Mapping[str, Any], source: str) -> None:
     """Fail in one line when the weights are not a Z-Image Fun control file (another base's control file, a
     transformer) — before any weight is read when given a header's names."""
-    if MARKER in names:
-        return
-    for prefix, what in FOREIGN_MARKERS.items():
-        if any(name.startswith(prefix) for name in names):
-            raise ValueError(f"{source}: {what} ({prefix}*), not a Z-Image Fun control file ({MARKER})")
-    sample = ", ".join(sorted(names)[:3])
-    raise ValueError(f"{source}: not a Z-Image Fun control file (no {MARKER}; its keys start {sample})")
+    KIND.check(names, source)
 
 
 def release_of(state: Mapping[str, torch.Tensor]) -> ControlRelease:
@@ -104,9 +91,7 @@ def release_of(state: Mapping[str, torch.Tensor]) -> ControlRelease:
 
 def read_control_release(path: str | os.PathLike) -> ControlRelease:
     """A control file's release from its header alone (no weights read), checked to be a Z-Image control file."""
-    header = read_header(path)
-    check_is_zimage_control(set(header.tensors), str(path))
-    return release_of(header.tensors)
+    return release_of(KIND.read_header(path))
 
 
 def control_config(release: ControlRelease, transformer_config: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -120,12 +105,10 @@ def control_config(release: ControlRelease, transformer_config: Mapping[str, Any
     if release.dim != transformer_config["dim"]:
         raise ValueError(f"{source}: its control blocks are {release.dim} wide, the transformer's "
                          f"{transformer_config['dim']}: a control file for another Z-Image size")  # fmt: skip
-    if release.blocks < 1 or layers % release.blocks:
-        raise ValueError(f"{source}: {release.blocks} control blocks do not space evenly over {layers} main blocks")
     refiner = {"1.0": None, "2.0": "control_layers"}.get(release.version, "control_noise_refiner")
     return {
         "_class_name": CONTROL_CLASS_NAME,
-        "control_layers_places": list(range(0, layers, layers // release.blocks)),
+        "control_layers_places": spaced_places(layers, release.blocks, source),
         "control_refiner_layers_places": list(range(refiners)) if refiner else None,
         "control_in_dim": release.control_in_dim,
         "add_control_noise_refiner": refiner,
@@ -138,17 +121,6 @@ def control_config(release: ControlRelease, transformer_config: Mapping[str, Any
         "norm_eps": transformer_config.get("norm_eps", 1e-5),
         "qk_norm": transformer_config.get("qk_norm", True),
     }
-
-
-def read_control_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The control tensors of a file (or a folder's weights), checked; base-transformer tensors beside them (a
-    merged file) are dropped, the folder's transformer serving instead."""
-    path = Path(path)
-    state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
-    check_is_zimage_control(state, str(path))
-    others = tuple({key.split(".")[0] + "." for key in state if not key.startswith(CONTROL_PREFIXES)})
-    drop_prefixed(state, others, "not control weights: the folder's transformer serves", str(path))
-    return state
 
 
 class ZImageControl(StrictDiffusersModel, ZImageControlNetModel):
@@ -171,7 +143,7 @@ class ZImageControl(StrictDiffusersModel, ZImageControlNetModel):
         device: str | torch.device = "cpu",
     ) -> ZImageControl:
         """Load a released control file for ``transformer`` (its release told from the weights), linked to it."""
-        state = read_control_state(path)
+        state = KIND.read_state(path)
         release = release_of(state)
         config = control_config(release, transformer.config, str(path))
         state = convert_z_image_controlnet_checkpoint_to_diffusers(state, config)  # 2.0: drops the unused refiner

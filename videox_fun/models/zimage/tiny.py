@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase, Qwen2Tokenizer, Qwen3Config, Q
 
 from ...config import GenerationDefaults, write_folder_config
 from ...io.files import reset_tree_modes, save_safetensors
+from ..fun_control import with_random_projections
 from ..wan.tiny import TOY_VOCABULARY
 from .control import LATENT_CHANNELS, ControlRelease, ZImageControl, control_config
 from .transformer import TRANSFORMER_CLASS_NAME, ZImageTransformer
@@ -150,11 +151,7 @@ def tiny_control_state(version: str = "2.1", seed: int = 0) -> dict[str, torch.T
     torch.manual_seed(seed)
     config = control_config(tiny_control_release("2.1" if version == "2.0" else version), tiny_transformer_config(),
                             "tiny")  # fmt: skip
-    model = ZImageControl.from_model_config(config)
-    for name, module in model.named_modules():
-        if name.endswith(("before_proj", "after_proj")):
-            module.reset_parameters()  # diffusers zero-initialises them
-    state = model.state_dict()
+    state = with_random_projections(ZImageControl.from_model_config(config)).state_dict()
     if version == "2.0":
         state["control_noise_refiner.0.before_proj.weight"].zero_()
         state["control_noise_refiner.0.before_proj.bias"].zero_()
