@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port
+from helpers import frame_count_and_size, free_port, write_animate_sources
 
 from videox_fun.io.video import write_video
 from videox_fun.registry import packaged_model
@@ -115,7 +115,7 @@ def test_t2v_i2v_and_control_from_the_page_give_judged_videos(browser, clip_file
     try:
         page = open_page(browser, server.url)
         for mode in ("flf2v", "v2v", "inpaint", "camera", "t2v"):  # every tab, as a reader first sees it
-            page.get_by_role("tab", name=mode).click()
+            page.get_by_role("tab", name=mode, exact=True).click()
             shoot(page, mode)
         page.fill("#vxf-prompt textarea", "a red circle moving right")
         video = generate_and_fetch(page, server.url, tmp_path / "t2v.mp4")
@@ -124,7 +124,7 @@ def test_t2v_i2v_and_control_from_the_page_give_judged_videos(browser, clip_file
         assert "Wan2.1-Fun-Tiny-InP" in page.inner_text("#vxf-settings")
         shoot(page, "t2v-result")
 
-        page.get_by_role("tab", name="i2v").click()
+        page.get_by_role("tab", name="i2v", exact=True).click()
         page.set_input_files("#vxf-i2v-image input[type=file]", str(clip_files["image"]))
         page.wait_for_selector("#vxf-i2v-image img")
         shoot(page, "i2v")
@@ -133,7 +133,7 @@ def test_t2v_i2v_and_control_from_the_page_give_judged_videos(browser, clip_file
         assert judged["colour_ok"] and judged["psnr_first_frame"] > 20, judged
 
         pick_model(page, "Wan2.1-Fun-Tiny-Control")
-        page.get_by_role("tab", name="control").click()
+        page.get_by_role("tab", name="control", exact=True).click()
         page.set_input_files("#vxf-control-control-video input[type=file]", str(clip_files["control_video"]))
         page.wait_for_selector("#vxf-control-control-video video")
         shoot(page, "control")
@@ -142,7 +142,7 @@ def test_t2v_i2v_and_control_from_the_page_give_judged_videos(browser, clip_file
         assert judged["colour_ok"] and judged["trajectory_error_px"] < 6, judged
 
         # A mode the model cannot serve: one clear line in the page, no traceback.
-        page.get_by_role("tab", name="i2v").click()
+        page.get_by_role("tab", name="i2v", exact=True).click()
         page.click("#vxf-generate")
         page.wait_for_selector("#vxf-error [role=alert]")
         message = page.inner_text("#vxf-error")
@@ -213,7 +213,7 @@ def test_the_page_drives_a_remote_service_and_offers_example_images(browser, tmp
     page_server = start_ui(tmp_path / "unused", "--api-url", service.url, ready_path="/")
     try:
         page = open_page(browser, page_server.url)
-        page.get_by_role("tab", name="i2v").click()
+        page.get_by_role("tab", name="i2v", exact=True).click()
         page.locator("#vxf-examples tr.tr-body").first.click()
         page.wait_for_selector("#vxf-i2v-image img")
         assert page.input_value("#vxf-prompt textarea")  # the example's caption came with its image
@@ -225,3 +225,41 @@ def test_the_page_drives_a_remote_service_and_offers_example_images(browser, tmp
     finally:
         page_server.stop()
         service.stop()
+
+
+def test_the_animate_model_shows_its_settings_and_animates_the_uploaded_folder(browser, tmp_path):
+    """The Animate tab's family settings (the preprocessing folder's files, refert_num, clip_len) show for the
+    built-in Wan2.2-Animate model only; uploaded there, they make a video as the CLI's --src-root-path does."""
+    sources = write_animate_sources(tmp_path / "process_results", 7, 32)
+    server = start_ui(tmp_path / "store")
+    try:
+        page = open_page(browser, server.url)
+        page.get_by_role("tab", name="animate", exact=True).click()
+        controls = ["#vxf-animate-src-root-path", "#vxf-animate-refert-num", "#vxf-animate-clip-len"]
+        assert not any(page.locator(c).is_visible() for c in controls)  # the default InP model serves no animate
+        pick_model(page, "Wan2.2-Animate-Tiny-Random")
+        page.get_by_role("tab", name="animate", exact=True).click()
+        for control in controls:
+            page.wait_for_selector(control, state="visible")
+        assert "src_pose.mp4, src_face.mp4, src_ref.png" in page.inner_text(controls[0])
+        assert not page.locator("#vxf-t2v-vace-context-scale").is_visible()  # t2v: a mode the model does not serve
+        shoot(page, "animate")
+
+        names = ("src_pose.mp4", "src_face.mp4", "src_ref.png")
+        page.set_input_files(f"{controls[0]} input[type=file]", [str(sources / name) for name in names])
+        for name in names:
+            page.wait_for_selector(f"{controls[0]} :text('{name}')")
+        page.fill(f"{controls[2]} :is(input, textarea)", "5")
+        for elem_id, value in (("vxf-steps", 1), ("vxf-frames", 7), ("vxf-width", 32), ("vxf-height", 32)):
+            set_number(page, elem_id, value)
+        page.fill("#vxf-prompt textarea", "a person dancing")
+        video = generate_and_fetch(page, server.url, tmp_path / "animate.mp4")
+        assert frame_count_and_size(video) == (7, (32, 32))
+        settings = page.inner_text("#vxf-settings")
+        assert "animate" in settings and "Wan2.2-Animate-Tiny-Random" in settings and "src_root_path" in settings
+        job = httpx.get(f"{server.url}/v1/generations", timeout=30).json()["items"][0]
+        assert (job["status"], job["mode"]) == ("done", "animate")
+        sidecar = httpx.get(f"{server.url}/v1/generations/{job['id']}/settings", timeout=30).json()
+        assert (sidecar["clip_len"], sidecar["refert_num"]) == (5, 1)
+    finally:
+        server.stop()

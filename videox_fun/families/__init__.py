@@ -232,7 +232,9 @@ def check_setting(setting: Setting, value: Any, mode: str) -> None:
     except (ValueError, FileNotFoundError) as err:
         if setting.flag in str(err):
             raise
-        raise type(err)(f"{setting.flag}: {err}") from err
+        # The base class: a subclass's constructor may take other arguments than the message.
+        kind = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
+        raise kind(f"{setting.flag}: {err}") from err
 
 
 _FAMILIES: dict[str, Family] = {}

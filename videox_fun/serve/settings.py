@@ -106,10 +106,15 @@ def store_setting(setting: Setting, value: Any, files: list[Upload], folder: Pat
     return parse_value(setting, value)
 
 
+def passed_on(setting: Setting) -> bool:
+    """Whether the service takes the setting from its clients: any but free text, which reaches the family's code
+    as it is (a path there would read the server's files; a file setting says ``kind="file"``)."""
+    return setting.kind != "value" or setting.type is not str or setting.choices is not None
+
+
 def parse_value(setting: Setting, value: Any) -> Any:
     """A value setting's JSON value, as its flag would parse it (numbers as their text), within its choices."""
-    if setting.type is str and setting.choices is None:
-        # Free text reaches the family's code as it is: for a path that would read the server's files.
+    if not passed_on(setting):
         raise RequestError(
             field(setting),
             f"{setting.name} is a text setting this service does not pass on (its family declares no file, folder "

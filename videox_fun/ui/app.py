@@ -1,8 +1,10 @@
 """The web UI (Gradio): every family and mode from a browser, as jobs of the generation service.
 
 The controls come from the tables, not from per-family code. There is one tab per mode of the
-merged mode table, each holding the inputs that mode reads. Samplers, defaults and the modes a
-model serves come from ``GET /v1/models``. Generate posts a job and follows it until it ends
+merged mode table, each holding the inputs that mode reads and the controls of the family settings
+that read it (Wan2.2-Animate's preprocessing folder, shown only while a model whose family
+declares them and that serves the mode is picked). Samplers, defaults, settings and the modes a model serves come from
+``GET /v1/models``. Generate posts a job and follows it until it ends
 (live progress with its stage; Cancel stops it at the next step), then shows the result, its
 settings (the sidecar) and the gallery of past results, which is read from the job store and so
 survives a restart.
@@ -21,7 +23,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..families import INPUT_NAMES, merged_mode_table
+from ..families import INPUT_NAMES, Setting, families, merged_mode_table
 from .client import ServiceClient, ServiceError
 
 logger = logging.getLogger("videox_fun.ui")
@@ -70,6 +72,38 @@ def progress_html(view: dict[str, Any] | None) -> str:
     )
 
 
+def settings_by_mode() -> dict[str, list[Setting]]:
+    """Every family's settings that the service takes, by the modes that read them (one of each name per mode)."""
+    from ..serve.settings import passed_on
+
+    found: dict[str, dict[str, Setting]] = {}
+    for family in families().values():
+        for setting in filter(passed_on, family.settings):
+            for mode in setting.modes or tuple(family.modes):
+                found.setdefault(mode, {}).setdefault(setting.name, setting)
+    return {mode: list(by_name.values()) for mode, by_name in found.items()}
+
+
+def setting_control(setting: Setting, elem_id: str) -> gr.components.Component:
+    """The control of one family setting, hidden until a model whose family declares it is picked: a multi-file
+    upload for a folder (its files), a file upload, a dropdown of its choices, else a text box; left empty, the
+    setting takes the model's default."""
+    from ..serve.settings import json_type
+
+    common = {"elem_id": elem_id, "visible": False}
+    if setting.kind == "folder":
+        label = f"{setting.name}: its files ({', '.join(setting.files)})" if setting.files else setting.name
+        return gr.File(file_count="multiple", type="filepath", label=label, **common)
+    if setting.kind == "file":
+        return gr.File(type="filepath", label=setting.name, **common)
+    described = {"label": setting.name, "info": setting.help, **common}
+    if setting.choices is not None:
+        return gr.Dropdown([str(choice) for choice in setting.choices], value=None, **described)
+    # Text, numbers too: a number box shows 0 when empty, which would be sent; the service parses the text as the
+    # setting's flag does.
+    return gr.Textbox(placeholder=f"empty: the default ({json_type(setting)})", max_lines=1, **described)
+
+
 def error_html(message: str) -> str:
     """An error line for the page (never a traceback)."""
     return f'<p class="vxf-error" role="alert">{html.escape(message)}</p>' if message else ""
@@ -83,6 +117,8 @@ class UI:
         self.default_model = default_model
         self.cache = cache or Path(tempfile.mkdtemp(prefix="videox-fun-ui-"))
         self.modes = merged_mode_table()
+        self.settings = settings_by_mode()
+        self.declared: dict[str, dict[str, dict[str, Any]]] = {}  # model name -> its family's settings by name
 
     # --- data from the service ---
 
@@ -94,11 +130,34 @@ class UI:
         return names, listing["loras"], default
 
     def model_info(self, name: str | None) -> dict[str, Any]:
-        """The listing entry of a model (modes, samplers, defaults)."""
+        """The listing entry of a model (modes, samplers, defaults, its family's settings)."""
         for model in self.client.models()["models"]:
             if model["name"] == name:
+                self.declared[model["name"]] = {entry["name"]: entry for entry in model.get("settings", [])}
                 return model
         raise ServiceError(f"no model named {name!r}")
+
+    def declared_settings(self, name: str | None) -> dict[str, dict[str, Any]]:
+        """The settings of a model's family by name, as ``GET /v1/models`` lists them (remembered)."""
+        if name not in self.declared:
+            self.model_info(name)
+        return self.declared[name or ""]
+
+    def setting_keys(self) -> list[tuple[str, Setting]]:
+        """(mode, setting) of every setting control, in tab order."""
+        return [(mode, setting) for mode in self.modes for setting in self.settings.get(mode, [])]
+
+    def setting_updates(self, info: dict[str, Any]) -> list[Any]:
+        """Show the setting controls of the model's family in the tabs of the modes that read them and the model
+        serves; hide the rest."""
+        declared = self.declared_settings(info["name"])
+        served = {mode["name"] for mode in info["modes"]}
+        updates = []
+        for mode, setting in self.setting_keys():
+            entry = declared.get(setting.name)
+            shown = entry is not None and mode in served and (not entry["modes"] or mode in entry["modes"])
+            updates.append(gr.update(visible=shown))
+        return updates
 
     # --- handlers ---
 
@@ -107,7 +166,7 @@ class UI:
         try:
             info = self.model_info(name)
         except ServiceError as err:
-            return (gr.update(),) * 7 + (error_html(str(err)),)
+            return (gr.update(),) * 7 + (error_html(str(err)),) + (gr.update(),) * len(self.setting_keys())
         d = info["defaults"]
         modes = ", ".join(m["name"] for m in info["modes"])
         note = f"{info['family']} · {info['variant']} · serves {modes}"
@@ -120,6 +179,7 @@ class UI:
             gr.update(value=d["frames"], maximum=max(info.get("max_frames") or 161, d["frames"])),
             gr.update(value=d["fps"]),
             f"<small>{html.escape(note)}</small>",
+            *self.setting_updates(info),
         )
 
     def refresh_models(self) -> tuple:
@@ -231,6 +291,10 @@ class UI:
                 spec["camera"] = named[f"{mode}.camera_preset"]
             elif value:
                 files[name] = Path(value)
+        extra, setting_files = self.setting_values(mode, named)
+        if extra:
+            spec["extra"] = extra
+        files.update(setting_files)
         if "video" in self.modes[mode].reads:
             spec["strength"] = float(named[f"{mode}.strength"])
         if named["size_by"] == BY_REFERENCE:
@@ -243,6 +307,28 @@ class UI:
         else:
             spec["height"], spec["width"] = int(named["height"]), int(named["width"])
         return spec, files
+
+    def setting_values(self, mode: str, named: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The family settings ``mode``'s tab holds for the picked model: values for ``extra``, and the uploads of
+        file and folder settings. Empty controls and those of settings the model's family lacks are left out."""
+        given = {
+            setting: named[f"{mode}.{setting.name}"]
+            for setting in self.settings.get(mode, [])
+            if named.get(f"{mode}.{setting.name}") not in (None, "", [])
+        }
+        declared = self.declared_settings(named["model"]) if given else {}
+        extra: dict[str, Any] = {}
+        files: dict[str, Any] = {}
+        for setting, value in given.items():
+            if setting.name not in declared:
+                continue
+            if setting.kind == "folder":
+                files[setting.name] = [Path(path) for path in value]
+            elif setting.kind == "file":
+                files[setting.name] = Path(value)
+            else:
+                extra[setting.name] = value
+        return extra, files
 
     def value_names(self) -> list[str]:
         """The names of the values the Generate handler receives, in order."""
@@ -258,7 +344,7 @@ class UI:
                 per_mode.append(f"{mode}.camera_preset")
             if "video" in table.reads:
                 per_mode.append(f"{mode}.strength")
-        return common + per_mode
+        return common + per_mode + [f"{mode}.{setting.name}" for mode, setting in self.setting_keys()]
 
     # --- layout ---
 
@@ -291,6 +377,7 @@ class UI:
                     with gr.Tab(name, id=name, elem_id=f"vxf-tab-{name}") as tab:
                         gr.Markdown(table.description.capitalize())
                         self._mode_inputs(name, table.reads, components, TRAJECTORIES)
+                        self._mode_settings(name, components)
                     tab.select(lambda n=name: n, None, mode)
             with gr.Row():
                 components["sampler"] = gr.Dropdown([], label="Sampler", allow_custom_value=True)
@@ -340,13 +427,13 @@ class UI:
             cancel.click(self.cancel, job_id, error)
             dice.click(lambda: random.randrange(2**31), None, components["seed"])
             defaults = [components[n] for n in ("sampler", "steps", "guidance", "width", "height", "frames", "fps")]
-            components["model"].change(self.on_model, components["model"], [*defaults, model_note])
+            settings_shown = [components[f"{mode}.{setting.name}"] for mode, setting in self.setting_keys()]
+            defaults += [model_note, *settings_shown]  # what a model's listing fills in
+            components["model"].change(self.on_model, components["model"], defaults)
             model_lists = [components["model"], components["loras"], components["loras_high"], components["base_model"],
                            error]  # fmt: skip
             refresh.click(self.refresh_models, None, model_lists)
-            page.load(self.refresh_models, None, model_lists).then(
-                self.on_model, components["model"], [*defaults, model_note]
-            )
+            page.load(self.refresh_models, None, model_lists).then(self.on_model, components["model"], defaults)
             page.load(self.gallery, None, gallery)
         return page
 
@@ -373,6 +460,13 @@ class UI:
         if examples:
             gr.Examples(self.example_images(), [examples[0], components["prompt"]], label="Example start images",
                         elem_id="vxf-examples")  # fmt: skip
+
+    def _mode_settings(self, mode: str, components: dict) -> None:
+        """The controls of the family settings that ``mode`` reads (each hidden until its family's model is picked)."""
+        with gr.Row():
+            for setting in self.settings.get(mode, []):
+                elem = f"vxf-{mode}-{setting.name.replace('_', '-')}"
+                components[f"{mode}.{setting.name}"] = setting_control(setting, elem)
 
     def example_images(self) -> list[list[str]]:
         """Start frames of toy-world clips with their captions (rendered here: nothing is downloaded)."""

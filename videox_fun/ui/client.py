@@ -45,11 +45,16 @@ class ServiceClient:
         """``GET /v1/models``: the models (with modes, samplers, defaults) and the LoRAs."""
         return self._call("GET", "/v1/models").json()
 
-    def submit(self, spec: dict[str, Any], files: dict[str, Path]) -> dict[str, Any]:
-        """``POST /v1/generations``: JSON, or multipart when there are input files; the job's view."""
+    def submit(self, spec: dict[str, Any], files: dict[str, Path | list[Path]]) -> dict[str, Any]:
+        """``POST /v1/generations``: JSON, or multipart when there are input files (several under one name: the
+        files of a folder setting, each sent with its file name); the job's view."""
         if not files:
             return self._call("POST", "/v1/generations", json=spec).json()
-        uploads = {name: (path.name, path.read_bytes()) for name, path in files.items()}
+        uploads = [
+            (name, (path.name, path.read_bytes()))
+            for name, paths in files.items()
+            for path in (paths if isinstance(paths, list) else [paths])
+        ]
         return self._call("POST", "/v1/generations", data={"request": json.dumps(spec)}, files=uploads).json()
 
     def job(self, job_id: str) -> dict[str, Any]:
