@@ -49,7 +49,15 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
 PACKAGED_DIR = Path(__file__).parent / "assets" / "models"
 PACKAGED_COGVIDEOX_MODEL = "CogVideoX-Fun-Tiny-InP"
 PACKAGED_VACE_MODEL = "Wan2.1-VACE-Tiny"  # shares Wan2.1-Fun-Tiny-InP's VAE and text encoder
-PACKAGED_MODELS = ("Wan2.1-Fun-Tiny-InP", "Wan2.1-Fun-Tiny-Control", PACKAGED_COGVIDEOX_MODEL, PACKAGED_VACE_MODEL)
+# 4-step DMD students of the InP and Control models (toyworld train-distill), sharing their VAE and text encoder.
+PACKAGED_STUDENTS = ("Wan2.1-Fun-Tiny-InP-Distill", "Wan2.1-Fun-Tiny-Control-Distill")
+PACKAGED_MODELS = (
+    "Wan2.1-Fun-Tiny-InP",
+    "Wan2.1-Fun-Tiny-Control",
+    PACKAGED_COGVIDEOX_MODEL,
+    PACKAGED_VACE_MODEL,
+    *PACKAGED_STUDENTS,
+)
 
 
 def packaged_model(name: str) -> Path | None:
