@@ -18,14 +18,13 @@ from typing import Any, ClassVar
 import torch
 
 from ..config import read_json_mapping
-from ..families import Recognised
 from ..families.flux import FLUX_MODES, FLUX_SAMPLERS
 from ..models.flux.text_encoder import ClipTextEncoder, T5TextEncoder
 from ..models.flux.tiny import SCHEDULER_CONFIGS
 from ..models.flux.transformer import FluxTransformer
 from ..models.flux.vae import FluxVAE
 from ..models.flux.variants import PACK, SIZE_RULES, FluxConfig, variant_of
-from .common import SamplingSettings, recognised_as
+from .common import SamplingSettings
 from .image import PackedFlowImagePipeline, Passes
 
 logger = logging.getLogger(__name__)
@@ -39,19 +38,14 @@ def image_ids(height: int, width: int, device: torch.device) -> torch.Tensor:
     return ids.reshape(-1, 3).to(device)
 
 
-def read_scheduler_config(root: Path, config: FluxConfig) -> dict[str, Any]:
-    """The folder's ``scheduler/scheduler_config.json``, else the release's of the folder's variant."""
-    path = root / config.scheduler_subpath / "scheduler_config.json"
-    if path.is_file():
-        return read_json_mapping(path, "scheduler config")
-    transformer = read_json_mapping(root / config.transformer_subpath / "config.json", "transformer config")
-    return SCHEDULER_CONFIGS[variant_of(transformer).name]
-
-
 class FluxPipeline(PackedFlowImagePipeline):
     """Text-to-image, image-to-image and inpainting with a FLUX.1 transformer, VAE, CLIP and T5."""
 
     label = "FLUX.1"
+    family = "flux"
+    transformer_class = FluxTransformer
+    vae_class = FluxVAE
+    config_class = FluxConfig
     modes = FLUX_MODES
     samplers = FLUX_SAMPLERS
     sizes = SIZE_RULES
@@ -73,38 +67,32 @@ class FluxPipeline(PackedFlowImagePipeline):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.transformer = transformer
-        self.vae = vae
-        self.text_encoder = text_encoder
+        super().__init__(transformer, vae, text_encoder, scheduler_config, config, device, dtype)
         self.text_encoder_2 = text_encoder_2
-        self.scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
         self.variant = variant_of(transformer.config)
-        self.config = config or FluxConfig()
         self.text_len = self.config.text_len or self.variant.text_len
-        self.device = torch.device(device)
-        self.dtype = dtype
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(
-        cls, folder: str | Path | Recognised, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-    ) -> FluxPipeline:
-        """Load every component of a FLUX.1 folder (or one the family already recognised), strictly."""
-        folder = recognised_as(folder, "flux", "FLUX.1")
-        root, config = folder.folder, folder.config
-        pipe = cls(
-            FluxTransformer.from_pretrained(root / config.transformer_subpath, torch_dtype=dtype),
-            FluxVAE.from_pretrained(root / config.vae_subpath, dtype=dtype),
-            ClipTextEncoder.from_pretrained(root / config.text_encoder_subpath, root / config.tokenizer_subpath, dtype),
-            T5TextEncoder.from_pretrained(
+    def folder_components(cls, root: Path, config: FluxConfig, dtype: torch.dtype) -> dict[str, Any]:
+        """CLIP and T5 with their tokenizers."""
+        return {
+            "text_encoder": ClipTextEncoder.from_pretrained(
+                root / config.text_encoder_subpath, root / config.tokenizer_subpath, dtype
+            ),
+            "text_encoder_2": T5TextEncoder.from_pretrained(
                 root / config.text_encoder_2_subpath, root / config.tokenizer_2_subpath, dtype
             ),
-            read_scheduler_config(root, config),
-            config,
-            device,
-            dtype,
-        )
-        return pipe.to(device)
+        }
+
+    @classmethod
+    def read_scheduler_config(cls, root: Path, config: FluxConfig) -> dict[str, Any]:
+        """The folder's ``scheduler/scheduler_config.json``, else the release's of the folder's variant."""
+        path = root / config.scheduler_subpath / "scheduler_config.json"
+        if path.is_file():
+            return read_json_mapping(path, "scheduler config")
+        transformer = read_json_mapping(root / config.transformer_subpath / "config.json", "transformer config")
+        return SCHEDULER_CONFIGS[variant_of(transformer).name]
 
     # -- the family's parts of the shared sampling -----------------------------------------------
     @property

@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 
-from ..families import Recognised
 from ..families.flux2 import FLUX2_MODES, FLUX2_SAMPLERS
 from ..families.fun_control import CONTROL_MODES
 from ..models.flux2.control import Flux2Control
@@ -33,7 +32,7 @@ from ..models.flux2.text_encoder import Flux2TextEncoder
 from ..models.flux2.transformer import Flux2Transformer
 from ..models.flux2.vae import Flux2VAE, patchify
 from ..models.flux2.variants import SCHEDULER_CONFIG, SIZE_RULES, VARIANT, Flux2Config
-from .common import ImageLike, SamplingSettings, folder_scheduler_config, generate_mask, recognised_as
+from .common import ImageLike, SamplingSettings, generate_mask
 from .fun_control import SideStreamControlPipeline
 from .guidance import ClassifierFreeGuidance
 from .image import FlowImagePipeline, Passes
@@ -56,6 +55,11 @@ class Flux2Pipeline(SideStreamControlPipeline, FlowImagePipeline):
     control inpainting with a Fun control side stream beside the transformer (:attr:`control`)."""
 
     label = "FLUX.2"
+    family = "flux2"
+    transformer_class = Flux2Transformer
+    vae_class = Flux2VAE
+    config_class = Flux2Config
+    scheduler_release = SCHEDULER_CONFIG
     modes = FLUX2_MODES
     samplers = FLUX2_SAMPLERS
     sizes = SIZE_RULES  # the base's components: text_encoder, transformer, vae
@@ -63,44 +67,14 @@ class Flux2Pipeline(SideStreamControlPipeline, FlowImagePipeline):
     control_class = Flux2Control
     mask_channels = 4  # the known-pixels mask at the VAE's resolution, patchified 2x2 as the latents
 
-    def __init__(
-        self,
-        transformer: Flux2Transformer,
-        vae: Flux2VAE,
-        text_encoder: Flux2TextEncoder,
-        scheduler_config: Mapping[str, Any],
-        config: Flux2Config | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        self.transformer = transformer
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-        self.config = config or Flux2Config()
-        self.device = torch.device(device)
-        self.dtype = dtype
-
     @classmethod
-    def from_pretrained(
-        cls, folder: str | Path | Recognised, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-    ) -> Flux2Pipeline:
-        """Load every component of a FLUX.2 folder (or one the family already recognised), strictly."""
-        folder = recognised_as(folder, "flux2", "FLUX.2")
-        root, config = folder.folder, folder.config
-        pipe = cls(
-            Flux2Transformer.from_pretrained(root / config.transformer_subpath, torch_dtype=dtype),
-            Flux2VAE.from_pretrained(root / config.vae_subpath, dtype=dtype),
-            Flux2TextEncoder.from_pretrained(
+    def folder_components(cls, root: Path, config: Flux2Config, dtype: torch.dtype) -> dict[str, Any]:
+        """Mistral3 with its tokenizer."""
+        return {
+            "text_encoder": Flux2TextEncoder.from_pretrained(
                 root / config.text_encoder_subpath, root / config.tokenizer_subpath, dtype
-            ),
-            folder_scheduler_config(root, config.scheduler_subpath, SCHEDULER_CONFIG),
-            config,
-            device,
-            dtype,
-        )
-        pipe.control_from_config(root)
-        return pipe.to(device)
+            )
+        }
 
     # -- the family's parts of the shared sampling -----------------------------------------------
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -34,10 +35,12 @@ from .common import (
     corrected,
     flow_scheduler,
     flow_timesteps,
+    folder_scheduler_config,
     generate_mask,
     image_tensor,
     keep_known,
     pack_latents,
+    recognised_as,
     seeded_noise,
     strength_start,
     unpack_latents,
@@ -53,11 +56,17 @@ Passes = tuple[dict, dict, float]
 class FlowImagePipeline:
     """The shared sampling of a flow-matching image pipeline; subclasses fill the class attributes and hooks.
 
-    Subclasses set ``transformer``, ``vae``, ``config`` (with ``defaults``), ``scheduler_config``, ``device`` and
-    ``dtype`` in ``__init__``.
+    The constructor holds what every family has (transformer, VAE, text encoder, scheduler config, folder config,
+    device, dtype); a family's constructor adds its own parts. :meth:`from_pretrained` loads a folder of the
+    family's diffusers layout through the class attributes and :meth:`folder_components`.
     """
 
     label: ClassVar[str]  # the family's name in messages ("FLUX.1")
+    family: ClassVar[str]  # the registered family whose folders from_pretrained loads ("flux")
+    transformer_class: ClassVar[Any]  # loaded strictly from the folder's transformer_subpath
+    vae_class: ClassVar[Any]  # loaded strictly from the folder's vae_subpath
+    config_class: ClassVar[type]  # the folder config (layout and defaults) when none is given
+    scheduler_release: ClassVar[Mapping[str, Any]] = {}  # the release's scheduler config (a folder's own wins)
     modes: ClassVar[Mapping[str, Mode]]
     samplers: ClassVar[tuple[str, ...]]
     sizes: ClassVar[ImageSizeRules]
@@ -76,6 +85,59 @@ class FlowImagePipeline:
     scheduler_config: dict[str, Any]
     device: torch.device
     dtype: torch.dtype
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        vae: Any,
+        text_encoder: Any,
+        scheduler_config: Mapping[str, Any],
+        config: Any = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder
+        # Entries such as _class_name / _diffusers_version are the file's, not the scheduler's arguments.
+        self.scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+        self.config = config or self.config_class()
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path | Any, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Any:
+        """Load every component of a folder of the family (or one the family already recognised), strictly; the
+        folder config's control file too, for families with one (:meth:`control_from_config`)."""
+        found = recognised_as(folder, cls.family, cls.label)
+        root, config = found.folder, found.config
+        pipe = cls(
+            transformer=cls.transformer_class.from_pretrained(root / config.transformer_subpath, torch_dtype=dtype),
+            vae=cls.vae_class.from_pretrained(root / config.vae_subpath, dtype=dtype),
+            **cls.folder_components(root, config, dtype),
+            scheduler_config=cls.read_scheduler_config(root, config),
+            config=config,
+            device=device,
+            dtype=dtype,
+        )
+        pipe.control_from_config(root)
+        return pipe.to(device)
+
+    @classmethod
+    def folder_components(cls, root: Path, config: Any, dtype: torch.dtype) -> dict[str, Any]:
+        """The family's other constructor arguments read from its folder: its text encoder(s), its variant."""
+        raise NotImplementedError
+
+    @classmethod
+    def read_scheduler_config(cls, root: Path, config: Any) -> dict[str, Any]:
+        """The folder's scheduler config, else the release's (:attr:`scheduler_release`)."""
+        return folder_scheduler_config(root, config.scheduler_subpath, cls.scheduler_release)
+
+    def control_from_config(self, root: Path) -> None:
+        """Load the folder config's control file: nothing for a family without control models."""
 
     # -- hooks ---------------------------------------------------------------------------------
     @property

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import read_json_mapping
-from ..families import Mode, Recognised
+from ..families import Mode
 from ..families.fun_control import CONTROL_MODES
 from ..families.qwenimage import QWENIMAGE_MODES, QWENIMAGE_SAMPLERS
 from ..io.video import read_image
@@ -49,7 +49,7 @@ from ..models.qwenimage.variants import (
     QwenImageVariant,
     variant_of,
 )
-from .common import ImageLike, SamplingSettings, folder_scheduler_config, pack_latents, recognised_as
+from .common import ImageLike, SamplingSettings, pack_latents
 from .fun_control import SideStreamControlPipeline
 from .guidance import ClassifierFreeGuidance
 from .image import PATCH, PackedFlowImagePipeline, Passes
@@ -86,6 +86,11 @@ class QwenImagePipeline(SideStreamControlPipeline, PackedFlowImagePipeline):
     inpainting with a Fun control side stream beside the transformer (:attr:`control`)."""
 
     label = "Qwen-Image"
+    family = "qwenimage"
+    transformer_class = QwenImageTransformer
+    vae_class = QwenImageVAE
+    config_class = QwenImageConfig
+    scheduler_release = SCHEDULER_CONFIG
     modes = QWENIMAGE_MODES
     samplers = QWENIMAGE_SAMPLERS
     sizes = SIZE_RULES
@@ -104,39 +109,20 @@ class QwenImagePipeline(SideStreamControlPipeline, PackedFlowImagePipeline):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.transformer = transformer
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+        super().__init__(transformer, vae, text_encoder, scheduler_config, config, device, dtype)
         self.variant = variant
-        self.config = config or QwenImageConfig()
-        self.device = torch.device(device)
-        self.dtype = dtype
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(
-        cls, folder: str | Path | Recognised, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-    ) -> QwenImagePipeline:
-        """Load every component of a Qwen-Image folder (or one the family already recognised), strictly."""
-        folder = recognised_as(folder, "qwenimage", "Qwen-Image")
-        root, config = folder.folder, folder.config
+    def folder_components(cls, root: Path, config: QwenImageConfig, dtype: torch.dtype) -> dict[str, Any]:
+        """The variant (Qwen-Image or Qwen-Image-Edit, from ``model_index.json``) and Qwen2.5-VL with its tokenizer
+        (and, for Edit, the processor that reads the edit image)."""
         variant = variant_of(read_json_mapping(root / "model_index.json", "model index"), root)
         processor = root / config.processor_subpath if variant.edit else None
-        pipe = cls(
-            QwenImageTransformer.from_pretrained(root / config.transformer_subpath, torch_dtype=dtype),
-            QwenImageVAE.from_pretrained(root / config.vae_subpath, dtype=dtype),
-            QwenVLTextEncoder.from_pretrained(
-                root / config.text_encoder_subpath, root / config.tokenizer_subpath, processor, dtype
-            ),
-            folder_scheduler_config(root, config.scheduler_subpath, SCHEDULER_CONFIG),
-            variant,
-            config,
-            device,
-            dtype,
+        text_encoder = QwenVLTextEncoder.from_pretrained(
+            root / config.text_encoder_subpath, root / config.tokenizer_subpath, processor, dtype
         )
-        pipe.control_from_config(root)
-        return pipe.to(device)
+        return {"text_encoder": text_encoder, "variant": variant}
 
     # -- the family's parts of the shared sampling -----------------------------------------------
     @property

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..families import Recognised
 from ..families.fun_control import CONTROL_MODES
 from ..families.zimage import ZIMAGE_MODES, ZIMAGE_SAMPLERS
 from ..models.zimage.control import ZImageControl, refiner_hints_added
@@ -36,7 +35,7 @@ from ..models.zimage.text_encoder import ZImageTextEncoder
 from ..models.zimage.transformer import ZImageTransformer
 from ..models.zimage.vae import ZImageVAE
 from ..models.zimage.variants import SCHEDULER_CONFIG, SIZE_RULES, ZImageConfig, variant_of
-from .common import SamplingSettings, folder_scheduler_config, recognised_as
+from .common import SamplingSettings
 from .fun_control import FunControlPipeline
 from .guidance import ClassifierFreeGuidance
 from .image import FlowImagePipeline, Passes
@@ -53,6 +52,11 @@ class ZImagePipeline(FunControlPipeline, FlowImagePipeline):
     and control inpainting with a Fun control model beside the transformer (:attr:`control`)."""
 
     label = "Z-Image"
+    family = "zimage"
+    transformer_class = ZImageTransformer
+    vae_class = ZImageVAE
+    config_class = ZImageConfig
+    scheduler_release = SCHEDULER_CONFIG
     modes = ZIMAGE_MODES
     samplers = ZIMAGE_SAMPLERS
     sizes = SIZE_RULES
@@ -71,36 +75,16 @@ class ZImagePipeline(FunControlPipeline, FlowImagePipeline):
         dtype: torch.dtype = torch.float32,
         variant: str = "Z-Image",
     ) -> None:
-        self.transformer = transformer
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-        self.config = config or ZImageConfig()
+        super().__init__(transformer, vae, text_encoder, scheduler_config, config, device, dtype)
         self.variant = variant
-        self.device = torch.device(device)
-        self.dtype = dtype
 
     @classmethod
-    def from_pretrained(
-        cls, folder: str | Path | Recognised, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-    ) -> ZImagePipeline:
-        """Load every component of a Z-Image folder (or one the family already recognised), strictly."""
-        folder = recognised_as(folder, "zimage", "Z-Image")
-        root, config = folder.folder, folder.config
-        pipe = cls(
-            ZImageTransformer.from_pretrained(root / config.transformer_subpath, torch_dtype=dtype),
-            ZImageVAE.from_pretrained(root / config.vae_subpath, dtype=dtype),
-            ZImageTextEncoder.from_pretrained(
-                root / config.text_encoder_subpath, root / config.tokenizer_subpath, dtype
-            ),
-            folder_scheduler_config(root, config.scheduler_subpath, SCHEDULER_CONFIG),
-            config,
-            device,
-            dtype,
-            variant_of(root, config.variant).name,
+    def folder_components(cls, root: Path, config: ZImageConfig, dtype: torch.dtype) -> dict[str, Any]:
+        """Qwen3 with its tokenizer, and the variant (Z-Image or Z-Image-Turbo)."""
+        text_encoder = ZImageTextEncoder.from_pretrained(
+            root / config.text_encoder_subpath, root / config.tokenizer_subpath, dtype
         )
-        pipe.control_from_config(root)
-        return pipe.to(device)
+        return {"text_encoder": text_encoder, "variant": variant_of(root, config.variant).name}
 
     def load_control(self, path: Path) -> ZImageControl:
         """The Z-Image control model of a Fun control file, linked to the transformer."""
