@@ -94,6 +94,8 @@ class StrictDiffusersModel:
     folder's config must name when it names one, and which :meth:`save_as_released` writes (so diffusers loads the
     folder too). Loading builds on the meta device and assigns the checkpoint's tensors, failing with every
     missing, unexpected or mis-shaped key named (diffusers' own loader only warns about unexpected keys).
+    Subclasses need no constructor of their own: they inherit the diffusers class's, whose signature diffusers reads
+    the config fields off.
     """
 
     released_class_name: ClassVar[str]

@@ -29,7 +29,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .component import StrictDiffusersModel
-from .loading import count_blocks, drop_prefixed, read_folder_state_dict, read_header, read_state_dict
+from .loading import count_blocks, drop_prefixed, read_header, read_weights_at
 
 # Keys of each base's control files, to name what was given instead (model-facts: the VideoX-Fun releases). The
 # first prefix that matches names the file.
@@ -68,7 +68,7 @@ class ControlFileKind:
         """The control tensors of a file (or a folder's weights), checked; base-transformer tensors beside them (a
         merged file) are dropped, the folder's transformer serving instead."""
         path = Path(path)
-        state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
+        state = read_weights_at(path)
         self.check(state, str(path))
         others = tuple({key.split(".")[0] + "." for key in state if not key.startswith(self.prefixes)})
         drop_prefixed(state, others, "not control weights: the folder's transformer serves", str(path))

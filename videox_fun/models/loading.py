@@ -233,6 +233,13 @@ def read_folder_state_dict(
     return state
 
 
+def read_weights_at(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of one weights file, or of every weight file of a (sharded) folder (``--transformer-path`` and
+    control files take either)."""
+    path = Path(path)
+    return read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
+
+
 def strip_prefix(state: Mapping[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
     """Drop a wrapper prefix (``model.diffusion_model.``, ``diffusion_model.``...) when every key has it."""
     for prefix in prefixes:

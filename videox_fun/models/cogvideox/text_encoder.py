@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from ...config import read_json_mapping
-from ..component import OffloadableComponent
+from ..component import TokenizedTextEncoder
 from ..loading import cast_floating, load_into, read_folder_state_dict
 
 # CogVideoX conditions on 226 text tokens (transformer config ``max_text_seq_length``).
@@ -72,13 +71,8 @@ def _installed(module: str) -> bool:
         return False
 
 
-class CogVideoXTextEncoder(OffloadableComponent, nn.Module):
+class CogVideoXTextEncoder(TokenizedTextEncoder):
     """T5 encoder + tokenizer; :meth:`encode` gives the transformer's ``encoder_hidden_states``."""
-
-    def __init__(self, model: T5EncoderModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
 
     @classmethod
     def from_pretrained(

@@ -35,7 +35,7 @@ from ..loading import (
     load_into,
     public_config,
     read_folder_state_dict,
-    read_state_dict,
+    read_weights_at,
     strip_prefix,
 )
 from .attention import CogVideoXJointAttention
@@ -91,7 +91,7 @@ class CogVideoXTransformer(CogVideoXTransformer3DModel):
         """Weights for this class from a file or (sharded) folder with diffusers' names, with or without
         the ``transformer.`` prefix of whole-pipeline files (``--transformer-path``)."""
         path = Path(path)
-        state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
+        state = read_weights_at(path)
         return strip_prefix(state, ("transformer.",))
 
     @classmethod

@@ -16,12 +16,11 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
 
 from ...config import read_json_mapping
 from ..cogvideox.text_encoder import CogVideoXTextEncoder as T5TextEncoder
-from ..component import OffloadableComponent
+from ..component import TokenizedTextEncoder
 from ..loading import cast_floating, load_into, read_folder_state_dict, strip_prefix
 
 __all__ = ["ClipTextEncoder", "T5TextEncoder", "load_clip_tokenizer", "tiny_clip_config"]
@@ -57,13 +56,8 @@ def load_clip_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
-class ClipTextEncoder(OffloadableComponent, nn.Module):
+class ClipTextEncoder(TokenizedTextEncoder):
     """CLIP text model + tokenizer; :meth:`encode` gives FLUX's ``pooled_projections`` (B, 768)."""
-
-    def __init__(self, model: CLIPTextModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
 
     @classmethod
     def from_pretrained(

@@ -13,7 +13,6 @@ parameter count on the meta device is the released one). What this module adds:
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from diffusers import FluxTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
 from ..component import StrictDiffusersModel
-from ..loading import count_blocks, read_folder_state_dict, read_state_dict, strip_prefix
+from ..loading import count_blocks, read_weights_at, strip_prefix
 
 TRANSFORMER_CLASS_NAME = "FluxTransformer2DModel"
 # The prefix ComfyUI / original checkpoints put before BFL keys (diffusers' converter strips it too).
@@ -61,32 +60,21 @@ class FluxTransformer(StrictDiffusersModel, FluxTransformer2DModel):
     # _skip_layerwise_casting_patterns keeps "norm".
     _fp8_skip_modules = ("norm",)
 
-    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
-    @functools.wraps(FluxTransformer2DModel.__init__)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-
     @staticmethod
     def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         """Weights with diffusers' names from a diffusers file or (sharded) folder, with or without the
         ``transformer.`` prefix, or from a BFL single file (converted) (``--transformer-path``)."""
         path = Path(path)
-        state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
+        state = read_weights_at(path)
         if is_bfl_state(state):
             return bfl_to_diffusers(state, source=str(path))
         return strip_prefix(state, ("transformer.",))
 
-    @classmethod
-    def from_single_file(  # type: ignore[override]
-        cls,
-        path: str | os.PathLike,
-        config: Mapping[str, Any] | None = None,
-        torch_dtype: torch.dtype | None = None,
-        device: str | torch.device = "cpu",
-    ) -> FluxTransformer:
-        """Load a BFL (or diffusers-named) single file; ``config`` None reads it off the shapes (released heads)."""
-        state = cls.read_weights(path)
-        return cls.from_state(config or config_from_state(state), state, str(path), torch_dtype, device)
+    @staticmethod
+    def config_from_weights(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The config of a diffusers-named (or converted BFL) FLUX.1 state, read off its shapes at the released heads
+        (:func:`config_from_state`)."""
+        return config_from_state(state)
 
 
 # -- BFL single files ----------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ device the released config counts 32,223,281,152 parameters). What this module a
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ from diffusers import Flux2Transformer2DModel
 from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
 
 from ..component import StrictDiffusersModel
-from ..loading import count_blocks, read_folder_state_dict, read_state_dict, strip_prefix
+from ..loading import count_blocks, read_weights_at, strip_prefix
 
 TRANSFORMER_CLASS_NAME = "Flux2Transformer2DModel"
 BFL_PREFIX = "model.diffusion_model."  # ComfyUI's prefix before BFL keys
@@ -62,17 +61,12 @@ class Flux2Transformer(StrictDiffusersModel, Flux2Transformer2DModel):
     # _skip_layerwise_casting_patterns keeps "norm"; FLUX.2's modulation lives outside the blocks).
     _fp8_skip_modules = ("norm", "modulation")
 
-    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
-    @functools.wraps(Flux2Transformer2DModel.__init__)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-
     @staticmethod
     def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         """Weights with diffusers' names from a diffusers file or (sharded) folder, with or without the
         ``transformer.`` prefix, or from a BFL single file (converted) (``--transformer-path``)."""
         path = Path(path)
-        state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
+        state = read_weights_at(path)
         if is_bfl_state(state, str(path)):
             return bfl_to_diffusers(state, source=str(path))
         state = strip_prefix(state, ("transformer.",))

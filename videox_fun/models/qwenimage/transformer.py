@@ -8,7 +8,6 @@ config (60 dual-stream blocks, 24 heads of 128, text 3584, rotary split (16, 56,
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -39,11 +38,6 @@ class QwenImageTransformer(StrictDiffusersModel, QwenImageTransformer2DModel):
     # The modulation and norm layers stay in high precision under fp8 storage, as diffusers'
     # _skip_layerwise_casting_patterns ("pos_embed", "norm") keeps them.
     _fp8_skip_modules = ("norm", "mod")
-
-    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
-    @functools.wraps(QwenImageTransformer2DModel.__init__)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
 
     @classmethod
     def from_state(

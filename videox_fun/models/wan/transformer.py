@@ -35,8 +35,7 @@ from ..loading import (
     cast_floating,
     load_into,
     public_config,
-    read_folder_state_dict,
-    read_state_dict,
+    read_weights_at,
     strip_prefix,
 )
 from .keys import (
@@ -60,7 +59,7 @@ def read_transformer_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A Wan transformer's weights from one file or a (sharded) folder, in the original key names
     (see :func:`transformer_state_to_original` for the layouts read)."""
     path = Path(path)
-    return transformer_state_to_original(read_folder_state_dict(path) if path.is_dir() else read_state_dict(path))
+    return transformer_state_to_original(read_weights_at(path))
 
 
 def transformer_state_to_original(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from ...config import read_json_mapping
-from ..component import OffloadableComponent
+from ..component import TokenizedTextEncoder
 from ..loading import cast_floating, load_into, read_folder_state_dict, strip_prefix
 
 TEXT_LEN = 512  # the tokens a prompt is padded / truncated to (diffusers' max_sequence_length)
@@ -39,13 +38,8 @@ def load_qwen_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-class ZImageTextEncoder(OffloadableComponent, nn.Module):
+class ZImageTextEncoder(TokenizedTextEncoder):
     """Qwen3 + its tokenizer; :meth:`encode` gives each prompt's caption features (L, D)."""
-
-    def __init__(self, model: Qwen3Model, tokenizer: PreTrainedTokenizerBase) -> None:
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
 
     @classmethod
     def from_pretrained(

@@ -15,7 +15,6 @@ one stream of image + caption tokens through ``layers``. What this module adds:
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +25,7 @@ from diffusers import ZImageTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
 from ..component import StrictDiffusersModel
-from ..loading import count_blocks, read_folder_state_dict, read_state_dict, strip_prefix
+from ..loading import count_blocks, read_weights_at, strip_prefix
 
 TRANSFORMER_CLASS_NAME = "ZImageTransformer2DModel"
 ORIGINAL_PREFIX = "model.diffusion_model."  # ComfyUI's prefix (diffusers' converter strips it too)
@@ -56,34 +55,23 @@ class ZImageTransformer(StrictDiffusersModel, ZImageTransformer2DModel):
     # The adaLN modulation layers stay in high precision under fp8 storage (as FLUX.1 keeps its norm*.linear).
     _fp8_skip_modules = ("adaLN_modulation",)
 
-    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
-    @functools.wraps(ZImageTransformer2DModel.__init__)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-
     @staticmethod
     def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         """Weights with diffusers' names from a diffusers file or (sharded) folder, with or without the
         ``transformer.`` prefix, or from an original-layout single file (converted) (``--transformer-path``)."""
         path = Path(path)
-        state = read_folder_state_dict(path) if path.is_dir() else read_state_dict(path)
+        state = read_weights_at(path)
         if is_original_state(state):
             return original_to_diffusers(state, source=str(path))
         state = strip_prefix(state, ("transformer.",))
         check_is_zimage(state, str(path))
         return state
 
-    @classmethod
-    def from_single_file(  # type: ignore[override]
-        cls,
-        path: str | os.PathLike,
-        config: Mapping[str, Any] | None = None,
-        torch_dtype: torch.dtype | None = None,
-        device: str | torch.device = "cpu",
-    ) -> ZImageTransformer:
-        """Load an original-layout (or diffusers-named) single file; ``config`` None reads it off the shapes."""
-        state = cls.read_weights(path)
-        return cls.from_state(config or config_from_state(state), state, str(path), torch_dtype, device)
+    @staticmethod
+    def config_from_weights(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The config of a diffusers-named (or converted original-layout) Z-Image state, read off its shapes
+        (:func:`config_from_state`)."""
+        return config_from_state(state)
 
 
 def check_is_zimage(state: Mapping[str, Any], source: str) -> None:
