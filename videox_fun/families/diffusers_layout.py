@@ -4,12 +4,40 @@ transformer class that claims it, the folder's own YAML, the VAE class checked b
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..config import FOLDER_CONFIG_NAME, read_json_mapping
-from . import Family, Recognised, SizeRules
+from . import Family, Mode, Pipeline, Recognised, SizeRules
+
+if TYPE_CHECKING:
+    import torch
+
+# The modes every diffusers-layout image family serves, in the order inference prefers them; each makes one image
+# (written as PNG). Families add theirs after these (Qwen-Image's edit, the Fun control modes).
+IMAGE_MODES = {
+    "t2i": Mode("t2i", folder="images", output="image", description="text to image"),
+    "i2i": Mode("i2i", needs=("image",), folder="images_i2i", output="image",
+                description="image to image (denoise --strength)"),
+    "inpaint": Mode("inpaint", needs=("image", "mask"), folder="images_inpaint", output="image",
+                    description="regenerate the white of --mask in --image (denoise --strength)"),
+}  # fmt: skip
+# Flow-matching Euler, diffusers' FlowMatchEulerDiscreteScheduler from the folder's scheduler config.
+FLOW_SAMPLERS = ("Flow",)
+
+
+class DiffusersImageFamily(Family):
+    """An image family of diffusers-layout folders, loaded by its pipeline class's ``from_pretrained``."""
+
+    pipeline: ClassVar[str]  # "module:Class", imported when a folder loads (the family layer imports no torch)
+
+    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> Pipeline:
+        """Every component of the folder, as the pipeline class's ``from_pretrained`` loads it."""
+        module, name = self.pipeline.split(":")
+        pipeline_class = getattr(importlib.import_module(module), name)
+        return pipeline_class.from_pretrained(recognised, device=device, dtype=dtype)
 
 
 def transformer_config(folder: Path, transformer_class: str) -> Mapping[str, Any] | None:

@@ -9,31 +9,26 @@ file (``flux1-dev.safetensors``) replaces a folder's transformer through ``--tra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import Family, Mode, Recognised, register
-from .diffusers_layout import check_vae, own_config_path, recognised, transformer_config
+from . import Recognised, register
+from .diffusers_layout import (
+    FLOW_SAMPLERS,
+    IMAGE_MODES,
+    DiffusersImageFamily,
+    check_vae,
+    own_config_path,
+    recognised,
+    transformer_config,
+)
 
-if TYPE_CHECKING:
-    import torch
-
-    from ..pipelines.flux import FluxPipeline
-
-# The modes, in the order inference prefers them; every one makes an image (written as PNG).
-FLUX_MODES = {
-    "t2i": Mode("t2i", folder="images", output="image", description="text to image"),
-    "i2i": Mode("i2i", needs=("image",), folder="images_i2i", output="image",
-                description="image to image (denoise --strength)"),
-    "inpaint": Mode("inpaint", needs=("image", "mask"), folder="images_inpaint", output="image",
-                    description="regenerate the white of --mask in --image (denoise --strength)"),
-}  # fmt: skip
-# Flow-matching Euler, diffusers' FlowMatchEulerDiscreteScheduler from the folder's scheduler config.
-FLUX_SAMPLERS = ("Flow",)
+# The shared image modes (t2i, i2i with --strength, inpaint with --mask) and Flow sampler.
+FLUX_MODES = IMAGE_MODES
+FLUX_SAMPLERS = FLOW_SAMPLERS
 TRANSFORMER_CLASS = "FluxTransformer2DModel"
 VAE_CLASS = "AutoencoderKL"
 
 
-class FluxFamily(Family):
+class FluxFamily(DiffusersImageFamily):
     """FLUX.1-dev and FLUX.1-schnell (diffusers layout; BFL transformer files through --transformer-path)."""
 
     name = "flux"
@@ -41,6 +36,7 @@ class FluxFamily(Family):
     samplers = FLUX_SAMPLERS
     description = "FLUX.1-dev / schnell text-to-image, image-to-image and inpainting (diffusers layout)"
     training_spec = "flux"
+    pipeline = "videox_fun.pipelines.flux:FluxPipeline"
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
         """A FLUX.1 folder as its config files describe it (None for another family's layout)."""
@@ -53,12 +49,6 @@ class FluxFamily(Family):
         config = load_config(own_config_path(folder, config_path), default_settings(variant))
         check_vae(folder, config.vae_subpath, "FLUX.1", TRANSFORMER_CLASS, VAE_CLASS)
         return recognised(self, folder, config, variant.name, tuple(self.modes), SIZE_RULES)
-
-    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> FluxPipeline:
-        """Every component of the folder, as :meth:`FluxPipeline.from_pretrained` loads it."""
-        from ..pipelines.flux import FluxPipeline
-
-        return FluxPipeline.from_pretrained(recognised, device=device, dtype=dtype)
 
 
 FLUX = register(FluxFamily())

@@ -14,11 +14,17 @@ file is one line) before any weight is read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import Family, Recognised, register
-from .diffusers_layout import check_vae, own_config_path, recognised, transformer_config
-from .flux import FLUX_MODES, FLUX_SAMPLERS
+from . import Recognised, register
+from .diffusers_layout import (
+    FLOW_SAMPLERS,
+    IMAGE_MODES,
+    DiffusersImageFamily,
+    check_vae,
+    own_config_path,
+    recognised,
+    transformer_config,
+)
 from .fun_control import (
     CONTROL_MODE_TABLE,
     CONTROL_MODES,
@@ -29,27 +35,22 @@ from .fun_control import (
     side_release_reader,
 )
 
-if TYPE_CHECKING:
-    import torch
-
-    from ..pipelines.flux2 import Flux2Pipeline
-
-# FLUX.1's modes (t2i, i2i with --strength, inpaint with --mask) and the Fun control ones, each one PNG image.
-FLUX2_MODES = {**FLUX_MODES, **CONTROL_MODE_TABLE}
-# Flow-matching Euler, diffusers' FlowMatchEulerDiscreteScheduler from the folder's scheduler config.
-FLUX2_SAMPLERS = FLUX_SAMPLERS
+# The shared image modes (t2i, i2i with --strength, inpaint with --mask) and the Fun control ones.
+FLUX2_MODES = {**IMAGE_MODES, **CONTROL_MODE_TABLE}
+FLUX2_SAMPLERS = FLOW_SAMPLERS
 TRANSFORMER_CLASS = "Flux2Transformer2DModel"
 VAE_CLASS = "AutoencoderKLFlux2"
 READ_CONTROL = side_release_reader("videox_fun.models.flux2.control", "Flux2Control")
 
 
-class Flux2Family(Family):
+class Flux2Family(DiffusersImageFamily):
     """FLUX.2-dev (diffusers layout; BFL transformer files through --transformer-path)."""
 
     name = "flux2"
     modes = FLUX2_MODES
     samplers = FLUX2_SAMPLERS
     description = "FLUX.2-dev text-to-image, image-to-image and inpainting, and Fun control (diffusers layout)"
+    pipeline = "videox_fun.pipelines.flux2:Flux2Pipeline"
     settings = control_settings(control_file_check(READ_CONTROL, "a file of 260 channels (control, mask, image)"))
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
@@ -62,12 +63,6 @@ class Flux2Family(Family):
         check_vae(folder, config.vae_subpath, family="FLUX.2", transformer_class=TRANSFORMER_CLASS, vae_class=VAE_CLASS)
         variant = control_variant(VARIANT, folder, config, READ_CONTROL)
         return recognised(self, folder, config, variant, tuple(self.modes), SIZE_RULES)
-
-    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> Flux2Pipeline:
-        """Every component of the folder, as :meth:`Flux2Pipeline.from_pretrained` loads it."""
-        from ..pipelines.flux2 import Flux2Pipeline
-
-        return Flux2Pipeline.from_pretrained(recognised, device=device, dtype=dtype)
 
     def needs_for_mode(self, mode: str) -> str:
         """The kind of checkpoint a user needs for ``mode``, for error messages."""

@@ -14,11 +14,18 @@ comes per request (``--control-path``) or from the folder config (``control_path
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..config import read_json_mapping
-from . import Family, Mode, Recognised, register
-from .diffusers_layout import check_vae, own_config_path, recognised, transformer_config
+from . import Mode, Recognised, register
+from .diffusers_layout import (
+    FLOW_SAMPLERS,
+    IMAGE_MODES,
+    DiffusersImageFamily,
+    check_vae,
+    own_config_path,
+    recognised,
+    transformer_config,
+)
 from .fun_control import (
     CONTROL_MODE_TABLE,
     CONTROL_MODES,
@@ -29,30 +36,20 @@ from .fun_control import (
     side_release_reader,
 )
 
-if TYPE_CHECKING:
-    import torch
-
-    from ..pipelines.qwenimage import QwenImagePipeline
-
-# The modes, in the order inference prefers them; every one makes an image (written as PNG).
+# The shared image modes, Edit's and the Fun control ones, in the order inference prefers them.
 QWENIMAGE_MODES = {
-    "t2i": Mode("t2i", folder="images", output="image", description="text to image"),
-    "i2i": Mode("i2i", needs=("image",), folder="images_i2i", output="image",
-                description="image to image (denoise --strength)"),
-    "inpaint": Mode("inpaint", needs=("image", "mask"), folder="images_inpaint", output="image",
-                    description="regenerate the white of --mask in --image (denoise --strength)"),
+    **IMAGE_MODES,
     "edit": Mode("edit", needs=("image",), folder="images_edit", output="image",
                  description="change --image as the prompt says (Qwen-Image-Edit)"),
     **CONTROL_MODE_TABLE,
 }  # fmt: skip
-# Flow-matching Euler, diffusers' FlowMatchEulerDiscreteScheduler from the folder's scheduler config.
-QWENIMAGE_SAMPLERS = ("Flow",)
+QWENIMAGE_SAMPLERS = FLOW_SAMPLERS
 TRANSFORMER_CLASS = "QwenImageTransformer2DModel"
 VAE_CLASS = "AutoencoderKLQwenImage"
 READ_CONTROL = side_release_reader("videox_fun.models.qwenimage.control", "QwenImageControl")
 
 
-class QwenImageFamily(Family):
+class QwenImageFamily(DiffusersImageFamily):
     """Qwen-Image and Qwen-Image-Edit (diffusers layout)."""
 
     name = "qwenimage"
@@ -62,6 +59,7 @@ class QwenImageFamily(Family):
                    "(diffusers layout)")  # fmt: skip
     settings = control_settings(control_file_check(READ_CONTROL, "a file of 132 channels (control, mask, image)"))
     training_spec = "qwenimage"
+    pipeline = "videox_fun.pipelines.qwenimage:QwenImagePipeline"
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
         """A Qwen-Image folder as its config files describe it (None for another family's layout)."""
@@ -74,12 +72,6 @@ class QwenImageFamily(Family):
         check_vae(folder, config.vae_subpath, "Qwen-Image", TRANSFORMER_CLASS, VAE_CLASS)
         name = control_variant(variant.name, folder, config, READ_CONTROL)
         return recognised(self, folder, config, name, variant.modes, SIZE_RULES)
-
-    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> QwenImagePipeline:
-        """Every component of the folder, as :meth:`QwenImagePipeline.from_pretrained` loads it."""
-        from ..pipelines.qwenimage import QwenImagePipeline
-
-        return QwenImagePipeline.from_pretrained(recognised, device=device, dtype=dtype)
 
     def needs_for_mode(self, mode: str) -> str:
         """The kind of checkpoint a user needs for ``mode``, for error messages."""

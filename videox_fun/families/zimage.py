@@ -14,23 +14,30 @@ its header is checked (another base's control file is one line) before any weigh
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import Family, Recognised, register
-from .diffusers_layout import check_vae, own_config_path, recognised, transformer_config
-from .flux import FLUX_MODES, FLUX_SAMPLERS
+from . import Recognised, register
+from .diffusers_layout import (
+    FLOW_SAMPLERS,
+    IMAGE_MODES,
+    DiffusersImageFamily,
+    check_vae,
+    own_config_path,
+    recognised,
+    transformer_config,
+)
 from .flux import VAE_CLASS as FLUX_VAE_CLASS
-from .fun_control import CONTROL_MODE_TABLE, CONTROL_MODES, CONTROL_SOURCE, control_file_check, control_settings
+from .fun_control import (
+    CONTROL_MODE_TABLE,
+    CONTROL_MODES,
+    CONTROL_SOURCE,
+    control_file_check,
+    control_settings,
+    control_variant,
+)
 
-if TYPE_CHECKING:
-    import torch
-
-    from ..pipelines.zimage import ZImagePipeline
-
-# FLUX.1's modes (t2i, i2i with --strength, inpaint with --mask) and the Fun control ones, each one PNG image.
-ZIMAGE_MODES = {**FLUX_MODES, **CONTROL_MODE_TABLE}
-# Flow-matching Euler, diffusers' FlowMatchEulerDiscreteScheduler from the folder's scheduler config.
-ZIMAGE_SAMPLERS = FLUX_SAMPLERS
+# The shared image modes (t2i, i2i with --strength, inpaint with --mask) and the Fun control ones.
+ZIMAGE_MODES = {**IMAGE_MODES, **CONTROL_MODE_TABLE}
+ZIMAGE_SAMPLERS = FLOW_SAMPLERS
 TRANSFORMER_CLASS = "ZImageTransformer2DModel"
 
 
@@ -47,7 +54,7 @@ CONTROL_SETTINGS = control_settings(
 )
 
 
-class ZImageFamily(Family):
+class ZImageFamily(DiffusersImageFamily):
     """Z-Image and Z-Image-Turbo (diffusers layout; original-layout transformer files through --transformer-path)."""
 
     name = "zimage"
@@ -55,28 +62,20 @@ class ZImageFamily(Family):
     samplers = ZIMAGE_SAMPLERS
     description = ("Z-Image / Z-Image-Turbo text-to-image, image-to-image and inpainting, and Fun control "
                    "(diffusers layout)")  # fmt: skip
+    pipeline = "videox_fun.pipelines.zimage:ZImagePipeline"
     settings = CONTROL_SETTINGS
     training_spec = "zimage"
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
         """A Z-Image folder as its config files describe it (None for another family's layout)."""
-        from ..models.zimage.control import read_control_release
         from ..models.zimage.variants import SIZE_RULES, load_config, variant_of
 
         if transformer_config(folder, TRANSFORMER_CLASS) is None:
             return None
         config = load_config(own_config_path(folder, config_path), folder)
         check_vae(folder, config.vae_subpath, "Z-Image", TRANSFORMER_CLASS, FLUX_VAE_CLASS)
-        variant = variant_of(folder, config.variant).name
-        if config.control_path:  # the folder's own control file: named in the variant, its header checked
-            variant += f" + {read_control_release(folder / config.control_path).name}"
+        variant = control_variant(variant_of(folder, config.variant).name, folder, config, read_control_file)
         return recognised(self, folder, config, variant, tuple(self.modes), SIZE_RULES)
-
-    def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> ZImagePipeline:
-        """Every component of the folder, as :meth:`ZImagePipeline.from_pretrained` loads it."""
-        from ..pipelines.zimage import ZImagePipeline
-
-        return ZImagePipeline.from_pretrained(recognised, device=device, dtype=dtype)
 
     def needs_for_mode(self, mode: str) -> str:
         """The kind of checkpoint a user needs for ``mode``, for error messages."""
