@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import Server
 from helpers import decode_video, write_animate_sources
@@ -118,3 +119,38 @@ def test_uploads_of_a_setting_are_checked_as_its_files(refusing, sources):
     assert wrong.status_code == 422 and "clip_len takes an integer value, not an upload" in wrong.text
     # Nothing refused left its inputs behind.
     assert list((refusing.root / "inputs").glob("*")) == []
+
+
+def test_a_control_file_uploaded_to_a_zimage_control_job_gives_a_png(start_server, tmp_path):
+    """``control_path`` is a file setting: listed as one, its file sent as an upload (not a server path), and the job
+    runs with the uploaded file (the sidecar names it under the job's inputs)."""
+    from helpers import read_png
+    from PIL import Image
+
+    from videox_fun.models.zimage.tiny import build_tiny_control_file
+
+    model = "Z-Image-Turbo-Fun-Control-Tiny-Random"
+    control_file = build_tiny_control_file(tmp_path / "control.safetensors", "2.1", seed=5)
+    control_image = tmp_path / "canny.png"
+    Image.fromarray(np.tile(np.arange(32, dtype=np.uint8)[None, :, None] * 8, (32, 1, 3))).save(control_image)
+    server = start_server()
+    client = httpx.Client(base_url=server.url, timeout=60)
+    listing = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    settings = {s["name"]: s for s in listing[model]["settings"]}
+    assert settings["control_path"]["kind"] == "file"
+
+    spec = {"prompt": "a house", "model": model, "steps": 1, "height": 32, "width": 32, "mode": "control",
+            "extra": {"control_context_scale": 0.9}}  # fmt: skip
+    files = [("control_path", ("control.safetensors", control_file.read_bytes())),
+             ("control_video", ("canny.png", control_image.read_bytes()))]  # fmt: skip
+    answer = client.post("/v1/generations", data={"request": json.dumps(spec)}, files=files)
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    view = wait_finished(client, [job_id])[job_id]
+    assert view["status"] == "done", view
+    out = tmp_path / "out.png"
+    out.write_bytes(client.get(f"/v1/generations/{job_id}/result").content)
+    assert read_png(out).shape == (32, 32, 3)
+    sidecar = client.get(f"/v1/generations/{job_id}/settings").json()
+    assert (sidecar["mode"], sidecar["control_context_scale"]) == ("control", 0.9)
+    assert sidecar["control_path"].endswith(f"{job_id}/control_path.safetensors")  # the upload, stored with the job

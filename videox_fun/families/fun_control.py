@@ -51,6 +51,7 @@ def control_settings(check: Callable[[object, str], None]) -> tuple[Setting, Set
             help="a Fun control file (VideoX-Fun's *-Fun-Controlnet-Union .safetensors) loaded into the control model",
             modes=CONTROL_MODES,
             check=check,
+            kind="file",  # a path: the REST API and the web UI take it as an upload (they take no server paths)
         ),
         Setting(
             "control_context_scale",
