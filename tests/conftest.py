@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from videox_fun.io.video import write_video
+from videox_fun.registry import CACHE_ENV
 
 
 @pytest.fixture(autouse=True)
@@ -43,3 +44,17 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "mask": write_video(mask, folder / "mask.mp4"),
         "control_video": write_video(edges, folder / "control.mp4"),
     }
+
+
+@pytest.fixture(scope="module")
+def builtin_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of built-in tiny models shared by one test module (it builds each model it uses once)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def builtin_cache(builtin_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The built-in models resolved into the module's :func:`builtin_cache_dir` (``CACHE_ENV``) during the test;
+    a module takes it with ``pytestmark = pytest.mark.usefixtures("builtin_cache")``."""
+    monkeypatch.setenv(CACHE_ENV, str(builtin_cache_dir))
+    return builtin_cache_dir

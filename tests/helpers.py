@@ -71,6 +71,17 @@ def seeded_transformer(config: Mapping, seed: int = 0) -> WanTransformer3DModel:
     return WanTransformer3DModel.from_config(config).eval()
 
 
+def meta_model(model_class: type, config: Mapping) -> torch.nn.Module:
+    """A model of ``config`` built on the meta device (no memory): released-size counts and shapes."""
+    with torch.device("meta"):
+        return model_class.from_model_config(config)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """How many parameters a model has."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest absolute difference of two tensors, computed in float32."""
     return (a.float() - b.float()).abs().max().item()
@@ -190,6 +201,14 @@ def read_png(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         assert image.format == "PNG"
         return np.asarray(image.convert("RGB"))
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    """uint8 (H, W, 3) pixels as a PNG file."""
+    from PIL import Image
+
+    Image.fromarray(pixels).save(path)
+    return path
 
 
 def read_sidecar(path: Path) -> dict:

@@ -25,16 +25,7 @@ from videox_fun.registry import CACHE_ENV
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--steps", "2", "--height", "32", "--width", "32", "--quiet"]
 MODEL = ["--model", "Flux2-Tiny-Random", *SMALL]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(autouse=True)
-def builtin_cache(cache, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(cache))
+pytestmark = pytest.mark.usefixtures("builtin_cache")
 
 
 def test_generate_writes_a_png_and_its_read_sidecar(tmp_path):
@@ -68,9 +59,9 @@ def test_i2i_and_inpaint_write_pngs(tmp_path):
         )
 
 
-def test_a_bfl_transformer_file_gives_the_folders_image(tmp_path, cache):
+def test_a_bfl_transformer_file_gives_the_folders_image(tmp_path, builtin_cache_dir):
     main(["generate", "--prompt", "x", "--output", str(tmp_path / "folder.png"), *MODEL])
-    weights = cache / "models" / "Flux2-Tiny-Random" / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = builtin_cache_dir / "models" / "Flux2-Tiny-Random" / "transformer" / "diffusion_pytorch_model.safetensors"
     bfl = tmp_path / "flux2-dev-tiny.safetensors"
     save_file({"model.diffusion_model." + k: v for k, v in diffusers_to_bfl(load_file(str(weights))).items()},
               str(bfl))  # fmt: skip
@@ -79,9 +70,9 @@ def test_a_bfl_transformer_file_gives_the_folders_image(tmp_path, cache):
     assert np.array_equal(read_png(out), read_png(tmp_path / "folder.png"))
 
 
-def test_another_familys_vae_is_refused_in_one_line(tmp_path, cache, capsys):
+def test_another_familys_vae_is_refused_in_one_line(tmp_path, builtin_cache_dir, capsys):
     main(["generate", "--prompt", "x", "--output", str(tmp_path / "warm.png"), *MODEL])
-    folder = shutil.copytree(cache / "models" / "Flux2-Tiny-Random", tmp_path / "FLUX.2-Mixed")
+    folder = shutil.copytree(builtin_cache_dir / "models" / "Flux2-Tiny-Random", tmp_path / "FLUX.2-Mixed")
     config = json.loads((folder / "vae" / "config.json").read_text())
     (folder / "vae" / "config.json").write_text(json.dumps({**config, "_class_name": "AutoencoderKL"}))
     args = ["generate", "--prompt", "x", "--model", str(folder), *SMALL, "--output", str(tmp_path / "o.png")]
@@ -100,10 +91,10 @@ def test_a_flux1_bfl_file_is_refused_in_one_line(tmp_path, capsys):
     )
 
 
-def test_the_example_script_writes_a_read_png(tmp_path, cache):
+def test_the_example_script_writes_a_read_png(tmp_path, builtin_cache_dir):
     out = tmp_path / "example.png"
     script = REPO / "examples" / "flux2" / "predict_t2i.py"
-    env = {**os.environ, CACHE_ENV: str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, CACHE_ENV: str(builtin_cache_dir), "OMP_NUM_THREADS": "1"}
     flags = ["--prompt", "a red circle", "--steps", "1", "--height", "32", "--width", "32", "--output", str(out)]
     done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr

@@ -3,7 +3,6 @@ outputs with their sidecars in every mode, a BFL transformer file through --tran
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flux_helpers import diffusers_to_bfl
-from PIL import Image
+from helpers import read_png, read_sidecar, write_png
 from safetensors.torch import load_file, save_file
 
 from videox_fun.cli import main
@@ -20,34 +19,14 @@ from videox_fun.registry import CACHE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--model", "Flux-Tiny-Random", "--steps", "2", "--height", "32", "--width", "32", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(autouse=True)
-def builtin_cache(cache, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(cache))
-
-
-def png(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        return np.asarray(image.convert("RGB"))
-
-
-def write_png(path: Path, array: np.ndarray) -> Path:
-    Image.fromarray(array).save(path)
-    return path
+pytestmark = pytest.mark.usefixtures("builtin_cache")
 
 
 def test_generate_writes_a_png_and_its_sidecar(tmp_path):
     out = tmp_path / "cat.png"
     assert main(["generate", "--prompt", "a red circle", "--output", str(out), *FAST]) == 0
-    assert png(out).shape == (32, 32, 3)
-    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert read_png(out).shape == (32, 32, 3)
+    sidecar = read_sidecar(out)
     assert (sidecar["mode"], sidecar["variant"], sidecar["guidance_scale"]) == ("t2i", "FLUX.1-dev", 3.5)
     assert sidecar["shift"] is None and sidecar["mu"] > 0  # the resolution-dependent shift
 
@@ -70,27 +49,27 @@ def test_i2i_and_inpaint_keep_what_the_mask_keeps(tmp_path):
     ):
         out = tmp_path / f"{mode}.png"
         assert main(["generate", "--prompt", "x", *flags, "--strength", "0.5", "--output", str(out), *FAST]) == 0
-        sidecar = json.loads(out.with_suffix(".json").read_text())
+        sidecar = read_sidecar(out)
         assert (sidecar["mode"], sidecar["strength"], sidecar["image"]) == (mode, 0.5, str(image.resolve()))
-        outputs[mode] = png(out)
+        outputs[mode] = read_png(out)
     assert not np.array_equal(outputs["i2i"], outputs["inpaint"])
 
 
-def test_a_bfl_transformer_file_gives_the_folders_image(tmp_path, cache):
+def test_a_bfl_transformer_file_gives_the_folders_image(tmp_path, builtin_cache_dir):
     main(["generate", "--prompt", "x", "--output", str(tmp_path / "folder.png"), *FAST])
-    weights = cache / "models" / "Flux-Tiny-Random" / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = builtin_cache_dir / "models" / "Flux-Tiny-Random" / "transformer" / "diffusion_pytorch_model.safetensors"
     bfl = tmp_path / "flux1-tiny.safetensors"
     save_file({"model.diffusion_model." + k: v for k, v in diffusers_to_bfl(load_file(str(weights))).items()}, str(bfl))
     out = tmp_path / "bfl.png"
     assert main(["generate", "--prompt", "x", "--transformer-path", str(bfl), "--output", str(out), *FAST]) == 0
-    assert np.abs(png(out).astype(int) - png(tmp_path / "folder.png").astype(int)).max() <= 1
+    assert np.abs(read_png(out).astype(int) - read_png(tmp_path / "folder.png").astype(int)).max() <= 1
 
 
 def test_schnell_runs_without_guidance(tmp_path):
     out = tmp_path / "schnell.png"
     flags = [*FAST[2:], "--model", "Flux-Schnell-Tiny-Random"]
     assert main(["generate", "--prompt", "x", "--output", str(out), *flags]) == 0
-    sidecar = json.loads(out.with_suffix(".json").read_text())
+    sidecar = read_sidecar(out)
     assert (sidecar["variant"], sidecar["guidance_scale"], sidecar["steps"]) == ("FLUX.1-schnell", 0.0, 2)
 
 
@@ -110,14 +89,14 @@ def test_bad_requests_fail_in_one_line(tmp_path, capsys, flags, message):
     assert not (tmp_path / "o.png").exists()
 
 
-def test_the_example_script_writes_a_png(tmp_path, cache):
+def test_the_example_script_writes_a_png(tmp_path, builtin_cache_dir):
     out = tmp_path / "example.png"
     script = REPO / "examples" / "flux" / "predict_t2i.py"
-    env = {**os.environ, CACHE_ENV: str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, CACHE_ENV: str(builtin_cache_dir), "OMP_NUM_THREADS": "1"}
     flags = ["--prompt", "a red circle", "--steps", "1", "--height", "32", "--width", "32", "--output", str(out)]
     done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    assert png(out).shape == (32, 32, 3) and json.loads(out.with_suffix(".json").read_text())["mode"] == "t2i"
+    assert read_png(out).shape == (32, 32, 3) and read_sidecar(out)["mode"] == "t2i"
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import read_png, read_sidecar, write_png
 from qwenimage_helpers import random_image
 
 from videox_fun.cli import main
@@ -22,38 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--quiet"]
 T2I = ["--model", "Qwen-Image-Tiny-Random", "--height", "32", "--width", "32", *FAST]
 EDIT = ["--model", "Qwen-Image-Edit-Tiny-Random", *FAST]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(autouse=True)
-def builtin_cache(cache, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(cache))
-
-
-def png(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        return np.asarray(image.convert("RGB"))
-
-
-def write_png(path: Path, array: np.ndarray) -> Path:
-    Image.fromarray(array).save(path)
-    return path
-
-
-def sidecar(out: Path) -> dict:
-    return json.loads(out.with_suffix(".json").read_text())
+pytestmark = pytest.mark.usefixtures("builtin_cache")
 
 
 def test_generate_writes_a_png_and_its_sidecar(tmp_path):
     out = tmp_path / "circle.png"
     assert main(["generate", "--prompt", "a red circle", "--output", str(out), *T2I]) == 0
-    assert png(out).shape == (32, 32, 3)
-    record = sidecar(out)
+    assert read_png(out).shape == (32, 32, 3)
+    record = read_sidecar(out)
     assert (record["mode"], record["variant"], record["guidance_scale"]) == ("t2i", "Qwen-Image", 4.0)
     assert record["negative_prompt"] == " " and record["shift"] is None and record["mu"] > 0
 
@@ -68,8 +44,8 @@ def test_i2i_and_inpaint_write_pngs(tmp_path):
                         ("inpaint", ["--image", str(image), "--mask", str(mask_path)])):  # fmt: skip
         out = tmp_path / f"{mode}.png"
         assert main(["generate", "--prompt", "x", *flags, "--strength", "0.5", "--output", str(out), *T2I]) == 0
-        assert (sidecar(out)["mode"], sidecar(out)["strength"]) == (mode, 0.5)
-        outputs[mode] = png(out)
+        assert (read_sidecar(out)["mode"], read_sidecar(out)["strength"]) == (mode, 0.5)
+        outputs[mode] = read_png(out)
     assert not np.array_equal(outputs["i2i"], outputs["inpaint"])
 
 
@@ -78,8 +54,8 @@ def test_edit_takes_the_images_aspect_ratio(tmp_path):
     out = tmp_path / "edit.png"
     assert main(["generate", "--prompt", "make it blue", "--image", str(image), "--output", str(out), *EDIT]) == 0
     # 64 x 64 pixels' area (the tiny default) at 80:48, rounded to 32 as diffusers' calculate_dimensions
-    assert png(out).shape == (64, 96, 3)
-    assert (sidecar(out)["mode"], sidecar(out)["variant"]) == ("edit", "Qwen-Image-Edit")
+    assert read_png(out).shape == (64, 96, 3)
+    assert (read_sidecar(out)["mode"], read_sidecar(out)["variant"]) == ("edit", "Qwen-Image-Edit")
 
 
 def test_one_step_is_refused_in_one_line(tmp_path, capsys):
@@ -97,10 +73,10 @@ def test_an_edit_model_without_an_image_fails_in_one_line(tmp_path, capsys):
     assert err == "error: mode 'edit' needs --image" and not out.exists()
 
 
-def test_another_familys_vae_fails_in_one_line(tmp_path, capsys, cache):
+def test_another_familys_vae_fails_in_one_line(tmp_path, capsys, builtin_cache_dir):
     main(["generate", "--prompt", "x", "--output", str(tmp_path / "warm.png"), *T2I])  # builds the folder
     capsys.readouterr()  # what the warm-up run printed
-    folder = Path(shutil.copytree(cache / "models" / "Qwen-Image-Tiny-Random", tmp_path / "mixed"))
+    folder = Path(shutil.copytree(builtin_cache_dir / "models" / "Qwen-Image-Tiny-Random", tmp_path / "mixed"))
     shutil.rmtree(folder / "vae")
     flux_vae = {"_class_name": "AutoencoderKL", "latent_channels": 16}
     (folder / "vae").mkdir()
@@ -115,20 +91,20 @@ def test_another_familys_vae_fails_in_one_line(tmp_path, capsys, cache):
     ("predict_t2i.py", ["--height", "32", "--width", "32"], (32, 32, 3)),
     ("predict_edit.py", ["--image", "IMAGE"], (64, 64, 3)),
 ])  # fmt: skip
-def test_the_example_scripts_write_pngs(tmp_path, cache, script, flags, shape):
+def test_the_example_scripts_write_pngs(tmp_path, builtin_cache_dir, script, flags, shape):
     image = write_png(tmp_path / "in.png", random_image(64))
     out = tmp_path / "example.png"
-    env = {**os.environ, CACHE_ENV: str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, CACHE_ENV: str(builtin_cache_dir), "OMP_NUM_THREADS": "1"}
     flags = [str(image) if flag == "IMAGE" else flag for flag in flags]
     command = [sys.executable, str(REPO / "examples" / "qwenimage" / script), "--prompt", "a red circle",
                "--steps", "2", "--output", str(out), *flags]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    assert png(out).shape == shape
+    assert read_png(out).shape == shape
 
 
-def test_the_edit_example_without_an_image_fails_in_one_line(tmp_path, cache):
-    env = {**os.environ, CACHE_ENV: str(cache), "OMP_NUM_THREADS": "1"}
+def test_the_edit_example_without_an_image_fails_in_one_line(tmp_path, builtin_cache_dir):
+    env = {**os.environ, CACHE_ENV: str(builtin_cache_dir), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "examples" / "qwenimage" / "predict_edit.py"), "--prompt", "x",
                "--output", str(tmp_path / "o.png")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)

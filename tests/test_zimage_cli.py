@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line_refusal, read_png, read_sidecar
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from zimage_helpers import diffusers_to_original
@@ -26,33 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--steps", "2", "--height", "32", "--width", "32", "--quiet"]
 BASE = ["--model", "Z-Image-Tiny-Random", *SMALL]
 TURBO = ["--model", "Z-Image-Turbo-Tiny-Random", *SMALL]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(autouse=True)
-def builtin_cache(cache, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(cache))
-
-
-def png(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        return np.asarray(image.convert("RGB"))
-
-
-def sidecar(path: Path) -> dict:
-    return json.loads(path.with_suffix(".json").read_text())
+pytestmark = pytest.mark.usefixtures("builtin_cache")
 
 
 def test_generate_writes_a_png_and_its_sidecar(tmp_path):
     out = tmp_path / "circle.png"
     assert main(["generate", "--prompt", "a red circle", "--output", str(out), *BASE]) == 0
-    assert png(out).shape == (32, 32, 3)
-    record = sidecar(out)
+    assert read_png(out).shape == (32, 32, 3)
+    record = read_sidecar(out)
     assert (record["mode"], record["variant"], record["guidance_scale"]) == ("t2i", "Z-Image", 4.0)
     assert record["negative_prompt"] == "" and record["shift"] is None
 
@@ -60,7 +42,7 @@ def test_generate_writes_a_png_and_its_sidecar(tmp_path):
 def test_turbo_runs_without_guidance(tmp_path):
     out = tmp_path / "turbo.png"
     assert main(["generate", "--prompt", "a red circle", "--output", str(out), *TURBO]) == 0
-    record = sidecar(out)
+    record = read_sidecar(out)
     assert (record["variant"], record["guidance_scale"], record["steps"]) == ("Z-Image-Turbo", 0.0, 2)
 
 
@@ -74,48 +56,55 @@ def test_i2i_and_inpaint_write_pngs(tmp_path):
         out = tmp_path / f"{mode}.png"
         args = ["generate", "--prompt", "x", "--image", str(image), *flags, "--strength", "0.5", "--output", str(out)]
         assert main([*args, *TURBO]) == 0
-        assert (sidecar(out)["mode"], sidecar(out)["strength"], png(out).shape) == (mode, 0.5, (32, 32, 3))
+        assert (read_sidecar(out)["mode"], read_sidecar(out)["strength"], read_png(out).shape) == (
+            mode,
+            0.5,
+            (32, 32, 3),
+        )
 
 
-def test_an_original_layout_transformer_file_gives_the_folders_image(tmp_path, cache):
+def test_an_original_layout_transformer_file_gives_the_folders_image(tmp_path, builtin_cache_dir):
     main(["generate", "--prompt", "x", "--output", str(tmp_path / "folder.png"), *TURBO])
-    weights = cache / "models" / "Z-Image-Turbo-Tiny-Random" / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = (
+        builtin_cache_dir
+        / "models"
+        / "Z-Image-Turbo-Tiny-Random"
+        / "transformer"
+        / "diffusion_pytorch_model.safetensors"
+    )
     original = tmp_path / "z_image_turbo_tiny.safetensors"
     save_file({"model.diffusion_model." + k: v for k, v in diffusers_to_original(load_file(str(weights))).items()},
               str(original))  # fmt: skip
     out = tmp_path / "original.png"
     assert main(["generate", "--prompt", "x", "--transformer-path", str(original), "--output", str(out), *TURBO]) == 0
-    assert np.abs(png(out).astype(int) - png(tmp_path / "folder.png").astype(int)).max() <= 1
+    assert np.abs(read_png(out).astype(int) - read_png(tmp_path / "folder.png").astype(int)).max() <= 1
 
 
-def one_line_refusal(capsys, args: list[str], message: str) -> None:
-    capsys.readouterr()  # drop what building the built-in model printed
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1, err
-
-
-def test_another_familys_vae_is_refused_in_one_line(tmp_path, cache, capsys):
+def test_another_familys_vae_is_refused_in_one_line(tmp_path, builtin_cache_dir, capsys):
     main(["generate", "--prompt", "x", "--output", str(tmp_path / "warm.png"), *TURBO])
-    folder = shutil.copytree(cache / "models" / "Z-Image-Turbo-Tiny-Random", tmp_path / "Z-Image-Turbo-Mixed")
+    folder = shutil.copytree(
+        builtin_cache_dir / "models" / "Z-Image-Turbo-Tiny-Random", tmp_path / "Z-Image-Turbo-Mixed"
+    )
     config = json.loads((folder / "vae" / "config.json").read_text())
     (folder / "vae" / "config.json").write_text(json.dumps({**config, "_class_name": "AutoencoderKLWan"}))
     args = ["generate", "--prompt", "x", "--model", str(folder), *SMALL, "--output", str(tmp_path / "o.png")]
-    one_line_refusal(capsys, args, "the transformer is a ZImageTransformer2DModel but the VAE is a AutoencoderKLWan")
+    assert_one_line_refusal(
+        main, capsys, args, "the transformer is a ZImageTransformer2DModel but the VAE is a AutoencoderKLWan"
+    )
 
 
 def test_another_models_transformer_file_is_refused_in_one_line(tmp_path, capsys):
     flux = tmp_path / "flux1-dev.safetensors"
     save_file({"double_blocks.0.img_mod.lin.weight": torch.zeros(2, 2)}, str(flux))
     args = ["generate", "--prompt", "x", "--transformer-path", str(flux), "--output", str(tmp_path / "o.png")]
-    one_line_refusal(capsys, [*args, *TURBO], "not a Z-Image transformer (no cap_embedder.1.weight")
+    assert_one_line_refusal(main, capsys, [*args, *TURBO], "not a Z-Image transformer (no cap_embedder.1.weight")
 
 
-def test_the_example_script_writes_a_png(tmp_path, cache):
+def test_the_example_script_writes_a_png(tmp_path, builtin_cache_dir):
     out = tmp_path / "example.png"
     script = REPO / "examples" / "z_image" / "predict_t2i.py"
-    env = {**os.environ, CACHE_ENV: str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, CACHE_ENV: str(builtin_cache_dir), "OMP_NUM_THREADS": "1"}
     flags = ["--prompt", "a red circle", "--steps", "1", "--height", "32", "--width", "32", "--output", str(out)]
     done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    assert png(out).shape == (32, 32, 3) and sidecar(out)["variant"] == "Z-Image-Turbo"
+    assert read_png(out).shape == (32, 32, 3) and read_sidecar(out)["variant"] == "Z-Image-Turbo"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from flux_helpers import diffusers_to_bfl
+from helpers import meta_model, parameter_count
 from safetensors.torch import load_file, save_file
 
 from videox_fun.models.flux.tiny import build_tiny_flux_folder
@@ -25,27 +26,22 @@ def released_config(variant: str) -> dict:
             "guidance_embeds": variant == "dev", "axes_dims_rope": (16, 56, 56)}  # fmt: skip
 
 
-def meta_model(config: dict) -> FluxTransformer:
-    with torch.device("meta"):
-        return FluxTransformer.from_model_config(config)
-
-
 @pytest.mark.parametrize("variant", ["dev", "schnell"])
 def test_released_parameter_counts_on_the_meta_device(variant):
-    model = meta_model(released_config(variant))
-    assert sum(p.numel() for p in model.parameters()) == RELEASED[variant]
+    model = meta_model(FluxTransformer, released_config(variant))
+    assert parameter_count(model) == RELEASED[variant]
 
 
 @pytest.mark.parametrize("variant", ["dev", "schnell"])
 def test_a_released_size_bfl_state_converts_to_the_released_model(variant):
     """On the meta device (no memory): the BFL keys of the released model go through diffusers' converter
     unpadded, and their shapes give back the released config and count."""
-    expected = meta_model(released_config(variant)).state_dict()
+    expected = meta_model(FluxTransformer, released_config(variant)).state_dict()
     converted = bfl_to_diffusers({"model.diffusion_model." + k: v for k, v in diffusers_to_bfl(expected).items()})
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in expected.items()}
     config = config_from_state(converted)
     assert config["guidance_embeds"] == (variant == "dev") and tuple(config["axes_dims_rope"]) == (16, 56, 56)
-    assert sum(p.numel() for p in meta_model(config).parameters()) == RELEASED[variant]
+    assert parameter_count(meta_model(FluxTransformer, config)) == RELEASED[variant]
 
 
 @pytest.fixture(scope="module")

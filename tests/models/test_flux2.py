@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from flux2_helpers import diffusers_to_bfl
+from helpers import meta_model, parameter_count
 from safetensors.torch import load_file, save_file
 
 from videox_fun.models.flux2.text_encoder import Flux2TextEncoder
@@ -27,23 +28,14 @@ RELEASED_CONFIG = {"patch_size": 1, "in_channels": 128, "num_layers": 8, "num_si
                    "rope_theta": 2000, "eps": 1e-6, "guidance_embeds": True}  # fmt: skip
 
 
-def meta_model(config: dict) -> Flux2Transformer:
-    with torch.device("meta"):
-        return Flux2Transformer.from_model_config(config)
-
-
-def count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def test_released_parameter_count_on_the_meta_device():
-    assert count(meta_model(RELEASED_CONFIG)) == RELEASED_COUNT
+    assert parameter_count(meta_model(Flux2Transformer, RELEASED_CONFIG)) == RELEASED_COUNT
 
 
 def test_a_released_size_bfl_state_converts_to_the_released_model():
     """On the meta device: BFL keys of the released model go through diffusers' converter, and their shapes give
     back the released config and count."""
-    expected = meta_model(RELEASED_CONFIG).state_dict()
+    expected = meta_model(Flux2Transformer, RELEASED_CONFIG).state_dict()
     bfl = {"model.diffusion_model." + k: v for k, v in diffusers_to_bfl(expected).items()}
     bfl_names = {k.removeprefix("model.diffusion_model.") for k in bfl}
     assert {"img_in.weight", "txt_in.weight", "time_in.in_layer.weight", "guidance_in.out_layer.weight",
@@ -53,7 +45,7 @@ def test_a_released_size_bfl_state_converts_to_the_released_model():
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in expected.items()}
     config = config_from_state(converted)
     assert {k: config[k] for k in RELEASED_CONFIG} == {**RELEASED_CONFIG, "axes_dims_rope": (32, 32, 32, 32)}
-    assert count(meta_model(config)) == RELEASED_COUNT
+    assert parameter_count(meta_model(Flux2Transformer, config)) == RELEASED_COUNT
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import meta_model, parameter_count
 from safetensors.torch import load_file, save_file
 
 from videox_fun.families import recognise
@@ -28,9 +29,8 @@ RELEASED_CONFIG = {"patch_size": 2, "in_channels": 64, "out_channels": 16, "num_
 
 
 def test_released_parameter_count_on_the_meta_device():
-    with torch.device("meta"):
-        model = QwenImageTransformer.from_model_config(RELEASED_CONFIG)
-    assert sum(p.numel() for p in model.parameters()) == RELEASED_COUNT
+    model = meta_model(QwenImageTransformer, RELEASED_CONFIG)
+    assert parameter_count(model) == RELEASED_COUNT
 
 
 def test_the_tiny_tokenizer_drops_the_release_template_prefixes():

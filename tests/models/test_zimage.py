@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import meta_model, parameter_count
 from safetensors.torch import load_file, save_file
 from zimage_helpers import diffusers_to_original
 
@@ -23,23 +24,14 @@ RELEASED_CONFIG = {"all_patch_size": [2], "all_f_patch_size": [1], "in_channels"
                    "axes_lens": [1536, 512, 512]}  # fmt: skip
 
 
-def meta_model(config: dict) -> ZImageTransformer:
-    with torch.device("meta"):
-        return ZImageTransformer.from_model_config(config)
-
-
-def count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def test_released_parameter_count_on_the_meta_device():
-    assert count(meta_model(RELEASED_CONFIG)) == RELEASED_COUNT
+    assert parameter_count(meta_model(ZImageTransformer, RELEASED_CONFIG)) == RELEASED_COUNT
 
 
 def test_a_released_size_original_state_converts_to_the_released_model():
     """On the meta device: the original keys of the released model go through diffusers' converter, and their
     shapes give back the released config and count."""
-    expected = meta_model(RELEASED_CONFIG).state_dict()
+    expected = meta_model(ZImageTransformer, RELEASED_CONFIG).state_dict()
     original = {"model.diffusion_model." + k: v for k, v in diffusers_to_original(expected).items()}
     converted = original_to_diffusers(original)
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in expected.items()}
@@ -47,7 +39,7 @@ def test_a_released_size_original_state_converts_to_the_released_model():
     assert {k: config[k] for k in RELEASED_CONFIG if k in config} == {
         k: v for k, v in RELEASED_CONFIG.items() if k in config
     }
-    assert count(meta_model(config)) == RELEASED_COUNT
+    assert parameter_count(meta_model(ZImageTransformer, config)) == RELEASED_COUNT
 
 
 @pytest.fixture(scope="module")
