@@ -16,12 +16,14 @@ from videox_fun.toyworld.report_distill import evaluations_per_video, plot_sweep
 
 
 @pytest.mark.slow
-def test_train_distill_writes_a_student_that_generate_samples_in_four_steps(tmp_path: Path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_train_distill_writes_a_student_that_generate_samples_in_four_steps(tmp_path: Path, lora: bool):
     data = tmp_path / "data"
     write_dataset(data, 8, seed=0, progress=False)
-    recipe = DistillRecipe(steps=2, batch=2, clips=8, generator_update_ratio=1)
+    recipe = DistillRecipe(steps=2, batch=2, clips=8, generator_update_ratio=1, use_lora=lora, rank=4)
     folder = train_distill(tmp_path / "out", data, "Wan2.1-Fun-Tiny-InP", recipe)
     assert folder.name == "Wan2.1-Fun-Tiny-InP-Distill"
+    assert (folder / "lora.safetensors").is_file() == lora  # a LoRA student: merged, and its file kept
     record = json.loads((folder / "recipe.json").read_text())
     assert record["teacher"] == "Wan2.1-Fun-Tiny-InP" and record["final_generator_loss"] is not None
 

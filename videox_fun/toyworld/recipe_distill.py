@@ -13,11 +13,15 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..io.files import reset_tree_modes
 from ..models.wan.tiny import write_folder_config
 from ..models.wan.transformer import WanTransformer3DModel
 from .recipe import DEFAULTS, MODELS, Recipe, train_on_cache
+
+if TYPE_CHECKING:
+    from ..training.trainer import TrainResult
 
 TEACHER = "Wan2.1-Fun-Tiny-InP"
 SUFFIX = "-Distill"
@@ -36,6 +40,9 @@ class DistillRecipe:
     clips: int = 1200
     generator_update_ratio: int = 5
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    # A LoRA student (merged into the teacher's weights in the folder; the LoRA file is kept beside them).
+    use_lora: bool = False
+    rank: int = 32
 
 
 def student_folder(out: Path, teacher: Path) -> Path:
@@ -49,6 +56,20 @@ def student_folder(out: Path, teacher: Path) -> Path:
         folder, STUDENT_DEFAULTS, f"the 4-step DMD student of {teacher.name} (videox-fun toyworld train-distill)"
     )
     return folder
+
+
+def save_student(folder: Path, teacher: Path, result: TrainResult) -> None:
+    """The trained student's weights into its folder: the full transformer, or the teacher's with the LoRA merged
+    (the LoRA file kept beside them, for ``--lora-path`` on the teacher)."""
+    if result.lora_path is None:
+        WanTransformer3DModel.from_pretrained(result.transformer_dir).save_original(folder)
+        return
+    from ..models.lora import merge_lora
+
+    transformer = WanTransformer3DModel.from_pretrained(teacher)
+    merge_lora(transformer, result.lora_path)
+    transformer.save_original(folder)
+    shutil.copy(result.lora_path, folder / "lora.safetensors")
 
 
 def train_distill(
@@ -75,9 +96,10 @@ def train_distill(
         out, folder, data, steps, mode,
         distill=True, text_drop_ratio=0.0, lr_warmup_steps=0, lr_scheduler="constant",
         critic_learning_rate=recipe.critic_learning_rate, generator_update_ratio=recipe.generator_update_ratio,
-        denoising_step_list=list(recipe.denoising_steps), **extra,
+        denoising_step_list=list(recipe.denoising_steps), use_lora=recipe.use_lora, rank=recipe.rank,
+        network_alpha=float(recipe.rank), **extra,
     )  # fmt: skip
-    WanTransformer3DModel.from_pretrained(result.transformer_dir).save_original(folder)
+    save_student(folder, teacher_folder, result)
     generator_losses = list(result.generator_losses.values())
     record = {
         "recipe": asdict(recipe),
