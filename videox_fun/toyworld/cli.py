@@ -208,6 +208,59 @@ def _run_train_all_cogvideox(args: argparse.Namespace) -> dict:
     return train_all(args.out, recipe, vae=args.vae, until=args.until)
 
 
+def run_train_image(args: argparse.Namespace) -> dict:
+    """The tiny image model's recipe (recipe_image.py): stills, the FLUX.1 VAE, a Z-Image transformer."""
+    from .recipe_image import MODEL, ImageRecipe, train_image
+
+    recipe = ImageRecipe.smoke(args.seed) if args.smoke else ImageRecipe(seed=args.seed)
+    if args.steps is not None:
+        recipe.model_steps = {MODEL: args.steps}
+    record = train_image(args.out, recipe, vae=args.vae, until=args.until)
+    print(json.dumps(record["timings_s"]))
+    return record
+
+
+def run_image_report(args: argparse.Namespace) -> dict:
+    """t2i colour / shape of a toy-world image model, seen vs held-out, and its VAE; print the summary."""
+    from .report_image import run_image_report as report_image
+
+    report = report_image(args.out, args.model, args.repeats, args.transformer_path, args.steps,
+                          args.guidance_scale, progress=not args.quiet)  # fmt: skip
+    print(json.dumps({section: report[section] for section in ("vae", "t2i")}, indent=2))
+    return report
+
+
+def _add_image_commands(actions: argparse._SubParsersAction) -> None:
+    """``toyworld train-image`` and ``toyworld report-image``."""
+    defaults = DefaultsHelpFormatter
+    train = actions.add_parser(
+        "train-image",
+        help="train the tiny toy-world image model (Z-Image): stills, VAE, transformer; resumes",
+        formatter_class=defaults,
+    )
+    train.add_argument("out", type=Path, help="working folder; the model folder Z-Image-Toy-Tiny appears inside it")
+    train.add_argument("--vae", type=Path, help="use this trained AutoencoderKL folder instead of training one")
+    train.add_argument("--steps", type=int, help="transformer training steps (default: the recipe's)")
+    train.add_argument("--seed", type=int, default=0, help="seed of data, weights and training")
+    train.add_argument("--smoke", action="store_true", help="every stage on 8 images for one or two steps")
+    train.add_argument("--until", choices=("data", "vae", "all"), default="all",
+                       help="stop after this stage (rerun without it to continue)")  # fmt: skip
+    train.set_defaults(handler=run_train_image)
+
+    report = actions.add_parser(
+        "report-image", help="measure a toy-world image model: t2i colour / shape, seen vs held-out",
+        formatter_class=defaults,
+    )  # fmt: skip
+    report.add_argument("out", type=Path, help="folder for the images and report_image.json")
+    report.add_argument("--model", required=True, help="the image model (folder or name)")
+    report.add_argument("--repeats", type=int, default=8, help="images per colour x shape pair")
+    report.add_argument("--transformer-path", type=Path, help="other transformer weights, e.g. a checkpoint's file")
+    report.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    report.add_argument("--guidance-scale", type=float, help="guidance (default: the model's)")
+    report.add_argument("--quiet", action="store_true", help="no progress bars")
+    report.set_defaults(handler=run_image_report)
+
+
 def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     toy = commands.add_parser("toyworld", help="the synthetic world of the tiny models: render, datasets, prompts")
     actions = toy.add_subparsers(dest="toyworld_command", required=True)
@@ -347,6 +400,7 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     report_vace.add_argument("--repeats", type=int, default=2, help="videos per combination and task")
     report_vace.add_argument("--quiet", action="store_true", help="no progress bars")
     report_vace.set_defaults(handler=run_vace_report)
+    _add_image_commands(actions)
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:

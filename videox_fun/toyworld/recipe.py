@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,6 +231,34 @@ def finished_vae(out: Path, trained: Path, data: Path, name: str = "vae") -> Pat
     return final
 
 
+STAGES = ("data", "vae", "all")
+
+
+def data_and_vae(
+    out: Path,
+    record: dict,
+    write: Callable[[Path], Path],
+    train_vae: Callable[[Path], Path],
+    vae_name: str,
+    vae: str | Path | None = None,
+    until: str = "all",
+) -> tuple[Path, Path | None]:
+    """A recipe's first stages, timed into ``record["timings_s"]``: its data (``write(out)``), then, unless ``until``
+    is "data", its VAE (``train_vae(data)``, or the trained ``vae`` folder given) finished as ``OUT/vae_name``
+    (:func:`finished_vae`). Returns the data folder and the VAE folder (None when ``until`` is "data")."""
+    if until not in STAGES:
+        raise ValueError(f"until must be one of {STAGES}, not {until!r}")
+    started = time.perf_counter()
+    data = write(out)
+    record["timings_s"]["data"] = time.perf_counter() - started
+    if until == "data":
+        return data, None
+    vae_dir = finished_vae(out, Path(vae) if vae else train_vae(data), data, name=vae_name)
+    record["vae"] = str(vae_dir)
+    record["timings_s"]["vae"] = time.perf_counter() - started
+    return data, vae_dir
+
+
 def text_encoder(seed: int) -> WanTextEncoder:
     """A frozen small UMT5 over the world's vocabulary (seeded random weights: it only has to tell words apart)."""
     torch.manual_seed(seed)
@@ -276,7 +305,9 @@ def train_on_cache(out: Path, folder: Path, data: Path, recipe: Recipe, mode: st
     """The latent cache of ``folder``'s model (built once), then the normal trainer on it in ``OUT/runs/NAME``.
 
     Any family's folder: the trainer picks the family's spec from the folder. ``settings``: more
-    training settings (e.g. ``trainable_modules``), or other values of these. Returns the trainer's result.
+    training settings (e.g. ``trainable_modules``), or other values of these; with
+    ``use_cached_latents=False`` no cache is built and the trainer reads the files (the image
+    families offer no cache). Returns the trainer's result.
     """
     from ..training.cache import build_cache
     from ..training.config import TrainConfig
@@ -310,7 +341,7 @@ def train_on_cache(out: Path, folder: Path, data: Path, recipe: Recipe, mode: st
         text_drop_ratio=0.1,
     )
     config = TrainConfig(**{**values, **settings})
-    if not (config.resolved_cache_dir / "index.json").is_file():
+    if config.use_cached_latents and not (config.resolved_cache_dir / "index.json").is_file():
         build_cache(config)
     return train(config)
 

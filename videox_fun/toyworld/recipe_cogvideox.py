@@ -24,7 +24,7 @@ import torch
 
 from ..config import FOLDER_CONFIG_NAME, GenerationDefaults
 from ..io.files import atomic_dir, reset_tree_modes
-from .recipe import Recipe, calibrate, finished_vae, train_on_cache, train_toy_vae, write_data
+from .recipe import Recipe, calibrate, data_and_vae, train_on_cache, train_toy_vae, write_data
 from .world import vocabulary
 
 if TYPE_CHECKING:
@@ -116,29 +116,20 @@ def train_cogvideox_vae(out: Path, data: Path, recipe: CogVideoXRecipe) -> Path:
     return train_toy_vae(out, data, recipe, vae_class=FAMILY, vae_config=recipe.vae_config, prefix=PREFIX)
 
 
-STAGES = ("data", "vae", "all")
-
-
 def train_all(
     out: str | Path, recipe: CogVideoXRecipe | None = None, vae: str | Path | None = None, until: str = "all"
 ) -> dict:
     """Every stage (or those up to ``until``: "data", "vae"); returns (and writes) the recipe record."""
-    if until not in STAGES:
-        raise ValueError(f"until must be one of {STAGES}, not {until!r}")
     recipe = recipe or CogVideoXRecipe()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record: dict = {"family": FAMILY, "recipe": asdict(recipe), "timings_s": {}}
     started = time.perf_counter()
-    data = write_data(out, recipe)
-    record["timings_s"]["data"] = time.perf_counter() - started
-    if until == "data":
-        return record
-    trained = Path(vae) if vae else train_cogvideox_vae(out, data, recipe)
-    vae_dir = finished_vae(out, trained, data, name=f"{PREFIX}vae")
-    record["vae"] = str(vae_dir)
-    record["timings_s"]["vae"] = time.perf_counter() - started
-    if until == "vae":
+    data, vae_dir = data_and_vae(
+        out, record, lambda folder: write_data(folder, recipe), lambda data: train_cogvideox_vae(out, data, recipe),
+        f"{PREFIX}vae", vae, until,
+    )  # fmt: skip
+    if vae_dir is None or until == "vae":
         return record
     record["transformer"] = TRANSFORMER
     for name in recipe.models:

@@ -1,4 +1,5 @@
-"""Training a video VAE (diffusers ``AutoencoderKLWan`` or ``AutoencoderKLCogVideoX``) on a video dataset, with resume.
+"""Training a VAE (diffusers ``AutoencoderKLWan``, ``AutoencoderKLCogVideoX`` or the image ``AutoencoderKL`` of
+FLUX.1 / Z-Image) on a video or image dataset, with resume.
 
 Used to make the toy world's tiny VAEs; it works for any metadata dataset. What differs between
 the two classes (a fresh model's posterior, the unclamped decode, the decoder side, the latent
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, AutoencoderKLWan
+from diffusers import AutoencoderKL, AutoencoderKLCogVideoX, AutoencoderKLWan
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -33,7 +35,8 @@ class VAETrainConfig:
 
     output_dir: str
     train_data_meta: str
-    # Which VAE: "wan" (AutoencoderKLWan) or "cogvideox" (AutoencoderKLCogVideoX); see VAE_KINDS.
+    # Which VAE: "wan" (AutoencoderKLWan), "cogvideox" (AutoencoderKLCogVideoX) or "flux" (the image
+    # AutoencoderKL of FLUX.1 / Z-Image, trained on images); see VAE_KINDS.
     vae_class: str = "wan"
     vae_config: dict = field(default_factory=dict)
     init_from: str | None = None
@@ -120,7 +123,7 @@ def reconstruction_loss(
     """
     with CPUFastPaths():  # the RMS norms' normalize is ~70x faster this way on a CPU
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
-            posterior = vae.encode(video).latent_dist
+            posterior = kind_of(vae).posterior(vae, video)
         recon = kind_of(vae).decode_unclamped(vae, posterior.sample())
     if frozen_encoder:
         kl_weight = 0.0
@@ -278,6 +281,11 @@ class VAEKind:
         raise NotImplementedError
 
     @staticmethod
+    def posterior(vae: Any, video: torch.Tensor) -> DiagonalGaussianDistribution:
+        """The posterior of a video (B, 3, F, H, W): its latents are (B, z, F', h, w)."""
+        return vae.encode(video).latent_dist
+
+    @staticmethod
     def decode_unclamped(vae: Any, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, z, F', h, w) -> video (B, 3, F, H, W) with a gradient everywhere (no clamp)."""
         raise NotImplementedError
@@ -362,7 +370,56 @@ class CogVideoXVAEKind(VAEKind):
         return {"scaling_factor": round(1.0 / overall_std, 6)}
 
 
-VAE_KINDS: dict[str, type[VAEKind]] = {kind.name: kind for kind in (WanVAEKind, CogVideoXVAEKind)}
+def _frames_as_images(video: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, H, W) -> (B * F, C, H, W): every frame an image of its own."""
+    return video.transpose(1, 2).flatten(0, 1)
+
+
+def _images_as_frames(images: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B * F, C, H, W) -> (B, C, F, H, W), the inverse of :func:`_frames_as_images`."""
+    return images.unflatten(0, (-1, frames)).transpose(1, 2)
+
+
+class FluxVAEKind(VAEKind):
+    """FLUX.1's (and Z-Image's) image ``AutoencoderKL``: every frame is encoded and decoded as an image of its own
+    (image datasets give one-frame clips); the moments come from the encoder's conv_out when there is no quant_conv
+    (the releases have none); latents ``(mu - shift_factor) * scaling_factor``, one shift and one scale."""
+
+    name = "flux"
+    model_class = AutoencoderKL
+
+    @staticmethod
+    def moments_conv(vae: AutoencoderKL) -> tuple[torch.nn.Conv2d, int]:
+        conv = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out
+        return conv, vae.config.latent_channels
+
+    @staticmethod
+    def posterior(vae: AutoencoderKL, video: torch.Tensor) -> DiagonalGaussianDistribution:
+        # The moments laid out as a video's, so sampling and the callers' (B, z, F, h, w) view stay the same. Its
+        # KL then sums over (z, F, h) and averages over w as well: a constant factor on a term weighted 1e-6.
+        moments = vae.encode(_frames_as_images(video)).latent_dist.parameters  # (B * F, 2z, h, w)
+        return DiagonalGaussianDistribution(_images_as_frames(moments, video.shape[2]))
+
+    @staticmethod
+    def decode_unclamped(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
+        return _images_as_frames(vae.decode(_frames_as_images(z)).sample, z.shape[2])  # its decode does not clamp
+
+    @staticmethod
+    def decoder_side(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
+        post = [] if vae.post_quant_conv is None else list(vae.post_quant_conv.parameters())
+        return [*post, *vae.decoder.parameters()]
+
+    @staticmethod
+    def widen(vae: AutoencoderKL, factor: int, generator: torch.Generator) -> AutoencoderKL:
+        raise ValueError("widen_decoder is not supported for AutoencoderKL: train a wider decoder config instead")
+
+    @staticmethod
+    def statistics(mean: torch.Tensor, std: torch.Tensor, overall_std: float) -> dict:
+        # Every channel holds as many values, so the mean over all values is the channels' mean.
+        return {"shift_factor": round(float(mean.mean()), 6), "scaling_factor": round(1.0 / overall_std, 6)}
+
+
+VAE_KINDS: dict[str, type[VAEKind]] = {kind.name: kind for kind in (WanVAEKind, CogVideoXVAEKind, FluxVAEKind)}
 
 
 def vae_kind(name: str) -> type[VAEKind]:
@@ -492,8 +549,9 @@ def fit_latent_statistics(
 
     For a CogVideoX VAE (found from the folder's config) that is one ``scaling_factor``: 1 / the
     std of every latent value (its DiTs take ``mu * scaling_factor``, no shift); the return value
-    then holds ``scaling_factor`` and ``clips``. Wan DiTs expect normalised latents
-    ``(mu - latents_mean) / latents_std`` of about unit
+    then holds ``scaling_factor`` and ``clips``. For FLUX.1's ``AutoencoderKL`` it is the mean of every
+    latent value as ``shift_factor`` and that ``scaling_factor`` (its DiTs take ``(mu - shift) * scale``).
+    Wan DiTs expect normalised latents ``(mu - latents_mean) / latents_std`` of about unit
     variance. A newly trained VAE has its own statistics, not the Wan2.1 ones its config was
     created with, so ``latents_mean`` / ``latents_std`` in ``vae_folder/config.json`` are
     replaced by the measured ones. Returns ``{"latents_mean": [...], "latents_std": [...], "clips": n}``
@@ -519,7 +577,7 @@ def fit_latent_statistics(
             if sample is None:  # an unreadable clip with no usable substitute
                 continue
             video = sample["pixel_values"][None]  # (1, 3, F, H, W)
-            mu = vae.encode(video).latent_dist.mode().double()  # (1, z, F', h, w)
+            mu = kind.posterior(vae, video).mode().double()  # (1, z, F', h, w)
             per_channel = mu.transpose(0, 1).flatten(1)  # (z, N)
             total = per_channel.sum(1) if total is None else total + per_channel.sum(1)
             total_sq = per_channel.pow(2).sum(1) if total_sq is None else total_sq + per_channel.pow(2).sum(1)
