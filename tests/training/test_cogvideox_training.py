@@ -6,6 +6,7 @@ control / LoRA runs that fit a repeated clip, exact resume, outputs that our loa
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -308,3 +309,11 @@ def test_latent_cache_training_and_validation_samples(cog_config, tmp_path):
     result = train(cached)
     assert result.global_step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     assert (Path(cached.output_dir) / "samples" / "step-000002-00.mp4").is_file()
+
+
+def test_a_cogvideox_student_distils_through_the_same_trainer(cog_config):
+    """--distill on a v-prediction family: the rollout's DDIM steps, the critic's v loss, both updated on schedule."""
+    config = cog_config("inp", train_mode="inpaint", distill=True, max_train_steps=4, generator_update_ratio=2)
+    result = train(config)
+    assert sorted(result.generator_losses) == [1, 3] and len(result.losses) == 4
+    assert all(math.isfinite(x) for x in [*result.losses, *result.generator_losses.values()])
