@@ -58,6 +58,10 @@ class FunModels:
     loras_high: tuple[tuple[str, float], ...] = ()  # the high-noise expert's (Wan2.2 A14B; LoadWan2_2Lora)
     step_cache: StepCache | None = None  # set by FunStepCache: overrides the sampler's TeaCache widgets
     compile_cache_size_limit: int | None = None
+    # A Fun control file chosen by a Load*ControlNetInPipeline node (image families): the control samplers pass it
+    # to the library as the ``control_path`` setting. Part of the held pipeline's key, so a control model loaded
+    # for one chain never steers another's run.
+    control_path: str | None = None
 
     @property
     def family(self) -> str:
@@ -197,7 +201,8 @@ def config_file(name: str) -> Path:
 def held_pipeline(models: FunModels) -> LoadedPipeline:
     """The loaded pipeline for ``models``, loading it (and dropping the one held before) when it differs."""
     # The family's repr names the files of a model joined from single files (one folder may hold several).
-    key = (str(models.recognised.folder.resolve()), repr(models.options), repr(models.recognised.family))
+    key = (str(models.recognised.folder.resolve()), repr(models.options), repr(models.recognised.family),
+           str(models.control_path))  # fmt: skip
     if _HELD.key == key and _HELD.loaded is not None:
         return _HELD.loaded
     release_pipeline()

@@ -16,12 +16,22 @@ from typing import Any, ClassVar
 import torch
 
 from videox_fun.api import GenerationRequest
-from videox_fun.families import get_family
 from videox_fun.models.wan import single_files as wan_files
-from videox_fun.runtime.offload import MEMORY_MODES
 from videox_fun.runtime.options import CACHES, DEFAULT_SKIP_START_STEPS, DEFAULT_THRESHOLDS
 
 from . import camera, host, media, single_files
+from .common import (
+    BOOL_CHOICE,
+    CATEGORY,
+    FUN_MODELS,
+    PROMPT,
+    SAMPLER_ALIASES,
+    SEED_MAX,
+    FunLora,
+    family_samplers,
+    memory_modes,
+)
+from .image_nodes import IMAGE_DISPLAY_NAMES, IMAGE_NODES
 from .models import (
     ATTENTION_TYPES,
     COMBINE_MODEL_TYPES,
@@ -40,15 +50,11 @@ from .models import (
 host.register_model_folders()
 host.on_unload_all_models(drop_held_pipeline)  # ComfyUI's "unload models" drops the pack's pipeline too
 
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
-FUN_MODELS = "FunModels"
-PROMPT = "STRING_PROMPT"
 RIFLEX = "RIFLEXT_ARGS"
 CAMERA_POSE = "CameraPose"
 # The chunked loaders' socket types (VideoX-Fun's names).
 TRANSFORMER_MODEL, VAE_MODEL, TEXT_ENCODER_MODEL = "TransformerModel", "VAEModel", "TextEncoderModel"
 TOKENIZER, CLIP_ENCODER_MODEL = "Tokenizer", "ClipEncoderModel"
-BOOL_CHOICE = [False, True]  # VideoX-Fun's boolean widgets are two-value combos; kept so its workflows validate
 # VideoX-Fun's base_resolution choices, with small ones first for the tiny models (64x64 toy world).
 BASE_RESOLUTIONS = [64, 128, 256, 512, 640, 768, 896, 960, 1024]
 # VideoX-Fun's release names per loader (kept in the lists so its workflows validate).
@@ -69,20 +75,6 @@ COGVIDEOX_FUN_RELEASES = (
     *(f"CogVideoX-Fun-V1.1-{size}-{kind}" for kind in ("InP", "Pose", "Control") for size in ("2b", "5b")),
     "CogVideoX-Fun-V1.5-5b-InP",
 )
-# VideoX-Fun's ComfyUI names of samplers that the library names otherwise.
-SAMPLER_ALIASES = {"DDIM": "DDIM_Origin"}
-CATEGORY = "VideoX-Fun"
-
-
-def memory_modes() -> tuple[list[str], dict]:
-    """The GPU_memory_mode widget (the library's modes, VideoX-Fun's names)."""
-    return list(MEMORY_MODES), {"default": "model_cpu_offload"}
-
-
-def family_samplers(family: str) -> list[str]:
-    """A family's samplers by name, plus VideoX-Fun's ComfyUI aliases of them."""
-    names = list(get_family(family).samplers)
-    return names + [alias for alias, name in SAMPLER_ALIASES.items() if name in names]
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,32 +282,9 @@ class CombineWanPipeline:
         return (load_single_file_models(parts, GPU_memory_mode, model_type),)
 
 
-class LoadWanFunLora:
-    """Add a LoRA from ComfyUI's ``loras/`` folder (chainable); merged for each run and taken out after it."""
-
-    MODELS = "funmodels"
-    RETURN_TYPES = (FUN_MODELS,)
-    RETURN_NAMES = ("funmodels",)
-    FUNCTION = "load_lora"
-    CATEGORY = f"{CATEGORY}/Options"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                cls.MODELS: (FUN_MODELS,),
-                "lora_name": (host.lora_names(), {"default": None}),
-                "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
-                # Accepted for VideoX-Fun's workflows: every run restores the weights exactly, cached or not.
-                "lora_cache": (BOOL_CHOICE, {"default": False}),
-            }
-        }
-
-    def load_lora(self, lora_name: str | None, strength_model: float, lora_cache: bool, **models: FunModels) -> tuple:
-        fun_models = models[self.MODELS]
-        if not lora_name:  # an empty loras/ folder: the chain goes on unchanged, as in VideoX-Fun
-            return (fun_models,)
-        return (fun_models.replace(loras=(*fun_models.loras, (host.lora_path(lora_name), strength_model))),)
+class LoadWanFunLora(FunLora):
+    """Add a LoRA to a Wan2.1-Fun model from ComfyUI's ``loras/`` folder (chainable); merged for each run and taken
+    out after it."""
 
 
 class LoadWanLora(LoadWanFunLora):
@@ -936,6 +905,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
         ImageToCanny,
         VideoToCanny,
         FunToyWorldClip,
+        *IMAGE_NODES,
     )
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -969,4 +939,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "CogVideoXFunInpaintSampler": "CogVideoX-Fun Sampler for Image to Video",
     "CogVideoXFunV2VSampler": "CogVideoX-Fun Sampler for Video to Video",
     "FunToyWorldClip": "Fun Toy-World Clip (test media)",
+    **IMAGE_DISPLAY_NAMES,
 }

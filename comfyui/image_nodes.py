@@ -1,0 +1,442 @@
+# ruff: noqa: N802, N803  (ComfyUI's INPUT_TYPES; VideoX-Fun's GPU_memory_mode widget)
+"""The image families' nodes (Z-Image, FLUX.2, Qwen-Image) with VideoX-Fun's node names, sockets, widget order and
+defaults (its ``comfyui/{z_image,flux2,qwenimage}/nodes.py``), thin over :mod:`videox_fun.api` as the video nodes.
+
+A loader recognises a model folder (:func:`~.models.load_fun_models`), ``Load*ControlNetInPipeline`` names a Fun
+control file of ComfyUI's ``model_patches/`` for the chain, and a sampler turns its sockets into one
+:class:`videox_fun.api.GenerationRequest` of one image (the mode its name says) and returns it as a ComfyUI IMAGE
+``[1, H, W, 3]``. Where VideoX-Fun's widgets mean something the library words otherwise, the sampler says so:
+
+* ``shift``: Z-Image's scheduler is static, so the widget is the run's flow shift; FLUX.2's and Qwen-Image's shift
+  with the image size (``use_dynamic_shifting``), which ignores a static shift, so VideoX-Fun's widget changes
+  nothing there and the library's resolution-dependent shift runs (``videox-fun generate`` without ``--shift``).
+* ``mask_image`` is an IMAGE whose white is regenerated, as in VideoX-Fun; ``inpaint_image`` without a mask
+  regenerates everything there (VideoX-Fun's all-white mask): the image is dropped with a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from videox_fun.api import GenerationRequest
+from videox_fun.families import get_family
+
+from . import host, media
+from .common import BOOL_CHOICE, CATEGORY, FUN_MODELS, PROMPT, SEED_MAX, FunLora, family_samplers, memory_modes
+from .models import PRECISIONS, FunModels, StepCache, generate, load_fun_models, model_choices
+
+logger = logging.getLogger("videox_fun.comfyui")
+
+# ComfyUI's folder of model patches, where VideoX-Fun's ControlNetIn nodes read the Fun control files.
+MODEL_PATCHES = "model_patches"
+SUB_TRANSFORMERS = ["transformer", "transformer_2"]  # VideoX-Fun's widget: these families have one transformer
+
+
+# ------------------------------------------------------------------------------------------
+# Loaders
+# ------------------------------------------------------------------------------------------
+
+
+class LoadZImageModel:
+    """Choose a Z-Image / Z-Image-Turbo model (diffusers layout) from ``models/Fun_Models/`` or a built-in tiny one.
+
+    The image loaders differ only in their class attributes: the family, VideoX-Fun's release names and the built-in
+    tiny models' prefix.
+    """
+
+    FAMILY = "zimage"
+    RELEASES: ClassVar[tuple[str, ...]] = ("Z-Image-Turbo", "Z-Image")
+    TINY_PREFIXES: ClassVar[tuple[str, ...]] = ("Z-Image-",)
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("funmodels",)
+    FUNCTION = "loadmodel"
+    CATEGORY = f"{CATEGORY}/Z-Image"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        names = model_choices(cls.RELEASES, cls.TINY_PREFIXES, cls.FAMILY)
+        return {
+            "required": {
+                "model": (names, {"default": names[0]}),
+                "GPU_memory_mode": memory_modes(),
+                "precision": (list(PRECISIONS), {"default": "fp16"}),
+            }
+        }
+
+    def loadmodel(self, GPU_memory_mode: str, model: str, precision: str) -> tuple:
+        return (load_fun_models(model, self.FAMILY, GPU_memory_mode, precision),)
+
+
+class LoadFlux2Model(LoadZImageModel):
+    """Choose a FLUX.2-dev model (diffusers layout) from ``models/Fun_Models/`` or a built-in tiny one."""
+
+    FAMILY = "flux2"
+    RELEASES: ClassVar[tuple[str, ...]] = ("FLUX.2-dev",)
+    TINY_PREFIXES: ClassVar[tuple[str, ...]] = ("Flux2-",)
+    CATEGORY = f"{CATEGORY}/FLUX.2"
+
+
+class LoadQwenImageModel(LoadZImageModel):
+    """Choose a Qwen-Image or Qwen-Image-Edit model (diffusers layout) from ``models/Fun_Models/`` or a built-in tiny
+    one. Qwen-Image-Edit-2509 / 2511 (several edit images) are listed as VideoX-Fun lists them; the library refuses
+    their folders at load, naming what it serves."""
+
+    FAMILY = "qwenimage"
+    RELEASES: ClassVar[tuple[str, ...]] = ("Qwen-Image", "Qwen-Image-2512", "Qwen-Image-Edit", "Qwen-Image-Edit-2509",
+                                           "Qwen-Image-Edit-2511")  # fmt: skip
+    TINY_PREFIXES: ClassVar[tuple[str, ...]] = ("Qwen-Image-",)
+    CATEGORY = f"{CATEGORY}/Qwen-Image"
+
+
+class LoadZImageLora(FunLora):
+    """Add a LoRA to a Z-Image model from ComfyUI's ``loras/`` folder (chainable); merged for each run and taken
+    out after it."""
+
+    CATEGORY = f"{CATEGORY}/Z-Image"
+
+
+class LoadFlux2Lora(FunLora):
+    """Add a LoRA to a FLUX.2 model (chainable), as LoadZImageLora."""
+
+    CATEGORY = f"{CATEGORY}/FLUX.2"
+
+
+class LoadQwenImageLora(FunLora):
+    """Add a LoRA to a Qwen-Image model (chainable), as LoadZImageLora."""
+
+    CATEGORY = f"{CATEGORY}/Qwen-Image"
+
+
+class LoadZImageControlNetInPipeline:
+    """Give a Z-Image model a Fun control file (Z-Image-Turbo-Fun-Controlnet-Union 1.0 / 2.0 / 2.1) from ComfyUI's
+    ``model_patches/`` folder, for ZImageControlSampler.
+
+    The file's release (version, control layers, whether it reads a mask) is read from its header, and a file made
+    for another base model is refused here in one line; the config widget (VideoX-Fun's YAML naming the release) is
+    kept so its workflows load. The control model loads with the pipeline at the first sampler run.
+    """
+
+    FAMILY = "zimage"
+    CONFIGS: ClassVar[tuple[str, ...]] = (
+        "z_image/z_image_control_2.1_lite.yaml",
+        "z_image/z_image_control_2.1.yaml",
+        "z_image/z_image_control_2.0.yaml",
+        "z_image/z_image_control_1.0.yaml",
+    )
+    DEFAULT_CONFIG = "z_image/z_image_control_2.1.yaml"
+    SUB_TRANSFORMER = True  # VideoX-Fun's Z-Image and Qwen-Image nodes have a sub_transformer_name widget
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("funmodels",)
+    FUNCTION = "loadmodel"
+    CATEGORY = f"{CATEGORY}/Z-Image"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        files = host.model_file_names(MODEL_PATCHES)
+        required: dict[str, tuple] = {
+            "config": (list(cls.CONFIGS), {"default": cls.DEFAULT_CONFIG}),
+            "model_name": (files, {"default": files[0] if files else None}),
+        }
+        if cls.SUB_TRANSFORMER:
+            required["sub_transformer_name"] = (SUB_TRANSFORMERS, {"default": "transformer"})
+        required["funmodels"] = (FUN_MODELS,)
+        return {"required": required}
+
+    def loadmodel(self, config: str, model_name: str, funmodels: FunModels,
+                  sub_transformer_name: str = "transformer") -> tuple:  # fmt: skip
+        check_family(type(self).__name__, self.FAMILY, funmodels)
+        if sub_transformer_name != "transformer":
+            raise ValueError(f"sub_transformer_name {sub_transformer_name}: {funmodels.recognised.folder.name} has "
+                             "one transformer; choose transformer")  # fmt: skip
+        path = host.model_file_path(model_name, MODEL_PATCHES)
+        check_control_file(self.FAMILY, path)
+        logger.info("videox_fun: %s: control file %s (its release read from the file; config %s not needed)",
+                    funmodels.recognised.folder.name, path.name, config)  # fmt: skip
+        return (funmodels.replace(control_path=str(path)),)
+
+
+class LoadFlux2ControlNetInPipeline(LoadZImageControlNetInPipeline):
+    """Give a FLUX.2 model a Fun control file (FLUX.2-dev-Fun-Controlnet-Union) from ``model_patches/``, for
+    Flux2ControlSampler (checked as in LoadZImageControlNetInPipeline)."""
+
+    FAMILY = "flux2"
+    CONFIGS: ClassVar[tuple[str, ...]] = ("flux2/flux2_control.yaml",)
+    DEFAULT_CONFIG = "flux2/flux2_control.yaml"
+    SUB_TRANSFORMER = False
+    CATEGORY = f"{CATEGORY}/FLUX.2"
+
+
+class LoadQwenImageControlNetInPipeline(LoadZImageControlNetInPipeline):
+    """Give a Qwen-Image model a Fun control file (Qwen-Image-2512-Fun-Controlnet-Union) from ``model_patches/``,
+    for QwenImageControlSampler (checked as in LoadZImageControlNetInPipeline)."""
+
+    FAMILY = "qwenimage"
+    CONFIGS: ClassVar[tuple[str, ...]] = ("qwenimage/qwenimage_control.yaml",)
+    DEFAULT_CONFIG = "qwenimage/qwenimage_control.yaml"
+    CATEGORY = f"{CATEGORY}/Qwen-Image"
+
+
+def check_family(node: str, family: str, models: FunModels) -> None:
+    """Fail when a node of ``family`` gets another family's model."""
+    if models.family != family:
+        raise ValueError(f"{node} runs {family} models; this one is {models.family}")
+
+
+def check_control_file(family: str, path: Path) -> None:
+    """The family's one-line check of a control file (missing, or made for another base model), from its header."""
+    setting = next(s for s in get_family(family).settings if s.name == "control_path")
+    assert setting.check is not None
+    setting.check(path, "control")
+
+
+# ------------------------------------------------------------------------------------------
+# Samplers
+# ------------------------------------------------------------------------------------------
+
+
+class ZImageT2ISampler:
+    """Z-Image text to image (one image); Turbo runs without guidance (cfg 0), as VideoX-Fun's default.
+
+    The image samplers share this class and differ in their class attributes: the family, VideoX-Fun's widget
+    defaults, which widgets they have, the mode and the optional IMAGE sockets.
+    """
+
+    FAMILY = "zimage"
+    MODE = "t2i"  # the control samplers choose control / control_inpaint from the sockets given
+    NEGATIVE_PROMPT = True
+    DEFAULT_SIZE = (1184, 1568)  # (height, width)
+    MAX_SIDE = 20480
+    DEFAULT_STEPS = 8
+    CFG: ClassVar[dict] = {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.01}
+    SHIFT: ClassVar[tuple] = ("INT", {"default": 3, "min": 1, "max": 100, "step": 1})
+    STATIC_SHIFT = True  # the shift widget is the run's (False: VideoX-Fun's dynamic-shift scheduler ignores it)
+    TEACACHE_THRESHOLD: ClassVar[float | None] = None  # the Qwen-Image samplers' TeaCache widgets' default
+    CONTROL_CONTEXT_SCALE: ClassVar[float | None] = None  # the control samplers' widget default
+    # Optional IMAGE sockets -> the library's input name (None: a socket the library does not serve, refused).
+    MEDIA: ClassVar[dict[str, str | None]] = {}
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "process"
+    CATEGORY = f"{CATEGORY}/Z-Image"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        required: dict[str, Any] = {"funmodels": (FUN_MODELS,), "prompt": (PROMPT,)}
+        if cls.NEGATIVE_PROMPT:
+            required["negative_prompt"] = (PROMPT,)
+        height, width = cls.DEFAULT_SIZE
+        required["width"] = ("INT", {"default": width, "min": 64, "max": cls.MAX_SIDE, "step": 16})
+        required["height"] = ("INT", {"default": height, "min": 64, "max": cls.MAX_SIDE, "step": 16})
+        required["seed"] = ("INT", {"default": 43, "min": 0, "max": SEED_MAX})
+        required["steps"] = ("INT", {"default": cls.DEFAULT_STEPS, "min": 1, "max": 200, "step": 1})
+        required["cfg"] = ("FLOAT", dict(cls.CFG))
+        required["scheduler"] = (family_samplers(cls.FAMILY), {"default": "Flow"})
+        required["shift"] = cls.SHIFT
+        if cls.TEACACHE_THRESHOLD is not None:
+            threshold = {"default": cls.TEACACHE_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.005}
+            required |= {
+                "teacache_threshold": ("FLOAT", threshold),
+                "enable_teacache": (BOOL_CHOICE, {"default": True}),
+                "num_skip_start_steps": ("INT", {"default": 5, "min": 0, "max": 50, "step": 1}),
+                "teacache_offload": (BOOL_CHOICE, {"default": True}),
+                "cfg_skip_ratio": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            }
+        if cls.CONTROL_CONTEXT_SCALE is not None:
+            scale = {"default": cls.CONTROL_CONTEXT_SCALE, "min": 0.0, "max": 2.0, "step": 0.01}
+            required["control_context_scale"] = ("FLOAT", scale)
+        spec: dict[str, Any] = {"required": required}
+        if cls.MEDIA:
+            spec["optional"] = {socket: ("IMAGE",) for socket in cls.MEDIA}
+        return spec
+
+    def process(self, **kwargs: Any) -> tuple:
+        """Generate one image through the library: the sockets as one request; the image out as IMAGE [1, H, W, 3]."""
+        models: FunModels = kwargs["funmodels"]
+        check_family(type(self).__name__, self.FAMILY, models)
+        inputs = self.media_inputs(kwargs)
+        request = GenerationRequest(
+            prompt=kwargs["prompt"],
+            negative_prompt=kwargs.get("negative_prompt"),
+            mode=self.mode(inputs),
+            height=kwargs["height"],
+            width=kwargs["width"],
+            num_frames=1,
+            steps=kwargs["steps"],
+            guidance_scale=kwargs["cfg"],
+            shift=kwargs["shift"] if self.STATIC_SHIFT else None,
+            sampler=kwargs["scheduler"],
+            seed=kwargs["seed"],
+            extra=self.settings(models, kwargs),
+            **inputs,
+        )
+        cache = None
+        if kwargs.get("enable_teacache"):
+            cache = StepCache("teacache", kwargs["teacache_threshold"], kwargs["num_skip_start_steps"],
+                              bool(kwargs["teacache_offload"]))  # fmt: skip
+        result = generate(models, request, cache, cfg_skip_ratio=kwargs.get("cfg_skip_ratio", 0.0))
+        return (media.frames_to_image(result.frames),)
+
+    def media_inputs(self, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The connected IMAGE sockets as the library's inputs: the first image of each batch, uint8 (H, W, 3)."""
+        inputs = {}
+        for socket, name in self.MEDIA.items():
+            value = kwargs.get(socket)
+            if value is None:
+                continue
+            if name is None:
+                raise ValueError(f"{type(self).__name__}: {socket} is not served by this version (unconnect it)")
+            inputs[name] = media.image_to_frames(value, socket)[0]
+        return inputs
+
+    def mode(self, inputs: dict[str, torch.Tensor]) -> str:
+        """The library's mode of this run."""
+        return self.MODE
+
+    def settings(self, models: FunModels, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The family settings of this run (``GenerationRequest.extra``): none outside the control samplers."""
+        return {}
+
+
+class ZImageControlSampler(ZImageT2ISampler):
+    """Z-Image with a Fun control file (the folder config's, or LoadZImageControlNetInPipeline's): follow
+    control_image; with inpaint_image and mask_image (white = regenerate), inpaint following control_image when
+    given (a 2.x file, which reads a mask)."""
+
+    CONTROL_CONTEXT_SCALE = 0.80
+    MEDIA: ClassVar[dict[str, str | None]] = {"control_image": "control_video", "inpaint_image": "image",
+                                               "mask_image": "mask"}  # fmt: skip
+
+    def mode(self, inputs: dict[str, torch.Tensor]) -> str:
+        """control, or control_inpaint with a mask; an inpaint image without one regenerates everywhere (VideoX-Fun
+        fills a missing mask white), which is control."""
+        name = type(self).__name__
+        if "mask" in inputs and "image" not in inputs:
+            raise ValueError(f"{name}: mask_image needs inpaint_image (the image whose white-masked part is redone)")
+        if "image" in inputs and "mask" not in inputs:
+            logger.warning("videox_fun: %s: inpaint_image without mask_image regenerates every pixel; ignored", name)
+            del inputs["image"]
+        if "mask" in inputs:
+            return "control_inpaint"
+        if "control_video" not in inputs:
+            raise ValueError(f"{name}: connect control_image (or inpaint_image and mask_image)")
+        return "control"
+
+    def settings(self, models: FunModels, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The control file of the chain (else the folder config's) and the widget's control_context_scale."""
+        chosen = {"control_path": models.control_path} if models.control_path else {}
+        return {**chosen, "control_context_scale": kwargs["control_context_scale"]}
+
+
+class Flux2T2ISampler(ZImageT2ISampler):
+    """FLUX.2 text to image (one image); cfg is the embedded guidance (no negative prompt, as in VideoX-Fun)."""
+
+    FAMILY = "flux2"
+    NEGATIVE_PROMPT = False
+    DEFAULT_SIZE = (992, 1728)
+    MAX_SIDE = 2048
+    DEFAULT_STEPS = 25
+    CFG: ClassVar[dict] = {"default": 4.0, "min": 1.0, "max": 20.0, "step": 0.01}
+    SHIFT: ClassVar[tuple] = ("FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.1})
+    STATIC_SHIFT = False
+    CATEGORY = f"{CATEGORY}/FLUX.2"
+
+
+class Flux2ControlSampler(ZImageControlSampler):
+    """FLUX.2 with a Fun control file, as ZImageControlSampler; ``image`` (VideoX-Fun's FLUX.2 reference images) is
+    not served by the library and is refused when connected."""
+
+    FAMILY = "flux2"
+    NEGATIVE_PROMPT = False
+    DEFAULT_SIZE = (1728, 992)
+    MAX_SIDE = 20480
+    DEFAULT_STEPS = 50
+    CFG: ClassVar[dict] = {"default": 4.0, "min": 0.0, "max": 20.0, "step": 0.01}
+    SHIFT: ClassVar[tuple] = ("INT", {"default": 1, "min": 1, "max": 100, "step": 1})
+    STATIC_SHIFT = False
+    CONTROL_CONTEXT_SCALE = 0.75
+    MEDIA: ClassVar[dict[str, str | None]] = {**ZImageControlSampler.MEDIA, "image": None}
+    CATEGORY = f"{CATEGORY}/FLUX.2"
+
+
+class QwenImageT2VSampler(ZImageT2ISampler):
+    """Qwen-Image text to image (VideoX-Fun's name; one image); cfg is the true CFG scale with the negative prompt,
+    TeaCache where the model has coefficients."""
+
+    FAMILY = "qwenimage"
+    DEFAULT_SIZE = (768, 1344)
+    MAX_SIDE = 2048
+    DEFAULT_STEPS = 50
+    CFG: ClassVar[dict] = {"default": 4.0, "min": 1.0, "max": 20.0, "step": 0.01}
+    SHIFT: ClassVar[tuple] = ("INT", {"default": 1, "min": 1, "max": 100, "step": 1})
+    STATIC_SHIFT = False
+    TEACACHE_THRESHOLD = 0.25
+    CATEGORY = f"{CATEGORY}/Qwen-Image"
+
+
+class QwenImageEditSampler(QwenImageT2VSampler):
+    """Qwen-Image-Edit: change ``image`` as the prompt says, at width x height (one edit image: the library does not
+    serve Edit-2509 / 2511's several, so VideoX-Fun's QwenImageEditPlusSampler is not offered)."""
+
+    MODE = "edit"
+    MEDIA: ClassVar[dict[str, str | None]] = {"image": "image"}
+
+    def mode(self, inputs: dict[str, torch.Tensor]) -> str:
+        """edit, which needs the image."""
+        if "image" not in inputs:
+            raise ValueError(f"{type(self).__name__}: connect image (the image to edit)")
+        return self.MODE
+
+
+class QwenImageControlSampler(ZImageControlSampler):
+    """Qwen-Image with a Fun control file, as ZImageControlSampler (TeaCache widgets as QwenImageT2VSampler)."""
+
+    FAMILY = "qwenimage"
+    DEFAULT_SIZE = (1184, 1568)
+    DEFAULT_STEPS = 40
+    CFG: ClassVar[dict] = {"default": 4.0, "min": 0.0, "max": 20.0, "step": 0.01}
+    STATIC_SHIFT = False
+    TEACACHE_THRESHOLD = 0.25
+    CATEGORY = f"{CATEGORY}/Qwen-Image"
+
+
+IMAGE_NODES: tuple[type, ...] = (
+    LoadZImageModel,
+    LoadZImageLora,
+    LoadZImageControlNetInPipeline,
+    ZImageT2ISampler,
+    ZImageControlSampler,
+    LoadFlux2Model,
+    LoadFlux2Lora,
+    LoadFlux2ControlNetInPipeline,
+    Flux2T2ISampler,
+    Flux2ControlSampler,
+    LoadQwenImageModel,
+    LoadQwenImageLora,
+    LoadQwenImageControlNetInPipeline,
+    QwenImageT2VSampler,
+    QwenImageEditSampler,
+    QwenImageControlSampler,
+)
+# VideoX-Fun's display names (comfyui/comfyui_nodes.py).
+IMAGE_DISPLAY_NAMES = {
+    "LoadZImageModel": "Load ZImage Model",
+    "LoadZImageLora": "Load ZImage Lora",
+    "LoadZImageControlNetInPipeline": "LoadZImageControlNetInPipeline",
+    "ZImageT2ISampler": "ZImage T2I Sampler",
+    "ZImageControlSampler": "ZImage Control Sampler",
+    "LoadFlux2Model": "Load FLUX2 Model",
+    "LoadFlux2Lora": "Load FLUX2 Lora",
+    "LoadFlux2ControlNetInPipeline": "Load Flux2 ControlNet In Pipeline",
+    "Flux2T2ISampler": "FLUX2 Text to Image Sampler",
+    "Flux2ControlSampler": "FLUX2 Control Sampler",
+    "LoadQwenImageModel": "Load QwenImage Model",
+    "LoadQwenImageLora": "Load QwenImage Lora",
+    "LoadQwenImageControlNetInPipeline": "Load QwenImage ControlNet In Pipeline",
+    "QwenImageT2VSampler": "QwenImage T2V Sampler",
+    "QwenImageEditSampler": "QwenImage Edit Sampler",
+    "QwenImageControlSampler": "QwenImage Control Sampler",
+}
