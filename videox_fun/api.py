@@ -344,6 +344,7 @@ def check_mode_and_inputs(recognised: Recognised, request: GenerationRequest) ->
         check_file=check_input_file,
         family_table=recognised.family.modes,
     )
+    recognised.family.check_inputs(recognised, mode, request.inputs())  # how many pictures an edit reads
     return mode
 
 

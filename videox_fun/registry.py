@@ -39,6 +39,7 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "Flux2-Fun-Control-Tiny-Random": (_FLUX2_TINY, "dev-control"),
     "Qwen-Image-Tiny-Random": (_QWENIMAGE_TINY, "t2i"),
     "Qwen-Image-Edit-Tiny-Random": (_QWENIMAGE_TINY, "edit"),
+    "Qwen-Image-Edit-2509-Tiny-Random": (_QWENIMAGE_TINY, "edit-plus"),
     "Qwen-Image-Fun-Control-Tiny-Random": (_QWENIMAGE_TINY, "t2i-control"),
     "Z-Image-Tiny-Random": (_ZIMAGE_TINY, "base"),
     "Z-Image-Turbo-Tiny-Random": (_ZIMAGE_TINY, "turbo"),

@@ -79,18 +79,19 @@ def test_a_folder_with_another_familys_vae_fails_in_one_line(tiny, tmp_path):
     assert "\n" not in str(err.value) and "needs an AutoencoderKLQwenImage" in str(err.value)
 
 
-def test_an_edit_plus_folder_is_refused_in_one_line(tiny, tmp_path):
+def test_a_layered_folder_is_refused_in_one_line(tiny, tmp_path):
     folder = copy_of(tiny, tmp_path)
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImageEditPlusPipeline"}))
-    with pytest.raises(ValueError, match="Qwen-Image-Edit-2509") as err:
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImageLayeredPipeline"}))
+    with pytest.raises(ValueError, match="Qwen-Image-Layered") as err:
         recognise(folder)
     assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(("variant", "modes", "name"), [("t2i", ("t2i", "i2i", "inpaint", "control", "control_inpaint"),
                                                          "Qwen-Image"),
-                                                        ("edit", ("edit",), "Qwen-Image-Edit")])  # fmt: skip
+                                                        ("edit", ("edit",), "Qwen-Image-Edit"),
+                                                        ("edit-plus", ("edit",), "Qwen-Image-Edit-2509")])  # fmt: skip
 def test_the_variant_and_its_modes_are_read_off_model_index(tmp_path, variant, modes, name):
     found = recognise(build_tiny_qwenimage_folder(tmp_path / variant, variant))
     assert (found.family.name, found.variant, found.modes) == ("qwenimage", name, modes)

@@ -203,6 +203,10 @@ class Family:
         """The kind of checkpoint a user needs for ``mode``, for error messages."""
         return f"a {self.name} model that serves {mode}"
 
+    def check_inputs(self, recognised: Recognised, mode: str, inputs: Mapping[str, Any]) -> None:
+        """Fail with one line on inputs the checkpoint cannot read beyond what its mode table says (how many pictures
+        an edit reads), before any weight is loaded; nothing by default."""
+
     def check_settings(self, mode: str, extra: Mapping[str, Any]) -> None:
         """Fail with one line on ``extra`` settings this family does not declare or ``mode`` does not read, on one
         ``mode`` needs and lacks, and on values their own check refuses."""
@@ -328,6 +332,11 @@ def merged_mode_table() -> dict[str, Mode]:
 def given_inputs(inputs: Mapping[str, object]) -> set[str]:
     """The names of the inputs that are given (not None)."""
     return {name for name in INPUT_NAMES if inputs.get(name) is not None}
+
+
+def image_count(*values: object) -> int:
+    """How many images ``values`` hold: each None, one image, or a list of them (``--ref-image a.png b.png``)."""
+    return sum(len(value) if isinstance(value, (list, tuple)) else 1 for value in values if value is not None)
 
 
 def infer_mode(table: Mapping[str, Mode], inputs: Mapping[str, object]) -> str:

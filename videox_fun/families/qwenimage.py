@@ -1,9 +1,12 @@
-"""The Qwen-Image family (Qwen-Image text to image and Qwen-Image-Edit) as the family layer reads it.
+"""The Qwen-Image family (Qwen-Image text to image, Qwen-Image-Edit and Qwen-Image-Edit-2509) as the family layer
+reads it.
 
 Recognition reads config files only: a diffusers-layout folder (``model_index.json``) whose
-``transformer/config.json`` is a ``QwenImageTransformer2DModel``. T2I or Edit is read off ``model_index.json``
-(the pipeline class it names); the VAE must be an ``AutoencoderKLQwenImage``, checked before any weight is read.
-Qwen-Image serves t2i, i2i and inpaint; an Edit folder serves edit, which needs the image to change.
+``transformer/config.json`` is a ``QwenImageTransformer2DModel``. T2I, Edit or Edit-2509 is read off
+``model_index.json`` (the pipeline class it names: ``QwenImageEditPlusPipeline`` for Edit-2509); the VAE must be an
+``AutoencoderKLQwenImage``, checked before any weight is read. Qwen-Image serves t2i, i2i and inpaint; an Edit
+folder serves edit, which needs the image to change (``--image``); Edit-2509 reads up to 2 more pictures
+(``--ref-image``, after ``--image``: Picture 1, 2, 3 of the prompt).
 
 VideoX-Fun's Fun control file (Qwen-Image-2512-Fun-Controlnet-Union) adds to Qwen-Image the modes ``control`` (a
 control image) and, with a file that reads a mask (the release's 132 channels), ``control_inpaint``: the file
@@ -13,10 +16,12 @@ comes per request (``--control-path``) or from the folder config (``control_path
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..config import read_json_mapping
-from . import Mode, Recognised, register
+from . import Mode, Recognised, image_count, register
 from .diffusers_layout import (
     FLOW_SAMPLERS,
     IMAGE_MODES,
@@ -39,8 +44,9 @@ from .fun_control import (
 # The shared image modes, Edit's and the Fun control ones, in the order inference prefers them.
 QWENIMAGE_MODES = {
     **IMAGE_MODES,
-    "edit": Mode("edit", needs=("image",), folder="images_edit", output="image",
-                 description="change --image as the prompt says (Qwen-Image-Edit)"),
+    "edit": Mode("edit", needs=("image",), allows=("ref_image",), folder="images_edit", output="image",
+                 description="change --image as the prompt says (Qwen-Image-Edit; Edit-2509 also reads up to 2 "
+                             "more pictures through --ref-image)"),
     **CONTROL_MODE_TABLE,
 }  # fmt: skip
 QWENIMAGE_SAMPLERS = FLOW_SAMPLERS
@@ -49,14 +55,24 @@ VAE_CLASS = "AutoencoderKLQwenImage"
 READ_CONTROL = side_release_reader("videox_fun.models.qwenimage.control", "QwenImageControl")
 
 
+def check_pictures(variant: str, most: int, count: int) -> None:
+    """Fail in one line when an edit gives more pictures (``--image`` and ``--ref-image``) than ``variant`` reads:
+    ``most`` 1 for Qwen-Image-Edit, 3 for Edit-2509 (its release card's 1 to 3)."""
+    if count > most == 1:
+        raise ValueError(f"{variant} edits one picture (--image); several pictures (--ref-image) need a "
+                         "Qwen-Image-Edit-2509 model")  # fmt: skip
+    if count > most:
+        raise ValueError(f"{variant} reads at most {most} pictures (--image and --ref-image together), got {count}")
+
+
 class QwenImageFamily(DiffusersImageFamily):
     """Qwen-Image and Qwen-Image-Edit (diffusers layout)."""
 
     name = "qwenimage"
     modes = QWENIMAGE_MODES
     samplers = QWENIMAGE_SAMPLERS
-    description = ("Qwen-Image text-to-image, image-to-image, inpainting, Fun control and Qwen-Image-Edit "
-                   "(diffusers layout)")  # fmt: skip
+    description = ("Qwen-Image text-to-image, image-to-image, inpainting, Fun control, Qwen-Image-Edit and "
+                   "Qwen-Image-Edit-2509 (diffusers layout)")  # fmt: skip
     settings = control_settings(control_file_check(READ_CONTROL, "a file of 132 channels (control, mask, image)"))
     training_spec = "qwenimage"
     pipeline = "videox_fun.pipelines.qwenimage:QwenImagePipeline"
@@ -72,6 +88,15 @@ class QwenImageFamily(DiffusersImageFamily):
         check_vae(folder, config.vae_subpath, "Qwen-Image", TRANSFORMER_CLASS, VAE_CLASS)
         name = control_variant(variant.name, folder, config, READ_CONTROL)
         return recognised(self, folder, config, name, variant.modes, SIZE_RULES)
+
+    def check_inputs(self, recognised: Recognised, mode: str, inputs: Mapping[str, Any]) -> None:
+        """An edit's pictures against how many the folder's variant reads, before any weight is loaded."""
+        if mode != "edit":
+            return
+        from ..models.qwenimage.variants import VARIANTS
+
+        most = next((variant.pictures for variant in VARIANTS.values() if variant.name == recognised.variant), 1)
+        check_pictures(recognised.variant, most, image_count(inputs.get("image"), inputs.get("ref_image")))
 
     def needs_for_mode(self, mode: str) -> str:
         """The kind of checkpoint a user needs for ``mode``, for error messages."""

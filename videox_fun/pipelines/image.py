@@ -7,7 +7,7 @@ layout of its latents (:meth:`~FlowImagePipeline.pack` / :meth:`~FlowImagePipeli
 :class:`PackedFlowImagePipeline`), its sigmas and what its guidance scale means
 (:meth:`~FlowImagePipeline.checked_guidance`).
 
-* t2i (and every mode in ``noise_modes``, such as Qwen-Image's edit): pure noise;
+* t2i (and every mode in ``noise_modes``, such as Qwen-Image's and FLUX.2's edit): pure noise;
 * i2i: the image's latents noised to the first of the steps that ``strength`` leaves;
 * inpaint: as i2i, and after every step the latents outside the (binarised, white = generate) mask are put
   back to the image's latents noised to the next step's level.
@@ -51,6 +51,15 @@ logger = logging.getLogger(__name__)
 PATCH = 2  # image tokens of both families: 2x2 latent pixels each
 # (cond inputs, uncond inputs, CFG scale): what the guidance runs every step.
 Passes = tuple[dict, dict, float]
+
+
+def image_list(*sources: ImageLike | Sequence[ImageLike] | None) -> list[ImageLike]:
+    """The images of ``sources`` in order, each None, one image or a list of them (``--ref-image a.png b.png``)."""
+    images: list[ImageLike] = []
+    for source in sources:
+        if source is not None:
+            images.extend(source if isinstance(source, (list, tuple)) else [source])
+    return images
 
 
 class FlowImagePipeline:
@@ -276,6 +285,7 @@ class FlowImagePipeline:
         image: ImageLike | None = None,
         mask: ImageLike | None = None,
         control_video: ImageLike | None = None,
+        ref_image: ImageLike | Sequence[ImageLike] | None = None,
         height: int | None = None,
         width: int | None = None,
         num_frames: int | None = None,
@@ -293,7 +303,8 @@ class FlowImagePipeline:
     ) -> GenerationOutput:
         """Generate one image. ``mode`` is inferred from the inputs when not given; ``guidance`` carries the
         runtime's guidance settings (batched or sequential passes, CFG skip), run at the family's scale;
-        ``control_video`` is a control image (the control modes of families with a control model); ``extra`` the
+        ``control_video`` is a control image (the control modes of families with a control model); ``ref_image``
+        one or a list of reference pictures (the edit modes of Qwen-Image-Edit-2509 and FLUX.2); ``extra`` the
         family's :attr:`call_settings`."""
         unknown = sorted(set(extra) - set(self.call_settings))
         if unknown:
@@ -301,7 +312,7 @@ class FlowImagePipeline:
         if guidance_scale_2:
             logger.info("guidance_scale_2=%s does not apply to %s (one transformer); ignored", guidance_scale_2,
                         self.label)  # fmt: skip
-        inputs = {"image": image, "mask": mask, "control_video": control_video}
+        inputs = {"image": image, "mask": mask, "control_video": control_video, "ref_image": ref_image}
         settings = self.resolve_settings(
             mode or infer_mode(self.mode_table, inputs), inputs, height=height, width=width, num_frames=num_frames,
             steps=num_inference_steps, guidance_scale=guidance_scale, shift=shift, sampler=sampler,

@@ -12,7 +12,11 @@ t2i, i2i (``strength``), inpaint (a mask) and the loop are :class:`~.image.FlowI
 
 * edit: pure noise; the edit image, resized to the config's ``edit_area`` at its aspect ratio, is read by the VL
   text encoder and its latent tokens follow the noisy ones in every transformer pass (their output is dropped).
-  Without a size the output takes the edit image's aspect ratio at the area of the default size.
+  Without a size the output takes the edit image's aspect ratio at the area of the default size. Qwen-Image-Edit-2509
+  (``QwenImageEditPlusPipeline``) reads up to 3 pictures (``image`` then ``ref_image``): each is read by the VL model
+  at 384x384 pixels' area (``Picture i:`` before the prompt) and, at ``edit_area``, as latent tokens with its own
+  token grid in ``img_shapes`` (its own rotary frame), all after the noisy tokens; the output takes the last
+  picture's aspect ratio. The edit prompts keep every token (no ``text_len`` cut), as diffusers' edit pipelines.
 * control and control_inpaint (Qwen-Image with a Fun control file, :mod:`~videox_fun.models.qwenimage.control`):
   pure noise, as VideoX-Fun's ``QwenImageControlPipeline``; the context (control latents, known-pixels mask, masked
   image's latents, 16 + 1 + 16 channels a latent pixel) is packed 2x2 as the latents (132 a token), and the side
@@ -35,7 +39,7 @@ from PIL import Image
 from ..config import read_json_mapping
 from ..families import Mode
 from ..families.fun_control import CONTROL_MODES
-from ..families.qwenimage import QWENIMAGE_MODES, QWENIMAGE_SAMPLERS
+from ..families.qwenimage import QWENIMAGE_MODES, QWENIMAGE_SAMPLERS, check_pictures
 from ..io.video import read_image
 from ..models.qwenimage.control import QwenImageControl
 from ..models.qwenimage.text_encoder import QwenVLTextEncoder
@@ -52,7 +56,7 @@ from ..models.qwenimage.variants import (
 from .common import ImageLike, SamplingSettings, pack_latents
 from .fun_control import SideStreamControlPipeline
 from .guidance import ClassifierFreeGuidance
-from .image import PATCH, PackedFlowImagePipeline, Passes
+from .image import PATCH, PackedFlowImagePipeline, Passes, image_list
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +64,22 @@ logger = logging.getLogger(__name__)
 def edit_size(width: int, height: int, area: int) -> tuple[int, int]:
     """(height, width) of ``area`` pixels at the aspect ratio of ``width x height``, each rounded to 32 (diffusers'
     ``calculate_dimensions``)."""
-    ratio = width / height
-    side = math.sqrt(area * ratio)
-    return round(side / ratio / EDIT_SIZE_MULTIPLE) * EDIT_SIZE_MULTIPLE, round(side / EDIT_SIZE_MULTIPLE) * 32
+    ratio, step = width / height, EDIT_SIZE_MULTIPLE
+    side = math.sqrt(area * ratio)  # the width before rounding
+    return round(side / ratio / step) * step, round(side / step) * step
 
 
 def pil_image(source: ImageLike) -> Image.Image:
     """An image path, or uint8 (H, W, 3), as an RGB PIL image."""
     pixels = read_image(source) if isinstance(source, (str, Path)) else torch.as_tensor(np.asarray(source))
     return Image.fromarray(pixels.to(torch.uint8).numpy()).convert("RGB")
+
+
+def resized(image: Image.Image, area: int) -> Image.Image:
+    """``image`` resized (Lanczos) to ``area`` pixels at its aspect ratio, each side rounded to 32 (:func:`edit_size`),
+    as diffusers' edit pipelines resize their images."""
+    height, width = edit_size(*image.size, area)
+    return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
 def pad_text(inputs: dict, length: int) -> dict:
@@ -140,31 +151,47 @@ class QwenImagePipeline(SideStreamControlPipeline, PackedFlowImagePipeline):
         return scale
 
     def default_size(self, mode: str, inputs: Mapping[str, Any]) -> tuple[int, int]:
-        """An edit takes the edit image's aspect ratio at the default size's area; other modes the default size."""
+        """An edit takes its (last) picture's aspect ratio at the default size's area; other modes the default
+        size."""
         defaults = self.config.defaults
         if mode != "edit":
             return defaults.height, defaults.width
-        return edit_size(*pil_image(inputs["image"]).size, defaults.height * defaults.width)
+        return edit_size(*self.edit_pictures(inputs)[-1].size, defaults.height * defaults.width)
 
     def default_guidance(self, settings: SamplingSettings) -> ClassifierFreeGuidance:
         """Sequential passes, as diffusers runs true CFG (the batched pass pads the texts: within 1.2e-6)."""
         return ClassifierFreeGuidance(scale=settings.guidance_scale, batched=False)
 
     # -- inputs --------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str, image: Image.Image | None = None) -> dict[str, torch.Tensor | None]:
-        """The transformer's text inputs: ``encoder_hidden_states`` (1, L, D) and its mask (None: no padding)."""
-        embeds, mask = self.text_encoder.encode([prompt], self.variant.template, image, self.config.text_len)
+    def encode_prompt(self, prompt: str, images: list[Image.Image] | None = None) -> dict[str, torch.Tensor | None]:
+        """The transformer's text inputs: ``encoder_hidden_states`` (1, L, D) and its mask (None: no padding). An
+        edit's prompt keeps every token (its pictures' alone may pass ``text_len``), as diffusers' edit pipelines."""
+        length = None if self.variant.edit else self.config.text_len
+        embeds, mask = self.text_encoder.encode([prompt], self.variant.template, images, length)
         return {"encoder_hidden_states": embeds.to(self.device, self.dtype), "encoder_hidden_states_mask": mask}
 
-    def edit_condition(self, source: ImageLike) -> tuple[Image.Image, torch.Tensor, tuple[int, int]]:
-        """The edit image resized (Lanczos) to ``edit_area`` pixels at its aspect ratio, as the VL model reads it, its
-        packed latent tokens (1, n, 64) and their (rows, columns) of tokens."""
-        image = pil_image(source)
-        height, width = edit_size(*image.size, self.config.edit_area)
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
-        pixels = torch.from_numpy(np.asarray(image).copy())  # (H, W, 3) uint8
-        latents = self.image_latents(pixels, height, width)  # (1, 16, h, w)
-        return image, pack_latents(latents), (latents.shape[2] // PATCH, latents.shape[3] // PATCH)
+    def edit_pictures(self, inputs: Mapping[str, Any]) -> list[Image.Image]:
+        """An edit's pictures in order (``image``, then ``ref_image``: one or a list) as RGB images; more than the
+        variant reads are refused in one line."""
+        sources = image_list(inputs.get("image"), inputs.get("ref_image"))
+        check_pictures(self.variant.name, self.variant.pictures, len(sources))
+        return [pil_image(source) for source in sources]
+
+    def edit_conditions(
+        self, pictures: list[Image.Image]
+    ) -> tuple[list[Image.Image], torch.Tensor, list[tuple[int, int, int]]]:
+        """Each picture as the VL model reads it (resized to the variant's ``vision_area``, else ``edit_area``), the
+        packed latent tokens of all of them (1, n, 64), each read at ``edit_area``, and each one's token grid
+        (1, rows, columns) for ``img_shapes``."""
+        vision, tokens, shapes = [], [], []
+        for picture in pictures:
+            for_vae = resized(picture, self.config.edit_area)
+            vision.append(resized(picture, self.variant.vision_area) if self.variant.vision_area else for_vae)
+            pixels = torch.from_numpy(np.asarray(for_vae).copy())  # (H, W, 3) uint8
+            latents = self.image_latents(pixels, for_vae.height, for_vae.width)  # (1, 16, h, w)
+            tokens.append(pack_latents(latents))  # (1, h/2 * w/2, 64)
+            shapes.append((1, latents.shape[2] // PATCH, latents.shape[3] // PATCH))
+        return vision, torch.cat(tokens, dim=1), shapes
 
     def guidance_passes(
         self,
@@ -174,15 +201,15 @@ class QwenImagePipeline(SideStreamControlPipeline, PackedFlowImagePipeline):
         guidance: ClassifierFreeGuidance,
         inputs: Mapping[str, Any],
     ) -> Passes:
-        """The prompt's inputs with each image's token grid (``img_shapes``) and, for edit, the edit image (read by
+        """The prompt's inputs with each image's token grid (``img_shapes``) and, for edit, the edit pictures (read by
         the VL model, and as latent tokens); with the negative pass active the negative prompt's, padded to one
         length when the passes are batched. The scale is the true CFG scale."""
         h, w = latent_size
         shapes: list[tuple[int, int, int]] = [(1, h // PATCH, w // PATCH)]
         vision, condition = None, None
         if settings.mode == "edit":
-            vision, condition, grid = self.edit_condition(inputs["image"])
-            shapes.append((1, *grid))
+            vision, condition, grids = self.edit_conditions(self.edit_pictures(inputs))
+            shapes.extend(grids)
         cond = {**self.encode_prompt(prompt, vision), "img_shapes": shapes, "condition": condition}
         uncond = cond
         if guidance.active(0, settings.steps, settings.guidance_scale):
@@ -196,7 +223,7 @@ class QwenImagePipeline(SideStreamControlPipeline, PackedFlowImagePipeline):
     # -- sampling ------------------------------------------------------------------------------
     def _denoise(self, latents: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
         """Flow velocity (B, N, 64) of packed latents (B, N, 64) at timesteps ``t`` (B,) in [0, 1000]; the edit
-        image's tokens (B, n, 64), when given, ride along after the noisy ones; a ``control_context`` (1, N, 132 |
+        pictures' tokens (B, n, 64), when given, ride along after the noisy ones; a ``control_context`` (1, N, 132 |
         64) steers the blocks through the side stream."""
         condition = inputs.get("condition")
         hidden = latents if condition is None else torch.cat([latents, condition.expand(len(latents), -1, -1)], 1)

@@ -3,7 +3,9 @@
 The prompt is wrapped in the release's template (a system instruction, the user turn, the assistant's start);
 the hidden states of the template's system part are dropped: 34 tokens for Qwen-Image, 64 for Qwen-Image-Edit,
 whose user turn also holds the edit image (``<|vision_start|><|image_pad|><|vision_end|>``, expanded by the
-processor to the image's merged patch tokens), so the VL model sees the picture it is asked to change. Padding
+processor to the image's merged patch tokens), so the VL model sees the picture it is asked to change.
+Qwen-Image-Edit-2509 keeps Edit's system part and puts each of its pictures before the prompt as
+``Picture i: <|vision_start|><|image_pad|><|vision_end|>`` (i from 1). Padding
 is removed per prompt and the rest zero-padded to the longest, with a mask (None when nothing is padded), as
 diffusers' Qwen-Image pipelines do.
 
@@ -14,6 +16,7 @@ transformers version, and :func:`load_qwen_vl` turns any missing, unexpected or 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +44,12 @@ class PromptTemplate:
 
     text: str
     drop: int
+    picture: str = ""  # put before the prompt once per image, numbered from 1 ("": the text holds the image)
 
-    def format(self, prompt: str) -> str:
-        """The prompt inside the template."""
-        return self.text.format(prompt)
+    def format(self, prompt: str, images: int = 0) -> str:
+        """The prompt (after ``images`` numbered pictures, for a template with :attr:`picture`) inside the template."""
+        pictures = "".join(self.picture.format(index + 1) for index in range(images)) if self.picture else ""
+        return self.text.format(pictures + prompt)
 
 
 T2I_TEMPLATE = PromptTemplate(
@@ -59,6 +64,12 @@ EDIT_TEMPLATE = PromptTemplate(
     "appropriate.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
     "<|im_start|>assistant\n",
     64,
+)
+# Edit's system part (64 tokens) and a user turn of numbered pictures, then the prompt (diffusers' EditPlus).
+EDIT_PLUS_TEMPLATE = PromptTemplate(
+    EDIT_TEMPLATE.text.replace("<|vision_start|><|image_pad|><|vision_end|>", ""),
+    64,
+    "Picture {}: <|vision_start|><|image_pad|><|vision_end|>",
 )
 
 
@@ -85,6 +96,12 @@ def strip_padding(hidden: torch.Tensor, mask: torch.Tensor, drop: int) -> tuple[
     embeds = torch.stack([torch.cat([row, row.new_zeros(length - row.shape[0], row.shape[1])]) for row in rows])
     valid = torch.stack([torch.arange(length, device=hidden.device) < row.shape[0] for row in rows]).long()
     return embeds, valid
+
+
+def expand_image_pads(text: str, counts: list[int]) -> str:
+    """``text`` with its k-th ``<|image_pad|>`` repeated ``counts[k]`` times (one per image, in order)."""
+    parts = text.split("<|image_pad|>")  # one more than the images
+    return "".join(part + "<|image_pad|>" * count for part, count in zip(parts, [*counts, 0], strict=True))
 
 
 class QwenVLTextEncoder(OffloadableComponent, nn.Module):
@@ -118,29 +135,36 @@ class QwenVLTextEncoder(OffloadableComponent, nn.Module):
             images = Qwen2VLImageProcessor.from_pretrained(str(processor_path))
         return cls(load_qwen_vl(folder, dtype), Qwen2Tokenizer.from_pretrained(str(tokenizer_path)), images)
 
-    def vision_inputs(self, texts: list[str], image: Image.Image) -> dict[str, torch.Tensor]:
-        """Token ids, mask, ``pixel_values`` and ``image_grid_thw`` of ``texts`` with ``image`` in each, as
-        ``Qwen2VLProcessor`` makes them: one ``<|image_pad|>`` per merged patch (2x2 patches of 14 px)."""
+    def vision_inputs(self, texts: list[str], images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Token ids, mask, ``pixel_values`` and ``image_grid_thw`` of ``texts`` with ``images`` in each, as
+        ``Qwen2VLProcessor`` makes them: the k-th ``<|image_pad|>`` of a text becomes one token per merged patch
+        (2x2 patches of 14 px) of the k-th image."""
         if self.image_processor is None:
             raise ValueError("this text encoder has no image processor: it cannot read an edit image")
-        pixels = self.image_processor(images=[image], return_tensors="pt")
+        pixels = self.image_processor(images=images, return_tensors="pt")
         merge = self.image_processor.merge_size
-        count = int(pixels["image_grid_thw"][0].prod()) // (merge * merge)
-        texts = [text.replace("<|image_pad|>", "<|image_pad|>" * count) for text in texts]
+        counts = [int(grid.prod()) // (merge * merge) for grid in pixels["image_grid_thw"]]  # one per image
+        texts = [expand_image_pads(text, counts) for text in texts]
         return {**self.tokenizer(texts, padding=True, return_tensors="pt"), **pixels}
 
     @torch.no_grad()
     def encode(
-        self, prompts: list[str], template: PromptTemplate, image: Image.Image | None = None, max_length: int = 1024
+        self,
+        prompts: list[str],
+        template: PromptTemplate,
+        image: Image.Image | Sequence[Image.Image] | None = None,
+        max_length: int | None = 1024,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Prompts (and the edit image) -> embeddings (B, L, D) of at most ``max_length`` tokens and their mask
-        (B, L), None when no token is padding."""
-        texts = [template.format(prompt) for prompt in prompts]
-        if image is None:
+        """Prompts (and the edit image, or Edit-2509's pictures) -> embeddings (B, L, D) of at most ``max_length``
+        tokens (None: all, as diffusers' edit pipelines keep them) and their mask (B, L), None when no token is
+        padding."""
+        images = [] if image is None else [image] if isinstance(image, Image.Image) else list(image)
+        texts = [template.format(prompt, len(images)) for prompt in prompts]
+        if not images:
             inputs = self.tokenizer(texts, max_length=TOKENIZER_MAX_LENGTH + template.drop, padding=True,
                                     truncation=True, return_tensors="pt")  # fmt: skip
         else:
-            inputs = self.vision_inputs(texts, image)
+            inputs = self.vision_inputs(texts, images)
         inputs = {key: value.to(self.device) for key, value in inputs.items()}
         hidden = self.model(**inputs, output_hidden_states=True).hidden_states[-1]  # (B, L, D)
         embeds, mask = strip_padding(hidden, inputs["attention_mask"], template.drop)

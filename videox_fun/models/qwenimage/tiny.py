@@ -1,14 +1,15 @@
 """Tiny Qwen-Image folders: the real architecture at toy sizes, in the diffusers layout of a release.
 
 ``transformer/``, ``vae/``, ``text_encoder/`` (a 2-layer Qwen2.5-VL with a 2-layer vision tower) + ``tokenizer/``,
-for Edit ``processor/`` (the tokenizer and a ``Qwen2VLImageProcessor``), ``scheduler/`` and ``model_index.json``,
-with seeded random weights: tests load them exactly as a downloaded model, and diffusers' ``QwenImagePipeline`` /
-``QwenImageEditPipeline`` load the same components for parity checks.
+for Edit and Edit-2509 ``processor/`` (the tokenizer and a ``Qwen2VLImageProcessor``), ``scheduler/`` and
+``model_index.json``, with seeded random weights: tests load them exactly as a downloaded model, and diffusers'
+``QwenImagePipeline`` / ``QwenImageEditPipeline`` / ``QwenImageEditPlusPipeline`` load the same components for
+parity checks.
 
 The tokenizer is a byte-level BPE of Qwen2's pre-tokenizer trained in code on the release's two templates and the
 toy vocabulary, so every template word is one token as in the released vocabulary: the dropped template prefixes
-are 34 (T2I) and 64 (Edit) tokens long, as the release's. The ``t2i-control`` variant adds a tiny Fun control file
-(2 copies of the 2 blocks, the release's 132-channel context) named by the folder config.
+are 34 (T2I) and 64 (Edit, Edit-2509) tokens long, as the release's. The ``t2i-control`` variant adds a tiny Fun
+control file (2 copies of the 2 blocks, the release's 132-channel context) named by the folder config.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from .control import QwenImageControl
 from .text_encoder import EDIT_TEMPLATE, T2I_TEMPLATE
 from .transformer import TRANSFORMER_CLASS_NAME, QwenImageTransformer
 from .vae import VAE_CLASS_NAME, QwenImageVAE, tiny_vae_config
-from .variants import EDIT, SCHEDULER_CONFIG, T2I
+from .variants import EDIT, EDIT_PLUS, SCHEDULER_CONFIG, T2I
 
 TINY_TEXT_DIM = 32
-VARIANTS = {"t2i": T2I, "edit": EDIT, "t2i-control": T2I}  # t2i-control: T2I with a Fun control file
+# t2i-control: T2I with a Fun control file; edit-plus: Qwen-Image-Edit-2509 (several pictures).
+VARIANTS = {"t2i": T2I, "edit": EDIT, "t2i-control": T2I, "edit-plus": EDIT_PLUS}
 TINY_CONTROL_FILE = "Qwen-Image-2512-Fun-Controlnet-Union-Tiny.safetensors"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>")  # fmt: skip
@@ -103,8 +105,8 @@ def tiny_image_processor() -> Qwen2VLImageProcessor:
 def build_tiny_qwenimage_folder(
     folder: str | Path, variant: str = "t2i", seed: int = 0, note: str | None = None
 ) -> Path:
-    """Write a complete tiny Qwen-Image folder of ``variant`` (t2i / edit, or t2i-control: T2I with a tiny Fun control
-    file named by the folder config) with weights seeded by ``seed``.
+    """Write a complete tiny Qwen-Image folder of ``variant`` (t2i / edit / edit-plus, or t2i-control: T2I with a tiny
+    Fun control file named by the folder config) with weights seeded by ``seed``.
 
     With a ``note`` (a built-in model's), the folder also gets a ``videox_fun.yaml`` with tiny generation defaults
     (64x64, 4 steps, true CFG 4), the tiny edit-image area and that note, shown when it loads.

@@ -5,6 +5,9 @@ the typed folder config.
   with a negative prompt, " " when none is given, as the release's README runs it), 50 steps, 1328x1328.
 * **Qwen-Image-Edit** (``QwenImageEditPipeline``): the same transformer; the edit image goes to Qwen2.5-VL and, as
   latent tokens, after the noisy tokens; output sized from the image's aspect ratio at 1024x1024 pixels' area.
+* **Qwen-Image-Edit-2509** (``QwenImageEditPlusPipeline``, as Edit-2511's folder names it too): up to 3 pictures,
+  each read by Qwen2.5-VL at 384x384 pixels' area (``Picture i:`` before the prompt) and, at the VAE's 1024x1024
+  pixels' area, as latent tokens after the noisy ones; output sized from the last picture's aspect ratio.
 
 A Qwen-Image folder config may name a Fun control file (``control_path``, with ``control_context_scale``): the
 folder then serves control (and, with a file that reads a mask, control_inpaint) too.
@@ -21,7 +24,7 @@ from typing import Any
 
 from ...config import GenerationDefaults, load_folder_config
 from ...families import ImageSizeRules
-from .text_encoder import EDIT_TEMPLATE, T2I_TEMPLATE, PromptTemplate
+from .text_encoder import EDIT_PLUS_TEMPLATE, EDIT_TEMPLATE, T2I_TEMPLATE, PromptTemplate
 
 # 8x VAE and 2x2 packed tokens; the edit image's size is rounded to 32 as diffusers' calculate_dimensions does.
 SIZE_RULES = ImageSizeRules(multiple=16)
@@ -51,6 +54,8 @@ class QwenImageVariant:
     pipeline_class: str  # the diffusers pipeline its model_index.json names
     template: PromptTemplate
     edit: bool  # the edit image goes to the text encoder and the transformer
+    pictures: int = 1  # edit pictures it reads at most
+    vision_area: int = 0  # pixels of each picture as the VL model reads it (0: the config's edit_area, as the VAE)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -61,18 +66,20 @@ class QwenImageVariant:
 
 T2I = QwenImageVariant("Qwen-Image", "QwenImagePipeline", T2I_TEMPLATE, False)
 EDIT = QwenImageVariant("Qwen-Image-Edit", "QwenImageEditPipeline", EDIT_TEMPLATE, True)
-VARIANTS = {variant.pipeline_class: variant for variant in (T2I, EDIT)}
-# Releases of the same transformer that take another recipe (several edit images, layers): not served yet.
-UNSERVED = {"QwenImageEditPlusPipeline": "Qwen-Image-Edit-2509 / 2511 (several edit images)",
-            "QwenImageLayeredPipeline": "Qwen-Image-Layered"}  # fmt: skip
+# The release card's 1 to 3 pictures; diffusers' CONDITION_IMAGE_SIZE for the VL model.
+EDIT_PLUS = QwenImageVariant("Qwen-Image-Edit-2509", "QwenImageEditPlusPipeline", EDIT_PLUS_TEMPLATE, True,
+                             pictures=3, vision_area=384 * 384)  # fmt: skip
+VARIANTS = {variant.pipeline_class: variant for variant in (T2I, EDIT, EDIT_PLUS)}
+# Releases of the same transformer that take another recipe (layers): not served yet.
+UNSERVED = {"QwenImageLayeredPipeline": "Qwen-Image-Layered"}
 
 
 def variant_of(model_index: Mapping[str, Any], folder: Path | None = None) -> QwenImageVariant:
     """The variant a ``model_index.json`` names; one line for a release of another recipe."""
     name = model_index.get("_class_name")
     if name in UNSERVED:
-        raise ValueError(f"{folder}: a {UNSERVED[name]} folder ({name}); this version serves Qwen-Image and "
-                         "Qwen-Image-Edit only")  # fmt: skip
+        raise ValueError(f"{folder}: a {UNSERVED[name]} folder ({name}); this version serves Qwen-Image, "
+                         "Qwen-Image-Edit and Qwen-Image-Edit-2509 only")  # fmt: skip
     if name in VARIANTS:
         return VARIANTS[name]
     return EDIT if "processor" in model_index else T2I  # a renamed pipeline: the edit processor tells
@@ -103,7 +110,7 @@ class QwenImageConfig:
     processor_subpath: str = "processor"  # Edit only
     scheduler_subpath: str = "scheduler"
     text_len: int = 512  # diffusers' max_sequence_length
-    edit_area: int = 1024 * 1024  # pixels of the edit image as the VL model and the VAE read it
+    edit_area: int = 1024 * 1024  # pixels of the edit image as the VAE (and, but for Edit-2509, the VL model) reads it
     # A Fun control file (Qwen-Image-2512-Fun-Controlnet-Union), relative to the folder or absolute ("": none;
     # --control-path gives one per request), and how strongly its hints steer (VideoX-Fun's default 0.8).
     control_path: str = ""
