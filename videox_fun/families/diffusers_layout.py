@@ -1,6 +1,6 @@
 """How the diffusers-layout image families (FLUX.1, Qwen-Image, Z-Image) read a folder, from config files only: the
-transformer class that claims it, the folder's own YAML, the VAE class checked before any weight is read, and the
-:class:`~videox_fun.families.Recognised` they all build the same way."""
+transformer class that claims it, the folder's own YAML, the VAE class checked before any weight is read, the
+:class:`~videox_fun.families.Recognised` they all build the same way, and the LoRA reader their transformers get."""
 
 from __future__ import annotations
 
@@ -37,7 +37,28 @@ class DiffusersImageFamily(Family):
         """Every component of the folder, as the pipeline class's ``from_pretrained`` loads it."""
         module, name = self.pipeline.split(":")
         pipeline_class = getattr(importlib.import_module(module), name)
-        return pipeline_class.from_pretrained(recognised, device=device, dtype=dtype)
+        pipe = pipeline_class.from_pretrained(recognised, device=device, dtype=dtype)
+        attach_lora_reader(pipe, recognised.folder)
+        return pipe
+
+
+def attach_lora_reader(pipe: Pipeline, folder: Path) -> None:
+    """Give the pipeline's transformers the ``lora_state_dict`` hook that :func:`~videox_fun.models.lora.merge_lora`
+    reads LoRA files of other layouts through (kohya / sd-scripts, ComfyUI, BFL names): the reader of diffusers'
+    pipeline class that the folder's ``model_index.json`` names (``FluxPipeline``, ``Flux2Pipeline``,
+    ``QwenImagePipeline``, ``QwenImageEditPipeline``, ``ZImagePipeline``...), so a file merges as that pipeline's
+    ``load_lora_weights`` + ``fuse_lora`` would apply it. A class diffusers lacks, or one without a LoRA reader,
+    attaches nothing (diffusers-named files still merge)."""
+    import diffusers
+
+    from ..models.lora import diffusers_lora_reader
+
+    name = read_json_mapping(folder / "model_index.json", "model index").get("_class_name")
+    loader = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if loader is None or not hasattr(loader, "lora_state_dict"):
+        return
+    for transformer in pipe.transformers:
+        transformer.lora_state_dict = diffusers_lora_reader(loader)
 
 
 def transformer_config(folder: Path, transformer_class: str) -> Mapping[str, Any] | None:
