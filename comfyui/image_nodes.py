@@ -81,9 +81,8 @@ class LoadFlux2Model(LoadZImageModel):
 
 
 class LoadQwenImageModel(LoadZImageModel):
-    """Choose a Qwen-Image or Qwen-Image-Edit model (diffusers layout) from ``models/Fun_Models/`` or a built-in tiny
-    one. Qwen-Image-Edit-2509 / 2511 (several edit images) are listed as VideoX-Fun lists them; the library refuses
-    their folders at load, naming what it serves."""
+    """Choose a Qwen-Image, Qwen-Image-Edit or Qwen-Image-Edit-2509 / 2511 (QwenImageEditPlusSampler's: several
+    pictures) model (diffusers layout) from ``models/Fun_Models/`` or a built-in tiny one."""
 
     FAMILY = "qwenimage"
     RELEASES: ClassVar[tuple[str, ...]] = ("Qwen-Image", "Qwen-Image-2512", "Qwen-Image-Edit", "Qwen-Image-Edit-2509",
@@ -378,8 +377,7 @@ class QwenImageT2VSampler(ZImageT2ISampler):
 
 
 class QwenImageEditSampler(QwenImageT2VSampler):
-    """Qwen-Image-Edit: change ``image`` as the prompt says, at width x height (one edit image: the library does not
-    serve Edit-2509 / 2511's several, so VideoX-Fun's QwenImageEditPlusSampler is not offered)."""
+    """Qwen-Image-Edit: change ``image`` (the first of the batch) as the prompt says, at width x height."""
 
     MODE = "edit"
     MEDIA: ClassVar[dict[str, str | None]] = {"image": "image"}
@@ -389,6 +387,20 @@ class QwenImageEditSampler(QwenImageT2VSampler):
         if "image" not in inputs:
             raise ValueError(f"{type(self).__name__}: connect image (the image to edit)")
         return self.MODE
+
+
+class QwenImageEditPlusSampler(QwenImageEditSampler):
+    """Qwen-Image-Edit-2509: change the pictures of ``image`` as the prompt says, at width x height. Each image of
+    the batch is a picture (up to 3: the first is the library's ``image``, the rest its ``ref_image``), where
+    VideoX-Fun's node reads the first alone; one image runs as there."""
+
+    def media_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The batch's first image as ``image``, the others as ``ref_image`` (uint8 (H, W, 3) each)."""
+        images = kwargs.get("image")
+        if images is None:
+            return {}
+        frames = media.image_to_frames(images, "image")  # (B, H, W, 3)
+        return {"image": frames[0], **({"ref_image": list(frames[1:])} if len(frames) > 1 else {})}
 
 
 class QwenImageControlSampler(ZImageControlSampler):
@@ -419,6 +431,7 @@ IMAGE_NODES: tuple[type, ...] = (
     LoadQwenImageControlNetInPipeline,
     QwenImageT2VSampler,
     QwenImageEditSampler,
+    QwenImageEditPlusSampler,
     QwenImageControlSampler,
 )
 # VideoX-Fun's display names (comfyui/comfyui_nodes.py).
@@ -438,5 +451,6 @@ IMAGE_DISPLAY_NAMES = {
     "LoadQwenImageControlNetInPipeline": "Load QwenImage ControlNet In Pipeline",
     "QwenImageT2VSampler": "QwenImage T2V Sampler",
     "QwenImageEditSampler": "QwenImage Edit Sampler",
+    "QwenImageEditPlusSampler": "QwenImage Edit Plus Sampler",
     "QwenImageControlSampler": "QwenImage Control Sampler",
 }

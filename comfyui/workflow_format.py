@@ -49,6 +49,16 @@ BUILTIN_INFO: dict[str, dict[str, Any]] = {
         "output": [],
         "output_name": [],
     },
+    "SaveImage": {
+        "input": {
+            "required": {
+                "images": ["IMAGE", {}],
+                "filename_prefix": ["STRING", {"default": "ComfyUI"}],
+            }
+        },
+        "output": [],
+        "output_name": [],
+    },
 }
 # Layout: nodes in columns by their depth in the graph (sources left), stacked in each column.
 COLUMN_WIDTH, NODE_WIDTH, GAP = 440, 400, 40

@@ -21,11 +21,15 @@ MODEL_SUFFIXES = {".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".sft"}  # wha
 @pytest.fixture(scope="session")
 def comfy_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ComfyUI ``models/`` tree with the packaged tiny InP model as single files (fp8_scaled transformer too),
-    as ``python -m comfyui.write_single_files Wan2.1-Fun-Tiny-InP models/ --fp8`` writes them."""
+    as ``python -m comfyui.write_single_files Wan2.1-Fun-Tiny-InP models/ --fp8`` writes them, and a tiny Z-Image
+    Fun control file in ``model_patches/`` (the Z-Image control workflow's)."""
     from comfyui.single_files import export_single_files
+    from videox_fun.models.zimage.tiny import TINY_CONTROL_FILE, build_tiny_control_file
 
     root = tmp_path_factory.mktemp("comfy_models")
     export_single_files(TINY, root, TINY_STEM, fp8=True)
+    (root / "model_patches").mkdir()
+    build_tiny_control_file(root / "model_patches" / TINY_CONTROL_FILE, "2.1", seed=5)
     return root
 
 

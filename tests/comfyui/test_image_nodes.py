@@ -1,7 +1,7 @@
 """The image families' nodes (Z-Image, FLUX.2, Qwen-Image) without ComfyUI: VideoX-Fun's sockets, widget defaults,
 outputs and display names; each sampler's image against the library's programmatic entry for the same seed and
 settings on the built-in tiny random models (t2i, Fun control from a file of ``model_patches/``, control_inpaint,
-Qwen-Image-Edit, a Z-Image LoRA); one-line refusals.
+Qwen-Image-Edit, Edit-2509 with one and two pictures, a Z-Image LoRA); one-line refusals.
 
 Measured (fp32, CPU, 64x64, 2 steps): every node image equals :func:`videox_fun.api.load_pipeline` +
 ``generate`` exactly (max abs diff 0 of 255 levels), the control and LoRA runs included.
@@ -85,6 +85,8 @@ VIDEOX_FUN_IMAGE_NODES: dict[str, tuple[dict[str, tuple], list[str], list[tuple[
                             _IMAGES, "QwenImage T2V Sampler"),
     "QwenImageEditSampler": ({**_LINKS, **_NEGATIVE, **_sampler(1344, 768, 50, 4.0, ("INT", 1)), **_TEACACHE},
                              ["image"], _IMAGES, "QwenImage Edit Sampler"),
+    "QwenImageEditPlusSampler": ({**_LINKS, **_NEGATIVE, **_sampler(1344, 768, 50, 4.0, ("INT", 1)), **_TEACACHE},
+                                 ["image"], _IMAGES, "QwenImage Edit Plus Sampler"),
     "QwenImageControlSampler": (
         {**_LINKS, **_NEGATIVE, **_sampler(1568, 1184, 40, 4.0, ("INT", 3)), **_TEACACHE,
          "control_context_scale": ("FLOAT", 0.8)},
@@ -97,7 +99,8 @@ RELEASES = {"LoadZImageModel": ["Z-Image-Turbo", "Z-Image"], "LoadFlux2Model": [
             "LoadQwenImageModel": ["Qwen-Image", "Qwen-Image-2512", "Qwen-Image-Edit", "Qwen-Image-Edit-2509",
                                    "Qwen-Image-Edit-2511"]}  # fmt: skip
 CFG_MIN = {"ZImageT2ISampler": 0.0, "ZImageControlSampler": 0.0, "Flux2T2ISampler": 1.0, "Flux2ControlSampler": 0.0,
-           "QwenImageT2VSampler": 1.0, "QwenImageEditSampler": 1.0, "QwenImageControlSampler": 0.0}  # fmt: skip
+           "QwenImageT2VSampler": 1.0, "QwenImageEditSampler": 1.0, "QwenImageEditPlusSampler": 1.0,
+           "QwenImageControlSampler": 0.0}  # fmt: skip
 SIZE, STEPS, SEED = 64, 2, 7
 PROMPT = "a red square"
 
@@ -265,6 +268,25 @@ def test_qwen_image_edit_sampler_equals_the_library(comfy_patches: Path) -> None
     reference = library_image("Qwen-Image-Edit-Tiny-Random", "edit", image=as_frames(image)[0], guidance_scale=1.0,
                               negative_prompt="")  # fmt: skip
     assert_same(edit, reference, "QwenImageEditSampler")
+
+
+def test_qwen_image_edit_plus_sampler_reads_each_image_of_the_batch(comfy_patches: Path) -> None:
+    """QwenImageEditPlusSampler on Qwen-Image-Edit-2509: a batch of two images is two pictures (the library's image
+    and ref_image); one image runs as VideoX-Fun's node runs (its first); two pictures on plain Edit are refused."""
+    video, *_ = pack.FunToyWorldClip().render("a red square moving right", SIZE, SIZE, 5, 0, "box")
+    pictures = video[[0, 4]]  # [2, 64, 64, 3]: two frames of the clip
+    model = "Qwen-Image-Edit-2509-Tiny-Random"
+    two = node_image("LoadQwenImageModel", model, "QwenImageEditPlusSampler", image=pictures, cfg=1.0)
+    frames = as_frames(pictures)
+    reference = library_image(model, "edit", image=frames[0], ref_image=[frames[1]], guidance_scale=1.0,
+                              negative_prompt="")  # fmt: skip
+    assert_same(two, reference, "QwenImageEditPlusSampler, 2 pictures")
+    one = node_image("LoadQwenImageModel", model, "QwenImageEditPlusSampler", image=pictures[:1], cfg=1.0)
+    reference = library_image(model, "edit", image=frames[0], guidance_scale=1.0, negative_prompt="")
+    assert_same(one, reference, "QwenImageEditPlusSampler, 1 picture")
+    assert not torch.equal(one, two)
+    with pytest.raises(ValueError, match="picture"):
+        node_image("LoadQwenImageModel", "Qwen-Image-Edit-Tiny-Random", "QwenImageEditPlusSampler", image=pictures)
 
 
 def zimage_lora(path: Path) -> Path:

@@ -208,7 +208,7 @@ def test_videox_fun_workflow_accepted(workflow: list) -> None:
 def test_example_workflows_use_our_sockets(tiny_a14b: Path, comfy_folders: Path) -> None:
     """Every input an example workflow sets is a socket of its node, and every widget value validates (the
     single-file workflow's file names against ComfyUI's folders holding the tiny model's files)."""
-    builtin = {"CreateVideo", "SaveVideo"}
+    builtin = {"CreateVideo", "SaveVideo", "SaveImage"}
     files = sorted((REPO / "comfyui" / "workflows").glob("*_api.json"))
     assert len(files) >= 6
     for path in files:

@@ -29,6 +29,9 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "comfyui" / "workflows").glob("*_api.json"))
+# The video workflows (SaveVideo) and the image families' (SaveImage, checked against `videox-fun generate` below).
+VIDEO_WORKFLOWS = [p for p in WORKFLOWS if '"SaveVideo"' in p.read_text()]
+IMAGE_WORKFLOWS = [p for p in WORKFLOWS if p not in VIDEO_WORKFLOWS]
 T2V = REPO / "comfyui" / "workflows" / "wan2.1_fun_tiny_t2v_api.json"
 # The same t2v through the chunked loaders, from single files in ComfyUI's own folders (the fp8_scaled transformer).
 SINGLE_FILES_T2V = REPO / "comfyui" / "workflows" / "wan2.1_fun_tiny_single_files_t2v_api.json"
@@ -148,6 +151,7 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
     paths = single_file_models(tmp_path_factory.mktemp("comfy_models"))
     server = Comfy(root, tmp_path_factory.mktemp("comfyui"), {"VIDEOX_FUN_MODELS": str(models_dir)},
                    ("--extra-model-paths-config", str(paths)))  # fmt: skip
+    server.model_tree = paths.parent  # type: ignore[attr-defined]  # where the reference finds model_patches/
     print(f"\nComfyUI ready after {server.ready_after:.1f} s on port {server.port}")
     try:
         yield server
@@ -157,14 +161,20 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
 
 def single_file_models(folder: Path) -> Path:
     """The tiny model's single files in a models tree, and the extra_model_paths.yaml that gives it to ComfyUI
-    (diffusion_models/, vae/, text_encoders/, clip_vision/ besides ComfyUI's own folders)."""
+    (diffusion_models/, vae/, text_encoders/, clip_vision/ besides ComfyUI's own folders); model_patches/ holds a
+    tiny Z-Image Fun control file (the Z-Image control workflow's)."""
     import importlib
     import sys
+
+    from videox_fun.models.zimage.tiny import TINY_CONTROL_FILE, build_tiny_control_file
 
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     importlib.import_module("comfyui.single_files").export_single_files("Wan2.1-Fun-Tiny-InP", folder, TINY_STEM, True)
-    kinds = "".join(f"    {kind}: {kind}\n" for kind in ("diffusion_models", "vae", "text_encoders", "clip_vision"))
+    (folder / "model_patches").mkdir()
+    build_tiny_control_file(folder / "model_patches" / TINY_CONTROL_FILE, "2.1", seed=5)
+    kinds = "".join(f"    {kind}: {kind}\n" for kind in ("diffusion_models", "vae", "text_encoders", "clip_vision",
+                                                               "model_patches"))  # fmt: skip
     config = folder / "extra_model_paths.yaml"
     config.write_text(f"videox_fun_test:\n    base_path: {folder}\n{kinds}")
     return config
@@ -237,7 +247,7 @@ def test_ui_workflows_are_what_comfyuis_object_info_makes_of_their_api_twins(com
     print(f"\n{len(WORKFLOWS)} UI workflows: node types in /object_info, same as converted with ComfyUI's own")
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name.removesuffix("_api.json") for p in WORKFLOWS])
+@pytest.mark.parametrize("path", VIDEO_WORKFLOWS, ids=[p.name.removesuffix("_api.json") for p in VIDEO_WORKFLOWS])
 def test_example_workflow_writes_its_video(comfy: Comfy, path: Path) -> None:
     workflow = json.loads(path.read_text())
     started = time.monotonic()
@@ -315,3 +325,93 @@ def test_free_drops_the_held_pipeline(comfy: Comfy) -> None:
         time.sleep(0.2)
     assert comfy.log.read_text().count(released) == before + 1, comfy.log.read_text()[-2000:]
     print(f"\nPOST /free released the held pipeline after {30 - (end - time.monotonic()):.1f} s")
+
+
+# -- the image families' workflows against videox_fun.api -------------------------------------------------------
+
+# Runs each job through videox_fun.api, as `videox-fun generate` does (load_pipeline, generate, write_result), in one
+# process (one start-up of torch for all). Not the CLI itself: in ComfyUI's venv its parser needs fastapi (serve).
+GENERATE_ALL = """
+import json, sys
+from pathlib import Path
+from videox_fun.api import GenerationRequest, RuntimeOptions, load_pipeline, write_result
+for job in json.loads(sys.argv[1]):
+    loaded = load_pipeline(job["model"], RuntimeOptions(device="cpu", dtype="float32"))
+    write_result(loaded.generate(GenerationRequest(**job["request"]), progress=False), Path(job["output"]))
+    loaded.close()
+"""
+# The sampler widgets -> the request's fields (as `videox-fun generate`'s flags name them: --guidance, --sampler...).
+REQUEST_FIELDS = {"width": "width", "height": "height", "steps": "steps", "seed": "seed", "cfg": "guidance_scale",
+                  "scheduler": "sampler"}  # fmt: skip
+
+
+def generate_job(workflow: dict, saved: dict[tuple[str, int], Path], model_tree: Path, output: Path) -> dict:
+    """The library job of a workflow's image sampler: its model, and a request of its prompts, widgets, mode, the
+    chain's control file and its input images as the workflow's SaveImage nodes wrote them (``saved``: by the output
+    they save), as `videox-fun generate` would be given them."""
+    import importlib
+    import sys
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    sampler = next(node for node in workflow.values() if node["class_type"].endswith("Sampler"))
+    cls = importlib.import_module("comfyui.nodes").NODE_CLASS_MAPPINGS[sampler["class_type"]]
+    inputs = sampler["inputs"]
+    request = {field: inputs[name] for name, field in REQUEST_FIELDS.items()}
+    request["prompt"] = workflow[inputs["prompt"][0]]["inputs"]["prompt"]
+    if "negative_prompt" in inputs:
+        request["negative_prompt"] = workflow[inputs["negative_prompt"][0]]["inputs"]["prompt"]
+    if cls.STATIC_SHIFT:  # FLUX.2 / Qwen-Image: the shift widget is unused, as in VideoX-Fun (dynamic shift)
+        request["shift"] = inputs["shift"]
+    extra = {"control_context_scale": inputs["control_context_scale"]} if "control_context_scale" in inputs else {}
+    chain = workflow[inputs["funmodels"][0]]
+    if chain["class_type"].endswith("ControlNetInPipeline"):
+        extra["control_path"] = str(model_tree / "model_patches" / chain["inputs"]["model_name"])
+        chain = workflow[chain["inputs"]["funmodels"][0]]
+    media = {cls.MEDIA[socket]: str(saved[tuple(inputs[socket])]) for socket in cls.MEDIA if socket in inputs}
+    request |= {**media, "extra": extra, "mode": cls().mode(dict.fromkeys(media))}
+    return {"model": chain["inputs"]["model"], "request": request, "output": str(output)}
+
+
+@pytest.fixture(scope="module")
+def image_runs(comfy: Comfy, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Each image workflow run by the server, then their library twins in one process of ComfyUI's venv (the same
+    torch, threads and built-in models): workflow file name -> (the sampler's PNG, the library's PNG)."""
+    out = tmp_path_factory.mktemp("generate")
+    runs, jobs = {}, []
+    for path in IMAGE_WORKFLOWS:
+        workflow = json.loads(path.read_text())
+        started = time.monotonic()
+        entry = comfy.wait(comfy.submit(workflow))
+        assert entry["status"]["status_str"] == "success", error_of(entry)
+        saved = {}  # (source node, output slot) -> the PNG a SaveImage node wrote of it
+        for node_id, output in entry["outputs"].items():
+            item = output["images"][0]
+            saved[tuple(workflow[node_id]["inputs"]["images"])] = comfy.output / item["subfolder"] / item["filename"]
+        sampler = next(key for key, node in workflow.items() if node["class_type"].endswith("Sampler"))
+        target = out / f"{path.name.removesuffix('_api.json')}.png"
+        jobs.append(generate_job(workflow, saved, comfy.model_tree, target))  # type: ignore[attr-defined]
+        runs[path.name] = (saved[(sampler, 0)], target)
+        print(f"\n{path.name}: ComfyUI ran it in {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # as the server's
+    python = comfy_root() / "venv" / "bin" / "python"
+    done = subprocess.run([python, "-c", GENERATE_ALL, json.dumps(jobs)], capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(f"videox_fun.api made the {len(jobs)} references in {time.monotonic() - started:.1f} s")
+    return runs
+
+
+@pytest.mark.parametrize("path", IMAGE_WORKFLOWS, ids=[p.name.removesuffix("_api.json") for p in IMAGE_WORKFLOWS])
+def test_image_workflow_equals_the_library(image_runs: dict[str, tuple[Path, Path]], path: Path) -> None:
+    """The image a workflow's sampler saves is the one videox_fun.api writes (what `videox-fun generate` runs) for
+    the same model, seed, settings and input images: both build one request for the same entry."""
+    import numpy as np
+    from PIL import Image
+
+    node_png, library_png = image_runs[path.name]
+    node, library = (np.asarray(Image.open(p).convert("RGB")).astype(np.int16) for p in (node_png, library_png))
+    diff = int(np.abs(node - library).max())
+    print(f"\n{path.name}: {node.shape}, ComfyUI vs videox_fun.api max abs diff {diff} (of 255)")
+    assert node.shape == (64, 64, 3) and diff == 0 and node.std() > 1.0  # equal, and not a blank image
