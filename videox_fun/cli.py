@@ -65,7 +65,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "--ref-image",
         nargs="+",
         metavar="IMAGE",
-        help="reference image: Fun V1.1 Control's reference frame, or one or more VACE subject images",
+        help="reference image: Fun V1.1 Control's reference frame, one or more VACE subject images, or the "
+        "more pictures of an edit after --image (FLUX.2: up to 9; Qwen-Image-Edit-2509: up to 2)",
     )
     for setting in all_settings().values():  # what only some modes of a family read (GenerationRequest.extra)
         io.add_argument(setting.flag, *setting.aliases, type=setting.type, choices=setting.choices, help=setting.help)
@@ -329,7 +330,8 @@ def generation_request(args: argparse.Namespace, prompt: str, seed: int) -> Gene
 
     renamed = {"num_frames": args.frames, "steps": args.steps, "guidance_scale": args.guidance}
     references = args.ref_image
-    renamed["ref_image"] = references[0] if references and len(references) == 1 else references  # several: VACE
+    # several: VACE subjects, an edit's pictures
+    renamed["ref_image"] = references[0] if references and len(references) == 1 else references
     renamed["extra"] = {name: getattr(args, name) for name in all_settings() if getattr(args, name, None) is not None}
     return options_from(vars(args) | renamed | {"prompt": prompt, "seed": seed, "guidance_scale_2": args.guidance_2},
                         GenerationRequest)  # fmt: skip

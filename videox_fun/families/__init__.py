@@ -334,9 +334,13 @@ def given_inputs(inputs: Mapping[str, object]) -> set[str]:
     return {name for name in INPUT_NAMES if inputs.get(name) is not None}
 
 
-def image_count(*values: object) -> int:
-    """How many images ``values`` hold: each None, one image, or a list of them (``--ref-image a.png b.png``)."""
-    return sum(len(value) if isinstance(value, (list, tuple)) else 1 for value in values if value is not None)
+def listed_images(*values: Any) -> list[Any]:
+    """The images ``values`` hold, in order: each None, one image, or a list of them (``--ref-image a.png b.png``)."""
+    images: list[Any] = []
+    for value in values:
+        if value is not None:
+            images.extend(value if isinstance(value, (list, tuple)) else [value])
+    return images
 
 
 def infer_mode(table: Mapping[str, Mode], inputs: Mapping[str, object]) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import read_json_mapping
-from . import Mode, Recognised, image_count, register
+from . import Mode, Recognised, listed_images, register
 from .diffusers_layout import (
     FLOW_SAMPLERS,
     IMAGE_MODES,
@@ -96,7 +96,7 @@ class QwenImageFamily(DiffusersImageFamily):
         from ..models.qwenimage.variants import VARIANTS
 
         most = next((variant.pictures for variant in VARIANTS.values() if variant.name == recognised.variant), 1)
-        check_pictures(recognised.variant, most, image_count(inputs.get("image"), inputs.get("ref_image")))
+        check_pictures(recognised.variant, most, len(listed_images(inputs.get("image"), inputs.get("ref_image"))))
 
     def needs_for_mode(self, mode: str) -> str:
         """The kind of checkpoint a user needs for ``mode``, for error messages."""

@@ -20,13 +20,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..families import ImageSizeRules, Mode, infer_mode, require_inputs
 from ..io.files import check_input_file
-from ..io.video import tensor_to_frames
+from ..io.video import read_image, tensor_to_frames
 from .common import (
     GenerationOutput,
     ImageLike,
@@ -53,13 +55,10 @@ PATCH = 2  # image tokens of both families: 2x2 latent pixels each
 Passes = tuple[dict, dict, float]
 
 
-def image_list(*sources: ImageLike | Sequence[ImageLike] | None) -> list[ImageLike]:
-    """The images of ``sources`` in order, each None, one image or a list of them (``--ref-image a.png b.png``)."""
-    images: list[ImageLike] = []
-    for source in sources:
-        if source is not None:
-            images.extend(source if isinstance(source, (list, tuple)) else [source])
-    return images
+def pil_image(source: ImageLike) -> Image.Image:
+    """An image path, or uint8 (H, W, 3), as an RGB PIL image."""
+    pixels = read_image(source) if isinstance(source, (str, Path)) else torch.as_tensor(np.asarray(source))
+    return Image.fromarray(pixels.to(torch.uint8).numpy()).convert("RGB")
 
 
 class FlowImagePipeline:

@@ -37,10 +37,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import read_json_mapping
-from ..families import Mode
+from ..families import Mode, listed_images
 from ..families.fun_control import CONTROL_MODES
 from ..families.qwenimage import QWENIMAGE_MODES, QWENIMAGE_SAMPLERS, check_pictures
-from ..io.video import read_image
 from ..models.qwenimage.control import QwenImageControl
 from ..models.qwenimage.text_encoder import QwenVLTextEncoder
 from ..models.qwenimage.transformer import QwenImageTransformer
@@ -53,10 +52,10 @@ from ..models.qwenimage.variants import (
     QwenImageVariant,
     variant_of,
 )
-from .common import ImageLike, SamplingSettings, pack_latents
+from .common import SamplingSettings, pack_latents
 from .fun_control import SideStreamControlPipeline
 from .guidance import ClassifierFreeGuidance
-from .image import PATCH, PackedFlowImagePipeline, Passes, image_list
+from .image import PATCH, PackedFlowImagePipeline, Passes, pil_image
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +66,6 @@ def edit_size(width: int, height: int, area: int) -> tuple[int, int]:
     ratio, step = width / height, EDIT_SIZE_MULTIPLE
     side = math.sqrt(area * ratio)  # the width before rounding
     return round(side / ratio / step) * step, round(side / step) * step
-
-
-def pil_image(source: ImageLike) -> Image.Image:
-    """An image path, or uint8 (H, W, 3), as an RGB PIL image."""
-    pixels = read_image(source) if isinstance(source, (str, Path)) else torch.as_tensor(np.asarray(source))
-    return Image.fromarray(pixels.to(torch.uint8).numpy()).convert("RGB")
 
 
 def resized(image: Image.Image, area: int) -> Image.Image:
@@ -173,7 +166,7 @@ class QwenImagePipeline(SideStreamControlPipeline, PackedFlowImagePipeline):
     def edit_pictures(self, inputs: Mapping[str, Any]) -> list[Image.Image]:
         """An edit's pictures in order (``image``, then ``ref_image``: one or a list) as RGB images; more than the
         variant reads are refused in one line."""
-        sources = image_list(inputs.get("image"), inputs.get("ref_image"))
+        sources = listed_images(inputs.get("image"), inputs.get("ref_image"))
         check_pictures(self.variant.name, self.variant.pictures, len(sources))
         return [pil_image(source) for source in sources]
 
