@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -133,6 +134,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     if backend != "sdpa" and q.dtype not in (torch.float16, torch.bfloat16):
         backend = "sdpa"
     return _KERNELS[backend][1](q, k, v)
+
+
+def key_mask_bias(key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A key mask (B, Lk) bool, True = attend, as :func:`attention`'s additive bias: 0 or -inf per key."""
+    return torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device).masked_fill(~key_mask.bool(), -math.inf)
+
+
+class AttentionSeam:
+    """Base of the attention processors whose softmax attention is one replaceable method, :meth:`attend`.
+
+    The processor does the model's math around it (projections, norms, rotary embeddings, output projections);
+    sequence parallelism replaces ``attend`` on the instance (the model's ``_attention_seam``) to attend over the
+    tokens of every rank.
+    """
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        text_len: int | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Joint attention of (B, L, H, D) tensors -> (B, L, H, D); ``key_mask`` (B, L) bool leaves out the keys
+        marked False; ``text_len`` (the text tokens in front, when the model has them) is for a replacement."""
+        bias = None if key_mask is None else key_mask_bias(key_mask, q.dtype)
+        return attention(q, k, v, bias)
 
 
 # ----------------------------------------------------------------------------------------

@@ -178,10 +178,57 @@ def heads_to_sequence(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor
 def merge_attention(
     out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Combine attention over two disjoint key sets: outs (B, L, H, D), lses (B, L, H) -> the union's, fp32."""
+    """Combine attention over two disjoint key sets: outs (B, L, H, D), lses (B, L, H) -> the union's, fp32.
+
+    A query that had no key in either set (lse -inf in both) stays at zero with lse -inf.
+    """
     lse = torch.logaddexp(lse_a, lse_b)  # (B, L, H)
-    out = out_a.float() * torch.exp(lse_a - lse)[..., None] + out_b.float() * torch.exp(lse_b - lse)[..., None]
-    return out, lse
+    reference = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)  # no -inf - -inf = nan
+    weight_a, weight_b = torch.exp(lse_a - reference)[..., None], torch.exp(lse_b - reference)[..., None]
+    return out_a.float() * weight_a + out_b.float() * weight_b, lse
+
+
+# Which keys of a K/V block to attend to: a slice, an index (Lk',) shared by every sample, or a bool (B, Lk) per
+# sample (True = attend).
+KeySelection = slice | torch.Tensor
+
+
+def attention_over_keys(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: KeySelection, with_lse: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+    """Attention of q (B, Lq, H, D) to the selected keys of k / v (B, Lk, H, D): the output (with its log-sum-exp
+    (B, Lq, H) when ``with_lse``), ``None`` when nothing is selected.
+
+    Keys are cut out rather than masked, so the fused kernels serve; samples whose selections differ are attended
+    one by one (a sample without keys gives zeros, lse -inf).
+    """
+    if isinstance(keys, torch.Tensor) and keys.dtype == torch.bool:
+        if bool((keys == keys[:1]).all()):
+            keys = keys[0].nonzero()[:, 0]
+        else:
+            rows = [attention_over_keys(q[b : b + 1], k[b : b + 1], v[b : b + 1], keys[b].nonzero()[:, 0], with_lse)
+                    for b in range(q.shape[0])]  # fmt: skip
+            return _stack_rows(rows, q, with_lse)
+    if isinstance(keys, slice):
+        k, v = k[:, keys], v[:, keys]
+    else:
+        k, v = k.index_select(1, keys), v.index_select(1, keys)
+    if k.shape[1] == 0:
+        return None
+    return attention_with_lse(q, k, v) if with_lse else attention(q, k, v)
+
+
+def _stack_rows(rows: list, q: torch.Tensor, with_lse: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-sample results of :func:`attention_over_keys` as one batch."""
+    if all(row is None for row in rows):
+        return None
+    if not with_lse:
+        if any(row is None for row in rows):
+            raise RuntimeError("a sample's queries have no key to attend to")
+        return torch.cat(rows)
+    empty = (q.new_zeros(1, *q.shape[1:]), torch.full((1, *q.shape[1:3]), -math.inf, device=q.device))
+    rows = [empty if row is None else row for row in rows]
+    return torch.cat([row[0] for row in rows]), torch.cat([row[1] for row in rows])
 
 
 def ring_attention_with_lse(
@@ -190,13 +237,19 @@ def ring_attention_with_lse(
     v: torch.Tensor,
     groups: ParallelGroups,
     valid_length: Callable[[int], int] | None = None,
+    keys: Callable[[int], KeySelection] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of local queries (B, S, H, D) to the keys of every ring member, K/V passed around the ring;
     the output (fp32) and its log-sum-exp (B, S, H), to merge with attention over other keys.
 
     At step i a rank holds the K/V of segment ``(ring_rank - i) % R``; the next block is in flight
-    while the current one is attended to. ``valid_length(segment)`` cuts padded keys off a block.
+    while the current one is attended to. ``valid_length(segment)`` cuts padded keys off a block's end;
+    ``keys(segment)`` selects them instead (:data:`KeySelection`: padding inside a block, masked keys).
     """
+    if keys is None and valid_length is not None:
+        keys = lambda segment: slice(0, valid_length(segment))  # noqa: E731
+    elif keys is None:
+        keys = lambda _segment: slice(None)  # noqa: E731
     degree, me = groups.ring_degree, groups.ring_rank
     send_to, receive_from = groups.ring_ranks[(me + 1) % degree], groups.ring_ranks[(me - 1) % degree]
     kv = torch.stack([k, v]).contiguous()  # (2, B, S, H, D)
@@ -211,18 +264,15 @@ def ring_attention_with_lse(
                     dist.P2POp(dist.irecv, incoming, receive_from, group=groups.ring_group),
                 ]
             )
-        segment = (me - step) % degree
-        keep = valid_length(segment) if valid_length is not None else kv.shape[2]
-        if keep > 0:  # a segment of padding only adds nothing
-            block_out, block_lse = attention_with_lse(q, kv[0, :, :keep], kv[1, :, :keep])
-            if out is None:
-                out, lse = block_out.float(), block_lse
-            else:
-                out, lse = merge_attention(out, lse, block_out, block_lse)
+        block = attention_over_keys(q, kv[0], kv[1], keys((me - step) % degree), with_lse=True)
+        if block is not None:  # a segment of padding only adds nothing
+            out, lse = (block[0].float(), block[1]) if out is None else merge_attention(out, lse, *block)
         for request in pending:
             request.wait()
         if pending:
             kv = incoming
+    if out is None:
+        raise RuntimeError("ring attention: no segment holds a key")
     return out, lse
 
 
@@ -232,9 +282,10 @@ def ring_attention(
     v: torch.Tensor,
     groups: ParallelGroups,
     valid_length: Callable[[int], int] | None = None,
+    keys: Callable[[int], KeySelection] | None = None,
 ) -> torch.Tensor:
     """:func:`ring_attention_with_lse`'s output alone, in q's dtype."""
-    return ring_attention_with_lse(q, k, v, groups, valid_length)[0].to(q.dtype)
+    return ring_attention_with_lse(q, k, v, groups, valid_length, keys)[0].to(q.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -373,37 +424,70 @@ def _valid_length(index: int, total: int, segment: int) -> int:
     return max(0, min(segment, total - index * segment))
 
 
+@dataclass
+class _Stream:
+    """One token stream of the joint sequence while the blocks run: its real tokens and the tokens each rank holds
+    (the padded chunk when split, every token when the stream stays whole on every rank)."""
+
+    name: str
+    total: int
+    local: int
+    split: bool
+
+    def keys(self, rank: int) -> int:
+        """How many of rank ``rank``'s tokens of this stream are keys: its real ones when split; a whole stream's
+        only on rank 0 (the others hold copies)."""
+        if self.split:
+            return _valid_length(rank, self.total, self.local)
+        return self.total if rank == 0 else 0
+
+
 class JointSequenceParallel(SequenceParallel):
-    """Sequence parallelism for a model whose block loop is not ours (diffusers' CogVideoX), through hooks.
+    """Sequence parallelism for a model whose block loop is not ours (diffusers' CogVideoX, FLUX.1, FLUX.2,
+    Qwen-Image, Z-Image), through hooks.
 
     The first declared block splits the ``_sequence_parallel_shards`` arguments over the ranks (the
-    per-token streams and side inputs: video tokens, RoPE tables); later blocks split the side inputs
-    they are handed whole; the last block's output streams are gathered back. Text tokens stay whole
-    on every rank. Each block's ``_attention_seam`` runs joint text + video attention: Ulysses swaps
-    the video tokens for heads, Ring passes the video K/V around, and the text K/V (on every rank)
-    are attended to once and merged by log-sum-exp.
+    per-token streams and side inputs: tokens, RoPE tables, key masks); later blocks split the side inputs
+    they are handed whole; the last block's output streams (or the declared ``_sequence_parallel_gather``
+    module's output) are gathered back, padding cut. A stream that is not declared (CogVideoX's text) stays
+    whole on every rank. Each block's ``_attention_seam`` runs the joint attention over this rank's tokens of
+    every stream, in ``_sequence_parallel_layout`` order: Ulysses swaps tokens for heads, Ring passes K/V
+    blocks around, and the keys of padding (and of the copies of a whole stream, and masked keys) are left
+    out, so the result is the one-process attention.
     """
 
     def __init__(self, groups: ParallelGroups):
         super().__init__(groups)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._seams: list[object] = []
-        self._sharded_streams: list[int] = []
+        self._shards: dict[str, points.Shard] = {}
+        self._layout: tuple[str, ...] | None = None
+        self._streams: list[_Stream] = []  # set by the first block, in attention order
 
     def attach(self, model: nn.Module) -> JointSequenceParallel:
-        """Hook ``model``'s declared blocks and attention seams; returns self."""
+        """Hook ``model``'s declared blocks, attention seams and gather points; returns self."""
         if self.model is not None:
             raise RuntimeError("this SequenceParallel hook is already attached")
         shards = points.sequence_parallel_shards(model)
         seams = points.attention_seams(model)
         blocks = points.blocks(model, "sequence parallelism")
+        gathers = points.sequence_parallel_gather(model)
+        inputs = points.sequence_parallel_inputs(model)
         if any("attend" in vars(seam) for seam in seams):
             raise RuntimeError("the model's attention is already replaced (sequence parallelism attached twice?)")
         self.model, self._blocks, self._seams = model, blocks, seams
+        self._shards, self._layout = shards, points.sequence_parallel_layout(model)
         for index, block in enumerate(blocks):
-            split = functools.partial(self._split_inputs, shards, index == 0)
+            split = functools.partial(self._split_inputs, index == 0)
             self._handles.append(block.register_forward_pre_hook(split, with_kwargs=True))
-        self._handles.append(blocks[-1].register_forward_hook(self._gather_outputs))
+        if gathers:
+            for module, streams in gathers.items():
+                self._handles.append(module.register_forward_hook(functools.partial(self._gather_module, streams)))
+        else:
+            self._handles.append(blocks[-1].register_forward_hook(self._gather_outputs))
+        if inputs:
+            split = functools.partial(self._split_model_inputs, inputs)
+            self._handles.append(model.register_forward_pre_hook(split, with_kwargs=True))
         for seam in seams:
             seam.attend = self.attend_joint  # type: ignore[attr-defined]
         setattr(model, SHARDED_RELATIVE_L1, self.relative_l1)  # step caches measure chunks through it
@@ -417,46 +501,141 @@ class JointSequenceParallel(SequenceParallel):
             del seam.attend  # type: ignore[attr-defined]
         if self.model is not None:
             self.model.__dict__.pop(SHARDED_RELATIVE_L1, None)
-        self._handles, self._seams, self._blocks, self.model = [], [], [], None
+        self._handles, self._seams, self._blocks, self.model, self._streams = [], [], [], None, []
 
-    def _split_inputs(
-        self, shards: dict[str, int], first: bool, block: nn.Module, args: tuple, kwargs: dict
-    ) -> tuple[tuple, dict]:
-        """Before a block: this rank's chunk of each per-token input (the streams only at the first block)."""
+    # -- splitting ------------------------------------------------------------------------
+    def _split_inputs(self, first: bool, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Before a block: this rank's part of each per-token input (the streams only at the first block)."""
         if torch.is_grad_enabled():
             raise RuntimeError("sequence parallelism is for inference: run under torch.no_grad()")
         bound = inspect.signature(block.forward).bind_partial(*args, **kwargs).arguments
-        streams = points.block_streams(self.model, block.forward, 2)
+        streams = points.split_streams(self.model, block.forward)
         if first:
-            self._start_shard(bound, shards, streams)
-        for name, dim in shards.items():
+            self._start(bound, streams)
+        for name, shard in self._shards.items():
             if bound.get(name) is not None and (first or name not in streams):
-                bound[name] = self._chunk(bound[name], dim)
+                bound[name] = self._split(bound[name], shard, name)
         return (), bound
 
-    def _start_shard(self, bound: dict, shards: dict[str, int], streams: tuple[str, ...]) -> None:
-        """Record the sequence length and chunk size from the first sharded stream."""
-        stream = next(name for name in streams if name in shards)
-        total = bound[stream].shape[shards[stream]]
-        self._shard = _Shard(total=total, chunk=math.ceil(total / self.groups.sp_degree))
-        self._sharded_streams = [i for i, name in enumerate(streams) if name in shards]
+    def _start(self, bound: dict, streams: tuple[str, ...]) -> None:
+        """Record every stream of the layout: its length, and how many tokens each rank keeps."""
+        layout = self._layout or tuple(
+            [name for name in streams if name not in self._shards] + [name for name in streams if name in self._shards]
+        )
+        degree, found = self.groups.sp_degree, []
+        for name in layout:
+            tensor = bound.get(name)
+            if tensor is None:
+                raise ValueError(f"sequence parallelism: the first block got no {name!r}, a stream of the layout")
+            shard = self._shards.get(name)
+            if shard is None:
+                found.append(_Stream(name, tensor.shape[1], tensor.shape[1], split=False))
+            else:
+                total = tensor.shape[shard.dim]  # type: ignore[union-attr]
+                found.append(_Stream(name, total, math.ceil(total / degree), split=True))
+        self._streams = found
+        lead = self._lead()
+        self._shard = _Shard(total=lead.total, chunk=lead.local)
 
-    def _chunk(self, value: torch.Tensor | tuple, dim: int) -> torch.Tensor | tuple:
-        """This rank's chunk of a tensor (or of each tensor of a tuple) along ``dim``, zero-padded at the end."""
+    def _stream(self, name: str) -> _Stream:
+        for stream in self._streams:
+            if stream.name == name:
+                return stream
+        raise ValueError(
+            f"sequence parallelism: {name!r} is not a stream of the layout {[s.name for s in self._streams]}"
+        )
+
+    def _lead(self) -> _Stream:
+        """The stream a step cache measures: ``hidden_states`` if split, else the first split one."""
+        split = [stream for stream in self._streams if stream.split]
+        return next((stream for stream in split if stream.name == "hidden_states"), split[0])
+
+    def _split(self, value: torch.Tensor | tuple, shard: points.Shard, name: str) -> torch.Tensor | tuple:
+        """This rank's part of a per-token argument: each stream it spans chunked, zero-padded at the end."""
+        if isinstance(shard, tuple):  # one split per element of a tuple argument
+            return type(value)(self._split(part, each, name) for part, each in zip(value, shard, strict=True))
         if isinstance(value, (tuple, list)):
-            return type(value)(self._chunk(part, dim) for part in value)
-        assert self._shard is not None
-        chunk, rank = self._shard.chunk, self.groups.sp_rank
-        return pad_dim(value, dim, chunk * self.groups.sp_degree).narrow(dim, rank * chunk, chunk)
+            return type(value)(self._split(part, shard, name) for part in value)
+        if shard.streams is not None:
+            spans = [self._stream(stream) for stream in shard.streams]
+        elif any(stream.name == name for stream in self._streams):
+            spans = [self._stream(name)]
+        else:
+            spans = [stream for stream in self._streams if stream.split]
+        sizes = [stream.total for stream in spans]
+        if value.shape[shard.dim] != sum(sizes):
+            raise ValueError(f"sequence parallelism: {name} has {value.shape[shard.dim]} tokens on dim {shard.dim}, "
+                             f"the streams {[s.name for s in spans]} {sum(sizes)}")  # fmt: skip
+        parts = [
+            self._local_part(part, shard.dim, stream)
+            for part, stream in zip(value.split(sizes, shard.dim), spans, strict=True)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=shard.dim)
 
-    def _gather_outputs(self, block: nn.Module, args: tuple, output: tuple) -> tuple:
-        """After the last block: the whole sequence of every stream that was split, padding cut off."""
-        assert self._shard is not None
-        total, streams = self._shard.total, list(output)
-        for index in self._sharded_streams:
-            streams[index] = all_gather_cat(streams[index], self.groups.sp_group, dim=1)[:, :total]
-        self._shard = None
-        return tuple(streams)
+    def _local_part(self, t: torch.Tensor, dim: int, stream: _Stream) -> torch.Tensor:
+        if not stream.split:
+            return t
+        return local_chunk(t, dim, stream.local, self.groups.sp_degree, self.groups.sp_rank)
+
+    def _split_model_inputs(self, names: dict[str, int], model: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        """Before the model's forward: this rank's chunk of each declared per-token input (chunked by its own
+        length, as the stream it is added to will be)."""
+        bound = inspect.signature(model.forward).bind_partial(*args, **kwargs)
+        for name, dim in names.items():
+            if bound.arguments.get(name) is not None:
+                bound.arguments[name] = self._own_chunk(bound.arguments[name], dim)
+        return bound.args, bound.kwargs
+
+    def _own_chunk(self, value: object, dim: int) -> object:
+        if isinstance(value, dict):
+            return {key: self._own_chunk(item, dim) for key, item in value.items()}
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._own_chunk(item, dim) for item in value)
+        degree = self.groups.sp_degree
+        return local_chunk(value, dim, math.ceil(value.shape[dim] / degree), degree, self.groups.sp_rank)
+
+    # -- gathering ------------------------------------------------------------------------
+    def _unsplit(self, t: torch.Tensor, spans: list[_Stream]) -> torch.Tensor:
+        """The whole sequence of a (B, local, ...) tensor spanning ``spans``: every rank's part, padding cut."""
+        sizes = [stream.local for stream in spans]
+        if t.shape[1] != sum(sizes):
+            raise ValueError(f"sequence parallelism: an output of {t.shape[1]} tokens, this rank holds {sum(sizes)}")
+        if not any(stream.split for stream in spans):
+            return t
+        parts = [part.split(sizes, 1) for part in all_gather_cat(t, self.groups.sp_group, dim=1).split(sum(sizes), 1)]
+        mine = t.split(sizes, 1)
+        pieces = [torch.cat([part[i] for part in parts], 1)[:, : stream.total] if stream.split else mine[i]
+                  for i, stream in enumerate(spans)]  # fmt: skip
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
+
+    def _spans_of(self, name: str, t: torch.Tensor) -> list[_Stream]:
+        """The streams an output named ``name`` carries: its own, or all of them (a joint stream, FLUX.2's single
+        blocks), told by its length."""
+        own = next((stream for stream in self._streams if stream.name == name), None)
+        if own is not None and t.shape[1] == own.local:
+            return [own]
+        return self._streams
+
+    def _gather_outputs(self, block: nn.Module, args: tuple, output: tuple | torch.Tensor) -> tuple | torch.Tensor:
+        """After the last block: the whole sequence of every split stream, padding cut off."""
+        names = points.split_streams(self.model, block.forward)
+        outputs = list(output) if isinstance(output, tuple) else [output]
+        gathered = [self._unsplit(t, self._spans_of(name, t)) for name, t in zip(names, outputs, strict=False)]
+        self._finish()
+        return tuple(gathered) if isinstance(output, tuple) else gathered[0]
+
+    def _gather_module(
+        self, streams: tuple[str, ...], module: nn.Module, args: tuple, output: torch.Tensor
+    ) -> torch.Tensor:
+        """After a declared gather module: its output over the whole sequence."""
+        if not self._streams:
+            return output  # the module ran outside a hooked pass
+        gathered = self._unsplit(output, [self._stream(name) for name in streams])
+        self._finish()
+        return gathered
+
+    def _finish(self) -> None:
+        self._streams, self._shard = [], None
 
     def relative_l1(self, current: torch.Tensor, previous: torch.Tensor) -> float:
         """mean |a - b| / mean |b| of two chunks ``(B, chunk, ...)`` of a split stream, over the whole sequence.
@@ -472,37 +651,55 @@ class JointSequenceParallel(SequenceParallel):
         dist.all_reduce(sums, group=self.groups.sp_group)
         return (sums[0] / sums[1].clamp(min=1e-12)).item()
 
-    def attend_joint(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int) -> torch.Tensor:
-        """Local (B, L_text + chunk, H, D) q / k / v, text first -> attention over the whole sequence."""
-        if self._shard is None:
+    # -- attention ------------------------------------------------------------------------
+    def attend_joint(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        text_len: int | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """This rank's (B, L_local, H, D) q / k / v, its tokens of every stream in layout order -> their attention
+        over the whole sequence. ``key_mask`` (B, L_local) bool: keys to attend to (True); ``text_len`` is the
+        model's (the layout says where each stream's tokens sit)."""
+        if not self._streams:
             raise RuntimeError("parallel attention called outside the hooked blocks")
-        groups, heads = self.groups, q.shape[2]
-        text = [t[:, :text_len] for t in (q, k, v)]  # (B, L_text, H, D), the same on every rank
-        video = [t[:, text_len:] for t in (q, k, v)]  # (B, chunk, H, D)
+        groups, heads, local = self.groups, q.shape[2], sum(stream.local for stream in self._streams)
+        if q.shape[1] != local:
+            raise RuntimeError(f"the joint attention got {q.shape[1]} tokens; this rank holds {local} of the layout "
+                               f"{[s.name for s in self._streams]}")  # fmt: skip
+        masks = None
+        if key_mask is not None:  # every rank's mask, in rank order: (B, sp * L_local)
+            masks = all_gather_cat(key_mask.to(torch.uint8), groups.sp_group, dim=1).bool()
         if groups.ulysses_degree > 1:
             padded_heads = math.ceil(heads / groups.ulysses_degree) * groups.ulysses_degree
-            local = padded_heads // groups.ulysses_degree
-            packed = pad_dim(torch.stack(video), 3, padded_heads)  # (3, B, chunk, H', D); zero heads
-            video = list(sequence_to_heads(packed, groups.ulysses_group).unbind(0))  # (B, U*chunk, H'/U, D)
-            mine = slice(groups.ulysses_rank * local, (groups.ulysses_rank + 1) * local)
-            text = [pad_dim(t, 2, padded_heads)[:, :, mine] for t in text]  # this rank's heads
-        (q_text, k_text, v_text), (q_video, k_video, v_video) = text, video
-        queries = torch.cat([q_text, q_video], dim=1)  # (B, L_text + segment, h, D)
-        valid = functools.partial(_valid_length, total=self._shard.total, segment=q_video.shape[1])
+            packed = pad_dim(torch.stack([q, k, v]), 3, padded_heads)  # (3, B, L_local, H', D); zero heads
+            q, k, v = sequence_to_heads(packed, groups.ulysses_group).unbind(0)  # (B, U * L_local, H'/U, D)
+        keys = functools.partial(self._segment_keys, masks=masks, device=q.device)
         if groups.ring_degree > 1:
-            out_text_keys, lse_text_keys = attention_with_lse(queries, k_text, v_text)
-            out_video_keys, lse_video_keys = ring_attention_with_lse(queries, k_video, v_video, groups, valid)
-            out = merge_attention(out_text_keys, lse_text_keys, out_video_keys, lse_video_keys)[0].to(q.dtype)
+            out = ring_attention(q, k, v, groups, keys=keys)
         else:
-            keep = valid(0)
-            out = attention(
-                queries, torch.cat([k_text, k_video[:, :keep]], 1), torch.cat([v_text, v_video[:, :keep]], 1)
-            )
-        out_text, out_video = out[:, :text_len], out[:, text_len:]
+            out = attention_over_keys(q, k, v, keys(0))
         if groups.ulysses_degree > 1:
-            out_video = heads_to_sequence(out_video, groups.ulysses_group)[:, :, :heads]  # (B, chunk, H, D)
-            out_text = all_gather_cat(out_text, groups.ulysses_group, dim=2)[:, :, :heads]  # (B, L_text, H, D)
-        return torch.cat([out_text, out_video], dim=1)
+            out = heads_to_sequence(out, groups.ulysses_group)[:, :, :heads]  # (B, L_local, H, D)
+        return out
+
+    def _segment_keys(self, segment: int, masks: torch.Tensor | None, device: torch.device) -> KeySelection:
+        """The keys of ring segment ``segment`` (the Ulysses group's ranks' tokens, in rank order) to attend to."""
+        u, local = self.groups.ulysses_degree, sum(stream.local for stream in self._streams)
+        ranges, offset, complete = [], 0, True
+        for rank in range(segment * u, (segment + 1) * u):
+            for stream in self._streams:
+                count = stream.keys(rank)
+                complete &= count == stream.local
+                ranges.append(torch.arange(offset, offset + count, device=device))
+                offset += stream.local
+        if masks is None:
+            return slice(None) if complete else torch.cat(ranges)
+        keep = torch.zeros(u * local, dtype=torch.bool, device=device)
+        keep[torch.cat(ranges)] = True
+        return masks[:, segment * u * local : (segment + 1) * u * local] & keep  # (B, U * L_local)
 
 
 def enable_sequence_parallel(model: nn.Module, groups: ParallelGroups) -> SequenceParallel | None:

@@ -20,9 +20,25 @@ the step caches read those declarations here and never name a family's attribute
 - ``_block_streams`` (optional): the names of the block arguments a block returns, in the order
   of its returned tuple (default: the first forward parameters, one per returned tensor).
 - ``_sequence_parallel_shards`` and ``_attention_seam`` (sequence parallelism without a block
-  runner): the per-token block arguments to split over the ranks (name -> the dimension of each
-  tensor, a tuple's tensors each), and the dotted path, inside each block, of the object whose
-  ``attend(q, k, v, text_len)`` runs its joint text + video attention.
+  runner): the per-token block arguments to split over the ranks, and the dotted path, inside each
+  block, of the object whose ``attend(q, k, v, text_len, key_mask=None)`` runs its joint attention
+  (``key_mask``: an optional (B, L) bool, True = a key to attend to). A shard is
+  ``dim`` (the tensor, a tuple's tensors each, is per token along ``dim``: of its own stream when the
+  argument is one of the block streams, else of the split streams of the layout, concatenated in
+  layout order), ``(dim, "stream")`` / ``(dim, ("stream", ...))`` (per token of those streams,
+  concatenated: FLUX's rotary tables over text + image), or a list of those, one per element of a
+  tuple argument (Qwen-Image's (image, text) rotary tables).
+- ``_sequence_parallel_layout`` (optional): the block streams in the order the joint attention
+  concatenates their tokens (FLUX: ``("encoder_hidden_states", "hidden_states")``). A stream that
+  is not in the shards stays whole on every rank. Default: the whole streams first, then the split
+  ones (CogVideoX's text + video).
+- ``_sequence_parallel_gather`` (optional): ``{dotted module path: stream(s)}``, the module whose
+  output carries the split tokens out of the stack (``proj_out``), gathered there; default: the
+  last block's outputs. Needed where the model adds per-token tensors after the last block (Z-Image's
+  control hints) or slices a joint stream by the whole text length (FLUX.2).
+- ``_sequence_parallel_inputs`` (optional): ``{forward argument: dim}``, per-token tensors (a dict's
+  or list's tensors each) the model's own forward adds to the split streams between blocks (Z-Image's
+  ``controlnet_block_samples``), chunked on entry to the forward by the rule the streams follow.
 - ``_sequence_side_streams`` (optional, with a block runner): the name of a method
   ``method(shard) -> context manager`` that, while the runner runs, swaps the per-token tensors the
   runner reads besides its arguments (VACE's context tokens) for ``shard(tensor, dim)``, this rank's
@@ -41,6 +57,7 @@ import contextlib
 import inspect
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -210,13 +227,78 @@ def cache_context_argument(model: nn.Module) -> str:
     return getattr(model, "_cache_context_argument", DEFAULT_CACHE_CONTEXT_ARGUMENT)
 
 
-def sequence_parallel_shards(model: nn.Module, feature: str = "sequence parallelism") -> dict[str, int]:
-    """The per-token block arguments sequence parallelism splits, with the dimension of each."""
-    return dict(_declared(model, "_sequence_parallel_shards", feature, '{"hidden_states": 1}'))  # type: ignore[arg-type]
+@dataclass(frozen=True)
+class TokenSplit:
+    """How one tensor is split over the ranks: along ``dim``, per token of ``streams`` concatenated in that order
+    (``None``: the argument's own stream, or else the split streams of the layout)."""
+
+    dim: int
+    streams: tuple[str, ...] | None = None
+
+
+Shard = TokenSplit | tuple[TokenSplit, ...]  # a tuple: one split per element of a tuple argument
+
+
+def _token_split(model: nn.Module, name: str, value: object) -> Shard:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return TokenSplit(value)
+    if isinstance(value, list):
+        return tuple(_token_split(model, name, item) for item in value)  # type: ignore[misc]
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], int):
+        streams = (value[1],) if isinstance(value[1], str) else value[1]
+        if isinstance(streams, tuple) and streams and all(isinstance(s, str) for s in streams):
+            return TokenSplit(value[0], tuple(streams))
+    raise ExtensionPointError(
+        f"model {type(model).__name__}: _sequence_parallel_shards[{name!r}] = {value!r} is not a dim, (dim, stream(s)) "
+        "or a list of those"
+    )
+
+
+def sequence_parallel_shards(model: nn.Module, feature: str = "sequence parallelism") -> dict[str, Shard]:
+    """The per-token block arguments sequence parallelism splits, with how each is split."""
+    declared = _declared(model, "_sequence_parallel_shards", feature, '{"hidden_states": 1}')
+    return {name: _token_split(model, name, value) for name, value in dict(declared).items()}  # type: ignore[call-overload]
+
+
+def sequence_parallel_layout(model: nn.Module) -> tuple[str, ...] | None:
+    """The block streams in the joint attention's token order (``_sequence_parallel_layout``), or ``None``."""
+    layout = getattr(model, "_sequence_parallel_layout", None)
+    if layout is not None and (isinstance(layout, str) or not all(isinstance(name, str) for name in layout)):
+        raise ExtensionPointError(
+            f"model {type(model).__name__}: _sequence_parallel_layout must be a tuple of stream names, got {layout!r}"
+        )
+    return None if layout is None else tuple(layout)
+
+
+def sequence_parallel_gather(
+    model: nn.Module, feature: str = "sequence parallelism"
+) -> dict[nn.Module, tuple[str, ...]]:
+    """The modules whose output is gathered (``_sequence_parallel_gather``), each with the streams it carries;
+    empty: the last block's outputs are."""
+    declared = getattr(model, "_sequence_parallel_gather", None) or {}
+    found = {}
+    for path, streams in dict(declared).items():
+        module = _submodule(model, path, "_sequence_parallel_gather", feature)
+        found[module] = (streams,) if isinstance(streams, str) else tuple(streams)
+    return found
+
+
+def sequence_parallel_inputs(model: nn.Module) -> dict[str, int]:
+    """The model's forward arguments chunked on entry (``_sequence_parallel_inputs``), with their token dim."""
+    return dict(getattr(model, "_sequence_parallel_inputs", None) or {})
+
+
+def split_streams(model: nn.Module, forward: Callable) -> tuple[str, ...]:
+    """The block arguments that carry token streams from block to block: ``_block_streams``, else the first two
+    parameters of the block's ``forward`` (a joint block's text and video)."""
+    declared = getattr(model, "_block_streams", None)
+    if declared is not None:
+        return tuple(declared)
+    return tuple(list(inspect.signature(forward).parameters)[:2])
 
 
 def attention_seams(model: nn.Module, feature: str = "sequence parallelism") -> list[object]:
-    """Each block's attention seam (an object with ``attend(q, k, v, text_len)``), in block order."""
+    """Each block's attention seam (an object with ``attend(q, k, v, text_len, key_mask=None)``), in block order."""
     path = _declared(model, "_attention_seam", feature, '"attn1.processor"')
     seams = []
     for block in blocks(model, feature):

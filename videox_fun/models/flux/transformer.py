@@ -8,11 +8,14 @@ parameter count on the meta device is the released one). What this module adds:
   unexpected or mis-shaped key (diffusers' own loader only warns about unexpected keys);
 * BFL single files (``flux1-dev.safetensors``: ``double_blocks.*``, ``single_blocks.*``, ``img_in``...) read
   through diffusers' own converter (:func:`bfl_to_diffusers`), with their config read off the tensor shapes;
-* class attributes that say where runtime features attach (blocks, streams, cache indicator, fp8 skips).
+* its attention through the package's dispatch (:mod:`.attention`), the seam sequence parallelism replaces;
+* class attributes that say where runtime features attach (blocks, streams, cache indicator, fp8 skips, sequence
+  parallelism).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +28,7 @@ from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpo
 
 from ..component import StrictDiffusersModel
 from ..loading import count_blocks, read_weights_at, strip_prefix
+from .attention import use_flux_attention
 
 TRANSFORMER_CLASS_NAME = "FluxTransformer2DModel"
 # The prefix ComfyUI / original checkpoints put before BFL keys (diffusers' converter strips it too).
@@ -59,6 +63,21 @@ class FluxTransformer(StrictDiffusersModel, FluxTransformer2DModel):
     # The adaLN modulation layers (norm*.linear) stay in high precision under fp8 storage, as diffusers'
     # _skip_layerwise_casting_patterns keeps "norm".
     _fp8_skip_modules = ("norm",)
+    # Sequence parallelism splits both streams (text and image tokens, each padded to the ranks on its own) and the
+    # rotary table over them (text first, as the joint attention concatenates them); proj_out's image tokens are
+    # gathered; the seam is each block's attention processor.
+    _sequence_parallel_shards: ClassVar[dict[str, int]] = {"encoder_hidden_states": 1, "hidden_states": 1,
+                                                           "image_rotary_emb": 0}  # fmt: skip
+    _sequence_parallel_layout = ("encoder_hidden_states", "hidden_states")
+    _sequence_parallel_gather: ClassVar[dict[str, str]] = {"proj_out": "hidden_states"}
+    _attention_seam = "attn.processor"
+
+    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
+    @functools.wraps(FluxTransformer2DModel.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every block's attention goes through the package's dispatch (SDPA / flash / sage) and its seam.
+        use_flux_attention([block.attn for block in (*self.transformer_blocks, *self.single_transformer_blocks)])
 
     @staticmethod
     def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -9,11 +9,13 @@ device the released config counts 32,223,281,152 parameters). What this module a
   ``double_stream_modulation_*``, ``single_stream_modulation``, ``double_blocks.*``, ``single_blocks.*``,
   ``final_layer``) read through diffusers' own ``convert_flux2_transformer_checkpoint_to_diffusers``, with the
   config read off the tensor shapes; a FLUX.1 file is refused in one line;
+* its attention through the package's dispatch (:mod:`.attention`), the seam sequence parallelism replaces;
 * class attributes that say where runtime features attach.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +27,7 @@ from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkp
 
 from ..component import StrictDiffusersModel
 from ..loading import count_blocks, read_weights_at, strip_prefix
+from .attention import use_flux2_attention
 
 TRANSFORMER_CLASS_NAME = "Flux2Transformer2DModel"
 BFL_PREFIX = "model.diffusion_model."  # ComfyUI's prefix before BFL keys
@@ -60,6 +63,20 @@ class Flux2Transformer(StrictDiffusersModel, Flux2Transformer2DModel):
     # The shared modulation layers and norms stay in high precision under fp8 storage (diffusers'
     # _skip_layerwise_casting_patterns keeps "norm"; FLUX.2's modulation lives outside the blocks).
     _fp8_skip_modules = ("norm", "modulation")
+    # Sequence parallelism splits both streams (text and image tokens, each padded to the ranks on its own) and the
+    # rotary table over them (text first). The forward joins the two streams for the single blocks and cuts the
+    # text off by its whole length after them: the last block's joint stream is gathered whole, before that cut.
+    _sequence_parallel_shards: ClassVar[dict[str, int]] = {"encoder_hidden_states": 1, "hidden_states": 1,
+                                                           "image_rotary_emb": 0}  # fmt: skip
+    _sequence_parallel_layout = ("encoder_hidden_states", "hidden_states")
+    _attention_seam = "attn.processor"
+
+    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
+    @functools.wraps(Flux2Transformer2DModel.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every block's attention goes through the package's dispatch (SDPA / flash / sage) and its seam.
+        use_flux2_attention(list(self.transformer_blocks), list(self.single_transformer_blocks))
 
     @staticmethod
     def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ config (60 dual-stream blocks, 24 heads of 128, text 3584, rotary split (16, 56,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ import torch
 from diffusers import QwenImageTransformer2DModel
 
 from ..component import StrictDiffusersModel
+from .attention import use_qwenimage_attention
 
 TRANSFORMER_CLASS_NAME = "QwenImageTransformer2DModel"
 
@@ -38,6 +40,26 @@ class QwenImageTransformer(StrictDiffusersModel, QwenImageTransformer2DModel):
     # The modulation and norm layers stay in high precision under fp8 storage, as diffusers'
     # _skip_layerwise_casting_patterns ("pos_embed", "norm") keeps them.
     _fp8_skip_modules = ("norm", "mod")
+    # Sequence parallelism splits both streams (text and image tokens, each padded to the ranks on its own), the
+    # text's key mask, the per-image-token modulation index (Edit-2511) and each stream's rotary table; proj_out's
+    # image tokens are gathered; the seam is each block's attention processor.
+    _sequence_parallel_shards: ClassVar[dict[str, object]] = {
+        "encoder_hidden_states": 1,
+        "hidden_states": 1,
+        "encoder_hidden_states_mask": (1, "encoder_hidden_states"),
+        "modulate_index": (1, "hidden_states"),
+        "image_rotary_emb": [(0, "hidden_states"), (0, "encoder_hidden_states")],
+    }
+    _sequence_parallel_layout = ("encoder_hidden_states", "hidden_states")
+    _sequence_parallel_gather: ClassVar[dict[str, str]] = {"proj_out": "hidden_states"}
+    _attention_seam = "attn.processor"
+
+    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
+    @functools.wraps(QwenImageTransformer2DModel.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every block's attention goes through the package's dispatch (SDPA / flash / sage) and its seam.
+        use_qwenimage_attention(list(self.transformer_blocks))
 
     @classmethod
     def from_state(

@@ -10,11 +10,13 @@ one stream of image + caption tokens through ``layers``. What this module adds:
 * the original Z-Image layout (``x_embedder``, ``final_layer``, fused ``attention.qkv``, ``attention.out``,
   ``q_norm`` / ``k_norm``; ComfyUI's ``model.diffusion_model.`` prefix) read through diffusers' own
   ``convert_z_image_transformer_checkpoint_to_diffusers``, with its config read off the tensor shapes;
+* its attention through the package's dispatch (:mod:`.attention`), the seam sequence parallelism replaces;
 * class attributes that say where runtime features attach.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +28,7 @@ from diffusers.loaders.single_file_utils import convert_z_image_transformer_chec
 
 from ..component import StrictDiffusersModel
 from ..loading import count_blocks, read_weights_at, strip_prefix
+from .attention import use_zimage_attention
 
 TRANSFORMER_CLASS_NAME = "ZImageTransformer2DModel"
 ORIGINAL_PREFIX = "model.diffusion_model."  # ComfyUI's prefix (diffusers' converter strips it too)
@@ -54,6 +57,23 @@ class ZImageTransformer(StrictDiffusersModel, ZImageTransformer2DModel):
     _cache_indicators: ClassVar[dict[str, str]] = {"time_embedding": "t_embedder"}
     # The adaLN modulation layers stay in high precision under fp8 storage (as FLUX.1 keeps its norm*.linear).
     _fp8_skip_modules = ("adaLN_modulation",)
+    # A block carries one stream, ``x``: the image tokens then the caption tokens, each padded to 32 by the model.
+    _block_streams = ("x",)
+    # Sequence parallelism splits that stream (and its per-token key mask, rotary table and omni noise mask); the
+    # control hints the forward adds after main blocks are split on entry alike; the final layer's output is
+    # gathered (after the last hint); the seam is each block's attention processor.
+    _sequence_parallel_shards: ClassVar[dict[str, int]] = {"x": 1, "attn_mask": 1, "freqs_cis": 1, "noise_mask": 1}
+    _sequence_parallel_inputs: ClassVar[dict[str, int]] = {"controlnet_block_samples": 1}
+    _sequence_parallel_gather: ClassVar[dict[str, str]] = {f"all_final_layer.{PATCH}-{F_PATCH}": "x"}
+    _attention_seam = "attention.processor"
+
+    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
+    @functools.wraps(ZImageTransformer2DModel.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every block's attention goes through the package's dispatch (SDPA / flash / sage) and its seam.
+        refiners = [*self.noise_refiner, *self.context_refiner, *(getattr(self, "siglip_refiner", None) or [])]
+        use_zimage_attention([*refiners, *self.layers])
 
     @staticmethod
     def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
