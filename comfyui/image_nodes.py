@@ -217,6 +217,7 @@ class ZImageT2ISampler:
     CONTROL_CONTEXT_SCALE: ClassVar[float | None] = None  # the control samplers' widget default
     # Optional IMAGE sockets -> the library's input name (None: a socket the library does not serve, refused).
     MEDIA: ClassVar[dict[str, str | None]] = {}
+    UNSERVED: ClassVar[dict[str, str]] = {}  # why each refused socket is not served, for its message
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
     FUNCTION = "process"
@@ -287,7 +288,8 @@ class ZImageT2ISampler:
             if value is None:
                 continue
             if name is None:
-                raise ValueError(f"{type(self).__name__}: {socket} is not served by this version (unconnect it)")
+                why = self.UNSERVED.get(socket, "")
+                raise ValueError(f"{type(self).__name__}: {socket} is not served by this version{why}; unconnect it")
             inputs[name] = media.image_to_frames(value, socket)[0]
         return inputs
 
@@ -345,8 +347,8 @@ class Flux2T2ISampler(ZImageT2ISampler):
 
 
 class Flux2ControlSampler(ZImageControlSampler):
-    """FLUX.2 with a Fun control file, as ZImageControlSampler; ``image`` (VideoX-Fun's FLUX.2 reference images) is
-    not served by the library and is refused when connected."""
+    """FLUX.2 with a Fun control file, as ZImageControlSampler; ``image`` (VideoX-Fun's reference pictures beside the
+    control) is refused when connected: the library's FLUX.2 reference editing (mode ``edit``) takes no control."""
 
     FAMILY = "flux2"
     NEGATIVE_PROMPT = False
@@ -358,6 +360,10 @@ class Flux2ControlSampler(ZImageControlSampler):
     STATIC_SHIFT = False
     CONTROL_CONTEXT_SCALE = 0.75
     MEDIA: ClassVar[dict[str, str | None]] = {**ZImageControlSampler.MEDIA, "image": None}
+    UNSERVED: ClassVar[dict[str, str]] = {
+        "image": " (reference pictures beside a control file: the library's FLUX.2 reference editing, mode edit, "
+        "runs without one)"
+    }
     CATEGORY = f"{CATEGORY}/FLUX.2"
 
 
