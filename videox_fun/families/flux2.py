@@ -83,6 +83,7 @@ class Flux2Family(DiffusersImageFamily):
     description = ("FLUX.2-dev text-to-image, image-to-image, inpainting, reference editing and Fun control "
                    "(diffusers layout)")  # fmt: skip
     pipeline = "videox_fun.pipelines.flux2:Flux2Pipeline"
+    training_spec = "flux2"
     settings = control_settings(control_file_check(READ_CONTROL, "a file of 260 channels (control, mask, image)"))
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:

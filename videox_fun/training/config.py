@@ -58,6 +58,8 @@ UNUSED_VIDEOX_FUN_FLAGS = {
     "keep_all_node_same_token_length": "buckets already give every process the same token count per step",
     "tokenizer_max_length": "the text length is the model's (text_len in its config)",
     "backprop": "reward training (--train_mode reward) always backpropagates through the --backprop_strategy steps",
+    "add_inpaint_info": "image control training: the control file decides (a 33 / 132 / 260-channel context reads a "
+    "random mask and the masked image)",
 }
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform", "mode")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")

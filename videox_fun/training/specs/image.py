@@ -1,4 +1,4 @@
-"""Training specs of the flow-matching image families: FLUX.1, Z-Image and Qwen-Image.
+"""Training specs of the flow-matching image families: FLUX.1, FLUX.2, Z-Image and Qwen-Image.
 
 One base, :class:`FlowImageSpec`, serves all three: a sample is one image (the dataset's ``"type": "image"``
 entries, batched by aspect-ratio bucket), its latents are the family VAE's normalised latents (B, 16, h, w), kept
@@ -18,8 +18,12 @@ Outputs: the LoRA file in diffusers' key layout (``transformer.<module>.lora_A.w
 diffusers pipeline (``FluxPipeline`` / ``ZImagePipeline`` / ``QwenImagePipeline``) ``.load_lora_weights`` reads and
 ``videox-fun generate --lora-path`` merges; a full fine-tune as a diffusers-layout ``transformer/`` folder.
 
-Not offered (refused in one line): the latent cache, control / inpaint training modes, Qwen-Image-Edit, step
-distillation and reward training.
+``--train_mode control`` (Z-Image, FLUX.2, Qwen-Image: the families with VideoX-Fun's Fun control files) trains
+the control stream beside the frozen transformer, on images with their control images (:mod:`.image_control`), and
+writes the control file in the release's keys.
+
+Not offered (refused in one line): the latent cache, the inpaint training mode, control training of FLUX.1 (no Fun
+control release), Qwen-Image-Edit, step distillation and reward training.
 """
 
 from __future__ import annotations
@@ -33,23 +37,47 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...families import Recognised
+from ...models.flux2.vae import patchify
+from ...models.fun_control import MASK_CHANNELS, SideRelease, SideStreamControl
 from ...models.qwenimage.variants import EDIT
-from ...pipelines.common import calculate_shift, pack_latents, unpack_latents
+from ...models.zimage.control import LATENT_CHANNELS, ControlRelease, ZImageControl, control_config
+from ...pipelines.common import calculate_shift
 from ...pipelines.flux import FluxPipeline, image_ids
+from ...pipelines.flux2 import Flux2Pipeline
+from ...pipelines.flux2 import image_ids as flux2_image_ids
+from ...pipelines.flux2 import text_ids as flux2_text_ids
+from ...pipelines.fun_control import FunControlPipeline
 from ...pipelines.image import PATCH
 from ...pipelines.qwenimage import QwenImagePipeline
 from ...pipelines.zimage import ZImagePipeline
-from ..checkpoint import save_transformer_folder
+from ..checkpoint import TRANSFORMER_DIR, save_transformer_folder
 from ..config import TrainConfig
 from ..lora import save_diffusers_lora_file
 from ..objectives import FlowMatching, denoising_loss
 from . import Device, FamilyModels, TrainInputs, on_device, register_spec
+from .image_control import (
+    CONTROL_MODE,
+    TRAIN_SCALE,
+    ControlTrainee,
+    check_control_batch,
+    control_state,
+    copy_blocks,
+    draw_context,
+    merged_lora_state,
+    save_control,
+    spaced_count,
+    start_control,
+)
 
-# What the image specs train: text to image. i2i / inpaint are sampling modes of the same weights.
+# What the image specs train: text to image. i2i / inpaint are sampling modes of the same weights. The families with
+# Fun control files train a control stream too (--train_mode control).
 IMAGE_MODES = ("normal",)
+# A new control stream's spacing: a copy every n-th main block, as the releases (and VideoX-Fun's defaults) do.
+VIDEOX_FUN_STRIDES = {"zimage": 2, "flux2": 2, "qwenimage": 12}
 NO_CACHE = "the latent cache is not offered for {label} (image families): train from the images (leave out {flag})"
 # The modules LoRA adapts, named as diffusers' transformers name them (so diffusers' loaders find them).
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -59,6 +87,9 @@ FLUX_LORA_TARGETS = (*JOINT_ATTENTION, "ff.net.0.proj", "ff.net.2", "ff_context.
 ZIMAGE_LORA_TARGETS = (*ATTENTION, "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 QWENIMAGE_LORA_TARGETS = (*JOINT_ATTENTION, "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj",
                           "txt_mlp.net.2")  # fmt: skip
+# FLUX.2's double blocks (attention, image and text MLPs) and single blocks (fused qkv + MLP in, attention out).
+FLUX2_LORA_TARGETS = (*JOINT_ATTENTION, "ff.linear_in", "ff.linear_out", "ff_context.linear_in",
+                      "ff_context.linear_out", "attn.to_qkv_mlp_proj", "attn.to_out")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------
@@ -97,7 +128,7 @@ class TokenShiftFlowMatching(FlowMatching):
         """The micro-batch's loss (``objective_loss`` calls this): the inputs, then the shift of their token count."""
         inputs = spec.build_inputs(models, batch, mode, generators, device)
         _, _, _, h, w = inputs.latents.shape
-        objective = self.at_tokens((h // PATCH) * (w // PATCH))
+        objective = self.at_tokens(spec.pipe.token_count(h, w))
         return denoising_loss(spec, transformer, objective, inputs, generators, autocast)
 
 
@@ -123,12 +154,17 @@ class FlowImageSpec:
     label: ClassVar[str]  # the family in messages
     lora_target_modules: ClassVar[tuple[str, ...]]
     pipeline_class: ClassVar[type]
-    packed: ClassVar[bool]  # latents travel as 2x2-packed tokens (B, N, 64), else as (B, C, h, w)
 
     def __init__(self, config: TrainConfig):
         self.config = config
         self.pipe: Any = None  # the family's pipeline around the loaded models (load_models sets it)
         self.transformer_class: Any = None  # the loaded transformer's class (diffusers' with strict loading)
+        self.control: Any = None  # --train_mode control: the control model being trained (load_models sets it)
+
+    @property
+    def trains_control(self) -> bool:
+        """Whether the family has Fun control files, so that ``--train_mode control`` trains one."""
+        return issubclass(self.pipeline_class, FunControlPipeline)
 
     # -- hooks ---------------------------------------------------------------------------------
     def text_inputs(self, pipe: Any, texts: list[str]) -> dict[str, Any]:
@@ -142,6 +178,16 @@ class FlowImageSpec:
     def check_variant(self, recognised: Recognised) -> None:
         """Raise ValueError (one line) when the folder's variant cannot be trained (read off its config files, before
         any weight loads); every variant can by default."""
+
+    def new_control(self, transformer: nn.Module) -> nn.Module:
+        """A new control stream for ``transformer`` in the layout of the family's release (control training with no
+        control file to start from)."""
+        raise NotImplementedError
+
+    def keep_grid(self, generate: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The known-pixels mask (B, m, h, w) of a generate mask (B, 1, H, W) (1 = generate) on the latent grid of
+        ``size``, as the family's pipeline lays it out (``keep_mask``): nearest pixel, one channel by default."""
+        return 1 - F.interpolate(generate, size=size)
 
     # -- loading -------------------------------------------------------------------------------
     def refuse_settings(self, config: TrainConfig) -> None:
@@ -174,25 +220,45 @@ class FlowImageSpec:
             raise ValueError(f"{recognised.folder} is a {recognised.family.name} model; --family {self.name} "
                              f"trains {self.label} folders: leave --family out for the folder's own")  # fmt: skip
         self.check_variant(recognised)
+        self.check_mode_name(config.train_mode)
         pipe = self.pipeline_class.from_pretrained(recognised, dtype=torch.float32)
-        transformer = pipe.transformer
+        transformer = trained = pipe.transformer
         self.transformer_class = type(transformer)
-        if config.transformer_path:
+        if config.train_mode == CONTROL_MODE:  # the control stream trains; the transformer is frozen with the rest
+            self.control = start_control(pipe, config.transformer_path, config.use_lora, self.new_control)
+            trained = ControlTrainee(pipe, self.control)
+        elif config.transformer_path:
             load_trained_weights(transformer, Path(config.transformer_path))
-        frozen = {name: module for name, (module, _) in pipe.components().items() if module is not transformer}
+        control = getattr(pipe, "control", None)  # a folder config's control file (pipelines with Fun control)
+        frozen = {name: module for name, (module, _) in pipe.components().items()
+                  if module is not transformer and module is not control}  # fmt: skip
         for module in frozen.values():
             module.to(dtype).requires_grad_(False).eval()
+        if trained is not transformer:  # frozen in the compute dtype (diffusers warns on a cast to its own dtype)
+            transformer.requires_grad_(False).eval()
+            if dtype != transformer.dtype:
+                transformer.to(dtype)
         pipe.dtype = dtype  # what the pipeline casts the transformer's inputs to (its frozen models' dtype)
         self.pipe = pipe
-        models = FamilyModels(transformer, frozen, recognised.folder, recognised.config, low_vram=config.low_vram)
+        models = FamilyModels(trained, frozen, recognised.folder, recognised.config, low_vram=config.low_vram)
         self.check_mode(models, config.train_mode)
         return models
 
-    def check_mode(self, models: FamilyModels, mode: str) -> None:
-        """Only text-to-image training (``normal``); control / inpaint training are not offered."""
-        if mode not in IMAGE_MODES:
+    def check_mode_name(self, mode: str) -> None:
+        """Text-to-image training (``normal``), and ``control`` for a family with Fun control files; inpaint
+        training is not offered."""
+        offered = (*IMAGE_MODES, CONTROL_MODE) if self.trains_control else IMAGE_MODES
+        if mode not in offered:
+            control = "a Fun control stream (--train_mode control)" if self.trains_control else "no Fun control"
             raise ValueError(f"--train_mode {mode} is not offered for {self.label}: it trains text to image "
-                             f"(--train_mode {IMAGE_MODES[0]}); control / inpaint training is not offered")  # fmt: skip
+                             f"(--train_mode {IMAGE_MODES[0]}) and {control}; inpaint training is not "
+                             "offered")  # fmt: skip
+
+    def check_mode(self, models: FamilyModels, mode: str) -> None:
+        """The modes of :meth:`check_mode_name`; control training needs the control model it loaded."""
+        self.check_mode_name(mode)
+        if mode == CONTROL_MODE and self.control is None:
+            raise ValueError(f"--train_mode {mode}: the {self.label} spec was loaded for another mode; load it again")
 
     def objective(self, models: FamilyModels, config: TrainConfig) -> FlowMatching:
         """Flow matching shifted as the folder's scheduler config shifts (:func:`image_objective`)."""
@@ -231,6 +297,10 @@ class FlowImageSpec:
                 stack.enter_context(on_device(encoder, device, models.low_vram))
             conditions = self.text_inputs(pipe, list(batch["text"]))
         conditions.update(self.shape_inputs(pipe, (latents.shape[2], latents.shape[3]), len(latents)))
+        if mode == CONTROL_MODE:
+            control = check_control_batch(batch, self.label)  # (B, 3, H, W)
+            grid = draw_context(self, models, control, pixels[:, :, 0], generators, device)  # (B, C', h, w)
+            conditions.update(control_context=pipe.pack_control(grid), control_scale=TRAIN_SCALE)
         return TrainInputs(latents=latents[:, :, None], conditions=conditions)
 
     def denoiser(self, transformer: nn.Module) -> Any:
@@ -245,10 +315,12 @@ class FlowImageSpec:
         """The flow velocity (B, C, 1, h, w) of noisy latents (B, C, 1, h, w) at timesteps (B,) in [0, 1000],
         through the pipeline's own transformer call."""
         _, _, _, h, w = noisy.shape
-        latents = noisy[:, :, 0]  # (B, C, h, w)
-        tokens = pack_latents(latents) if self.packed else latents  # (B, N, 4C) or (B, C, h, w)
-        velocity = self.denoiser(transformer)._denoise(tokens, timesteps, inputs.conditions)
-        return (unpack_latents(velocity, h, w) if self.packed else velocity)[:, :, None]  # (B, C, 1, h, w)
+        tokens = self.pipe.pack(noisy[:, :, 0])  # (B, C, h, w) in the transformer's layout: (B, N, D) tokens or as is
+        if self.control is not None:  # the trainee: the control model with the frozen transformer
+            velocity = transformer(tokens, timesteps, inputs.conditions)
+        else:
+            velocity = self.denoiser(transformer)._denoise(tokens, timesteps, inputs.conditions)
+        return self.pipe.unpack(velocity, h, w)[:, :, None]  # (B, C, 1, h, w)
 
     def encode_for_cache(
         self, models: FamilyModels, batch: dict, mode: str, device: Device
@@ -258,12 +330,21 @@ class FlowImageSpec:
 
     # -- outputs -------------------------------------------------------------------------------
     def save_full(self, transformer: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
-        """The diffusers layout of a release (``config.json`` naming diffusers' class + safetensors)."""
+        """The diffusers layout of a release (``config.json`` naming diffusers' class + safetensors); a control run's
+        control model in the release's keys (:func:`.image_control.save_control`)."""
+        if self.control is not None:
+            save_control(self.control, control_state(state), folder)
+            return
         model_class = self.transformer_class  # as loaded: sharding (FSDP) swaps the module's class for a wrapper
         save_transformer_folder(model_class, model_class.released_class_name, transformer, state, folder)
 
     def save_lora(self, state: dict[str, torch.Tensor], path: Path, rank: int, alpha: float) -> Path:
-        """The LoRA file in diffusers' layout for this family's pipeline (``transformer.<module>.lora_A.weight``)."""
+        """The LoRA file in diffusers' layout for this family's pipeline (``transformer.<module>.lora_A.weight``); a
+        control run's adapters merged into its control model, written beside ``path`` as a full control run writes
+        it (``transformer/``), whose weights file is returned."""
+        if self.control is not None:
+            merged = merged_lora_state(control_state(state), rank, alpha)
+            return save_control(self.control, merged, path.parent / TRANSFORMER_DIR)
         return save_diffusers_lora_file(state, path, rank, alpha)
 
     def sample(
@@ -272,11 +353,17 @@ class FlowImageSpec:
         """A validation image (1, H, W, 3) uint8 and its fps, sampled by the family's pipeline with the transformer
         being trained; settings: the ``validation_*`` fields, else the folder's defaults."""
         config, defaults = self.config, models.settings.defaults
-        pipe = self.denoiser(transformer)
+        control: dict[str, Any] = {}
+        if self.control is not None:  # the trainee's control model steers the frozen transformer
+            pipe = copy.copy(self.pipe)
+            pipe.control = transformer.control
+            control = {"mode": CONTROL_MODE, "control_video": config.validation_control_video}
+        else:
+            pipe = self.denoiser(transformer)
         pipe.device = torch.device(device)
         size = config.validation_sample_size or [defaults.height, defaults.width]
         out = pipe(prompt, height=size[0], width=size[-1], seed=seed, progress=False,
-                   num_inference_steps=config.validation_inference_steps or defaults.steps)  # fmt: skip
+                   num_inference_steps=config.validation_inference_steps or defaults.steps, **control)  # fmt: skip
         return out.frames, float(defaults.fps)
 
 
@@ -305,7 +392,6 @@ class FluxSpec(FlowImageSpec):
     label = "FLUX.1"
     lora_target_modules = FLUX_LORA_TARGETS
     pipeline_class = FluxPipeline
-    packed = True
 
     def text_inputs(self, pipe: Any, texts: list[str]) -> dict[str, Any]:
         """T5 ``encoder_hidden_states`` (B, L, D), CLIP ``pooled_projections`` (B, D), ``txt_ids`` (L, 3)."""
@@ -334,12 +420,23 @@ class ZImageSpec(FlowImageSpec):
     label = "Z-Image"
     lora_target_modules = ZIMAGE_LORA_TARGETS
     pipeline_class = ZImagePipeline
-    packed = False
 
     def text_inputs(self, pipe: Any, texts: list[str]) -> dict[str, Any]:
         """``cap_feats`` (B, L, D) zero-padded and ``cap_lens`` (B,), the real token counts."""
         features = pipe.text_encoder.encode(texts, max_length=pipe.config.text_len)  # (L_i, D) each
         return pipe.caption_inputs(features, max(f.shape[0] for f in features))
+
+    def new_control(self, transformer: nn.Module) -> nn.Module:
+        """A new 2.1 stream (33 channels: control, mask, masked image): a copy every second main block (the release's
+        15 of 30) and one of each noise-refiner block, started as those blocks; linked to ``transformer``."""
+        config = transformer.config
+        blocks = spaced_count(config["n_layers"], VIDEOX_FUN_STRIDES["zimage"])
+        release = ControlRelease("2.1", 2 * LATENT_CHANNELS + 1, blocks, config["dim"])
+        control = ZImageControl.from_model_config(control_config(release, config, "a new control stream"))
+        copy_blocks(control.control_layers, transformer.layers, control.control_layers_places)
+        copy_blocks(control.control_noise_refiner, transformer.noise_refiner, control.control_refiner_layers_places)
+        control.release = release
+        return control.attach(transformer)
 
 
 @register_spec("qwenimage")
@@ -351,7 +448,6 @@ class QwenImageSpec(FlowImageSpec):
     label = "Qwen-Image"
     lora_target_modules = QWENIMAGE_LORA_TARGETS
     pipeline_class = QwenImagePipeline
-    packed = True
 
     def check_variant(self, recognised: Recognised) -> None:
         """Qwen-Image-Edit (an edit image beside each sample) is not trained yet."""
@@ -368,3 +464,56 @@ class QwenImageSpec(FlowImageSpec):
         """``img_shapes``: the (frames, rows, columns) of tokens of the image, for the rotary positions."""
         h, w = latent_size
         return {"img_shapes": [(1, h // PATCH, w // PATCH)]}
+
+    def new_control(self, transformer: nn.Module) -> nn.Module:
+        """A new stream of the release's layout (132 channels; a copy every 12th block: 5 of 60)."""
+        return new_side_stream(self.pipeline_class.control_class, transformer, VIDEOX_FUN_STRIDES["qwenimage"])
+
+
+@register_spec("flux2")
+class Flux2Spec(FlowImageSpec):
+    """FLUX.2-dev: Mistral3's stacked hidden states with (0, 0, 0, index) ids, one 128-channel token per latent pixel
+    (the VAE's patchified latents) with (0, row, column, 0) ids, the embedded guidance at the folder's default scale.
+    The dynamic shift follows the scheduler config at the batch's token count, as VideoX-Fun's FLUX.2 training
+    computes it (``calculate_shift``; sampling uses BFL's empirical mu, which also depends on the step count)."""
+
+    name = "flux2"
+    label = "FLUX.2"
+    lora_target_modules = FLUX2_LORA_TARGETS
+    pipeline_class = Flux2Pipeline
+
+    def text_inputs(self, pipe: Any, texts: list[str]) -> dict[str, Any]:
+        """``encoder_hidden_states`` (B, L, 3 D) (every prompt padded to the text length) and ``txt_ids`` (L, 4)."""
+        embeds = pipe.text_encoder.encode(texts, pipe.config.text_len, pipe.config.text_layers)
+        return {"encoder_hidden_states": embeds.to(pipe.device, pipe.dtype),
+                "txt_ids": flux2_text_ids(embeds.shape[1], pipe.device)}  # fmt: skip
+
+    def shape_inputs(self, pipe: Any, latent_size: tuple[int, int], batch_size: int) -> dict[str, Any]:
+        """``img_ids`` (N, 4) of the tokens and the embedded guidance (B,) at the folder's default scale."""
+        scale = float(pipe.config.defaults.guidance_scale)
+        return {"img_ids": flux2_image_ids(*latent_size, pipe.device),
+                "guidance": torch.full((batch_size,), scale, device=pipe.device, dtype=torch.float32)}  # fmt: skip
+
+    def keep_grid(self, generate: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, 4, h, w): the known-pixels mask at the VAE's resolution (2h, 2w), patchified 2x2 as the latents are
+        (the pipeline's ``keep_mask``)."""
+        return patchify(1 - F.interpolate(generate, size=(2 * size[0], 2 * size[1])))
+
+    def new_control(self, transformer: nn.Module) -> nn.Module:
+        """A new stream of the release's layout (260 channels; a copy every second double block: 4 of 8)."""
+        return new_side_stream(self.pipeline_class.control_class, transformer, VIDEOX_FUN_STRIDES["flux2"])
+
+
+def new_side_stream(control_class: type[SideStreamControl], transformer: nn.Module, stride: int) -> SideStreamControl:
+    """A side stream for ``transformer`` reading the mask and the masked image, a copy every ``stride``-th main block
+    (fewer where that does not divide them), each started as the main block at its place."""
+    config = transformer.config
+    main = getattr(transformer, control_class.main_blocks_name)
+    latent = control_class.latent_channels
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    release = SideRelease(control_class.release_label, 2 * latent + MASK_CHANNELS, spaced_count(len(main), stride),
+                          dim, latent)  # fmt: skip
+    control = control_class.from_model_config(control_class.config_for(release, config, "a new control stream"))
+    copy_blocks(control.copies, main, control.config.control_layers)
+    control.release = release
+    return control
