@@ -7,13 +7,15 @@ VAE's posterior is made sharp (log-variance -30) so diffusers' posterior samples
 diffusers reads the pictures for the VAE, and sizes the output, at 1024 x 1024 pixels' area: its
 ``calculate_dimensions`` is given the tiny folder's area (64 x 64) there, which ours reads from its config; the VL
 model reads each picture at 384 x 384 pixels' area on both sides. Two pictures of different aspect ratios give two
-token grids (their own rotary frames) and two different counts of vision tokens.
+token grids (their own rotary frames) and two different counts of vision tokens. Edit-2511's folder differs only in
+its transformer config (``zero_cond_t``: the pictures' tokens modulated at timestep 0): the same test runs on it.
 ``pytest tests/pipelines/test_qwenimage_edit_plus_against_diffusers.py -s`` prints the max abs difference of the
 final packed latents (fp32, 3 steps, true CFG 4); the bound asserted is 1e-5.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,12 +41,16 @@ FAST = ["--steps", "2", "--quiet"]
 PLUS = ["--model", "Qwen-Image-Edit-2509-Tiny-Random", *FAST]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=["2509", "2511"])
+def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Edit-2509 folder; as Edit-2511 its transformer config turns ``zero_cond_t`` on (same weights)."""
     # With a note: the tiny defaults (64 x 64) and edit-image area (64 x 64) in the folder's videox_fun.yaml.
-    built = build_tiny_qwenimage_folder(tmp_path_factory.mktemp("edit_plus") / "plus", "edit-plus", seed=3,
+    built = build_tiny_qwenimage_folder(tmp_path_factory.mktemp("edit_plus") / request.param, "edit-plus", seed=3,
                                         note="parity")  # fmt: skip
     sharpen_vae_posterior(built)
+    if request.param == "2511":
+        path = built / "transformer" / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "zero_cond_t": True}))
     return built
 
 
@@ -53,9 +59,9 @@ def start_noise(height: int, width: int) -> torch.Tensor:
     return pack_latents(seeded_noise((1, 16, height // 8, width // 8), SEED, "cpu"))
 
 
-def test_the_folder_is_recognised_as_edit_2509(folder):
+def test_the_folder_is_recognised_as_edit_2509_or_2511(folder):
     found = recognise(folder)
-    assert (found.family.name, found.variant, found.modes) == ("qwenimage", "Qwen-Image-Edit-2509", ("edit",))
+    assert (found.family.name, found.variant, found.modes) == ("qwenimage", f"Qwen-Image-Edit-{folder.name}", ("edit",))
 
 
 def test_two_pictures_match_diffusers(folder, monkeypatch):
@@ -83,8 +89,10 @@ def test_two_pictures_match_diffusers(folder, monkeypatch):
                guidance=ClassifierFreeGuidance(scale=SCALE, batched=False))  # fmt: skip
     result = pack_latents(out.latents[:, :, 0])
     diff = max_diff(result, expected)
-    print(f"edit-2509, 2 pictures ({height}x{width} output): max abs difference vs diffusers {diff:.3g}")
+    print(f"edit-{folder.name}, 2 pictures ({height}x{width} output): max abs difference vs diffusers {diff:.3g}")
+    assert theirs.transformer.zero_cond_t == pipe.transformer.zero_cond_t == (folder.name == "2511")
     assert result.shape == expected.shape and out.frames.shape[1:3] == (height, width)
+    assert out.settings["variant"] == f"Qwen-Image-Edit-{folder.name}"
     assert diff <= TOLERANCE, diff
 
 

@@ -1,12 +1,13 @@
-"""The Qwen-Image family (Qwen-Image text to image, Qwen-Image-Edit and Qwen-Image-Edit-2509) as the family layer
-reads it.
+"""The Qwen-Image family (Qwen-Image text to image, Qwen-Image-Edit, Qwen-Image-Edit-2509 / 2511) as the family
+layer reads it.
 
 Recognition reads config files only: a diffusers-layout folder (``model_index.json``) whose
 ``transformer/config.json`` is a ``QwenImageTransformer2DModel``. T2I, Edit or Edit-2509 is read off
-``model_index.json`` (the pipeline class it names: ``QwenImageEditPlusPipeline`` for Edit-2509); the VAE must be an
-``AutoencoderKLQwenImage``, checked before any weight is read. Qwen-Image serves t2i, i2i and inpaint; an Edit
-folder serves edit, which needs the image to change (``--image``); Edit-2509 reads up to 2 more pictures
-(``--ref-image``, after ``--image``: Picture 1, 2, 3 of the prompt).
+``model_index.json`` (the pipeline class it names: ``QwenImageEditPlusPipeline`` for Edit-2509, and for Edit-2511,
+told apart by its transformer's ``zero_cond_t``); the VAE must be an ``AutoencoderKLQwenImage``, checked before any
+weight is read. Qwen-Image serves t2i, i2i and inpaint; an Edit folder serves edit, which needs the image to change
+(``--image``); Edit-2509 / 2511 read up to 2 more pictures (``--ref-image``, after ``--image``: Picture 1, 2, 3 of
+the prompt).
 
 VideoX-Fun's Fun control file (Qwen-Image-2512-Fun-Controlnet-Union) adds to Qwen-Image the modes ``control`` (a
 control image) and, with a file that reads a mask (the release's 132 channels), ``control_inpaint``: the file
@@ -17,8 +18,9 @@ comes per request (``--control-path``) or from the folder config (``control_path
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import read_json_mapping
 from . import Mode, Recognised, listed_images, register
@@ -41,6 +43,9 @@ from .fun_control import (
     side_release_reader,
 )
 
+if TYPE_CHECKING:
+    from ..models.qwenimage.variants import QwenImageVariant
+
 # The shared image modes, Edit's and the Fun control ones, in the order inference prefers them.
 QWENIMAGE_MODES = {
     **IMAGE_MODES,
@@ -55,6 +60,18 @@ VAE_CLASS = "AutoencoderKLQwenImage"
 READ_CONTROL = side_release_reader("videox_fun.models.qwenimage.control", "QwenImageControl")
 
 
+def folder_variant(folder: Path) -> QwenImageVariant:
+    """The variant a folder's ``model_index.json`` names; Qwen-Image-Edit-2511's folder names Edit-2509's pipeline
+    and tells itself by its transformer's ``zero_cond_t`` (the pictures' tokens modulated at timestep 0, which
+    diffusers' transformer reads off the same config)."""
+    from ..models.qwenimage.variants import EDIT_PLUS, variant_of
+
+    variant = variant_of(read_json_mapping(folder / "model_index.json", "model index"), folder)
+    if variant == EDIT_PLUS and (transformer_config(folder, TRANSFORMER_CLASS) or {}).get("zero_cond_t"):
+        return replace(variant, name="Qwen-Image-Edit-2511")
+    return variant
+
+
 def check_pictures(variant: str, most: int, count: int) -> None:
     """Fail in one line when an edit gives more pictures (``--image`` and ``--ref-image``) than ``variant`` reads:
     ``most`` 1 for Qwen-Image-Edit, 3 for Edit-2509 (its release card's 1 to 3)."""
@@ -66,7 +83,7 @@ def check_pictures(variant: str, most: int, count: int) -> None:
 
 
 class QwenImageFamily(DiffusersImageFamily):
-    """Qwen-Image and Qwen-Image-Edit (diffusers layout)."""
+    """Qwen-Image, Qwen-Image-Edit and Qwen-Image-Edit-2509 / 2511 (diffusers layout)."""
 
     name = "qwenimage"
     modes = QWENIMAGE_MODES
@@ -79,11 +96,11 @@ class QwenImageFamily(DiffusersImageFamily):
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
         """A Qwen-Image folder as its config files describe it (None for another family's layout)."""
-        from ..models.qwenimage.variants import SIZE_RULES, default_settings, load_config, variant_of
+        from ..models.qwenimage.variants import SIZE_RULES, default_settings, load_config
 
         if transformer_config(folder, TRANSFORMER_CLASS) is None:
             return None
-        variant = variant_of(read_json_mapping(folder / "model_index.json", "model index"), folder)
+        variant = folder_variant(folder)
         config = load_config(own_config_path(folder, config_path), default_settings(variant))
         check_vae(folder, config.vae_subpath, "Qwen-Image", TRANSFORMER_CLASS, VAE_CLASS)
         name = control_variant(variant.name, folder, config, READ_CONTROL)
@@ -93,10 +110,8 @@ class QwenImageFamily(DiffusersImageFamily):
         """An edit's pictures against how many the folder's variant reads, before any weight is loaded."""
         if mode != "edit":
             return
-        from ..models.qwenimage.variants import VARIANTS
-
-        most = next((variant.pictures for variant in VARIANTS.values() if variant.name == recognised.variant), 1)
-        check_pictures(recognised.variant, most, len(listed_images(inputs.get("image"), inputs.get("ref_image"))))
+        variant = folder_variant(recognised.folder)
+        check_pictures(variant.name, variant.pictures, len(listed_images(inputs.get("image"), inputs.get("ref_image"))))
 
     def needs_for_mode(self, mode: str) -> str:
         """The kind of checkpoint a user needs for ``mode``, for error messages."""

@@ -36,10 +36,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import read_json_mapping
 from ..families import Mode, listed_images
 from ..families.fun_control import CONTROL_MODES
-from ..families.qwenimage import QWENIMAGE_MODES, QWENIMAGE_SAMPLERS, check_pictures
+from ..families.qwenimage import QWENIMAGE_MODES, QWENIMAGE_SAMPLERS, check_pictures, folder_variant
 from ..models.qwenimage.control import QwenImageControl
 from ..models.qwenimage.text_encoder import QwenVLTextEncoder
 from ..models.qwenimage.transformer import QwenImageTransformer
@@ -50,7 +49,6 @@ from ..models.qwenimage.variants import (
     SIZE_RULES,
     QwenImageConfig,
     QwenImageVariant,
-    variant_of,
 )
 from .common import SamplingSettings, pack_latents
 from .fun_control import SideStreamControlPipeline
@@ -121,7 +119,7 @@ class QwenImagePipeline(SideStreamControlPipeline, PackedFlowImagePipeline):
     def folder_components(cls, root: Path, config: QwenImageConfig, dtype: torch.dtype) -> dict[str, Any]:
         """The variant (Qwen-Image or Qwen-Image-Edit, from ``model_index.json``) and Qwen2.5-VL with its tokenizer
         (and, for Edit, the processor that reads the edit image)."""
-        variant = variant_of(read_json_mapping(root / "model_index.json", "model index"), root)
+        variant = folder_variant(root)
         processor = root / config.processor_subpath if variant.edit else None
         text_encoder = QwenVLTextEncoder.from_pretrained(
             root / config.text_encoder_subpath, root / config.tokenizer_subpath, processor, dtype

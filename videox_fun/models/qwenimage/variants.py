@@ -5,9 +5,10 @@ the typed folder config.
   with a negative prompt, " " when none is given, as the release's README runs it), 50 steps, 1328x1328.
 * **Qwen-Image-Edit** (``QwenImageEditPipeline``): the same transformer; the edit image goes to Qwen2.5-VL and, as
   latent tokens, after the noisy tokens; output sized from the image's aspect ratio at 1024x1024 pixels' area.
-* **Qwen-Image-Edit-2509** (``QwenImageEditPlusPipeline``, as Edit-2511's folder names it too): up to 3 pictures,
-  each read by Qwen2.5-VL at 384x384 pixels' area (``Picture i:`` before the prompt) and, at the VAE's 1024x1024
-  pixels' area, as latent tokens after the noisy ones; output sized from the last picture's aspect ratio.
+* **Qwen-Image-Edit-2509** (``QwenImageEditPlusPipeline``): up to 3 pictures, each read by Qwen2.5-VL at 384x384
+  pixels' area (``Picture i:`` before the prompt) and, at the VAE's 1024x1024 pixels' area, as latent tokens after
+  the noisy ones; output sized from the last picture's aspect ratio. Edit-2511's folder names the same pipeline; its
+  transformer config's ``zero_cond_t`` tells it apart (``families.qwenimage.folder_variant``).
 
 A Qwen-Image folder config may name a Fun control file (``control_path``, with ``control_context_scale``): the
 folder then serves control (and, with a file that reads a mask, control_inpaint) too.
