@@ -6,6 +6,9 @@ nodes return a changed copy, samplers turn their sockets into one :class:`videox
 and call the library. Which mode a sampler runs is inferred by the library from the media given,
 from the family's mode table; a sampler's media sockets map onto the library's input names
 (:data:`videox_fun.families.INPUT_NAMES`).
+
+The video families' nodes are here; the image families' (Z-Image, FLUX.2, Qwen-Image) in :mod:`.image_nodes`.
+``NODE_CLASS_MAPPINGS`` and ``NODE_DISPLAY_NAME_MAPPINGS`` gather both.
 """
 
 from __future__ import annotations

@@ -131,6 +131,61 @@ def test_image_nodes_have_videox_funs_sockets(name: str) -> None:
         assert spec["required"]["model"][0][-len(RELEASES[name]) :] == RELEASES[name]
 
 
+# The image nodes of VideoX-Fun's shipped non-chunked workflows (aigc-apps/VideoX-Fun at 804a425,
+# comfyui/{z_image,flux2,qwenimage}/v1/*_workflow_*.json), written down as facts: type, widgets_values in order (the
+# UI puts the seed's control_after_generate after the seed), linked input sockets.
+VIDEOX_FUN_WORKFLOW_NODES = [
+    ("LoadZImageModel", ["Z-Image-Turbo", "model_cpu_offload", "bf16"], []),
+    ("ZImageT2ISampler", [1184, 1568, 43, "fixed", 8, 0, "Flow", 3], ["funmodels", "prompt", "negative_prompt"]),
+    ("LoadZImageControlNetInPipeline",
+     ["z_image/z_image_control_2.1.yaml", "Z-Image-Fun-Controlnet-Union-2.1.safetensors", "transformer"],
+     ["funmodels"]),
+    ("ZImageControlSampler", [1184, 1568, 43, "fixed", 8, 0, "Flow", 3, 0.85],
+     ["funmodels", "prompt", "negative_prompt", "control_image"]),
+    ("LoadFlux2Model", ["FLUX.2-dev", "sequential_cpu_offload", "bf16"], []),
+    ("Flux2T2ISampler", [1728, 992, 404922577542089, "randomize", 25, 4, "Flow", 3], ["funmodels", "prompt"]),
+    ("LoadFlux2ControlNetInPipeline",
+     ["flux2/flux2_control.yaml", "FLUX.2-dev-Fun-Controlnet-Union-2602.safetensors"], ["funmodels"]),
+    ("Flux2ControlSampler", [1184, 1568, 415216792885928, "randomize", 25, 4, "Flow", 3, 0.75],
+     ["funmodels", "prompt", "control_image"]),
+    ("LoadQwenImageModel", ["Qwen-Image", "model_group_offload", "bf16"], []),
+    ("QwenImageT2VSampler", [1728, 992, 43, "randomize", 40, 4, "Flow", 1, 0.25, True, 5, True, 0],
+     ["funmodels", "prompt", "negative_prompt"]),
+    ("LoadQwenImageModel", ["Qwen-Image-Edit-2509", "model_group_offload", "bf16"], []),
+    ("QwenImageEditPlusSampler", [1728, 992, 437532779396225, "randomize", 50, 4, "Flow", 1, 0.25, True, 5, True, 0],
+     ["funmodels", "prompt", "negative_prompt", "image"]),
+    ("LoadQwenImageControlNetInPipeline",
+     ["qwenimage/qwenimage_control.yaml", "Qwen-Image-2512-Fun-Controlnet-Union.safetensors", "transformer"],
+     ["funmodels"]),
+    ("QwenImageControlSampler", [1184, 1568, 733079601689805, "randomize", 40, 4, "Flow", 3, 0.25, True, 5, True, 0,
+                                 0.8], ["funmodels", "prompt", "negative_prompt", "control_image"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("index", range(len(VIDEOX_FUN_WORKFLOW_NODES)))
+def test_videox_funs_workflow_nodes_validate(index: int) -> None:
+    """Each widget value of VideoX-Fun's image workflows validates against our widget at its position (a combo
+    holds it, a number is in range), as ComfyUI checks them; the file names of model_patches/ are ComfyUI's listing
+    (empty here), so only their position is checked."""
+    node, widgets, links = VIDEOX_FUN_WORKFLOW_NODES[index]
+    spec = NODES[node].INPUT_TYPES()
+    inputs = {**spec["required"], **spec.get("optional", {})}
+    names = [name for name, value in spec["required"].items() if isinstance(value[0], list) or len(value) > 1]
+    values = list(widgets)
+    if "seed" in names:
+        del values[names.index("seed") + 1]  # the UI's control_after_generate
+    assert len(values) == len(names), (node, names)
+    for name, value in zip(names, values, strict=True):
+        choices, options = inputs[name][0], (inputs[name][1] if len(inputs[name]) > 1 else {})
+        if name == "model_name":
+            continue
+        if isinstance(choices, list):
+            assert value in choices, (node, name, value)
+        else:
+            assert options["min"] <= value <= options["max"], (node, name, value, options)
+    assert set(links) <= set(inputs), (node, links)
+
+
 # -- runs against the library -----------------------------------------------------------------
 
 
