@@ -230,8 +230,67 @@ def run_image_report(args: argparse.Namespace) -> dict:
     return report
 
 
+def run_train_image_control(args: argparse.Namespace) -> dict:
+    """A Fun control stream for a toy-world image model (recipe_image_control.py); print the record's timings."""
+    from .recipe_image_control import ImageControlRecipe, train_image_control
+
+    recipe = ImageControlRecipe.smoke(args.seed) if args.smoke else ImageControlRecipe(seed=args.seed)
+    for name in ("steps", "batch", "learning_rate"):
+        if getattr(args, name) is not None:
+            setattr(recipe, name, getattr(args, name))
+    record = train_image_control(args.out, args.base, recipe, data=args.data)
+    print(f"control model {Path(args.out) / record['model']}; timings {json.dumps(record['timings_s'])}")
+    return record
+
+
+def run_image_control_report(args: argparse.Namespace) -> dict:
+    """Centroid error and colour / shape of an image model's control stream, seen vs held-out; print the summary."""
+    from .report_image_control import run_image_control_report as report_control
+
+    report = report_control(args.out, args.model, args.repeats, args.control_path, args.steps, args.guidance_scale,
+                            args.control_context_scale, baseline=not args.no_baseline,
+                            progress=not args.quiet)  # fmt: skip
+    print(json.dumps({mode: report[mode] for mode in ("control", "t2i") if mode in report}, indent=2))
+    return report
+
+
+def _add_image_control_commands(actions: argparse._SubParsersAction) -> None:
+    """``toyworld train-image-control`` and ``toyworld report-image-control``."""
+    defaults = DefaultsHelpFormatter
+    train = actions.add_parser(
+        "train-image-control",
+        help="train a Fun control stream for a toy-world image model on first frames and their edges; resumes",
+        formatter_class=defaults,
+    )
+    train.add_argument("out", type=Path, help="working folder; the model folder <base name>-Control appears inside it")
+    train.add_argument("--base", required=True, help="the image model (folder), e.g. train-image's Z-Image-Toy-Tiny")
+    train.add_argument("--data", type=Path, help="a toy-world folder of stills with control images (default: render)")
+    train.add_argument("--steps", type=int, help="training steps (default: the recipe's 1000)")
+    train.add_argument("--batch", type=int, help="images per step (default: the recipe's 16)")
+    train.add_argument("--learning-rate", type=float, help="peak learning rate (default: the recipe's 5e-4)")
+    train.add_argument("--seed", type=int, default=0, help="seed of data and training")
+    train.add_argument("--smoke", action="store_true", help="8 images, 2 steps: checks the chain")
+    train.set_defaults(handler=run_train_image_control)
+
+    report = actions.add_parser(
+        "report-image-control",
+        help="measure an image model's control stream: centroid error vs the control image, colour / shape",
+        formatter_class=defaults,
+    )
+    report.add_argument("out", type=Path, help="folder for the images and report_image_control.json")
+    report.add_argument("--model", required=True, help="the model (folder or name) with its control file")
+    report.add_argument("--repeats", type=int, default=4, help="images per colour x shape pair")
+    report.add_argument("--control-path", type=Path, help="another control file than the folder config's")
+    report.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    report.add_argument("--guidance-scale", type=float, help="guidance (default: the model's)")
+    report.add_argument("--control-context-scale", type=float, help="hint scale (default: the folder config's)")
+    report.add_argument("--no-baseline", action="store_true", help="skip the t2i baseline (same prompts and seeds)")
+    report.add_argument("--quiet", action="store_true", help="no progress bars")
+    report.set_defaults(handler=run_image_control_report)
+
+
 def _add_image_commands(actions: argparse._SubParsersAction) -> None:
-    """``toyworld train-image`` and ``toyworld report-image``."""
+    """``toyworld train-image`` and ``toyworld report-image`` (and the control stream's pair)."""
     defaults = DefaultsHelpFormatter
     train = actions.add_parser(
         "train-image",
@@ -259,6 +318,7 @@ def _add_image_commands(actions: argparse._SubParsersAction) -> None:
     report.add_argument("--guidance-scale", type=float, help="guidance (default: the model's)")
     report.add_argument("--quiet", action="store_true", help="no progress bars")
     report.set_defaults(handler=run_image_report)
+    _add_image_control_commands(actions)
 
 
 def _add_toyworld(commands: argparse._SubParsersAction) -> None:
