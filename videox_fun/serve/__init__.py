@@ -7,3 +7,6 @@
 
 Needs the ``serve`` extra (``pip install 'videox-fun[serve]'``).
 """
+
+# Read by the command line before the serve extra is imported: `videox-fun generate` runs without fastapi.
+API_KEY_ENV = "VIDEOX_FUN_API_KEY"

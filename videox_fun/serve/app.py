@@ -35,7 +35,6 @@ from .worker import Worker
 
 logger = logging.getLogger("videox_fun.serve")
 
-API_KEY_ENV = "VIDEOX_FUN_API_KEY"
 OPEN_PATHS = ("/healthz",)  # answered without the API key (load balancers probe it)
 
 

@@ -24,7 +24,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of a service: where it listens, its store, models, limits, workers and how models load."""
     from ..cli import add_device_arguments, add_parallel_arguments
     from ..runtime.offload import MEMORY_MODES
-    from .app import API_KEY_ENV
+    from . import API_KEY_ENV
 
     web = parser.add_argument_group("service")
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
