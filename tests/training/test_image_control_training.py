@@ -253,18 +253,19 @@ def test_the_training_context_is_the_pipelines(make_config, family):
 
 
 def test_the_random_draws_follow_videox_funs_mix(make_config):
+    count = 160  # samples: the binomial sd is 2.4 points at 10 %, 3.6 at 70 %
     config = make_config("qwenimage")
     spec = get_spec(config)
     models = spec.load_models(config, torch.float32)
     latent, image = spec.pipe.vae.latent_channels, pixels_of(control_images(SIZE)["depth"])
-    generators = [torch.Generator().manual_seed(seed) for seed in range(200)]
+    generators = [torch.Generator().manual_seed(seed) for seed in range(count)]
     with torch.no_grad():
-        grid = draw_context(spec, models, image.expand(200, -1, -1, -1), image.expand(200, -1, -1, -1), generators,
+        grid = draw_context(spec, models, image.expand(count, -1, -1, -1), image.expand(count, -1, -1, -1), generators,
                             torch.device("cpu"))  # fmt: skip
     dropped = (grid[:, :latent].abs().flatten(1).sum(1) == 0).float().mean().item()
     keep = grid[:, latent : latent + 4]  # the packed known-pixels mask (4 pixels a token)
     everything = (keep.flatten(1).sum(1) == 0).float().mean().item()
-    print(f"control latents dropped in {dropped:.0%} of 200 samples (VideoX-Fun 10 %); all-generate masks "
+    print(f"control latents dropped in {dropped:.0%} of {count} samples (VideoX-Fun 10 %); all-generate masks "
           f"{everything:.0%} (70 %)")  # fmt: skip
     assert 0.04 <= dropped <= 0.17 and 0.6 <= everything <= 0.8
 

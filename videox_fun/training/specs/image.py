@@ -1,18 +1,19 @@
 """Training specs of the flow-matching image families: FLUX.1, FLUX.2, Z-Image and Qwen-Image.
 
-One base, :class:`FlowImageSpec`, serves all three: a sample is one image (the dataset's ``"type": "image"``
-entries, batched by aspect-ratio bucket), its latents are the family VAE's normalised latents (B, 16, h, w), kept
-as one latent frame (B, 16, 1, h, w) as the trainer and the objectives expect. The family's own pipeline
-(:mod:`videox_fun.pipelines.flux` / ``zimage`` / ``qwenimage``) is built around the loaded models and supplies
-what inference does, so that training sees exactly the inputs sampling gives the transformer: its text encoding,
-its token layout (FLUX.1 and Qwen-Image pack 2x2 latent pixels into a token; Z-Image patchifies itself) and its
-transformer call (``_denoise``: the timestep convention, Z-Image's negated velocity). The thin per-family specs
-below add the text and image-shape inputs of their transformer.
+One base, :class:`FlowImageSpec`, serves all four: a sample is one image (the dataset's ``"type": "image"``
+entries, batched by aspect-ratio bucket), its latents are the family VAE's normalised latents (B, C, h, w) (FLUX.2:
+its 32 channels patchified 2x2 into 128), kept as one latent frame (B, C, 1, h, w) as the trainer and the objectives
+expect. The family's own pipeline (:mod:`videox_fun.pipelines.flux` / ``flux2`` / ``zimage`` / ``qwenimage``) is
+built around the loaded models and supplies what inference does, so that training sees exactly the inputs sampling
+gives the transformer: its text encoding, its token layout (``pack``: FLUX.1 and Qwen-Image pack 2x2 latent pixels
+into a token, FLUX.2 makes each latent pixel one, Z-Image patchifies itself) and its transformer call
+(``_denoise``: the timestep convention, Z-Image's negated velocity). The thin per-family specs below add the text
+and image-shape inputs of their transformer.
 
 Objective: flow matching (x_t = (1 - s) x0 + s noise, target noise - x0) with the noise levels shifted as the
 family's scheduler config shifts them at inference: a static ``shift`` (Z-Image 3, FLUX.1-schnell 1), or, where
-the config shifts dynamically (FLUX.1-dev, Qwen-Image), the resolution-dependent shift of the batch's token count
-(mu from ``calculate_shift``; exponential time shift: shift = e^mu). ``--shift`` gives a static shift instead.
+the config shifts dynamically (FLUX.1-dev, FLUX.2, Qwen-Image), the resolution-dependent shift of the batch's token
+count (mu from ``calculate_shift``; exponential time shift: shift = e^mu). ``--shift`` gives a static shift instead.
 
 Outputs: the LoRA file in diffusers' key layout (``transformer.<module>.lora_A.weight``), which the family's
 diffusers pipeline (``FluxPipeline`` / ``ZImagePipeline`` / ``QwenImagePipeline``) ``.load_lora_weights`` reads and
