@@ -26,6 +26,7 @@ from parallel_harness import TOLERANCE, spawn
 
 from videox_fun.api import RuntimeOptions
 from videox_fun.cli import main
+from videox_fun.models.attention import attention
 from videox_fun.models.flux import tiny as flux_tiny
 from videox_fun.models.flux.transformer import FluxTransformer
 from videox_fun.models.flux2 import tiny as flux2_tiny
@@ -41,7 +42,7 @@ from videox_fun.pipelines.zimage import ZImagePipeline
 from videox_fun.registry import CACHE_ENV
 from videox_fun.runtime.cache import SHARDED_RELATIVE_L1
 from videox_fun.runtime.distributed import init_distributed
-from videox_fun.runtime.parallel import JointSequenceParallel, build_groups, setup_parallel
+from videox_fun.runtime.parallel import JointSequenceParallel, _Stream, build_groups, local_chunk, setup_parallel
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILIES = ("flux", "flux2", "qwenimage", "zimage")
@@ -108,6 +109,13 @@ GENERATIONS = {
     "qwenimage": (QwenImagePipeline, qwen_tiny.build_tiny_qwenimage_folder, "t2i", {"guidance_scale": 4.0}),
     "zimage": (ZImagePipeline, zimage_tiny.build_tiny_zimage_folder, "base", {"guidance_scale": 4.0}),
     "zimage-control": (ZImagePipeline, zimage_tiny.build_tiny_zimage_folder, "turbo-control", {"mode": "control"}),
+    "flux2-control": (Flux2Pipeline, flux2_tiny.build_tiny_flux2_folder, "dev-control", {"mode": "control"}),
+    "qwenimage-control": (
+        QwenImagePipeline,
+        qwen_tiny.build_tiny_qwenimage_folder,
+        "t2i-control",
+        {"mode": "control", "guidance_scale": 4.0},
+    ),
 }
 
 
@@ -125,10 +133,33 @@ def generate(name: str, pipe) -> torch.Tensor:
     return out.latents
 
 
+# -- the joint attention alone: a whole stream beside a split one, key masks, heads that do not divide ------------
+def joint_attention_case() -> tuple[torch.Tensor, ...]:
+    """q, k, v (2, 12, 3, 8) of 5 text tokens (kept whole on every rank, as CogVideoX's) then 7 image tokens (split:
+    4 + 3 and a pad), and a key mask hiding 2 text keys and 1 image key of the second sample."""
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(2, 12, 3, 8, generator=g) for _ in range(3))
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, [3, 4, 7]] = False
+    return q, k, v, mask
+
+
+def joint_attention_on_ranks(ulysses: int, ring: int, rank: int) -> torch.Tensor:
+    """This rank's queries' attention through :meth:`JointSequenceParallel.attend_joint` (streams as a first block
+    records them), real tokens only: 5 text + this rank's image tokens."""
+    q, k, v, mask = joint_attention_case()
+    hook = JointSequenceParallel(build_groups(ulysses, ring))
+    hook._streams = [_Stream("encoder_hidden_states", 5, 5, split=False), _Stream("hidden_states", 7, 4, split=True)]
+    local = [torch.cat([t[:, :5], local_chunk(t[:, 5:], 1, 4, 2, rank)], dim=1) for t in (q, k, v, mask)]
+    out = hook.attend_joint(*local[:3], text_len=5, key_mask=local[3])
+    return out[:, : 5 + min(4, 7 - 4 * rank)]
+
+
 def rank_worker(rank: int, folders: dict[str, Path], out_dir: Path) -> None:
-    """Every family's transformer, then every generation, under each layout; hooks removed after each."""
+    """The joint attention, every family's transformer, then every generation, under each layout; hooks removed
+    after each."""
     init_distributed("cpu")
-    results = {}
+    results = {f"attention:{name}": joint_attention_on_ranks(*layout, rank) for name, layout in LAYOUTS.items()}
     for family in FAMILIES:
         model = transformer(family)
         for name, (ulysses, ring) in LAYOUTS.items():
@@ -143,6 +174,8 @@ def rank_worker(rank: int, folders: dict[str, Path], out_dir: Path) -> None:
             results[f"{name}:generate:{layout}"] = generate(name, pipe)
             runtime.remove_hooks()
         results[f"{name}:generate:hooks_left"] = hooks_left(pipe.transformer)
+        control = getattr(pipe, "control", None)
+        results[f"{name}:control:hooks_left"] = control is not None and hooks_left(control)
     torch.save(results, out_dir / f"rank{rank}.pt")
 
 
@@ -156,6 +189,21 @@ def runs(tmp_path_factory):
     for name, folder in folders.items():
         references[f"{name}:generate"] = generate(name, GENERATIONS[name][0].from_pretrained(folder))
     return ranks, references
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_joint_attention_with_a_whole_stream_and_key_masks(layout, runs):
+    """Each rank's text and image queries attend as in one process: padded, masked keys and the other ranks' copies
+    of the whole stream left out (3 heads on Ulysses 2: padded heads)."""
+    ranks, _ = runs
+    q, k, v, mask = joint_attention_case()
+    bias = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    expected = attention(q, k, v, bias)  # (2, 12, 3, 8)
+    for rank, results in enumerate(ranks):
+        mine = torch.cat([expected[:, :5], expected[:, 5 + 4 * rank : 9 + 4 * rank]], dim=1)
+        diff = max_diff(results[f"attention:{layout}"], mine)
+        print(f"joint attention {layout} rank {rank}: max |parallel - one process| = {diff:.2e}")
+        assert diff <= TOLERANCE
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -28,6 +28,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..runtime.points import SEQUENCE_SIDE_MODEL
 from .component import StrictDiffusersModel
 from .loading import count_blocks, drop_prefixed, read_header, read_weights_at
 
@@ -274,8 +275,11 @@ def side_stream_attached(
 
     handles = [blocks[0].register_forward_pre_hook(compute, with_kwargs=True)]
     handles += [blocks[place].register_forward_hook(adder(i)) for i, place in enumerate(control.config.control_layers)]
+    # Under sequence parallelism block 0's inputs are this rank's tokens: the copies run on them alike.
+    split = getattr(transformer, SEQUENCE_SIDE_MODEL, None)
     try:
-        yield
+        with split(control) if split is not None else contextlib.nullcontext():
+            yield
     finally:
         for handle in handles:
             handle.remove()

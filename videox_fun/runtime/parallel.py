@@ -31,11 +31,12 @@ here calls flash-attn's log-sum-exp kernel on GPUs, the kernel yunchang's ring u
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -491,6 +492,7 @@ class JointSequenceParallel(SequenceParallel):
         for seam in seams:
             seam.attend = self.attend_joint  # type: ignore[attr-defined]
         setattr(model, SHARDED_RELATIVE_L1, self.relative_l1)  # step caches measure chunks through it
+        setattr(model, points.SEQUENCE_SIDE_MODEL, self.side_model)  # side streams run split through it
         return self
 
     def remove(self) -> None:
@@ -501,7 +503,35 @@ class JointSequenceParallel(SequenceParallel):
             del seam.attend  # type: ignore[attr-defined]
         if self.model is not None:
             self.model.__dict__.pop(SHARDED_RELATIVE_L1, None)
+            self.model.__dict__.pop(points.SEQUENCE_SIDE_MODEL, None)
         self._handles, self._seams, self._blocks, self.model, self._streams = [], [], [], None, []
+
+    @contextlib.contextmanager
+    def side_model(self, side: nn.Module) -> Iterator[None]:
+        """While the context lasts, ``side`` (a model run by hooks inside this model's forward on its blocks' split
+        inputs: a Fun control side stream) runs on this rank's tokens too: its blocks attend over every rank, and
+        its declared per-token inputs (the control context) are split as the stream they follow."""
+        feature = "sequence parallelism (a side stream)"
+        seams = points.attention_seams(side, feature)
+        if any("attend" in vars(seam) for seam in seams):
+            raise RuntimeError("the side model's attention is already replaced")
+        handles = [module.register_forward_pre_hook(functools.partial(self._split_module_input, stream))
+                   for module, stream in points.sequence_parallel_module_inputs(side, feature).items()]  # fmt: skip
+        for seam in seams:
+            seam.attend = self.attend_joint  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for seam in seams:
+                del seam.attend  # type: ignore[attr-defined]
+
+    def _split_module_input(self, stream: str, module: nn.Module, args: tuple) -> tuple | None:
+        """Before a side model's declared module: this rank's tokens of its first input (per token of ``stream``)."""
+        if not self._streams:
+            return None  # run outside the transformer's split blocks: as it is
+        return (self._split(args[0], points.TokenSplit(1, (stream,)), type(module).__name__), *args[1:])
 
     # -- splitting ------------------------------------------------------------------------
     def _split_inputs(self, first: bool, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -662,44 +692,108 @@ class JointSequenceParallel(SequenceParallel):
     ) -> torch.Tensor:
         """This rank's (B, L_local, H, D) q / k / v, its tokens of every stream in layout order -> their attention
         over the whole sequence. ``key_mask`` (B, L_local) bool: keys to attend to (True); ``text_len`` is the
-        model's (the layout says where each stream's tokens sit)."""
+        model's (the layout says where each stream's tokens sit).
+
+        Split streams go through the Ulysses all-to-all and the ring; a whole stream (on every rank) is not sent:
+        each rank takes its heads of it (Ulysses), attends to its keys once and merges them by log-sum-exp (Ring).
+        """
         if not self._streams:
             raise RuntimeError("parallel attention called outside the hooked blocks")
-        groups, heads, local = self.groups, q.shape[2], sum(stream.local for stream in self._streams)
-        if q.shape[1] != local:
-            raise RuntimeError(f"the joint attention got {q.shape[1]} tokens; this rank holds {local} of the layout "
-                               f"{[s.name for s in self._streams]}")  # fmt: skip
-        masks = None
-        if key_mask is not None:  # every rank's mask, in rank order: (B, sp * L_local)
-            masks = all_gather_cat(key_mask.to(torch.uint8), groups.sp_group, dim=1).bool()
+        groups, heads, streams = self.groups, q.shape[2], self._streams
+        sizes = [stream.local for stream in streams]
+        if q.shape[1] != sum(sizes):
+            raise RuntimeError(f"the joint attention got {q.shape[1]} tokens; this rank holds {sum(sizes)} of the "
+                               f"layout {[s.name for s in streams]}")  # fmt: skip
+        whole, split = self._by_kind([q, k, v])  # q, k, v of the whole streams (None: none) and of the split ones
+        whole_keys = split_masks = None
+        if key_mask is not None:
+            whole_mask, split_mask = self._by_kind([key_mask.bool()])
+            whole_keys = None if whole_mask is None else whole_mask[0]  # (B, L_whole)
+            split_masks = all_gather_cat(split_mask[0].to(torch.uint8), groups.sp_group, dim=1).bool()  # (B, sp*Ls)
         if groups.ulysses_degree > 1:
             padded_heads = math.ceil(heads / groups.ulysses_degree) * groups.ulysses_degree
-            packed = pad_dim(torch.stack([q, k, v]), 3, padded_heads)  # (3, B, L_local, H', D); zero heads
-            q, k, v = sequence_to_heads(packed, groups.ulysses_group).unbind(0)  # (B, U * L_local, H'/U, D)
-        keys = functools.partial(self._segment_keys, masks=masks, device=q.device)
+            packed = pad_dim(torch.stack(split), 3, padded_heads)  # (3, B, L_split, H', D); zero heads
+            split = list(sequence_to_heads(packed, groups.ulysses_group).unbind(0))  # (B, U * L_split, H'/U, D)
+            if whole is not None:  # every rank holds them: it takes its heads
+                mine = padded_heads // groups.ulysses_degree
+                heads_of_mine = slice(groups.ulysses_rank * mine, (groups.ulysses_rank + 1) * mine)
+                whole = [pad_dim(t, 2, padded_heads)[:, :, heads_of_mine] for t in whole]
+        whole_len = 0 if whole is None else whole[0].shape[1]
+        queries = split[0] if whole is None else torch.cat([whole[0], split[0]], dim=1)
+        split_keys = functools.partial(self._segment_keys, masks=split_masks, device=q.device)
         if groups.ring_degree > 1:
-            out = ring_attention(q, k, v, groups, keys=keys)
+            out, lse = ring_attention_with_lse(
+                queries, split[1], split[2], groups, keys=lambda segment: _selection(split_keys(segment))
+            )
+            if whole is not None:
+                block = attention_over_keys(queries, whole[1], whole[2], _selection(whole_keys), with_lse=True)
+                if block is not None:
+                    out, lse = merge_attention(out, lse, *block)
+            out = out.to(q.dtype)
+        elif whole is None:
+            out = attention_over_keys(queries, split[1], split[2], _selection(split_keys(0)))
         else:
-            out = attention_over_keys(q, k, v, keys(0))
+            keep = _joined_keys(whole_keys, whole_len, split_keys(0), split[1].shape[1])
+            keys, values = torch.cat([whole[1], split[1]], dim=1), torch.cat([whole[2], split[2]], dim=1)
+            out = attention_over_keys(queries, keys, values, _selection(keep))
+        out_whole, out_split = out[:, :whole_len], out[:, whole_len:]
         if groups.ulysses_degree > 1:
-            out = heads_to_sequence(out, groups.ulysses_group)[:, :, :heads]  # (B, L_local, H, D)
-        return out
+            out_split = heads_to_sequence(out_split, groups.ulysses_group)[:, :, :heads]  # (B, L_split, H, D)
+            if whole is not None:
+                out_whole = all_gather_cat(out_whole.contiguous(), groups.ulysses_group, dim=2)[:, :, :heads]
+        pieces = {True: iter(out_split.split([s.local for s in streams if s.split], 1)),
+                  False: iter(out_whole.split([s.local for s in streams if not s.split], 1))}  # fmt: skip
+        return torch.cat([next(pieces[stream.split]) for stream in streams], dim=1)  # layout order
 
-    def _segment_keys(self, segment: int, masks: torch.Tensor | None, device: torch.device) -> KeySelection:
-        """The keys of ring segment ``segment`` (the Ulysses group's ranks' tokens, in rank order) to attend to."""
-        u, local = self.groups.ulysses_degree, sum(stream.local for stream in self._streams)
-        ranges, offset, complete = [], 0, True
-        for rank in range(segment * u, (segment + 1) * u):
-            for stream in self._streams:
-                count = stream.keys(rank)
-                complete &= count == stream.local
-                ranges.append(torch.arange(offset, offset + count, device=device))
-                offset += stream.local
+    def _by_kind(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor] | None, list[torch.Tensor]]:
+        """Each (B, L_local, ...) tensor's tokens of the whole streams (``None`` when there are none) and of the
+        split streams, each kind in layout order."""
+        sizes = [stream.local for stream in self._streams]
+        parts = [t.split(sizes, 1) for t in tensors]
+
+        def kind(split: bool) -> list[torch.Tensor]:
+            return [
+                torch.cat([p for p, s in zip(ps, self._streams, strict=True) if s.split == split], 1) for ps in parts
+            ]
+
+        return (kind(False) if any(not s.split for s in self._streams) else None), kind(True)
+
+    def _segment_keys(self, segment: int, masks: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """Which split-stream keys of ring segment ``segment`` (its Ulysses group's ranks' tokens, in rank order)
+        are attended to: a bool (L,) or, with key masks, (B, L); ``None``: all of them."""
+        u = self.groups.ulysses_degree
+        split = [stream for stream in self._streams if stream.split]
+        counts = [
+            (stream.keys(rank), stream.local) for rank in range(segment * u, (segment + 1) * u) for stream in split
+        ]
+        keep = None
+        if any(count < local for count, local in counts):
+            keep = torch.cat([torch.arange(local) < count for count, local in counts]).to(device)  # (U * L_split,)
         if masks is None:
-            return slice(None) if complete else torch.cat(ranges)
-        keep = torch.zeros(u * local, dtype=torch.bool, device=device)
-        keep[torch.cat(ranges)] = True
-        return masks[:, segment * u * local : (segment + 1) * u * local] & keep  # (B, U * L_local)
+            return keep
+        length = sum(local for _, local in counts)
+        segment_masks = masks[:, segment * length : (segment + 1) * length]  # (B, U * L_split)
+        return segment_masks if keep is None else segment_masks & keep
+
+
+def _joined_keys(a: torch.Tensor | None, a_len: int, b: torch.Tensor | None, b_len: int) -> torch.Tensor | None:
+    """Two key selections (bool (L,) / (B, L) / ``None``: all) of consecutive key blocks as one."""
+    if a is None and b is None:
+        return None
+    device = (a if a is not None else b).device
+    a = torch.ones(a_len, dtype=torch.bool, device=device) if a is None else a
+    b = torch.ones(b_len, dtype=torch.bool, device=device) if b is None else b
+    if a.dim() != b.dim():  # one per sample, one shared: share it per sample
+        rows = max(a.shape[0] if a.dim() == 2 else 1, b.shape[0] if b.dim() == 2 else 1)
+        a, b = (t.expand(rows, -1) if t.dim() == 1 else t for t in (a, b))
+    return torch.cat([a, b], dim=-1)
+
+
+def _selection(keep: torch.Tensor | None) -> KeySelection:
+    """A bool key selection as :func:`attention_over_keys` takes it: every key, their index, or per sample."""
+    if keep is None:
+        return slice(None)
+    return keep.nonzero()[:, 0] if keep.dim() == 1 else keep
 
 
 def enable_sequence_parallel(model: nn.Module, groups: ParallelGroups) -> SequenceParallel | None:

@@ -43,6 +43,11 @@ the step caches read those declarations here and never name a family's attribute
   ``method(shard) -> context manager`` that, while the runner runs, swaps the per-token tensors the
   runner reads besides its arguments (VACE's context tokens) for ``shard(tensor, dim)``, this rank's
   chunk of them, split as the tokens are; sequence parallelism enters it around the runner.
+- Side models: a model run by hooks inside a transformer's forward on its blocks' inputs (a Fun control side
+  stream) runs split too when it declares ``_block_lists``, ``_attention_seam`` and
+  ``_sequence_parallel_module_inputs`` (``{dotted module path: stream}``: modules whose first input is per token
+  of that stream, ``control_img_in``). The hook that attaches it enters the transformer's
+  :data:`SEQUENCE_SIDE_MODEL` context, which sequence parallelism sets on the transformer while attached.
 - ``_cache_context_argument`` (optional): the block argument that tells guidance passes apart
   when no :func:`videox_fun.runtime.cache.cache_branch` is active (default
   ``encoder_hidden_states``, diffusers' name for the text stream).
@@ -63,6 +68,9 @@ import torch
 from torch import nn
 
 DEFAULT_CACHE_CONTEXT_ARGUMENT = "encoder_hidden_states"
+# Set on a transformer by sequence parallelism while attached: ``method(side_model) -> context manager`` under which
+# a side model run inside the transformer's forward (a Fun control side stream) runs on this rank's tokens too.
+SEQUENCE_SIDE_MODEL = "_sequence_parallel_side_model"
 
 
 class ExtensionPointError(ValueError):
@@ -286,6 +294,13 @@ def sequence_parallel_gather(
 def sequence_parallel_inputs(model: nn.Module) -> dict[str, int]:
     """The model's forward arguments chunked on entry (``_sequence_parallel_inputs``), with their token dim."""
     return dict(getattr(model, "_sequence_parallel_inputs", None) or {})
+
+
+def sequence_parallel_module_inputs(model: nn.Module, feature: str = "sequence parallelism") -> dict[nn.Module, str]:
+    """The modules whose first input is per token of a stream (``_sequence_parallel_module_inputs``), with it."""
+    declared = getattr(model, "_sequence_parallel_module_inputs", None) or {}
+    return {_submodule(model, path, "_sequence_parallel_module_inputs", feature): stream
+            for path, stream in dict(declared).items()}  # fmt: skip
 
 
 def split_streams(model: nn.Module, forward: Callable) -> tuple[str, ...]:

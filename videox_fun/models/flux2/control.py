@@ -18,6 +18,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.transformers.transformer_flux2 import Flux2TransformerBlock
 from torch import nn
 
+from ..flux.attention import use_flux_attention
 from ..fun_control import ControlFileKind, SideStreamControl
 
 CONTROL_CLASS_NAME = "Flux2ControlTransformer2DModel"  # VideoX-Fun's transformer whose control part the file is
@@ -37,6 +38,11 @@ class Flux2Control(SideStreamControl):
     release_label = "FLUX.2-dev-Fun-Controlnet-Union"
     # Under fp8 storage the norms stay high precision, as in the transformer.
     _fp8_skip_modules: ClassVar[tuple[str, ...]] = ("norm",)
+    # Under sequence parallelism the copies run on each rank's tokens (their attention's seam, the context split as
+    # the image tokens it follows), inside the transformer's split blocks.
+    _block_lists = ("control_transformer_blocks",)
+    _attention_seam = "attn.processor"
+    _sequence_parallel_module_inputs: ClassVar[dict[str, str]] = {"control_img_in": "hidden_states"}
 
     @register_to_config
     def __init__(
@@ -54,9 +60,11 @@ class Flux2Control(SideStreamControl):
     def make_block(self) -> nn.Module:
         """A FLUX.2 double block of the transformer's size (no biases, as the release)."""
         config = self.config
-        return Flux2TransformerBlock(config.num_attention_heads * config.attention_head_dim,
-                                     config.num_attention_heads, config.attention_head_dim, config.mlp_ratio,
-                                     config.eps)  # fmt: skip
+        block = Flux2TransformerBlock(config.num_attention_heads * config.attention_head_dim,
+                                      config.num_attention_heads, config.attention_head_dim, config.mlp_ratio,
+                                      config.eps)  # fmt: skip
+        use_flux_attention([block.attn])  # the package's dispatch and seam, as the main double blocks
+        return block
 
     @classmethod
     def block_config(cls, transformer_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from diffusers.models.transformers.transformer_qwenimage import QwenImageTransfo
 from torch import nn
 
 from ..fun_control import ControlFileKind, SideStreamControl
+from .attention import use_qwenimage_attention
 
 CONTROL_CLASS_NAME = "QwenImageControlTransformer2DModel"  # VideoX-Fun's transformer whose control part the file is
 # control_img_in is FLUX.2's too: the copies' after_proj tells the two apart.
@@ -36,6 +37,11 @@ class QwenImageControl(SideStreamControl):
     release_label = "Qwen-Image-2512-Fun-Controlnet-Union"
     # Under fp8 storage the modulation and norms stay high precision, as in the transformer.
     _fp8_skip_modules: ClassVar[tuple[str, ...]] = ("norm", "mod")
+    # Under sequence parallelism the copies run on each rank's tokens (their attention's seam, the context split as
+    # the image tokens it follows), inside the transformer's split blocks.
+    _block_lists = ("control_blocks",)
+    _attention_seam = "attn.processor"
+    _sequence_parallel_module_inputs: ClassVar[dict[str, str]] = {"control_img_in": "hidden_states"}
 
     @register_to_config
     def __init__(
@@ -52,4 +58,6 @@ class QwenImageControl(SideStreamControl):
         """A Qwen-Image dual-stream block of the transformer's size."""
         config = self.config
         dim = config.num_attention_heads * config.attention_head_dim
-        return QwenImageTransformerBlock(dim, config.num_attention_heads, config.attention_head_dim)
+        block = QwenImageTransformerBlock(dim, config.num_attention_heads, config.attention_head_dim)
+        use_qwenimage_attention([block])  # the package's dispatch and seam, as the main blocks
+        return block
