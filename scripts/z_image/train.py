@@ -6,10 +6,10 @@
       --image_sample_size=1024 --enable_bucket --train_batch_size=1 --gradient_checkpointing ...
 
 The metadata's entries are ``"type": "image"``; ``--enable_bucket`` batches them by aspect ratio. The folder's
-family picks the training spec: flow matching with the the folder scheduler's static shift (3 in the release)
-(``--shift`` gives a static one). Writes OUTPUT_DIR/transformer/ in the diffusers layout. The latent cache and
-control training are not offered for image models. Every flag is listed by ``--help``; ``--config FILE`` reads the
-same fields from YAML. Nothing to edit here.
+family picks the training spec: flow matching with the folder scheduler's static shift (3 in the release)
+(``--shift`` gives a static one). Writes OUTPUT_DIR/transformer/ in the diffusers layout. The latent cache is not
+offered for image models; the Fun control stream trains with ``train_control.py``. Every flag is listed by
+``--help``; ``--config FILE`` reads the same fields from YAML. Nothing to edit here.
 """
 
 import sys

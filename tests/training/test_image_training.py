@@ -49,7 +49,7 @@ from videox_fun.training.trainer import train
 
 DIFFUSERS_TRANSFORMERS = {"flux": FluxTransformer2DModel, "zimage": DiffusersZImageTransformer,
                           "qwenimage": QwenImageTransformer2DModel}  # fmt: skip
-SCRIPTS = {"flux": "flux", "zimage": "z_image", "qwenimage": "qwenimage"}
+SCRIPTS = {"flux": "flux", "flux2": "flux2", "zimage": "z_image", "qwenimage": "qwenimage"}
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_the_lora_file_loads_in_diffusers_with_our_pipelines_effect(image_config
 # ----------------------------------------------------------------------------------------
 # Entry points and refusals
 # ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", sorted(SCRIPTS))
 @pytest.mark.parametrize("script", ["train", "train_lora"])
 def test_the_scripts_are_the_generic_entry_with_their_presets(monkeypatch, family, script):
     calls: list[dict] = []
