@@ -60,8 +60,8 @@ def image_folders(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], P
     def get(family: str) -> Path:
         if family not in built:
             root = tmp_path_factory.mktemp(family)
-            if family == "qwenimage-edit":
-                built[family] = BUILDERS["qwenimage"](root / family, "edit", seed=3)
+            if family.startswith("qwenimage-edit"):  # "qwenimage-edit", "qwenimage-edit-plus" (Edit-2509)
+                built[family] = BUILDERS["qwenimage"](root / family, family.removeprefix("qwenimage-"), seed=3)
             else:
                 built[family] = BUILDERS[family](root / family, seed=3)
         return built[family]
@@ -246,6 +246,7 @@ def test_a_family_that_declares_no_spec_is_refused_in_one_line(image_config, mon
         ("flux", {"train_mode": "control"}, "--train_mode control is not offered for FLUX.1"),
         ("zimage", {"train_mode": "inpaint"}, "--train_mode inpaint is not offered for Z-Image"),
         ("qwenimage-edit", {}, "training Qwen-Image-Edit (edit pairs) is not supported yet"),
+        ("qwenimage-edit-plus", {}, "training Qwen-Image-Edit-2509 (edit pairs) is not supported yet"),
         ("qwenimage", {"use_cached_latents": True, "cache_dir": "cache"}, "latent cache is not offered for Qwen-Image"),
         ("flux", {"distill": True, "text_drop_ratio": 0.0}, "--distill (step distillation) is not offered for FLUX.1"),
     ],

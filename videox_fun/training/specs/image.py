@@ -44,7 +44,7 @@ from torch import nn
 from ...families import Recognised
 from ...models.flux2.vae import patchify
 from ...models.fun_control import MASK_CHANNELS, SideRelease, SideStreamControl
-from ...models.qwenimage.variants import EDIT
+from ...models.qwenimage.variants import VARIANTS as QWENIMAGE_VARIANTS
 from ...models.zimage.control import LATENT_CHANNELS, ControlRelease, ZImageControl, control_config
 from ...pipelines.common import calculate_shift
 from ...pipelines.flux import FluxPipeline, image_ids
@@ -451,9 +451,10 @@ class QwenImageSpec(FlowImageSpec):
     pipeline_class = QwenImagePipeline
 
     def check_variant(self, recognised: Recognised) -> None:
-        """Qwen-Image-Edit (an edit image beside each sample) is not trained yet."""
-        if recognised.variant == EDIT.name:
-            raise ValueError(f"training {EDIT.name} (edit pairs) is not supported yet; train a Qwen-Image "
+        """The edit models (Qwen-Image-Edit, Edit-2509 / 2511: edit pictures beside each sample) are not trained yet."""
+        edit_names = {variant.name for variant in QWENIMAGE_VARIANTS.values() if variant.edit}
+        if recognised.variant in edit_names or recognised.variant.startswith("Qwen-Image-Edit"):
+            raise ValueError(f"training {recognised.variant} (edit pairs) is not supported yet; train a Qwen-Image "
                              "(text-to-image) folder")  # fmt: skip
 
     def text_inputs(self, pipe: Any, texts: list[str]) -> dict[str, Any]:
