@@ -28,7 +28,8 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from ..api import RuntimeOptions
-from .jobs import Catalog, GenerationIn, Limits, RequestError, Upload, check_job, store_inputs
+from ..families import INPUT_NAMES
+from .jobs import LISTED_INPUTS, Catalog, GenerationIn, Limits, RequestError, Upload, check_job, store_inputs
 from .settings import describe, split_uploads, store_settings
 from .store import DONE, STATUSES, Job, JobStore, new_job_id
 from .worker import Worker
@@ -242,7 +243,8 @@ def strict_json(raw: bytes | str) -> Any:
 
 
 async def read_generation(request: Request, limits: Limits) -> tuple[GenerationIn, list[Upload]]:
-    """The job of a JSON or multipart (``request`` JSON field + files named by input) body."""
+    """The job of a JSON or multipart (``request`` JSON field + files named by input; several ``ref_image``
+    parts in their order) body."""
     declared = request.headers.get("content-length")
     ceiling = 8 * limits.max_upload_bytes + 2**20
     if declared is not None and declared.isdigit() and int(declared) > ceiling:
@@ -335,18 +337,7 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
                             "required": ["request"],
                             "properties": {
                                 "request": {"type": "string", "description": "the GenerationIn JSON"},
-                                **{
-                                    name: {"type": "string", "format": "binary"}
-                                    for name in (
-                                        "image",
-                                        "end_image",
-                                        "video",
-                                        "mask",
-                                        "control_video",
-                                        "ref_image",
-                                        "camera",
-                                    )
-                                },
+                                **media_upload_fields(),
                                 **setting_upload_fields(),
                             },
                         }
@@ -420,7 +411,42 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
     from .compat import add_videox_fun_routes
 
     add_videox_fun_routes(app, service)
+    add_job_schema(app)
     return app
+
+
+def add_job_schema(app: FastAPI) -> None:
+    """Put the job's JSON schema (``GenerationIn`` and the models it holds) into the OpenAPI components: the job
+    route reads its body itself (JSON or multipart), so FastAPI does not collect the schema its body refers to."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # FastAPI's, kept as app.openapi_schema: completed in place, once
+            job = GenerationIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(job.pop("$defs", {}))
+            schemas["GenerationIn"] = job
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def media_upload_fields() -> dict[str, Any]:
+    """The multipart fields of the input media, for the OpenAPI schema: one file each, and a listed input's files
+    (``ref_image``) as several parts under its name, kept in their order."""
+    binary = {"type": "string", "format": "binary"}
+    return {
+        name: {
+            "type": "array",
+            "items": binary,
+            "maxItems": LISTED_INPUTS[name],
+            "description": f"one or more pictures, in order (at most {LISTED_INPUTS[name]})",
+        }
+        if name in LISTED_INPUTS
+        else binary
+        for name in INPUT_NAMES
+    }
 
 
 def setting_upload_fields() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .jobs import GenerationIn, LoraIn, RequestError, size_from_reference
+from .jobs import GenerationIn, LoraIn, RefImages, RequestError, size_from_reference
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -69,7 +69,7 @@ class InferForwardIn(BaseModel):
     validation_video: str | None = None
     validation_video_mask: str | None = None
     control_video: str | None = None
-    ref_image: str | None = None
+    ref_image: RefImages = None  # one picture, or (beyond VideoX-Fun) a list of them in order
     denoise_strength: float = Field(0.70, allow_inf_nan=False, gt=0, le=1)
     seed_textbox: int | str = 43
     enable_teacache: bool = False

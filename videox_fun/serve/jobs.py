@@ -3,7 +3,9 @@ programmatic entry (:class:`~videox_fun.api.RuntimeOptions` + :class:`~videox_fu
 
 Field names are the CLI's (``frames``, ``steps``, ``guidance``...). Input media arrive as uploads,
 base64 (plain or ``data:`` URIs) or URLs of allowed hosts; each is written under the job's input
-folder before the job is stored, and the stored spec names the files. Models and LoRAs are named,
+folder before the job is stored, and the stored spec names the files. ``ref_image`` may be several
+pictures (VACE subjects, an edit's pictures after ``image``): a list in the JSON or repeated uploads,
+stored and passed on in their order. Models and LoRAs are named,
 never given as paths: names resolve inside the model folders only.
 """
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from ..api import SEED_RANGE, GenerationRequest, RuntimeOptions, check_request
 from ..families import INPUT_NAMES, Recognised, recognise
@@ -28,6 +30,9 @@ from ..runtime.options import CACHES
 
 # Suffixes for stored inputs: the decoders pick formats from content, but a suffix keeps the files readable.
 INPUT_SUFFIX = {"camera": ".txt", "image": ".png", "end_image": ".png", "ref_image": ".png"}
+# The inputs that take several files, and how many one job may give: VACE reads any number of subject images,
+# FLUX.2's edit 10 pictures with --image (each model's own check refuses more than it reads).
+LISTED_INPUTS = {"ref_image": 10}
 
 
 class RequestError(ValueError):
@@ -46,6 +51,37 @@ class LoraIn(BaseModel):
     name: str = Field(min_length=1, max_length=255, description="file name under models/Personalized_Model")
     weight: float = Field(1.0, ge=-100, le=100, allow_inf_nan=False)
     expert: Literal["low", "high"] = Field("low", description="Wan2.2 A14B: the expert it goes to")
+
+
+def listed_value(value: Any) -> str | list[str] | None:
+    """A listed input's JSON value (``ref_image``): one medium as text, or a list of them (an empty list is none).
+
+    Checked here rather than by a union type, so a wrong value is one error, not one per member of the union.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value or None
+    raise ValueError("takes one picture (base64 or an http(s) URL) or a list of them")
+
+
+# ``ref_image``: one picture, or several in order. How many is checked with the uploads (store_inputs), where a
+# multipart job's parts are counted too, so both ways answer the same one-line 422.
+RefImages = Annotated[
+    Any,
+    AfterValidator(listed_value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "maxItems": LISTED_INPUTS["ref_image"]},
+                {"type": "null"},
+            ],
+            "description": "one picture, or a list of them in order (VACE subjects; an edit's pictures after "
+            f"image): each base64 or an allowed URL; at most {LISTED_INPUTS['ref_image']}",
+        }
+    ),
+]
 
 
 def _float(default: float | None = None, **limits: float) -> Any:
@@ -101,7 +137,7 @@ class GenerationIn(BaseModel):
     video: str | None = None
     mask: str | None = None
     control_video: str | None = None
-    ref_image: str | None = None
+    ref_image: RefImages = None
     camera: str | None = None
     height: int | None = Field(None, ge=16, le=16_384)
     width: int | None = Field(None, ge=16, le=16_384)
@@ -232,26 +268,58 @@ class Upload:
     filename: str | None = None
 
 
-def store_inputs(spec: GenerationIn, uploads: list[Upload], folder: Path, limits: Limits) -> dict[str, str]:
-    """Write every input medium of a job under ``folder``; returns the spec's media as file paths (or names)."""
-    given: dict[str, str] = {}
+def store_inputs(spec: GenerationIn, uploads: list[Upload], folder: Path, limits: Limits) -> dict[str, str | list[str]]:
+    """Write every input medium of a job under ``folder``; returns the spec's media as file paths (or names).
+
+    A listed input (``ref_image``) gives one path for one file, as before, and a list of paths, in the order
+    given, for several.
+    """
+    parts: dict[str, list[Upload]] = {}
     for upload in uploads:
         if upload.field not in INPUT_NAMES:
             raise RequestError(
                 upload.field, f"unknown upload field {upload.field!r}: use one of {', '.join(INPUT_NAMES)}"
             )
-        if getattr(spec, upload.field) is not None:
-            raise RequestError(upload.field, f"{upload.field} given twice (as an upload and in the JSON)")
-        given[upload.field] = _write_input(folder, upload.field, upload.data, limits)
+        parts.setdefault(upload.field, []).append(upload)
+    given: dict[str, str | list[str]] = {}
     for name in INPUT_NAMES:
-        value = getattr(spec, name)
-        if value is None:
-            continue
-        if name == "camera" and is_camera_preset(value):
+        files, value = parts.get(name, []), getattr(spec, name)
+        if files and value is not None:
+            raise RequestError(name, f"{name} given twice (as an upload and in the JSON)")
+        if name in LISTED_INPUTS:
+            stored = store_listed(name, files, value, folder, limits)
+            if stored is not None:
+                given[name] = stored
+        elif len(files) > 1:
+            raise RequestError(name, f"{name} takes one file, got {len(files)} uploads")
+        elif files:
+            given[name] = _write_input(folder, name, files[0].data, limits)
+        elif value is not None and name == "camera" and is_camera_preset(value):
             given[name] = value
-        else:
+        elif value is not None:
             given[name] = _write_input(folder, name, media_bytes(name, value, limits), limits)
     return given
+
+
+def store_listed(
+    name: str, files: list[Upload], value: str | list[str] | None, folder: Path, limits: Limits
+) -> str | list[str] | None:
+    """A listed input's files (uploads, or the JSON's base64 / URLs), counted against its limit before any is
+    fetched, then stored in order: one as ``NAME.png`` (a single picture, as before), several as ``NAME_0.png``,
+    ``NAME_1.png``... Returns the path, the paths, or None when none was given."""
+    texts = [value] if isinstance(value, str) else list(value or [])
+    count, most = len(files) or len(texts), LISTED_INPUTS[name]
+    if count > most:
+        raise RequestError(name, f"{name} takes at most {most} pictures, got {count}")
+    if count == 1:
+        data = files[0].data if files else media_bytes(name, texts[0], limits)
+        return _write_input(folder, name, data, limits)
+    paths = []
+    for index in range(count):
+        label = f"{name}[{index}]"  # names the picture in a refusal (its position in the list or among the parts)
+        data = files[index].data if files else media_bytes(label, texts[index], limits)
+        paths.append(write_input_file(folder / f"{name}_{index}{INPUT_SUFFIX[name]}", label, data, limits))
+    return paths or None
 
 
 def media_bytes(name: str, value: str, limits: Limits) -> bytes:
@@ -335,10 +403,11 @@ def runtime_options(spec: GenerationIn, base: RuntimeOptions, catalog: Catalog) 
 
 
 def generation_request(
-    spec: GenerationIn, inputs: dict[str, str], extra: dict[str, Any] | None = None
+    spec: GenerationIn, inputs: dict[str, str | list[str]], extra: dict[str, Any] | None = None
 ) -> GenerationRequest:
-    """The :class:`~videox_fun.api.GenerationRequest` of a job whose media are stored at ``inputs``, with its family
-    settings ``extra`` as :func:`~videox_fun.serve.settings.store_settings` made them (files as stored paths)."""
+    """The :class:`~videox_fun.api.GenerationRequest` of a job whose media are stored at ``inputs`` (several
+    ``ref_image`` pictures as a list, in order), with its family settings ``extra`` as
+    :func:`~videox_fun.serve.settings.store_settings` made them (files as stored paths)."""
     return GenerationRequest(
         prompt=spec.prompt,
         negative_prompt=spec.negative_prompt,
@@ -380,7 +449,7 @@ def field_of(message: str) -> str:
 
 def check_job(
     spec: GenerationIn,
-    inputs: dict[str, str],
+    inputs: dict[str, str | list[str]],
     catalog: Catalog,
     base: RuntimeOptions,
     limits: Limits,
