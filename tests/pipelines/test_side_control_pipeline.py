@@ -5,7 +5,10 @@ built-in tiny control models and the examples.
 
 No diffusers pipeline runs these releases (diffusers' ``QwenImageControlNetPipeline`` is InstantX's ControlNet,
 another design), so there is no parity check here; ``tests/models/test_fun_control.py`` checks the transformer with
-the side stream against VideoX-Fun's control forward written out.
+the side stream against VideoX-Fun's control forward written out, and the control mode's context is checked here
+against VideoX-Fun's control-only recipe written out on diffusers' VAE (mask 0, the masked-image channels the
+latents of a grey picture; measured max abs difference 0 FLUX.2, 6e-8 Qwen-Image, fp32; 1.9 / 0.91 from zero
+latents there).
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from control_helpers import control_images, write_pngs
+from diffusers import AutoencoderKLFlux2, AutoencoderKLQwenImage
+from diffusers import Flux2Pipeline as DiffusersFlux2
+from diffusers import QwenImagePipeline as DiffusersQwen
 from helpers import assert_one_line_refusal, max_diff, read_png, read_sidecar
 from safetensors.torch import load_file
 
@@ -101,6 +108,65 @@ def test_an_inpaint_image_and_mask_move_the_output(base):
     print(f"{base['name']} control_inpaint: moved from control by {moved[0]:.3g}, by another image {moved[1]:.3g}")
     assert min(moved) > 1e-3
     assert max_diff(run(base, "union", mode="control_inpaint", **inpaint_inputs()), inpaint) > 1e-3  # no control
+
+
+# -- the control mode's context: VideoX-Fun's control-only recipe ----------------------------------------------------
+def videox_fun_pixels(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> (1, 3, H, W) in [-1, 1], as VideoX-Fun's image processors scale them (2 x / 255 - 1)."""
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 * 2 - 1
+
+
+def videox_fun_control_only(name: str, folder: Path, control: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(VideoX-Fun's control-only context (1, N, C + m + C), its masked-image part) written out from
+    ``Flux2ControlPipeline`` / ``QwenImageControlPipeline.__call__`` on diffusers' VAE, fed as its predict scripts
+    and nodes feed them without an inpaint image: ``inpaint_image = zeros``, ``mask_image = ones * 255``."""
+    generate = torch.ones(1, 1, SIZE, SIZE)  # the all-white mask, binarised: 1 = regenerate
+    grey = torch.full((1, 3, SIZE, SIZE), -1.0) * (generate < 0.5)  # zeros preprocessed to -1, then masked: 0
+    keep = 1 - generate  # mask_condition = 1 - mask, taken at the VAE's latent grid below
+    if name == "FLUX.2":
+        vae = AutoencoderKLFlux2.from_pretrained(str(folder / "vae")).eval()
+        mean = vae.bn.running_mean.view(1, -1, 1, 1)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
+        patchify, pack = DiffusersFlux2._patchify_latents, DiffusersFlux2._pack_latents
+
+        def tokens(pixels: torch.Tensor) -> torch.Tensor:  # (1, N, 128)
+            return pack((patchify(vae.encode(pixels).latent_dist.mode()) - mean) / std)
+
+        control, masked = tokens(videox_fun_pixels(control)), tokens(grey)
+        mask = pack(patchify(F.interpolate(keep, size=(SIZE // 8, SIZE // 8), mode="nearest")))  # (1, N, 4)
+        return torch.cat([control, mask, masked], dim=2), masked
+    vae = AutoencoderKLQwenImage.from_pretrained(str(folder / "vae")).eval()
+    channels = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean).view(1, channels, 1, 1, 1)
+    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, channels, 1, 1, 1)
+
+    def grid(pixels: torch.Tensor) -> torch.Tensor:  # (1, 16, 1, h, w)
+        return (vae.encode(pixels[:, :, None]).latent_dist.mode() - mean) * inverse_std
+
+    h = SIZE // 8
+    control, masked = grid(videox_fun_pixels(control)), grid(grey)
+    mask = F.interpolate(keep, size=(h, h), mode="nearest")[:, :, None]  # (1, 1, 1, h, w)
+    context = torch.cat([control, mask, masked], dim=1)  # (1, 33, 1, h, w)
+    return DiffusersQwen._pack_latents(context, 1, context.shape[1], h, h), masked  # (1, N, 132)
+
+
+def test_the_control_modes_context_is_videox_funs_control_only_recipe(base):
+    pipe, control = base["pipe"], shapes()["pose"]
+    pipe.use_control(base["files"]["union"])
+    inputs = {"control_video": control}
+    with torch.no_grad():
+        ours = pipe.control_context(pipe.resolve_settings("control", inputs, height=SIZE, width=SIZE), inputs)
+        expected, masked = videox_fun_control_only(base["name"], base["folder"], control)
+    latent = pipe.vae.latent_channels
+    packed = 4 if base["name"] == "Qwen-Image" else 1  # latent pixels per token
+    zero_latents = ours.clone()
+    zero_latents[..., -latent * packed :] = 0  # the masked image's part as zero latents (diffusers-style padding)
+    gap, from_zeros = max_diff(ours, expected), max_diff(ours, zero_latents)
+    print(f"{base['name']} control context {tuple(ours.shape)} vs VideoX-Fun's control-only recipe: max abs "
+          f"difference {gap:.2g}; from zero masked-image latents {from_zeros:.2g} (grey's latents up to "
+          f"{masked.abs().max():.2g})")  # fmt: skip
+    assert ours.shape == expected.shape and gap <= 1e-5
+    assert from_zeros > 1e-2  # the grey picture's latents, not zeros: this test tells the two recipes apart
 
 
 def test_the_sidecar_records_the_control(base):

@@ -5,10 +5,13 @@ moving it, and one-line refusals.
 
 Measured max abs differences of the final latents (fp32, 2 cores, 3 steps, 32x32; latents up to about 3.7):
 1.0 control without guidance 0, with guidance 2 (CFG batched) 1.2e-6; 2.1 where the refiner's ``after_proj`` is
-zero: control 4.8e-7, control_inpaint 7.2e-7 (the control images' grey levels are scaled to [-1, 1] by another
-formula). For 2.x diffusers adds the refiner hints only inside its control model (it returns the main-block hints
-alone), VideoX-Fun's control transformer adds them to the main noise refiner too: we follow the release, so with
-trained refiner projections the two differ (0.93 on the tiny model).
+zero: control 4.8e-7, control_inpaint 7.2e-7 (the control images' grey levels are scaled to [-1, 1] by
+another formula). A 2.x file's control mode is VideoX-Fun's control-only run (its scripts and nodes pass a black
+image under an all-white mask: mask 0 and the latents of a grey picture), which diffusers'
+``ZImageControlNetInpaintPipeline`` computes from the same inputs; diffusers' ``ZImageControlNetPipeline`` pads
+zeros there instead (0.032 away). For 2.x diffusers adds the refiner hints only inside its control model
+(it returns the main-block hints alone), VideoX-Fun's control transformer adds them to the main noise refiner too:
+we follow the release, so with trained refiner projections the two differ (0.92 on the tiny model).
 ``pytest tests/pipelines/test_zimage_control_pipeline.py -s`` prints the figures; the bound asserted is 1e-5.
 """
 
@@ -19,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from control_helpers import control_images, write_pngs
-from diffusers import ZImageControlNetInpaintPipeline, ZImageControlNetModel, ZImageControlNetPipeline
+from diffusers import AutoencoderKL, ZImageControlNetInpaintPipeline, ZImageControlNetModel, ZImageControlNetPipeline
 from helpers import max_diff
 from PIL import Image
 from safetensors.torch import load_file
@@ -101,15 +105,54 @@ def test_1_0_matches_diffusers_control_pipeline(folder, controls, guidance):
     assert report(f"1.0 control, guidance {guidance}", got, expected) <= TOLERANCE
 
 
-def test_2_1_matches_diffusers_where_the_refiner_hints_are_zero(folder, controls):
-    image = shapes()["depth"]
-    expected = theirs(diffusers_pipeline(folder, controls["2.1 quiet refiner"]), image, guidance_scale=0.0)
-    got = ours(folder, controls["2.1 quiet refiner"], mode="control", control_video=image, guidance_scale=0.0)
+def videox_fun_control_only() -> dict[str, Image.Image]:
+    """What VideoX-Fun's Z-Image control scripts and nodes give its pipeline without an inpaint image: a black
+    image (``torch.zeros``) under an all-white mask (``torch.ones * 255``)."""
+    return {"image": Image.new("RGB", (SIZE, SIZE)), "mask_image": Image.new("RGB", (SIZE, SIZE), (255, 255, 255))}
+
+
+def test_2_1_control_matches_diffusers_on_videox_funs_control_only_inputs(folder, controls):
+    image, quiet = shapes()["depth"], controls["2.1 quiet refiner"]
+    inpaint = diffusers_pipeline(folder, quiet, ZImageControlNetInpaintPipeline)
+    expected = theirs(inpaint, image, guidance_scale=0.0, **videox_fun_control_only())
+    got = ours(folder, quiet, mode="control", control_video=image, guidance_scale=0.0)
     assert report("2.1 control (refiner after_proj zero)", got, expected) <= TOLERANCE
+    # diffusers' control pipeline pads the mask and masked-image channels with zeros: another context.
+    padded = theirs(diffusers_pipeline(folder, quiet), image, guidance_scale=0.0)
+    assert report("2.1 control vs diffusers' zero padding (by design)", got, padded) > 1e-3
     # With trained refiner projections the release's refiner hints reach the main stream (diffusers' do not).
-    expected = theirs(diffusers_pipeline(folder, controls["2.1"]), image, guidance_scale=0.0)
+    inpaint = diffusers_pipeline(folder, controls["2.1"], ZImageControlNetInpaintPipeline)
+    expected = theirs(inpaint, image, guidance_scale=0.0, **videox_fun_control_only())
     got = ours(folder, controls["2.1"], mode="control", control_video=image, guidance_scale=0.0)
     assert report("2.1 control, refiner hints in the main stream (by design)", got, expected) > 1e-3
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1"])
+def test_the_2_x_control_context_is_videox_funs_control_only_recipe(folder, controls, version):
+    """The control mode's context against ``ZImageControlPipeline.__call__``'s formulas written out on diffusers'
+    VAE, fed as VideoX-Fun's scripts feed it: mask 0, the masked-image channels the latents of a grey picture."""
+    pipe, control = ZImagePipeline.from_pretrained(folder), shapes()["pose"]
+    pipe.use_control(controls[version])
+    inputs = {"control_video": control}
+    vae = AutoencoderKL.from_pretrained(str(folder / "vae")).eval()
+    with torch.no_grad():
+        got = pipe.control_context(pipe.resolve_settings("control", inputs, height=SIZE, width=SIZE), inputs)
+
+        def latents(pixels: torch.Tensor) -> torch.Tensor:  # (1, 16, h, w)
+            return (vae.encode(pixels).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+
+        generate = torch.ones(1, 1, SIZE, SIZE)  # the all-white mask, binarised: 1 = regenerate
+        grey = torch.full((1, 3, SIZE, SIZE), -1.0) * (generate < 0.5)  # zeros preprocessed to -1, then masked: 0
+        pixels = torch.from_numpy(control).permute(2, 0, 1)[None].float() / 255 * 2 - 1  # (1, 3, H, W)
+        masked = latents(grey)
+        mask = F.interpolate(1 - generate, size=masked.shape[-2:], mode="nearest")  # (1, 1, h, w) of zeros
+        expected = torch.cat([latents(pixels), mask, masked], dim=1)[:, :, None]  # (1, 33, 1, h, w)
+    padded = torch.cat([expected[:, :16], torch.zeros_like(expected[:, 16:])], dim=1)  # diffusers' zero padding
+    gap, from_zeros = max_diff(got, expected), max_diff(got, padded)
+    print(f"{version} control context {tuple(got.shape)} vs VideoX-Fun's control-only recipe: max abs difference "
+          f"{gap:.2g}; from zeros in the mask and masked-image channels {from_zeros:.2g}")  # fmt: skip
+    assert got.shape == expected.shape and gap <= TOLERANCE
+    assert from_zeros > 1e-2  # the grey picture's latents, not zeros: this test tells the two recipes apart
 
 
 def test_2_1_inpaint_matches_diffusers_inpaint_pipeline(folder, controls):

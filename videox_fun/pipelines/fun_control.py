@@ -1,11 +1,13 @@
 """What the image pipelines with VideoX-Fun's Fun control files (Z-Image, FLUX.2, Qwen-Image) share: the control
 file per call or from the folder config, the two control modes' checks, the control context and the sidecar record.
 
-The control context is, per latent pixel, as VideoX-Fun's control pipelines build it: the control image's
-(normalised) latents, zeros without one; and for a file that reads a mask, the known-pixels mask (1 = keep) and the
-latents of the image with its masked pixels zeroed (both zero outside ``control_inpaint``). A family lays this grid
-out as its control model reads it (:meth:`FunControlPipeline.pack_control`). Both modes start from noise; the
-control model's hints are scaled by ``control_context_scale`` every pass.
+The control context is, per latent pixel, as VideoX-Fun's control scripts and ComfyUI nodes build it: the control
+image's (normalised) latents, zeros without one; and for a file that reads a mask, the known-pixels mask (1 = keep)
+and the latents of the image with its masked pixels zeroed. Outside ``control_inpaint`` that is VideoX-Fun's black
+image under an all-white mask: mask 0 and the VAE latents of the zero (mid-grey) picture, not zero latents
+(:meth:`FunControlPipeline.nothing_kept`). A family lays this grid out as its control model reads it
+(:meth:`FunControlPipeline.pack_control`). Both modes start from noise; the control model's hints are scaled by
+``control_context_scale`` every pass.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..families.fun_control import CONTROL_MODES, CONTROL_SOURCE
@@ -115,17 +118,17 @@ class FunControlPipeline:
     def control_context(self, settings: SamplingSettings, inputs: Mapping[str, Any]) -> torch.Tensor:
         """The control model's input, laid out by :meth:`pack_control` from the grid (1, C, h, w): the control
         image's latents (zeros without one), then for a file that reads a mask the known-pixels mask and the masked
-        image's latents (zeros outside control_inpaint)."""
+        image's latents (:meth:`masked_image` in control_inpaint, else :meth:`nothing_kept`)."""
         h, w = self.latent_size(settings)  # type: ignore[attr-defined]
         control = inputs.get("control_video")
         latents = (self.image_latents(control, settings.height, settings.width) if control is not None  # type: ignore[attr-defined]
                    else torch.zeros(1, self.vae.latent_channels, h, w, device=self.device))  # fmt: skip
         if not self.control_inpaints:
             return self.pack_control(latents)
-        keep = torch.zeros(1, self.mask_channels, h, w, device=self.device)
-        masked = torch.zeros_like(latents)
         if settings.mode == "control_inpaint":
             keep, masked = self.masked_image(inputs["image"], inputs["mask"], settings)
+        else:
+            keep, masked = self.nothing_kept(settings)
         return self.pack_control(torch.cat([latents, keep, masked], dim=1))  # (1, C + mask + C, h, w) laid out
 
     def keep_mask(self, mask: ImageLike, settings: SamplingSettings) -> torch.Tensor:
@@ -142,6 +145,20 @@ class FunControlPipeline:
         generate = generate_mask(mask, *size, size).to(self.device)  # (1, 1, H, W), 1 = regenerate
         pixels = image_tensor(image, *size, self.device, self.dtype) * (generate < 0.5)  # (1, 3, H, W)
         return self.keep_mask(mask, settings), self.vae.encode(pixels).float()
+
+    def nothing_kept(self, settings: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor]:
+        """(known-pixels mask (1, m, h, w), masked image's latents (1, C, h, w)) of a run that keeps no pixel (the
+        control mode with a file that reads a mask): :meth:`masked_image` of a black image under an all-white mask.
+
+        VideoX-Fun's recipe: its control scripts (``examples/{z_image,flux2,qwenimage}_fun/predict_*``) and ComfyUI
+        nodes call its control pipelines with ``inpaint_image = zeros`` and ``mask_image = ones * 255`` when no
+        inpaint image is given, so the mask is 0 everywhere and the masked image is the zero picture in [-1, 1]
+        (mid-grey), whose VAE latents are not zero (one more encode a run). diffusers' ``ZImageControlNetPipeline``
+        pads zeros instead; we follow the release's own inference, with which the weights are used. (VideoX-Fun's
+        training shows the stream both: an all-generate mask's masked latents are zeroed in 90 % of those samples,
+        the grey picture's latents in the rest.)"""
+        size = (settings.height, settings.width, 3)
+        return self.masked_image(np.zeros(size, np.uint8), np.full(size, 255, np.uint8), settings)
 
     def pack_control(self, grid: torch.Tensor) -> torch.Tensor:
         """The grid (1, C, h, w) as the control model reads it (the transformer's token layout by default)."""

@@ -13,7 +13,9 @@ modes and the loop are :class:`~.image.FlowImagePipeline`'s.
 
 With a Fun control file (:mod:`~videox_fun.models.zimage.control`) two more modes start from noise, as
 diffusers' ``ZImageControlNetPipeline`` / ``ZImageControlNetInpaintPipeline`` and VideoX-Fun's Z-Image control
-pipeline do: ``control`` (the control image's VAE latents; a 2.x file's mask and masked-image channels zero) and
+pipeline do: ``control`` (the control image's VAE latents; for a 2.x file, mask 0 and the VAE latents of a grey
+picture in the masked-image channels, as VideoX-Fun's scripts and nodes give them, where diffusers'
+``ZImageControlNetPipeline`` pads zeros: :meth:`~.fun_control.FunControlPipeline.nothing_kept`) and
 ``control_inpaint`` (2.x: the control latents, or zeros without a control image, the known-pixels mask and the
 latents of the image with its masked pixels zeroed). The control model's hints are scaled by
 ``control_context_scale`` every pass.
