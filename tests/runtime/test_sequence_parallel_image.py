@@ -43,6 +43,7 @@ from videox_fun.registry import CACHE_ENV
 from videox_fun.runtime.cache import SHARDED_RELATIVE_L1
 from videox_fun.runtime.distributed import init_distributed
 from videox_fun.runtime.parallel import JointSequenceParallel, _Stream, build_groups, local_chunk, setup_parallel
+from videox_fun.runtime.points import ExtensionPointError
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILIES = ("flux", "flux2", "qwenimage", "zimage")
@@ -245,3 +246,25 @@ def test_the_cli_under_torchrun_writes_the_one_process_png(builtin_cache, tmp_pa
     one, parallel = read_png(tmp_path / "one.png").astype(int), read_png(tmp_path / "sp.png").astype(int)
     print(f"CLI PNG: {int((one != parallel).sum())} of {one.size} values differ, max {np.abs(one - parallel).max()}")
     assert np.array_equal(one, parallel)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_attention_processors_equal_diffusers(family):
+    """Our processors (the seams sequence parallelism replaces) give diffusers' own transformer's output on the
+    same weights: the odd token counts, Qwen-Image's text mask and Z-Image's key mask included."""
+    ours = transformer(family)
+    base = next(cls for cls in type(ours).__mro__ if cls.__module__.startswith("diffusers."))
+    theirs = base.from_config({k: v for k, v in ours.config.items() if not k.startswith("_")}).eval()
+    theirs.load_state_dict(ours.state_dict())
+    assert type(theirs.transformer_blocks[0].attn.processor if family != "zimage" else
+                theirs.layers[0].attention.processor).__module__.startswith("diffusers.")  # fmt: skip
+    diff = max_diff(forward(family, ours), forward(family, theirs))
+    print(f"{family}: max |ours - diffusers' processors| = {diff:.2e}")
+    assert diff <= TOLERANCE
+
+
+def test_a_malformed_declaration_is_one_line():
+    model = transformer("flux")
+    model._sequence_parallel_shards = {"hidden_states": "1"}
+    with pytest.raises(ExtensionPointError, match=r"_sequence_parallel_shards\['hidden_states'\] = '1'"):
+        JointSequenceParallel(build_groups(1, 1)).attach(model)

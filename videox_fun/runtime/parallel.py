@@ -25,6 +25,12 @@ Padded keys are never attended to: padding only sits at the end of the sequence,
 length of each K/V segment is known and the segment is cut to it. Cross-attention to the text and
 CLIP tokens stays local: every rank has the whole context.
 
+Models whose block loop is diffusers' (CogVideoX, FLUX.1, FLUX.2, Qwen-Image, Z-Image) get
+:class:`JointSequenceParallel`, hooks on their declared blocks: joint attention over several token
+streams (text and image), each split over the ranks and padded on its own (or kept whole on every
+rank), their per-token side inputs (rotary tables, key masks) split alike; keys of padding, of a
+whole stream's copies and masked keys are cut out of each K/V segment.
+
 xfuser / yunchang are not used: their attention needs their own process-group globals; the ring
 here calls flash-attn's log-sum-exp kernel on GPUs, the kernel yunchang's ring uses too.
 """
