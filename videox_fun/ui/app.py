@@ -32,6 +32,11 @@ GENERATE_BY, BY_REFERENCE = "Generate by", "Resize according to Reference"
 POLL_S = 0.2
 # How each input is shown: images as image uploads, the rest as video / file uploads.
 IMAGE_INPUTS = ("image", "end_image", "ref_image")
+# The modes whose reference pictures may be several (VACE's subjects in r2v / vace; an edit's pictures after the start
+# image: Qwen-Image-Edit-2509 / 2511, FLUX.2): a multi-file upload, its files sent in order. The other modes that
+# read ref_image take one (Fun V1.1 control's reference frame): an image upload. The model's own check refuses more
+# pictures than it reads.
+SEVERAL_PICTURES = {"ref_image": ("r2v", "vace", "edit")}
 LABELS = {
     "image": "Start image",
     "end_image": "End image",
@@ -41,6 +46,7 @@ LABELS = {
     "ref_image": "Reference image",
     "camera": "Camera path file",
 }
+SEVERAL_LABELS = {"ref_image": "Reference images (one or more, in order)"}
 EXAMPLE_CAPTIONS = ("a red circle moving right", "a blue square moving down", "a yellow triangle moving left")
 CSS = """
 .vxf-progress { border: 1px solid var(--border-color-primary); border-radius: 6px; height: 22px; position: relative;
@@ -254,8 +260,9 @@ class UI:
 
     # --- request building ---
 
-    def job_spec(self, mode: str, values: tuple) -> tuple[dict[str, Any], dict[str, Path]]:
-        """The API job of the page's values (in :meth:`value_names` order) and its upload files."""
+    def job_spec(self, mode: str, values: tuple) -> tuple[dict[str, Any], dict[str, Path | list[Path]]]:
+        """The API job of the page's values (in :meth:`value_names` order) and its upload files (several reference
+        pictures as a list, sent as parts in its order)."""
         named = dict(zip(self.value_names(), values, strict=True))
         spec: dict[str, Any] = {
             "prompt": named["prompt"] or "",
@@ -284,11 +291,13 @@ class UI:
         ]
         if named["base_model"] and named["base_model"] != "none":
             spec["base_model"] = named["base_model"]
-        files: dict[str, Path] = {}
+        files: dict[str, Any] = {}
         for name in self.modes[mode].reads:
             value = named.get(f"{mode}.{name}")
             if name == "camera" and named.get(f"{mode}.camera_preset") and not value:
                 spec["camera"] = named[f"{mode}.camera_preset"]
+            elif isinstance(value, list) and value:  # several pictures, in the order the upload holds them
+                files[name] = [Path(path) for path in value]
             elif value:
                 files[name] = Path(value)
         extra, setting_files = self.setting_values(mode, named)
@@ -445,7 +454,10 @@ class UI:
                 key = f"{mode}.{name}"
                 label = LABELS[name]
                 elem = f"vxf-{mode}-{name.replace('_', '-')}"
-                if name in IMAGE_INPUTS:
+                if mode in SEVERAL_PICTURES.get(name, ()):
+                    components[key] = gr.File(file_count="multiple", file_types=["image"], type="filepath",
+                                              label=SEVERAL_LABELS[name], elem_id=elem)  # fmt: skip
+                elif name in IMAGE_INPUTS:
                     components[key] = gr.Image(type="filepath", label=label, elem_id=elem)
                     if name == "image" and mode == "i2v":
                         examples.append(components[key])
