@@ -261,3 +261,13 @@ def test_a_long_cogvideox_video_in_windows_through_the_cli(cogvideox_inp, tmp_pa
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert (sidecar["segments"], sidecar["num_frames"]) == (4, 21)
     assert decode_video(out).shape == (21, 32, 32, 3)
+
+
+def test_the_sidecar_records_several_pictures_in_order(tmp_path):
+    """An input of several files (``ref_image``: VACE subjects, an edit's pictures) is recorded as its list of
+    paths, in order, beside single paths and built-in camera names."""
+    from videox_fun.api import input_record
+
+    first, second = tmp_path / "b.png", tmp_path / "a.png"
+    record = input_record({"ref_image": [first, str(second)], "image": str(tmp_path / "i.png"), "mask": None})
+    assert record == {"ref_image": [str(first.resolve()), str(second.resolve())], "image": str(tmp_path / "i.png")}

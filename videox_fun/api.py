@@ -633,16 +633,20 @@ def likely_non_finite_cause(request: GenerationRequest, options: RuntimeOptions)
     return "; ".join(causes) or "the model's weights hold NaN or inf, or its dtype overflows (try --dtype float32)"
 
 
-def input_record(inputs: Mapping[str, Any]) -> dict[str, str]:
-    """The given input files by name, as absolute paths (built-in camera paths by name), for the sidecar."""
+def input_record(inputs: Mapping[str, Any]) -> dict[str, str | list[str]]:
+    """The given input files by name, as absolute paths (built-in camera paths by name), for the sidecar; an input
+    of several files (``ref_image``: VACE subjects, an edit's pictures) as the list of their paths, in order."""
     from .io.camera import is_trajectory_name
 
-    record = {}
+    def path_text(name: str, value: str | Path) -> str:
+        return str(value) if name == "camera" and is_trajectory_name(str(value)) else str(Path(value).resolve())
+
+    record: dict[str, str | list[str]] = {}
     for name, value in inputs.items():
         if isinstance(value, (str, Path)) and value:  # the evaluator compares against these
-            record[name] = (
-                str(value) if name == "camera" and is_trajectory_name(str(value)) else str(Path(value).resolve())
-            )
+            record[name] = path_text(name, value)
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, Path)) and v for v in value):
+            record[name] = [path_text(name, v) for v in value]
     return record
 
 

@@ -105,7 +105,9 @@ def test_generate_writes_a_png_from_two_pictures(tmp_path):
     assert main([*args, "--output", str(out), *PLUS]) == 0
     # 64 x 64 pixels' area (the tiny default) at the last picture's 80:48, rounded to 32
     assert read_png(out).shape == (64, 96, 3)
-    assert (read_sidecar(out)["mode"], read_sidecar(out)["variant"]) == ("edit", "Qwen-Image-Edit-2509")
+    sidecar = read_sidecar(out)
+    assert (sidecar["mode"], sidecar["variant"]) == ("edit", "Qwen-Image-Edit-2509")
+    assert (sidecar["image"], sidecar["ref_image"]) == (str(first.resolve()), str(second.resolve()))
 
 
 @pytest.mark.usefixtures("builtin_cache")
