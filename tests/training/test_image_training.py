@@ -247,17 +247,13 @@ def test_a_family_that_declares_no_spec_is_refused_in_one_line(image_config, mon
         ("zimage", {"train_mode": "inpaint"}, "--train_mode inpaint is not offered for Z-Image"),
         ("qwenimage-edit", {}, "training Qwen-Image-Edit (edit pairs) is not supported yet"),
         ("qwenimage-edit-plus", {}, "training Qwen-Image-Edit-2509 (edit pairs) is not supported yet"),
-        ("qwenimage", {"use_cached_latents": True, "cache_dir": "cache"}, "latent cache is not offered for Qwen-Image"),
-        ("flux", {"distill": True, "text_drop_ratio": 0.0}, "--distill (step distillation) is not offered for FLUX.1"),
     ],
 )
 def test_what_the_image_specs_do_not_offer_is_refused_in_one_line(image_config, capsys, family, overrides, message):
     assert message in refusal(flags(image_config(family, max_train_steps=1, **overrides)), capsys)
 
 
-def test_a_video_batch_and_the_latent_cache_command_are_refused(image_config, tmp_path):
-    from videox_fun.training.cache import build_cache
-
+def test_a_video_batch_is_refused(image_config):
     config = image_config("flux")
     spec = get_spec(config)
     models = spec.load_models(config, torch.float32)
@@ -266,5 +262,3 @@ def test_a_video_batch_and_the_latent_cache_command_are_refused(image_config, tm
         ValueError, match='trains on images: this batch holds 5-frame videos; give the metadata entries "type": "image"'
     ):
         spec.build_inputs(models, video, "normal", [torch.Generator()], "cpu")
-    with pytest.raises(ValueError, match=r"latent cache is not offered for FLUX\.1"):
-        build_cache(image_config("flux", cache_dir=str(tmp_path / "cache")))

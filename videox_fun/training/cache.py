@@ -7,7 +7,8 @@ frozen encoders and writes, under ``cache_dir``:
   the zero padding), ``num_frames``, and what the model's conditions need: ``control_latents``,
   the masked-video latents of the whole-frame inpaint masks (``masked_latents_t2v`` / ``_i2v`` /
   ``_first_last``), ``clip_first`` (CLIP tokens of the first frame);
-- ``empty_context.safetensors``: the empty prompt's embedding (text dropout for CFG);
+- ``empty_context.safetensors``: the empty prompt's embedding (text dropout for CFG): ``context``, and for a family
+  whose text inputs are several tensors (the image families) each of them by the name its records use;
 - ``index.json``: the samples, their texts and shapes, and what made the cache.
 
 A build replaces the whole folder: it is written under a hidden name beside ``cache_dir`` and
@@ -18,6 +19,10 @@ Training with ``--use_cached_latents`` then runs no VAE and no text encoder. Wha
 cannot hold is said, not approximated: every sample is cut once (the clip start and size of
 the first epoch, no ``random_hw_adapt``); inpaint masks are the whole-frame kinds (t2v, i2v,
 first+last), spatial masks need pixels; the control_ref reference is the first frame.
+
+Each cached sample carries ``text_dropped``, the dataset's own text-dropout draw for that entry and epoch
+(:func:`~videox_fun.training.data.dataset.drops_text`): a spec that reads it drops the texts a run from the
+decoded data drops.
 """
 
 from __future__ import annotations
@@ -159,7 +164,8 @@ def _encode_into(
             metadata["data_type"] = batch["data_type"][row]
             write_record(record, folder / _record_name(int(batch["index"][row])), metadata)
     if state.is_main_process:
-        save_safetensors({"context": spec.empty_context(models, device)}, folder / EMPTY_FILE)
+        empty = spec.empty_context(models, device)  # (L, C), or the family's named text tensors
+        save_safetensors(empty if isinstance(empty, dict) else {"context": empty}, folder / EMPTY_FILE)
     state.wait_for_everyone()
     return dataset.bad_files
 
@@ -218,7 +224,9 @@ class CachedLatentDataset(Dataset):
             )
         # The sampler reads seed and sizes from a DataConfig; cached samples have fixed sizes.
         self.config = DataConfig(seed=config.seed, train_mode=config.train_mode)
-        self.empty_context = load_file(str(self.folder / EMPTY_FILE))["context"]
+        self.text_drop_ratio = config.text_drop_ratio
+        self.empty = load_file(str(self.folder / EMPTY_FILE))  # "context" (L, C), and a family's other text tensors
+        self.empty_context = self.empty["context"]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -236,9 +244,15 @@ class CachedLatentDataset(Dataset):
         return [math.sqrt(e["shape"][2] * e["shape"][3]) for e in self.entries]
 
     def __getitem__(self, request: int) -> dict[str, Any]:
+        from .data.dataset import drops_text
+
         entry = self.entries[int(request)]
         sample: dict[str, Any] = dict(load_file(str(self.folder / entry["file"])))
-        sample.update(text=entry.get("text", ""), index=entry["index"], empty_context=self.empty_context)
+        sample.update(text=entry.get("text", ""), index=entry["index"])
+        sample.update({f"empty_{name}": tensor for name, tensor in self.empty.items()})
+        # The epoch comes with the sampler's request (a SampleRequest); the draw is the decoding dataset's.
+        dropped = drops_text(self.config.seed, getattr(request, "epoch", 0), entry["index"], self.text_drop_ratio)
+        sample["text_dropped"] = torch.tensor(dropped)
         return sample
 
 

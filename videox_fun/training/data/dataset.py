@@ -152,6 +152,17 @@ def _probe(entry: MetaEntry) -> EntryInfo:
     return info
 
 
+def sample_seeds(seed: int, epoch: int, index: int) -> list[np.random.SeedSequence]:
+    """The seeds of entry ``index``'s random choices in ``epoch``: text dropout, clip start, mask, reference frame."""
+    return np.random.SeedSequence([seed, epoch, index]).spawn(4)  # spawned children depend on their index only
+
+
+def drops_text(seed: int, epoch: int, index: int, ratio: float) -> bool:
+    """Whether entry ``index`` trains with the empty prompt in ``epoch`` (``text_drop_ratio`` ``ratio``): drawn from
+    (seed, epoch, index) alone, so a latent cache's reader draws what decoding draws."""
+    return bool(np.random.default_rng(sample_seeds(seed, epoch, index)[0]).random() < ratio)
+
+
 class VideoDataset(Dataset):
     """Videos and images of a metadata file, decoded at the size their batch's bucket asks for.
 
@@ -323,9 +334,8 @@ class VideoDataset(Dataset):
     def load(self, index: int, bucket: Bucket, epoch: int) -> dict[str, Any]:
         """Decode entry ``index`` at ``bucket``; raises :class:`BadFileError` for a bad file."""
         entry = self.entries[index]
-        seeds = np.random.SeedSequence([self.config.seed, epoch, index]).spawn(4)
-        text_seed, start_seed, mask_seed, ref_seed = seeds  # spawned children depend on their index only
-        dropped = bool(np.random.default_rng(text_seed).random() < self.config.text_drop_ratio)
+        _, start_seed, mask_seed, ref_seed = sample_seeds(self.config.seed, epoch, index)
+        dropped = drops_text(self.config.seed, epoch, index, self.config.text_drop_ratio)
         start = self._clip_start(entry, bucket, np.random.default_rng(start_seed))
         sample: dict[str, Any] = {
             "pixel_values": self._read(entry.path, entry, bucket, start),

@@ -23,8 +23,28 @@ diffusers pipeline (``FluxPipeline`` / ``ZImagePipeline`` / ``QwenImagePipeline`
 the control stream beside the frozen transformer, on images with their control images (:mod:`.image_control`), and
 writes the control file in the release's keys.
 
-Not offered (refused in one line): the latent cache, the inpaint training mode, control training of FLUX.1 (no Fun
-control release), Qwen-Image-Edit, step distillation and reward training.
+**The latent cache** (``videox-fun cache``, then ``--use_cached_latents``): a record per image holds its latents at
+its bucket size (C, 1, h, w), as :meth:`FlowImageSpec.encode` makes them (FLUX.2: patchified and BatchNorm-normalised;
+FLUX.1 / Z-Image: shift and scale; Qwen-Image: its causal VAE's mean / std), the text encoder's outputs as the
+transformer takes them (:meth:`text_record`: the token sequence ``context`` cut to its real tokens, ``context_length``,
+FLUX.1's CLIP ``pooled``), and for control training the control image's latents and, when the control file's context
+reads a mask, the image's pixels: the masked image's latents depend on a box / ellipse drawn per step, so they are
+encoded then, with the VAE (small beside the text encoders the cache leaves unloaded), keeping VideoX-Fun's mask mix.
+A cached run reads the dataset's own text-dropout draws and the empty prompt's cached encoding, so it is the run from
+the images (same draws, same inputs). A cached run loads no text encoder (and no VAE, unless that control context).
+
+**Step distillation** (``--distill``, :mod:`..distill`): the student's rollout visits the noise levels the family's
+Euler sampler visits for the batch's resolution (:meth:`FlowImageSpec.distill_schedule`: the folder's scheduler with
+its static or resolution-dependent shift, its terminal stretch, FLUX.2's empirical mu), so ``videox-fun generate
+--steps 4`` runs the grid the student learnt. The teacher's guidance is baked in (:meth:`teacher_passes`): true CFG
+against the empty prompt at ``--real_guidance_scale`` in the family's own units (Qwen-Image's true CFG scale,
+renormalised per token as its pipeline does; Z-Image's g: cond + g (cond - uncond)); FLUX.1-dev and FLUX.2 embed
+their guidance, so their teacher is one pass at the embedded value ``--real_guidance_scale`` (default the folder's)
+and the student (and critic) see the embedded value 1, the ``--guidance 1`` it samples with. Students sample without
+guidance: ``--guidance 1`` (Z-Image: 0, its "none").
+
+Not offered (refused in one line): the inpaint training mode, control training of FLUX.1 (no Fun control release),
+Qwen-Image-Edit, distillation of a control stream and reward training.
 """
 
 from __future__ import annotations
@@ -42,23 +62,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...families import Recognised
+from ...families.qwenimage import folder_variant as qwenimage_folder_variant
+from ...io.video import frames_to_tensor, tensor_to_frames
 from ...models.flux2.vae import patchify
 from ...models.fun_control import MASK_CHANNELS, SideRelease, SideStreamControl
 from ...models.qwenimage.variants import VARIANTS as QWENIMAGE_VARIANTS
 from ...models.zimage.control import LATENT_CHANNELS, ControlRelease, ZImageControl, control_config
-from ...pipelines.common import calculate_shift
+from ...models.zimage.variants import variant_of as zimage_variant_of
+from ...pipelines.common import calculate_shift, flow_scheduler, flow_timesteps
 from ...pipelines.flux import FluxPipeline, image_ids
 from ...pipelines.flux2 import Flux2Pipeline
 from ...pipelines.flux2 import image_ids as flux2_image_ids
 from ...pipelines.flux2 import text_ids as flux2_text_ids
 from ...pipelines.fun_control import FunControlPipeline
+from ...pipelines.guidance import renormalised
 from ...pipelines.image import PATCH
 from ...pipelines.qwenimage import QwenImagePipeline
+from ...pipelines.schedulers import NUM_TRAIN_TIMESTEPS
 from ...pipelines.zimage import ZImagePipeline
 from ..checkpoint import TRANSFORMER_DIR, save_transformer_folder
 from ..config import TrainConfig
 from ..lora import save_diffusers_lora_file
-from ..objectives import FlowMatching, denoising_loss
+from ..objectives import FlowMatching, Objective, denoising_loss
 from . import Device, FamilyModels, TrainInputs, on_device, register_spec
 from .image_control import (
     CONTROL_MODE,
@@ -79,7 +104,8 @@ from .image_control import (
 IMAGE_MODES = ("normal",)
 # A new control stream's spacing: a copy every n-th main block, as the releases (and VideoX-Fun's defaults) do.
 VIDEOX_FUN_STRIDES = {"zimage": 2, "flux2": 2, "qwenimage": 12}
-NO_CACHE = "the latent cache is not offered for {label} (image families): train from the images (leave out {flag})"
+# The embedded guidance a distilled student of FLUX.1-dev / FLUX.2 trains and samples at (`generate --guidance 1`).
+DISTILLED_GUIDANCE = 1.0
 # The modules LoRA adapts, named as diffusers' transformers name them (so diffusers' loaders find them).
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 JOINT_ATTENTION = (*ATTENTION, "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -161,6 +187,7 @@ class FlowImageSpec:
         self.pipe: Any = None  # the family's pipeline around the loaded models (load_models sets it)
         self.transformer_class: Any = None  # the loaded transformer's class (diffusers' with strict loading)
         self.control: Any = None  # --train_mode control: the control model being trained (load_models sets it)
+        self._empty: dict[str, torch.Tensor] | None = None  # --distill: the empty prompt's text record, made once
 
     @property
     def trains_control(self) -> bool:
@@ -190,17 +217,40 @@ class FlowImageSpec:
         ``size``, as the family's pipeline lays it out (``keep_mask``): nearest pixel, one channel by default."""
         return 1 - F.interpolate(generate, size=size)
 
+    def text_record(self, conditions: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The text inputs of a batch (:meth:`text_inputs`) as latent-cache tensors, one row per sample: ``context``
+        (B, L, D) the token sequence, ``context_length`` (B,) its real tokens (the rest is padding the record drops),
+        and the family's others."""
+        raise NotImplementedError
+
+    def cached_text_inputs(self, pipe: Any, text: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The transformer's text inputs from cache tensors (:meth:`text_record`'s, ``context`` zero-padded), as
+        :meth:`text_inputs` makes them from the prompts."""
+        raise NotImplementedError
+
+    def text_free_components(self, recognised: Recognised) -> dict[str, Any]:
+        """The pipeline's constructor arguments besides the transformer and VAE with no text encoder loaded (a run
+        from the latent cache): the text encoders None, the variant read off the folder."""
+        return {"text_encoder": None}
+
+    def cfg_scale(self, scale: float) -> float:
+        """The classifier-free guidance scale s (uncond + s (cond - uncond)) of the family's guidance number
+        ``scale`` (``--guidance``); 1: one conditional pass. Default: true CFG, the number is s."""
+        return scale
+
+    def embedded_guidance(self, pipe: Any) -> float:
+        """The embedded guidance value the trained transformer sees (FLUX.1-dev, FLUX.2): the folder's default, or
+        for a distilled student :data:`DISTILLED_GUIDANCE` (the teacher's guidance is baked in)."""
+        return DISTILLED_GUIDANCE if self.config.distill else float(pipe.config.defaults.guidance_scale)
+
     # -- loading -------------------------------------------------------------------------------
     def refuse_settings(self, config: TrainConfig) -> None:
         """One line for each training setting the image families do not offer."""
-        refused = {
-            "use_cached_latents": NO_CACHE.format(label=self.label, flag="--use_cached_latents"),
-            "distill": f"--distill (step distillation) is not offered for {self.label} yet",
-            "init_from_t2v": f"--init_from_t2v expands a Wan T2V checkpoint; {self.label} has no such variant",
-        }
-        for name, message in refused.items():
-            if getattr(config, name):
-                raise ValueError(message)
+        if config.init_from_t2v:
+            raise ValueError(f"--init_from_t2v expands a Wan T2V checkpoint; {self.label} has no such variant")
+        if config.distill and config.train_mode == CONTROL_MODE:
+            raise ValueError(f"--distill makes a few-step {self.label} transformer (text to image); a control stream "
+                             "trains beside a frozen one (--train_mode control): leave out one of them")  # fmt: skip
         if config.boundary_type != "full":
             raise ValueError(f"--boundary_type {config.boundary_type} is for two-expert Wan2.2 models; "
                              f"{self.label} has one transformer")  # fmt: skip
@@ -222,17 +272,23 @@ class FlowImageSpec:
                              f"trains {self.label} folders: leave --family out for the folder's own")  # fmt: skip
         self.check_variant(recognised)
         self.check_mode_name(config.train_mode)
-        pipe = self.pipeline_class.from_pretrained(recognised, dtype=torch.float32)
+        # A run from the latent cache reads no text encoder (validation samples from prompts: it needs them).
+        encoders = not config.use_cached_latents or bool(config.validation_steps)
+        pipe = self.load_pipeline(recognised, encoders)
         transformer = trained = pipe.transformer
         self.transformer_class = type(transformer)
         if config.train_mode == CONTROL_MODE:  # the control stream trains; the transformer is frozen with the rest
             self.control = start_control(pipe, config.transformer_path, config.use_lora, self.new_control)
             trained = ControlTrainee(pipe, self.control)
+            if pipe.vae is None and pipe.control_inpaints:  # the masked image's latents are drawn per step
+                pipe.vae = self.pipeline_class.vae_class.from_pretrained(
+                    recognised.folder / recognised.config.vae_subpath, dtype=torch.float32
+                )
         elif config.transformer_path:
             load_trained_weights(transformer, Path(config.transformer_path))
         control = getattr(pipe, "control", None)  # a folder config's control file (pipelines with Fun control)
         frozen = {name: module for name, (module, _) in pipe.components().items()
-                  if module is not transformer and module is not control}  # fmt: skip
+                  if module is not None and module is not transformer and module is not control}  # fmt: skip
         for module in frozen.values():
             module.to(dtype).requires_grad_(False).eval()
         if trained is not transformer:  # frozen in the compute dtype (diffusers warns on a cast to its own dtype)
@@ -244,6 +300,28 @@ class FlowImageSpec:
         models = FamilyModels(trained, frozen, recognised.folder, recognised.config, low_vram=config.low_vram)
         self.check_mode(models, config.train_mode)
         return models
+
+    def load_pipeline(self, recognised: Recognised, encoders: bool) -> Any:
+        """The family's pipeline of the folder in fp32; without ``encoders`` (a run from the latent cache) its
+        transformer alone, with no VAE or text encoder read.
+
+        The pipeline's ``from_pretrained`` reads every component; the text encoders are the largest models of these
+        families (T5-XXL, Mistral 24B, Qwen2.5-VL 7B), which a cached run must not load: built here, as it builds it.
+        """
+        pipeline_class = self.pipeline_class
+        if encoders:
+            return pipeline_class.from_pretrained(recognised, dtype=torch.float32)
+        root, folder_config = recognised.folder, recognised.config
+        subpath = root / folder_config.transformer_subpath
+        pipe = pipeline_class(
+            transformer=pipeline_class.transformer_class.from_pretrained(subpath, torch_dtype=torch.float32),
+            vae=None,
+            **self.text_free_components(recognised),
+            scheduler_config=pipeline_class.read_scheduler_config(root, folder_config),
+            config=folder_config,
+        )
+        pipe.control_from_config(root)
+        return pipe
 
     def check_mode_name(self, mode: str) -> None:
         """Text-to-image training (``normal``), and ``control`` for a family with Fun control files; inpaint
@@ -265,6 +343,67 @@ class FlowImageSpec:
         """Flow matching shifted as the folder's scheduler config shifts (:func:`image_objective`)."""
         return image_objective(config, self.pipe.scheduler_config, models.sigma_range)
 
+    # -- step distillation -----------------------------------------------------------------------
+    def sampler_sigmas(self, steps: Sequence[int], tokens: int) -> torch.Tensor:
+        """The noise levels (K,) the family's Euler sampler visits at images of ``tokens`` tokens, from the training
+        timesteps ``steps`` (sigma t / 1000 before the shift): the folder's scheduler with its static (``--shift``)
+        or resolution-dependent shift, terminal stretch and mu (FLUX.2: the empirical one), as the pipeline sets
+        them. For K uniform steps (1000, 750, 500, 250) that is the grid of ``generate --steps K``."""
+        scheduler = flow_scheduler(self.pipe.scheduler_config, self.config.shift)
+        sigmas = [t / NUM_TRAIN_TIMESTEPS for t in steps]
+        mu = self.pipe.shift_mu(tokens, len(steps))
+        flow_timesteps(scheduler, len(steps), tokens, 0, torch.device("cpu"), sigmas, mu)
+        return scheduler.sigmas[: len(steps)].float()
+
+    def distill_schedule(
+        self, flow: Objective, steps: Sequence[int], inputs: TrainInputs
+    ) -> tuple[Objective, torch.Tensor]:
+        """(the objective at the batch's token count, the rollout's noise levels (K,): :meth:`sampler_sigmas`)."""
+        _, _, _, h, w = inputs.latents.shape
+        tokens = self.pipe.token_count(h, w)
+        if isinstance(flow, TokenShiftFlowMatching):
+            flow = flow.at_tokens(tokens)
+        return flow, self.sampler_sigmas(steps, tokens)
+
+    def teacher_passes(
+        self, models: FamilyModels, inputs: TrainInputs, batch: dict, scale: float, device: Device
+    ) -> tuple[TrainInputs, TrainInputs | None, float]:
+        """The teacher's passes with its guidance ``scale`` (``--real_guidance_scale``, the family's units) baked in:
+        (conditional inputs, unconditional ones or None, CFG scale). Embedded guidance (the inputs carry
+        ``guidance``): one pass at that value. Else CFG against the empty prompt at :meth:`cfg_scale`."""
+        conditions = inputs.conditions
+        if "guidance" in conditions:
+            guided = {**conditions, "guidance": torch.full_like(conditions["guidance"], scale)}
+            return dataclasses.replace(inputs, conditions=guided), None, 1.0
+        cfg = self.cfg_scale(scale)
+        if cfg == 1.0:
+            return inputs, None, 1.0
+        empty = self.empty_text_inputs(models, batch, len(inputs.latents), device)
+        return inputs, dataclasses.replace(inputs, conditions={**conditions, **empty}), cfg
+
+    def guided_prediction(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+        """The teacher's CFG of its two predictions (B, C, 1, h, w) as the family's pipeline guides: uncond + s (cond -
+        uncond), renormalised per token where the pipeline renormalises (Qwen-Image's true CFG)."""
+        guided = uncond + scale * (cond - uncond)
+        dim = self.pipe.renorm_dim
+        if dim is None:
+            return guided
+        _, _, _, h, w = guided.shape
+        tokens = renormalised(self.pipe.pack(guided[:, :, 0]), self.pipe.pack(cond[:, :, 0]), dim)  # in its layout
+        return self.pipe.unpack(tokens, h, w)[:, :, None]
+
+    def empty_text_inputs(self, models: FamilyModels, batch: dict, size: int, device: Device) -> dict[str, Any]:
+        """The transformer's text inputs of the empty prompt for ``size`` samples: a cached batch's ``empty_*``
+        tensors, else the text encoders' (encoded once per run)."""
+        if "empty_context" in batch:
+            text = {key.removeprefix("empty_"): value for key, value in batch.items() if key.startswith("empty_")}
+        else:
+            if self._empty is None:
+                self._empty = self.empty_context(models, device)
+            text = {name: value.expand(size, *value.shape) for name, value in self._empty.items()}
+        pipe = self.pipeline_on(device)
+        return self.cached_text_inputs(pipe, {name: value.to(pipe.device) for name, value in text.items()})
+
     # -- inputs --------------------------------------------------------------------------------
     def pipeline_on(self, device: Device) -> Any:
         """The pipeline, placing what it makes on ``device`` (the trainer moved the frozen models there)."""
@@ -281,28 +420,51 @@ class FlowImageSpec:
     def build_inputs(
         self, models: FamilyModels, batch: dict, mode: str, generators: Sequence[torch.Generator], device: Device
     ) -> TrainInputs:
-        """Latents (B, C, 1, h, w) and the transformer's text and shape inputs for a batch of images (the dataset
-        already dropped some texts to "")."""
-        if "latents" in batch:
-            raise ValueError(NO_CACHE.format(label=self.label, flag="--use_cached_latents"))
-        pixels = batch["pixel_values"]  # (B, 3, F, H, W)
-        if pixels.shape[2] != 1:
-            raise ValueError(f"{self.label} trains on images: this batch holds {pixels.shape[2]}-frame videos; give "
-                             'the metadata entries "type": "image"')  # fmt: skip
+        """Latents (B, C, 1, h, w) and the transformer's text and shape inputs for a batch of images, decoded (the
+        dataset already dropped some texts to "") or cached (the dataset's drops applied to the cached encodings)."""
         device = torch.device(device)
         pipe = self.pipeline_on(device)
-        latents = self.encode(models, pixels[:, :, 0], device)  # (B, C, h, w)
+        cached = "latents" in batch
+        pixels = None if cached else image_pixels(batch, self.label)  # (B, 3, H, W)
+        if cached:
+            latents = cached_tensor(batch, "latents", "image latents", device)[:, :, 0]  # (B, C, h, w)
+            conditions = self.cached_text_inputs(pipe, cached_text(batch, device))
+        else:
+            latents = self.encode(models, pixels, device)  # (B, C, h, w)
+            conditions = self.encoded_text(models, list(batch["text"]), device)
+        conditions.update(self.shape_inputs(pipe, (latents.shape[2], latents.shape[3]), len(latents)))
+        if mode == CONTROL_MODE:
+            conditions.update(self.control_inputs(models, batch, pixels, generators, device))
+        return TrainInputs(latents=latents[:, :, None], conditions=conditions)
+
+    def encoded_text(self, models: FamilyModels, texts: list[str], device: torch.device) -> dict[str, Any]:
+        """The transformer's text inputs of ``texts``, the text encoders visiting ``device`` (low-VRAM runs)."""
         encoders = [module for name, module in models.frozen.items() if name != "vae"]
         with torch.no_grad(), ExitStack() as stack:
             for encoder in encoders:
                 stack.enter_context(on_device(encoder, device, models.low_vram))
-            conditions = self.text_inputs(pipe, list(batch["text"]))
-        conditions.update(self.shape_inputs(pipe, (latents.shape[2], latents.shape[3]), len(latents)))
-        if mode == CONTROL_MODE:
+            return self.text_inputs(self.pipeline_on(device), texts)
+
+    def control_inputs(
+        self,
+        models: FamilyModels,
+        batch: dict,
+        pixels: torch.Tensor | None,
+        generators: Sequence[torch.Generator],
+        device: torch.device,
+    ) -> dict[str, Any]:
+        """The control context (VideoX-Fun's draws, :func:`.image_control.draw_context`) and its training scale, from
+        the batch's control images and ``pixels`` (B, 3, H, W), or from a cached batch's control latents and pixels."""
+        if pixels is not None:
             control = check_control_batch(batch, self.label)  # (B, 3, H, W)
-            grid = draw_context(self, models, control, pixels[:, :, 0], generators, device)  # (B, C', h, w)
-            conditions.update(control_context=pipe.pack_control(grid), control_scale=TRAIN_SCALE)
-        return TrainInputs(latents=latents[:, :, None], conditions=conditions)
+            grid = draw_context(self, models, control, pixels, generators, device)  # (B, C', h, w)
+        else:
+            latents = cached_tensor(batch, "control_latents", "control images' latents", device)  # (B, C, h, w)
+            if self.pipe.control_inpaints:  # the masked image's latents follow a mask drawn now: from the pixels
+                pixels = torch.stack([frames_to_tensor(frames)[:, 0] for frames in cached_tensor(
+                    batch, "pixels", "image pixels, for the masked image", device, float_values=False)])  # fmt: skip
+            grid = draw_context(self, models, None, pixels, generators, device, control_latents=latents)
+        return {"control_context": self.pipe.pack_control(grid), "control_scale": TRAIN_SCALE}
 
     def denoiser(self, transformer: nn.Module) -> Any:
         """The pipeline with ``transformer`` (the one being trained, maybe wrapped for DDP) as its denoiser."""
@@ -326,8 +488,23 @@ class FlowImageSpec:
     def encode_for_cache(
         self, models: FamilyModels, batch: dict, mode: str, device: Device
     ) -> list[dict[str, torch.Tensor]]:
-        """Not offered: image families train from the images."""
-        raise ValueError(NO_CACHE.format(label=self.label, flag="`videox-fun cache`"))
+        """Per-sample records: ``latents`` (C, 1, h, w), the text tensors of :meth:`text_record` (``context`` cut to
+        its real tokens), and for control training ``control_latents`` (C, h, w) and, when the control file's context
+        reads a mask, ``pixels`` (1, H, W, 3) uint8 (the masked image's latents depend on a mask drawn per step)."""
+        device = torch.device(device)
+        pixels = image_pixels(batch, self.label)  # (B, 3, H, W)
+        records = {"latents": self.encode(models, pixels, device)[:, :, None]}
+        records.update(self.text_record(self.encoded_text(models, list(batch["text"]), device)))
+        if mode == CONTROL_MODE:
+            records["control_latents"] = self.encode(models, check_control_batch(batch, self.label), device)
+            if self.pipe.control_inpaints:
+                records["pixels"] = torch.stack([tensor_to_frames(video) for video in batch["pixel_values"]])
+        return [trimmed_record(records, row) for row in range(len(pixels))]
+
+    def empty_context(self, models: FamilyModels, device: Device) -> dict[str, torch.Tensor]:
+        """The empty prompt's text record (the cache's ``empty_context.safetensors``, the teacher's unconditional
+        text): :meth:`text_record` of its encoding, ``context`` cut to its real tokens."""
+        return trimmed_record(self.text_record(self.encoded_text(models, [""], torch.device(device))), 0)
 
     # -- outputs -------------------------------------------------------------------------------
     def save_full(self, transformer: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
@@ -366,6 +543,55 @@ class FlowImageSpec:
         out = pipe(prompt, height=size[0], width=size[-1], seed=seed, progress=False,
                    num_inference_steps=config.validation_inference_steps or defaults.steps, **control)  # fmt: skip
         return out.frames, float(defaults.fps)
+
+
+def image_pixels(batch: Mapping[str, Any], label: str) -> torch.Tensor:
+    """The batch's images (B, 3, H, W) in [-1, 1]; a batch of videos is one line saying what to give."""
+    pixels = batch["pixel_values"]  # (B, 3, F, H, W)
+    if pixels.shape[2] != 1:
+        raise ValueError(f"{label} trains on images: this batch holds {pixels.shape[2]}-frame videos; give the "
+                         'metadata entries "type": "image"')  # fmt: skip
+    return pixels[:, :, 0]
+
+
+def trimmed_record(records: Mapping[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
+    """Row ``row`` of batched cache tensors on the CPU, floats in fp32 (the compute dtype's values, exactly), the
+    text ``context`` cut to its ``context_length`` real tokens."""
+    record = {}
+    for name, tensor in records.items():
+        value = tensor[row].detach().cpu()
+        record[name] = (value.float() if value.is_floating_point() else value).contiguous()
+    record["context"] = record["context"][: int(record["context_length"])].contiguous()
+    return record
+
+
+def cached_tensor(
+    batch: Mapping[str, Any], name: str, what: str, device: torch.device, float_values: bool = True
+) -> torch.Tensor:
+    """A cached batch's ``name`` on ``device`` (fp32 unless ``float_values`` is False); a cache without it is one line
+    saying to rebuild it for this training mode."""
+    if name not in batch:
+        raise ValueError(f"the latent cache has no {name!r} ({what}): rebuild it with `videox-fun cache` and the "
+                         "--train_mode of this run")  # fmt: skip
+    value = batch[name].to(device)
+    return value.float() if float_values else value
+
+
+def cached_text(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """A cached batch's text tensors (``context`` (B, L, D) zero-padded, ``context_length`` (B,), a family's others)
+    with the dataset's text dropout applied: a sample whose ``text_dropped`` is set takes the empty prompt's."""
+    dropped = cached_tensor(batch, "text_dropped", "the text-dropout draws", device, float_values=False)  # (B,)
+    text = {}
+    for name in [key.removeprefix("empty_") for key in batch if key.startswith("empty_")]:
+        mine, empty = batch[name].to(device), batch[f"empty_{name}"].to(device)
+        text[name] = torch.where(dropped.view(-1, *[1] * (mine.dim() - 1)), empty, mine)
+    return text
+
+
+def longest(text: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The ``context`` (B, L, D) of cache text tensors cut to its longest real sequence (as a batch of prompts is
+    padded to its longest)."""
+    return text["context"][:, : int(text["context_length"].max())]
 
 
 def load_trained_weights(transformer: nn.Module, path: Path) -> None:
@@ -407,9 +633,35 @@ class FluxSpec(FlowImageSpec):
         """``img_ids`` (N, 3) of the packed tokens and, for dev, the embedded guidance (B,)."""
         inputs: dict[str, Any] = {"img_ids": image_ids(*latent_size, pipe.device).to(pipe.dtype)}
         if pipe.variant.guidance_embeds:
-            scale = pipe.config.defaults.guidance_scale
-            inputs["guidance"] = torch.full((batch_size,), float(scale), device=pipe.device)
+            inputs["guidance"] = torch.full((batch_size,), self.embedded_guidance(pipe), device=pipe.device)
         return inputs
+
+    def text_record(self, conditions: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """T5's states as ``context`` (every prompt padded to the text length: all tokens kept) and CLIP's
+        ``pooled``."""
+        embeds = conditions["encoder_hidden_states"]  # (B, L, D)
+        lengths = torch.full((len(embeds),), embeds.shape[1], dtype=torch.int64)
+        return {"context": embeds, "context_length": lengths, "pooled": conditions["pooled_projections"]}
+
+    def cached_text_inputs(self, pipe: Any, text: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """T5 ``encoder_hidden_states`` (B, L, D), CLIP ``pooled_projections`` (B, D), ``txt_ids`` (L, 3) of zeros."""
+        embeds = longest(text).to(pipe.device, pipe.dtype)
+        return {"encoder_hidden_states": embeds, "pooled_projections": text["pooled"].to(pipe.device, pipe.dtype),
+                "txt_ids": torch.zeros(embeds.shape[1], 3, device=pipe.device, dtype=pipe.dtype)}  # fmt: skip
+
+    def text_free_components(self, recognised: Recognised) -> dict[str, Any]:
+        """No CLIP, no T5."""
+        return {"text_encoder": None, "text_encoder_2": None}
+
+    def cfg_scale(self, scale: float) -> float:
+        """FLUX.1 runs no classifier-free guidance (dev embeds its guidance; schnell has none)."""
+        return 1.0
+
+    def check_variant(self, recognised: Recognised) -> None:
+        """A teacher's guidance for FLUX.1-schnell, which has none, is one line."""
+        if self.config.distill and self.config.real_guidance_scale is not None and "schnell" in recognised.variant:
+            raise ValueError(f"{recognised.variant} has no guidance (neither embedded nor classifier-free): leave out "
+                             "--real_guidance_scale")  # fmt: skip
 
 
 @register_spec("zimage")
@@ -426,6 +678,25 @@ class ZImageSpec(FlowImageSpec):
         """``cap_feats`` (B, L, D) zero-padded and ``cap_lens`` (B,), the real token counts."""
         features = pipe.text_encoder.encode(texts, max_length=pipe.config.text_len)  # (L_i, D) each
         return pipe.caption_inputs(features, max(f.shape[0] for f in features))
+
+    def text_record(self, conditions: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Qwen3's second-to-last hidden states as ``context``, each prompt's own length as ``context_length``."""
+        return {"context": conditions["cap_feats"], "context_length": conditions["cap_lens"].long()}
+
+    def cached_text_inputs(self, pipe: Any, text: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """``cap_feats`` (B, L, D) padded to the longest prompt and ``cap_lens`` (B,), as :meth:`text_inputs`."""
+        lengths = text["context_length"].tolist()
+        features = [row[:length] for row, length in zip(text["context"], lengths, strict=True)]  # (L_i, D) each
+        return pipe.caption_inputs(features, max(lengths))
+
+    def text_free_components(self, recognised: Recognised) -> dict[str, Any]:
+        """No Qwen3; the variant as the pipeline reads it (Z-Image or Z-Image-Turbo)."""
+        config = recognised.config
+        return {"text_encoder": None, "variant": zimage_variant_of(recognised.folder, config.variant).name}
+
+    def cfg_scale(self, scale: float) -> float:
+        """diffusers' Z-Image guidance g: cond + g (cond - uncond), CFG scale g + 1; 0 is none."""
+        return scale + 1.0 if scale > 0 else 1.0
 
     def new_control(self, transformer: nn.Module) -> nn.Module:
         """A new 2.1 stream (33 channels: control, mask, masked image): a copy every second main block (the release's
@@ -462,6 +733,25 @@ class QwenImageSpec(FlowImageSpec):
         embeds, mask = pipe.text_encoder.encode(texts, pipe.variant.template, None, pipe.config.text_len)
         return {"encoder_hidden_states": embeds.to(pipe.device, pipe.dtype), "encoder_hidden_states_mask": mask}
 
+    def text_record(self, conditions: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Qwen2.5-VL's states as ``context``, the real tokens of each (its mask's) as ``context_length``."""
+        embeds, mask = conditions["encoder_hidden_states"], conditions["encoder_hidden_states_mask"]
+        if mask is None:  # no prompt padded
+            return {"context": embeds, "context_length": torch.full((len(embeds),), embeds.shape[1])}
+        return {"context": embeds, "context_length": mask.sum(dim=1).long()}
+
+    def cached_text_inputs(self, pipe: Any, text: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """``encoder_hidden_states`` (B, L, D) padded to the longest prompt and its mask (B, L) of real tokens, None
+        when no prompt is padded (:meth:`text_inputs`)."""
+        embeds = longest(text).to(pipe.device, pipe.dtype)
+        positions = torch.arange(embeds.shape[1], device=embeds.device)
+        mask = (positions < text["context_length"].to(embeds.device)[:, None]).long()  # (B, L)
+        return {"encoder_hidden_states": embeds, "encoder_hidden_states_mask": None if bool(mask.all()) else mask}
+
+    def text_free_components(self, recognised: Recognised) -> dict[str, Any]:
+        """No Qwen2.5-VL; the variant of the folder's ``model_index.json``."""
+        return {"text_encoder": None, "variant": qwenimage_folder_variant(recognised.folder)}
+
     def shape_inputs(self, pipe: Any, latent_size: tuple[int, int], batch_size: int) -> dict[str, Any]:
         """``img_shapes``: the (frames, rows, columns) of tokens of the image, for the rotary positions."""
         h, w = latent_size
@@ -492,9 +782,19 @@ class Flux2Spec(FlowImageSpec):
 
     def shape_inputs(self, pipe: Any, latent_size: tuple[int, int], batch_size: int) -> dict[str, Any]:
         """``img_ids`` (N, 4) of the tokens and the embedded guidance (B,) at the folder's default scale."""
-        scale = float(pipe.config.defaults.guidance_scale)
+        scale = self.embedded_guidance(pipe)
         return {"img_ids": flux2_image_ids(*latent_size, pipe.device),
                 "guidance": torch.full((batch_size,), scale, device=pipe.device, dtype=torch.float32)}  # fmt: skip
+
+    def text_record(self, conditions: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The stacked Mistral states as ``context`` (every prompt padded to the text length: all tokens kept)."""
+        embeds = conditions["encoder_hidden_states"]  # (B, L, 3 D)
+        return {"context": embeds, "context_length": torch.full((len(embeds),), embeds.shape[1], dtype=torch.int64)}
+
+    def cached_text_inputs(self, pipe: Any, text: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """``encoder_hidden_states`` (B, L, 3 D) and ``txt_ids`` (L, 4)."""
+        embeds = longest(text).to(pipe.device, pipe.dtype)
+        return {"encoder_hidden_states": embeds, "txt_ids": flux2_text_ids(embeds.shape[1], pipe.device)}
 
     def keep_grid(self, generate: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, 4, h, w): the known-pixels mask at the VAE's resolution (2h, 2w), patchified 2x2 as the latents are

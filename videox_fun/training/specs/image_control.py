@@ -147,17 +147,19 @@ def copy_blocks(copies: Sequence[nn.Module], blocks: Sequence[nn.Module], places
 def control_grid(
     spec: Any,
     models: Any,
-    control_pixels: torch.Tensor,
+    control_pixels: torch.Tensor | None,
     pixels: torch.Tensor | None,
     generate: torch.Tensor | None,
     device: torch.device,
+    control_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The control context's grid (B, C [+ m + C], h, w) before the family lays it out: the control image's latents
-    of ``control_pixels`` (B, 3, H, W) in [-1, 1]; for a context that reads a mask, the known-pixels mask of
-    ``generate`` (B, 1, H, W), 1 = generate, and the latents of ``pixels`` (B, 3, H, W) with those pixels zeroed.
+    of ``control_pixels`` (B, 3, H, W) in [-1, 1] (or ``control_latents`` (B, C, h, w), already encoded: a latent
+    cache's); for a context that reads a mask, the known-pixels mask of ``generate`` (B, 1, H, W), 1 = generate, and
+    the latents of ``pixels`` (B, 3, H, W) with those pixels zeroed.
 
     What the family's pipeline builds for control_inpaint from the same images and mask (tested equal)."""
-    control = spec.encode(models, control_pixels, device)  # (B, C, h, w)
+    control = spec.encode(models, control_pixels, device) if control_latents is None else control_latents
     if not spec.pipe.control_inpaints:
         return control
     generate = generate.to(device)
@@ -169,13 +171,17 @@ def control_grid(
 def draw_context(
     spec: Any,
     models: Any,
-    control_pixels: torch.Tensor,
-    pixels: torch.Tensor,
+    control_pixels: torch.Tensor | None,
+    pixels: torch.Tensor | None,
     generators: Sequence[torch.Generator],
     device: torch.device,
+    control_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The grid of :func:`control_grid` with VideoX-Fun's random choices per sample (module docstring), from its
-    generator in this order: the control drop, the mask, the masked image's drop (all-generate masks only)."""
+    generator in this order: the control drop, the mask, the masked image's drop (all-generate masks only).
+
+    ``control_latents`` (B, C, h, w): the control images already encoded (a latent cache's), else ``control_pixels``
+    are; ``pixels`` are needed only by a context that reads a mask."""
     keep_control = torch.tensor([uniform(g) >= CONTROL_DROP for g in generators], dtype=torch.float32)  # (B,)
     generate, keep_masked = None, torch.ones(len(generators))
     if spec.pipe.control_inpaints:
@@ -184,8 +190,9 @@ def draw_context(
         keep_masked = torch.tensor([0.0 if mask.all() and uniform(g) < T2I_ZEROED else 1.0
                                     for mask, g in zip(masks, generators, strict=True)])  # fmt: skip
         generate = torch.stack(masks)  # (B, 1, H, W)
-    grid = control_grid(spec, models, control_pixels, pixels, generate, device)
-    channels = spec.pipe.vae.latent_channels  # of the control image's (and the masked image's) part of the grid
+    control = spec.encode(models, control_pixels, device) if control_latents is None else control_latents
+    grid = control_grid(spec, models, None, pixels, generate, device, control_latents=control)
+    channels = control.shape[1]  # of the control image's (and the masked image's) part of the grid: latent channels
     scales = torch.ones(grid.shape[:2], device=device)  # (B, channels): which parts of each sample stay
     scales[:, :channels] = keep_control[:, None].to(device)
     if generate is not None:
