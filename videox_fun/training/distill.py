@@ -18,6 +18,14 @@ The conditions are the family spec's for the training mode (``--train_mode inpai
 student its first / last frames, ``control`` its control video): the student, the critic and the
 teacher see the same ones; only the teacher's unconditional half swaps the text for the empty
 prompt's. A LoRA student's teacher is the same model with its adapters switched off.
+
+Two optional spec hooks let a family whose noise levels or guidance differ say so (the image families,
+:mod:`.specs.image`): ``distill_schedule(flow, steps, inputs) -> (objective, rollout levels)`` when the
+shift depends on the batch (a resolution-dependent shift: the levels its sampler visits at that size), and
+``teacher_passes(models, inputs, batch, scale, device) -> (cond, uncond or None, CFG scale)`` when the
+teacher's guidance is not "CFG at ``scale`` against the empty prompt" (embedded guidance: one pass), and
+``guided_prediction(cond, uncond, scale)`` when its pipeline combines the two passes otherwise than
+``uncond + scale (cond - uncond)`` (Qwen-Image renormalises the result).
 """
 
 from __future__ import annotations
@@ -139,6 +147,7 @@ class DistillObjective:
     generator_update_ratio: int
     guidance_scale: float
     empty_context: torch.Tensor | None = None
+    steps: Sequence[int] = DEFAULT_DENOISING_STEPS  # the rollout's training timesteps in (0, 1000]
 
     @classmethod
     def from_config(cls, spec: FamilySpec, models: FamilyModels, config: TrainConfig) -> DistillObjective:
@@ -149,7 +158,7 @@ class DistillObjective:
         if guidance is None:
             guidance = float(models.settings.defaults.guidance_scale)
         ratio = config.generator_update_ratio or DEFAULT_GENERATOR_UPDATE_RATIO
-        return cls(flow, flow.rollout_timesteps(steps), ratio, guidance)
+        return cls(flow, flow.rollout_timesteps(steps), ratio, guidance, steps=tuple(steps))
 
     @property
     def num_steps(self) -> int:
@@ -159,6 +168,29 @@ class DistillObjective:
     def updates_generator(self, step: int) -> bool:
         """Whether optimizer step ``step`` (0-based) updates the generator (every ``generator_update_ratio``)."""
         return step % self.generator_update_ratio == 0
+
+    def schedule(self, spec: FamilySpec, inputs: TrainInputs) -> tuple[Objective, torch.Tensor]:
+        """The objective and the rollout's noise levels (K,) of a micro-batch: the run's, unless the spec makes them
+        per batch (``distill_schedule``: a shift that follows the batch's resolution)."""
+        hook = getattr(spec, "distill_schedule", None)
+        return (self.flow, self.timesteps) if hook is None else hook(self.flow, self.steps, inputs)
+
+    def teacher_passes(
+        self, spec: FamilySpec, models: FamilyModels, inputs: TrainInputs, batch: dict, device: Device
+    ) -> tuple[TrainInputs, TrainInputs | None, float]:
+        """(the teacher's conditional inputs, its unconditional ones or None for one pass, the CFG scale): the spec's
+        (``teacher_passes``) when it has its own guidance, else CFG at ``guidance_scale`` against the empty prompt."""
+        hook = getattr(spec, "teacher_passes", None)
+        if hook is not None:
+            return hook(models, inputs, batch, self.guidance_scale, device)
+        return inputs, self.unconditional(spec, models, inputs, batch, device), self.guidance_scale
+
+    @staticmethod
+    def guided(spec: FamilySpec, cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+        """The teacher's guided prediction from its two passes: the spec's combination (``guided_prediction``), else
+        classifier-free guidance ``uncond + scale (cond - uncond)``."""
+        hook = getattr(spec, "guided_prediction", None)
+        return uncond + scale * (cond - uncond) if hook is None else hook(cond, uncond, scale)
 
     def unconditional(
         self, spec: FamilySpec, models: FamilyModels, inputs: TrainInputs, batch: dict, device: Device
@@ -196,8 +228,9 @@ class DistillObjective:
         rollout noise, then (generator step) the DMD noise level and noise, then the critic's.
         """
         inputs = spec.build_inputs(models, batch, mode, generators, device)
+        flow, timesteps = self.schedule(spec, inputs)
         counted = counted_elements(inputs)
-        noise = self.flow.noise_like(inputs.latents, generators)
+        noise = flow.noise_like(inputs.latents, generators)
 
         def run(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
             def predict(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -207,24 +240,25 @@ class DistillObjective:
             return predict
 
         with torch.set_grad_enabled(update_generator):
-            sample = student_rollout(run(generator), noise, self.timesteps, self.flow, inputs, exit_step)
+            sample = student_rollout(run(generator), noise, timesteps, flow, inputs, exit_step)
             sample = keep_known(sample, inputs)  # the given frames are the data's, not the student's estimate
         losses = {}
         if update_generator:
-            unconditional = self.unconditional(spec, models, inputs, batch, device)
+            passes = self.teacher_passes(spec, models, inputs, batch, device)
             losses["generator"] = self._generator_loss(
-                spec, sample, inputs, unconditional, generator, critic, teacher, generators, counted, autocast
+                spec, flow, sample, inputs, passes, generator, critic, teacher, generators, counted, autocast
             )
         generated = replace(inputs, latents=sample.detach().to(inputs.latents.dtype))
-        losses["critic"] = denoising_loss(spec, critic, self.flow, generated, generators, autocast)
+        losses["critic"] = denoising_loss(spec, critic, flow, generated, generators, autocast)
         return losses
 
     def _generator_loss(
         self,
         spec: FamilySpec,
+        flow: Objective,
         sample: torch.Tensor,
         inputs: TrainInputs,
-        unconditional: TrainInputs,
+        passes: tuple[TrainInputs, TrainInputs | None, float],
         generator: nn.Module,
         critic: nn.Module,
         teacher: nn.Module | None,
@@ -232,20 +266,26 @@ class DistillObjective:
         counted: torch.Tensor | None,
         autocast: Callable[[], AbstractContextManager[Any]],
     ) -> torch.Tensor:
-        """DMD: re-noise the sample to a drawn level, compare the critic's and the (guided) teacher's x0."""
-        flow = self.flow
+        """DMD: re-noise the sample to a drawn level, compare the critic's and the (guided) teacher's x0.
+
+        passes: the teacher's (conditional inputs, unconditional inputs or None, CFG scale) (:meth:`teacher_passes`).
+        """
+        conditional, unconditional, scale = passes
         with torch.no_grad():
             levels = flow.sample_timesteps(generators).to(sample.device)  # (B,)
             noise = flow.noise_like(sample, generators)
             noisy = replace(inputs, latents=keep_known(flow.noisy(sample.detach(), noise, levels), inputs))
             model_t = flow.model_timesteps(levels)
-            unconditional = replace(unconditional, latents=noisy.latents)
             with autocast():
                 fake = spec.predict(critic, noisy.latents, model_t, noisy).float()
                 with self._teacher(generator, teacher) as real_model:
-                    real_cond = spec.predict(real_model, noisy.latents, model_t, noisy).float()
-                    real_uncond = spec.predict(real_model, noisy.latents, model_t, unconditional).float()
-            real = real_uncond + self.guidance_scale * (real_cond - real_uncond)
+                    cond = replace(conditional, latents=noisy.latents)
+                    real = spec.predict(real_model, noisy.latents, model_t, cond).float()
+                    if unconditional is not None:
+                        uncond = replace(unconditional, latents=noisy.latents)
+                        real_uncond = spec.predict(real_model, noisy.latents, model_t, uncond).float()
+            if unconditional is not None:
+                real = self.guided(spec, real, real_uncond, scale)
             fake_x0 = flow.split_prediction(noisy.latents, fake, levels)[0]
             real_x0 = flow.split_prediction(noisy.latents, real, levels)[0]
             gradient = dmd_gradient(sample.detach().float(), fake_x0, real_x0, counted)
