@@ -4,9 +4,10 @@ On tiny Z-Image (base: a CFG teacher) and FLUX.1-dev (embedded guidance) runs: t
 ``--generator_update_ratio`` names and the critic on every step (counted from the weights each checkpoint holds); a
 run stopped at 2 steps and resumed to 4 is the uninterrupted one (max diff 0); the written student (full folder or
 LoRA file) sampled by ``videox-fun generate``'s pipeline at 4 steps without guidance ends where the student's rollout
-ends. For every family: the rollout's noise levels are those of diffusers' FlowMatchEulerDiscreteScheduler (and of
-our Flow_Distill scheduler) on the 4-step grid under the family's shift at the batch's resolution, and the rollout
-is Euler-stepping that scheduler; the teacher with its guidance baked in is the pipeline's guided prediction.
+ends; a run from the latent cache is the run from the images (Qwen-Image). For every family: the rollout's noise
+levels are those of diffusers' FlowMatchEulerDiscreteScheduler (and of our Flow_Distill scheduler) on the 4-step grid
+under the family's shift at the batch's resolution, and the rollout is Euler-stepping that scheduler; the teacher
+with its guidance baked in is the pipeline's guided prediction.
 
 ``pytest tests/training/test_image_distill.py -s`` prints the measured figures.
 """
@@ -28,6 +29,7 @@ from helpers import max_diff, state_dict_max_diff
 from image_helpers import IMAGE_FAST, TRANSFORMERS, trained_transformer, write_image_dataset
 from safetensors.torch import load_file
 from test_distill import changed_per_step
+from test_image_cache import lean_copy
 
 from videox_fun.api import RuntimeOptions, load_pipeline
 from videox_fun.models.flux.tiny import build_tiny_flux_folder
@@ -36,6 +38,7 @@ from videox_fun.models.qwenimage.tiny import build_tiny_qwenimage_folder
 from videox_fun.models.zimage.tiny import build_tiny_zimage_folder
 from videox_fun.pipelines.common import seeded_noise
 from videox_fun.pipelines.schedulers import FlowDistillScheduler
+from videox_fun.training.cache import build_cache
 from videox_fun.training.checkpoint import TRAINABLE_FILE
 from videox_fun.training.config import TrainConfig
 from videox_fun.training.distill import DEFAULT_DENOISING_STEPS, DistillObjective, student_rollout
@@ -185,6 +188,20 @@ def test_the_written_student_samples_its_rollout_with_generate(runs, folders, fa
           f"guidance {STUDENT_GUIDANCE[family]}) vs the rollout, final latents max diff {gap:.1e} (of "
           f"{ours.abs().max():.2f})")  # fmt: skip
     assert moved > 0 and out.latents.shape == ours.shape and gap <= 1e-5
+
+
+def test_distillation_from_the_latent_cache_is_the_one_from_the_images(folders, image_data, tmp_path):
+    """Qwen-Image (a CFG teacher): its empty prompt comes from the cache, on a folder copy without text encoders or
+    VAE weights; 3 steps, the generator on each: the same losses and weights (max diff 0)."""
+    settings = dict(max_train_steps=3, generator_update_ratio=1, cache_dir=str(tmp_path / "cache"))
+    build_cache(distill_config(folders("qwenimage"), image_data, tmp_path / "build", **settings))
+    decoded = train(distill_config(folders("qwenimage"), image_data, tmp_path / "decoded", **settings))
+    lean = lean_copy(folders("qwenimage"), tmp_path / "lean", keep_vae=False)
+    cached = train(distill_config(lean, image_data, tmp_path / "cached", use_cached_latents=True, **settings))
+    gap = state_dict_max_diff(*(load_file(str(run.output_dir / WEIGHTS[False])) for run in (decoded, cached)))
+    print(f"qwenimage distillation from the cache vs from the images, 3 steps: weights max diff {gap:.1e}; critic "
+          f"losses {cached.losses} vs {decoded.losses}")  # fmt: skip
+    assert cached.losses == decoded.losses and cached.generator_losses == decoded.generator_losses and gap == 0.0
 
 
 # ----------------------------------------------------------------------------------------
