@@ -108,3 +108,22 @@ def test_the_example_script_writes_a_png(tmp_path, builtin_cache_dir):
     done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert read_png(out).shape == (32, 32, 3) and read_sidecar(out)["variant"] == "Z-Image-Turbo"
+
+
+def test_a_folder_default_shift_is_the_runs_shift(tmp_path):
+    """``shift`` among a folder's ``videox_fun.yaml`` defaults is used when ``--shift`` is not given (0 there: the
+    scheduler config's); it was ignored by the image pipelines."""
+    folder = tmp_path / "Z-Image-Shift-1"
+    from videox_fun.registry import resolve_model
+
+    shutil.copytree(resolve_model("Z-Image-Tiny-Random"), folder)
+    config = folder / "videox_fun.yaml"
+    config.write_text(config.read_text().replace("shift: 0.0", "shift: 1.0"))
+    outputs = {}
+    for name, extra in (("default", []), ("given", ["--shift", "1"]), ("scheduler", ["--shift", "3"])):
+        outputs[name] = tmp_path / f"{name}.png"
+        args = ["generate", "--prompt", "a red circle", "--model", str(folder), *SMALL[:2], *SMALL[-1:], *extra]
+        assert main([*args, "--output", str(outputs[name])]) == 0
+    assert read_sidecar(outputs["default"])["shift"] == 1.0
+    assert np.array_equal(read_png(outputs["default"]), read_png(outputs["given"]))
+    assert not np.array_equal(read_png(outputs["default"]), read_png(outputs["scheduler"]))

@@ -260,7 +260,8 @@ class FlowImagePipeline:
             steps=values["steps"],
             guidance_scale=self.checked_guidance(float(values["guidance_scale"])),
             guidance_scale_2=None,  # type: ignore[arg-type]  # one transformer
-            shift=given.get("shift"),  # type: ignore[arg-type]  # None: the scheduler config's shift
+            # None (and a folder default of 0): the scheduler config's shift
+            shift=given["shift"] if given.get("shift") is not None else (defaults.shift or None),  # type: ignore[arg-type]
             sampler=values["sampler"],
         )
 
@@ -320,6 +321,7 @@ class FlowImagePipeline:
         h, w = self.latent_size(settings)
         guidance = guidance or self.default_guidance(settings)
         passes = self.guidance_passes(prompt, settings, (h, w), guidance, {**inputs, **extra})
+        shift = settings.shift  # the given one, else the folder's default (None: the scheduler config's)
         scheduler = flow_scheduler(self.scheduler_config, shift)
         start = 0 if settings.mode in self.noise_modes else strength_start(settings.steps, strength)
         tokens = self.token_count(h, w)
