@@ -127,3 +127,14 @@ def test_a_folder_default_shift_is_the_runs_shift(tmp_path):
     assert read_sidecar(outputs["default"])["shift"] == 1.0
     assert np.array_equal(read_png(outputs["default"]), read_png(outputs["given"]))
     assert not np.array_equal(read_png(outputs["default"]), read_png(outputs["scheduler"]))
+
+
+def test_flow_distill_is_the_flow_grid_for_image_students(tmp_path):
+    """``--sampler Flow_Distill`` (a distilled student's sampler) is accepted and is the Flow grid at that count."""
+    outputs = {}
+    for sampler in ("Flow", "Flow_Distill"):
+        outputs[sampler] = tmp_path / f"{sampler}.png"
+        args = ["generate", "--prompt", "a red circle", *TURBO, "--steps", "4", "--sampler", sampler]
+        assert main([*args, "--output", str(outputs[sampler])]) == 0
+    assert read_sidecar(outputs["Flow_Distill"])["sampler"] == "Flow_Distill"
+    assert np.array_equal(read_png(outputs["Flow"]), read_png(outputs["Flow_Distill"]))

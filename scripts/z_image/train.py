@@ -7,9 +7,10 @@
 
 The metadata's entries are ``"type": "image"``; ``--enable_bucket`` batches them by aspect ratio. The folder's
 family picks the training spec: flow matching with the folder scheduler's static shift (3 in the release)
-(``--shift`` gives a static one). Writes OUTPUT_DIR/transformer/ in the diffusers layout. The latent cache is not
-offered for image models; the Fun control stream trains with ``train_control.py``. Every flag is listed by
-``--help``; ``--config FILE`` reads the same fields from YAML. Nothing to edit here.
+(``--shift`` gives a static one). Writes OUTPUT_DIR/transformer/ in the diffusers layout. ``--use_cached_latents``
+trains from ``videox-fun cache``'s latents; ``--distill`` makes a few-step student; the Fun control stream trains
+with ``train_control.py``. Every flag is listed by ``--help``; ``--config FILE`` reads the same fields from YAML.
+Nothing to edit here.
 """
 
 import sys

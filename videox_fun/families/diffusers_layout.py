@@ -24,8 +24,11 @@ IMAGE_MODES = {
     "inpaint": Mode("inpaint", needs=("image", "mask"), folder="images_inpaint", output="image",
                     description="regenerate the white of --mask in --image (denoise --strength)"),
 }  # fmt: skip
-# Flow-matching Euler, diffusers' FlowMatchEulerDiscreteScheduler from the folder's scheduler config.
-FLOW_SAMPLERS = ("Flow",)
+# Flow-matching Euler, diffusers' FlowMatchEulerDiscreteScheduler from the folder's scheduler config. "Flow_Distill"
+# names the grid a distilled student was trained on (`--distill`): for these families it is the one "Flow" visits at
+# the same step count (sigmas linspace(1, 1/K, K) under the family's shift), so the name is accepted as the same
+# sampler and a Wan student's command line works unchanged.
+FLOW_SAMPLERS = ("Flow", "Flow_Distill")
 
 
 class DiffusersImageFamily(Family):
