@@ -73,8 +73,12 @@ def stack_relative_l1(model: nn.Module, current: torch.Tensor, previous: torch.T
 
 
 def context_key(context: torch.Tensor) -> tuple:
-    """A cheap fingerprint telling the conditional and unconditional passes apart."""
-    sums = context[:, :, :8].float().sum(dim=(1, 2))
+    """A cheap fingerprint telling the conditional and unconditional passes apart: per sample, the sum of the first
+    8 channels of every token of a (B, L, ...) tensor (complex ones as their real and imaginary parts; a (B, L) one,
+    a key mask, whole)."""
+    values = torch.view_as_real(context) if context.is_complex() else context
+    tokens = values.flatten(2) if values.dim() > 2 else values.reshape(values.shape[0], -1, 1)  # (B, L, C)
+    sums = tokens[:, :, :8].float().sum(dim=(1, 2))
     return (tuple(context.shape), *[round(v, 3) for v in sums.tolist()])
 
 
@@ -202,6 +206,10 @@ class StepCache:
         self._computed(state, tuple(o - b for o, b in zip(out, base, strict=True)))
         return out
 
+    def _observe_first_block(self, block: nn.Module, arguments: dict[str, Any]) -> None:
+        """The first block's arguments of a pass, before anything is decided (block hooks only; TeaCache reads
+        indicators computed from them)."""
+
     def _decide(self, state: CacheState, first_residual: torch.Tensor | None) -> bool:
         """Whether this pass computes (the stack, or the part after the first block); counts the pass.
 
@@ -217,6 +225,8 @@ class StepCache:
 
 class _RunnerSeam:
     """Replaces the model's declared block runner (Wan: ``run_blocks``) on the instance."""
+
+    lead = 0  # the index of the video stream among the residuals: the runner carries one
 
     def __init__(self, cache: StepCache, runner: str):
         self.cache, self.model, self.runner = cache, cache.model, runner
@@ -263,22 +273,32 @@ class _Pass:
     base: Streams
 
 
+@dataclass(frozen=True)
+class _BlockStreams:
+    """The streams one block returns: their names, and whether it returns a tuple (else one tensor)."""
+
+    names: tuple[str, ...]
+    tuple_output: bool
+
+
 class _BlockHooks:
     """Replaces ``forward`` of every block of the declared block lists on the instance, for a model whose
-    block loop is not ours (diffusers' CogVideoX): :meth:`StepCache._cached_pass`'s steps spread over the
-    blocks' calls. Forward hooks could not skip a block's compute; a replaced forward can.
+    block loop is not ours (diffusers' CogVideoX, FLUX, Qwen-Image, Z-Image): :meth:`StepCache._cached_pass`'s
+    steps spread over the blocks' calls. Forward hooks could not skip a block's compute; a replaced forward can.
 
     The streams a block carries are the arguments it returns, in the order it returns them
-    (:func:`videox_fun.runtime.points.block_streams`); a skip returns each stream's input unchanged
-    from every block but the last, which adds the cached residuals.
+    (:func:`videox_fun.runtime.points.block_streams`, per block list where the lists differ); a skip returns each
+    block's stream inputs unchanged from every block but the last, which returns the first block's streams (the
+    base) plus the cached residuals. Where the last block carries the base's streams joined into one (FLUX.2's single
+    blocks: text then image), the residual is measured from the base joined alike.
     """
 
     def __init__(self, cache: StepCache):
         self.cache, self.model = cache, cache.model
         self.blocks = points.blocks(self.model, feature=type(cache).__name__)
         self.context_argument = points.cache_context_argument(self.model)
-        self.names: tuple[str, ...] | None = None  # the streams, learnt from the first output
-        self.tuple_output = True
+        self.streams: dict[int, _BlockStreams] = {}  # per block, learnt from its first output
+        self.tail: tuple[tuple[int, ...], ...] | None = None  # per last-block stream: the base streams it carries
         self.current: _Pass | None = None
         self._previous: list[tuple[nn.Module, Any]] = []
         for index, block in enumerate(self.blocks):
@@ -302,22 +322,56 @@ class _BlockHooks:
         self._previous.clear()
 
     # -- the streams ----------------------------------------------------------------------
-    def _outputs(self, out: Any, forward: Callable) -> Streams:
-        if self.names is None:
-            self.tuple_output = isinstance(out, tuple)
-            count = len(out) if self.tuple_output else 1
-            self.names = points.block_streams(self.model, forward, count)
-        return tuple(out) if self.tuple_output else (out,)
+    def _outputs(self, index: int, out: Any) -> Streams:
+        """Block ``index``'s output as streams (learning their names the first time)."""
+        if index not in self.streams:
+            tuple_output = isinstance(out, tuple)
+            names = points.block_streams(self.model, self.blocks[index], len(out) if tuple_output else 1)
+            self.streams[index] = _BlockStreams(names, tuple_output)
+        return tuple(out) if self.streams[index].tuple_output else (out,)
 
-    def _inputs(self, bound: inspect.BoundArguments) -> Streams:
-        return tuple(bound.arguments[name] for name in self.names)
+    def _inputs(self, index: int, bound: inspect.BoundArguments) -> Streams:
+        return tuple(bound.arguments[name] for name in self.streams[index].names)
 
-    def _format(self, streams: Streams) -> Any:
-        return streams if self.tuple_output else streams[0]
+    def _format(self, index: int, streams: Streams) -> Any:
+        return streams if self.streams[index].tuple_output else streams[0]
+
+    @property
+    def lead(self) -> int:
+        """The index of the image (``hidden_states``) stream among the last block's streams, else 0."""
+        names = self.streams[len(self.blocks) - 1].names
+        return names.index("hidden_states") if "hidden_states" in names else 0
 
     def _lead(self, streams: Streams) -> torch.Tensor:
         """The stream the first-block decision measures: ``hidden_states`` if the blocks carry it, else the first."""
-        return streams[self.names.index("hidden_states")] if "hidden_states" in self.names else streams[0]
+        names = self.streams[0].names
+        return streams[names.index("hidden_states")] if "hidden_states" in names else streams[0]
+
+    def _joined(self, base: Streams) -> Streams:
+        """The base streams laid out as the last block returns them (:attr:`tail`)."""
+        assert self.tail is not None
+        return tuple(base[parts[0]] if len(parts) == 1 else torch.cat([base[i] for i in parts], dim=1)
+                     for parts in self.tail)  # fmt: skip
+
+    def _learn_tail(self, base: Streams, outputs: Streams) -> None:
+        """Which base streams each of the last block's streams carries: the one of its name and length, or (a longer
+        stream: FLUX.2's single blocks) all of them joined along the tokens, in the first block's order."""
+        if self.tail is not None:
+            return
+        first, last = self.streams[0].names, self.streams[len(self.blocks) - 1].names
+        tail = []
+        for name, out in zip(last, outputs, strict=True):
+            if name in first and base[first.index(name)].shape[1] == out.shape[1]:
+                tail.append((first.index(name),))
+            elif out.shape[1] == sum(stream.shape[1] for stream in base):
+                tail.append(tuple(range(len(base))))
+            else:
+                raise points.ExtensionPointError(
+                    f"model {type(self.model).__name__}: the last block's {name!r} ({out.shape[1]} tokens) is neither "
+                    f"a stream of the first block ({', '.join(first)}) nor all of them joined: "
+                    f"{type(self.cache).__name__} cannot add a cached residual to it (declare _block_streams)"
+                )
+        self.tail = tuple(tail)
 
     # -- one block call -------------------------------------------------------------------
     def _forward(self, index: int, original: Callable, signature: inspect.Signature, args: tuple, kwargs: dict) -> Any:
@@ -330,10 +384,11 @@ class _BlockHooks:
             return original(*args, **kwargs)
         elif self.current.compute:
             out = original(*args, **kwargs)
+            self._outputs(index, out)  # learn its streams, for the passes that skip it
         else:
-            out = self._format(self._inputs(bound))
+            out = self._format(index, self._inputs(index, bound))  # a skipped pass has computed once: names known
         if index == len(self.blocks) - 1:
-            out = self._finish(out, original)
+            out = self._finish(out)
         return out
 
     def _start(self, original: Callable, bound: inspect.BoundArguments, args: tuple, kwargs: dict) -> Any:
@@ -341,48 +396,71 @@ class _BlockHooks:
         cache = self.cache
         self.current = None  # a pass cut short (an exception) leaves nothing behind
         state = cache.states.setdefault(pass_key(bound.arguments.get(self.context_argument)), CacheState())
+        cache._observe_first_block(self.blocks[0], bound.arguments)
         if cache.decides_after_first_block:
             out = original(*args, **kwargs)
-            first = self._outputs(out, original)
-            inputs = self._inputs(bound)
+            first = self._outputs(0, out)
+            inputs = self._inputs(0, bound)
             compute = cache._decide(state, self._lead(first) - self._lead(inputs))
             self.current = _Pass(state, compute, first)
             return out
         compute = cache._decide(state, None)
         out = original(*args, **kwargs) if compute else None
         if compute:
-            self._outputs(out, original)
+            self._outputs(0, out)
         # a skip is only decided once a computed pass stored residuals, so the streams are known by then
-        base = self._inputs(bound)
+        base = self._inputs(0, bound)
         self.current = _Pass(state, compute, base)
-        return out if compute else self._format(base)
+        return out if compute else self._format(0, base)
 
-    def _finish(self, out: Any, original: Callable) -> Any:
+    def _finish(self, out: Any) -> Any:
         """The last block: store the residuals of a computed pass, or return the skip's result."""
         current, self.current = self.current, None
+        last = len(self.blocks) - 1
         if current is None:
             return out
         if not current.compute:
-            return self._format(self.cache._reuse(current.base, current.state))
-        outputs = self._outputs(out, original)
-        self.cache._computed(current.state, tuple(o - b for o, b in zip(outputs, current.base, strict=True)))
+            return self._format(last, self.cache._reuse(self._joined(current.base), current.state))
+        outputs = self._outputs(last, out)
+        self._learn_tail(current.base, outputs)
+        residuals = tuple(o - b for o, b in zip(outputs, self._joined(current.base), strict=True))
+        self.cache._computed(current.state, residuals)
         return out
 
 
 class IndicatorProbe:
-    """Keeps the latest output of the declared indicator module that TeaCache compares across steps."""
+    """Keeps the latest value of the indicator TeaCache compares across steps: the output of a declared
+    ``_cache_indicators`` module, or what a declared ``_cache_block_indicators`` method computes from the first
+    block's arguments (:meth:`observe_first_block`)."""
 
     def __init__(self, model: nn.Module, indicator: str):
-        module = points.cache_indicator_module(model, indicator, feature="TeaCache")
         self.value: torch.Tensor | None = None
-        self._hook = module.register_forward_hook(self._capture)
+        self._compute = points.cache_block_indicator(model, indicator, feature="TeaCache")
+        self._hook = None
+        if self._compute is None:
+            module = points.cache_indicator_module(model, indicator, feature="TeaCache")
+            self._hook = module.register_forward_hook(self._capture)
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         self.value = output.detach()
 
+    def observe_first_block(self, block: nn.Module, arguments: dict[str, Any]) -> None:
+        """Compute a first-block indicator from the pass's first block and its arguments (by name)."""
+        if self._compute is not None:
+            self.value = self._compute(block, arguments).detach()
+
+    def change(self, model: nn.Module, previous: torch.Tensor) -> float:
+        """Relative L1 change of the indicator since ``previous``; a first-block indicator is per token of the
+        stack's lead stream, so it is measured over the whole sequence when sequence parallelism splits it."""
+        assert self.value is not None
+        if self._compute is not None:
+            return stack_relative_l1(model, self.value, previous)
+        return relative_l1(self.value, previous)
+
     def remove(self) -> None:
         """Detach the forward hook."""
-        self._hook.remove()
+        if self._hook is not None:
+            self._hook.remove()
 
 
 class TeaCache(StepCache):
@@ -411,11 +489,14 @@ class TeaCache(StepCache):
         self.probe.remove()
         super().remove()
 
+    def _observe_first_block(self, block: nn.Module, arguments: dict[str, Any]) -> None:
+        self.probe.observe_first_block(block, arguments)
+
     def _decide(self, state: CacheState, first_residual: torch.Tensor | None) -> bool:
         indicator = self.probe.value
         compute = self.must_compute(state) or state.previous_indicator is None
         if not compute:
-            state.accumulated += float(self.polynomial(relative_l1(indicator, state.previous_indicator)))
+            state.accumulated += float(self.polynomial(self.probe.change(self.model, state.previous_indicator)))
             compute = state.accumulated >= self.threshold
         state.previous_indicator = indicator
         state.calls += 1
@@ -459,7 +540,8 @@ class FirstBlockCache(StepCache):
 class CacheRecorder(StepCache):
     """Computes every step and records (indicator change, residual change) pairs for fitting.
 
-    The residual change is measured on the leading stream (the video tokens).
+    The residual change is measured on the leading stream (the video or image tokens: ``hidden_states`` where the
+    blocks carry text too).
     """
 
     def __init__(self, model: nn.Module, indicator: str = "time_embedding"):
@@ -476,13 +558,17 @@ class CacheRecorder(StepCache):
         self.probe.remove()
         super().remove()
 
+    def _observe_first_block(self, block: nn.Module, arguments: dict[str, Any]) -> None:
+        self.probe.observe_first_block(block, arguments)
+
     def _decide(self, state: CacheState, first_residual: torch.Tensor | None) -> bool:
         return True
 
     def _computed(self, state: CacheState, residuals: Streams) -> None:
+        lead, previous = self._seam.lead, state.residual
         if state.previous_indicator is not None:
             self.samples.append(
-                (relative_l1(self.probe.value, state.previous_indicator), relative_l1(residuals[0], state.residual[0]))
+                (self.probe.change(self.model, state.previous_indicator), relative_l1(residuals[lead], previous[lead]))
             )
         state.previous_indicator, state.residual = self.probe.value, residuals
         self._record(True)

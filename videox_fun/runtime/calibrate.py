@@ -62,14 +62,15 @@ def calibrate_cache(
             f"{len(prompts)} prompt(s) x {steps - 1} step pairs cannot fit a degree-{degree} polynomial: "
             "give more --steps or prompts, or a lower --degree"
         )
-    if "t2v" not in recognised.modes and not (control_video or image):
+    from_text = any(not mode.needs for mode in recognised.mode_table().values())  # t2v, t2i
+    if not from_text and not (control_video or image):
         raise ValueError(
             f"{folder.name} does not generate from text alone ({', '.join(recognised.modes)}): "
             "give the --control-video (or --image) to calibrate on"
         )
     pipe = load_pipeline(folder, RuntimeOptions(device=device, dtype=dtype), recognised=recognised).pipe
     two_experts = len(pipe.transformers) > 1
-    indicator = teacache_indicator(indicator, two_experts)  # generate's default, so it finds the fit
+    indicator = teacache_indicator(indicator, two_experts, pipe.transformers[0])  # generate's default: it finds the fit
     # Each expert records its own consecutive steps; one polynomial is fitted to them all, as
     # VideoX-Fun uses one set for both Wan2.2 A14B experts.
     recorders = [CacheRecorder(transformer, indicator) for transformer in pipe.transformers]

@@ -174,10 +174,10 @@ def apply_runtime_options(
 
     applied: dict = {"gpu_memory_mode": options.gpu_memory_mode, **run_settings(options)}
     if "qfloat8" in options.gpu_memory_mode and options.fp8 == "scaled":
-        from .fp8 import quantize_to_fp8
+        from .fp8 import fp8_stored_models, quantize_to_fp8
 
-        for transformer in pipe.transformers:
-            quantize_to_fp8(transformer, scaled=True, per_channel=True)  # the mode then finds it quantised
+        for model in fp8_stored_models(pipe):
+            quantize_to_fp8(model, scaled=True, per_channel=True)  # the mode then finds it quantised
     removers.append(apply_memory_mode(pipe, options.gpu_memory_mode, pipe.device, options.resident_blocks).remove)
     applied |= attach_step_features(pipe, options, folder, removers)
     if options.compile:
@@ -206,7 +206,8 @@ def attach_step_features(
             removers.append(attach_cache(transformer, options.cache, threshold, options, folder, two_experts).remove)
         applied.update(cache=options.cache, cache_threshold=threshold, num_skip_start_steps=skip_start_steps(options))
         if options.cache == "teacache":
-            applied["teacache_indicator"] = teacache_indicator(options.teacache_indicator, two_experts)
+            indicator = teacache_indicator(options.teacache_indicator, two_experts, pipe.transformers[0])
+            applied["teacache_indicator"] = indicator
     if options.riflex_k is not None:
         for transformer in pipe.transformers:
             apply_riflex(transformer, options.riflex_k)
@@ -237,7 +238,7 @@ def attach_cache(
     common = {"num_skip_start_steps": skip_start_steps(options), "offload_residuals": options.cache_offload_residuals}
     if kind == "first-block":
         return FirstBlockCache(transformer, threshold, **common)
-    indicator = teacache_indicator(options.teacache_indicator, two_experts)
+    indicator = teacache_indicator(options.teacache_indicator, two_experts, transformer)
     coefficients = coefficients_for(transformer, folder, indicator, two_experts)
     return TeaCache(transformer, coefficients, threshold, indicator=indicator, **common)
 
@@ -247,9 +248,13 @@ def skip_start_steps(options: RuntimeOptions) -> int:
     return DEFAULT_SKIP_START_STEPS if options.num_skip_start_steps is None else options.num_skip_start_steps
 
 
-def teacache_indicator(asked: str | None, two_experts: bool) -> str:
-    """The indicator asked for, else the one the model's published coefficients were fitted on."""
-    return asked or ("time_projection" if two_experts else "time_embedding")
+def teacache_indicator(asked: str | None, two_experts: bool, model: nn.Module | None = None) -> str:
+    """The indicator asked for, else the one the model's published coefficients were fitted on: its declared
+    ``_cache_default_indicator``, else the time embedding (the time projection for two experts: Wan2.2 A14B)."""
+    from .points import default_cache_indicator
+
+    declared = default_cache_indicator(model) if model is not None else None
+    return asked or declared or ("time_projection" if two_experts else "time_embedding")
 
 
 def load_transformer_file(transformer: nn.Module, path: Path) -> None:

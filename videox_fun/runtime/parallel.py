@@ -545,7 +545,7 @@ class JointSequenceParallel(SequenceParallel):
         if torch.is_grad_enabled():
             raise RuntimeError("sequence parallelism is for inference: run under torch.no_grad()")
         bound = inspect.signature(block.forward).bind_partial(*args, **kwargs).arguments
-        streams = points.split_streams(self.model, block.forward)
+        streams = points.split_streams(self.model, block)
         if first:
             self._start(bound, streams)
         for name, shard in self._shards.items():
@@ -654,7 +654,7 @@ class JointSequenceParallel(SequenceParallel):
 
     def _gather_outputs(self, block: nn.Module, args: tuple, output: tuple | torch.Tensor) -> tuple | torch.Tensor:
         """After the last block: the whole sequence of every split stream, padding cut off."""
-        names = points.split_streams(self.model, block.forward)
+        names = points.split_streams(self.model, block)
         outputs = list(output) if isinstance(output, tuple) else [output]
         gathered = [self._unsplit(t, self._spans_of(name, t)) for name, t in zip(names, outputs, strict=False)]
         self._finish()

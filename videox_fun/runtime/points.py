@@ -5,20 +5,37 @@ A family's transformer says, as class attributes (as diffusers' ``_repeated_bloc
 the step caches read those declarations here and never name a family's attributes themselves:
 
 - ``_block_lists``: names (dotted paths allowed) of the ``nn.ModuleList`` s holding the block
-  stack, in the order the blocks run (e.g. ``("blocks",)``; ``("transformer_blocks",)``).
+  stack, in the order the blocks run (e.g. ``("blocks",)``; ``("transformer_blocks",)``). A name whose
+  attribute is ``None`` on an instance is a list that release does not build (Z-Image 2.0 control's refiner).
 - ``_repeated_blocks``: class names of the repeated block (regional compile compiles each).
 - ``_cache_indicators``: TeaCache indicator name -> dotted path of the module whose output it
   compares across steps (e.g. ``{"time_embedding": "time_embedding"}``).
+- ``_cache_block_indicators`` (optional, models without a ``_block_runner``): TeaCache indicator name -> the
+  name of a model method ``method(block, arguments) -> tensor`` computing it from the first block's arguments
+  (by parameter name) before that block runs: for sets fitted on what the first block computes (VideoX-Fun's
+  Qwen-Image set, on its modulated image input).
+- ``_cache_default_indicator`` (optional): the indicator ``--cache teacache`` and ``calibrate-cache`` use when
+  none is asked for (default ``time_embedding``; ``time_projection`` for two experts): the one the published
+  coefficients were fitted on.
 - ``_fp8_skip_modules``: regular expressions (``re.search`` on the dotted module name) of the
   layers inside the blocks that fp8 storage leaves in high precision; ``()`` when none.
 - ``_fp8_side_modules`` (optional): names (dotted paths allowed) of modules outside the block lists
   whose linears fp8 storage stores too, less ``_fp8_skip_modules`` (Wan2.2-Animate's face adapter,
-  whose blocks run between the main ones); ``()`` or undeclared: none.
+  whose blocks run between the main ones; Z-Image's refiner blocks); ``()`` or undeclared: none (a name whose
+  attribute is ``None`` on an instance: that module is not built).
+- ``_runs_beside_transformer`` (optional, on a pipeline component that is not a transformer): ``True`` for a
+  model the denoising step runs beside the transformer, reading its modules or inside its forward (a Fun control
+  stream, which VideoX-Fun holds inside its control transformer): the memory modes keep it on the device with the
+  transformer, and the qfloat8 modes store its block linears (its own ``_block_lists`` less its
+  ``_fp8_skip_modules``) in fp8 as the transformer's.
 - ``_block_runner`` (optional): the name of a method that runs the whole stack (or a slice of
   it), ``run(x, ..., blocks=slice)`` -> x. Step caches and sequence parallelism wrap it where
   present; without one, step caches hook the blocks of ``_block_lists`` themselves.
 - ``_block_streams`` (optional): the names of the block arguments a block returns, in the order
-  of its returned tuple (default: the first forward parameters, one per returned tensor).
+  of its returned tuple (default: the first forward parameters, one per returned tensor); or, where the
+  block lists differ, ``{block list name: names}`` (FLUX.2: double blocks return text and image, single blocks
+  one joint stream). A later list's stream longer than the first list's stream of its name carries all the
+  first list's streams joined along the tokens, in their declared order (FLUX.2: text, then image).
 - ``_sequence_parallel_shards`` and ``_attention_seam`` (sequence parallelism without a block
   runner): the per-token block arguments to split over the ranks, and the dotted path, inside each
   block, of the object whose ``attend(q, k, v, text_len, key_mask=None)`` runs its joint attention
@@ -61,7 +78,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +119,12 @@ def _submodule(model: nn.Module, path: str, attribute: str, feature: str) -> nn.
         ) from None
 
 
+def _attribute_is_none(model: nn.Module, path: str) -> bool:
+    parent, _, name = path.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    return name in vars(owner) and vars(owner)[name] is None
+
+
 def block_lists(model: nn.Module, feature: str = "block hooks") -> list[nn.ModuleList]:
     """The ``nn.ModuleList`` s named by ``_block_lists``, in run order."""
     names = _declared(model, "_block_lists", feature, '("blocks",)')
@@ -109,6 +132,8 @@ def block_lists(model: nn.Module, feature: str = "block hooks") -> list[nn.Modul
         raise ExtensionPointError(f"model {type(model).__name__}: _block_lists must be a tuple of names, got {names!r}")
     lists = []
     for name in names:
+        if _attribute_is_none(model, name):
+            continue  # a list this instance does not build
         found = _submodule(model, name, "_block_lists", feature)
         if not isinstance(found, nn.ModuleList):
             raise ExtensionPointError(
@@ -146,11 +171,43 @@ def cache_indicator_module(model: nn.Module, name: str, feature: str = "TeaCache
     """The module whose output is the TeaCache indicator ``name``."""
     declared = cache_indicators(model, feature)
     if name not in declared:
+        known = [*declared, *(getattr(model, "_cache_block_indicators", None) or {})]
         raise ExtensionPointError(
             f"model {type(model).__name__} declares no cache indicator {name!r} (it has: "
-            f"{', '.join(declared) or 'none'}): runtime feature {feature} cannot attach"
+            f"{', '.join(known) or 'none'}): runtime feature {feature} cannot attach"
         )
     return _submodule(model, declared[name], "_cache_indicators", feature)
+
+
+def cache_block_indicator(model: nn.Module, name: str, feature: str = "TeaCache") -> Callable | None:
+    """The model's method computing indicator ``name`` from the first block's arguments
+    (``_cache_block_indicators``), or ``None`` when ``name`` is not one of those."""
+    method_name = dict(getattr(model, "_cache_block_indicators", None) or {}).get(name)
+    if method_name is None:
+        return None
+    method = getattr(model, method_name, None)
+    if not callable(method):
+        raise ExtensionPointError(
+            f"model {type(model).__name__} declares cache indicator {name!r} as method {method_name!r}, but has "
+            f"no such method: runtime feature {feature} cannot attach"
+        )
+    if block_runner(model) is not None:
+        raise ExtensionPointError(
+            f"model {type(model).__name__}: cache indicator {name!r} is computed from the first block's arguments, "
+            f"which a model with a _block_runner does not hand to {feature}"
+        )
+    return method
+
+
+def default_cache_indicator(model: nn.Module) -> str | None:
+    """The indicator the model's published coefficients were fitted on (``_cache_default_indicator``), or None."""
+    return getattr(model, "_cache_default_indicator", None)
+
+
+def runs_beside_transformer(model: nn.Module) -> bool:
+    """Whether a pipeline component runs within the denoising step beside the transformer
+    (``_runs_beside_transformer``): memory modes keep it with the transformer, fp8 storage stores it too."""
+    return bool(getattr(model, "_runs_beside_transformer", False))
 
 
 def fp8_skip(model: nn.Module, feature: str = "fp8 storage") -> tuple[str, ...]:
@@ -172,7 +229,8 @@ def fp8_side_modules(model: nn.Module, feature: str = "fp8 storage") -> list[nn.
         raise ExtensionPointError(
             f"model {type(model).__name__}: _fp8_side_modules must be a tuple of names, got {names!r}"
         )
-    return [_submodule(model, name, "_fp8_side_modules", feature) for name in names]
+    return [_submodule(model, name, "_fp8_side_modules", feature) for name in names
+            if not _attribute_is_none(model, name)]  # fmt: skip
 
 
 def fp8_skipped(name: str, patterns: tuple[str, ...]) -> bool:
@@ -215,18 +273,30 @@ def sequence_side_streams(
     return method(shard)
 
 
-def block_streams(model: nn.Module, forward: Callable, count: int) -> tuple[str, ...]:
-    """The names of the ``count`` block arguments that a block returns (in order): ``_block_streams``,
-    or else the first ``count`` parameters of the block's ``forward``."""
+def _declared_streams(model: nn.Module, block: nn.Module) -> tuple[str, ...] | None:
+    """``_block_streams`` for ``block``: the one tuple, or the entry of the block list holding it; None: undeclared."""
     declared = getattr(model, "_block_streams", None)
+    if not isinstance(declared, Mapping):
+        return None if declared is None else tuple(declared)
+    for name, streams in declared.items():
+        found = _submodule(model, name, "_block_streams", "block hooks")
+        if any(member is block for member in found):
+            return tuple(streams)
+    return None  # a block of no declared list (a side model's)
+
+
+def block_streams(model: nn.Module, block: nn.Module, count: int) -> tuple[str, ...]:
+    """The names of the ``count`` block arguments that ``block`` returns (in order): ``_block_streams``,
+    or else the first ``count`` parameters of the block's ``forward``."""
+    declared = _declared_streams(model, block)
     if declared is not None:
         if len(declared) != count:
             raise ExtensionPointError(
-                f"model {type(model).__name__} declares _block_streams {tuple(declared)}, but its blocks return "
-                f"{count} tensor(s)"
+                f"model {type(model).__name__} declares _block_streams {declared} for its {type(block).__name__}, "
+                f"but that block returns {count} tensor(s)"
             )
-        return tuple(declared)
-    parameters = list(inspect.signature(forward).parameters)
+        return declared
+    parameters = list(inspect.signature(block.forward).parameters)
     return tuple(parameters[:count])
 
 
@@ -303,13 +373,13 @@ def sequence_parallel_module_inputs(model: nn.Module, feature: str = "sequence p
             for path, stream in dict(declared).items()}  # fmt: skip
 
 
-def split_streams(model: nn.Module, forward: Callable) -> tuple[str, ...]:
-    """The block arguments that carry token streams from block to block: ``_block_streams``, else the first two
-    parameters of the block's ``forward`` (a joint block's text and video)."""
-    declared = getattr(model, "_block_streams", None)
+def split_streams(model: nn.Module, block: nn.Module) -> tuple[str, ...]:
+    """The block arguments that carry token streams from block to block: ``_block_streams`` (``block``'s list's),
+    else the first two parameters of the block's ``forward`` (a joint block's text and video)."""
+    declared = _declared_streams(model, block)
     if declared is not None:
-        return tuple(declared)
-    return tuple(list(inspect.signature(forward).parameters)[:2])
+        return declared
+    return tuple(list(inspect.signature(block.forward).parameters)[:2])
 
 
 def attention_seams(model: nn.Module, feature: str = "sequence parallelism") -> list[object]:

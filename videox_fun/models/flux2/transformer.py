@@ -56,8 +56,11 @@ class Flux2Transformer(StrictDiffusersModel, Flux2Transformer2DModel):
     # Where runtime features attach (read by videox_fun.runtime, never by attribute names of one family).
     _block_lists = ("transformer_blocks", "single_transformer_blocks")
     _repeated_blocks = ("Flux2TransformerBlock", "Flux2SingleTransformerBlock")
-    # No _block_streams: double blocks return (text, image) and single blocks one joint stream, which the
-    # one-declaration-per-model extension point cannot say; block-output step caches are not offered (yet).
+    # Double blocks return (text, image); single blocks one joint stream, text then image (the forward joins them).
+    _block_streams: ClassVar[dict[str, tuple[str, ...]]] = {
+        "transformer_blocks": ("encoder_hidden_states", "hidden_states"),
+        "single_transformer_blocks": ("hidden_states",),
+    }
     # The module whose output a step cache compares between steps: the timestep + guidance embedding.
     _cache_indicators: ClassVar[dict[str, str]] = {"time_embedding": "time_guidance_embed"}
     # The shared modulation layers and norms stay in high precision under fp8 storage (diffusers'

@@ -14,11 +14,20 @@ from typing import Any, ClassVar
 
 import torch
 from diffusers import QwenImageTransformer2DModel
+from torch import nn
 
 from ..component import StrictDiffusersModel
 from .attention import use_qwenimage_attention
 
 TRANSFORMER_CLASS_NAME = "QwenImageTransformer2DModel"
+# VideoX-Fun's TeaCache coefficients for Qwen-Image, highest power first: its ``cache_utils.get_teacache_coefficients``
+# returns them for every model name holding "qwen-image" (Qwen-Image, -2512, the Edit releases), copied there from
+# chenpipi0807/ComfyUI-TeaCache; fitted on the relative L1 change of the first block's modulated image input.
+TEACACHE_COEFFICIENTS = [-4.50000000e02, 2.80000000e02, -4.50000000e01, 3.20000000e00, -2.00000000e-02]
+TEACACHE_INDICATOR = "modulated_input"
+# The released architecture (shared by every Qwen-Image release), which those coefficients are for.
+RELEASED_ARCHITECTURE = {"patch_size": 2, "in_channels": 64, "num_layers": 60, "attention_head_dim": 128,
+                         "num_attention_heads": 24, "joint_attention_dim": 3584}  # fmt: skip
 
 
 class QwenImageTransformer(StrictDiffusersModel, QwenImageTransformer2DModel):
@@ -35,8 +44,11 @@ class QwenImageTransformer(StrictDiffusersModel, QwenImageTransformer2DModel):
     _repeated_blocks = ("QwenImageTransformerBlock",)
     # A block returns (encoder_hidden_states, hidden_states): text first, unlike its arguments.
     _block_streams = ("encoder_hidden_states", "hidden_states")
-    # The module whose output a step cache compares between steps: the timestep embedding.
+    # What a step cache compares between steps: the timestep embedding, or (VideoX-Fun's TeaCache, and the default:
+    # its published set is fitted on it) the first block's modulated image input, computed from that block's inputs.
     _cache_indicators: ClassVar[dict[str, str]] = {"time_embedding": "time_text_embed"}
+    _cache_block_indicators: ClassVar[dict[str, str]] = {TEACACHE_INDICATOR: "modulated_input"}
+    _cache_default_indicator = TEACACHE_INDICATOR
     # The modulation and norm layers stay in high precision under fp8 storage, as diffusers'
     # _skip_layerwise_casting_patterns ("pos_embed", "norm") keeps them.
     _fp8_skip_modules = ("norm", "mod")
@@ -60,6 +72,24 @@ class QwenImageTransformer(StrictDiffusersModel, QwenImageTransformer2DModel):
         super().__init__(*args, **kwargs)
         # Every block's attention goes through the package's dispatch (SDPA / flash / sage) and its seam.
         use_qwenimage_attention(list(self.transformer_blocks))
+
+    @staticmethod
+    def modulated_input(block: nn.Module, arguments: Mapping[str, Any]) -> torch.Tensor:
+        """The first block's modulated image input (B, N, dim), from its arguments: its image norm, shifted and scaled
+        by the first half of its image modulation (per token with Edit-2511's ``modulate_index``), as the block
+        computes it before its attention (and VideoX-Fun's TeaCache before the blocks)."""
+        shift_scale_gate = block.img_mod(arguments["temb"]).chunk(2, dim=-1)[0]  # (B, 3 * dim)
+        normed = block.img_norm1(arguments["hidden_states"])
+        return block._modulate(normed, shift_scale_gate, arguments.get("modulate_index"))[0]
+
+    def published_cache_coefficients(self, indicator: str, two_experts: bool) -> tuple[list[float] | None, str]:
+        """VideoX-Fun's TeaCache set on the released architecture and its indicator (None otherwise), and a hint."""
+        released = all(self.config.get(key) == value for key, value in RELEASED_ARCHITECTURE.items())
+        if not released:
+            return None, ""
+        if indicator != TEACACHE_INDICATOR:
+            return None, f"; the published Qwen-Image set is fitted on {TEACACHE_INDICATOR}, the default indicator"
+        return list(TEACACHE_COEFFICIENTS), ""
 
     @classmethod
     def from_state(

@@ -55,10 +55,16 @@ class ZImageTransformer(StrictDiffusersModel, ZImageTransformer2DModel):
     _repeated_blocks = ("ZImageTransformerBlock",)
     # The module whose output a step cache compares between steps: the timestep embedding (adaLN input).
     _cache_indicators: ClassVar[dict[str, str]] = {"time_embedding": "t_embedder"}
-    # The adaLN modulation layers stay in high precision under fp8 storage (as FLUX.1 keeps its norm*.linear).
+    # The adaLN modulation layers stay in high precision under fp8 storage (as FLUX.1 keeps its norm*.linear); the
+    # refiners' blocks (the same block class, before the main stack) are stored too, as VideoX-Fun's qfloat8 modes
+    # store the whole transformer but its pad tokens (which are no linears: they stay here too).
     _fp8_skip_modules = ("adaLN_modulation",)
+    _fp8_side_modules = ("noise_refiner", "context_refiner", "siglip_refiner")
     # A block carries one stream, ``x``: the image tokens then the caption tokens, each padded to 32 by the model.
     _block_streams = ("x",)
+    # No text stream reaches the blocks: a step cache keys a pass that the guidance names no branch of (the batched
+    # one) by its rotary table, the same every step (sequential passes are named "cond" / "uncond").
+    _cache_context_argument = "freqs_cis"
     # Sequence parallelism splits that stream (and its per-token key mask, rotary table and omni noise mask); the
     # control hints the forward adds after main blocks are split on entry alike; the final layer's output is
     # gathered (after the last hint); the seam is each block's attention processor.
