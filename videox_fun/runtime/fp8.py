@@ -1,7 +1,8 @@
 """float8 weight storage for the transformer blocks' linear layers, plain or scaled.
 
 Which layers: the linears inside the model's declared ``_block_lists`` and ``_fp8_side_modules`` less its
-``_fp8_skip_modules`` (:mod:`videox_fun.runtime.points`).
+``_fp8_skip_modules`` (:mod:`videox_fun.runtime.points`). Which models: the pipeline's transformers and the
+components declared to run beside them (a Fun control stream), :func:`fp8_stored_models`.
 
 Weights are stored as ``float8_e4m3fn`` (1 byte) and widened to the input's dtype for the
 matmul; biases, embeddings, norms and modulation stay in high precision. The *scaled* variant
@@ -13,6 +14,7 @@ single-file checkpoints store Wan (``weight`` in fp8 + ``scale_weight``), which 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,9 @@ from torch import nn
 
 from ..models.loading import FORMAT_MARKER_KEYS, load_into
 from . import points
+
+if TYPE_CHECKING:
+    from ..families import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +106,14 @@ def block_linears(model: nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if id(module) in inside and isinstance(module, nn.Linear) and not points.fp8_skipped(name, skip)
     ]
+
+
+def fp8_stored_models(pipe: Pipeline) -> list[nn.Module]:
+    """The models the ``*_and_qfloat8`` modes store in fp8: the denoising transformers, and the components that run
+    beside them (``_runs_beside_transformer``: a Fun control stream, part of VideoX-Fun's control transformer,
+    which its qfloat8 modes store too)."""
+    beside = [module for module, _ in pipe.components().values() if points.runs_beside_transformer(module)]
+    return [*pipe.transformers, *beside]
 
 
 def quantize_to_fp8(model: nn.Module, scaled: bool = False, per_channel: bool = False) -> nn.Module:

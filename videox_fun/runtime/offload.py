@@ -4,7 +4,8 @@
 
 - ``model_full_load``: every component on the device.
 - ``model_cpu_offload``: components live on the CPU; each moves to the device when it is
-  called and the previous one moves back (one big model on the device at a time).
+  called and the previous one moves back (one big model on the device at a time). A model declared to run
+  beside the transformer (a Fun control stream: ``_runs_beside_transformer``) moves with it, as one unit.
 - ``sequential_cpu_offload``: every module's own weights move in just before it runs and out
   right after (smallest footprint, slowest).
 - ``model_group_offload``: block swap for the transformer: ``resident_blocks`` stay on the
@@ -13,7 +14,7 @@
   The blocks are those of the model's declared ``_block_lists`` (:mod:`videox_fun.runtime.points`),
   so it serves any family.
 - ``*_and_qfloat8``: the same with the transformer's block linears stored in float8
-  (:mod:`videox_fun.runtime.fp8`).
+  (:mod:`videox_fun.runtime.fp8`), and those of the models beside it (a Fun control stream's copied blocks).
 
 On a machine without an accelerator the execution device is the CPU and the moves are no-ops,
 so every mode runs and gives the same output: the hooks' logic is tested on CPUs, the memory
@@ -86,29 +87,42 @@ def _pin(module: nn.Module) -> None:
 # model_cpu_offload: whole components take turns on the device
 # ----------------------------------------------------------------------------------------
 class ComponentOffload:
-    """Moves components to the device when one of their entry methods is called, one at a time."""
+    """Moves components to the device when one of their entry methods is called, one unit at a time.
+
+    A unit is a component and the models that must be on the device with it (a transformer and the Fun control
+    stream that runs inside its forward or reads its modules): they move in and out together.
+    """
 
     def __init__(self, device: torch.device, log: MoveLog | None = None):
         self.device = torch.device(device)
-        self.active: nn.Module | None = None
+        self.active: tuple[nn.Module, ...] = ()
         self.log = log or MoveLog()
+        self._units: dict[int, tuple[nn.Module, ...]] = {}
         self._restore: list[Callable[[], None]] = []
 
     def activate(self, module: nn.Module, name: str) -> None:
-        """Put ``module`` on the device and send the previously active one back to the CPU."""
-        if self.active is module:
+        """Put ``module``'s unit on the device and send the models of the previously active unit back to the CPU
+        (those that are not in the new unit)."""
+        unit = self._units.get(id(module), (module,))
+        if module in self.active:
             return
-        if self.active is not None:
-            self.active.to(OFFLOAD_DEVICE)
-            self.log.offloads += 1
-        module.to(self.device)
-        self.active = module
+        for previous in self.active:
+            if previous not in unit:
+                previous.to(OFFLOAD_DEVICE)
+                self.log.offloads += 1
+        for member in unit:
+            member.to(self.device)
+        self.active = unit
         self.log.onloads += 1
         self.log.order.append(name)
 
-    def attach(self, module: nn.Module, name: str, methods: Iterable[str] = ("forward",)) -> None:
-        """Wrap ``module``'s entry methods (e.g. ``encode`` / ``decode`` of a VAE) to activate it first."""
+    def attach(
+        self, module: nn.Module, name: str, methods: Iterable[str] = ("forward",), unit: Iterable[nn.Module] = ()
+    ) -> None:
+        """Wrap ``module``'s entry methods (e.g. ``encode`` / ``decode`` of a VAE) to activate it first; ``unit``:
+        the models that go to the device with it."""
         module.to(OFFLOAD_DEVICE)
+        self._units[id(module)] = (module, *[member for member in unit if member is not module])
         for method in methods:
             original = getattr(module, method)
 
@@ -152,6 +166,38 @@ class SequentialOffload:
     def _unload(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         _move_own_tensors(module, OFFLOAD_DEVICE)
         self.log.offloads += 1
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+class LentTensors:
+    """While ``model`` runs, the own tensors of ``owners`` (not their submodules': Z-Image's pad tokens, which its
+    Fun control model links and reads outside the transformer's forward) are on the device, as during the owners'
+    own forward; those it loaded go back after. (Their submodules load themselves, hooked by
+    :class:`SequentialOffload`.)"""
+
+    def __init__(self, model: nn.Module, owners: Iterable[nn.Module], device: torch.device, log: MoveLog):
+        self.owners, self.device, self.log = list(owners), torch.device(device), log
+        self._loaded: list[nn.Module] = []
+        self.handles = [model.register_forward_pre_hook(self._load), model.register_forward_hook(self._unload)]
+
+    def _load(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        for owner in self.owners:
+            own = (*owner.parameters(recurse=False), *owner.buffers(recurse=False))
+            if any(t.device != self.device for t in own):  # not loaded already (a run inside the owner's forward)
+                _move_own_tensors(owner, self.device, non_blocking=True)
+                self._loaded.append(owner)
+                self.log.onloads += 1
+
+    def _unload(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        for owner in self._loaded:
+            _move_own_tensors(owner, OFFLOAD_DEVICE)
+            self.log.offloads += 1
+        self._loaded.clear()
 
     def remove(self) -> None:
         """Detach the hooks."""
@@ -256,30 +302,37 @@ def apply_memory_mode(pipe: Pipeline, mode: str, device: torch.device | str, res
     device = torch.device(device)
     log = MoveLog()
     if mode.endswith("_and_qfloat8"):
-        from .fp8 import quantize_to_fp8
+        from .fp8 import fp8_stored_models, quantize_to_fp8
 
-        for transformer in pipe.transformers:
-            quantize_to_fp8(transformer)
+        for model in fp8_stored_models(pipe):
+            quantize_to_fp8(model)
     pipe.device = device
     for module, _ in pipe.components().values():
         if hasattr(module, "execution_device"):
             module.execution_device = device  # inputs go to the device even while weights rest on the CPU
+    # Models the denoising step runs beside the transformers (a Fun control stream) share their unit on the device.
+    beside = [module for module, _ in pipe.components().values() if points.runs_beside_transformer(module)]
     if mode.startswith("model_full_load"):
         for module, _ in pipe.components().values():
             module.to(device)
     elif mode.startswith("model_cpu_offload"):
         offload = ComponentOffload(device, log)
+        transformers = {id(module) for module in pipe.transformers}
         for name, (module, methods) in pipe.components().items():
-            offload.attach(module, name, methods)
+            unit = beside if id(module) in transformers else pipe.transformers if module in beside else ()
+            offload.attach(module, name, methods, unit)
         log.hooks.append(offload)
     elif mode == "sequential_cpu_offload":
         for module, _ in pipe.components().values():
             log.hooks.append(SequentialOffload(module, device, log))
+        for model in beside:  # it may read the transformers' own tensors outside their forward
+            log.hooks.append(LentTensors(model, pipe.transformers, device, log))
     else:  # model_group_offload
         offload = ComponentOffload(device, log)
         swapped = {id(transformer) for transformer in pipe.transformers}
         for name, (module, methods) in pipe.components().items():
             if id(module) not in swapped:  # the transformers swap blocks instead of moving whole
+                # a model beside them (a control stream) reads only their resident part: a unit of its own
                 offload.attach(module, name, methods)
         log.hooks.append(offload)
         for transformer in pipe.transformers:

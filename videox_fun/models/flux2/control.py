@@ -36,7 +36,10 @@ class Flux2Control(SideStreamControl):
     latent_channels = 128  # 32 VAE channels patchified 2x2
     blocks_name = "control_transformer_blocks"
     release_label = "FLUX.2-dev-Fun-Controlnet-Union"
-    # Under fp8 storage the norms stay high precision, as in the transformer.
+    # It runs inside the transformer's forward (hooks on its blocks): memory modes keep the two on the device
+    # together; the qfloat8 modes store its copies' linears in fp8 (VideoX-Fun's control transformer holds them,
+    # quantised whole), the norms staying high precision as in the transformer.
+    _runs_beside_transformer = True
     _fp8_skip_modules: ClassVar[tuple[str, ...]] = ("norm",)
     # Under sequence parallelism the copies run on each rank's tokens (their attention's seam, the context split as
     # the image tokens it follows), inside the transformer's split blocks.

@@ -35,7 +35,10 @@ class QwenImageControl(SideStreamControl):
     latent_channels = 64  # 16 VAE channels packed 2x2
     blocks_name = "control_blocks"
     release_label = "Qwen-Image-2512-Fun-Controlnet-Union"
-    # Under fp8 storage the modulation and norms stay high precision, as in the transformer.
+    # It runs inside the transformer's forward (hooks on its blocks): memory modes keep the two on the device
+    # together; the qfloat8 modes store its copies' linears in fp8 (VideoX-Fun's control transformer holds them,
+    # quantised whole), the modulation and norms staying high precision as in the transformer.
+    _runs_beside_transformer = True
     _fp8_skip_modules: ClassVar[tuple[str, ...]] = ("norm", "mod")
     # Under sequence parallelism the copies run on each rank's tokens (their attention's seam, the context split as
     # the image tokens it follows), inside the transformer's split blocks.

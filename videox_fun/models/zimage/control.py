@@ -24,6 +24,7 @@ for 2.x the two agree exactly only where the refiner's ``after_proj`` is zero (v
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from torch import nn
 from ..component import StrictDiffusersModel
 from ..fun_control import ControlFileKind, spaced_places
 from ..loading import count_blocks
+from .attention import use_zimage_attention
 from .transformer import F_PATCH, PATCH, ZImageTransformer
 
 CONTROL_CLASS_NAME = "ZImageControlNetModel"
@@ -131,8 +133,19 @@ class ZImageControl(StrictDiffusersModel, ZImageControlNetModel):
 
     released_class_name = CONTROL_CLASS_NAME
     release: ControlRelease | None = None
-    # Under fp8 storage the modulation stays high precision, as in the transformer.
+    # It runs beside the transformer and reads its embedders and refiners: memory modes keep the two on the device
+    # together; the qfloat8 modes store its copied blocks' linears in fp8 (VideoX-Fun's control transformer holds
+    # them, quantised whole), the modulation staying high precision as in the transformer. 2.0 builds no refiner.
+    _runs_beside_transformer = True
+    _block_lists = ("control_layers", "control_noise_refiner")
     _fp8_skip_modules: ClassVar[tuple[str, ...]] = ("adaLN_modulation",)
+
+    # diffusers reads the constructor's fields off its signature: keep the base class's (functools.wraps).
+    @functools.wraps(ZImageControlNetModel.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The copied blocks' attention goes through the package's dispatch (SDPA / flash / sage), as the main ones.
+        use_zimage_attention([*self.control_layers, *(self.control_noise_refiner or [])])
 
     @classmethod
     def from_file(
