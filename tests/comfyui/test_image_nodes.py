@@ -94,7 +94,8 @@ VIDEOX_FUN_IMAGE_NODES: dict[str, tuple[dict[str, tuple], list[str], list[tuple[
     ),
 }  # fmt: skip
 # Their other facts checked below: release names per loader, the scheduler choices (Flow, Flow_Unipc, Flow_DPM++:
-# ours offer the library's, Flow), the cfg minimum (0 for Z-Image and the control samplers, else 1).
+# ours offer the library's: Flow, and Flow_Distill for students), the cfg minimum (0 for Z-Image and the control
+# samplers, else 1).
 RELEASES = {"LoadZImageModel": ["Z-Image-Turbo", "Z-Image"], "LoadFlux2Model": ["FLUX.2-dev"],
             "LoadQwenImageModel": ["Qwen-Image", "Qwen-Image-2512", "Qwen-Image-Edit", "Qwen-Image-Edit-2509",
                                    "Qwen-Image-Edit-2511"]}  # fmt: skip
@@ -125,7 +126,8 @@ def test_image_nodes_have_videox_funs_sockets(name: str) -> None:
     assert list(zip(cls.RETURN_TYPES, cls.RETURN_NAMES, strict=True)) == outputs
     assert pack.NODE_DISPLAY_NAME_MAPPINGS[name] == display
     if "scheduler" in spec["required"]:
-        assert set(spec["required"]["scheduler"][0]) <= {"Flow", "Flow_Unipc", "Flow_DPM++"}
+        # VideoX-Fun's choices, and ours: Flow_Distill (a distilled student's grid: Flow at its step count)
+        assert set(spec["required"]["scheduler"][0]) <= {"Flow", "Flow_Unipc", "Flow_DPM++", "Flow_Distill"}
         assert spec["required"]["cfg"][1]["min"] == CFG_MIN[name]
     if name in RELEASES:  # VideoX-Fun's release names stay offered (its workflows validate), after the tiny models
         assert spec["required"]["model"][0][-len(RELEASES[name]) :] == RELEASES[name]
