@@ -9,7 +9,12 @@ Three key layouts are in circulation and all are read:
   ``transformer.blocks.0.attn1.to_q.lora_A.weight``, renamed by the model's ``lora_module_name``
   (Wan: through its checkpoint key table; CogVideoX's own names are diffusers');
 - **kohya names** (VideoX-Fun's own training scripts): ``lora_unet__blocks_0_self_attn_q.lora_down.weight``
-  with ``lora_up`` and ``alpha``; dots of the module name became underscores.
+  with ``lora_up`` and ``alpha``; dots of the module name became underscores;
+- **peft's** (``get_peft_model_state_dict``, ``PeftModel.save_pretrained``): original or diffusers names, with
+  ``base_model.model.`` before them and ``.default`` after ``lora_A`` / ``lora_B`` or neither; the alpha of an
+  ``adapter_model.safetensors`` is read from the ``adapter_config.json`` beside it. Pickled checkpoints
+  (``.ckpt`` / ``.pt`` / ``.pth``, e.g. Wan2.2-Animate's ``relighting_lora.ckpt``, ``{"state_dict": ...}``) are
+  read as safetensors files are.
 
 A file that names modules this model does not have goes, whole, through the model's ``lora_state_dict`` hook when it
 has one: the layouts shared for the diffusers-layout image families (kohya / sd-scripts FLUX.1 with fused ``qkv`` and
@@ -38,12 +43,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .loading import check_readable, unreadable_safetensors
+from ..config import read_json_mapping
+from .loading import check_readable, read_state_dict, unreadable_safetensors
 
 _DOTTED_KEY = re.compile(
-    r"^(?:(?:model\.)?diffusion_model\.|transformer\.)?(?P<module>.+?)"
-    r"\.(?:lora_(?P<ab>A|B|down|up)\.weight|(?P<alpha>alpha))$"
+    r"^(?:(?:model\.)?diffusion_model\.|transformer\.|base_model\.model\.)?(?P<module>.+?)"
+    r"\.(?:lora_(?P<ab>A|B|down|up)(?:\.default)?\.weight|(?P<alpha>alpha))$"
 )
+# peft's adapter folder: adapter_model.safetensors keeps no alpha; adapter_config.json beside it does.
+PEFT_CONFIG = "adapter_config.json"
+# Pickled LoRA checkpoints (Wan2.2-Animate's relighting_lora.ckpt: {"state_dict": peft's state dict}).
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _KOHYA_KEY = re.compile(r"^lora_unet_+(?P<module>[^.]+)\.(?:lora_(?P<ab>down|up)\.weight|(?P<alpha>alpha))$")
 _DOWN = ("A", "down")
 # What diffusers' converters read as low-rank weights: down / up (A / B, ``lora.down`` dotted, peft's ``.default``
@@ -80,7 +90,8 @@ class LoraWeights:
 
 
 def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a LoRA safetensors file.
+    """Tensors and metadata of a LoRA file: safetensors, or a pickled checkpoint of plain tensors (read with
+    ``weights_only``); a peft ``adapter_config.json`` beside the file adds each module's alpha.
 
     A missing file raises ``FileNotFoundError``; an unreadable one (permission denied, truncated,
     not safetensors) raises :class:`~videox_fun.models.loading.WeightsReadError` naming it; one
@@ -88,18 +99,41 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
     """
     path = Path(path)
     check_readable(path, "LoRA file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except SafetensorError as err:
-        raise unreadable_safetensors(path, err, "LoRA file") from err
+    if path.suffix in PICKLE_SUFFIXES:
+        tensors, metadata = read_state_dict(path), {}
+    else:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        except SafetensorError as err:
+            raise unreadable_safetensors(path, err, "LoRA file") from err
     for key, tensor in tensors.items():  # merged, NaN or inf would turn every video black
-        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(tensor.isfinite().all()):
             raise ValueError(
                 f"LoRA file {path}: tensor {key} holds non-finite values (NaN or inf); the file is damaged"
             )
-    return tensors, metadata
+    return {**tensors, **peft_alphas(path, tensors)}, metadata
+
+
+def peft_alphas(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``<module>.alpha`` for each ``lora_A`` of a file with a peft ``adapter_config.json`` beside it (peft keeps
+    ``lora_alpha`` there, not in the weights); nothing when there is no such file or the weights carry alphas.
+
+    Per-module ranks or alphas (``rank_pattern`` / ``alpha_pattern``) fail in one line: they are not read here.
+    """
+    config_path = path.parent / PEFT_CONFIG
+    if not config_path.is_file() or any(key.endswith(".alpha") for key in tensors):
+        return {}
+    config = read_json_mapping(config_path, "peft adapter config")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise ValueError(f"{config_path}: per-module rank_pattern / alpha_pattern are not read; merge the adapter "
+                         "with peft and pass the merged weights")  # fmt: skip
+    alpha = config.get("lora_alpha")
+    if not isinstance(alpha, (int, float)):
+        return {}
+    downs = [key for key in tensors if re.search(r"\.lora_A(?:\.default)?\.weight$", key)]
+    return {re.sub(r"\.lora_A(?:\.default)?\.weight$", ".alpha", key): torch.tensor(float(alpha)) for key in downs}
 
 
 def _linear_like(module: nn.Module) -> bool:
