@@ -268,7 +268,8 @@ def has_teacache_coefficients(loaded: LoadedPipeline) -> bool:
 
     two = len(loaded.pipe.transformers) > 1
     try:
-        coefficients_for(loaded.pipe.transformers[-1], loaded.folder, teacache_indicator(None, two), two)
+        model = loaded.pipe.transformers[-1]  # its declared indicator: Qwen-Image's set is on its modulated input
+        coefficients_for(model, loaded.folder, teacache_indicator(None, two, model), two)
     except ValueError:
         return False
     return True

@@ -650,6 +650,14 @@ def input_record(inputs: Mapping[str, Any]) -> dict[str, str | list[str]]:
     return record
 
 
+def check_options_fit(recognised: Recognised, options: RuntimeOptions) -> None:
+    """Refuse, before any weight loads, runtime options the recognised model cannot take (one line)."""
+    makes_images = all(mode.output == "image" for mode in recognised.family.modes.values())
+    if options.riflex_k is not None and makes_images:
+        raise ValueError(f"--riflex-k stretches a video model's frame axis; {recognised.folder.name} makes images "
+                         "(no frame axis): leave it out")  # fmt: skip
+
+
 def load_pipeline(
     model: str | Path | None,
     options: RuntimeOptions | None = None,
@@ -670,6 +678,7 @@ def load_pipeline(
     options = options or RuntimeOptions()
     options.check()
     recognised = recognised or recognise(resolve_folder(model, mode), options.config)
+    check_options_fit(recognised, options)
     device, dtype = resolve_device_and_dtype(options.device, options.dtype)
     set_attention_backend(options.attention)
     runtime = runtime or init_parallel(options)  # every rank: the degrees must fill the world (torchrun)

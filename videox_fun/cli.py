@@ -147,7 +147,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Memory mode, fp8, step cache, CFG, compile and RIFLEx flags."""
     from .runtime.offload import MEMORY_MODES
-    from .runtime.options import CACHES, DEFAULT_SKIP_START_STEPS
+    from .runtime.options import CACHES, DEFAULT_SKIP_START_STEPS, TEACACHE_INDICATORS
 
     group = parser.add_argument_group("speed and memory")
     group.add_argument(
@@ -213,9 +213,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--teacache-indicator",
-        choices=("time_embedding", "time_projection"),
-        help="what TeaCache compares across steps (default: time_projection for Wan2.2 A14B, whose "
-        "published set is for it, else time_embedding)",
+        choices=TEACACHE_INDICATORS,
+        help="what TeaCache compares across steps (default: the one the model's published set is fitted on: "
+        "time_projection for Wan2.2 A14B, modulated_input for Qwen-Image, else time_embedding)",
     )
     group.add_argument(
         "--num-skip-start-steps",
@@ -263,6 +263,7 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
 def add_calibrate_command(subparsers: argparse._SubParsersAction) -> None:
     """``videox-fun calibrate-cache``: fit TeaCache coefficients for any model from full runs."""
     from .runtime.cache import CALIBRATION_FILE
+    from .runtime.options import TEACACHE_INDICATORS
 
     parser = subparsers.add_parser(
         "calibrate-cache",
@@ -282,9 +283,9 @@ def add_calibrate_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, help="frame count of the runs (default: the model's)")
     parser.add_argument(
         "--indicator",
-        choices=("time_embedding", "time_projection"),
+        choices=TEACACHE_INDICATORS,
         help="what the change is measured on (default: what generate uses: time_projection for Wan2.2 A14B "
-        "experts, else time_embedding)",
+        "experts, modulated_input for Qwen-Image, else time_embedding)",
     )
     parser.add_argument("--degree", type=int, default=4, help="polynomial degree")
     parser.add_argument("--out", type=Path, help=f"output JSON (default MODEL/{CALIBRATION_FILE})")

@@ -482,3 +482,12 @@ def test_riflex_is_refused_in_one_line_for_images(baselines, name, tmp_path, cap
     assert main(["generate", "--prompt", "x", "--riflex-k", "4", "--output", str(out), *flags]) != 0
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error:") and "--riflex-k" in error and not out.exists()
+
+
+def test_riflex_is_refused_before_any_weight_loads(monkeypatch):
+    """An image model has no frame axis: ``--riflex-k`` fails in one line before the family loads a weight."""
+    family, loads = type(recognise(resolve_folder("Z-Image-Tiny-Random")).family), Counter()
+    monkeypatch.setattr(family, "load", lambda *args, **kwargs: loads.update(["load"]))
+    with pytest.raises(ValueError, match="--riflex-k stretches a video model's frame axis") as error:
+        load_pipeline("Z-Image-Tiny-Random", RuntimeOptions(device="cpu", riflex_k=4))
+    assert "\n" not in str(error.value) and not loads

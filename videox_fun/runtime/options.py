@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CACHES = ("none", "teacache", "first-block")
+# What TeaCache measures across steps: the time embedding or its projection (Wan, CogVideoX, FLUX, Z-Image), or the
+# first block's modulated image input (Qwen-Image: VideoX-Fun's published set is fitted on it).
+TEACACHE_INDICATORS = ("time_embedding", "time_projection", "modulated_input")
 DEFAULT_THRESHOLDS = {"teacache": 0.1, "first-block": 0.05}
 DEFAULT_SKIP_START_STEPS = 5
 # Flags that only mean something with a step cache: given without --cache they would be ignored.

@@ -26,7 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from ..api import SEED_RANGE, GenerationRequest, RuntimeOptions, check_request
 from ..families import INPUT_NAMES, Recognised, recognise
 from ..runtime.offload import MEMORY_MODES
-from ..runtime.options import CACHES
+from ..runtime.options import CACHES, TEACACHE_INDICATORS
 
 # Suffixes for stored inputs: the decoders pick formats from content, but a suffix keeps the files readable.
 INPUT_SUFFIX = {"camera": ".txt", "image": ".png", "end_image": ".png", "ref_image": ".png"}
@@ -154,7 +154,7 @@ class GenerationIn(BaseModel):
     overlap_video_length: int = Field(4, ge=0, le=100_000)
     cache: Literal[CACHES] = "none"  # type: ignore[valid-type]
     cache_threshold: float | None = _float(ge=0, le=100)
-    teacache_indicator: Literal["time_embedding", "time_projection"] | None = None
+    teacache_indicator: Literal[TEACACHE_INDICATORS] | None = None  # type: ignore[valid-type]
     num_skip_start_steps: int | None = Field(None, ge=0, le=1_000)
     cache_offload_residuals: bool = False
     cfg_skip_ratio: float = _float(0.0, ge=0, le=1)
