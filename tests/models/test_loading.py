@@ -86,9 +86,11 @@ def test_damaged_or_unreadable_lora_file(tmp_path, monkeypatch):
     for name, path in _damaged_copies(tmp_path, good).items():
         with pytest.raises(WeightsReadError, match=rf"cannot read LoRA file .*{name}\.safetensors: truncated or not"):
             read_lora_file(path)
-    _save(tmp_path / "lora.pth")  # LoRA files are safetensors only
-    with pytest.raises(WeightsReadError, match=r"lora\.pth: truncated or not a safetensors file"):
-        read_lora_file(tmp_path / "lora.pth")
+    # Pickled LoRA checkpoints read too (Wan2.2-Animate's relighting_lora.ckpt); a damaged one is one line.
+    assert read_lora_file(_save(tmp_path / "lora.pth"))[0].keys() == STATE.keys()
+    (tmp_path / "damaged.ckpt").write_bytes(b"not a pickle")
+    with pytest.raises(WeightsReadError, match=r"cannot read weights .*damaged\.ckpt: truncated, corrupt"):
+        read_lora_file(tmp_path / "damaged.ckpt")
     _deny_reading(good, monkeypatch)
     with pytest.raises(WeightsReadError, match=r"cannot read LoRA file .*lora\.safetensors: permission denied"):
         read_lora_file(good)

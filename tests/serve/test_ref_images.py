@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from conftest import Server
 from helpers import decode_video, read_png, write_png
 from qwenimage_helpers import random_image
@@ -65,7 +66,12 @@ def api(builtin_cache_dir):
     def run(model: str, target: Path, **fields) -> Path:
         if model not in loaded:
             loaded[model] = load_pipeline(model, RuntimeOptions(device="cpu"))
-        result = loaded[model].generate(GenerationRequest(**fields), progress=False)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the server runs (one torch thread): another count rounds differently
+        try:
+            result = loaded[model].generate(GenerationRequest(**fields), progress=False)
+        finally:
+            torch.set_num_threads(threads)
         return write_result(result, target)
 
     with pytest.MonkeyPatch.context() as patch:
