@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 # diffusers' names -> BFL's, the inverse of the renames in diffusers' convert_flux2_transformer_checkpoint_to_diffusers
@@ -51,3 +53,18 @@ def diffusers_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             prefix = next(p for p in TOP if key.startswith(p))
             out[TOP[prefix] + key[len(prefix) :]] = value
     return out
+
+
+def diffusers_flux2_pipeline(folder: Path):
+    """diffusers' ``Flux2Pipeline`` of diffusers' and transformers' own objects, each read from ``folder`` by its
+    loader: the outside reference our FLUX.2 pipeline is compared with."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Pipeline, Flux2Transformer2DModel
+    from transformers import AutoTokenizer, Mistral3ForConditionalGeneration
+
+    return Flux2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler")),
+        vae=AutoencoderKLFlux2.from_pretrained(str(folder / "vae")).eval(),
+        text_encoder=Mistral3ForConditionalGeneration.from_pretrained(str(folder / "text_encoder")).eval(),
+        tokenizer=AutoTokenizer.from_pretrained(str(folder / "tokenizer")),
+        transformer=Flux2Transformer2DModel.from_pretrained(str(folder / "transformer")).eval(),
+    )

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers import Flux2Pipeline as DiffusersFlux2Pipeline
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+from flux2_helpers import diffusers_flux2_pipeline
 from helpers import max_diff
-from transformers import AutoTokenizer, Mistral3ForConditionalGeneration
 
 from videox_fun.families import recognise
 from videox_fun.models.flux2.tiny import build_tiny_flux2_folder
@@ -40,13 +40,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def theirs(folder: Path) -> DiffusersFlux2Pipeline:
     """diffusers' pipeline of diffusers' and transformers' own objects, each read from the folder by its loader."""
-    return DiffusersFlux2Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler")),
-        vae=AutoencoderKLFlux2.from_pretrained(str(folder / "vae")).eval(),
-        text_encoder=Mistral3ForConditionalGeneration.from_pretrained(str(folder / "text_encoder")).eval(),
-        tokenizer=AutoTokenizer.from_pretrained(str(folder / "tokenizer")),
-        transformer=Flux2Transformer2DModel.from_pretrained(str(folder / "transformer")).eval(),
-    )
+    return diffusers_flux2_pipeline(folder)
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
 from diffusers import Flux2Pipeline as DiffusersFlux2Pipeline
 from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
+from flux2_helpers import diffusers_flux2_pipeline
 from helpers import assert_one_line_refusal, max_diff, read_png, read_sidecar, write_png
 from PIL import Image
-from transformers import AutoTokenizer, Mistral3ForConditionalGeneration
 
 from videox_fun.cli import main
 from videox_fun.families import recognise
@@ -48,13 +47,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def diffusers_pipeline(folder: Path) -> DiffusersFlux2Pipeline:
     """diffusers' pipeline of diffusers' and transformers' own objects, each read from the folder by its loader."""
-    return DiffusersFlux2Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler")),
-        vae=AutoencoderKLFlux2.from_pretrained(str(folder / "vae")).eval(),
-        text_encoder=Mistral3ForConditionalGeneration.from_pretrained(str(folder / "text_encoder")).eval(),
-        tokenizer=AutoTokenizer.from_pretrained(str(folder / "tokenizer")),
-        transformer=Flux2Transformer2DModel.from_pretrained(str(folder / "transformer")).eval(),
-    )
+    return diffusers_flux2_pipeline(folder)
 
 
 def test_two_reference_pictures_match_diffusers(folder):
