@@ -39,7 +39,8 @@ from videox_fun.api import GenerationRequest, LoadedPipeline, RuntimeOptions, lo
 from videox_fun.cli import main
 from videox_fun.families import recognise
 from videox_fun.models import attention as dispatch
-from videox_fun.models.qwenimage.transformer import TEACACHE_COEFFICIENTS, QwenImageTransformer
+from videox_fun.models.flux.transformer import FluxTransformer
+from videox_fun.models.qwenimage.transformer import QwenImageTransformer
 from videox_fun.registry import CACHE_ENV
 from videox_fun.runtime import compile as compile_module
 from videox_fun.runtime import offload, points
@@ -398,34 +399,53 @@ def write_picture(folder: Path) -> Path:
     return write_video(PICTURE[None], folder / "picture.png")
 
 
-def test_qwen_image_gets_videox_funs_published_teacache_set_on_the_released_architecture():
-    """VideoX-Fun's set (its cache_utils, for every "qwen-image" model) on its indicator, the first block's
-    modulated image input, which is what --cache teacache uses by default on Qwen-Image."""
-    released = {"patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60, "attention_head_dim": 128,
-                "num_attention_heads": 24, "joint_attention_dim": 3584, "axes_dims_rope": [16, 56, 56]}  # fmt: skip
+# The released architectures with a published TeaCache set: (class, config, its coefficients as published).
+PUBLISHED_SETS = {
+    "Qwen-Image": (QwenImageTransformer,
+                   {"patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60, "attention_head_dim": 128,
+                    "num_attention_heads": 24, "joint_attention_dim": 3584, "axes_dims_rope": [16, 56, 56]},
+                   [-450.0, 280.0, -45.0, 3.2, -0.02]),
+    "FLUX.1": (FluxTransformer,
+               {"patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+                "attention_head_dim": 128,
+                "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
+                "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]},
+               [4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("label", PUBLISHED_SETS)
+def test_the_published_teacache_set_on_the_released_architecture(label):
+    """The published set (VideoX-Fun's cache_utils for every "qwen-image" model; TeaCache4FLUX for FLUX.1) on its
+    indicator, the first block's modulated image input, which is what --cache teacache uses by default there."""
+    model_class, released, published = PUBLISHED_SETS[label]
     with torch.device("meta"):
-        model = QwenImageTransformer.from_model_config(released)
+        model = model_class.from_model_config(released)
     assert teacache_indicator(None, False, model) == "modulated_input"
-    assert coefficients_for(model, None, "modulated_input") == TEACACHE_COEFFICIENTS
-    assert TEACACHE_COEFFICIENTS == [-450.0, 280.0, -45.0, 3.2, -0.02]
-    with pytest.raises(ValueError, match="set is fitted on modulated_input, the default indicator"):
+    assert coefficients_for(model, None, "modulated_input") == published
+    with pytest.raises(ValueError, match=f"published {label} set is fitted on modulated_input, the default indicator"):
         coefficients_for(model, None, "time_embedding")
+    with torch.device("meta"):  # one block fewer: not the released architecture, so no published set
+        smaller = model_class.from_model_config({**released, "num_layers": released["num_layers"] - 1})
+    with pytest.raises(ValueError, match="calibrate-cache"):
+        coefficients_for(smaller, None, "modulated_input")
 
 
-def test_qwen_images_modulated_input_is_what_its_first_block_attends_from(baselines):
+@pytest.mark.parametrize("name", ["Qwen-Image-Tiny-Random", "Flux-Tiny-Random"])
+def test_modulated_input_is_what_the_first_block_attends_from(baselines, name):
     """The indicator computed before block 0 equals the modulated image tokens block 0 hands its attention."""
-    transformer = baselines.pipeline("Qwen-Image-Tiny-Random").pipe.transformers[0]
+    transformer = baselines.pipeline(name).pipe.transformers[0]
     block = transformer.transformer_blocks[0]
     seen: dict[str, torch.Tensor] = {}
     hooks = [block.register_forward_pre_hook(lambda m, a, k: seen.update(arguments=k), with_kwargs=True),
              block.attn.register_forward_pre_hook(lambda m, a, k: seen.update(attended=k["hidden_states"]),
                                                   with_kwargs=True)]  # fmt: skip
     try:
-        baselines.pipeline("Qwen-Image-Tiny-Random").generate(request("Qwen-Image-Tiny-Random"), progress=False)
+        baselines.pipeline(name).generate(request(name), progress=False)
     finally:
         for hook in hooks:
             hook.remove()
-    computed = QwenImageTransformer.modulated_input(block, seen["arguments"])
+    computed = type(transformer).modulated_input(block, seen["arguments"])
     assert torch.equal(computed, seen["attended"])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -87,6 +88,25 @@ class TokenizedTextEncoder(OffloadableComponent, nn.Module):
         self.tokenizer = tokenizer
 
 
+@dataclass(frozen=True)
+class PublishedCacheSet:
+    """TeaCache coefficients published for one released architecture (highest power first), fitted on the relative
+    L1 change of ``indicator``; ``architecture`` holds the config values that architecture has."""
+
+    label: str  # "FLUX.1": named in the hint when another indicator is asked for
+    coefficients: tuple[float, ...]
+    indicator: str
+    architecture: Mapping[str, Any]
+
+    def for_config(self, config: Mapping[str, Any], indicator: str) -> tuple[list[float] | None, str]:
+        """The set for a model of ``config`` on ``indicator`` (None: another architecture or indicator), and a hint."""
+        if any(config.get(key) != value for key, value in self.architecture.items()):
+            return None, ""
+        if indicator != self.indicator:
+            return None, f"; the published {self.label} set is fitted on {self.indicator}, the default indicator"
+        return list(self.coefficients), ""
+
+
 class StrictDiffusersModel:
     """Strict loading for a family's subclass of a diffusers model class (put it first among the bases).
 
@@ -99,6 +119,15 @@ class StrictDiffusersModel:
     """
 
     released_class_name: ClassVar[str]
+    # The step caches' published TeaCache set for the released architecture, if one is published.
+    _published_cache_set: ClassVar[PublishedCacheSet | None] = None
+
+    def published_cache_coefficients(self, indicator: str, two_experts: bool) -> tuple[list[float] | None, str]:
+        """The published TeaCache set when this model has the released architecture and ``indicator`` is the one the
+        set is fitted on (None otherwise), and a hint for the error."""
+        if self._published_cache_set is None:
+            return None, ""
+        return self._published_cache_set.for_config(self.config, indicator)  # type: ignore[attr-defined]
 
     @classmethod
     def from_model_config(cls, config: Mapping[str, Any]):

@@ -25,8 +25,9 @@ from typing import Any, ClassVar
 import torch
 from diffusers import FluxTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+from torch import nn
 
-from ..component import StrictDiffusersModel
+from ..component import PublishedCacheSet, StrictDiffusersModel
 from ..loading import count_blocks, read_weights_at, strip_prefix
 from .attention import use_flux_attention
 
@@ -41,6 +42,13 @@ RELEASED_INNER_DIM = 3072
 RELEASED_MLP_DIM = 4 * RELEASED_INNER_DIM
 # The released rotary split of the 128-d heads (FLUX.1's config ``axes_dims_rope``).
 RELEASED_AXES = {128: (16, 56, 56)}
+# TeaCache4FLUX's coefficients (ali-vilab/TeaCache, fitted on FLUX.1-dev; ComfyUI-TeaCache uses them for every FLUX.1),
+# highest power first, on the relative L1 change of the first double block's modulated image input (its norm1).
+TEACACHE_COEFFICIENTS = [4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01]
+TEACACHE_INDICATOR = "modulated_input"
+# The released architecture (dev and schnell share it), which those coefficients are for.
+RELEASED_ARCHITECTURE = {"patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+                         "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096}  # fmt: skip
 SINGLE_LINEAR1 = re.compile(r"^single_blocks\.\d+\.linear1\.(weight|bias)$")
 SINGLE_SPLIT = re.compile(r"^single_transformer_blocks\.\d+\.(attn\.to_[qkv]|proj_mlp)\.(weight|bias)$")
 
@@ -59,7 +67,14 @@ class FluxTransformer(StrictDiffusersModel, FluxTransformer2DModel):
     # Both block kinds return (encoder_hidden_states, hidden_states): text first, unlike their arguments.
     _block_streams = ("encoder_hidden_states", "hidden_states")
     # The module whose output a step cache compares between steps: timestep + guidance + pooled text embedding.
+    # Or (TeaCache4FLUX's, and the default: its published set is fitted on it) the first double block's modulated
+    # image input, computed from that block's inputs.
     _cache_indicators: ClassVar[dict[str, str]] = {"time_embedding": "time_text_embed"}
+    _cache_block_indicators: ClassVar[dict[str, str]] = {TEACACHE_INDICATOR: "modulated_input"}
+    _cache_default_indicator = TEACACHE_INDICATOR
+    _published_cache_set = PublishedCacheSet(
+        "FLUX.1", tuple(TEACACHE_COEFFICIENTS), TEACACHE_INDICATOR, RELEASED_ARCHITECTURE
+    )
     # The adaLN modulation layers (norm*.linear) stay in high precision under fp8 storage, as diffusers'
     # _skip_layerwise_casting_patterns keeps "norm".
     _fp8_skip_modules = ("norm",)
@@ -78,6 +93,13 @@ class FluxTransformer(StrictDiffusersModel, FluxTransformer2DModel):
         super().__init__(*args, **kwargs)
         # Every block's attention goes through the package's dispatch (SDPA / flash / sage) and its seam.
         use_flux_attention([block.attn for block in (*self.transformer_blocks, *self.single_transformer_blocks)])
+
+    @staticmethod
+    def modulated_input(block: nn.Module, arguments: Mapping[str, Any]) -> torch.Tensor:
+        """The first double block's modulated image input (B, N, dim), from its arguments: its ``norm1`` (layer norm,
+        shifted and scaled by the block's adaLN of ``temb``), as the block computes it before its attention (and
+        TeaCache4FLUX before the blocks)."""
+        return block.norm1(arguments["hidden_states"], emb=arguments["temb"])[0]
 
     @staticmethod
     def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

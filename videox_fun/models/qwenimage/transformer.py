@@ -16,7 +16,7 @@ import torch
 from diffusers import QwenImageTransformer2DModel
 from torch import nn
 
-from ..component import StrictDiffusersModel
+from ..component import PublishedCacheSet, StrictDiffusersModel
 from .attention import use_qwenimage_attention
 
 TRANSFORMER_CLASS_NAME = "QwenImageTransformer2DModel"
@@ -49,6 +49,9 @@ class QwenImageTransformer(StrictDiffusersModel, QwenImageTransformer2DModel):
     _cache_indicators: ClassVar[dict[str, str]] = {"time_embedding": "time_text_embed"}
     _cache_block_indicators: ClassVar[dict[str, str]] = {TEACACHE_INDICATOR: "modulated_input"}
     _cache_default_indicator = TEACACHE_INDICATOR
+    _published_cache_set = PublishedCacheSet(
+        "Qwen-Image", tuple(TEACACHE_COEFFICIENTS), TEACACHE_INDICATOR, RELEASED_ARCHITECTURE
+    )
     # The modulation and norm layers stay in high precision under fp8 storage, as diffusers'
     # _skip_layerwise_casting_patterns ("pos_embed", "norm") keeps them.
     _fp8_skip_modules = ("norm", "mod")
@@ -81,15 +84,6 @@ class QwenImageTransformer(StrictDiffusersModel, QwenImageTransformer2DModel):
         shift_scale_gate = block.img_mod(arguments["temb"]).chunk(2, dim=-1)[0]  # (B, 3 * dim)
         normed = block.img_norm1(arguments["hidden_states"])
         return block._modulate(normed, shift_scale_gate, arguments.get("modulate_index"))[0]
-
-    def published_cache_coefficients(self, indicator: str, two_experts: bool) -> tuple[list[float] | None, str]:
-        """VideoX-Fun's TeaCache set on the released architecture and its indicator (None otherwise), and a hint."""
-        released = all(self.config.get(key) == value for key, value in RELEASED_ARCHITECTURE.items())
-        if not released:
-            return None, ""
-        if indicator != TEACACHE_INDICATOR:
-            return None, f"; the published Qwen-Image set is fitted on {TEACACHE_INDICATOR}, the default indicator"
-        return list(TEACACHE_COEFFICIENTS), ""
 
     @classmethod
     def from_state(
