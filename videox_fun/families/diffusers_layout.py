@@ -52,12 +52,18 @@ def attach_lora_reader(pipe: Pipeline, folder: Path) -> None:
     ``QwenImagePipeline``, ``QwenImageEditPipeline``, ``ZImagePipeline``...), so a file merges as that pipeline's
     ``load_lora_weights`` + ``fuse_lora`` would apply it. A class diffusers lacks, or one without a LoRA reader,
     attaches nothing (diffusers-named files still merge)."""
+    name = read_json_mapping(folder / "model_index.json", "model index").get("_class_name")
+    attach_named_lora_reader(pipe, name if isinstance(name, str) else "")
+
+
+def attach_named_lora_reader(pipe: Pipeline, name: str) -> None:
+    """Give the pipeline's transformers the LoRA reader of diffusers' pipeline class ``name`` (see
+    :func:`attach_lora_reader`; a model joined from single files names its class itself)."""
     import diffusers
 
     from ..models.lora import diffusers_lora_reader
 
-    name = read_json_mapping(folder / "model_index.json", "model index").get("_class_name")
-    loader = getattr(diffusers, name, None) if isinstance(name, str) else None
+    loader = getattr(diffusers, name, None) if name else None
     if loader is None or not hasattr(loader, "lora_state_dict"):
         return
     for transformer in pipe.transformers:
