@@ -2,8 +2,11 @@
 """The image families' nodes (Z-Image, FLUX.2, Qwen-Image) with VideoX-Fun's node names, sockets, widget order and
 defaults (its ``comfyui/{z_image,flux2,qwenimage}/nodes.py``), thin over :mod:`videox_fun.api` as the video nodes.
 
-A loader recognises a model folder (:func:`~.models.load_fun_models`), ``Load*ControlNetInPipeline`` names a Fun
-control file of ComfyUI's ``model_patches/`` for the chain, and a sampler turns its sockets into one
+A loader recognises a model folder (:func:`~.models.load_fun_models`); the chunked loaders (``Load*TransformerModel``,
+``Load*VAEModel``, ``Load*TextEncoderModel``, ``LoadQwenImageProcessor``) read one component's single file from
+ComfyUI's ``diffusion_models/``, ``vae/``, ``text_encoders/`` through the family's reader
+(:mod:`videox_fun.models.image_single_files`) and ``Combine*Pipeline`` joins them; ``Load*ControlNetInPipeline``
+names a Fun control file of ComfyUI's ``model_patches/`` for the chain, and a sampler turns its sockets into one
 :class:`videox_fun.api.GenerationRequest` of one image (the mode its name says) and returns it as a ComfyUI IMAGE
 ``[1, H, W, 3]``. Where VideoX-Fun's widgets mean something the library words otherwise, the sampler says so:
 
@@ -17,17 +20,22 @@ control file of ComfyUI's ``model_patches/`` for the chain, and a sampler turns 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from videox_fun.api import GenerationRequest
+from videox_fun.api import GenerationRequest, RuntimeOptions
 from videox_fun.families import get_family
+from videox_fun.families.image_single_files import recognise_image_parts
+from videox_fun.models.image_single_files import ComponentFile, ImageParts
 
-from . import host, media
+from . import host, media, single_files
 from .common import BOOL_CHOICE, CATEGORY, FUN_MODELS, PROMPT, SEED_MAX, FunLora, family_samplers, memory_modes
 from .models import PRECISIONS, FunModels, StepCache, generate, load_fun_models, model_choices
+from .single_files import PROCESSOR, TEXT_ENCODER_MODEL, TOKENIZER, TRANSFORMER_MODEL, VAE_MODEL
 
 logger = logging.getLogger("videox_fun.comfyui")
 
@@ -176,6 +184,242 @@ class LoadQwenImageControlNetInPipeline(LoadZImageControlNetInPipeline):
     FAMILY = "qwenimage"
     CONFIGS: ClassVar[tuple[str, ...]] = ("qwenimage/qwenimage_control.yaml",)
     DEFAULT_CONFIG = "qwenimage/qwenimage_control.yaml"
+    CATEGORY = f"{CATEGORY}/Qwen-Image"
+
+
+# ------------------------------------------------------------------------------------------
+# Chunked loaders: one component per file, from ComfyUI's own model folders
+# ------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def refused_by(node: str) -> Iterator[None]:
+    """The library's one-line refusal (a file of another family or kind, a missing tokenizer...) with the node's
+    name in front, of the same kind (FileNotFoundError or ValueError)."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{node}: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{node}: {err}") from None
+
+
+class LoadZImageTransformerModel:
+    """Read a Z-Image transformer single file from ComfyUI's ``diffusion_models/`` (ComfyUI's
+    ``z_image_turbo_bf16.safetensors``: the original names; diffusers' too). It is told from its tensor names (a
+    file of another family, or a VAE, is refused in one line) and its config read off its shapes; model_name says
+    what was found; the weights load when a sampler first needs them (float8 files widened to the precision).
+
+    The image families' chunked loaders differ in their class attributes: the family, the ComfyUI folders they list,
+    the widgets they add before precision, the reader method and outputs.
+    """
+
+    FAMILY = "zimage"
+    FOLDERS: ClassVar[tuple[str, ...]] = ("diffusion_models",)
+    KIND = "transformer"
+    OPTIONS: ClassVar[dict[str, tuple]] = {}  # widgets between model_name and precision, passed to the reader
+    DEFAULT_PRECISION = "bf16"
+    RETURN_TYPES: tuple[str, ...] = (TRANSFORMER_MODEL, "STRING")
+    RETURN_NAMES: tuple[str, ...] = ("transformer", "model_name")
+    FUNCTION = "loadmodel"
+    CATEGORY = f"{CATEGORY}/Z-Image"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        names = host.model_file_names(*cls.FOLDERS)
+        return {
+            "required": {
+                "model_name": (names, {"default": names[0] if names else None}),
+                **cls.OPTIONS,
+                "precision": (list(PRECISIONS), {"default": cls.DEFAULT_PRECISION}),
+            }
+        }
+
+    def loadmodel(self, model_name: str, precision: str, **options: Any) -> tuple:
+        with refused_by(type(self).__name__):
+            path = host.model_file_path(model_name, *self.FOLDERS)
+            return self.read(single_files.image_reader(self.FAMILY), path, PRECISIONS[precision], **options)
+
+    def read(self, reader: Any, path: Path, dtype: str, **options: Any) -> tuple:
+        """The node's outputs for a file (read from its header)."""
+        found = reader.read_transformer(path, dtype, **options)
+        return found, found.label
+
+
+class LoadZImageVAEModel(LoadZImageTransformerModel):
+    """Read a Z-Image VAE single file from ComfyUI's ``vae/`` (``ae.safetensors``: FLUX.1's autoencoder in its
+    original names; diffusers' too)."""
+
+    FOLDERS: ClassVar[tuple[str, ...]] = ("vae",)
+    RETURN_TYPES: tuple[str, ...] = (VAE_MODEL,)
+    RETURN_NAMES: tuple[str, ...] = ("vae",)
+
+    def read(self, reader: Any, path: Path, dtype: str, **options: Any) -> tuple:
+        return (reader.read_vae(path, dtype),)
+
+
+class LoadZImageTextEncoderModel(LoadZImageTransformerModel):
+    """Read a Z-Image text encoder single file from ComfyUI's ``text_encoders/`` (``qwen_3_4b.safetensors``); the
+    tokenizer is the Qwen3 one beside the file, else ``qwen3_tokenizer/`` (or ``Z-Image-Turbo/tokenizer``,
+    ``Qwen3-4B/``) in ``models/Fun_Models/``, as VideoX-Fun keeps it."""
+
+    FOLDERS: ClassVar[tuple[str, ...]] = ("text_encoders",)
+    RETURN_TYPES: tuple[str, ...] = (TEXT_ENCODER_MODEL, TOKENIZER)
+    RETURN_NAMES: tuple[str, ...] = ("text_encoder", "tokenizer")
+
+    def read(self, reader: Any, path: Path, dtype: str, **options: Any) -> tuple:
+        return reader.read_text_encoder(path, dtype), single_files.find_image_tokenizer(reader, path)
+
+
+class CombineZImagePipeline:
+    """Join the single-file components into a model for the Z-Image samplers (the parts checked to be Z-Image's and
+    to fit; Turbo when the model name or the transformer file's says so). The pipeline loads at the first sampler
+    run, in the transformer's precision. processor is VideoX-Fun's optional socket, unused by Z-Image."""
+
+    FAMILY = "zimage"
+    PROCESSOR = True  # VideoX-Fun's node has the optional processor socket
+    LOADERS: ClassVar[dict[str, str]] = {"transformer": "LoadZImageTransformerModel", "vae": "LoadZImageVAEModel",
+                                         "text_encoder": "LoadZImageTextEncoderModel",
+                                         "tokenizer": "LoadZImageTextEncoderModel"}  # fmt: skip
+    RETURN_TYPES = (FUN_MODELS,)
+    RETURN_NAMES = ("funmodels",)
+    FUNCTION = "loadmodel"
+    CATEGORY = f"{CATEGORY}/Z-Image"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        spec: dict[str, Any] = {
+            "required": {
+                "transformer": (TRANSFORMER_MODEL,),
+                "vae": (VAE_MODEL,),
+                "text_encoder": (TEXT_ENCODER_MODEL,),
+                "tokenizer": (TOKENIZER,),
+                "model_name": ("STRING", {"default": ""}),  # VideoX-Fun's; linked from the transformer loader
+                "GPU_memory_mode": memory_modes(),
+            }
+        }
+        if cls.PROCESSOR:
+            spec["optional"] = {"processor": (PROCESSOR,)}
+        return spec
+
+    def loadmodel(self, model_name: str, GPU_memory_mode: str, transformer: ComponentFile | None = None,
+                  vae: ComponentFile | None = None, text_encoder: ComponentFile | None = None,
+                  tokenizer: Path | None = None, processor: Path | None = None) -> tuple:  # fmt: skip
+        node = type(self).__name__
+        given = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
+        missing = [name for name, value in given.items() if value is None]
+        if missing:
+            loaders = ", ".join(dict.fromkeys(self.LOADERS[name] for name in missing))
+            raise ValueError(f"{node}: no {', '.join(missing)} connected (from {loaders})")
+        reader = single_files.image_reader(self.FAMILY)
+        if processor is not None and not reader.processor_folders:
+            logger.info("videox_fun: %s: %s models read no image processor; processor unused", node, reader.label)
+            processor = None
+        with refused_by(node):
+            parts = ImageParts(reader, transformer, vae, text_encoder, Path(tokenizer),
+                               Path(processor) if processor is not None else None,
+                               model_name or transformer.path.stem)  # fmt: skip
+            return (image_single_file_models(parts, GPU_memory_mode),)
+
+
+def image_single_file_models(parts: ImageParts, memory_mode: str) -> FunModels:
+    """An image model joined from single files: recognised from the files' headers (the parts checked to fit),
+    loaded by the first sampler that needs it, in the transformer's precision."""
+    recognised = recognise_image_parts(parts)
+    options = RuntimeOptions(device=host.torch_device(), dtype=parts.transformer.precision, gpu_memory_mode=memory_mode)
+    options.check()
+    return FunModels(recognised, options)
+
+
+class LoadFlux2TransformerModel(LoadZImageTransformerModel):
+    """Read a FLUX.2 transformer single file from ``diffusion_models/`` (BFL's ``flux2-dev.safetensors`` names, as
+    ComfyUI's files; diffusers' too), as LoadZImageTransformerModel (a FLUX.1 file is refused in one line)."""
+
+    FAMILY = "flux2"
+    CATEGORY = f"{CATEGORY}/FLUX.2"
+
+
+class LoadFlux2VAEModel(LoadZImageVAEModel):
+    """Read a FLUX.2 VAE single file from ``vae/`` (``flux2-vae.safetensors``: diffusers' or the original names)."""
+
+    FAMILY = "flux2"
+    CATEGORY = f"{CATEGORY}/FLUX.2"
+
+
+class LoadFlux2TextEncoderModel(LoadZImageTextEncoderModel):
+    """Read a FLUX.2 text encoder single file from ``text_encoders/`` (ComfyUI's ``mistral_3_small_flux2_*``, or a
+    transformers Mistral3 export: its language model is what FLUX.2 reads); the tokenizer beside it, else
+    ``flux2_tokenizer/`` (or ``FLUX.2-dev/tokenizer``) in ``models/Fun_Models/``."""
+
+    FAMILY = "flux2"
+    CATEGORY = f"{CATEGORY}/FLUX.2"
+
+
+class CombineFlux2Pipeline(CombineZImagePipeline):
+    """Join the single-file components into a model for the FLUX.2 samplers, as CombineZImagePipeline (no processor
+    socket, as in VideoX-Fun)."""
+
+    FAMILY = "flux2"
+    PROCESSOR = False
+    LOADERS: ClassVar[dict[str, str]] = {name: loader.replace("ZImage", "Flux2")
+                                         for name, loader in CombineZImagePipeline.LOADERS.items()}  # fmt: skip
+    CATEGORY = f"{CATEGORY}/FLUX.2"
+
+
+class LoadQwenImageTransformerModel(LoadZImageTransformerModel):
+    """Read a Qwen-Image (or Qwen-Image-Edit) transformer single file from ``diffusion_models/`` (ComfyUI's
+    ``qwen_image_*.safetensors``), as LoadZImageTransformerModel; zero_cond_t (VideoX-Fun's widget: Edit-2511's
+    pictures modulated at timestep 0) is not in the weights, so the widget says it."""
+
+    FAMILY = "qwenimage"
+    OPTIONS: ClassVar[dict[str, tuple]] = {"zero_cond_t": (BOOL_CHOICE, {"default": False})}
+    CATEGORY = f"{CATEGORY}/Qwen-Image"
+
+
+class LoadQwenImageVAEModel(LoadZImageVAEModel):
+    """Read a Qwen-Image VAE single file from ``vae/`` (``qwen_image_vae.safetensors``: the Wan2.1 VAE's original
+    names; diffusers' too)."""
+
+    FAMILY = "qwenimage"
+    CATEGORY = f"{CATEGORY}/Qwen-Image"
+
+
+class LoadQwenImageTextEncoderModel(LoadZImageTextEncoderModel):
+    """Read a Qwen2.5-VL text encoder single file from ``text_encoders/`` (ComfyUI's ``qwen_2.5_vl_7b*``,
+    ``fp8_scaled`` widened); the tokenizer beside it, else ``qwen2_tokenizer/`` (or ``Qwen-Image/tokenizer``) in
+    ``models/Fun_Models/``."""
+
+    FAMILY = "qwenimage"
+    CATEGORY = f"{CATEGORY}/Qwen-Image"
+
+
+class LoadQwenImageProcessor:
+    """Find Qwen-Image-Edit's image processor (``qwen2_processor/``, or ``Qwen-Image-Edit/processor``, in
+    ``models/Fun_Models/``) for CombineQwenImagePipeline: with it the files make an edit model."""
+
+    FAMILY = "qwenimage"
+    RETURN_TYPES = (PROCESSOR,)
+    RETURN_NAMES = ("processor",)
+    FUNCTION = "loadmodel"
+    CATEGORY = f"{CATEGORY}/Qwen-Image"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {}}
+
+    def loadmodel(self) -> tuple:
+        with refused_by(type(self).__name__):
+            return (single_files.find_image_processor(single_files.image_reader(self.FAMILY)),)
+
+
+class CombineQwenImagePipeline(CombineZImagePipeline):
+    """Join the single-file components into a model for the Qwen-Image samplers, as CombineZImagePipeline: with a
+    processor (LoadQwenImageProcessor) an edit model, Edit-2509 when model_name (or the transformer's file name) says
+    2509 or 2511, as in VideoX-Fun; without one Qwen-Image (text to image, control)."""
+
+    FAMILY = "qwenimage"
+    LOADERS: ClassVar[dict[str, str]] = {name: loader.replace("ZImage", "QwenImage")
+                                         for name, loader in CombineZImagePipeline.LOADERS.items()}  # fmt: skip
     CATEGORY = f"{CATEGORY}/Qwen-Image"
 
 
@@ -423,16 +667,29 @@ class QwenImageControlSampler(ZImageControlSampler):
 
 IMAGE_NODES: tuple[type, ...] = (
     LoadZImageModel,
+    LoadZImageTransformerModel,
+    LoadZImageVAEModel,
+    LoadZImageTextEncoderModel,
+    CombineZImagePipeline,
     LoadZImageLora,
     LoadZImageControlNetInPipeline,
     ZImageT2ISampler,
     ZImageControlSampler,
     LoadFlux2Model,
+    LoadFlux2TransformerModel,
+    LoadFlux2VAEModel,
+    LoadFlux2TextEncoderModel,
+    CombineFlux2Pipeline,
     LoadFlux2Lora,
     LoadFlux2ControlNetInPipeline,
     Flux2T2ISampler,
     Flux2ControlSampler,
     LoadQwenImageModel,
+    LoadQwenImageTransformerModel,
+    LoadQwenImageVAEModel,
+    LoadQwenImageTextEncoderModel,
+    LoadQwenImageProcessor,
+    CombineQwenImagePipeline,
     LoadQwenImageLora,
     LoadQwenImageControlNetInPipeline,
     QwenImageT2VSampler,
@@ -443,16 +700,29 @@ IMAGE_NODES: tuple[type, ...] = (
 # VideoX-Fun's display names (comfyui/comfyui_nodes.py).
 IMAGE_DISPLAY_NAMES = {
     "LoadZImageModel": "Load ZImage Model",
+    "LoadZImageTransformerModel": "Load ZImage Transformer Model",
+    "LoadZImageVAEModel": "Load ZImage VAE Model",
+    "LoadZImageTextEncoderModel": "Load ZImage TextEncoder Model",
+    "CombineZImagePipeline": "Combine ZImage Pipeline",
     "LoadZImageLora": "Load ZImage Lora",
     "LoadZImageControlNetInPipeline": "LoadZImageControlNetInPipeline",
     "ZImageT2ISampler": "ZImage T2I Sampler",
     "ZImageControlSampler": "ZImage Control Sampler",
     "LoadFlux2Model": "Load FLUX2 Model",
+    "LoadFlux2TransformerModel": "Load FLUX2 Transformer Model",
+    "LoadFlux2VAEModel": "Load FLUX2 VAE Model",
+    "LoadFlux2TextEncoderModel": "Load FLUX2 Text Encoder Model",
+    "CombineFlux2Pipeline": "Combine FLUX2 Pipeline",
     "LoadFlux2Lora": "Load FLUX2 Lora",
     "LoadFlux2ControlNetInPipeline": "Load Flux2 ControlNet In Pipeline",
     "Flux2T2ISampler": "FLUX2 Text to Image Sampler",
     "Flux2ControlSampler": "FLUX2 Control Sampler",
     "LoadQwenImageModel": "Load QwenImage Model",
+    "LoadQwenImageTransformerModel": "Load QwenImage Transformer Model",
+    "LoadQwenImageVAEModel": "Load QwenImage VAE Model",
+    "LoadQwenImageTextEncoderModel": "Load QwenImage TextEncoder Model",
+    "LoadQwenImageProcessor": "Load QwenImage Processor",
+    "CombineQwenImagePipeline": "Combine QwenImage Pipeline",
     "LoadQwenImageLora": "Load QwenImage Lora",
     "LoadQwenImageControlNetInPipeline": "Load QwenImage ControlNet In Pipeline",
     "QwenImageT2VSampler": "QwenImage T2V Sampler",
