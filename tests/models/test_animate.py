@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 from videox_fun.models.loading import CheckpointMismatchError
 from videox_fun.models.wan.animate import WanAnimateTransformer3DModel
 from videox_fun.models.wan.transformer import WanTransformer3DModel
-from videox_fun.models.wan.variants import PRESETS, tiny_config
+from videox_fun.models.wan.variants import PRESETS, TINY_RELEASED_FACE_CROPS, tiny_config
 from videox_fun.runtime.cache import FirstBlockCache
 
-CROP = 512  # tiny_config("animate") keeps the released face-crop size
+CROP = 512  # the released face-crop size, which diffusers' reader of the release expects
 
 
 def random_animate(seed: int = 0, **overrides) -> WanAnimateTransformer3DModel:
@@ -32,7 +32,8 @@ def random_animate(seed: int = 0, **overrides) -> WanAnimateTransformer3DModel:
     resolution beside the biases, and the face would not reach the output.
     """
     torch.manual_seed(seed)
-    model = WanAnimateTransformer3DModel.from_config(tiny_config("animate", **overrides)).eval()
+    config = tiny_config("animate", **{**TINY_RELEASED_FACE_CROPS, **overrides})
+    model = WanAnimateTransformer3DModel.from_config(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             unit = name.startswith("motion_encoder.") and name.endswith(".weight")
