@@ -21,7 +21,6 @@ from videox_fun.io.video import letterbox, read_image, read_video, tensor_to_fra
 from videox_fun.models.wan.tiny import build_tiny_model_folder
 from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.pipelines.animate import WanAnimatePipeline
-from videox_fun.training.cache import build_cache
 from videox_fun.training.config import TrainConfig
 from videox_fun.training.data import (
     BadFileWarning,
@@ -239,12 +238,8 @@ def test_refusals_are_one_line(animate_model, animate_data, make_config, tmp_pat
     normal = TrainConfig(**{**config.to_dict(), "train_mode": "normal"})
     assert "trains with --train_mode animate or replace" in refusal(normal)
     assert "trains Wan2.2-Animate models" in refusal(make_config("inp", train_mode="animate"))
-    cached = TrainConfig(**{**config.to_dict(), "use_cached_latents": True, "cache_dir": str(tmp_path / "c")})
-    assert "not from a latent cache" in refusal(cached)
     validated = TrainConfig(**{**config.to_dict(), "validation_steps": 5, "validation_prompts": ["a"]})
     assert "predict_animate.py" in refusal(validated)
-    with pytest.raises(ValueError, match="not from a latent cache"):
-        build_cache(TrainConfig(**{**config.to_dict(), "cache_dir": str(tmp_path / "cache")}))
 
 
 def test_the_train_animate_script_trains_animate_by_default(animate_model, animate_data, tmp_path):

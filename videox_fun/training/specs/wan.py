@@ -59,7 +59,13 @@ from ...pipelines.wan import default_boundary
 from ..config import TrainConfig
 from ..objectives import FlowMatching
 from . import Device, FamilyModels, TrainInputs, choose, on_device, register_spec, uniform
-from .wan_animate import NO_CACHE, animate_inputs, check_animate_mode, check_animate_settings
+from .wan_animate import (
+    animate_cache_records,
+    animate_inputs,
+    animate_source,
+    check_animate_mode,
+    check_animate_settings,
+)
 from .wan_reward import WanRewardHooks
 from .wan_vace import VACE_FILL, vace_inputs
 from .wan_vace import cache_records as vace_cache_records
@@ -584,9 +590,11 @@ class WanSpec(WanRewardHooks):
         variant = variant_of(transformer.config)
         kinds = variant.channel_kinds
 
+        # Animate: its own inputs (reference, pose, face crops, carried-over frames) and, from a cache, the dataset's
+        # text-dropout draws (a decoded batch's texts are dropped already)
+        if variant.animate:
+            return animate_inputs(animate_source(source), generators)
         conditions: dict[str, torch.Tensor] = {"context": source.context(generators)}
-        if variant.animate:  # its own inputs: reference, pose, face crops, carried-over frames
-            return animate_inputs(source, conditions["context"], generators)
         latents = source.latents()  # (B, z, F', h, w)
         b, _, f_lat, h, w = latents.shape
         clip_frames: list[int | None] = [None] * b
@@ -655,9 +663,7 @@ class WanSpec(WanRewardHooks):
         """Per-sample records: latents, trimmed text context, and what the mode's conditions need."""
         source = PixelSource(self, models, batch, torch.device(device))
         variant = variant_of(models.transformer.config)
-        if variant.animate:
-            raise ValueError(NO_CACHE.format(mode=mode))
-        kinds = variant.channel_kinds
+        kinds = () if variant.animate else variant.channel_kinds  # Animate: its own records (below)
         b, _, f, h, w = source.pixels.shape
         records: dict[str, torch.Tensor] = {
             "latents": source.latents(),
@@ -683,7 +689,9 @@ class WanSpec(WanRewardHooks):
             records["pixel_size"] = torch.tensor([h, w]).expand(b, 2)
         if mode == "vace":
             records.update(vace_cache_records(source, f, functools.partial(self._greyed_latents, source, f, h, w)))
-        if models.transformer.uses_clip:
+        if variant.animate:
+            records.update(animate_cache_records(source))
+        elif models.transformer.uses_clip:
             records["clip_first"] = source.clip([0] * b)
         rows = []
         for row in range(b):
