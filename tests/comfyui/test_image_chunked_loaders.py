@@ -223,9 +223,9 @@ def test_files_of_another_family_or_kind_and_missing_parts_are_one_line(
     folder_paths_over: Callable[[Path], types.ModuleType],
     tmp_path: Path,
 ) -> None:
-    """A FLUX.2 transformer given to the Z-Image loader, a VAE given as a transformer, a Qwen3 text encoder given
-    to Qwen-Image, a missing file, a Combine without a text encoder, parts of two families joined, a text encoder
-    whose tokenizer is nowhere: each refused in one line naming the node and the file."""
+    """A FLUX.2 transformer given to the Z-Image loader, a FLUX.1 one to FLUX.2's, a VAE given as a transformer, a
+    Qwen3 text encoder given to Qwen-Image, a missing file, a Combine without a text encoder, parts of two families
+    joined, a text encoder whose tokenizer is nowhere: each refused in one line naming the node and the file."""
     for key in ("zimage", "flux2", "qwenimage"):
         comfy(key)
     root = tiny_models("zimage")[0]
@@ -235,6 +235,19 @@ def test_files_of_another_family_or_kind_and_missing_parts_are_one_line(
         lambda: NODES["LoadZImageTransformerModel"]().loadmodel(f"{flux2}.safetensors", "fp32"),
         "LoadZImageTransformerModel:",
         f"{flux2}.safetensors is a FLUX.2 transformer, not a Z-Image transformer",
+    )
+    from videox_fun.io.files import save_safetensors
+    from videox_fun.models.flux.tiny import tiny_transformer_config
+    from videox_fun.models.flux.transformer import FluxTransformer
+
+    torch.manual_seed(0)
+    flux1 = FluxTransformer.from_model_config(tiny_transformer_config()).state_dict()
+    save_safetensors(flux1, root / "diffusion_models" / "flux1-dev.safetensors")
+    refused(
+        ValueError,
+        lambda: NODES["LoadFlux2TransformerModel"]().loadmodel("flux1-dev.safetensors", "fp32"),
+        "LoadFlux2TransformerModel:",
+        "flux1-dev.safetensors is a FLUX.1 transformer, not a FLUX.2 transformer",
     )
     shutil.copy(root / "vae" / f"{zimage}_vae.safetensors", root / "diffusion_models" / "ae.safetensors")
     refused(
@@ -281,7 +294,7 @@ def test_files_of_another_family_or_kind_and_missing_parts_are_one_line(
             tokenizer=tokenizer,
         ),
         "CombineZImagePipeline:",
-        f"{qwen}_text_encoder.safetensors is a qwenimage text encoder; a Z-Image model needs its own",
+        f"{qwen}_text_encoder.safetensors is a Qwen-Image text encoder; a Z-Image model needs its own",
     )
 
     bare = tmp_path / "models"  # a models tree whose text encoder has no tokenizer beside it or in Fun_Models/

@@ -96,6 +96,10 @@ def describe_file(keys: Iterable[str]) -> str:
         for kind in KINDS:
             if reader.claims(kind, keys):
                 return f"a {reader.label} {KIND_NAMES[kind]}"
+    for reader in _READERS:
+        known = reader.describe_neighbour(keys)
+        if known is not None:
+            return known
     if looks_like_vae(keys):
         return "a VAE"
     if looks_like_language_model(keys):
@@ -139,8 +143,9 @@ class ImageParts:
             if part.kind != kind:
                 raise ValueError(f"{part.path.name} is a {KIND_NAMES[part.kind]} file, given as the {KIND_NAMES[kind]}")
             if part.family != self.reader.family:
-                raise ValueError(f"{part.path.name} is a {part.family} {KIND_NAMES[kind]}; a {self.reader.label} "
-                                 "model needs its own")  # fmt: skip
+                label = next((reader.label for reader in _READERS if reader.family == part.family), part.family)
+                raise ValueError(f"{part.path.name} is a {label} {KIND_NAMES[kind]}; a {self.reader.label} model "
+                                 "needs its own")  # fmt: skip
         self.reader.check_fit(self)
 
 
@@ -169,6 +174,11 @@ class ImageSingleFiles:
     def claims(self, kind: str, keys: list[str]) -> bool:
         """Whether names are this family's ``kind`` (from the markers its layouts carry)."""
         raise NotImplementedError
+
+    def describe_neighbour(self, keys: list[str]) -> str | None:
+        """What a file of a family this one is mistaken for holds ("a FLUX.1 transformer"), when its names say so;
+        None by default."""
+        return None
 
     def transformer_state(self, state: Mapping[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
         """A transformer file's tensors under the transformer class's names (meta tensors too)."""

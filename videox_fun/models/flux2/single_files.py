@@ -42,6 +42,7 @@ from ..loading import count_blocks, drop_prefixed, strip_prefix
 from .transformer import (
     BFL_MARKER,
     DIFFUSERS_MARKER,
+    FLUX1_MARKER,
     Flux2Transformer,
     bfl_to_diffusers,
     config_from_state,
@@ -56,6 +57,7 @@ FLUX2_VAE_CONFIG: dict[str, Any] = {
     **{name: parameter.default for name, parameter in inspect.signature(AutoencoderKLFlux2.__init__).parameters.items()
        if parameter.default is not inspect.Parameter.empty},
 }  # fmt: skip
+FLUX1_DIFFUSERS_MARKER = "transformer_blocks.0.norm1.linear.weight"  # FLUX.1's per-block modulation, diffusers' names
 # Mistral-Small-3.2-24B's text model constants that its shapes do not say (its released text_config).
 MISTRAL_SMALL: dict[str, Any] = {
     "model_type": "mistral",
@@ -156,6 +158,11 @@ class Flux2SingleFiles(ImageSingleFiles):
         if kind == "vae":
             return looks_like_vae(keys) and any(k.removeprefix("vae.").startswith("bn.") for k in keys)
         return is_mistral(keys)
+
+    def describe_neighbour(self, keys: list[str]) -> str | None:
+        """A FLUX.1 transformer (BFL's per-block modulation, or diffusers' per-block norms), taken for FLUX.2's."""
+        stripped = {key.removeprefix(COMFY_PREFIX) for key in keys}
+        return "a FLUX.1 transformer" if stripped & {FLUX1_MARKER, FLUX1_DIFFUSERS_MARKER} else None
 
     def transformer_state(self, state: Mapping[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
         """BFL's names converted by diffusers' converter; diffusers' without a wrapper prefix."""
