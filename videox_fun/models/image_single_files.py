@@ -137,7 +137,7 @@ class ImageParts:
     name: str = ""
 
     def check(self) -> None:
-        """Every part is the reader's family's and of its kind; the text width and latent channels fit together."""
+        """Every part is the reader's family's and of its kind, and the text width fits (the family's check)."""
         for kind in KINDS:
             part = getattr(self, kind)
             if part.kind != kind:
