@@ -6,7 +6,8 @@ frozen encoders and writes, under ``cache_dir``:
 - ``<index>.safetensors`` per sample: ``latents`` (z, F', h, w), ``context`` (tokens, C, without
   the zero padding), ``num_frames``, and what the model's conditions need: ``control_latents``,
   the masked-video latents of the whole-frame inpaint masks (``masked_latents_t2v`` / ``_i2v`` /
-  ``_first_last``), ``clip_first`` (CLIP tokens of the first frame);
+  ``_first_last``), ``clip_first`` (CLIP tokens of the first frame); Wan2.2-Animate's reference, pose and
+  per-draw segment latents and its face crops as uint8 pixels (:func:`~.specs.wan_animate.animate_cache_records`);
 - ``empty_context.safetensors``: the empty prompt's embedding (text dropout for CFG): ``context``, and for a family
   whose text inputs are several tensors (the image families) each of them by the name its records use;
 - ``index.json``: the samples, their texts and shapes, and what made the cache.
