@@ -19,7 +19,9 @@ frozen encoders make: the clip's, the reference's and the pose video's latents, 
 text context, and y's segment part for every outcome of the per-step draws (each carry-over count the clip allows,
 background kept or dropped), so a run from the cache draws what a run from the videos draws and takes the same
 inputs. The face crops feed the motion encoder, which is part of the transformer being trained: they are kept as
-pixels (uint8, as the dataset decodes them).
+pixels (uint8, as the dataset decodes them). As every cache's, a record is the sample of the first epoch: the
+dataset's per-epoch draws (the clip start, and the reference frame of an entry without ``ref_file_path``) are those
+of epoch 0, where a run from the videos draws new ones each epoch.
 """
 
 from __future__ import annotations
