@@ -138,7 +138,9 @@ def test_each_sample_trains_on_the_segment_the_pipeline_builds(animate_model, an
             torch.testing.assert_close(inputs.conditions["pose_latents"][row : row + 1], pose, atol=1e-5, rtol=1e-5)
             seen.add((carried[row], row == 2 and not dropped[row]))
     assert {count for count, _ in seen} == {0, 1, 5} and (0, True) in seen  # every carry-over, a replacement
-    assert inputs.conditions["face_pixel_values"].shape == (3, 3, 9, 512, 512)
+    # read at the release's 512 x 512, resized to the tiny motion encoder's side
+    side = models.transformer.config.motion_encoder_size
+    assert inputs.conditions["face_pixel_values"].shape == (3, 3, 9, side, side) and side != 512
 
 
 def test_carry_over_is_drawn_for_a_quarter_of_the_samples_among_the_release_counts():

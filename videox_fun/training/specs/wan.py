@@ -593,7 +593,7 @@ class WanSpec(WanRewardHooks):
         # Animate: its own inputs (reference, pose, face crops, carried-over frames) and, from a cache, the dataset's
         # text-dropout draws (a decoded batch's texts are dropped already)
         if variant.animate:
-            return animate_inputs(animate_source(source), generators)
+            return animate_inputs(animate_source(source), generators, transformer.config.motion_encoder_size)
         conditions: dict[str, torch.Tensor] = {"context": source.context(generators)}
         latents = source.latents()  # (B, z, F', h, w)
         b, _, f_lat, h, w = latents.shape

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from ...io.video import frames_to_tensor, tensor_to_frames
 from ...models.wan.variants import WanVariant
@@ -301,8 +302,21 @@ def animate_source(source: AnimatePixels) -> AnimateSource:
     return DecodedAnimate(source)
 
 
-def animate_inputs(source: AnimateSource, generators: Sequence[torch.Generator]) -> TrainInputs:
-    """One micro-batch's clean latents (B, z, 1 + F', h, w), reference first, and the Animate model's inputs.
+def face_crops_at(faces: torch.Tensor, size: int) -> torch.Tensor:
+    """Face crops (B, 3, T, S, S) at the motion encoder's side ``size``. The dataset reads them at the release's 512
+    (what its preprocessing writes); a model whose encoder takes another size gets them resized (bilinear,
+    antialiased), as the pipeline reads ``src_face.mp4`` at that size."""
+    if faces.shape[-2:] == (size, size):
+        return faces
+    batch, frames = faces.shape[0], faces.shape[2]
+    flat = faces.transpose(1, 2).flatten(0, 1).float()  # (B * T, 3, S, S)
+    resized = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return resized.to(faces.dtype).unflatten(0, (batch, frames)).transpose(1, 2)  # (B, 3, T, size, size)
+
+
+def animate_inputs(source: AnimateSource, generators: Sequence[torch.Generator], face_size: int) -> TrainInputs:
+    """One micro-batch's clean latents (B, z, 1 + F', h, w), reference first, and the Animate model's inputs
+    (``face_size``: the side of the face crops the model's motion encoder takes).
 
     Draws per sample, in this order: the carried-over frames (two), the background drop (one); nothing else.
     """
@@ -315,7 +329,7 @@ def animate_inputs(source: AnimateSource, generators: Sequence[torch.Generator])
         "clip_fea": source.reference_clip(),
         "y": torch.cat([reference_condition(ref_latent), segment.to(ref_latent)], dim=2),  # (B, 4 + z, 1 + F', h, w)
         "pose_latents": source.pose_latents(),
-        "face_pixel_values": source.faces(),  # (B, 3, T, S, S)
+        "face_pixel_values": face_crops_at(source.faces(), face_size),  # (B, 3, T, S, S)
     }
     return TrainInputs(torch.cat([ref_latent, source.video_latents()], dim=2), conditions)
 
