@@ -41,8 +41,10 @@ def toy_prompts(count: int) -> list[str]:
 TIMES = ("wall_s", "sampling_s", "denoising_s")
 
 
-def generate_one(pipe: Pipeline, prompt: str, seed: int) -> tuple[np.ndarray, dict[str, float]]:
-    """One video with the model config's defaults: its frames and three times.
+def generate_one(
+    pipe: Pipeline, prompt: str, seed: int, steps: int | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
+    """One video with the model config's defaults (``steps``: another step count): its frames and three times.
 
     wall_s: the whole call. sampling_s: until the last denoising step ends (text encoding,
     conditioning and the loop; the VAE decode follows). denoising_s: from the first transformer
@@ -59,7 +61,7 @@ def generate_one(pipe: Pipeline, prompt: str, seed: int) -> tuple[np.ndarray, di
     handle = pipe.transformers[0].register_forward_pre_hook(first_call)  # the first expert runs the first step
     try:
         begin = time.perf_counter()
-        out = pipe(prompt, seed=seed, progress=False, callback=step_done)
+        out = pipe(prompt, seed=seed, progress=False, callback=step_done, num_inference_steps=steps)
         end = time.perf_counter()
     finally:
         handle.remove()
@@ -109,14 +111,17 @@ def toy_accuracy(folder: Path) -> dict:
 Setting = tuple[str, float | None]  # (cache kind, threshold); ("uncached", None) is the reference
 
 
-def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluate: bool = True) -> dict:
-    """The curve for one model of any family (default: the built-in tiny InP model)."""
+def run(
+    model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluate: bool = True, steps: int | None = None
+) -> dict:
+    """The curve for one model of any family (default: the built-in tiny InP model), at its default step count
+    unless ``steps`` is given."""
     loaded = load_pipeline(model)
     pipe, folder = loaded.pipe, loaded.folder
     defaults = loaded.recognised.defaults
     texts = toy_prompts(prompts)
     work = Path(tempfile.mkdtemp(prefix="cache-bench-"))
-    runs = sweep(pipe, folder, texts, skip_start)
+    runs = sweep(pipe, folder, texts, skip_start, steps)
     base = runs[("uncached", None)]
     if evaluate:
         write_videos(work / "uncached", texts, base["videos"], defaults.fps)
@@ -125,7 +130,7 @@ def run(model: str | None = None, prompts: int = 8, skip_start: int = 1, evaluat
         "model": folder.name,
         "calibration": (folder / CALIBRATION_FILE).is_file(),
         "prompts": texts,
-        "steps": defaults.steps,
+        "steps": steps or defaults.steps,
         "num_skip_start_steps": skip_start,
         "uncached": {
             **{name: base[name] for name in TIMES},
@@ -165,7 +170,9 @@ def attach_caches(pipe: Pipeline, folder: Path, kind: str, threshold: float, ski
     return [FirstBlockCache(t, threshold, num_skip_start_steps=skip_start) for t in pipe.transformers]
 
 
-def sweep(pipe: Pipeline, folder: Path, texts: list[str], skip_start: int) -> dict[Setting, dict]:
+def sweep(
+    pipe: Pipeline, folder: Path, texts: list[str], skip_start: int, steps: int | None = None
+) -> dict[Setting, dict]:
     """Every prompt uncached and at every cache threshold: videos, summed times and block counts by setting.
 
     One untimed video first (one-time set-up), then every setting in turn for each prompt: load
@@ -175,11 +182,11 @@ def sweep(pipe: Pipeline, folder: Path, texts: list[str], skip_start: int) -> di
     settings += [("teacache", th) for th in TEACACHE_THRESHOLDS]
     settings += [("first-block", th) for th in FIRST_BLOCK_THRESHOLDS]
     runs = {key: {"videos": [], **dict.fromkeys(TIMES, 0.0), "computed": 0, "skipped": 0} for key in settings}
-    pipe(texts[0], seed=0, progress=False)
+    pipe(texts[0], seed=0, progress=False, num_inference_steps=steps)
     for seed, prompt in enumerate(tqdm(texts, desc="cache bench (prompts x settings)")):
         for kind, threshold in settings:
             caches = attach_caches(pipe, folder, kind, threshold, skip_start) if threshold is not None else []
-            frames, times = generate_one(pipe, prompt, seed)
+            frames, times = generate_one(pipe, prompt, seed, steps)
             record = runs[(kind, threshold)]
             record["videos"].append(frames)
             for name, seconds in times.items():
