@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flux2_helpers import diffusers_to_bfl
 from helpers import assert_one_line_refusal, read_png, read_sidecar
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from videox_fun.cli import main
+from videox_fun.models.flux2.single_files import diffusers_to_bfl
 from videox_fun.registry import CACHE_ENV
 
 REPO = Path(__file__).resolve().parents[1]

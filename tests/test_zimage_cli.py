@@ -18,9 +18,9 @@ import torch
 from helpers import assert_one_line_refusal, read_png, read_sidecar
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from zimage_helpers import diffusers_to_original
 
 from videox_fun.cli import main
+from videox_fun.models.zimage.single_files import diffusers_to_original
 from videox_fun.registry import CACHE_ENV
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from flux2_helpers import diffusers_to_bfl
 from helpers import meta_model, parameter_count
 from safetensors.torch import load_file, save_file
 
+from videox_fun.models.flux2.single_files import diffusers_to_bfl
 from videox_fun.models.flux2.text_encoder import Flux2TextEncoder
 from videox_fun.models.flux2.tiny import build_tiny_flux2_folder
 from videox_fun.models.flux2.transformer import Flux2Transformer, bfl_to_diffusers, config_from_state

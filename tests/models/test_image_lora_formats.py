@@ -17,17 +17,17 @@ from pathlib import Path
 import diffusers
 import pytest
 import torch
-from flux2_helpers import diffusers_to_bfl as flux2_to_bfl
 from flux_helpers import diffusers_to_bfl as flux_to_bfl
 from helpers import read_png, read_sidecar
 from safetensors.torch import load_file, save_file
-from zimage_helpers import diffusers_to_original as zimage_to_original
 
 from videox_fun.families import recognise
 from videox_fun.models.flux.tiny import build_tiny_flux_folder
+from videox_fun.models.flux2.single_files import diffusers_to_bfl as flux2_to_bfl
 from videox_fun.models.flux2.tiny import build_tiny_flux2_folder
 from videox_fun.models.lora import merge_lora
 from videox_fun.models.qwenimage.tiny import build_tiny_qwenimage_folder
+from videox_fun.models.zimage.single_files import diffusers_to_original as zimage_to_original
 from videox_fun.models.zimage.tiny import build_tiny_zimage_folder
 
 RANK, ALPHA = 4, 3.0

@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import meta_model, parameter_count
 from safetensors.torch import load_file, save_file
-from zimage_helpers import diffusers_to_original
 
+from videox_fun.models.zimage.single_files import diffusers_to_original
 from videox_fun.models.zimage.tiny import build_tiny_zimage_folder
 from videox_fun.models.zimage.transformer import ZImageTransformer, config_from_state, original_to_diffusers
 
