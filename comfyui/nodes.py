@@ -49,15 +49,13 @@ from .models import (
     load_single_file_models,
     model_choices,
 )
+from .single_files import CLIP_ENCODER_MODEL, TEXT_ENCODER_MODEL, TOKENIZER, TRANSFORMER_MODEL, VAE_MODEL
 
 host.register_model_folders()
 host.on_unload_all_models(drop_held_pipeline)  # ComfyUI's "unload models" drops the pack's pipeline too
 
 RIFLEX = "RIFLEXT_ARGS"
 CAMERA_POSE = "CameraPose"
-# The chunked loaders' socket types (VideoX-Fun's names).
-TRANSFORMER_MODEL, VAE_MODEL, TEXT_ENCODER_MODEL = "TransformerModel", "VAEModel", "TextEncoderModel"
-TOKENIZER, CLIP_ENCODER_MODEL = "Tokenizer", "ClipEncoderModel"
 # VideoX-Fun's base_resolution choices, with small ones first for the tiny models (64x64 toy world).
 BASE_RESOLUTIONS = [64, 128, 256, 512, 640, 768, 896, 960, 1024]
 # VideoX-Fun's release names per loader (kept in the lists so its workflows validate).

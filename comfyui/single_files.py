@@ -32,9 +32,9 @@ from . import host
 
 logger = logging.getLogger("videox_fun.comfyui")
 
-# The chunked loaders' socket types (VideoX-Fun's names; the Wan loaders in nodes.py use the same strings).
+# The chunked loaders' socket types (VideoX-Fun's names), for the Wan loaders (nodes.py) and the image ones.
 TRANSFORMER_MODEL, VAE_MODEL, TEXT_ENCODER_MODEL = "TransformerModel", "VAEModel", "TextEncoderModel"
-TOKENIZER, PROCESSOR = "Tokenizer", "Processor"
+TOKENIZER, PROCESSOR, CLIP_ENCODER_MODEL = "Tokenizer", "Processor", "ClipEncoderModel"
 # Each image family's reader of single files, by family name (imported together: a refusal says what a file of
 # another family holds, from every reader's markers).
 IMAGE_READERS = {
