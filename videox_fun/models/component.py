@@ -210,33 +210,42 @@ class StrictDiffusersModel:
         return target
 
 
-def quiet_transformers_load(model_class: type, folder: Path, dtype: torch.dtype) -> tuple[nn.Module, dict]:
-    """``model_class.from_pretrained`` with its loading info, without transformers' progress bar (a bar on stderr
-    would break the one-line errors that follow a load)."""
+def quiet_transformers_load(
+    model_class: type, folder: Path | None, dtype: torch.dtype, **kwargs: Any
+) -> tuple[nn.Module, dict]:
+    """``model_class.from_pretrained`` of ``folder`` (None: of the ``config`` and ``state_dict`` in ``kwargs``) with
+    its loading info, without transformers' progress bar (a bar on stderr would break the one-line errors that
+    follow a load)."""
     from transformers.utils import logging as transformers_logging
 
     shown = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
-        return model_class.from_pretrained(str(folder), dtype=dtype, output_loading_info=True)
+        source = None if folder is None else str(folder)
+        return model_class.from_pretrained(source, dtype=dtype, output_loading_info=True, **kwargs)
     finally:
         if shown:
             transformers_logging.enable_progress_bar()
+
+
+def strictly_loaded(model_class: type, loaded: tuple[nn.Module, dict], source: str) -> nn.Module:
+    """The model of a :func:`quiet_transformers_load`, in eval mode, refused when any key was missing, unexpected
+    or mis-shaped (transformers only warns); ``source`` names what was read, in the error."""
+    from .loading import CheckpointMismatchError
+
+    model, info = loaded
+    problems = [f"{kind.replace('_', ' ')}: {sorted(map(str, keys))[:12]}" for kind, keys in info.items()
+                if kind in ("missing_keys", "unexpected_keys", "mismatched_keys") and keys]  # fmt: skip
+    if problems:
+        raise CheckpointMismatchError(f"{source} does not match {model_class.__name__}: {'; '.join(problems)}")
+    return model.eval()
 
 
 def load_transformers_strict(model_class: type, folder: str | os.PathLike, dtype: torch.dtype, name: str) -> nn.Module:
     """A transformers model folder through transformers' own loader (which maps the checkpoint names of every
     transformers version), refused when any key is missing, unexpected or mis-shaped (transformers only warns).
     ``name`` says what the folder should hold, in errors."""
-    from .loading import CheckpointMismatchError
-
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no {name} in {folder}: expected config.json and weights")
-    model, info = quiet_transformers_load(model_class, folder, dtype)
-    problems = [f"{kind.replace('_', ' ')}: {sorted(map(str, keys))[:12]}" for kind, keys in info.items()
-                if kind in ("missing_keys", "unexpected_keys", "mismatched_keys") and keys]  # fmt: skip
-    if problems:
-        details = "; ".join(problems)
-        raise CheckpointMismatchError(f"checkpoint {folder} does not match {model_class.__name__}: {details}")
-    return model.eval()
+    return strictly_loaded(model_class, quiet_transformers_load(model_class, folder, dtype), f"checkpoint {folder}")

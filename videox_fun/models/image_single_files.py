@@ -33,14 +33,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..runtime.fp8 import FP8, dequantize_fp8_state
+from ..runtime.fp8 import dequantize_fp8_state, is_fp8
+from .component import quiet_transformers_load, strictly_loaded
 from .loading import (
-    FORMAT_MARKER_KEYS,
-    CheckpointMismatchError,
     cast_floating,
     check_state_dict,
     config_metadata,
+    count_blocks,
     load_into,
+    public_config,
     read_header,
     read_state_dict,
     strip_prefix,
@@ -62,11 +63,6 @@ def register_reader(reader: ImageSingleFiles) -> ImageSingleFiles:
     """Add a family's reader to those :func:`describe_file` asks (each reader's module calls this on import)."""
     _READERS.append(reader)
     return reader
-
-
-def is_fp8(state: Mapping[str, torch.Tensor]) -> bool:
-    """Whether a state stores weights in float8 (ComfyUI's ``*_fp8_e4m3fn`` / ``*_fp8_scaled`` files)."""
-    return any(t.dtype == FP8 for t in state.values()) or any(k in FORMAT_MARKER_KEYS for k in state)
 
 
 def widened(state: Mapping[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
@@ -475,23 +471,28 @@ def is_ldm_autoencoder(state: Mapping[str, torch.Tensor]) -> bool:
     return any(key.startswith(("encoder.down.", "decoder.up.")) for key in state)
 
 
-def transformers_strict(
-    model_class: type, config: Any, state: Mapping[str, torch.Tensor], source: Path, dtype: torch.dtype
-) -> nn.Module:
-    """A transformers model of ``config`` with ``state``'s weights through transformers' own loader (which maps the
-    checkpoint names of every transformers version), refused when any key is missing, unexpected or mis-shaped."""
-    from transformers.utils import logging as transformers_logging
+def decoder_sizes(state: Mapping[str, torch.Tensor], head_dim: int) -> dict[str, Any]:
+    """A decoder-only language model's sizes read off its weights (``embed_tokens``, ``layers.N.``: the names of
+    transformers' Qwen3 / Mistral models): vocabulary, width, MLP width, layers, query and key / value heads of
+    ``head_dim`` channels (grouped-query attention has fewer key / value heads)."""
+    vocab, hidden = state["embed_tokens.weight"].shape
+    return {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": state["layers.0.mlp.gate_proj.weight"].shape[0],
+        "num_hidden_layers": count_blocks(state, "layers."),
+        "num_attention_heads": state["layers.0.self_attn.q_proj.weight"].shape[0] // head_dim,
+        "num_key_value_heads": state["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim,
+        "head_dim": head_dim,
+    }
 
-    shown = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        model, info = model_class.from_pretrained(None, config=config, state_dict=dict(state),
-                                                  output_loading_info=True, dtype=dtype)  # fmt: skip
-    finally:
-        if shown:
-            transformers_logging.enable_progress_bar()
-    problems = [f"{kind.replace('_', ' ')}: {sorted(map(str, keys))[:12]}" for kind, keys in info.items()
-                if kind in ("missing_keys", "unexpected_keys", "mismatched_keys") and keys]  # fmt: skip
-    if problems:
-        raise CheckpointMismatchError(f"{source} does not match {model_class.__name__}: {'; '.join(problems)}")
-    return model.eval()
+
+def transformers_strict(
+    model_class: type, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: Path, dtype: torch.dtype
+) -> nn.Module:
+    """A transformers model of ``config`` (its class's config fields; private ``_`` entries dropped) with
+    ``state``'s weights through transformers' own loader (which maps the checkpoint names of every transformers
+    version), refused when any key is missing, unexpected or mis-shaped."""
+    model_config = model_class.config_class(**public_config(config))
+    loaded = quiet_transformers_load(model_class, None, dtype, config=model_config, state_dict=dict(state))
+    return strictly_loaded(model_class, loaded, str(source))

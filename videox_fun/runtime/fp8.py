@@ -14,6 +14,7 @@ single-file checkpoints store Wan (``weight`` in fp8 + ``scale_weight``), which 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
+
+
+def is_fp8(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state stores weights in float8 (ComfyUI's ``*_fp8_e4m3fn*`` / ``*_fp8_scaled`` files)."""
+    return any(t.dtype == FP8 for t in state.values()) or any(k in FORMAT_MARKER_KEYS for k in state)
 
 
 class Float8Linear(nn.Module):

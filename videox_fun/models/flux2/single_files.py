@@ -31,6 +31,7 @@ from ..image_single_files import (
     ComponentFile,
     ImageParts,
     ImageSingleFiles,
+    decoder_sizes,
     is_ldm_autoencoder,
     ldm_to_autoencoder,
     looks_like_vae,
@@ -38,7 +39,7 @@ from ..image_single_files import (
     transformers_strict,
     without_comfy_prefix,
 )
-from ..loading import count_blocks, drop_prefixed, strip_prefix
+from ..loading import drop_prefixed, strip_prefix
 from .transformer import (
     BFL_MARKER,
     DIFFUSERS_MARKER,
@@ -189,17 +190,7 @@ class Flux2SingleFiles(ImageSingleFiles):
 
     def text_config(self, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """Mistral-Small's constants (heads of 128), the sizes off the shapes."""
-        vocab, hidden = state["embed_tokens.weight"].shape
-        head_dim = MISTRAL_SMALL["head_dim"]
-        return {
-            **MISTRAL_SMALL,
-            "vocab_size": vocab,
-            "hidden_size": hidden,
-            "intermediate_size": state["layers.0.mlp.gate_proj.weight"].shape[0],
-            "num_hidden_layers": count_blocks(state, "layers."),
-            "num_attention_heads": state["layers.0.self_attn.q_proj.weight"].shape[0] // head_dim,
-            "num_key_value_heads": state["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim,
-        }
+        return {**MISTRAL_SMALL, **decoder_sizes(state, MISTRAL_SMALL["head_dim"])}
 
     def text_width(self, config: Mapping[str, Any]) -> int:
         """The stacked hidden states: 3 layers of Mistral's width (3 x 5120)."""
@@ -213,12 +204,11 @@ class Flux2SingleFiles(ImageSingleFiles):
         self, file: ComponentFile, state: dict[str, torch.Tensor], dtype: torch.dtype, parts: ImageParts
     ) -> nn.Module:
         """``MistralModel`` through transformers' loader, strictly, with the Mistral tokenizer of the parts."""
-        from transformers import MistralConfig, MistralModel
+        from transformers import MistralModel
 
         from .text_encoder import Flux2TextEncoder, load_mistral_tokenizer
 
-        config = MistralConfig(**{k: v for k, v in file.config.items() if not k.startswith("_")})
-        model = transformers_strict(MistralModel, config, state, file.path, dtype)
+        model = transformers_strict(MistralModel, file.config, state, file.path, dtype)
         return Flux2TextEncoder(model, load_mistral_tokenizer(parts.tokenizer))
 
     def model_config(self, parts: ImageParts) -> Any:

@@ -170,17 +170,11 @@ class QwenImageSingleFiles(ImageSingleFiles):
     ) -> nn.Module:
         """Qwen2.5-VL through transformers' loader, strictly, with the parts' tokenizer and, for an edit model,
         their image processor."""
-        from transformers import (
-            Qwen2_5_VLConfig,
-            Qwen2_5_VLForConditionalGeneration,
-            Qwen2Tokenizer,
-            Qwen2VLImageProcessor,
-        )
+        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLImageProcessor
 
         from .text_encoder import QwenVLTextEncoder
 
-        config = Qwen2_5_VLConfig(**{k: v for k, v in file.config.items() if not k.startswith("_")})
-        model = transformers_strict(Qwen2_5_VLForConditionalGeneration, config, state, file.path, dtype)
+        model = transformers_strict(Qwen2_5_VLForConditionalGeneration, file.config, state, file.path, dtype)
         images = Qwen2VLImageProcessor.from_pretrained(str(parts.processor)) if parts.processor else None
         return QwenVLTextEncoder(model, Qwen2Tokenizer.from_pretrained(str(parts.tokenizer)), images)
 

@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...config import ModelConfig
-from ...runtime.fp8 import FP8, dequantize_fp8_state, prepare_for_fp8_state
+from ...runtime.fp8 import FP8, dequantize_fp8_state, is_fp8, prepare_for_fp8_state
 from ..loading import (
     CONFIG_METADATA_KEY,
-    FORMAT_MARKER_KEYS,
     CheckpointMismatchError,
     assert_materialised,
     cast_floating,
@@ -63,11 +62,6 @@ logger = logging.getLogger(__name__)
 HEAD_DIM = 128  # every Wan release's attention head width (ComfyUI reads num_heads = dim // 128 too)
 CLIP_HEAD_DIM = 80  # ViT-H/14's (1280 wide, 16 heads), the vision tower of every Wan2.1 i2v / Fun release
 TOKENIZER_KEY = "spiece_model"  # ComfyUI's umT5 files carry their sentencepiece model as a uint8 tensor
-
-
-def is_fp8(state: Mapping[str, torch.Tensor]) -> bool:
-    """Whether a state stores weights in float8 (ComfyUI's ``*_fp8_e4m3fn*`` / ``*_fp8_scaled`` files)."""
-    return any(t.dtype == FP8 for t in state.values()) or any(k in FORMAT_MARKER_KEYS for k in state)
 
 
 def cast_keeping_fp8(state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ from ..image_single_files import (
     ImageParts,
     ImageSingleFiles,
     autoencoder_to_ldm,
+    decoder_sizes,
     is_ldm_autoencoder,
     ldm_to_autoencoder,
     looks_like_vae,
@@ -35,7 +36,7 @@ from ..image_single_files import (
     transformers_strict,
     without_comfy_prefix,
 )
-from ..loading import count_blocks, drop_prefixed, strip_prefix
+from ..loading import drop_prefixed, strip_prefix
 from .transformer import MARKER, ZImageTransformer, check_is_zimage, config_from_state, is_original_state
 from .transformer import original_to_diffusers as transformer_to_diffusers
 from .vae import ZImageVAE
@@ -156,18 +157,7 @@ class ZImageSingleFiles(ImageSingleFiles):
 
     def text_config(self, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """Qwen3-4B's constants, the sizes off the shapes (all of them are there: the q norm is one head wide)."""
-        vocab, hidden = state["embed_tokens.weight"].shape
-        head_dim = state["layers.0.self_attn.q_norm.weight"].shape[0]
-        return {
-            **QWEN3_4B,
-            "vocab_size": vocab,
-            "hidden_size": hidden,
-            "intermediate_size": state["layers.0.mlp.gate_proj.weight"].shape[0],
-            "num_hidden_layers": count_blocks(state, "layers."),
-            "num_attention_heads": state["layers.0.self_attn.q_proj.weight"].shape[0] // head_dim,
-            "num_key_value_heads": state["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim,
-            "head_dim": head_dim,
-        }
+        return {**QWEN3_4B, **decoder_sizes(state, state["layers.0.self_attn.q_norm.weight"].shape[0])}
 
     def text_width(self, config: Mapping[str, Any]) -> int:
         """Qwen3's hidden size (2560 for Qwen3-4B)."""
@@ -181,12 +171,11 @@ class ZImageSingleFiles(ImageSingleFiles):
         self, file: ComponentFile, state: dict[str, torch.Tensor], dtype: torch.dtype, parts: ImageParts
     ) -> nn.Module:
         """``Qwen3Model`` through transformers' loader, strictly, with the Qwen tokenizer of the parts."""
-        from transformers import Qwen3Config, Qwen3Model
+        from transformers import Qwen3Model
 
         from .text_encoder import ZImageTextEncoder, load_qwen_tokenizer
 
-        config = Qwen3Config(**{k: v for k, v in file.config.items() if not k.startswith("_")})
-        model = transformers_strict(Qwen3Model, config, state, file.path, dtype)
+        model = transformers_strict(Qwen3Model, file.config, state, file.path, dtype)
         return ZImageTextEncoder(model, load_qwen_tokenizer(parts.tokenizer))
 
     def variant_folder(self, parts: ImageParts) -> Path:
