@@ -28,6 +28,9 @@ from ..io.files import save_safetensors
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+# A single file's suffixes that mean safetensors: ComfyUI lists ``.sft`` files as safetensors (BFL shipped FLUX.1's
+# ``ae.sft`` and ``flux1-dev.sft`` so); any other suffix is read as a pickle.
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 # Keys of ComfyUI's fp8_scaled files that describe the format rather than hold weights; they carry
 # no wrapper prefix, unlike the weights beside them.
 FORMAT_MARKER_KEYS = ("scaled_fp8",)
@@ -77,6 +80,11 @@ def unreadable_safetensors(path: Path, err: BaseException, what: str = "weights"
     return WeightsReadError(f"cannot read {what} {path}: truncated or not a safetensors file ({_cause(err)})")
 
 
+def is_safetensors(path: Path) -> bool:
+    """Whether a weights file is read as safetensors (by its suffix, :data:`SAFETENSORS_SUFFIXES`)."""
+    return path.suffix in SAFETENSORS_SUFFIXES
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read one weights file (safetensors, or a pickle read with ``weights_only=True``).
 
@@ -85,7 +93,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     check_readable(path)
-    if path.suffix == ".safetensors":
+    if is_safetensors(path):
         try:
             return load_file(str(path))
         except SafetensorError as err:
@@ -136,7 +144,7 @@ def read_header(path: str | os.PathLike) -> WeightsHeader:
     """
     path = Path(path)
     check_readable(path)
-    if path.suffix != ".safetensors":
+    if not is_safetensors(path):
         return WeightsHeader(path, {k: v.to("meta") for k, v in read_state_dict(path).items()}, {})
     from safetensors import safe_open
 
