@@ -6,7 +6,8 @@ A loader recognises a model folder (:func:`~.models.load_fun_models`); the chunk
 ``Load*VAEModel``, ``Load*TextEncoderModel``, ``LoadQwenImageProcessor``) read one component's single file from
 ComfyUI's ``diffusion_models/``, ``vae/``, ``text_encoders/`` through the family's reader
 (:mod:`videox_fun.models.image_single_files`) and ``Combine*Pipeline`` joins them; ``Load*ControlNetInPipeline``
-names a Fun control file of ComfyUI's ``model_patches/`` for the chain, and a sampler turns its sockets into one
+names a Fun control file of ComfyUI's ``model_patches/`` for the chain (``Load*ControlNetInModel`` joins it to a
+transformer file before ``Combine*Pipeline``), and a sampler turns its sockets into one
 :class:`videox_fun.api.GenerationRequest` of one image (the mode its name says) and returns it as a ComfyUI IMAGE
 ``[1, H, W, 3]``. Where VideoX-Fun's widgets mean something the library words otherwise, the sampler says so:
 
@@ -19,6 +20,7 @@ names a Fun control file of ComfyUI's ``model_patches/`` for the chain, and a sa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,15 +145,29 @@ class LoadZImageControlNetInPipeline:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        files = host.model_file_names(MODEL_PATCHES)
-        required: dict[str, tuple] = {
-            "config": (list(cls.CONFIGS), {"default": cls.DEFAULT_CONFIG}),
-            "model_name": (files, {"default": files[0] if files else None}),
-        }
+        required = cls.control_file_inputs()
         if cls.SUB_TRANSFORMER:
             required["sub_transformer_name"] = (SUB_TRANSFORMERS, {"default": "transformer"})
         required["funmodels"] = (FUN_MODELS,)
         return {"required": required}
+
+    @classmethod
+    def control_file_inputs(cls) -> dict[str, tuple]:
+        """VideoX-Fun's config widget and the control file's, the files of ``model_patches/``."""
+        files = host.model_file_names(MODEL_PATCHES)
+        return {
+            "config": (list(cls.CONFIGS), {"default": cls.DEFAULT_CONFIG}),
+            "model_name": (files, {"default": files[0] if files else None}),
+        }
+
+    def control_file(self, model_name: str, config: str, model: str) -> Path:
+        """The control file of ``model_patches/`` by its name, checked from its header to be the family's (one line
+        otherwise), said in the log for ``model``."""
+        path = host.model_file_path(model_name, MODEL_PATCHES)
+        check_control_file(self.FAMILY, path)
+        logger.info("videox_fun: %s: control file %s (its release read from the file; config %s not needed)",
+                    model, path.name, config)  # fmt: skip
+        return path
 
     def loadmodel(self, config: str, model_name: str, funmodels: FunModels,
                   sub_transformer_name: str = "transformer") -> tuple:  # fmt: skip
@@ -159,10 +175,7 @@ class LoadZImageControlNetInPipeline:
         if sub_transformer_name != "transformer":
             raise ValueError(f"sub_transformer_name {sub_transformer_name}: {funmodels.recognised.folder.name} has "
                              "one transformer; choose transformer")  # fmt: skip
-        path = host.model_file_path(model_name, MODEL_PATCHES)
-        check_control_file(self.FAMILY, path)
-        logger.info("videox_fun: %s: control file %s (its release read from the file; config %s not needed)",
-                    funmodels.recognised.folder.name, path.name, config)  # fmt: skip
+        path = self.control_file(model_name, config, funmodels.recognised.folder.name)
         return (funmodels.replace(control_path=str(path)),)
 
 
@@ -190,6 +203,51 @@ class LoadQwenImageControlNetInPipeline(LoadZImageControlNetInPipeline):
 # ------------------------------------------------------------------------------------------
 # Chunked loaders: one component per file, from ComfyUI's own model folders
 # ------------------------------------------------------------------------------------------
+
+
+class ControlNetInModel:
+    """What VideoX-Fun's ``Load*ControlNetInModel`` nodes add to the family's ``Load*ControlNetInPipeline`` (a node
+    lists it first among its bases and takes the family, widgets and file check from the other): a transformer
+    socket in and out in place of the funmodels chain. VideoX-Fun builds the control transformer there; here the
+    transformer file of ``Load*TransformerModel`` gets the control file (checked from its header), and
+    ``Combine*Pipeline`` hands it to the control samplers as ``Load*ControlNetInPipeline`` does; the control model
+    loads with the pipeline at the first sampler run."""
+
+    RETURN_TYPES = (TRANSFORMER_MODEL,)
+    RETURN_NAMES = ("transformer",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {**cls.control_file_inputs(), "transformer": (TRANSFORMER_MODEL,)}}
+
+    def loadmodel(self, config: str, model_name: str, transformer: ComponentFile) -> tuple:
+        """The transformer file with the control file joined; one line naming the node when the transformer is of
+        another family or the control file another base model's (or not in ``model_patches/``)."""
+        with refused_by(type(self).__name__):
+            family = getattr(transformer, "family", "wan")  # LoadWanTransformerModel's files share the socket type
+            if family != self.FAMILY:
+                label = single_files.image_reader(family).label if family in single_files.IMAGE_READERS else family
+                own = single_files.image_reader(self.FAMILY).label
+                raise ValueError(f"{transformer.path.name} is a {label} transformer; a {own} control file joins a "
+                                 f"{own} transformer")  # fmt: skip
+            path = self.control_file(model_name, config, transformer.path.name)
+        return (dataclasses.replace(transformer, control=path),)
+
+
+class LoadZImageControlNetInModel(ControlNetInModel, LoadZImageControlNetInPipeline):
+    """Join a Fun control file (Z-Image-Turbo-Fun-Controlnet-Union 1.0 / 2.0 / 2.1) of ComfyUI's ``model_patches/``
+    to a Z-Image transformer file (LoadZImageTransformerModel), for CombineZImagePipeline and ZImageControlSampler;
+    the file of another base model is refused in one line."""
+
+
+class LoadFlux2ControlNetInModel(ControlNetInModel, LoadFlux2ControlNetInPipeline):
+    """Join a Fun control file (FLUX.2-dev-Fun-Controlnet-Union) of ``model_patches/`` to a FLUX.2 transformer file,
+    for CombineFlux2Pipeline and Flux2ControlSampler (as LoadZImageControlNetInModel)."""
+
+
+class LoadQwenImageControlNetInModel(ControlNetInModel, LoadQwenImageControlNetInPipeline):
+    """Join a Fun control file (Qwen-Image-2512-Fun-Controlnet-Union) of ``model_patches/`` to a Qwen-Image
+    transformer file, for CombineQwenImagePipeline and QwenImageControlSampler (as LoadZImageControlNetInModel)."""
 
 
 @contextmanager
@@ -324,11 +382,13 @@ class CombineZImagePipeline:
 
 def image_single_file_models(parts: ImageParts, memory_mode: str) -> FunModels:
     """An image model joined from single files: recognised from the files' headers (the parts checked to fit),
-    loaded by the first sampler that needs it, in the transformer's precision."""
+    loaded by the first sampler that needs it, in the transformer's precision; the control file joined to the
+    transformer (Load*ControlNetInModel) is the control samplers' ``control_path``."""
     recognised = recognise_image_parts(parts)
     options = RuntimeOptions(device=host.torch_device(), dtype=parts.transformer.precision, gpu_memory_mode=memory_mode)
     options.check()
-    return FunModels(recognised, options)
+    control = parts.transformer.control
+    return FunModels(recognised, options, control_path=str(control) if control is not None else None)
 
 
 class LoadFlux2TransformerModel(LoadZImageTransformerModel):
@@ -673,6 +733,7 @@ IMAGE_NODES: tuple[type, ...] = (
     CombineZImagePipeline,
     LoadZImageLora,
     LoadZImageControlNetInPipeline,
+    LoadZImageControlNetInModel,
     ZImageT2ISampler,
     ZImageControlSampler,
     LoadFlux2Model,
@@ -682,6 +743,7 @@ IMAGE_NODES: tuple[type, ...] = (
     CombineFlux2Pipeline,
     LoadFlux2Lora,
     LoadFlux2ControlNetInPipeline,
+    LoadFlux2ControlNetInModel,
     Flux2T2ISampler,
     Flux2ControlSampler,
     LoadQwenImageModel,
@@ -692,6 +754,7 @@ IMAGE_NODES: tuple[type, ...] = (
     CombineQwenImagePipeline,
     LoadQwenImageLora,
     LoadQwenImageControlNetInPipeline,
+    LoadQwenImageControlNetInModel,
     QwenImageT2VSampler,
     QwenImageEditSampler,
     QwenImageEditPlusSampler,
@@ -706,6 +769,7 @@ IMAGE_DISPLAY_NAMES = {
     "CombineZImagePipeline": "Combine ZImage Pipeline",
     "LoadZImageLora": "Load ZImage Lora",
     "LoadZImageControlNetInPipeline": "LoadZImageControlNetInPipeline",
+    "LoadZImageControlNetInModel": "LoadZImageControlNetInModel",
     "ZImageT2ISampler": "ZImage T2I Sampler",
     "ZImageControlSampler": "ZImage Control Sampler",
     "LoadFlux2Model": "Load FLUX2 Model",
@@ -715,6 +779,7 @@ IMAGE_DISPLAY_NAMES = {
     "CombineFlux2Pipeline": "Combine FLUX2 Pipeline",
     "LoadFlux2Lora": "Load FLUX2 Lora",
     "LoadFlux2ControlNetInPipeline": "Load Flux2 ControlNet In Pipeline",
+    "LoadFlux2ControlNetInModel": "Load Flux2 ControlNet In Model",
     "Flux2T2ISampler": "FLUX2 Text to Image Sampler",
     "Flux2ControlSampler": "FLUX2 Control Sampler",
     "LoadQwenImageModel": "Load QwenImage Model",
@@ -725,6 +790,7 @@ IMAGE_DISPLAY_NAMES = {
     "CombineQwenImagePipeline": "Combine QwenImage Pipeline",
     "LoadQwenImageLora": "Load QwenImage Lora",
     "LoadQwenImageControlNetInPipeline": "Load QwenImage ControlNet In Pipeline",
+    "LoadQwenImageControlNetInModel": "Load QwenImage ControlNet In Model",
     "QwenImageT2VSampler": "QwenImage T2V Sampler",
     "QwenImageEditSampler": "QwenImage Edit Sampler",
     "QwenImageEditPlusSampler": "QwenImage Edit Plus Sampler",

@@ -113,6 +113,8 @@ class ComponentFile:
     config: dict[str, Any]  # the component's config (the file's metadata, else the release's sized by the shapes)
     precision: str  # the library's dtype name it loads in
     fp8: bool = False  # stored in float8 (widened when it loads)
+    # A transformer's Fun control file joined to it (ComfyUI's Load*ControlNetInModel); a request's control_path.
+    control: Path | None = None
 
     @property
     def label(self) -> str:
