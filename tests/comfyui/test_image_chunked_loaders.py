@@ -2,12 +2,16 @@
 folders), without ComfyUI: VideoX-Fun's sockets; runs on tiny random models written as ComfyUI single files
 (``comfyui.write_single_files``: Z-Image's original transformer names, ldm ``ae.safetensors``, ``model.``-prefixed
 Qwen3; BFL's FLUX.2 names and the Mistral language model alone; Qwen-Image's diffusers transformer, Wan-original VAE,
-Qwen2.5-VL checkpoint names; tokenizers / processor in ``Fun_Models/``) against the whole-folder loader; one-line
-refusals; the released-size layouts against diffusers' own converters on the meta device.
+Qwen2.5-VL checkpoint names; tokenizers / processor in ``Fun_Models/``) against the whole-folder loader; a Fun control
+file of ``model_patches/`` joined to the transformer file (Load*ControlNetInModel) against the whole-folder loader +
+Load*ControlNetInPipeline; ``.sft`` files read as safetensors; one-line refusals; the released-size layouts against
+diffusers' own converters on the meta device.
 
 Measured (fp32, CPU, 64x64, 2 steps): the chunked chain's image equals the whole-folder loader's exactly, max abs
 diff 0.0 of the [0, 1] float image for Z-Image-Turbo (cfg 1.5), FLUX.2 (embedded guidance 3), Qwen-Image (true CFG 2)
-and Qwen-Image-Edit (with LoadQwenImageProcessor).
+and Qwen-Image-Edit (with LoadQwenImageProcessor); with a tiny control file through Load*ControlNetInModel the
+control sampler's control_inpaint image equals the folder loader + Load*ControlNetInPipeline's, max abs diff 0.0 for
+Z-Image-Turbo (Fun-Controlnet-Union 2.1), FLUX.2 and Qwen-Image.
 """
 
 from __future__ import annotations
@@ -136,9 +140,16 @@ def comfy(tiny_models: Callable[[str], tuple[Path, Path]], monkeypatch: pytest.M
     pack_models.release_pipeline()
 
 
-def chunked(prefix: str, stem: str, processor: bool = False, model_name: str | None = None) -> Any:
-    """The chunked loaders and Combine*Pipeline of one family, by file names as ComfyUI's lists give them."""
+def chunked(
+    prefix: str, stem: str, processor: bool = False, model_name: str | None = None, control: str | None = None
+) -> Any:
+    """The chunked loaders and Combine*Pipeline of one family, by file names as ComfyUI's lists give them; with
+    ``control`` (a file of ``model_patches/``) Load*ControlNetInModel joins it to the transformer."""
     transformer, label = NODES[f"Load{prefix}TransformerModel"]().loadmodel(f"{stem}.safetensors", "fp32")
+    if control is not None:
+        node = f"Load{prefix}ControlNetInModel"
+        config = NODES[node].INPUT_TYPES()["required"]["config"][1]["default"]
+        (transformer,) = NODES[node]().loadmodel(config=config, model_name=control, transformer=transformer)
     (vae,) = NODES[f"Load{prefix}VAEModel"]().loadmodel(f"{stem}_vae.safetensors", "fp32")
     text_encoder, tokenizer = NODES[f"Load{prefix}TextEncoderModel"]().loadmodel(f"{stem}_text_encoder.safetensors",
                                                                                  "fp32")  # fmt: skip
@@ -204,6 +215,71 @@ def test_chunked_loaders_give_the_whole_folder_loaders_image(
     difference = float((image - reference).abs().max())
     print(f"\n{key} ({models.recognised.variant}): chunked vs whole-folder loader, max abs diff {difference}")
     assert difference == 0.0 and reference.std() > 0.01  # equal, and not a blank image
+
+
+def control_file(root: Path, family: str) -> str:
+    """A tiny Fun control file of the family in ``root``'s ``model_patches/`` (Z-Image's 2.1; FLUX.2's and
+    Qwen-Image's reading a mask), written once, seeded: its name as ComfyUI lists it."""
+    name = f"{family}_control.safetensors"
+    path = root / "model_patches" / name
+    if not path.is_file():
+        build = importlib.import_module(f"videox_fun.models.{family}.tiny").build_tiny_control_file
+        path.parent.mkdir(exist_ok=True)
+        if family == "zimage":
+            build(path, "2.1", seed=5)
+        else:
+            build(path, seed=5)
+    return name
+
+
+def control_media() -> dict[str, torch.Tensor]:
+    """ComfyUI IMAGEs [1, 64, 64, 3] for control_inpaint: a control image and an image (seeded noise), a mask whose
+    right half is regenerated."""
+    generator = torch.Generator().manual_seed(1)
+    mask = torch.zeros(1, SIZE, SIZE, 3)
+    mask[:, :, SIZE // 2 :] = 1.0
+    return {"control_image": torch.rand(1, SIZE, SIZE, 3, generator=generator),
+            "inpaint_image": torch.rand(1, SIZE, SIZE, 3, generator=generator), "mask_image": mask}  # fmt: skip
+
+
+# family key, control sampler, its widgets (Z-Image's static shift; the true-CFG families' negative prompt)
+CONTROL_RUNS = [
+    pytest.param("zimage", "ZImageControlSampler", {"cfg": 1.5, "shift": 3, "negative_prompt": "blurry"}, id="zimage"),
+    pytest.param("flux2", "Flux2ControlSampler", {"cfg": 3.0}, id="flux2"),
+    pytest.param("qwenimage", "QwenImageControlSampler", {"cfg": 2.0, "negative_prompt": "blurry"}, id="qwenimage"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "sampler", "widgets"), CONTROL_RUNS)
+def test_control_file_joined_to_the_transformer_file_gives_the_folder_loaders_control_image(
+    comfy: Callable[[str], Path],
+    tiny_models: Callable[[str], tuple[Path, Path]],
+    key: str,
+    sampler: str,
+    widgets: dict[str, Any],
+) -> None:
+    """A Fun control file of model_patches/ through Load*ControlNetInModel (joined to the transformer file) and
+    Combine*Pipeline: the control sampler (control_inpaint: control image, image, mask) gives the same image as the
+    whole-folder loader + Load*ControlNetInPipeline with the same file, bit for bit in fp32, and the held pipeline
+    runs that control file."""
+    folder = comfy(key)
+    _, _, loader, prefix, stem = TINY[key]
+    name = control_file(tiny_models(key)[0], key)
+    widgets = {**widgets, **control_media(), "control_context_scale": 0.6}
+    (folder_models,) = NODES[loader]().loadmodel(GPU_memory_mode="model_full_load", model=str(folder),
+                                                 precision="fp32")  # fmt: skip
+    node = f"Load{prefix}ControlNetInPipeline"
+    config = NODES[node].INPUT_TYPES()["required"]["config"][1]["default"]
+    (folder_models,) = NODES[node]().loadmodel(config=config, model_name=name, funmodels=folder_models)
+    reference = sampler_image(folder_models, sampler, **widgets)
+    models = chunked(prefix, stem, control=name)
+    assert models.control_path == folder_models.control_path
+    image = sampler_image(models, sampler, **widgets)
+    assert pack_models._HELD.loaded.pipe.control_path == Path(models.control_path)
+    difference = float((image - reference).abs().max())
+    print(f"\n{key} + {name}: chunked + {prefix} ControlNetInModel vs folder + ControlNetInPipeline, max abs diff "
+          f"{difference}")  # fmt: skip
+    assert difference == 0.0 and reference.std() > 0.01
 
 
 def refused(error: type[Exception], call: Callable[[], Any], *parts: str) -> str:
@@ -314,6 +390,62 @@ def test_files_of_another_family_or_kind_and_missing_parts_are_one_line(
         "LoadQwenImageProcessor: no Qwen-Image image processor",
         "qwen2_processor/",
     )
+
+
+def test_control_file_of_another_base_or_a_transformer_of_another_family_is_one_line(
+    comfy: Callable[[str], Path], tiny_models: Callable[[str], tuple[Path, Path]]
+) -> None:
+    """Load*ControlNetInModel refuses in one line naming the node and the file: a FLUX.2 control file for a Z-Image
+    transformer, a FLUX.2 transformer for a Z-Image control file, a control file not in model_patches/."""
+    for key in ("zimage", "flux2"):
+        comfy(key)
+    root = tiny_models("zimage")[0]
+    flux2_control = control_file(root, "flux2")
+    zimage, flux2 = TINY["zimage"][4], TINY["flux2"][4]
+    transformer, _ = NODES["LoadZImageTransformerModel"]().loadmodel(f"{zimage}.safetensors", "fp32")
+    (flux2_transformer, _) = NODES["LoadFlux2TransformerModel"]().loadmodel(f"{flux2}.safetensors", "fp32")
+    node = NODES["LoadZImageControlNetInModel"]()
+    config = "z_image/z_image_control_2.1.yaml"
+    refused(ValueError, lambda: node.loadmodel(config, flux2_control, transformer), "LoadZImageControlNetInModel:",
+            flux2_control)  # fmt: skip
+    refused(ValueError, lambda: node.loadmodel(config, control_file(root, "zimage"), flux2_transformer),
+            "LoadZImageControlNetInModel:", f"{flux2}.safetensors is a FLUX.2 transformer; a Z-Image control file "
+            "joins a Z-Image transformer")  # fmt: skip
+    refused(FileNotFoundError, lambda: node.loadmodel(config, "missing.safetensors", transformer),
+            "LoadZImageControlNetInModel:", "'missing.safetensors' is not in ComfyUI's model_patches")  # fmt: skip
+
+
+def test_sft_files_read_as_safetensors(
+    comfy: Callable[[str], Path], tiny_models: Callable[[str], tuple[Path, Path]], request: pytest.FixtureRequest
+) -> None:
+    """ComfyUI lists ``.sft`` files (BFL's FLUX.1 suffix) as safetensors: the same bytes under ``.sft`` read as the
+    ``.safetensors`` file (the transformer's header, config and every weight, the VAE's); a ``.sft`` that is not
+    safetensors is one line saying so."""
+    comfy("zimage")
+    root, stem = tiny_models("zimage")[0], TINY["zimage"][4]
+    copies = [root / "diffusion_models" / "broken.sft"]
+    for folder, suffix in (("diffusion_models", ""), ("vae", "_vae")):
+        copies.append(
+            Path(shutil.copy(root / folder / f"{stem}{suffix}.safetensors", root / folder / f"{stem}{suffix}.sft"))
+        )
+
+    def tidy() -> None:  # the module's models tree as the other tests find it
+        for path in copies:
+            path.unlink(missing_ok=True)
+
+    request.addfinalizer(tidy)
+    assert f"{stem}.sft" in NODES["LoadZImageTransformerModel"].INPUT_TYPES()["required"]["model_name"][0]
+    loader = NODES["LoadZImageTransformerModel"]()
+    (sft, _), (plain, _) = loader.loadmodel(f"{stem}.sft", "fp32"), loader.loadmodel(f"{stem}.safetensors", "fp32")
+    assert sft.config == plain.config and sft.path.suffix == ".sft"
+    reader = sf.image_reader("zimage")
+    ours, theirs = (reader.load_transformer(f, torch.float32).state_dict() for f in (sft, plain))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    (vae_sft,) = NODES["LoadZImageVAEModel"]().loadmodel(f"{stem}_vae.sft", "fp32")
+    assert vae_sft.config == NODES["LoadZImageVAEModel"]().loadmodel(f"{stem}_vae.safetensors", "fp32")[0].config
+    (root / "diffusion_models" / "broken.sft").write_bytes(b"not a safetensors file")
+    refused(ValueError, lambda: loader.loadmodel("broken.sft", "fp32"), "LoadZImageTransformerModel:",
+            "broken.sft: truncated or not a safetensors file")  # fmt: skip
 
 
 # -- the released layouts, on the meta device ------------------------------------------------------------------------

@@ -53,11 +53,21 @@ def _control_in(config: str, sub_transformer: bool) -> dict[str, tuple]:
     return {"config": ("COMBO", config), "model_name": ("COMBO", None), **sub, "funmodels": ("FunModels", None)}
 
 
+def _control_in_model(config: str) -> dict[str, tuple]:  # the chunked workflows' node: a transformer in and out
+    return {"config": ("COMBO", config), "model_name": ("COMBO", None), "transformer": ("TransformerModel", None)}
+
+
+_TRANSFORMER = [("TransformerModel", "transformer")]
+
+
 VIDEOX_FUN_IMAGE_NODES: dict[str, tuple[dict[str, tuple], list[str], list[tuple[str, str]], str]] = {
     "LoadZImageModel": (_LOADER, [], _FUN, "Load ZImage Model"),
     "LoadZImageLora": (_LORA, [], _FUN, "Load ZImage Lora"),
     "LoadZImageControlNetInPipeline": (
         _control_in("z_image/z_image_control_2.1.yaml", True), [], _FUN, "LoadZImageControlNetInPipeline"
+    ),
+    "LoadZImageControlNetInModel": (
+        _control_in_model("z_image/z_image_control_2.1.yaml"), [], _TRANSFORMER, "LoadZImageControlNetInModel"
     ),
     "ZImageT2ISampler": ({**_LINKS, **_NEGATIVE, **_sampler(1568, 1184, 8, 0.0, ("INT", 3))}, [], _IMAGES,
                          "ZImage T2I Sampler"),
@@ -70,6 +80,9 @@ VIDEOX_FUN_IMAGE_NODES: dict[str, tuple[dict[str, tuple], list[str], list[tuple[
     "LoadFlux2ControlNetInPipeline": (
         _control_in("flux2/flux2_control.yaml", False), [], _FUN, "Load Flux2 ControlNet In Pipeline"
     ),
+    "LoadFlux2ControlNetInModel": (
+        _control_in_model("flux2/flux2_control.yaml"), [], _TRANSFORMER, "Load Flux2 ControlNet In Model"
+    ),
     "Flux2T2ISampler": ({**_LINKS, **_sampler(1728, 992, 25, 4.0, ("FLOAT", 1.0))}, [], _IMAGES,
                         "FLUX2 Text to Image Sampler"),
     "Flux2ControlSampler": (
@@ -80,6 +93,9 @@ VIDEOX_FUN_IMAGE_NODES: dict[str, tuple[dict[str, tuple], list[str], list[tuple[
     "LoadQwenImageLora": (_LORA, [], _FUN, "Load QwenImage Lora"),
     "LoadQwenImageControlNetInPipeline": (
         _control_in("qwenimage/qwenimage_control.yaml", True), [], _FUN, "Load QwenImage ControlNet In Pipeline"
+    ),
+    "LoadQwenImageControlNetInModel": (
+        _control_in_model("qwenimage/qwenimage_control.yaml"), [], _TRANSFORMER, "Load QwenImage ControlNet In Model"
     ),
     "QwenImageT2VSampler": ({**_LINKS, **_NEGATIVE, **_sampler(1344, 768, 50, 4.0, ("INT", 1)), **_TEACACHE}, [],
                             _IMAGES, "QwenImage T2V Sampler"),
@@ -133,7 +149,7 @@ def test_image_nodes_have_videox_funs_sockets(name: str) -> None:
         assert spec["required"]["model"][0][-len(RELEASES[name]) :] == RELEASES[name]
 
 
-# The image nodes of VideoX-Fun's shipped non-chunked workflows (aigc-apps/VideoX-Fun at 804a425,
+# The image nodes of VideoX-Fun's shipped workflows (aigc-apps/VideoX-Fun at 804a425,
 # comfyui/{z_image,flux2,qwenimage}/v1/*_workflow_*.json), written down as facts: type, widgets_values in order (the
 # UI puts the seed's control_after_generate after the seed), linked input sockets.
 VIDEOX_FUN_WORKFLOW_NODES = [
@@ -144,10 +160,14 @@ VIDEOX_FUN_WORKFLOW_NODES = [
      ["funmodels"]),
     ("ZImageControlSampler", [1184, 1568, 43, "fixed", 8, 0, "Flow", 3, 0.85],
      ["funmodels", "prompt", "negative_prompt", "control_image"]),
+    ("LoadZImageControlNetInModel",
+     ["z_image/z_image_control_2.1.yaml", "Z-Image-Fun-Controlnet-Union-2.1.safetensors"], ["transformer"]),
     ("LoadFlux2Model", ["FLUX.2-dev", "sequential_cpu_offload", "bf16"], []),
     ("Flux2T2ISampler", [1728, 992, 404922577542089, "randomize", 25, 4, "Flow", 3], ["funmodels", "prompt"]),
     ("LoadFlux2ControlNetInPipeline",
      ["flux2/flux2_control.yaml", "FLUX.2-dev-Fun-Controlnet-Union-2602.safetensors"], ["funmodels"]),
+    ("LoadFlux2ControlNetInModel",
+     ["flux2/flux2_control.yaml", "FLUX.2-dev-Fun-Controlnet-Union-2602.safetensors"], ["transformer"]),
     ("Flux2ControlSampler", [1184, 1568, 415216792885928, "randomize", 25, 4, "Flow", 3, 0.75],
      ["funmodels", "prompt", "control_image"]),
     ("LoadQwenImageModel", ["Qwen-Image", "model_group_offload", "bf16"], []),
@@ -159,6 +179,8 @@ VIDEOX_FUN_WORKFLOW_NODES = [
     ("LoadQwenImageControlNetInPipeline",
      ["qwenimage/qwenimage_control.yaml", "Qwen-Image-2512-Fun-Controlnet-Union.safetensors", "transformer"],
      ["funmodels"]),
+    ("LoadQwenImageControlNetInModel",
+     ["qwenimage/qwenimage_control.yaml", "Qwen-Image-2512-Fun-Controlnet-Union.safetensors"], ["transformer"]),
     ("QwenImageControlSampler", [1184, 1568, 733079601689805, "randomize", 40, 4, "Flow", 3, 0.25, True, 5, True, 0,
                                  0.8], ["funmodels", "prompt", "negative_prompt", "control_image"]),
 ]  # fmt: skip
