@@ -8,11 +8,13 @@ here, so neither imports the other (``nodes`` gathers every class into ``NODE_CL
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from videox_fun.families import get_family
 from videox_fun.runtime.offload import MEMORY_MODES
 
 from . import host
-from .models import FunModels
+from .models import PRECISIONS, FunModels
 
 CATEGORY = "VideoX-Fun"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -21,6 +23,26 @@ PROMPT = "STRING_PROMPT"
 BOOL_CHOICE = [False, True]  # VideoX-Fun's boolean widgets are two-value combos; kept so its workflows validate
 # VideoX-Fun's ComfyUI names of samplers that the library names otherwise.
 SAMPLER_ALIASES = {"DDIM": "DDIM_Origin"}
+
+
+class ModelFileWidgets:
+    """The widgets of a node that reads one file from ComfyUI's model folders (the chunked loaders): ``model_name``
+    listed from ``FOLDERS``, the node's own ``OPTIONS``, then ``precision``."""
+
+    FOLDERS: ClassVar[tuple[str, ...]] = ("diffusion_models",)
+    OPTIONS: ClassVar[dict[str, tuple]] = {}
+    DEFAULT_PRECISION = "bf16"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        names = host.model_file_names(*cls.FOLDERS)
+        return {
+            "required": {
+                "model_name": (names, {"default": names[0] if names else None}),
+                **cls.OPTIONS,
+                "precision": (list(PRECISIONS), {"default": cls.DEFAULT_PRECISION}),
+            }
+        }
 
 
 def memory_modes() -> tuple[list[str], dict]:

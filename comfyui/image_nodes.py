@@ -35,7 +35,17 @@ from videox_fun.families.image_single_files import recognise_image_parts
 from videox_fun.models.image_single_files import ComponentFile, ImageParts
 
 from . import host, media, single_files
-from .common import BOOL_CHOICE, CATEGORY, FUN_MODELS, PROMPT, SEED_MAX, FunLora, family_samplers, memory_modes
+from .common import (
+    BOOL_CHOICE,
+    CATEGORY,
+    FUN_MODELS,
+    PROMPT,
+    SEED_MAX,
+    FunLora,
+    ModelFileWidgets,
+    family_samplers,
+    memory_modes,
+)
 from .models import PRECISIONS, FunModels, StepCache, generate, load_fun_models, model_choices
 from .single_files import PROCESSOR, TEXT_ENCODER_MODEL, TOKENIZER, TRANSFORMER_MODEL, VAE_MODEL
 
@@ -262,7 +272,7 @@ def refused_by(node: str) -> Iterator[None]:
         raise ValueError(f"{node}: {err}") from None
 
 
-class LoadZImageTransformerModel:
+class LoadZImageTransformerModel(ModelFileWidgets):
     """Read a Z-Image transformer single file from ComfyUI's ``diffusion_models/`` (ComfyUI's
     ``z_image_turbo_bf16.safetensors``: the original names; diffusers' too). It is told from its tensor names (a
     file of another family, or a VAE, is refused in one line) and its config read off its shapes; model_name says
@@ -273,25 +283,11 @@ class LoadZImageTransformerModel:
     """
 
     FAMILY = "zimage"
-    FOLDERS: ClassVar[tuple[str, ...]] = ("diffusion_models",)
     KIND = "transformer"
-    OPTIONS: ClassVar[dict[str, tuple]] = {}  # widgets between model_name and precision, passed to the reader
-    DEFAULT_PRECISION = "bf16"
     RETURN_TYPES: tuple[str, ...] = (TRANSFORMER_MODEL, "STRING")
     RETURN_NAMES: tuple[str, ...] = ("transformer", "model_name")
     FUNCTION = "loadmodel"
     CATEGORY = f"{CATEGORY}/Z-Image"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        names = host.model_file_names(*cls.FOLDERS)
-        return {
-            "required": {
-                "model_name": (names, {"default": names[0] if names else None}),
-                **cls.OPTIONS,
-                "precision": (list(PRECISIONS), {"default": cls.DEFAULT_PRECISION}),
-            }
-        }
 
     def loadmodel(self, model_name: str, precision: str, **options: Any) -> tuple:
         with refused_by(type(self).__name__):

@@ -31,6 +31,7 @@ from .common import (
     SAMPLER_ALIASES,
     SEED_MAX,
     FunLora,
+    ModelFileWidgets,
     family_samplers,
     memory_modes,
 )
@@ -180,28 +181,16 @@ class LoadCogVideoXFunModel:
 # ------------------------------------------------------------------------------------------
 
 
-class LoadWanTransformerModel:
+class LoadWanTransformerModel(ModelFileWidgets):
     """Read a Wan transformer single file from ComfyUI's ``diffusion_models/`` (original Wan names or ComfyUI's,
     ``*_fp8_scaled`` too). Its variant (T2V, InP, Control, Control-Camera, TI2V) and size are told from its tensor
     shapes, and model_name says what was found; the weights load when a sampler first needs them.
     """
 
-    FOLDERS: ClassVar[tuple[str, ...]] = ("diffusion_models",)
-    DEFAULT_PRECISION = "bf16"
     RETURN_TYPES: tuple[str, ...] = (TRANSFORMER_MODEL, "STRING")
     RETURN_NAMES: tuple[str, ...] = ("transformer", "model_name")
     FUNCTION = "loadmodel"
     CATEGORY = f"{CATEGORY}/Wan single files"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        names = host.model_file_names(*cls.FOLDERS)
-        return {
-            "required": {
-                "model_name": (names, {"default": names[0] if names else None}),
-                "precision": (list(PRECISIONS), {"default": cls.DEFAULT_PRECISION}),
-            }
-        }
 
     def loadmodel(self, model_name: str, precision: str) -> tuple:
         return self.read(host.model_file_path(model_name, *self.FOLDERS), PRECISIONS[precision])
