@@ -7,7 +7,19 @@ from pathlib import Path
 
 from ..argparsing import DefaultsHelpFormatter, non_negative_int, positive_int
 
-BENCHMARKS = ("transformer", "cogvideox", "pipeline", "vae", "fp8", "cache", "memory", "startup", "serve")
+BENCHMARKS = (
+    "transformer",
+    "cogvideox",
+    "images",
+    "streams",
+    "pipeline",
+    "vae",
+    "fp8",
+    "cache",
+    "memory",
+    "startup",
+    "serve",
+)
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +30,10 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("name", choices=BENCHMARKS)
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME_<device>.json)")
     parser.add_argument(
-        "--repeats", type=positive_int, default=5, help="timed rounds (transformer, cogvideox, pipeline, vae, startup)"
+        "--repeats",
+        type=positive_int,
+        default=5,
+        help="timed rounds (transformer, cogvideox, images, streams, pipeline, vae, startup)",
     )
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     parser.add_argument("--model", help="model for cache / memory (default: the built-in tiny model)")
@@ -52,6 +67,14 @@ def run_bench(args: argparse.Namespace) -> dict:
         result = transformer.run(args.repeats)
     elif args.name == "cogvideox":
         result = cogvideox.run(args.repeats)
+    elif args.name == "images":
+        from . import images
+
+        result = images.run(args.repeats)
+    elif args.name == "streams":
+        from . import streams
+
+        result = streams.run(args.repeats)
     elif args.name == "pipeline":
         result = pipeline.run(args.repeats)
     elif args.name == "vae":
@@ -69,6 +92,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     else:
         result = memory.run(args.model)
     write_json(result, out)
+    if result.get("failed"):  # after the JSON: what the other cases measured is kept, the exit status still fails
+        raise SystemExit(f"bench {args.name}: failed cases: {', '.join(result['failed'])} (errors in {out})")
     if args.name == "cache" and args.plot:  # after the JSON: a missing plotting library loses nothing
         cache.plot(result, args.plot)
     return result
