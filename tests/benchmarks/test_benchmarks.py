@@ -74,3 +74,45 @@ def test_cogvideox_comparison_runs_both_transformers_on_the_same_weights_and_rop
     entry = compare(ours, theirs, inputs, repeats=2)
     assert entry["max_abs_diff"] < 1e-5  # our attention processor is diffusers' math through our dispatch
     assert entry["ratio_wall_s_median"] > 0 and len(entry["runs"]["ours"]["wall_s"]) == 2
+
+
+def test_image_and_stream_comparisons_run_ours_and_diffusers_on_the_same_weights():
+    """The CPU path of ``bench images`` and ``bench streams``: every family's tiny config, fp32, one timed round."""
+    from videox_fun.benchmarks import images, streams
+
+    for module, kinds in ((images, images.FAMILIES), (streams, streams.TINY_CONFIGS)):
+        result = module.run(repeats=1, cpu_dtypes=(torch.float32,))
+        assert result["failed"] == []
+        assert set(result["results"]) == {f"cpu_{kind}_float32" for kind in kinds}
+        for name, entry in result["results"].items():
+            # fp32: our classes are diffusers' math with our attention dispatch (measured: 0 for the image families,
+            # 1.1e-6 VACE and 1.6e-6 Animate, whose outputs reach 2.4)
+            assert entry["max_abs_diff"] <= 1e-5, name
+            assert entry["single_call"]["ours"]["output_abs_max"] > 0.1, name  # a difference of a real output
+            assert len(entry["runs"]["ours"]["wall_s"]) == 1 and entry["ratio_wall_s_median"] > 0
+            assert entry["parameters"] > 0 and entry["dtype"] == "float32"
+    assert torch.get_default_dtype() == torch.float32  # the bf16 / device builds do not leak
+
+
+def test_gpu_cases_are_the_released_widths_and_load_strictly_on_the_meta_device():
+    """Without a GPU: the GPU cases' configs at full depth have the released parameter counts (model-facts), and
+    their few-block pairs build with diffusers' strict loading (keys and shapes) on the meta device."""
+    from videox_fun.benchmarks import images, streams
+    from videox_fun.benchmarks.pairs import parameter_count
+    from videox_fun.models.wan.vace import WanVACETransformer3DModel
+
+    released = {"flux": 11_901_408_320, "flux2": 32_223_281_152, "qwenimage": 20_430_401_088, "zimage": 6_154_908_736}
+    for key, family in images.FAMILIES.items():
+        with torch.device("meta"):
+            assert parameter_count(family.ours.from_model_config(family.released)) == released[key], key
+        pair = images.build_case(family, family.gpu_config(), torch.bfloat16, "meta", images.GPU_IMAGE, 16)
+        assert parameter_count(pair.theirs) == parameter_count(pair.ours) < released[key]
+        assert pair.facts["image_tokens"] == 4096  # 1024 x 1024
+    with torch.device("meta"):  # the VACE case: Wan2.1-VACE-14B's widths (its count: 17,337,592,896)
+        full_vace = WanVACETransformer3DModel.from_config(streams.PRESETS["Wan2.1-VACE-14B"])
+    assert parameter_count(full_vace) == 17_337_592_896
+    for kind, config in streams.GPU_CONFIGS.items():
+        pair = streams.build_case(kind, config, streams.GPU_LATENTS, torch.bfloat16, "meta")
+        assert parameter_count(pair.theirs) == parameter_count(pair.ours)
+        assert pair.facts["video_tokens"] == 32_760
+    assert pair.facts["face_crops"] == 77  # Animate: a 77-frame segment after the reference frame
