@@ -22,7 +22,7 @@ from diffusers import WanTransformer3DModel as DiffusersWan
 from diffusers import WanVACETransformer3DModel as DiffusersVace
 
 from videox_fun.io.video import write_video
-from videox_fun.models.wan.keys import original_config_to_diffusers
+from videox_fun.models.wan.keys import animate_config_to_diffusers, original_config_to_diffusers
 from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.pipelines.schedulers import make_scheduler
 from videox_fun.pipelines.wan import WanPipeline
@@ -145,22 +145,7 @@ def diffusers_animate_twin(model: WanTransformer3DModel, folder: Path) -> Diffus
     model.save_original(folder)
     config_dir = folder / "diffusers_config"
     config_dir.mkdir()
-    ours = model.config
-    channels = ours.motion_encoder_channels
-    config = {
-        "_class_name": "WanAnimateTransformer3DModel",
-        # The main stack is an I2V one: diffusers' fields for it (CLIP branch included).
-        **original_config_to_diffusers({**ours, "model_type": "i2v"}),
-        "latent_channels": ours.out_dim,
-        "motion_encoder_size": ours.motion_encoder_size,
-        "motion_style_dim": ours.motion_style_dim,
-        "motion_dim": ours.motion_dim,
-        "motion_encoder_dim": ours.motion_encoder_dim,
-        "motion_encoder_channel_sizes": None if channels is None else {str(k): v for k, v in channels.items()},
-        "face_encoder_hidden_dim": ours.face_encoder_hidden_dim,
-        "face_encoder_num_heads": ours.face_encoder_num_heads,
-        "inject_face_latents_blocks": ours.face_adapter_interval,
-    }
+    config = {"_class_name": "WanAnimateTransformer3DModel", **animate_config_to_diffusers(dict(model.config))}
     (config_dir / "config.json").write_text(json.dumps(config))
     single_file = str(folder / "diffusion_pytorch_model.safetensors")
     return DiffusersAnimate.from_single_file(single_file, config=str(config_dir), torch_dtype=torch.float32).eval()

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..models.loading import public_config
 from ..models.wan.animate import WanAnimateTransformer3DModel
-from ..models.wan.keys import CLIP_DIM, CLIP_TOKENS, original_config_to_diffusers
+from ..models.wan.keys import CLIP_DIM, CLIP_TOKENS, animate_config_to_diffusers, original_config_to_diffusers
 from ..models.wan.vace import WanVACETransformer3DModel
 from ..models.wan.variants import PRESETS, TINY_RELEASED_FACE_CROPS, tiny_config
 from .common import built_in
@@ -52,24 +52,6 @@ TINY_CONFIGS = {
     "animate": tiny_config("animate", text_len=TEXT_LEN, **TINY_RELEASED_FACE_CROPS),
 }
 LABELS = {"vace": "Wan VACE", "animate": "Wan2.2-Animate"}
-
-
-def animate_config_to_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
-    """diffusers' ``WanAnimateTransformer3DModel`` fields for one of our Animate configs: the main stack's as an I2V
-    model's (CLIP branch included), the motion and face widths, the face-block interval."""
-    channels = config.get("motion_encoder_channels")
-    return {
-        **original_config_to_diffusers({**config, "model_type": "i2v"}),
-        "latent_channels": config["out_dim"],
-        "motion_encoder_size": config["motion_encoder_size"],
-        "motion_style_dim": config["motion_style_dim"],
-        "motion_dim": config["motion_dim"],
-        "motion_encoder_dim": config["motion_encoder_dim"],
-        "motion_encoder_channel_sizes": None if channels is None else {str(k): v for k, v in channels.items()},
-        "face_encoder_hidden_dim": config["face_encoder_hidden_dim"],
-        "face_encoder_num_heads": config["face_encoder_num_heads"],
-        "inject_face_latents_blocks": config["face_adapter_interval"],
-    }
 
 
 def diffusers_twin(ours: nn.Module, their_class: type, config: Mapping[str, Any], dtype: torch.dtype) -> nn.Module:

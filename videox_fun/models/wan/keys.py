@@ -204,6 +204,24 @@ def original_config_to_diffusers(config: Mapping) -> dict:
     }
 
 
+def animate_config_to_diffusers(config: Mapping) -> dict:
+    """diffusers' ``WanAnimateTransformer3DModel`` fields for a Wan2.2-Animate config: the main stack's as an I2V
+    model's (CLIP branch included), the motion and face widths, the face-block interval."""
+    channels = config.get("motion_encoder_channels")
+    return {
+        **original_config_to_diffusers({**config, "model_type": "i2v"}),
+        "latent_channels": config["out_dim"],
+        "motion_encoder_size": config["motion_encoder_size"],
+        "motion_style_dim": config["motion_style_dim"],
+        "motion_dim": config["motion_dim"],
+        "motion_encoder_dim": config["motion_encoder_dim"],
+        "motion_encoder_channel_sizes": None if channels is None else {str(k): v for k, v in channels.items()},
+        "face_encoder_hidden_dim": config["face_encoder_hidden_dim"],
+        "face_encoder_num_heads": config["face_encoder_num_heads"],
+        "inject_face_latents_blocks": config["face_adapter_interval"],
+    }
+
+
 def has_clip_branch(model_type: str, image_dim: int | None = CLIP_DIM) -> bool:
     """Whether a config has the CLIP image branch: Wan2.1 i2v / flf2v, not Wan2.2's (``image_dim`` None)."""
     return model_type in ("i2v", "flf2v") and image_dim is not None
