@@ -138,3 +138,29 @@ def test_flow_distill_is_the_flow_grid_for_image_students(tmp_path):
         assert main([*args, "--output", str(outputs[sampler])]) == 0
     assert read_sidecar(outputs["Flow_Distill"])["sampler"] == "Flow_Distill"
     assert np.array_equal(read_png(outputs["Flow"]), read_png(outputs["Flow_Distill"]))
+
+
+def test_a_students_timesteps_from_its_folder_or_the_flag(tmp_path, capsys):
+    """A student folder's ``distill_timesteps`` (a DMD student of ``--denoising_step_list 1000 400``) are the
+    Flow_Distill grid at as many steps, as ``--distill-timesteps`` gives them, and recorded in the sidecar; they
+    change the image (they are not the uniform grid); with another sampler the flag is a one-line refusal."""
+    folder = tmp_path / "Z-Image-Student"
+    from videox_fun.registry import resolve_model
+
+    shutil.copytree(resolve_model("Z-Image-Turbo-Tiny-Random"), folder)
+    config = folder / "videox_fun.yaml"
+    student = "  sampler: Flow\n  distill_timesteps: [1000, 400]\n"
+    config.write_text(config.read_text().replace("  sampler: Flow\n", student))
+    base = ["generate", "--prompt", "a red circle", "--model", str(folder), "--height", "32", "--width", "32",
+            "--quiet", "--sampler", "Flow_Distill", "--steps", "2"]  # fmt: skip
+    outputs = {}
+    for name, extra in (("folder", []), ("flag", ["--distill-timesteps", "1000,400"])):
+        outputs[name] = tmp_path / f"{name}.png"
+        assert main([*base, *extra, "--output", str(outputs[name])]) == 0
+        assert read_sidecar(outputs[name])["distill_timesteps"] == [1000, 400]
+    outputs["uniform"] = tmp_path / "uniform.png"
+    assert main([*base, "--distill-timesteps", "1000,500", "--output", str(outputs["uniform"])]) == 0
+    assert np.array_equal(read_png(outputs["folder"]), read_png(outputs["flag"]))
+    assert not np.array_equal(read_png(outputs["folder"]), read_png(outputs["uniform"]))
+    args = [*base[:-4], "--sampler", "Flow", "--steps", "2", "--distill-timesteps", "1000,400"]
+    assert_one_line_refusal(main, capsys, [*args, "--output", str(tmp_path / "x.png")], "--sampler Flow_Distill")

@@ -8,8 +8,9 @@ own nested YAML files (``transformer_additional_kwargs``, ``vae_kwargs``...) are
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -17,6 +18,34 @@ from typing import IO, Any
 import yaml
 
 FOLDER_CONFIG_NAME = "videox_fun.yaml"
+# The flow schedulers' timestep scale: timestep = sigma x NUM_TRAIN_TIMESTEPS, sigma in [0, 1].
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def timestep_problem(steps: Sequence[int]) -> str | None:
+    """Why ``steps`` cannot be a few-step student's training timesteps (they decrease within (0, 1000]), else None."""
+    if not steps:
+        return "no timesteps"
+    if any(not 0 < t <= NUM_TRAIN_TIMESTEPS for t in steps):
+        return f"timesteps must lie within (0, {NUM_TRAIN_TIMESTEPS}]"
+    if any(a <= b for a, b in itertools.pairwise(steps)):
+        return "timesteps must decrease"
+    return None
+
+
+def parse_timesteps(text: str | Sequence[int]) -> tuple[int, ...]:
+    """A student's training timesteps from ``"1000,700,400,100"`` (commas or spaces) or a sequence of integers."""
+    if isinstance(text, str):
+        try:
+            steps = tuple(int(part) for part in text.replace(",", " ").split())
+        except ValueError:
+            raise ValueError(f"distill timesteps {text!r}: integers such as 1000,750,500,250") from None
+    else:
+        steps = tuple(int(t) for t in text)
+    problem = timestep_problem(steps)
+    if problem:
+        raise ValueError(f"distill timesteps {list(steps)}: {problem} (e.g. 1000,750,500,250)")
+    return steps
 
 
 @dataclass
@@ -35,6 +64,9 @@ class GenerationDefaults:
     shift: float = 5.0
     sampler: str = "Flow"
     negative_prompt: str = ""
+    # A DMD student's training timesteps (--denoising_step_list), which Flow_Distill samples at as many steps
+    # (None: the uniform grid, 1000 750 500 250 at 4 steps).
+    distill_timesteps: list[int] | None = None
 
 
 @dataclass

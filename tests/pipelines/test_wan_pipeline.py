@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -242,6 +243,34 @@ def test_samplers_step_as_diffusers_schedulers_do(folders, sampler):
         latents = reference.step(velocity, reference.timesteps[index], latents, return_dict=False)[0]
         following = recorded[index + 1][0] if index + 1 < steps else result.latents
         torch.testing.assert_close(latents, following, rtol=0, atol=1e-6)
+
+
+def test_flow_distill_samples_a_students_own_timesteps(folders, caplog):
+    """A student trained on other timesteps than the uniform ones (``--denoising_step_list 1000 600 200``) is
+    sampled on those, under the shift (``distill_timesteps``, recorded in the settings); at another step count the
+    uniform grid, said in the log; another sampler refuses them."""
+    pipe = WanPipeline.from_pretrained(folders["inp"])
+    settings = {"height": HEIGHT, "width": WIDTH, "num_frames": 5, "progress": False, "sampler": "Flow_Distill"}
+    guidance = RecordingGuidance(scale=1.0)
+    result = pipe("x", shift=SHIFT, guidance=guidance, num_inference_steps=3, distill_timesteps="1000,600,200",
+                  **settings)  # fmt: skip
+    sigmas = np.array([1.0, 0.6, 0.2])
+    expected = torch.from_numpy(SHIFT * sigmas / (1 + (SHIFT - 1) * sigmas) * 1000).float()
+    torch.testing.assert_close(torch.stack([t[0] for _, t, _ in guidance.steps]), expected)
+    assert result.settings["distill_timesteps"] == [1000, 600, 200]
+
+    uniform = RecordingGuidance(scale=1.0)
+    with caplog.at_level(logging.WARNING):
+        other = pipe("x", shift=SHIFT, guidance=uniform, num_inference_steps=4, distill_timesteps=[1000, 600, 200],
+                     **settings)  # fmt: skip
+    assert "trained on 3 timesteps" in caplog.text and "distill_timesteps" not in other.settings
+    reference = diffusers_scheduler("Flow_Distill", SHIFT)
+    set_videox_fun_grid(reference, "Flow_Distill", 4, SHIFT)
+    assert torch.equal(torch.stack([t[0] for _, t, _ in uniform.steps]), reference.timesteps.float())
+    with pytest.raises(ValueError, match="what --sampler Flow_Distill samples, not Flow"):
+        pipe("x", num_inference_steps=3, distill_timesteps=[1000, 600, 200], **{**settings, "sampler": "Flow"})
+    with pytest.raises(ValueError, match="timesteps must decrease"):
+        pipe("x", num_inference_steps=2, distill_timesteps="200,600", **settings)
 
 
 def test_samplers_give_different_latents(folders):

@@ -66,12 +66,15 @@ def test_the_rollout_keeps_gradients_on_the_exit_step_alone():
         assert grad.abs() > 0
 
 
-def test_the_rollout_is_the_flow_distill_sampler():
-    """Euler on the Flow_Distill grid (what ``generate --steps 4 --sampler Flow_Distill`` runs) ends where the
-    rollout's last x0 is, for the same velocity."""
+@pytest.mark.parametrize("steps", [DEFAULT_DENOISING_STEPS, (1000, 700, 400, 100)], ids=["uniform", "custom"])
+def test_the_rollout_is_the_flow_distill_sampler(steps):
+    """Euler on the Flow_Distill grid (what ``generate --steps 4 --sampler Flow_Distill`` runs, with
+    ``--distill-timesteps`` for a student of other timesteps) ends where the rollout's last x0 is, for the same
+    velocity."""
     flow = FlowMatching(shift=3.0)
-    timesteps = flow.rollout_timesteps(DEFAULT_DENOISING_STEPS)
-    scheduler = make_scheduler("Flow_Distill", 3.0)
+    timesteps = flow.rollout_timesteps(steps)
+    custom = None if steps == DEFAULT_DENOISING_STEPS else steps
+    scheduler = make_scheduler("Flow_Distill", 3.0, distill_timesteps=custom)
     scheduler.set_timesteps(4)
     assert scheduler.sigmas[:-1].tolist() == pytest.approx(timesteps.tolist())
 

@@ -29,6 +29,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..config import parse_timesteps
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -100,6 +102,15 @@ class Setting:
     def flag(self) -> str:
         """The flag that gives it (``src_root_path`` -> ``--src-root-path``)."""
         return "--" + self.name.replace("_", "-")
+
+
+# Flow_Distill's grid of a DMD student trained on other timesteps than the uniform ones (--denoising_step_list).
+DISTILL_TIMESTEPS = Setting(
+    "distill_timesteps",
+    help="--sampler Flow_Distill: the timesteps the student was trained on (--denoising_step_list), e.g. "
+    "1000,700,400,100, sampled when --steps is their count (default: the folder's, else the uniform grid)",
+    type=parse_timesteps,
+)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..config import FOLDER_CONFIG_NAME, read_json_mapping
-from . import Family, Mode, Pipeline, Recognised, SizeRules
+from . import DISTILL_TIMESTEPS, Family, Mode, Pipeline, Recognised, Setting, SizeRules
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +35,7 @@ class DiffusersImageFamily(Family):
     """An image family of diffusers-layout folders, loaded by its pipeline class's ``from_pretrained``."""
 
     pipeline: ClassVar[str]  # "module:Class", imported when a folder loads (the family layer imports no torch)
+    settings: tuple[Setting, ...] = (DISTILL_TIMESTEPS,)
 
     def load(self, recognised: Recognised, device: torch.device, dtype: torch.dtype) -> Pipeline:
         """Every component of the folder, as the pipeline class's ``from_pretrained`` loads it."""

@@ -84,7 +84,9 @@ class Flux2Family(DiffusersImageFamily):
                    "(diffusers layout)")  # fmt: skip
     pipeline = "videox_fun.pipelines.flux2:Flux2Pipeline"
     training_spec = "flux2"
-    settings = control_settings(control_file_check(READ_CONTROL, "a file of 260 channels (control, mask, image)"))
+    settings = DiffusersImageFamily.settings + control_settings(
+        control_file_check(READ_CONTROL, "a file of 260 channels (control, mask, image)")
+    )
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:
         """A FLUX.2 folder as its config files describe it (None for another family's layout)."""

@@ -90,7 +90,9 @@ class QwenImageFamily(DiffusersImageFamily):
     samplers = QWENIMAGE_SAMPLERS
     description = ("Qwen-Image text-to-image, image-to-image, inpainting, Fun control, Qwen-Image-Edit and "
                    "Qwen-Image-Edit-2509 (diffusers layout)")  # fmt: skip
-    settings = control_settings(control_file_check(READ_CONTROL, "a file of 132 channels (control, mask, image)"))
+    settings = DiffusersImageFamily.settings + control_settings(
+        control_file_check(READ_CONTROL, "a file of 132 channels (control, mask, image)")
+    )
     training_spec = "qwenimage"
     pipeline = "videox_fun.pipelines.qwenimage:QwenImagePipeline"
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..argparsing import finite_float
 from ..config import FOLDER_CONFIG_NAME, ModelConfig, config_for_folder, read_json_mapping, read_yaml_mapping
-from . import Family, Mode, Recognised, Setting, SizeRules, register
+from . import DISTILL_TIMESTEPS, Family, Mode, Recognised, Setting, SizeRules, register
 
 if TYPE_CHECKING:
     import torch
@@ -97,6 +97,7 @@ WAN_SETTINGS = (
         type=finite_float,
         modes=tuple(name for name in WAN_MODES if name not in ANIMATE_MODES),
     ),
+    dataclasses.replace(DISTILL_TIMESTEPS, modes=tuple(name for name in WAN_MODES if name not in ANIMATE_MODES)),
     Setting(
         "src_root_path",
         help="Wan2.2-Animate (animate / replace): the folder its preprocessing wrote: src_pose.mp4, src_face.mp4, "

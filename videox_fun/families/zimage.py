@@ -49,7 +49,7 @@ def read_control_file(path: Path) -> tuple[str, bool]:
     return release.name, release.inpaint
 
 
-CONTROL_SETTINGS = control_settings(
+ZIMAGE_SETTINGS = DiffusersImageFamily.settings + control_settings(
     control_file_check(read_control_file, "a 2.x file (control, mask and masked image in 33 channels)")
 )
 
@@ -63,7 +63,7 @@ class ZImageFamily(DiffusersImageFamily):
     description = ("Z-Image / Z-Image-Turbo text-to-image, image-to-image and inpainting, and Fun control "
                    "(diffusers layout)")  # fmt: skip
     pipeline = "videox_fun.pipelines.zimage:ZImagePipeline"
-    settings = CONTROL_SETTINGS
+    settings = ZIMAGE_SETTINGS
     training_spec = "zimage"
 
     def recognise(self, folder: Path, config_path: Path | None = None) -> Recognised | None:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from ..config import parse_timesteps
 from ..io.video import frames_to_tensor, read_image, read_video
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,12 @@ class SamplingSettings:
     guidance_scale_2: float
     shift: float
     sampler: str
+    # Flow_Distill: the training timesteps of the student it samples (None: the uniform grid)
+    distill_timesteps: tuple[int, ...] | None = None
 
     def record(self, seed: int) -> dict:
         """The settings as the sidecar JSON records them."""
+        distill = {"distill_timesteps": list(self.distill_timesteps)} if self.distill_timesteps else {}
         return {
             "mode": self.mode,
             "height": self.height,
@@ -56,7 +60,32 @@ class SamplingSettings:
             "seed": seed,
             "steps": self.steps,
             "guidance_scale": self.guidance_scale,
+            **distill,
         }
+
+
+DISTILL_SAMPLER = "Flow_Distill"
+
+
+def student_timesteps(
+    given: Sequence[int] | str | None, default: Sequence[int] | None, sampler: str, steps: int
+) -> tuple[int, ...] | None:
+    """The training timesteps of the DMD student a call samples (``distill_timesteps``: the given ones, else the
+    folder's), or None for the uniform grid: at another step count than the student's (said in the log), or
+    under another sampler (given ones are then an error: only ``Flow_Distill`` reads them)."""
+    if sampler != DISTILL_SAMPLER:
+        if given is not None:
+            raise ValueError(f"distill_timesteps are what --sampler {DISTILL_SAMPLER} samples, not {sampler}")
+        return None
+    chosen = given if given is not None else default
+    if chosen is None:
+        return None
+    timesteps = parse_timesteps(chosen)
+    if len(timesteps) != steps:
+        logger.warning("the student was trained on %d timesteps %s; %d steps sample the uniform grid instead",
+                       len(timesteps), list(timesteps), steps)  # fmt: skip
+        return None
+    return timesteps
 
 
 def recognised_as(folder: str | Path | Any, family: str, label: str) -> Any:

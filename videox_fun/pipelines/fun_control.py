@@ -31,7 +31,7 @@ class FunControlPipeline:
     ``control_scale`` from the pass inputs (:meth:`with_control`)."""
 
     label: ClassVar[str]
-    call_settings: ClassVar[tuple[str, ...]] = ("control_context_scale",)
+    call_settings: ClassVar[tuple[str, ...]] = ("control_context_scale", "distill_timesteps")
     inpaint_file: ClassVar[str] = "a Fun control file that reads a mask"  # what control_inpaint needs, in errors
     control: Any = None  # the control model; its ``release.name`` names it
     control_path: Path | None = None

@@ -45,9 +45,11 @@ from .common import (
     recognised_as,
     seeded_noise,
     strength_start,
+    student_timesteps,
     unpack_latents,
 )
 from .guidance import ClassifierFreeGuidance
+from .schedulers import distill_sigmas
 
 logger = logging.getLogger(__name__)
 PATCH = 2  # image tokens of both families: 2x2 latent pixels each
@@ -86,7 +88,8 @@ class FlowImagePipeline:
     }
     noise_modes: ClassVar[tuple[str, ...]] = ("t2i",)  # modes that start from pure noise (no strength)
     renorm_dim: ClassVar[int | None] = None  # axis the guided prediction is renormalised along (None: not)
-    call_settings: ClassVar[tuple[str, ...]] = ()  # family settings a call takes by keyword (Family.settings)
+    # family settings a call takes by keyword (Family.settings)
+    call_settings: ClassVar[tuple[str, ...]] = ("distill_timesteps",)
     transformer: torch.nn.Module
     vae: Any
     config: Any
@@ -195,6 +198,13 @@ class FlowImagePipeline:
         """The sigmas of ``steps`` steps (None: ``flow_timesteps``' float64 linspace)."""
         return None
 
+    def sampling_sigmas(self, settings: SamplingSettings) -> Sequence[float] | None:
+        """The sigmas a call samples before the shift: a DMD student's training timesteps / 1000 (``Flow_Distill``
+        with ``distill_timesteps``), else :meth:`sigmas`."""
+        if settings.distill_timesteps:
+            return distill_sigmas(settings.steps, settings.distill_timesteps).tolist()
+        return self.sigmas(settings.steps)
+
     def token_count(self, height: int, width: int) -> int:
         """Image tokens of (h, w) latents (2x2 latent pixels each by default), which the shift depends on."""
         return (height // PATCH) * (width // PATCH)
@@ -263,6 +273,9 @@ class FlowImagePipeline:
             # None (and a folder default of 0): the scheduler config's shift
             shift=given["shift"] if given.get("shift") is not None else (defaults.shift or None),  # type: ignore[arg-type]
             sampler=values["sampler"],
+            distill_timesteps=student_timesteps(
+                given.get("distill_timesteps"), defaults.distill_timesteps, values["sampler"], values["steps"]
+            ),
         )
 
     def latent_size(self, settings: SamplingSettings) -> tuple[int, int]:
@@ -316,7 +329,7 @@ class FlowImagePipeline:
         settings = self.resolve_settings(
             mode or infer_mode(self.mode_table, inputs), inputs, height=height, width=width, num_frames=num_frames,
             steps=num_inference_steps, guidance_scale=guidance_scale, shift=shift, sampler=sampler,
-            negative_prompt=negative_prompt,
+            negative_prompt=negative_prompt, distill_timesteps=extra.pop("distill_timesteps", None),
         )  # fmt: skip
         h, w = self.latent_size(settings)
         guidance = guidance or self.default_guidance(settings)
@@ -325,8 +338,8 @@ class FlowImagePipeline:
         scheduler = flow_scheduler(self.scheduler_config, shift)
         start = 0 if settings.mode in self.noise_modes else strength_start(settings.steps, strength)
         tokens = self.token_count(h, w)
-        timesteps, mu = flow_timesteps(scheduler, settings.steps, tokens, start, self.device,
-                                       self.sigmas(settings.steps), self.shift_mu(tokens, settings.steps))  # fmt: skip
+        sigmas, mu = self.sampling_sigmas(settings), self.shift_mu(tokens, settings.steps)
+        timesteps, mu = flow_timesteps(scheduler, settings.steps, tokens, start, self.device, sigmas, mu)
         noise = seeded_noise((1, self.vae.latent_channels, h, w), seed, self.device)  # (1, C, h, w)
         latents, known = self.start_latents(settings, noise, scheduler, timesteps[:1], image, mask)
         latents = self.unpack(self._sample(latents, timesteps, scheduler, guidance, passes, known, callback, progress),

@@ -10,7 +10,8 @@ VideoX-Fun's, so the same steps and shift give the same timesteps as there:
 - ``Flow_DPM++``: VideoX-Fun's ``get_sampling_sigmas(steps, shift)``:
   ``linspace(1, 0, steps + 1)[:-1]`` shifted, then 0. diffusers' own would start at 0.999.
 - ``Flow_Distill``: flow-match Euler on that same grid: at 4 steps the timesteps 1000, 750, 500, 250
-  under the shift, where a distilled student (``train_distill.py``, DMD) was trained to denoise.
+  under the shift, where a distilled student (``train_distill.py``, DMD) was trained to denoise; a student
+  trained on other timesteps (``--denoising_step_list``) samples those (``distill_timesteps``).
 
 Timesteps are ``sigma * 1000`` rounded down to integers for the two multistep solvers (both
 libraries do that); ``Flow`` keeps float timesteps.
@@ -18,14 +19,16 @@ libraries do that); ``Flow`` keeps float timesteps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from ..config import NUM_TRAIN_TIMESTEPS, parse_timesteps
+
 SAMPLERS = ("Flow", "Flow_Unipc", "Flow_DPM++", "Flow_Distill")
-# The flow schedulers' timestep scale: timestep = sigma x NUM_TRAIN_TIMESTEPS, sigma in [0, 1].
-NUM_TRAIN_TIMESTEPS = 1000
 
 
 def shifted(sigmas: np.ndarray, shift: float) -> np.ndarray:
@@ -74,26 +77,43 @@ class FlowDPMSolverScheduler(DPMSolverMultistepScheduler):
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
 
 
+def distill_sigmas(num_steps: int, timesteps: Sequence[int] | None = None) -> np.ndarray:
+    """``Flow_Distill``'s sigmas before the shift: the student's training timesteps / 1000 when it was trained on
+    ``num_steps`` of them, else the uniform ``linspace(1, 0, steps + 1)[:-1]`` (1000, 750, 500, 250 at 4 steps)."""
+    if timesteps is not None and len(timesteps) == num_steps:
+        return np.asarray(timesteps, dtype=np.float64) / NUM_TRAIN_TIMESTEPS
+    return np.linspace(1.0, 0.0, num_steps + 1)[:num_steps].copy()
+
+
 class FlowDistillScheduler(FlowMatchEulerDiscreteScheduler):
-    """diffusers' flow-match Euler on the ``linspace(1, 0, steps + 1)[:-1]`` grid (shifted by the scheduler):
-    the grid a DMD student's rollout runs in training (:mod:`videox_fun.training.distill`)."""
+    """diffusers' flow-match Euler on a DMD student's grid (shifted by the scheduler): the ``linspace(1, 0, steps +
+    1)[:-1]`` its rollout runs in training (:mod:`videox_fun.training.distill`), or the timesteps it was trained
+    on (:attr:`student_timesteps`, set by :func:`make_scheduler`) when sampled at as many steps."""
+
+    student_timesteps: tuple[int, ...] | None = None
 
     def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
         if sigmas is None and timesteps is None:  # diffusers applies the shift to the sigmas it is given
-            sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:num_inference_steps].copy()
+            sigmas = distill_sigmas(num_inference_steps, self.student_timesteps)
         super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
 
 
 def make_scheduler(
-    name: str = "Flow", shift: float = 5.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+    name: str = "Flow",
+    shift: float = 5.0,
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
+    distill_timesteps: Sequence[int] | None = None,
 ) -> SchedulerMixin:
-    """``Flow`` (flow-match Euler), ``Flow_Unipc``, ``Flow_DPM++`` or ``Flow_Distill`` with the flow ``shift`` (> 0)."""
+    """``Flow`` (flow-match Euler), ``Flow_Unipc``, ``Flow_DPM++`` or ``Flow_Distill`` with the flow ``shift`` (> 0);
+    ``distill_timesteps``: the training timesteps of the student ``Flow_Distill`` samples (None: uniform)."""
     if not shift > 0:  # 0 puts every sigma at 0 (a black video), a negative one outside [0, 1]
         raise ValueError(f"flow shift must be above 0, got {shift}")
     if name == "Flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
     if name == "Flow_Distill":
-        return FlowDistillScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
+        scheduler = FlowDistillScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
+        scheduler.student_timesteps = None if distill_timesteps is None else parse_timesteps(distill_timesteps)
+        return scheduler
     flow = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": shift}
     if name == "Flow_Unipc":
         return FlowUniPCScheduler(num_train_timesteps=num_train_timesteps, **flow)

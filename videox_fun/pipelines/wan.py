@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from .common import (
     corrected,
     image_tensor,
     seeded_noise,
+    student_timesteps,
     video_tensor,
 )
 from .conditioning import (
@@ -447,12 +449,14 @@ class WanPipeline:
         callback: StepCallback | None = None,
         progress: bool = True,
         vace_context_scale: float | list[float] | None = None,
+        distill_timesteps: Sequence[int] | str | None = None,
     ) -> GenerationOutput:
         """Generate one video. ``mode`` is inferred from the inputs when not given.
 
         Settings left as None take the model config's defaults (what the model was trained for).
         ``ref_image`` may be a list (VACE: several subjects); ``vace_context_scale`` (VACE only, default
-        1) scales the VACE hints, one number or one per VACE layer.
+        1) scales the VACE hints, one number or one per VACE layer; ``distill_timesteps`` (``Flow_Distill``) the
+        timesteps a DMD student was trained on (default the folder's, else the uniform grid).
         """
         inputs = {
             "image": image,
@@ -473,6 +477,7 @@ class WanPipeline:
             "guidance_scale_2": guidance_scale_2,
             "shift": shift,
             "sampler": sampler,
+            "distill_timesteps": distill_timesteps,
         }
         settings = self.resolve_settings(mode or infer_mode(self.mode_table(), inputs), inputs, **given)
         cond_text, uncond_text = self._encode_prompts(prompt, settings.negative_prompt)
@@ -484,7 +489,7 @@ class WanPipeline:
         cond = {"context": cond_text, **conditions}
         uncond = {"context": uncond_text, **conditions}
 
-        scheduler = make_scheduler(settings.sampler, settings.shift)
+        scheduler = make_scheduler(settings.sampler, settings.shift, distill_timesteps=settings.distill_timesteps)
         scheduler.set_timesteps(settings.steps, device=self.device)
         first = start_index(settings.steps, strength) if settings.mode == "v2v" else 0
         scheduler.set_begin_index(first)
@@ -521,6 +526,7 @@ class WanPipeline:
         guidance_scale_2: float | None = None,
         shift: float | None = None,
         sampler: str | None = None,
+        distill_timesteps: Sequence[int] | str | None = None,
     ) -> SamplingSettings:
         """The settings of one call: the config's defaults for what is None, checked and size-corrected.
 
@@ -554,6 +560,9 @@ class WanPipeline:
             guidance_scale_2=guidance_scale_2,
             shift=defaults.shift if shift is None else shift,
             sampler=sampler or defaults.sampler,
+            distill_timesteps=student_timesteps(
+                distill_timesteps, defaults.distill_timesteps, sampler or defaults.sampler, steps
+            ),
         )
 
     def _vace_scale(self, scale: float | list[float] | None) -> dict:

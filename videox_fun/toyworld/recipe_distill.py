@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 from ..io.files import reset_tree_modes
 from ..models.wan.tiny import write_folder_config
 from ..models.wan.transformer import WanTransformer3DModel
+from ..pipelines.schedulers import NUM_TRAIN_TIMESTEPS, distill_sigmas
+from ..training.distill import DEFAULT_DENOISING_STEPS
 from .recipe import DEFAULTS, MODELS, Recipe, train_on_cache
 
 if TYPE_CHECKING:
@@ -39,22 +42,24 @@ class DistillRecipe:
     batch: int = 16
     clips: int = 1200
     generator_update_ratio: int = 5
-    denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    denoising_steps: tuple[int, ...] = DEFAULT_DENOISING_STEPS
     # A LoRA student (merged into the teacher's weights in the folder; the LoRA file is kept beside them).
     use_lora: bool = False
     rank: int = 32
 
 
-def student_folder(out: Path, teacher: Path) -> Path:
-    """The student's folder: the teacher's files, with the few-step defaults (weights replaced after training)."""
+def student_folder(out: Path, teacher: Path, timesteps: Sequence[int] = DEFAULT_DENOISING_STEPS) -> Path:
+    """The student's folder: the teacher's files, with the few-step defaults (weights replaced after training):
+    Flow_Distill at as many steps as the student's training ``timesteps``, which the folder names unless uniform."""
     folder = out / (teacher.name + SUFFIX)
     if (folder / "config.json").is_file():
         return folder
     shutil.copytree(teacher, folder, ignore=shutil.ignore_patterns("recipe.json", "cache_calibration.json"))
     reset_tree_modes(folder)
-    write_folder_config(
-        folder, STUDENT_DEFAULTS, f"the 4-step DMD student of {teacher.name} (videox-fun toyworld train-distill)"
-    )
+    uniform = tuple(timesteps) == tuple(distill_sigmas(len(timesteps)) * NUM_TRAIN_TIMESTEPS)
+    defaults = replace(STUDENT_DEFAULTS, steps=len(timesteps), distill_timesteps=None if uniform else list(timesteps))
+    note = f"the {len(timesteps)}-step DMD student of {teacher.name} (videox-fun toyworld train-distill)"
+    write_folder_config(folder, defaults, note)
     return folder
 
 
@@ -88,7 +93,7 @@ def train_distill(
     if teacher_folder.name not in MODELS:
         raise ValueError(f"{teacher}: the toy-world students are of {', '.join(MODELS)}")
     mode, _ = MODELS[teacher_folder.name]
-    folder = student_folder(out, teacher_folder)
+    folder = student_folder(out, teacher_folder, recipe.denoising_steps)
     name = folder.name
     steps = Recipe.one_model(name, recipe.seed, recipe.batch, recipe.steps, recipe.learning_rate, recipe.clips)
     extra = {"cache_dir": str(cache_dir)} if cache_dir else {}

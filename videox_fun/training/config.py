@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import logging
 import math
 import os
@@ -36,7 +35,7 @@ from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from ..argparsing import finite_float
-from ..config import read_yaml_mapping
+from ..config import read_yaml_mapping, timestep_problem
 from ..io.files import atomic_path
 from .data.config import DataSettings, setting
 from .reward import BACKPROP_STRATEGIES
@@ -302,9 +301,7 @@ def distill_problems(config: TrainConfig) -> list[str]:
     if config.train_mode == "reward":
         problems.append("--distill and --train_mode reward are two objectives; choose one")
     steps = config.denoising_step_list
-    if steps is not None and (
-        not steps or any(not 0 < t <= 1000 for t in steps) or any(a <= b for a, b in itertools.pairwise(steps))
-    ):
+    if steps is not None and timestep_problem(steps):
         problems.append(f"--denoising_step_list {steps} must be decreasing timesteps within (0, 1000]")
     if config.generator_update_ratio is not None and config.generator_update_ratio < 1:
         problems.append(f"--generator_update_ratio must be 1 or more (got {config.generator_update_ratio})")
