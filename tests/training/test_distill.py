@@ -27,12 +27,16 @@ from videox_fun.training.distill import (
     dmd_gradient,
     dmd_loss,
     draw_exit_step,
+    draws_prompts,
     fit_context,
+    prompt_batch,
+    prompt_inputs,
     student_rollout,
 )
 from videox_fun.training.lora import add_lora
 from videox_fun.training.objectives import FlowMatching, VPrediction
-from videox_fun.training.specs import TrainInputs
+from videox_fun.training.reward import sample_size
+from videox_fun.training.specs import TrainInputs, get_spec
 from videox_fun.training.trainer import train
 
 SCRIPT = REPO / "scripts" / "wan2.1_fun" / "train_distill.py"
@@ -184,6 +188,61 @@ def test_a_resumed_distillation_is_the_uninterrupted_one(make_config, tmp_path, 
     assert {**first.generator_losses, **rest.generator_losses} == whole.generator_losses
 
 
+def test_prompt_batches_are_drawn_and_are_generates_t2v_inputs(make_config, tmp_path):
+    """``--distill_prompt_path``: the drawn share of micro-batches are prompts alone, the same prompts for the same
+    (seed, step, position); their inputs are the prompts' contexts and the t2v conditions ``generate`` builds, with
+    zero latents of the sample size; the data stream is not consumed for them."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving right\na blue square moving up\na green triangle moving left\n")
+    draws = [draws_prompts(0, step, 0, 0.5) for step in range(400)]
+    assert 0.4 < sum(draws) / len(draws) < 0.6 and draws == [draws_prompts(0, s, 0, 0.5) for s in range(400)]
+    assert not any(draws_prompts(0, step, 0, 0.0) for step in range(50))
+    one = prompt_batch(["a", "b", "c"], 0, 3, 0, range(0, 4), (5, 32, 32))
+    assert one["prompts"] == prompt_batch(["a", "b", "c"], 0, 3, 0, range(0, 4), (5, 32, 32))["prompts"]  # seeded
+    assert one["index"].tolist() == [0, 1, 2, 3] and one["size"] == (5, 32, 32)
+    assert one["prompts"][2:] == prompt_batch(["a", "b", "c"], 0, 3, 0, range(2, 4), (5, 32, 32))["prompts"]
+
+    config = distill_config(
+        make_config, tmp_path, variant="inp", mode="inpaint", distill_prompt_path=str(prompts),
+        distill_prompt_share=1.0, max_train_steps=2, video_sample_size=[32], video_sample_n_frames=5,
+    )  # fmt: skip
+    spec = get_spec(config)
+    models = spec.load_models(config, torch.float32)
+    batch = prompt_batch(["a red circle moving right"], 0, 0, 0, range(1), sample_size(config))
+    inputs = prompt_inputs(spec, models, batch["prompts"], batch["size"], "cpu")
+    from videox_fun.pipelines.wan import WanPipeline
+
+    pipe = WanPipeline(models.transformer, models.frozen["vae"], models.frozen["text_encoder"], None,
+                       masked_fill=models.settings.masked_fill, device="cpu")  # fmt: skip
+    with torch.no_grad():
+        expected = pipe.build_conditions("t2v", {}, 5, 32, 32)
+        context = models.frozen["text_encoder"].encode(batch["prompts"], models.transformer.config.text_len)
+    assert torch.equal(inputs.conditions["y"], expected["y"].float())
+    assert torch.equal(inputs.conditions["context"], context.float())
+    assert inputs.latents.shape == (1, 16, 2, 4, 4) and not inputs.latents.any()
+    result = train(config)  # every micro-batch from the prompts: the data loader is never read
+    assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_a_resumed_distillation_with_prompt_batches_is_the_uninterrupted_one(make_config, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving right\na blue square moving up\n")
+    results = []
+
+    def run(name: str, steps: int, **more):
+        config = make_config(
+            "inp", train_mode="inpaint", output_dir=str(tmp_path / name / "out"), max_train_steps=steps,
+            checkpointing_steps=2, generator_update_ratio=2, distill_prompt_path=str(prompts),
+            video_sample_size=[32], video_sample_n_frames=5, **DISTILL, **more,
+        )  # fmt: skip
+        results.append(train(config))
+        return results[-1]
+
+    check_resume_matches_uninterrupted(run, tmp_path, False, "distill with prompt batches")
+    assert any(draws_prompts(0, step, 0, 0.5) for step in range(4))  # the run did draw prompt batches
+    assert not all(draws_prompts(0, step, 0, 0.5) for step in range(4))
+
+
 @pytest.mark.parametrize(("variant", "mode"), [("inp", "inpaint"), ("control", "control")])
 def test_every_variant_keeps_its_conditions(make_config, tmp_path, variant, mode):
     """The student, critic and teacher are called with the variant's y (mask + masked video / control latents)."""
@@ -213,6 +272,9 @@ def test_bad_distillation_settings_are_one_line(make_config, tmp_path):
         "--distill trains the student on its prompts": dict(text_drop_ratio=0.1),
         "--generator_update_ratio must be 1 or more": dict(generator_update_ratio=0),
         "--critic_learning_rate must be a finite number": dict(critic_learning_rate=float("nan")),
+        "--distill_prompt_path nowhere.txt is not a file": dict(distill_prompt_path="nowhere.txt"),
+        "--distill_prompt_share must be within": dict(distill_prompt_path=__file__, distill_prompt_share=1.5),
+        "--distill_prompt_share is the share of --distill_prompt_path": dict(distill_prompt_share=0.3),
     }
     for expected, overrides in cases.items():
         with pytest.raises(ValueError, match=expected):

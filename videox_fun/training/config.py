@@ -192,6 +192,14 @@ class TrainConfig(DataSettings, ModelSettings):
         None, "distill: learning rate of the critic (fake score) (default: --learning_rate)"
     )
     real_guidance_scale: float | None = setting(None, "distill: CFG scale of the teacher (default: the model's)")
+    distill_prompt_path: str | None = setting(
+        None,
+        "distill: prompts (a .txt, one per line, or a .json / .jsonl list) the student also learns text to video "
+        "from, without videos (DMD needs only the teacher there), at --video_sample_size x --video_sample_n_frames",
+    )
+    distill_prompt_share: float | None = setting(
+        None, "distill: share of micro-batches drawn from --distill_prompt_path instead of the data (default 0.5)"
+    )
     # -- checkpoints and logs ----------------------------------------------------------------
     checkpointing_steps: int = setting(500, "save a resumable checkpoint every n steps")
     checkpoints_total_limit: int | None = setting(None, "keep at most this many checkpoints")
@@ -288,7 +296,9 @@ def count_problems(config: TrainConfig) -> list[str]:
 
 
 # Settings that only distillation reads, None when not given: without --distill they are refused.
-DISTILL_ONLY = ("denoising_step_list", "generator_update_ratio", "critic_learning_rate", "real_guidance_scale")
+DISTILL_ONLY = ("denoising_step_list", "generator_update_ratio", "critic_learning_rate", "real_guidance_scale",
+                "distill_prompt_path", "distill_prompt_share")  # fmt: skip
+DEFAULT_DISTILL_PROMPT_SHARE = 0.5
 DEFAULT_GENERATOR_UPDATE_RATIO = 5
 
 
@@ -309,6 +319,13 @@ def distill_problems(config: TrainConfig) -> list[str]:
         value = getattr(config, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             problems.append(f"--{name} must be a finite number above 0 (got {value:g})")
+    if config.distill_prompt_path is not None and not Path(config.distill_prompt_path).is_file():
+        problems.append(f"--distill_prompt_path {config.distill_prompt_path} is not a file")
+    share = config.distill_prompt_share
+    if share is not None and not (math.isfinite(share) and 0 < share <= 1):
+        problems.append(f"--distill_prompt_share must be within (0, 1] (got {share:g})")
+    if share is not None and config.distill_prompt_path is None:
+        problems.append("--distill_prompt_share is the share of --distill_prompt_path's batches; give the prompts")
     if config.text_drop_ratio:
         problems.append(
             f"--distill trains the student on its prompts: set --text_drop_ratio 0 (got {config.text_drop_ratio:g}); "

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from .specs import Device, FamilyModels, FamilySpec, TrainInputs
 
 DEFAULT_DENOISING_STEPS = (1000, 750, 500, 250)
+# A micro-batch of prompts alone (--distill_prompt_path): {"prompts": [...], "size": (frames, h, w), "index": (B,)}.
+PROMPTS_KEY = "prompts"
 # The student's sampler in ``videox-fun generate``: Euler on the grid the rollout runs (see pipelines/schedulers).
 STUDENT_SAMPLER = "Flow_Distill"
 
@@ -227,7 +229,10 @@ class DistillObjective:
         teacher: None means the generator with its LoRA adapters off. Draws, in order: the spec's inputs, the
         rollout noise, then (generator step) the DMD noise level and noise, then the critic's.
         """
-        inputs = spec.build_inputs(models, batch, mode, generators, device)
+        if PROMPTS_KEY in batch:
+            inputs = prompt_inputs(spec, models, batch[PROMPTS_KEY], batch["size"], device)
+        else:
+            inputs = spec.build_inputs(models, batch, mode, generators, device)
         flow, timesteps = self.schedule(spec, inputs)
         counted = counted_elements(inputs)
         noise = flow.noise_like(inputs.latents, generators)
@@ -300,3 +305,40 @@ class DistillObjective:
             return
         with adapters_disabled(getattr(generator, "module", generator)) as base:
             yield base
+
+
+# -- prompt-only batches (--distill_prompt_path) -------------------------------------------
+def draws_prompts(seed: int, step: int, micro: int, share: float) -> bool:
+    """Whether micro-batch ``micro`` of ``step`` is drawn from the prompts: a seeded draw (the same on every process
+    and after a resume; position -2, beside the exit step's -1) that is true for ``share`` of the micro-batches."""
+    from .specs import sample_generators, uniform
+
+    return uniform(sample_generators(seed, step, micro, [-2])[0]) < share
+
+
+def prompt_batch(
+    prompts: Sequence[str], seed: int, step: int, micro: int, positions: range, size: tuple[int, int, int]
+) -> dict[str, Any]:
+    """The prompts of a prompt-only micro-batch: one seeded draw per global batch position (this process's
+    ``positions``; drawn at -3 - position, apart from the samples' own generators), the same after a resume;
+    ``size`` (frames, height, width) of the videos the student makes."""
+    from .specs import choose, sample_generators
+
+    generators = sample_generators(seed, step, micro, [-3 - position for position in positions])
+    chosen = [prompts[choose(generator, len(prompts))] for generator in generators]
+    return {PROMPTS_KEY: chosen, "size": size, "index": torch.tensor(list(positions))}
+
+
+def prompt_inputs(
+    spec: FamilySpec, models: FamilyModels, prompts: list[str], size: tuple[int, int, int], device: Device
+) -> TrainInputs:
+    """Text-to-video inputs of ``prompts`` alone: their contexts and the variant's t2v conditions as ``generate``
+    builds them (the spec's reward hooks), and zero latents of the videos' shape (the rollout starts from noise;
+    DMD needs no clean video: the teacher and the critic judge the student's own samples)."""
+    from .specs import TrainInputs
+
+    if not hasattr(spec, "reward_conditions"):
+        raise ValueError(f"--distill_prompt_path: the {spec.name} spec cannot build text-to-video inputs from prompts")
+    conditions, _ = spec.reward_conditions(models, prompts, "", size, device)
+    shape = spec.reward_latent_shape(models, len(prompts), size)
+    return TrainInputs(torch.zeros(shape, device=device), conditions)

@@ -46,10 +46,12 @@ from .checkpoint import (
     save_checkpoint,
     save_sharded_state,
 )
-from .config import TrainConfig, run_settings, save_train_yaml
-from .distill import draw_exit_step
+from .config import DEFAULT_DISTILL_PROMPT_SHARE, TrainConfig, run_settings, save_train_yaml
+from .data.prompts import load_prompts
+from .distill import draw_exit_step, draws_prompts, prompt_batch
 from .lora import add_lora, save_lora_file
 from .objectives import Objective, objective_loss, training_objective
+from .reward import sample_size
 from .specs import get_spec, on_device, sample_generators, spec_name
 
 if TYPE_CHECKING:
@@ -130,6 +132,7 @@ class Trainer:
         self.spec = get_spec(config)
         self.bad_files: dict[str, str] = {}
         self.generator_losses: dict[int, float] = {}  # --distill: the student's DMD loss on the steps it learns
+        self.distill_prompts: list[str] | None = None  # --distill_prompt_path, read at its first prompt batch
 
     # -- set-up ----------------------------------------------------------------------------
     def _accelerator(self) -> Accelerator:
@@ -238,6 +241,8 @@ class Trainer:
         step, epoch = self._resume()
         result = TrainResult(global_step=step, output_dir=Path(config.output_dir))
         stream = self._stream(self.loader, self.sampler, epoch)
+        # where the data stands before its first batch (a checkpoint after prompt-only --distill batches writes it)
+        self.data_state = {**self.sampler.state_dict(), "epoch": epoch}
         progress = tqdm(
             total=self.max_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process
         )
@@ -446,7 +451,7 @@ class Trainer:
         update_generator = objective.updates_generator(step)
         losses: dict[str, list[torch.Tensor]] = {"critic": [], "generator": []}
         for micro in range(config.gradient_accumulation_steps):
-            batch = next(stream)
+            batch = self._distill_batch(stream, step, micro, first)
             positions = range(first, first + len(batch["index"]))
             generators = sample_generators(config.seed, step, micro, positions)
             exit_step = draw_exit_step(config.seed, step, micro, objective.num_steps)
@@ -468,6 +473,20 @@ class Trainer:
         if "generator" in means:
             self.generator_losses[step + 1] = means["generator"]
         return means["critic"]
+
+    def _distill_batch(self, stream: Iterator[dict], step: int, micro: int, first: int) -> dict:
+        """The next data batch, or (``--distill_prompt_share`` of the micro-batches, drawn) a batch of prompts from
+        ``--distill_prompt_path`` alone; the data stream does not advance for a prompt batch."""
+        config = self.config
+        if config.distill_prompt_path is None:
+            return next(stream)
+        share = config.distill_prompt_share or DEFAULT_DISTILL_PROMPT_SHARE
+        if not draws_prompts(config.seed, step, micro, share):
+            return next(stream)
+        if self.distill_prompts is None:
+            self.distill_prompts = load_prompts(config.distill_prompt_path)
+        positions = range(first, first + config.train_batch_size)
+        return prompt_batch(self.distill_prompts, config.seed, step, micro, positions, sample_size(config))
 
     def _stream(self, loader: DataLoader, sampler: BucketBatchSampler, epoch: int) -> Iterator[dict]:
         """Batches forever, epoch after epoch; keeps ``self.data_state`` at the batches trained on."""

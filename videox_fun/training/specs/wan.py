@@ -486,7 +486,8 @@ class WanSpec(WanRewardHooks):
         if variant_of(transformer.config).animate:
             check_animate_settings(config)
 
-        needs_encoders = not config.use_cached_latents or bool(config.validation_steps)
+        # a cache holds what the encoders made of its clips; validation and prompt-only --distill batches need them
+        needs_encoders = not config.use_cached_latents or bool(config.validation_steps or config.distill_prompt_path)
         if needs_encoders:
             models.frozen.update(self.load_encoders(folder, settings, transformer, dtype))
         return models
