@@ -151,7 +151,7 @@ def run_train_distill(args: argparse.Namespace) -> Path:
     """The distillation recipe (recipe_distill.py): a 4-step DMD student of a packaged tiny model."""
     from .recipe_distill import DistillRecipe, train_distill
 
-    recipe = DistillRecipe(seed=args.seed, steps=args.steps)
+    recipe = DistillRecipe(seed=args.seed, steps=args.steps, prompt_share=args.prompt_share)
     folder = train_distill(args.out, args.data, args.teacher, recipe, cache_dir=args.cache_dir)
     print(f"student written to {folder}")
     return folder
@@ -418,6 +418,12 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
     )
     distill.add_argument("--cache-dir", type=Path, help="an existing latent cache of the teacher on these clips")
     distill.add_argument("--seed", type=int, default=0, help="seed of training")
+    distill.add_argument(
+        "--prompt-share",
+        type=float,
+        default=0.0,
+        help="share of micro-batches that are t2v prompts alone, every combination's caption (0: none)",
+    )
     distill.set_defaults(handler=run_train_distill)
 
     report_distill = actions.add_parser(

@@ -22,6 +22,7 @@ from ..models.wan.transformer import WanTransformer3DModel
 from ..pipelines.schedulers import NUM_TRAIN_TIMESTEPS, distill_sigmas
 from ..training.distill import DEFAULT_DENOISING_STEPS
 from .recipe import DEFAULTS, MODELS, Recipe, train_on_cache
+from .world import caption, combinations
 
 if TYPE_CHECKING:
     from ..training.trainer import TrainResult
@@ -46,6 +47,9 @@ class DistillRecipe:
     # A LoRA student (merged into the teacher's weights in the folder; the LoRA file is kept beside them).
     use_lora: bool = False
     rank: int = 32
+    # Share of micro-batches that are text-to-video prompts alone (--distill_prompt_share; 0: none), drawn from the
+    # captions of every combination, the held-out ones too: prompts only, no held-out clip (DMD needs only the teacher).
+    prompt_share: float = 0.0
 
 
 def student_folder(out: Path, teacher: Path, timesteps: Sequence[int] = DEFAULT_DENOISING_STEPS) -> Path:
@@ -61,6 +65,20 @@ def student_folder(out: Path, teacher: Path, timesteps: Sequence[int] = DEFAULT_
     note = f"the {len(timesteps)}-step DMD student of {teacher.name} (videox-fun toyworld train-distill)"
     write_folder_config(folder, defaults, note)
     return folder
+
+
+def prompt_settings(out: Path, share: float) -> dict:
+    """The trainer's prompt-only distillation settings: OUT/prompts.txt (every combination's caption) drawn for
+    ``share`` of the micro-batches, at the toy world's video size."""
+    path = out / "prompts.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(caption(spec) + "\n" for spec in combinations("all")))
+    return {
+        "distill_prompt_path": str(path),
+        "distill_prompt_share": share,
+        "video_sample_size": [DEFAULTS.height, DEFAULTS.width],
+        "video_sample_n_frames": DEFAULTS.num_frames,
+    }
 
 
 def save_student(folder: Path, teacher: Path, result: TrainResult) -> None:
@@ -97,6 +115,8 @@ def train_distill(
     name = folder.name
     steps = Recipe.one_model(name, recipe.seed, recipe.batch, recipe.steps, recipe.learning_rate, recipe.clips)
     extra = {"cache_dir": str(cache_dir)} if cache_dir else {}
+    if recipe.prompt_share:
+        extra.update(prompt_settings(out, recipe.prompt_share))
     result = train_on_cache(
         out, folder, data, steps, mode,
         distill=True, text_drop_ratio=0.0, lr_warmup_steps=0, lr_scheduler="constant",
