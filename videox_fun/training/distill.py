@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 DEFAULT_DENOISING_STEPS = (1000, 750, 500, 250)
 # A micro-batch of prompts alone (--distill_prompt_path): {"prompts": [...], "size": (frames, h, w), "index": (B,)}.
 PROMPTS_KEY = "prompts"
-# The student's sampler in ``videox-fun generate``: Euler on the grid the rollout runs (see pipelines/schedulers).
-STUDENT_SAMPLER = "Flow_Distill"
 
 Predict = Callable[[nn.Module, torch.Tensor, torch.Tensor, "TrainInputs"], torch.Tensor]
 
