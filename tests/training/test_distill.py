@@ -218,7 +218,9 @@ def test_prompt_batches_are_drawn_and_are_generates_t2v_inputs(make_config, tmp_
         expected = pipe.build_conditions("t2v", {}, 5, 32, 32)
         context = models.frozen["text_encoder"].encode(batch["prompts"], models.transformer.config.text_len)
     assert torch.equal(inputs.conditions["y"], expected["y"].float())
-    assert torch.equal(inputs.conditions["context"], context.float())
+    # The spec encodes the prompts beside the negative prompt in one batch: the same rows up to fp32 rounding, which
+    # depends on the batch shape and the BLAS threads (bit-equal on one machine, not on CI's)
+    torch.testing.assert_close(inputs.conditions["context"], context.float(), rtol=1e-5, atol=1e-6)
     assert inputs.latents.shape == (1, 16, 2, 4, 4) and not inputs.latents.any()
     result = train(config)  # every micro-batch from the prompts: the data loader is never read
     assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
