@@ -151,7 +151,7 @@ def run_train_distill(args: argparse.Namespace) -> Path:
     """The distillation recipe (recipe_distill.py): a 4-step DMD student of a packaged tiny model."""
     from .recipe_distill import DistillRecipe, train_distill
 
-    recipe = DistillRecipe(seed=args.seed, steps=args.steps, prompt_share=args.prompt_share)
+    recipe = DistillRecipe(seed=args.seed, steps=args.steps, prompt_share=args.prompt_share, ema_decay=args.ema_decay)
     folder = train_distill(args.out, args.data, args.teacher, recipe, cache_dir=args.cache_dir)
     print(f"student written to {folder}")
     return folder
@@ -423,6 +423,12 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         help="share of micro-batches that are t2v prompts alone, every combination's caption (0: none)",
+    )
+    distill.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="the student folder holds the moving average of its weights with this decay per update (0: none)",
     )
     distill.set_defaults(handler=run_train_distill)
 

@@ -50,6 +50,9 @@ class DistillRecipe:
     # Share of micro-batches that are text-to-video prompts alone (--distill_prompt_share; 0: none), drawn from the
     # captions of every combination, the held-out ones too: prompts only, no held-out clip (DMD needs only the teacher).
     prompt_share: float = 0.0
+    # Decay of the moving average of the student's weights (--use_ema --ema_decay; 0: none), over its updates (one
+    # in generator_update_ratio steps); the folder then holds the average.
+    ema_decay: float = 0.0
 
 
 def student_folder(out: Path, teacher: Path, timesteps: Sequence[int] = DEFAULT_DENOISING_STEPS) -> Path:
@@ -117,6 +120,8 @@ def train_distill(
     extra = {"cache_dir": str(cache_dir)} if cache_dir else {}
     if recipe.prompt_share:
         extra.update(prompt_settings(out, recipe.prompt_share))
+    if recipe.ema_decay:
+        extra.update(use_ema=True, ema_decay=recipe.ema_decay)
     result = train_on_cache(
         out, folder, data, steps, mode,
         distill=True, text_drop_ratio=0.0, lr_warmup_steps=0, lr_scheduler="constant",

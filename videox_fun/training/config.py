@@ -117,6 +117,12 @@ class TrainConfig(DataSettings, ModelSettings):
     trainable_modules: list[str] | None = setting(
         None, "full fine-tune: train only parameters whose names contain one of these (default: all)"
     )
+    use_ema: bool = setting(
+        False,
+        "keep an exponential moving average of the trained weights: the final weights and the validation samples "
+        "are the average (checkpoints hold it as ema.safetensors)",
+    )
+    ema_decay: float | None = setting(None, "use_ema: decay of the average, within (0, 1) (default 0.9999)")
     # -- LoRA --------------------------------------------------------------------------------
     use_lora: bool = setting(False, "train a LoRA (peft) instead of the full transformer")
     rank: int = setting(64, "LoRA rank")
@@ -242,6 +248,7 @@ class TrainConfig(DataSettings, ModelSettings):
         problems += count_problems(self)
         problems += reward_problems(self)
         problems += distill_problems(self)
+        problems += ema_problems(self)
         if self.use_lora and self.trainable_modules:
             problems.append("--trainable_modules is for full fine-tuning; LoRA trains only its adapters")
         if self.validation_steps and not self.validation_prompts:
@@ -332,6 +339,16 @@ def distill_problems(config: TrainConfig) -> list[str]:
             "the teacher's guidance brings in the empty prompt"
         )
     return problems
+
+
+def ema_problems(config: TrainConfig) -> list[str]:
+    """What stops ``--use_ema`` (or ``--ema_decay`` without it)."""
+    decay = config.ema_decay
+    if decay is None:
+        return []
+    if not config.use_ema:
+        return ["--ema_decay is the decay of --use_ema's average; add --use_ema or leave it out"]
+    return [] if 0 < decay < 1 else [f"--ema_decay must be within (0, 1) (got {decay:g})"]
 
 
 # Settings that only reward training reads, None when not given: another mode refuses them (they would be ignored).

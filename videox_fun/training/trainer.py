@@ -22,7 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +49,7 @@ from .checkpoint import (
 from .config import DEFAULT_DISTILL_PROMPT_SHARE, TrainConfig, run_settings, save_train_yaml
 from .data.prompts import load_prompts
 from .distill import draw_exit_step, draws_prompts, prompt_batch
+from .ema import DEFAULT_EMA_DECAY, EMA_FILE, EMAWeights
 from .lora import add_lora, save_lora_file
 from .objectives import Objective, objective_loss, training_objective
 from .reward import sample_size
@@ -133,6 +134,7 @@ class Trainer:
         self.bad_files: dict[str, str] = {}
         self.generator_losses: dict[int, float] = {}  # --distill: the student's DMD loss on the steps it learns
         self.distill_prompts: list[str] | None = None  # --distill_prompt_path, read at its first prompt batch
+        self.ema: EMAWeights | None = None  # --use_ema: the moving average of the trained weights
 
     # -- set-up ----------------------------------------------------------------------------
     def _accelerator(self) -> Accelerator:
@@ -284,6 +286,8 @@ class Trainer:
             Path(config.output_dir).mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(config.output_dir)  # a killed run's half-saved checkpoint
         self.weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
+        if config.use_ema:
+            self._refuse_sharding("--use_ema")
         models = self.models = self.spec.load_models(config, self.weight_dtype)
         # Distillation's critic and (full student) teacher start as the model itself, before it is adapted.
         critic, self.teacher = self._distill_copies(models.transformer) if config.distill else (None, None)
@@ -292,6 +296,10 @@ class Trainer:
         steps_per_epoch = math.ceil(len(self.sampler) / config.gradient_accumulation_steps)
         self.max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
         self._prepare(params)
+        if config.use_ema:
+            self.ema = EMAWeights.of_trained(
+                accelerator.unwrap_model(self.transformer), config.ema_decay or DEFAULT_EMA_DECAY
+            )
         if critic is not None:
             self._prepare_critic(critic)
         register_trainable_hooks(accelerator)
@@ -341,18 +349,22 @@ class Trainer:
         teacher is the student with its adapters off (None here: no third copy)."""
         import copy
 
-        from accelerate.utils import DistributedType
-
-        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) or (
-            os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-        ):
-            raise ValueError("--distill runs on one process or under DDP; FSDP / DeepSpeed sharding is not supported")
+        self._refuse_sharding("--distill")
         teacher = None
         if not self.config.use_lora:
             teacher = copy.deepcopy(transformer).requires_grad_(False).eval()
             if not self.config.low_vram:
                 teacher.to(self.accelerator.device)
         return copy.deepcopy(transformer), teacher
+
+    def _refuse_sharding(self, flag: str) -> None:
+        """One line when the run would shard the model (FSDP / DeepSpeed), which ``flag`` does not support."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) or (
+            os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        ):
+            raise ValueError(f"{flag} runs on one process or under DDP; FSDP / DeepSpeed sharding is not supported")
 
     def _prepare_critic(self, critic: nn.Module) -> None:
         """The critic trained as the student is (LoRA or the same modules), with its own optimizer, learning
@@ -431,7 +443,7 @@ class Trainer:
                 )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    self._optimizer_step(self.params, self.optimizer)
+                    self._student_step()
             losses.append(loss.detach())
         self.lr_scheduler.step()
         return accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
@@ -442,6 +454,16 @@ class Trainer:
             self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def _student_step(self) -> None:
+        """The trained model's optimizer step, then its moving average (``--use_ema``)."""
+        self._optimizer_step(self.params, self.optimizer)
+        if self.ema is not None:
+            self.ema.update()
+
+    def _averaged(self) -> AbstractContextManager:
+        """The moving average in the trained weights while the block runs (``--use_ema``; else nothing changes)."""
+        return self.ema.applied() if self.ema is not None else nullcontext()
 
     def _distill_step(self, stream: Iterator[dict], step: int) -> float:
         """One DMD step (:mod:`videox_fun.training.distill`): the critic learns every step, the student every
@@ -464,7 +486,7 @@ class Trainer:
                 if accelerator.sync_gradients:
                     self._optimizer_step(self.critic_params, self.critic_optimizer)
                     if update_generator:
-                        self._optimizer_step(self.params, self.optimizer)
+                        self._student_step()
             for name, loss in parts.items():
                 losses[name].append(loss.detach())
         self.lr_scheduler.step()
@@ -508,6 +530,8 @@ class Trainer:
     def _read_extra(self, folder: Path) -> None:
         if self.cpu_sharded:
             load_sharded_state(self.transformer, self.optimizer, folder)
+        if self.ema is not None:
+            self.ema.load(folder / EMA_FILE)
 
     def _checkpoint(self, step: int) -> None:
         """Write ``checkpoint-<step>`` (plus the LoRA file so far, for LoRA runs)."""
@@ -520,6 +544,8 @@ class Trainer:
                 state = self._full_state()
                 if accelerator.is_main_process:
                     self._save_lora(state, folder / LORA_FILE)
+            if self.ema is not None and accelerator.is_main_process:
+                self.ema.save(folder / EMA_FILE)
 
         state = {"sampler": self.data_state, SETTINGS_KEY: run_settings(config)}
         save_checkpoint(accelerator, config.output_dir, step, state, write_extra, config.checkpoints_total_limit)
@@ -539,10 +565,13 @@ class Trainer:
         return save(state, path, self.config.rank, self.config.network_alpha)
 
     def _export(self, result: TrainResult) -> None:
-        """Final LoRA file or full model folder (the family's release layout)."""
+        """Final LoRA file or full model folder (the family's release layout); the moving average with ``--use_ema``."""
         accelerator, config = self.accelerator, self.config
         accelerator.wait_for_everyone()
-        state = self._full_state()
+        with self._averaged():
+            state = self._full_state()
+            if self.ema is not None:  # its tensors may be the parameters themselves, restored after the block
+                state = {name: t.detach().clone() for name, t in state.items()}
         if accelerator.is_main_process:
             output_dir = Path(config.output_dir)
             if config.use_lora:
@@ -550,7 +579,8 @@ class Trainer:
             else:
                 result.transformer_dir = output_dir / TRANSFORMER_DIR
                 self.spec.save_full(accelerator.unwrap_model(self.transformer), state, result.transformer_dir)
-            logger.info("wrote %s", result.lora_path or result.transformer_dir)
+            averaged = " (the moving average of the weights)" if self.ema is not None else ""
+            logger.info("wrote %s%s", result.lora_path or result.transformer_dir, averaged)
         accelerator.wait_for_everyone()
 
     # -- validation ----------------------------------------------------------------------------
@@ -566,7 +596,7 @@ class Trainer:
         if self.sharded or accelerator.is_main_process:
             transformer = accelerator.unwrap_model(self.transformer)
             transformer.eval()
-            with ExitStack() as stack, torch.no_grad():
+            with ExitStack() as stack, torch.no_grad(), self._averaged():
                 for module in models.frozen.values():
                     stack.enter_context(on_device(module, accelerator.device, models.low_vram))
                 stack.enter_context(accelerator.autocast())
