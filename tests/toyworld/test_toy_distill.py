@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import state_dict_max_diff
+from safetensors.torch import load_file
 
 from videox_fun.api import load_pipeline
 from videox_fun.cli import main
@@ -64,3 +66,23 @@ def test_train_distill_writes_a_student_that_generate_samples_in_four_steps(
     sidecar = json.loads(video.with_suffix(".json").read_text())
     assert (sidecar["steps"], sidecar["guidance_scale"], sidecar["sampler"]) == (4, 1.0, "Flow_Distill")
     assert sidecar.get("distill_timesteps") == custom
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_train_distill_again_with_more_steps_continues_the_run(tmp_path: Path, lora: bool):
+    """A finished student's folder holds the student: rerun with more steps, the recipe resumes its run with the
+    teacher still the teacher (and a LoRA student's base the teacher's weights), so 2 then 4 steps == 4 steps."""
+    data = tmp_path / "data"
+    write_dataset(data, 8, seed=0, progress=False)
+
+    def student(name: str, steps: int) -> dict:
+        recipe = DistillRecipe(steps=steps, batch=2, clips=8, generator_update_ratio=1, use_lora=lora, rank=4)
+        folder = train_distill(tmp_path / name, data, "Wan2.1-Fun-Tiny-InP", recipe)
+        return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+
+    student("split", 2)
+    resumed, whole = student("split", 4), student("whole", 4)
+    difference = state_dict_max_diff(resumed, whole)
+    print(f"train-distill 2 + 2 steps vs 4 steps (lora={lora}): max abs diff {difference:.2e}")
+    assert difference <= 1e-6

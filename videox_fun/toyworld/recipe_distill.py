@@ -122,8 +122,10 @@ def train_distill(
         extra.update(prompt_settings(out, recipe.prompt_share))
     if recipe.ema_decay:
         extra.update(use_ema=True, ema_decay=recipe.ema_decay)
+    # The teacher's weights, not the folder's: once a run finished the folder holds the student, and a rerun with
+    # more --steps (resuming the run) must still start the teacher (and a LoRA student's base) from the teacher.
     result = train_on_cache(
-        out, folder, data, steps, mode,
+        out, folder, data, steps, mode, transformer_path=str(teacher_folder),
         distill=True, text_drop_ratio=0.0, lr_warmup_steps=0, lr_scheduler="constant",
         critic_learning_rate=recipe.critic_learning_rate, generator_update_ratio=recipe.generator_update_ratio,
         denoising_step_list=list(recipe.denoising_steps), use_lora=recipe.use_lora, rank=recipe.rank,
