@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,17 +166,22 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load trainable parameters strictly: exactly the model's trainable names, with their shapes."""
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-    misshaped = sorted(k for k in params.keys() & state.keys() if params[k].shape != state[k].shape)
+def check_trainable_state(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str) -> None:
+    """One-line ValueError unless ``state`` holds exactly ``expected``'s names (trainable parameters), shapes too."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    misshaped = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
     if missing or unexpected or misshaped:
         raise ValueError(
             f"{source} does not match the trainable parameters of this run (same --use_lora / --rank / "
             f"--trainable_modules needed): missing {missing[:6]}, unexpected {unexpected[:6]}, "
             f"mis-shaped {misshaped[:6]}"
         )
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load trainable parameters strictly: exactly the model's trainable names, with their shapes."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    check_trainable_state(params, state, source)
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name])

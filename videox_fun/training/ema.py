@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 from ..io.files import save_safetensors
+from .checkpoint import check_trainable_state
 
 EMA_FILE = "ema.safetensors"
 DEFAULT_EMA_DECAY = 0.9999  # diffusers' EMAModel, as VideoX-Fun's scripts use it
@@ -80,15 +82,9 @@ class EMAWeights:
         """Restore an average :meth:`save` wrote, strictly: the same trained parameters, the same shapes."""
         if not path.is_file():
             raise FileNotFoundError(f"{path.parent} holds no {EMA_FILE}: it was not written by a --use_ema run")
+        state = load_file(str(path))
+        check_trainable_state(self.shadow, state, str(path))
+        for name, tensor in state.items():
+            self.shadow[name].copy_(tensor)
         with safe_open(str(path), framework="pt") as handle:
-            names = set(handle.keys())
-            if names != set(self.shadow) or any(handle.get_slice(n).get_shape() != list(self.shadow[n].shape)
-                                                for n in names):  # fmt: skip
-                missing, unexpected = sorted(set(self.shadow) - names), sorted(names - set(self.shadow))
-                raise ValueError(
-                    f"{path} does not match the trained parameters of this run: missing {missing[:4]}, "
-                    f"unexpected {unexpected[:4]} (or other shapes)"
-                )
-            for name in names:
-                self.shadow[name].copy_(handle.get_tensor(name))
             self.updates = int((handle.metadata() or {}).get(_UPDATES_KEY, "0"))
