@@ -108,3 +108,13 @@ def test_ema_refuses_a_sharded_run(make_config, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ValueError, match="--use_ema runs on one process or under DDP"):
         train(make_config("t2v", use_ema=True))
+
+
+def test_an_average_of_other_parameters_is_refused(tmp_path):
+    """A resume reads the average strictly (the checkpoints' check): other names or shapes, or no file, is one line."""
+    EMAWeights.of_trained(torch.nn.Linear(4, 3), 0.9).save(tmp_path / EMA_FILE)
+    other = EMAWeights.of_trained(torch.nn.Linear(4, 2), 0.9)
+    with pytest.raises(ValueError, match=r"mis-shaped \['bias', 'weight'\]"):
+        other.load(tmp_path / EMA_FILE)
+    with pytest.raises(FileNotFoundError, match=f"holds no {EMA_FILE}"):
+        other.load(tmp_path / "elsewhere" / EMA_FILE)
