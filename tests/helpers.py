@@ -27,6 +27,11 @@ from videox_fun.models.wan.transformer import WanTransformer3DModel
 from videox_fun.pipelines.schedulers import make_scheduler
 from videox_fun.pipelines.wan import WanPipeline
 
+# The bound of a wait that only catches a hang (a server that never answers, a child that never exits, a job
+# that never starts). The suite must pass on a 2-core machine shared with another CPU-heavy job (issue #22),
+# where a server's start alone took over 120 s; a test that passes never waits it out, so generous costs nothing.
+HANG_GUARD_S = 600
+
 
 def decode_video(path: str | Path) -> np.ndarray:
     """Every frame of the first video stream as RGB, decoded by PyAV itself (not our reader): (F, H, W, 3) uint8."""

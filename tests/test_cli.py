@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import decode_video, frame_count_and_size
+from helpers import HANG_GUARD_S, decode_video, frame_count_and_size
 
 from videox_fun.cli import build_parser, main
 from videox_fun.io.video import write_video
@@ -216,7 +216,10 @@ def test_lora_path_merges_at_its_weight(inp_folder, tmp_path, capsys):
 
 def test_help_lists_the_flags():
     done = subprocess.run(
-        [sys.executable, "-m", "videox_fun.cli", "generate", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "videox_fun.cli", "generate", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
     )
     for flag in (
         "--prompt",
@@ -312,7 +315,9 @@ def test_camera_takes_a_built_in_trajectory_name(tmp_path):
 
 @pytest.mark.parametrize("script", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "examples").rglob("*.py")))
 def test_every_example_script_starts(script):
-    done = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
     assert done.returncode == 0, done.stderr
     if script.endswith("/app.py"):  # the web UI's entry: videox-fun ui's flags
         assert "--api-url" in done.stdout and "--gpu-memory-mode" in done.stdout
@@ -326,7 +331,7 @@ def test_an_example_script_given_another_modes_inputs_says_which_mode():
         [sys.executable, str(script), "--prompt", "x", "--camera", "pan_left"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
     assert done.returncode != 0 and "serves control; these inputs ask for camera (--mode camera)" in done.stderr
 
@@ -407,7 +412,7 @@ def test_a_folder_nobody_may_write_fails_before_loading():
             pytest.skip("another user cannot run this checkout (it sits in a folder only root may enter)")
         command = [*nobody, *command]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=tmp_path)
     finally:
         shutil.rmtree(tmp_path)
     assert done.returncode == 2 and "no permission to write" in done.stderr, done.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import frame_count_and_size
+from helpers import HANG_GUARD_S, frame_count_and_size
 from safetensors.torch import load_file, save_file
 
 from videox_fun.api import GenerationResult, write_result
@@ -189,7 +189,7 @@ def test_a_lora_file_holding_nan_is_refused_naming_the_file_and_a_key(tmp_path, 
 # -- 5. prompts that are not UTF-8 -------------------------------------------------------------------------------------
 def test_a_prompt_that_is_not_utf8_is_refused_before_loading(tmp_path):
     done = child("generate", "--prompt", b"a red \xff circle", *FAST, cwd=tmp_path)
-    out, err = done.communicate(timeout=120)
+    out, err = done.communicate(timeout=HANG_GUARD_S)
     assert done.returncode == 2, err
     line = one_line(err.decode())
     assert "--prompt" in line and "UTF-8" in line and "0xff" in line
@@ -213,7 +213,7 @@ def limit_file_size() -> None:
 
 def test_a_write_that_fails_for_lack_of_room_is_one_line(tmp_path):
     done = child("generate", *PROMPT, *FAST, "--output", "clip.mp4", cwd=tmp_path, preexec_fn=limit_file_size)
-    _, err = done.communicate(timeout=120)
+    _, err = done.communicate(timeout=HANG_GUARD_S)
     assert done.returncode == 1, err
     line = one_line(err.decode())
     assert "could not write" in line and "clip.mp4" in line
@@ -235,7 +235,7 @@ def test_a_full_disk_is_one_line(tmp_path):
         finally:
             os.close(filler)
         done = child("generate", *PROMPT, *FAST, "--output", str(disk / "clip.mp4"), cwd=tmp_path)
-        _, err = done.communicate(timeout=120)
+        _, err = done.communicate(timeout=HANG_GUARD_S)
         assert done.returncode == 1, err
         line = one_line(err.decode())
         assert "could not write" in line and "No space left on device" in line
@@ -262,7 +262,7 @@ def test_ctrl_c_stops_within_a_step_with_one_line(tmp_path, moment):
     run.send_signal(signal.SIGINT)
     # No wall-clock bound (shared machines stall): a run that went on would finish its 1,000 steps and
     # write the video, which the last line forbids; the timeout only guards against a hang.
-    _, err = run.communicate(timeout=120)
+    _, err = run.communicate(timeout=HANG_GUARD_S)
     assert run.returncode == 130, err
     # One line says so (the progress bar may redraw itself once more as the interpreter exits), no traceback.
     lines = (seen + err).decode().replace("\r", "\n").strip().splitlines()

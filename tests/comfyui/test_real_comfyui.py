@@ -21,11 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import HANG_GUARD_S
 
 from videox_fun.io.video import read_video
 from videox_fun.toyworld.evaluate import evaluate_video
 
 pytestmark = pytest.mark.slow
+
+# A request's round trip through the servers: milliseconds alone, seconds beside another CPU-heavy job.
+ROUND_TRIP_S = 10.0
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "comfyui" / "workflows").glob("*_api.json"))
@@ -92,7 +96,7 @@ class Comfy:
         self.started = time.monotonic()
         self.wait_ready()
 
-    def wait_ready(self, timeout: float = 180) -> None:
+    def wait_ready(self, timeout: float = HANG_GUARD_S) -> None:
         while time.monotonic() - self.started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
@@ -122,7 +126,7 @@ class Comfy:
         assert status == 200, f"POST /prompt: {status} {json.dumps(answer, indent=1)[:3000]}"
         return answer["prompt_id"]
 
-    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+    def wait(self, prompt_id: str, timeout: float = HANG_GUARD_S) -> dict:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             entry = self.get(f"/history/{prompt_id}").get(prompt_id)
@@ -279,7 +283,7 @@ def test_interrupt_stops_within_a_step(comfy: Comfy) -> None:
         prompt_id = comfy.submit(workflow, client)
         steps: list[tuple[float, int]] = []
         while len(steps) < 4:
-            message = ws.recv(timeout=120)
+            message = ws.recv(timeout=HANG_GUARD_S)
             if isinstance(message, str) and json.loads(message)["type"] == "progress":
                 steps.append((time.monotonic(), json.loads(message)["data"]["value"]))
         at_interrupt = steps[-1][1]
@@ -287,7 +291,7 @@ def test_interrupt_stops_within_a_step(comfy: Comfy) -> None:
         comfy.request("POST", "/interrupt")
         last = at_interrupt
         while True:
-            data = json.loads(message) if isinstance(message := ws.recv(timeout=120), str) else {}
+            data = json.loads(message) if isinstance(message := ws.recv(timeout=HANG_GUARD_S), str) else {}
             if data.get("type") == "progress":
                 last = data["data"]["value"]
             if data.get("type") in ("execution_interrupted", "execution_error", "execution_success"):
@@ -305,7 +309,8 @@ def test_interrupt_stops_within_a_step(comfy: Comfy) -> None:
         at_interrupt,
         last,
     )  # the step in flight, and one whose message raced ours
-    assert latency < 2 * step_time + 1.0
+    # The count above is the measure; in seconds, allow a round trip that takes seconds on a loaded machine.
+    assert latency < 2 * step_time + ROUND_TRIP_S
     assert comfy.wait(prompt_id)["status"]["status_str"] == "error"  # ComfyUI records an interrupted run so
 
 

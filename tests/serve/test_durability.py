@@ -8,6 +8,7 @@ from collections import Counter
 
 import httpx
 import pytest
+from helpers import HANG_GUARD_S
 
 from videox_fun.serve.process import wait_finished
 from videox_fun.serve.store import DONE, JobStore, database_url
@@ -24,12 +25,12 @@ def written_results(*logs: str) -> Counter:
 
 def test_sigkill_while_running_then_restart_finishes_every_job_once(start_server, tmp_path):
     server = start_server("--name", "restart-test")
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     long = client.post("/v1/generations", json={"prompt": "a red circle moving right", "steps": 60, "frames": 17})
     ids = [long.json()["id"]] + [
         client.post("/v1/generations", json=SMALL | {"seed": seed}).json()["id"] for seed in range(5)
     ]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_GUARD_S
     while client.get(f"/v1/generations/{ids[0]}").json()["progress"]["step"] < 3:
         assert time.monotonic() < deadline, "the first job never started denoising"
         time.sleep(0.05)
@@ -39,7 +40,7 @@ def test_sigkill_while_running_then_restart_finishes_every_job_once(start_server
     stored.close()
 
     again = start_server("--name", "restart-test", root=server.root)
-    client = httpx.Client(base_url=again.url, timeout=60)
+    client = httpx.Client(base_url=again.url, timeout=HANG_GUARD_S)
     views = wait_finished(client, ids)
     assert [views[job_id]["status"] for job_id in ids] == ["done"] * 6
     assert views[ids[0]]["attempts"] == 2 and all(views[job_id]["attempts"] == 1 for job_id in ids[1:])
@@ -57,7 +58,7 @@ def test_two_servers_on_one_postgresql_share_twenty_jobs_each_run_once(start_ser
     shared = tmp_path / "shared"  # one results folder, as shared storage would give several machines
     first = start_server("--db", postgres, "--name", "first", root=shared)
     second = start_server("--db", postgres, "--name", "second", root=shared)
-    clients = [httpx.Client(base_url=s.url, timeout=60) for s in (first, second)]
+    clients = [httpx.Client(base_url=s.url, timeout=HANG_GUARD_S) for s in (first, second)]
     ids = [clients[i % 2].post("/v1/generations", json=SMALL | {"seed": i}).json()["id"] for i in range(20)]
     views = wait_finished(clients[0], ids)
     assert all(views[job_id]["status"] == "done" for job_id in ids)

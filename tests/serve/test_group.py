@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO
+from helpers import HANG_GUARD_S
 
 from videox_fun.serve.process import wait_finished
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_a_two_process_ulysses_group_serves_jobs_as_torchrun_generate_makes_them(start_server, tmp_path):
     server = start_server("--nproc", "2", "--ulysses-degree", "2")
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     jobs = [{"prompt": "a red circle moving right", "steps": 4, "frames": 9, "seed": seed} for seed in (1, 2)]
     ids = [client.post("/v1/generations", json=job).json()["id"] for job in jobs]
     views = wait_finished(client, ids, timeout_s=300)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import Server
-from helpers import decode_video, read_png, write_png
+from helpers import HANG_GUARD_S, decode_video, read_png, write_png
 from qwenimage_helpers import random_image
 
 from videox_fun.api import GenerationRequest, RuntimeOptions, load_pipeline, write_result
@@ -127,7 +127,7 @@ def max_abs_diff(a: Path, b: Path) -> int:
 
 
 def test_an_edit_of_three_pictures_matches_the_api_as_json_and_as_multipart(server, api, pictures, tmp_path):
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     image, wide, tall = pictures["image"], pictures["wide"], pictures["tall"]
     as_json = post(client, EDIT | {"image": b64(image), "ref_image": [b64(wide), b64(tall)]})
     multipart = post(client, EDIT, [("image", image), ("ref_image", wide), ("ref_image", tall)])
@@ -151,7 +151,7 @@ def test_an_edit_of_three_pictures_matches_the_api_as_json_and_as_multipart(serv
 
 @pytest.mark.skipif(packaged_model(PACKAGED_VACE_MODEL) is None, reason="the packaged tiny VACE model is not installed")
 def test_r2v_with_two_subjects_matches_the_api_as_json_multipart_and_infer_forward(server, api, pictures, tmp_path):
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     wide, tall = pictures["wide"], pictures["tall"]
     as_json = post(client, R2V | {"ref_image": [b64(wide), b64(tall)]})
     multipart = post(client, R2V, [("ref_image", wide), ("ref_image", tall)])
@@ -181,7 +181,7 @@ def test_r2v_with_two_subjects_matches_the_api_as_json_multipart_and_infer_forwa
 
 def test_a_single_picture_is_stored_and_run_as_before(server, api, pictures, tmp_path):
     """One ``ref_image`` (text, one upload, or a list of one) is ``ref_image.png`` passed on as one path."""
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     image, tall = pictures["image"], pictures["tall"]
     answers = [
         post(client, EDIT | {"image": b64(image), "ref_image": b64(tall)}),
@@ -209,7 +209,7 @@ def one_line_refusal(answer: httpx.Response, status: int = 422) -> str:
 
 def test_too_many_pictures_and_wrong_ones_are_one_line_422s(server, pictures):
     """Refused before anything is stored or queued."""
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     before = set((server.root / "inputs").glob("*"))
     image, wide = pictures["image"], pictures["wide"]
     most = LISTED_INPUTS["ref_image"]
@@ -232,10 +232,10 @@ def test_too_many_pictures_and_wrong_ones_are_one_line_422s(server, pictures):
 def test_a_server_killed_mid_job_runs_it_again_with_the_pictures_in_order(server, api, pictures, tmp_path):
     """The module's server is killed while denoising, then started again on its store: the job runs again, with
     the stored pictures in the order they were sent."""
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     wide, tall = pictures["wide"], pictures["tall"]
     job_id = post(client, R2V | {"steps": STEPS_KILLED}, [("ref_image", wide), ("ref_image", tall)]).json()["id"]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_GUARD_S
     while client.get(f"/v1/generations/{job_id}").json()["progress"]["step"] < 1:
         assert time.monotonic() < deadline, "the job never started denoising"
         time.sleep(0.01)

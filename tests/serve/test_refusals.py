@@ -11,6 +11,7 @@ import os
 import httpx
 import pytest
 from conftest import Server
+from helpers import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +71,7 @@ def refused(answer: httpx.Response, status: int, field: str) -> str:
     ],
 )
 def test_each_malformed_request_answers_4xx_naming_its_field(server, change, status, field, says):
-    answer = httpx.post(f"{server.url}/v1/generations", json=GOOD | change, timeout=60)
+    answer = httpx.post(f"{server.url}/v1/generations", json=GOOD | change, timeout=HANG_GUARD_S)
     assert says in refused(answer, status, field)
 
 
@@ -109,7 +110,7 @@ def test_an_allowed_url_host_is_fetched(start_server, media, tmp_path):
     try:
         server = start_server("--no-workers", "--allow-url-host", "127.0.0.1")
         image = f"http://127.0.0.1:{port}/{media['image'].name}"
-        answer = httpx.post(f"{server.url}/v1/generations", json=GOOD | {"image": image}, timeout=60)
+        answer = httpx.post(f"{server.url}/v1/generations", json=GOOD | {"image": image}, timeout=HANG_GUARD_S)
         assert answer.status_code == 202 and answer.json()["mode"] == "i2v"
         missing = GOOD | {"image": f"http://127.0.0.1:{port}/missing.png"}
         assert "could not fetch" in refused(httpx.post(f"{server.url}/v1/generations", json=missing), 422, "image")
@@ -161,7 +162,7 @@ def fuzz(operation, mode, calls: list, errors: list) -> None:
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate],
               database=None)  # fmt: skip
     def call(case) -> None:
-        response = case.call(timeout=120)
+        response = case.call(timeout=HANG_GUARD_S)
         calls.append(response.status_code)
         if response.status_code >= 500:
             errors.append((operation.label, response.status_code, response.text[:200], str(case.body)[:200]))

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO
-from helpers import decode_video
+from helpers import HANG_GUARD_S, decode_video
 
 from videox_fun.registry import packaged_model
 from videox_fun.serve.process import wait_finished
@@ -71,7 +71,7 @@ def post_job(client: httpx.Client, group: tuple, media: dict[str, Path], prompt:
 @pytest.mark.skipif(packaged_model(CONTROL_MODEL) is None, reason="the packaged tiny models are not installed")
 def test_twenty_mixed_jobs_posted_at_once_match_the_cli_byte_for_byte(start_server, media, tmp_path):
     server = start_server()
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     jobs = [(group, i) for group in GROUPS for i in range(4)]
     with ThreadPoolExecutor(20) as pool:
         ids = list(pool.map(lambda job: post_job(client, job[0], media, PROMPTS[job[1]], 100 + job[1]), jobs))
@@ -93,7 +93,7 @@ def test_twenty_mixed_jobs_posted_at_once_match_the_cli_byte_for_byte(start_serv
 
 def test_progress_events_cancel_paging_and_range_requests(start_server):
     server = start_server()
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     done = client.post("/v1/generations", json={"prompt": "a red circle", "steps": 2, "frames": 5}).json()["id"]
     long = client.post("/v1/generations", json={"prompt": "a red circle", "steps": 1000, "frames": 17}).json()["id"]
     queued = client.post("/v1/generations", json={"prompt": "a blue circle", "steps": 2, "frames": 5}).json()["id"]
@@ -133,7 +133,7 @@ def test_models_lists_the_packaged_models_with_their_modes_and_the_loras(start_s
     (models / "Personalized_Model").mkdir(parents=True)
     (models / "Personalized_Model" / "style.safetensors").write_bytes(b"")
     server = start_server("--models", str(models), "--no-workers")
-    listing = httpx.get(f"{server.url}/v1/models", timeout=120).json()
+    listing = httpx.get(f"{server.url}/v1/models", timeout=HANG_GUARD_S).json()
     by_name = {model["name"]: model for model in listing["models"]}
     assert listing["loras"] == ["style.safetensors"]
     inp = by_name["Wan2.1-Fun-Tiny-InP"]

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import Server
-from helpers import decode_video, write_animate_sources
+from helpers import HANG_GUARD_S, decode_video, write_animate_sources
 
 from videox_fun.serve.process import wait_finished
 
@@ -51,7 +51,7 @@ def uploads(sources: Path, *names: str) -> list[tuple]:
 
 def test_animate_and_replace_jobs_over_rest_return_videos(start_server, sources, tmp_path):
     server = start_server()
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     listing = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     settings = {s["name"]: s for s in listing[MODEL]["settings"]}
     assert settings["src_root_path"]["kind"] == "folder" and settings["refert_num"]["choices"] == [1, 5]
@@ -103,7 +103,9 @@ def test_a_bad_setting_is_a_422_naming_it_in_one_line(refusing, sources, extra, 
         extra = {name: encoded(sources, *value.removeprefix("SOURCES:").split(","))}
     # The others beside a good folder: the refusal is theirs, not the folder's.
     extra = {"src_root_path": encoded(sources, *ANIMATE_FILES)} | extra
-    answer = httpx.post(f"{refusing.url}/v1/generations", json=GOOD | {"mode": "animate", "extra": extra}, timeout=60)
+    answer = httpx.post(
+        f"{refusing.url}/v1/generations", json=GOOD | {"mode": "animate", "extra": extra}, timeout=HANG_GUARD_S
+    )
     assert answer.status_code == 422, answer.text
     (detail,) = answer.json()["detail"]
     assert detail["loc"] == ["body", "extra", name] and says in detail["msg"], detail
@@ -113,10 +115,14 @@ def test_a_bad_setting_is_a_422_naming_it_in_one_line(refusing, sources, extra, 
 def test_uploads_of_a_setting_are_checked_as_its_files(refusing, sources):
     url = f"{refusing.url}/v1/generations"
     spec = GOOD | {"extra": {"src_root_path": encoded(sources, "src_pose.mp4")}}
-    twice = httpx.post(url, data={"request": json.dumps(spec)}, files=uploads(sources, *ANIMATE_FILES), timeout=60)
+    twice = httpx.post(
+        url, data={"request": json.dumps(spec)}, files=uploads(sources, *ANIMATE_FILES), timeout=HANG_GUARD_S
+    )
     assert twice.status_code == 422 and "'src_pose.mp4' given twice" in twice.text
     value = GOOD | {"extra": {"clip_len": 5}}
-    wrong = httpx.post(url, data={"request": json.dumps(value)}, files=[("clip_len", ("5.txt", b"5"))], timeout=60)
+    wrong = httpx.post(
+        url, data={"request": json.dumps(value)}, files=[("clip_len", ("5.txt", b"5"))], timeout=HANG_GUARD_S
+    )
     assert wrong.status_code == 422 and "clip_len takes an integer value, not an upload" in wrong.text
     # Nothing refused left its inputs behind.
     assert list((refusing.root / "inputs").glob("*")) == []
@@ -135,7 +141,7 @@ def test_a_control_file_uploaded_to_a_zimage_control_job_gives_a_png(start_serve
     control_image = tmp_path / "canny.png"
     Image.fromarray(np.tile(np.arange(32, dtype=np.uint8)[None, :, None] * 8, (32, 1, 3))).save(control_image)
     server = start_server()
-    client = httpx.Client(base_url=server.url, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=HANG_GUARD_S)
     listing = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     settings = {s["name"]: s for s in listing[model]["settings"]}
     assert settings["control_path"]["kind"] == "file"

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, read_png, write_png
+from helpers import HANG_GUARD_S, free_port, read_png, write_png
 from qwenimage_helpers import random_image
 
 from videox_fun.api import GenerationRequest, RuntimeOptions, load_pipeline
@@ -61,7 +61,9 @@ def test_two_pictures_from_the_edit_tab_reach_the_server_in_order(tmp_path, buil
         spec, files = ui.job_spec("edit", values)
         assert files == {"image": start, "ref_image": [wide, tall]} and "ref_image" not in spec
         job_id = ui.client.submit(spec, files)["id"]
-        view = wait_finished(httpx.Client(base_url=server.url, timeout=60), [job_id], timeout_s=300)[job_id]
+        view = wait_finished(httpx.Client(base_url=server.url, timeout=HANG_GUARD_S), [job_id], timeout_s=HANG_GUARD_S)[
+            job_id
+        ]
         assert view["status"] == "done", view
         store = JobStore(database_url(None, server.root))
         stored = store.get(job_id).spec["inputs"]["ref_image"]

@@ -40,8 +40,12 @@ class ServerProcess:
         """The server's base URL."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 120) -> ServerProcess:
-        """Start the server and wait until its ready path answers (raises with its log if it exits or hangs)."""
+    def start(self, timeout_s: float = 600) -> ServerProcess:
+        """Start the server and wait until its ready path answers (raises with its log if it exits or hangs).
+
+        ``timeout_s`` only catches a hang: importing torch and the pipelines took over 120 s on a 2-core machine
+        shared with another CPU-heavy job.
+        """
         self.root.parent.mkdir(parents=True, exist_ok=True)
         log = self.root.parent / f"{self.root.name}-server-{self.port}-{len(self.logs)}.log"
         self.logs.append(log)
