@@ -151,7 +151,10 @@ def run_train_distill(args: argparse.Namespace) -> Path:
     """The distillation recipe (recipe_distill.py): a 4-step DMD student of a packaged tiny model."""
     from .recipe_distill import DistillRecipe, train_distill
 
-    recipe = DistillRecipe(seed=args.seed, steps=args.steps, prompt_share=args.prompt_share, ema_decay=args.ema_decay)
+    recipe = DistillRecipe(
+        seed=args.seed, steps=args.steps, prompt_share=args.prompt_share, ema_decay=args.ema_decay,
+        regression_pairs=args.regression_pairs, regression_weight=args.regression_weight,
+    )  # fmt: skip
     folder = train_distill(args.out, args.data, args.teacher, recipe, cache_dir=args.cache_dir)
     print(f"student written to {folder}")
     return folder
@@ -430,6 +433,13 @@ def _add_toyworld(commands: argparse._SubParsersAction) -> None:
         default=0.0,
         help="the student folder holds the moving average of its weights with this decay per update (0: none)",
     )
+    distill.add_argument(
+        "--regression-pairs",
+        type=int,
+        default=0,
+        help="teacher samples (20 steps, guidance) the student is also regressed onto from the same noise (0: none)",
+    )
+    distill.add_argument("--regression-weight", type=float, default=0.25, help="weight of that regression")
     distill.set_defaults(handler=run_train_distill)
 
     report_distill = actions.add_parser(

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 TEACHER = "Wan2.1-Fun-Tiny-InP"
 SUFFIX = "-Distill"
 STUDENT_DEFAULTS = replace(DEFAULTS, steps=4, guidance_scale=1.0, sampler="Flow_Distill")
+PAIRS_SEED = 900_000  # the teacher samples' seeds: the reports use 0..10^4, the validation 50,000 and up
 
 
 @dataclass
@@ -53,6 +54,10 @@ class DistillRecipe:
     # Decay of the moving average of the student's weights (--use_ema --ema_decay; 0: none), over its updates (one
     # in generator_update_ratio steps); the folder then holds the average.
     ema_decay: float = 0.0
+    # Teacher samples (20 steps with guidance, every combination's caption in turn, seeds PAIRS_SEED + i) the student's
+    # sample from the same noise is regressed onto (--distill_regression_path; 0: none), with this weight.
+    regression_pairs: int = 0
+    regression_weight: float = 0.25
 
 
 def student_folder(out: Path, teacher: Path, timesteps: Sequence[int] = DEFAULT_DENOISING_STEPS) -> Path:
@@ -82,6 +87,22 @@ def prompt_settings(out: Path, share: float) -> dict:
         "video_sample_size": [DEFAULTS.height, DEFAULTS.width],
         "video_sample_n_frames": DEFAULTS.num_frames,
     }
+
+
+def teacher_pairs_file(out: Path, teacher: Path, count: int) -> Path:
+    """OUT/teacher_pairs.safetensors: ``count`` t2v samples of ``teacher`` at its defaults, every combination's caption
+    in turn, seeds PAIRS_SEED + i (apart from the report's and the validation's); made once, kept for a rerun."""
+    from ..api import RuntimeOptions, load_pipeline
+    from ..training.teacher_pairs import TeacherPairs, make_teacher_pairs
+
+    path = out / "teacher_pairs.safetensors"
+    if path.is_file() and len(TeacherPairs.load(path)) == count:
+        return path
+    prompts = [caption(spec) for spec in combinations("all")]
+    loaded = load_pipeline(str(teacher), RuntimeOptions(device="cpu"))
+    size = (DEFAULTS.num_frames, DEFAULTS.height, DEFAULTS.width)
+    out.mkdir(parents=True, exist_ok=True)
+    return make_teacher_pairs(loaded, prompts, count, PAIRS_SEED, size).save(path)
 
 
 def save_student(folder: Path, teacher: Path, result: TrainResult) -> None:
@@ -122,6 +143,9 @@ def train_distill(
         extra.update(prompt_settings(out, recipe.prompt_share))
     if recipe.ema_decay:
         extra.update(use_ema=True, ema_decay=recipe.ema_decay)
+    if recipe.regression_pairs:
+        pairs = teacher_pairs_file(out, teacher_folder, recipe.regression_pairs)
+        extra.update(distill_regression_path=str(pairs), distill_regression_weight=recipe.regression_weight)
     # The teacher's weights, not the folder's: once a run finished the folder holds the student, and a rerun with
     # more --steps (resuming the run) must still start the teacher (and a LoRA student's base) from the teacher.
     result = train_on_cache(

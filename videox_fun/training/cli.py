@@ -1,4 +1,4 @@
-"""``videox-fun train`` and ``videox-fun cache``: the training commands of the CLI.
+"""``videox-fun train``, ``cache`` and ``teacher-pairs``: the training commands of the CLI.
 
 Both take ``--config FILE`` (a training YAML holding TrainConfig's fields) and every field as a
 flag (``--train_batch_size 2``...), flags overriding the file. Run them under
@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-from ..argparsing import DefaultsHelpFormatter
+from ..argparsing import DefaultsHelpFormatter, positive_int
 from .config import add_train_arguments, config_from_args
 
 
@@ -49,8 +49,47 @@ def run_cache(args: argparse.Namespace) -> None:
     print(f"latent cache written to {folder}")
 
 
+def run_teacher_pairs(args: argparse.Namespace) -> None:
+    """Handler of ``videox-fun teacher-pairs``: the teacher's samples for ``--distill_regression_path``."""
+    from ..api import RuntimeOptions, load_pipeline
+    from ..io.files import check_output_target
+    from .data.prompts import load_prompts
+    from .teacher_pairs import make_teacher_pairs
+
+    prompts = load_prompts(args.prompts_file)
+    check_output_target(args.out, "--out", args.overwrite)
+    loaded = load_pipeline(args.model, RuntimeOptions(device=args.device))
+    defaults = loaded.recognised.defaults
+    size = (args.frames or defaults.num_frames, args.height or defaults.height, args.width or defaults.width)
+    pairs = make_teacher_pairs(loaded, prompts, args.count, args.seed, size, progress=not args.quiet)
+    print(f"{len(pairs)} teacher samples written to {pairs.save(args.out)}")
+
+
+def add_teacher_pairs_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``teacher-pairs``: the teacher's own samples from known noise, for distillation's regression."""
+    from pathlib import Path
+
+    pairs = subparsers.add_parser(
+        "teacher-pairs",
+        help="sample the teacher from known noise for train --distill_regression_path",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    pairs.add_argument("--model", required=True, help="the teacher (model folder or name), at its own defaults")
+    pairs.add_argument("--prompts-file", type=Path, required=True, help="prompts (.txt one a line, .json / .jsonl)")
+    pairs.add_argument("--count", type=positive_int, required=True, help="samples; prompt i is line i mod lines")
+    pairs.add_argument("--out", type=Path, required=True, help="the pairs file (.safetensors)")
+    pairs.add_argument("--seed", type=int, default=0, help="sample i has seed SEED + i (default 0)")
+    pairs.add_argument("--frames", type=positive_int, help="frames (default: the model's)")
+    pairs.add_argument("--height", type=positive_int, help="height (default: the model's)")
+    pairs.add_argument("--width", type=positive_int, help="width (default: the model's)")
+    pairs.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    pairs.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    pairs.add_argument("--quiet", action="store_true", help="no progress bar")
+    pairs.set_defaults(handler=run_teacher_pairs)
+
+
 def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``train`` and ``cache`` on the ``videox-fun`` subcommands."""
+    """Register ``train``, ``cache`` and ``teacher-pairs`` on the ``videox-fun`` subcommands."""
     formatter = DefaultsHelpFormatter
     train = subparsers.add_parser(
         "train", help="train a model (full, LoRA, inpaint, control)", formatter_class=formatter
@@ -62,3 +101,4 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     add_train_arguments(cache)
     cache.set_defaults(handler=run_cache)
+    add_teacher_pairs_command(subparsers)

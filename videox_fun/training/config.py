@@ -206,6 +206,14 @@ class TrainConfig(DataSettings, ModelSettings):
     distill_prompt_share: float | None = setting(
         None, "distill: share of micro-batches drawn from --distill_prompt_path instead of the data (default 0.5)"
     )
+    distill_regression_path: str | None = setting(
+        None,
+        "distill: the teacher's own samples (a .safetensors of noise / target latents with their prompts, written by "
+        "videox-fun teacher-pairs) the student's sample from the same noise is regressed onto, as in DMD",
+    )
+    distill_regression_weight: float | None = setting(
+        None, "distill: weight of that regression beside the distribution-matching loss (default 0.25)"
+    )
     # -- checkpoints and logs ----------------------------------------------------------------
     checkpointing_steps: int = setting(500, "save a resumable checkpoint every n steps")
     checkpoints_total_limit: int | None = setting(None, "keep at most this many checkpoints")
@@ -304,8 +312,10 @@ def count_problems(config: TrainConfig) -> list[str]:
 
 # Settings that only distillation reads, None when not given: without --distill they are refused.
 DISTILL_ONLY = ("denoising_step_list", "generator_update_ratio", "critic_learning_rate", "real_guidance_scale",
-                "distill_prompt_path", "distill_prompt_share")  # fmt: skip
+                "distill_prompt_path", "distill_prompt_share", "distill_regression_path",
+                "distill_regression_weight")  # fmt: skip
 DEFAULT_DISTILL_PROMPT_SHARE = 0.5
+DEFAULT_DISTILL_REGRESSION_WEIGHT = 0.25  # DMD's (Yin et al., 2024) weight of its regression loss
 DEFAULT_GENERATOR_UPDATE_RATIO = 5
 
 
@@ -322,7 +332,7 @@ def distill_problems(config: TrainConfig) -> list[str]:
         problems.append(f"--denoising_step_list {steps} must be decreasing timesteps within (0, 1000]")
     if config.generator_update_ratio is not None and config.generator_update_ratio < 1:
         problems.append(f"--generator_update_ratio must be 1 or more (got {config.generator_update_ratio})")
-    for name in ("critic_learning_rate", "real_guidance_scale"):
+    for name in ("critic_learning_rate", "real_guidance_scale", "distill_regression_weight"):
         value = getattr(config, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             problems.append(f"--{name} must be a finite number above 0 (got {value:g})")
@@ -333,6 +343,10 @@ def distill_problems(config: TrainConfig) -> list[str]:
         problems.append(f"--distill_prompt_share must be within (0, 1] (got {share:g})")
     if share is not None and config.distill_prompt_path is None:
         problems.append("--distill_prompt_share is the share of --distill_prompt_path's batches; give the prompts")
+    if config.distill_regression_path is not None and not Path(config.distill_regression_path).is_file():
+        problems.append(f"--distill_regression_path {config.distill_regression_path} is not a file")
+    if config.distill_regression_weight is not None and config.distill_regression_path is None:
+        problems.append("--distill_regression_weight weighs --distill_regression_path's pairs; give the pairs")
     if config.text_drop_ratio:
         problems.append(
             f"--distill trains the student on its prompts: set --text_drop_ratio 0 (got {config.text_drop_ratio:g}); "

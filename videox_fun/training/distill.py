@@ -14,6 +14,11 @@ Three copies of one transformer take part:
 - the generator is updated every ``--generator_update_ratio`` steps, the critic every step, by the
   family's own training objective on the generator's samples (:func:`~.objectives.denoising_loss`).
 
+With ``--distill_regression_path`` the generator also learns, on its update steps, to turn a pair's noise into
+the teacher's own sample from it (DMD's regression loss, :mod:`.teacher_pairs`): MSE between its x0 at the exit step
+from that noise (text-to-video, the pair's prompt) and the teacher's final latents, weighted by
+``--distill_regression_weight``.
+
 The conditions are the family spec's for the training mode (``--train_mode inpaint`` gives an InP
 student its first / last frames, ``control`` its control video): the student, the critic and the
 teacher see the same ones; only the teacher's unconditional half swaps the text for the empty
@@ -38,13 +43,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .config import DEFAULT_GENERATOR_UPDATE_RATIO
+from .config import DEFAULT_DISTILL_REGRESSION_WEIGHT, DEFAULT_GENERATOR_UPDATE_RATIO
 from .objectives import counted_elements, denoising_loss, keep_known, per_sample_mse
 
 if TYPE_CHECKING:
     from .config import TrainConfig
     from .objectives import Objective
     from .specs import Device, FamilyModels, FamilySpec, TrainInputs
+    from .teacher_pairs import TeacherPairs
+
+# A regression micro-batch: (noise (B, ...), the teacher's final latents (B, ...), their prompts).
+RegressionBatch = tuple[torch.Tensor, torch.Tensor, list[str]]
 
 DEFAULT_DENOISING_STEPS = (1000, 750, 500, 250)
 # A micro-batch of prompts alone (--distill_prompt_path): {"prompts": [...], "size": (frames, h, w), "index": (B,)}.
@@ -148,6 +157,8 @@ class DistillObjective:
     guidance_scale: float
     empty_context: torch.Tensor | None = None
     steps: Sequence[int] = DEFAULT_DENOISING_STEPS  # the rollout's training timesteps in (0, 1000]
+    pairs: TeacherPairs | None = None  # --distill_regression_path
+    regression_weight: float = DEFAULT_DISTILL_REGRESSION_WEIGHT
 
     @classmethod
     def from_config(cls, spec: FamilySpec, models: FamilyModels, config: TrainConfig) -> DistillObjective:
@@ -158,7 +169,12 @@ class DistillObjective:
         if guidance is None:
             guidance = float(models.settings.defaults.guidance_scale)
         ratio = config.generator_update_ratio or DEFAULT_GENERATOR_UPDATE_RATIO
-        return cls(flow, flow.rollout_timesteps(steps), ratio, guidance, steps=tuple(steps))
+        objective = cls(flow, flow.rollout_timesteps(steps), ratio, guidance, steps=tuple(steps))
+        if config.distill_regression_path is not None:
+            objective.pairs = regression_pairs(spec, models, config.distill_regression_path)
+            if config.distill_regression_weight is not None:
+                objective.regression_weight = config.distill_regression_weight
+        return objective
 
     @property
     def num_steps(self) -> int:
@@ -168,6 +184,16 @@ class DistillObjective:
     def updates_generator(self, step: int) -> bool:
         """Whether optimizer step ``step`` (0-based) updates the generator (every ``generator_update_ratio``)."""
         return step % self.generator_update_ratio == 0
+
+    def regression_batch(self, seed: int, step: int, micro: int, positions: range) -> RegressionBatch | None:
+        """The teacher pairs of a micro-batch (one seeded draw per global batch position, at -1000 - position: apart
+        from the other draws, the same after a resume), or None without ``--distill_regression_path``."""
+        from .specs import choose, sample_generators
+
+        if self.pairs is None:
+            return None
+        generators = sample_generators(seed, step, micro, [-1000 - position for position in positions])
+        return self.pairs.batch([choose(generator, len(self.pairs)) for generator in generators])
 
     def schedule(self, spec: FamilySpec, inputs: TrainInputs) -> tuple[Objective, torch.Tensor]:
         """The objective and the rollout's noise levels (K,) of a micro-batch: the run's, unless the spec makes them
@@ -220,9 +246,11 @@ class DistillObjective:
         exit_step: int,
         update_generator: bool,
         autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        regression: RegressionBatch | None = None,
     ) -> dict[str, torch.Tensor]:
         """{"critic": its denoising loss on the generator's samples} and, when ``update_generator``,
-        {"generator": the DMD loss}; scalars (fp32) whose gradients reach only their own model.
+        {"generator": the DMD loss, plus the weighted regression onto ``regression``'s teacher samples when given};
+        scalars (fp32) whose gradients reach only their own model.
 
         teacher: None means the generator with its LoRA adapters off. Draws, in order: the spec's inputs, the
         rollout noise, then (generator step) the DMD noise level and noise, then the critic's.
@@ -235,15 +263,9 @@ class DistillObjective:
         counted = counted_elements(inputs)
         noise = flow.noise_like(inputs.latents, generators)
 
-        def run(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-            def predict(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-                with autocast():
-                    return spec.predict(model, latents, timesteps, replace(inputs, latents=latents))
-
-            return predict
-
         with torch.set_grad_enabled(update_generator):
-            sample = student_rollout(run(generator), noise, timesteps, flow, inputs, exit_step)
+            sample = student_rollout(predictor(spec, generator, inputs, autocast), noise, timesteps, flow, inputs,
+                                     exit_step)  # fmt: skip
             sample = keep_known(sample, inputs)  # the given frames are the data's, not the student's estimate
         losses = {}
         if update_generator:
@@ -251,9 +273,33 @@ class DistillObjective:
             losses["generator"] = self._generator_loss(
                 spec, flow, sample, inputs, passes, generator, critic, teacher, generators, counted, autocast
             )
+            if regression is not None:
+                regressed = self.regression_loss(spec, models, generator, regression, exit_step, device, autocast)
+                losses["generator"] = losses["generator"] + self.regression_weight * regressed
         generated = replace(inputs, latents=sample.detach().to(inputs.latents.dtype))
         losses["critic"] = denoising_loss(spec, critic, flow, generated, generators, autocast)
         return losses
+
+    def regression_loss(
+        self,
+        spec: FamilySpec,
+        models: FamilyModels,
+        generator: nn.Module,
+        regression: RegressionBatch,
+        exit_step: int,
+        device: Device,
+        autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> torch.Tensor:
+        """MSE between the generator's x0 at ``exit_step`` of its rollout from the pairs' noise (text to video, their
+        prompts) and the teacher's final latents from that noise, averaged over the pairs (fp32)."""
+        noise, target, prompts = regression
+        assert self.pairs is not None  # a regression batch is drawn from the pairs
+        inputs = prompt_inputs(spec, models, prompts, self.pairs.size, device)
+        flow, timesteps = self.schedule(spec, inputs)
+        noise = noise.to(device, inputs.latents.dtype)
+        sample = student_rollout(predictor(spec, generator, inputs, autocast), noise, timesteps, flow, inputs,
+                                 exit_step)  # fmt: skip
+        return per_sample_mse(sample.float(), target.to(device).float(), None).mean()
 
     def _generator_loss(
         self,
@@ -303,6 +349,35 @@ class DistillObjective:
             return
         with adapters_disabled(getattr(generator, "module", generator)) as base:
             yield base
+
+
+def predictor(
+    spec: FamilySpec, model: nn.Module, inputs: TrainInputs, autocast: Callable[[], AbstractContextManager[Any]]
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """predict(latents, model timesteps) of ``model`` under ``inputs``' conditions (a rollout's model call)."""
+
+    def predict(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return spec.predict(model, latents, timesteps, replace(inputs, latents=latents))
+
+    return predict
+
+
+def regression_pairs(spec: FamilySpec, models: FamilyModels, path: str) -> TeacherPairs:
+    """The teacher pairs of ``--distill_regression_path``, checked against the model: the spec builds text-to-video
+    inputs from prompts, and the pairs' latents have the shape of videos of their size."""
+    from .teacher_pairs import TeacherPairs
+
+    if not hasattr(spec, "reward_latent_shape"):
+        raise ValueError(f"--distill_regression_path: the {spec.name} spec cannot build text-to-video inputs")
+    pairs = TeacherPairs.load(path)
+    expected = tuple(spec.reward_latent_shape(models, len(pairs), pairs.size))
+    if tuple(pairs.noise.shape) != expected:
+        raise ValueError(
+            f"--distill_regression_path {path}: latents {tuple(pairs.noise.shape)[1:]} are not this model's for "
+            f"videos of {pairs.size} (frames, height, width): {expected[1:]}; make the pairs with this model"
+        )
+    return pairs
 
 
 # -- prompt-only batches (--distill_prompt_path) -------------------------------------------

@@ -477,10 +477,12 @@ class Trainer:
             positions = range(first, first + len(batch["index"]))
             generators = sample_generators(config.seed, step, micro, positions)
             exit_step = draw_exit_step(config.seed, step, micro, objective.num_steps)
+            regression = objective.regression_batch(config.seed, step, micro, positions) if update_generator else None
             with accelerator.accumulate(self.transformer, self.critic):
                 parts = objective.batch_losses(
                     self.spec, self.models, self.transformer, self.critic, self.teacher, batch, config.train_mode,
                     generators, accelerator.device, exit_step, update_generator, autocast=accelerator.autocast,
+                    regression=regression,
                 )  # fmt: skip
                 accelerator.backward(sum(parts.values()))
                 if accelerator.sync_gradients:
