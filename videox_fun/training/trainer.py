@@ -48,6 +48,7 @@ from .checkpoint import (
 )
 from .config import DEFAULT_DISTILL_PROMPT_SHARE, TrainConfig, run_settings, save_train_yaml
 from .data.prompts import load_prompts
+from .data.workers import worker_context
 from .distill import draw_exit_step, draws_prompts, prompt_batch
 from .ema import DEFAULT_EMA_DECAY, EMA_FILE, EMAWeights
 from .lora import add_lora, save_lora_file
@@ -231,6 +232,7 @@ class Trainer:
             batch_sampler=ShardedBatches(sampler, rank, world, config.train_batch_size),
             collate_fn=collate_fn,
             num_workers=config.dataloader_num_workers,
+            multiprocessing_context=worker_context(config.dataloader_num_workers),
             persistent_workers=config.dataloader_num_workers > 0,
         )
         return dataset, sampler, loader

@@ -27,6 +27,7 @@ from ..io.files import atomic_dir, atomic_path, reset_tree_modes
 from ..models.cpu_kernels import CPUFastPaths
 from ..models.loading import public_config
 from .data import BucketBatchSampler, DataConfig, VideoDataset, collate
+from .data.workers import worker_context
 
 
 @dataclass
@@ -504,6 +505,7 @@ def _train_steps(run: _VAERun, step: int, folder: Path) -> None:
         batch_sampler=run.sampler,
         collate_fn=collate,
         num_workers=config.num_workers,
+        multiprocessing_context=worker_context(config.num_workers),
         generator=torch.Generator().manual_seed(config.seed),
     )
     bar = tqdm(total=config.max_train_steps, initial=step, desc="vae")

@@ -24,6 +24,7 @@ from videox_fun.training.data import (
     collate,
     write_test_dataset,
 )
+from videox_fun.training.data.workers import worker_context
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +201,8 @@ def test_worker_processes_decode_the_same_batches(mixed_config) -> None:
 
     def run(workers: int) -> list[dict]:
         sampler = BucketBatchSampler(dataset, batch_size=3)
-        return list(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers))
+        return list(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                               multiprocessing_context=worker_context(workers)))  # fmt: skip
 
     in_process, in_workers = run(0), run(2)
     assert len(in_process) == len(in_workers)

@@ -5,7 +5,8 @@ Typical use::
     config = DataConfig(train_data_meta="data/metadata.json", enable_bucket=True)
     dataset = VideoDataset(config)
     sampler = BucketBatchSampler(dataset, batch_size=2)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=2)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=2,
+                        multiprocessing_context=worker_context(2))  # forkserver: see workers.py
 """
 
 from .buckets import (
