@@ -58,7 +58,7 @@ def run_teacher_pairs(args: argparse.Namespace) -> None:
 
     prompts = load_prompts(args.prompts_file)
     check_output_target(args.out, "--out", args.overwrite)
-    loaded = load_pipeline(args.model, RuntimeOptions(device=args.device))
+    loaded = load_pipeline(args.model, RuntimeOptions(device=args.device, dtype=args.dtype))
     defaults = loaded.recognised.defaults
     size = (args.frames or defaults.num_frames, args.height or defaults.height, args.width or defaults.width)
     pairs = make_teacher_pairs(loaded, prompts, args.count, args.seed, size, progress=not args.quiet)
@@ -68,6 +68,8 @@ def run_teacher_pairs(args: argparse.Namespace) -> None:
 def add_teacher_pairs_command(subparsers: argparse._SubParsersAction) -> None:
     """Register ``teacher-pairs``: the teacher's own samples from known noise, for distillation's regression."""
     from pathlib import Path
+
+    from ..cli import add_device_arguments
 
     pairs = subparsers.add_parser(
         "teacher-pairs",
@@ -82,7 +84,7 @@ def add_teacher_pairs_command(subparsers: argparse._SubParsersAction) -> None:
     pairs.add_argument("--frames", type=positive_int, help="frames (default: the model's)")
     pairs.add_argument("--height", type=positive_int, help="height (default: the model's)")
     pairs.add_argument("--width", type=positive_int, help="width (default: the model's)")
-    pairs.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    add_device_arguments(pairs)
     pairs.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     pairs.add_argument("--quiet", action="store_true", help="no progress bar")
     pairs.set_defaults(handler=run_teacher_pairs)
