@@ -13,6 +13,7 @@ from videox_fun.training.vae import (
     VAETrainConfig,
     decode_unclamped,
     foreground_crops,
+    perturbed_latents,
     reconstruction_loss,
     train_vae,
     widen_decoder,
@@ -47,6 +48,35 @@ def test_resumed_run_equals_uninterrupted_and_loads_as_wan_vae(tmp_path):
     assert state_dict_max_diff(weights(straight), weights(resumed)) <= 1e-6
     vae = WanVAE.from_pretrained(straight)
     assert vae.encode(torch.zeros(1, 3, 5, 32, 32)).shape == (1, 16, 2, 4, 4)
+
+
+def test_decoder_phase_with_latent_noise_resumes_exactly(tmp_path):
+    meta = write_test_dataset(tmp_path / "data", n_videos=4, sizes=((32, 32),), lengths=(5,))
+    first = train_vae(config(tmp_path, meta, "first"))
+
+    def noisy(out: str, stop_after: int | None = None) -> VAETrainConfig:
+        phase = config(tmp_path, meta, out, stop_after)
+        phase.init_from, phase.decoder_only, phase.latent_noise = str(first), True, 0.5
+        return phase
+
+    straight = train_vae(noisy("straight"))
+    train_vae(noisy("resumed", stop_after=2))  # as if killed after step 2
+    resumed = train_vae(noisy("resumed"))
+    assert state_dict_max_diff(weights(straight), weights(resumed)) <= 1e-6
+    plain = config(tmp_path, meta, "plain")
+    plain.init_from, plain.decoder_only = str(first), True
+    # The noise changes what the decoder learns (the same data order and seed otherwise).
+    assert state_dict_max_diff(weights(straight), weights(train_vae(plain))) > 1e-6
+
+
+def test_perturbed_latents_add_noise_up_to_the_given_share_of_each_clips_std():
+    torch.manual_seed(0)
+    z = torch.randn(64, 16, 2, 4, 4) * torch.linspace(0.5, 2.0, 64).view(64, 1, 1, 1, 1)  # (B, C, F, h, w)
+    assert perturbed_latents(z, 0.0) is z
+    noise = perturbed_latents(z, 0.4) - z
+    share = noise.std(dim=(1, 2, 3, 4)) / z.std(dim=(1, 2, 3, 4))  # (B,): each clip's scale ~ U(0, 0.4)
+    assert float(share.min()) < 0.05 and float(share.max()) <= 0.4 * 1.2  # scales spread over [0, 0.4]
+    assert 0.12 <= float(share.mean()) <= 0.28  # mean of U(0, 0.4) is 0.2
 
 
 def test_foreground_crops_follow_the_content():

@@ -72,6 +72,11 @@ class VAETrainConfig:
     # Start from ``init_from`` with a decoder this many times wider (see :func:`widen_decoder`):
     # the same reconstruction at step 0, more capacity for what the narrow decoder blurs.
     widen_decoder: int = 1
+    # Decoder robustness: noise of up to this many standard deviations of the latents (per clip, a
+    # scale drawn uniformly from [0, latent_noise]) is added to the sampled latents before decoding.
+    # A decoder trained on exact latents rounds a transformer's slightly-off latents (a square's
+    # corners, drawn from ~2x2 latent pixels, come out round); one trained so draws them sharp.
+    latent_noise: float = 0.0
     checkpointing_steps: int = 100
     seed: int = 0
     num_workers: int = 0
@@ -117,21 +122,33 @@ def reconstruction_loss(
     foreground_weight: float = 0.0,
     frozen_encoder: bool = False,
     l1_weight: float = 1.0,
+    latent_noise: float = 0.0,
 ) -> torch.Tensor:
     """Weighted L1 + MSE of a sampled reconstruction plus ``kl_weight`` * KL.  video: (B, 3, F, H, W) in [-1, 1].
 
     With ``frozen_encoder`` the encoding builds no graph and the KL term (constant then) is left out.
+    ``latent_noise``: see :attr:`VAETrainConfig.latent_noise` (drawn from the global RNG, as the
+    posterior sample is, so a resume restores it).
     """
     with CPUFastPaths():  # the RMS norms' normalize is ~70x faster this way on a CPU
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
             posterior = kind_of(vae).posterior(vae, video)
-        recon = kind_of(vae).decode_unclamped(vae, posterior.sample())
+        recon = kind_of(vae).decode_unclamped(vae, perturbed_latents(posterior.sample(), latent_noise))
     if frozen_encoder:
         kl_weight = 0.0
     weight = 1.0 + foreground_weight * (video.amax(dim=1, keepdim=True) > -0.4).float()  # (B, 1, F, H, W)
     error = recon - video
     pixel = (weight * (l1_weight * error.abs() + error.pow(2))).sum() / (weight.sum() * video.shape[1])
     return pixel + kl_weight * posterior.kl().mean()
+
+
+def perturbed_latents(z: torch.Tensor, latent_noise: float) -> torch.Tensor:
+    """``z`` (B, C, ...) plus Gaussian noise of ``scale`` x its own std per clip, ``scale`` ~ U(0, latent_noise)."""
+    if latent_noise <= 0:
+        return z
+    dims = tuple(range(1, z.dim()))
+    scale = latent_noise * torch.rand((z.shape[0],) + (1,) * (z.dim() - 1), dtype=z.dtype)  # (B, 1, ...)
+    return z + scale * z.detach().std(dim=dims, keepdim=True) * torch.randn_like(z)
 
 
 def foreground_crops(video: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -535,6 +552,7 @@ def _optimizer_step(run: _VAERun, video: torch.Tensor) -> torch.Tensor:
         config.foreground_weight,
         frozen_encoder=config.decoder_only,
         l1_weight=config.l1_weight,
+        latent_noise=config.latent_noise,
     )
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.trainable, 1.0)
