@@ -10,7 +10,6 @@ import itertools
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import time
@@ -21,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import HANG_GUARD_S
+from helpers import HANG_GUARD_S, free_port
 
 from videox_fun.io.video import read_video
 from videox_fun.toyworld.evaluate import evaluate_video
@@ -67,12 +66,6 @@ def link_pack(root: Path) -> None:
     if not link.exists() and not link.is_symlink():
         link.symlink_to(REPO)
     assert link.resolve() == REPO, f"{link} points at {link.resolve()}, not this repository"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Comfy:

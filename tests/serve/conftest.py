@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,20 +63,38 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
         shutil.chown(folder, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = folder / "data", free_port()
+    data = folder / "data"
 
     def run(*command: str) -> None:
         subprocess.run([*as_user, *command], check=True, capture_output=True, cwd=folder)
 
     run(str(binaries / "initdb"), "-D", str(data), "-U", "videox", "--auth=trust", "-E", "UTF8")
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "pg.log"), "-w", "start")
+    port = start_postgres(binaries, data, folder, run)
     try:
         run(str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "videox", "jobs")
         yield f"postgresql://videox@127.0.0.1:{port}/jobs"
     finally:
         run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def start_postgres(binaries: Path, data: Path, folder: Path, run: Callable[..., None], attempts: int = 5) -> int:
+    """Start the server of ``data`` on a free port; returns the port. A port that another process took between
+    the check and the server's bind (its log says so) is replaced by another, up to ``attempts`` times."""
+    log = folder / "pg.log"
+
+    def start(port: int) -> int:
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        run(str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start")
+        return port
+
+    for _ in range(attempts - 1):
+        try:
+            return start(free_port())
+        except subprocess.CalledProcessError:
+            if "could not bind" not in log.read_text():
+                raise
+    return start(free_port())
 
 
 def tempfile_dir() -> str:
