@@ -9,8 +9,6 @@ Helpers used by one folder only stay there (``runtime/parallel_harness.py``, ``t
 from __future__ import annotations
 
 import json
-import random
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -59,37 +57,6 @@ def write_animate_sources(folder: Path, frames: int, size: int) -> Path:
     mask[:, 6:22, 6:22] = 255
     write_video(mask, folder / "src_mask.mp4")
     return folder
-
-
-def ephemeral_port_floor() -> int:
-    """The lowest port of the kernel's ephemeral range (what ``bind(0)`` and outgoing connections take); 32768 when
-    unknown (Linux's default)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now (for a server or a process group's rendezvous).
-
-    Drawn at random below the ephemeral range: a port that ``bind(0)`` hands out is one the kernel gives the next
-    outgoing connection or ``bind(0)`` of any process, so on a machine running other work (another test suite) it
-    was taken between this check and the server's own bind (a PostgreSQL start failed so under load).
-    """
-    floor = ephemeral_port_floor()
-    draw = random.SystemRandom()
-    for _ in range(200):
-        port = draw.randrange(10000, floor) if floor > 11000 else draw.randrange(1024, 65536)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def seeded_transformer(config: Mapping, seed: int = 0) -> WanTransformer3DModel:

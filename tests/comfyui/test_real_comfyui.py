@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import HANG_GUARD_S, free_port
+from helpers import HANG_GUARD_S
 
 from videox_fun.io.video import read_video
+from videox_fun.serve.process import free_port
 from videox_fun.toyworld.evaluate import evaluate_video
 
 pytestmark = pytest.mark.slow

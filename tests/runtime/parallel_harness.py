@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-from helpers import free_port, max_diff, seeded_transformer
+from helpers import max_diff, seeded_transformer
 
 from videox_fun.io.video import write_video
 from videox_fun.models.wan.tiny import build_tiny_model_folder
@@ -30,6 +30,7 @@ from videox_fun.runtime.parallel import (
     init_parallel,
     setup_parallel,
 )
+from videox_fun.serve.process import free_port
 
 PROMPT = "a red circle moving right"
 FRAMES = 9  # 3 latent frames

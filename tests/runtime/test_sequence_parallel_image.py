@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, max_diff, read_png
+from helpers import max_diff, read_png
 from parallel_harness import TOLERANCE, spawn
 
 from videox_fun.api import RuntimeOptions
@@ -44,6 +44,7 @@ from videox_fun.runtime.cache import SHARDED_RELATIVE_L1
 from videox_fun.runtime.distributed import init_distributed
 from videox_fun.runtime.parallel import JointSequenceParallel, _Stream, build_groups, local_chunk, setup_parallel
 from videox_fun.runtime.points import ExtensionPointError
+from videox_fun.serve.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILIES = ("flux", "flux2", "qwenimage", "zimage")

@@ -10,9 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port
 
-from videox_fun.serve.process import ServerProcess
+from videox_fun.serve.process import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

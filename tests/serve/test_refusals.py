@@ -100,7 +100,7 @@ def test_an_allowed_url_host_is_fetched(start_server, media, tmp_path):
     import http.server
     import threading
 
-    from helpers import free_port
+    from videox_fun.serve.process import free_port
 
     folder = media["image"].parent
     port = free_port()

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, state_dict_max_diff
+from helpers import state_dict_max_diff
 from safetensors.torch import load_file
 from training_helpers import REPO, check_resume_matches_uninterrupted, subprocess_env
 
 from videox_fun.pipelines.schedulers import make_scheduler
+from videox_fun.serve.process import free_port
 from videox_fun.training.checkpoint import TRAINABLE_FILE
 from videox_fun.training.distill import (
     DEFAULT_DENOISING_STEPS,

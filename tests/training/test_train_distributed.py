@@ -11,10 +11,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import free_port, state_dict_max_diff
+from helpers import state_dict_max_diff
 from safetensors.torch import load_file
 from training_helpers import REPO, TRAIN_SCRIPT, subprocess_env
 
+from videox_fun.serve.process import free_port
 from videox_fun.training.trainer import train
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"

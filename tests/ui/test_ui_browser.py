@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import HANG_GUARD_S, frame_count_and_size, free_port, write_animate_sources
+from helpers import HANG_GUARD_S, frame_count_and_size, write_animate_sources
 
 from videox_fun.io.video import write_video
 from videox_fun.registry import packaged_model
-from videox_fun.serve.process import ServerProcess
+from videox_fun.serve.process import ServerProcess, free_port
 from videox_fun.toyworld.evaluate import evaluate_video
 from videox_fun.toyworld.render import render_clip
 

@@ -11,12 +11,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import HANG_GUARD_S, free_port, read_png, write_png
+from helpers import HANG_GUARD_S, read_png, write_png
 from qwenimage_helpers import random_image
 
 from videox_fun.api import GenerationRequest, RuntimeOptions, load_pipeline
 from videox_fun.registry import CACHE_ENV
-from videox_fun.serve.process import ServerProcess, wait_finished
+from videox_fun.serve.process import ServerProcess, free_port, wait_finished
 from videox_fun.serve.store import JobStore, database_url
 from videox_fun.ui.app import UI
 from videox_fun.ui.client import ServiceClient

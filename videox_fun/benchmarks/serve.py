@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,12 +23,6 @@ from pathlib import Path
 import httpx
 
 PROMPT = "a red circle moving right"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -49,10 +42,10 @@ def cli_run(folder: Path, jobs: int, threads: int) -> float:
 
 def api_run(folder: Path, jobs: int, threads: int) -> tuple[float, dict[str, float]]:
     """Seconds from starting a server to its last of ``jobs`` results, then the warm server's latencies."""
-    from ..serve.process import ServerProcess, wait_finished
+    from ..serve.process import ServerProcess, free_port, wait_finished
 
     started = time.perf_counter()
-    server = ServerProcess(folder / "store", "--device", "cpu", port=_free_port(), env=_env(threads)).start()
+    server = ServerProcess(folder / "store", "--device", "cpu", port=free_port(), env=_env(threads)).start()
     try:
         client = httpx.Client(base_url=server.url, timeout=120)
         ids = [

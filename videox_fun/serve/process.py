@@ -3,13 +3,46 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+
+def ephemeral_port_floor() -> int:
+    """The lowest port of the kernel's ephemeral range (what ``bind(0)`` and outgoing connections take); 32768 when
+    unknown (Linux's default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now (for a server or a process group's rendezvous).
+
+    Drawn at random below the ephemeral range: a port that ``bind(0)`` hands out is one the kernel gives the next
+    outgoing connection or ``bind(0)`` of any process, so on a machine running other work (another test suite) it
+    was taken between this check and the server's own bind (a PostgreSQL start failed so under load).
+    """
+    floor = ephemeral_port_floor()
+    draw = random.SystemRandom()
+    for _ in range(200):
+        port = draw.randrange(10000, floor) if floor > 11000 else draw.randrange(1024, 65536)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class ServerProcess:
