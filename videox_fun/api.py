@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -37,7 +36,9 @@ from .families import (
     recognise,
     require_inputs,
 )
-from .io.files import check_input_file, check_output_location, check_output_target, printable
+from .io.files import check_output_location, check_output_target, printable
+from .io.inputs import check_input_file
+from .runtime.options import RuntimeOptions
 
 if TYPE_CHECKING:
     import torch
@@ -78,83 +79,6 @@ def is_out_of_memory(err: BaseException) -> bool:
     """Whether an error is an allocation failure (torch.OutOfMemoryError on a GPU, the CPU allocator's)."""
     text = str(err)
     return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
-
-
-@dataclass
-class RuntimeOptions:
-    """How a model is loaded and run: device, memory mode, weights, speed features, parallelism.
-
-    Field names are those of the CLI flags (``--gpu-memory-mode`` -> ``gpu_memory_mode``).
-    """
-
-    device: str = "auto"
-    dtype: str = "auto"
-    config: Path | None = None  # a YAML model config instead of the folder's own
-    attention: str = "auto"
-    gpu_memory_mode: str = "model_full_load"
-    resident_blocks: int = 4
-    fp8: str = "plain"
-    transformer_path: Path | None = None
-    transformer_high_path: Path | None = None
-    lora_path: list[str] = field(default_factory=list)
-    lora_weight: list[float] | None = None
-    lora_high_path: list[str] = field(default_factory=list)
-    lora_high_weight: list[float] | None = None
-    cache: str = "none"
-    cache_threshold: float | None = None
-    teacache_indicator: str | None = None
-    num_skip_start_steps: int | None = None
-    cache_offload_residuals: bool = False
-    cfg_skip_ratio: float = 0.0
-    cfg_sequential: bool = False
-    compile: bool = False
-    riflex_k: int | None = None
-    ulysses_degree: int | None = None
-    ring_degree: int | None = None
-    cfg_parallel: bool = False
-    fsdp_dit: bool = False
-    fsdp_text_encoder: bool = False
-
-    def check(self) -> None:
-        """Fail on options that cannot work or would be ignored, before anything loads."""
-        from .runtime.options import check_runtime_options
-
-        if self.resident_blocks < 1:
-            raise ValueError(f"--resident-blocks must be at least 1, got {self.resident_blocks}")
-        check_device_name(self.device)
-        for name in ("transformer_path", "transformer_high_path"):
-            path = getattr(self, name)
-            if path is not None and path.exists() and not (path.is_file() or path.is_dir()):
-                raise ValueError(f"--{name.replace('_', '-')} {printable(path)}: not a regular file (nor a folder)")
-        for name in ("lora_weight", "lora_high_weight", "cache_threshold", "cfg_skip_ratio"):
-            value = getattr(self, name)
-            for number in value if isinstance(value, list) else [value]:
-                if number is not None and not math.isfinite(number):
-                    raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {number}")
-        check_runtime_options(self)
-
-    def load_options(self) -> RuntimeOptions:
-        """These options with the per-job ones (:data:`JOB_OPTION_FIELDS`) at their defaults: what a load needs."""
-        defaults = RuntimeOptions()
-        return dataclasses.replace(self, **{name: getattr(defaults, name) for name in JOB_OPTION_FIELDS})
-
-
-# Options a loaded pipeline can take for one generation and give back after (LoRAs, step cache, RIFLEx, CFG
-# schedule): a service keeps one loaded model and changes only these between jobs.
-JOB_OPTION_FIELDS = (
-    "lora_path",
-    "lora_weight",
-    "lora_high_path",
-    "lora_high_weight",
-    "cache",
-    "cache_threshold",
-    "teacache_indicator",
-    "num_skip_start_steps",
-    "cache_offload_residuals",
-    "cfg_skip_ratio",
-    "cfg_sequential",
-    "riflex_k",
-)
 
 
 @dataclass
@@ -269,17 +193,6 @@ class GenerationResult:
     sidecar: dict[str, Any]
     mode: Mode
     fps: int
-
-
-def check_device_name(device: str) -> None:
-    """``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` with N a GPU this torch sees, else a ValueError."""
-    import torch
-
-    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", device):
-        raise ValueError(f"--device {printable(device)}: use cpu, cuda, cuda:N or auto")
-    index = int(device.partition(":")[2] or 0)
-    if device.startswith("cuda:") and torch.cuda.is_available() and index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 and up")
 
 
 def resolve_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

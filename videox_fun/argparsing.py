@@ -1,4 +1,5 @@
-"""Argument parsing shared by every ``videox-fun`` command: flag spellings and default display.
+"""Argument parsing shared by every ``videox-fun`` command: flag spellings, default display, the flags several
+commands take (device, multi-GPU) and the errors that are a user's mistake.
 
 VideoX-Fun users write flags with underscores (``--num_inference_steps``, ``--GPU_memory_mode``)
 while our generation flags use hyphens and the training flags keep VideoX-Fun's underscores. The
@@ -94,3 +95,36 @@ def single_line(text: str) -> str:
     """``text`` on one line: its line breaks (those of ``str.splitlines``, which a value given by the user may
     hold) become spaces, so an error stays one line on the terminal and in a log."""
     return " ".join(text.splitlines())
+
+
+# Mistakes in what the user asked for: one line, exit code 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, ValueError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def add_device_arguments(group: argparse._ActionsContainer) -> None:
+    """``--device`` and ``--dtype``, resolved by :func:`videox_fun.api.resolve_device_and_dtype`."""
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    group.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
+    )
+
+
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The multi-GPU flags: sequence-parallel degrees, CFG parallelism and FSDP."""
+    group = parser.add_argument_group(
+        "multi-GPU (launch with torchrun; ulysses x ring x (2 with --cfg-parallel) must equal the process count)"
+    )
+    group.add_argument(
+        "--ulysses-degree",
+        type=int,
+        help="Ulysses sequence parallelism (all-to-all); default: every process when neither degree is given, else 1",
+    )
+    group.add_argument("--ring-degree", type=int, help="Ring sequence parallelism (K/V passed around) (default 1)")
+    group.add_argument(
+        "--cfg-parallel", action="store_true", help="conditional and unconditional passes on two groups of ranks"
+    )
+    group.add_argument("--fsdp-dit", action="store_true", help="shard the transformer's weights over the ranks")
+    group.add_argument("--fsdp-text-encoder", action="store_true", help="shard the text encoder's weights")

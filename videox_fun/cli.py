@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .argparsing import DefaultsHelpFormatter, FlagSpellingParser, finite_float, single_line
+from .argparsing import (
+    USER_ERRORS,
+    DefaultsHelpFormatter,
+    FlagSpellingParser,
+    add_device_arguments,
+    add_parallel_arguments,
+    finite_float,
+    single_line,
+)
 
 if TYPE_CHECKING:
     from .api import GenerationRequest, LoadedPipeline, RuntimeOptions
@@ -33,17 +41,6 @@ class SampleSize(argparse.Action):
     ) -> None:
         """Store the two values as height and width."""
         namespace.height, namespace.width = values
-
-
-def add_device_arguments(group: argparse._ActionsContainer) -> None:
-    """``--device`` and ``--dtype``, resolved by :func:`videox_fun.api.resolve_device_and_dtype`."""
-    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    group.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        default="auto",
-        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
-    )
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -242,24 +239,6 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
-    """The multi-GPU flags: sequence-parallel degrees, CFG parallelism and FSDP."""
-    group = parser.add_argument_group(
-        "multi-GPU (launch with torchrun; ulysses x ring x (2 with --cfg-parallel) must equal the process count)"
-    )
-    group.add_argument(
-        "--ulysses-degree",
-        type=int,
-        help="Ulysses sequence parallelism (all-to-all); default: every process when neither degree is given, else 1",
-    )
-    group.add_argument("--ring-degree", type=int, help="Ring sequence parallelism (K/V passed around) (default 1)")
-    group.add_argument(
-        "--cfg-parallel", action="store_true", help="conditional and unconditional passes on two groups of ranks"
-    )
-    group.add_argument("--fsdp-dit", action="store_true", help="shard the transformer's weights over the ranks")
-    group.add_argument("--fsdp-text-encoder", action="store_true", help="shard the text encoder's weights")
-
-
 def add_calibrate_command(subparsers: argparse._SubParsersAction) -> None:
     """``videox-fun calibrate-cache``: fit TeaCache coefficients for any model from full runs."""
     from .runtime.cache import CALIBRATION_FILE
@@ -382,7 +361,6 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     """
     from .api import (
         check_fits_memory,
-        check_input_file,
         check_request,
         default_mode_for,
         load_pipeline,
@@ -390,6 +368,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         resolve_folder,
     )
     from .families import recognise
+    from .io.inputs import check_input_file
 
     prompts = read_prompt_flags(args)
     options = runtime_options(args)
@@ -530,10 +509,6 @@ def run_parsed(args: argparse.Namespace) -> int:
               "--gpu-memory-mode that offloads", file=sys.stderr)  # fmt: skip
         return 2
     return 0
-
-
-# Mistakes in what the user asked for: one line, exit code 2. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, ValueError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
 def example_main(*modes: str) -> None:

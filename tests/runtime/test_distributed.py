@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from videox_fun.cli import add_parallel_arguments  # the flags live with the CLI; the runtime takes typed options
+from videox_fun.argparsing import add_parallel_arguments  # the flags live with the CLI; the runtime takes typed options
 from videox_fun.runtime.distributed import check_world_size, dist_info_from_env, init_distributed
 from videox_fun.runtime.parallel import default_degrees, init_parallel
 

@@ -279,39 +279,3 @@ def check_writable_folder(folder: Path, flag: str) -> None:
         raise ValueError(f"{flag}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{flag}: no permission to write in {existing}")
-
-
-def check_input_file(name: str, value: object) -> None:
-    """A given input that is a path must exist and be readable as far as shows it is usable."""
-    from .camera import is_trajectory_name, read_camera_trajectory
-    from .video import read_video
-
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, Path)) for v in value):
-        for one in value:  # several files of one input (VACE subject images)
-            check_input_file(name, one)
-        return
-    if not isinstance(value, (str, Path)):
-        return  # tensors and arrays are the caller's
-    if name == "camera" and is_trajectory_name(str(value)):
-        return  # a built-in trajectory (pan_left, zoom_in...), not a file
-    flag, path = f"--{name.replace('_', '-')}", Path(value)
-    if not path.exists():
-        if name == "camera" and not path.is_symlink():
-            from .camera import TRAJECTORIES
-
-            raise FileNotFoundError(
-                f"{flag} {printable(value)}: neither a trajectory file nor a built-in trajectory "
-                f"(built-in trajectories: {', '.join(TRAJECTORIES)})"
-            )
-        raise FileNotFoundError(f"{flag}: {printable(value)}: {why_missing(path)}")
-    if not (path.is_file() or path.is_dir()):  # reading a FIFO or a device would wait for ever
-        raise ValueError(f"{flag} {printable(value)}: not a regular file (nor a folder of images)")
-    try:
-        if name == "camera":
-            read_camera_trajectory(path)
-        else:
-            read_video(path, num_frames=1)  # a medium's first frame: undecodable files fail before loading
-    except UnicodeDecodeError:
-        raise ValueError(f"{flag} {printable(value)}: not UTF-8 text") from None
-    except ValueError as err:  # VideoReadError and malformed trajectories
-        raise ValueError(f"{flag}: {err}") from err

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from ..config import read_json_mapping
 from ..families import INPUT_NAMES, Recognised, infer_mode, require_inputs
 from ..families.cogvideox import COGVIDEOX_MODES, COGVIDEOX_SAMPLERS, MODE_NEEDS
-from ..io.files import check_input_file
+from ..io.inputs import check_input_file
 from ..io.video import tensor_to_frames
 from ..models.cogvideox.text_encoder import CogVideoXTextEncoder
 from ..models.cogvideox.tiny import SCHEDULER_CONFIG

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..families import ImageSizeRules, Mode, infer_mode, require_inputs
-from ..io.files import check_input_file
+from ..io.inputs import check_input_file
 from ..io.video import read_image, tensor_to_frames
 from .common import (
     GenerationOutput,

@@ -20,7 +20,7 @@ from ..config import FOLDER_CONFIG_NAME, ModelConfig, config_for_folder
 from ..families import INPUT_NAMES, Mode, SizeRules, infer_mode, require_inputs
 from ..families.wan import WAN_MODES, with_release_defaults
 from ..io.camera import camera_poses, fit_num_frames
-from ..io.files import check_input_file
+from ..io.inputs import check_input_file
 from ..io.video import frames_to_tensor, read_image, tensor_to_frames
 from ..models.wan.keys import blank_clip_tokens
 from ..models.wan.variants import EXPERT_BOUNDARIES, variant_for_mode, variant_of

@@ -57,8 +57,8 @@ from .cache import SHARDED_RELATIVE_L1, RunBlocks, cache_branch
 from .distributed import DistInfo, check_world_size, dist_info_from_env, init_distributed
 
 if TYPE_CHECKING:
-    from ..api import RuntimeOptions
     from ..families import Pipeline
+    from .options import RuntimeOptions
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
 
 def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of a service: where it listens, its store, models, limits, workers and how models load."""
-    from ..cli import add_device_arguments, add_parallel_arguments
+    from ..argparsing import add_device_arguments, add_parallel_arguments
     from ..runtime.offload import MEMORY_MODES
     from . import API_KEY_ENV
 

@@ -147,7 +147,7 @@ def store_file(setting: Setting, value: Any, files: list[Upload], folder: Path, 
 def store_folder(setting: Setting, value: Any, files: list[Upload], target: Path, limits: Limits) -> str:
     """A folder setting's files by name (uploads named by their file names, or ``{name: base64 or URL}``), written
     into ``target``; each must decode (its first frame). The folder's path."""
-    from ..io.files import check_input_file
+    from ..io.inputs import check_input_file
 
     if value is not None and not isinstance(value, dict):
         raise RequestError(

@@ -20,8 +20,7 @@ from .config import add_train_arguments, config_from_args
 def run_train_script(**presets: Any) -> None:
     """The body of every ``scripts/<family>/train*.py``: VideoX-Fun's flags, with the script's own defaults
     (``train_mode="control"``, ``use_lora=True``...) under what YAML and flags say."""
-    from ..argparsing import single_line
-    from ..cli import USER_ERRORS
+    from ..argparsing import USER_ERRORS, single_line
     from .config import parse_train_args
     from .trainer import train
 
@@ -69,7 +68,7 @@ def add_teacher_pairs_command(subparsers: argparse._SubParsersAction) -> None:
     """Register ``teacher-pairs``: the teacher's own samples from known noise, for distillation's regression."""
     from pathlib import Path
 
-    from ..cli import add_device_arguments
+    from ..argparsing import add_device_arguments
 
     pairs = subparsers.add_parser(
         "teacher-pairs",
